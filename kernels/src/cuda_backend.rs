@@ -1,0 +1,224 @@
+//! The CUDA backend: NVIDIA GPUs through cudarc's dynamic loading.
+//!
+//! Nothing of CUDA is needed to build Kiln. At run time libcuda is looked for
+//! first and its absence is an ordinary "not found" with the reason; kernels
+//! are CUDA C under `kernels/src/cuda/`, compiled by NVRTC (libnvrtc, loaded the
+//! same way) for the device's own architecture and cached per device.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{CudaContext, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
+
+use crate::backend::BackendDevice;
+use crate::device::{BackendKind, DeviceInfo, DeviceType};
+use crate::error::{KernelError, Result};
+
+/// Every CUDA source of Kiln, by file name. Tests compile each through NVRTC.
+pub const SOURCES: &[(&str, &str)] = &[("fma.cu", include_str!("cuda/fma.cu"))];
+
+const BLOCK: u32 = 256;
+/// Grid cap for grid-stride kernels: enough blocks to fill any current GPU.
+const MAX_BLOCKS: u32 = 65_535;
+
+/// Whether the CUDA driver library can be loaded.
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to dlopen the candidate library names; no CUDA call.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+/// Whether NVRTC can be loaded.
+pub fn nvrtc_present() -> bool {
+    // SAFETY: only tries to dlopen the candidate library names.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// Lists the CUDA devices, or says why there are none.
+pub fn discover() -> std::result::Result<Vec<DeviceInfo>, String> {
+    if !driver_present() {
+        return Err("libcuda not found (no NVIDIA driver on this machine, or libcuda.so.1 \
+                    is not on the loader path)"
+            .to_string());
+    }
+    let count = CudaContext::device_count()
+        .map_err(|e| format!("the CUDA driver is installed but failed to initialize: {e}"))?;
+    let mut devices = Vec::new();
+    for index in 0..count.max(0) as usize {
+        let ctx = CudaContext::new(index).map_err(|e| format!("cuda:{index}: {e}"))?;
+        let name = ctx.name().map_err(|e| format!("cuda:{index}: {e}"))?;
+        let memory = ctx.total_mem().map_err(|e| format!("cuda:{index}: {e}"))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| format!("cuda:{index}: {e}"))?;
+        devices.push(DeviceInfo {
+            backend: BackendKind::Cuda,
+            index,
+            name,
+            device_type: DeviceType::DiscreteGpu,
+            memory_bytes: Some(memory as u64),
+            details: format!("compute capability {major}.{minor}"),
+        });
+    }
+    Ok(devices)
+}
+
+/// Compiles one CUDA source to PTX with NVRTC. `arch` is the compute
+/// capability to target (`None`: NVRTC's default). A compile error carries
+/// NVRTC's log.
+pub fn compile_ptx(kernel: &str, source: &str, arch: Option<(i32, i32)>) -> Result<Ptx> {
+    if !nvrtc_present() {
+        return Err(KernelError::NvrtcMissing(
+            "libnvrtc not found on the loader path (pip install nvidia-cuda-nvrtc and add its \
+             lib directory to LD_LIBRARY_PATH)"
+                .to_string(),
+        ));
+    }
+    if source.contains('\0') {
+        return Err(KernelError::CudaCompile {
+            kernel: kernel.to_string(),
+            log: "source contains a NUL byte".to_string(),
+        });
+    }
+    let mut options = vec!["--std=c++17".to_string()];
+    if let Some((major, minor)) = arch {
+        options.push(format!("--gpu-architecture=compute_{major}{minor}"));
+    }
+    let opts = CompileOptions {
+        name: Some(kernel.to_string()),
+        options,
+        ..Default::default()
+    };
+    cudarc::nvrtc::compile_ptx_with_opts(source, opts).map_err(|e| KernelError::CudaCompile {
+        kernel: kernel.to_string(),
+        log: match e {
+            CompileError::CompileError { nvrtc, log, .. } => {
+                format!("{nvrtc:?}: {}", log.to_string_lossy().trim())
+            }
+            other => format!("{other:?}"),
+        },
+    })
+}
+
+/// A buffer in CUDA device memory. CUDA cannot allocate zero bytes, so an
+/// empty buffer holds no allocation.
+#[derive(Debug)]
+pub struct CudaBuffer {
+    slice: Option<CudaSlice<f32>>,
+}
+
+impl CudaBuffer {
+    pub fn len(&self) -> usize {
+        self.slice.as_ref().map_or(0, |s| s.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// An open CUDA device: its context, a stream and the modules loaded so far.
+pub struct CudaDevice {
+    info: DeviceInfo,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    arch: (i32, i32),
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+}
+
+impl std::fmt::Debug for CudaDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaDevice").field("info", &self.info).finish()
+    }
+}
+
+impl CudaDevice {
+    pub fn open(info: &DeviceInfo) -> Result<Self> {
+        if !driver_present() {
+            return Err(KernelError::DeviceNotFound {
+                backend: BackendKind::Cuda,
+                reason: "libcuda not found".to_string(),
+            });
+        }
+        let ctx = CudaContext::new(info.index)?;
+        let arch = ctx.compute_capability()?;
+        let stream = ctx.default_stream();
+        Ok(CudaDevice {
+            info: info.clone(),
+            ctx,
+            stream,
+            arch,
+            modules: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The module compiled from `SOURCES[file]`, compiled and loaded once.
+    fn module(&self, file: &'static str) -> Result<Arc<CudaModule>> {
+        let mut modules = self
+            .modules
+            .lock()
+            .map_err(|_| KernelError::Internal("CUDA module cache poisoned".into()))?;
+        if let Some(m) = modules.get(file) {
+            return Ok(Arc::clone(m));
+        }
+        let source = SOURCES
+            .iter()
+            .find(|(name, _)| *name == file)
+            .map(|(_, src)| *src)
+            .ok_or_else(|| KernelError::CudaCompile {
+                kernel: file.to_string(),
+                log: "no such CUDA source".to_string(),
+            })?;
+        let ptx = compile_ptx(file, source, Some(self.arch))?;
+        let module = self.ctx.load_module(ptx)?;
+        modules.insert(file, Arc::clone(&module));
+        Ok(module)
+    }
+}
+
+impl BackendDevice for CudaDevice {
+    type Buffer = CudaBuffer;
+
+    fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<CudaBuffer> {
+        if data.is_empty() {
+            return Ok(CudaBuffer { slice: None });
+        }
+        Ok(CudaBuffer {
+            slice: Some(self.stream.clone_htod(data)?),
+        })
+    }
+
+    fn download(&self, buffer: &CudaBuffer) -> Result<Vec<f32>> {
+        match &buffer.slice {
+            None => Ok(Vec::new()),
+            Some(slice) => Ok(self.stream.clone_dtoh(slice)?),
+        }
+    }
+
+    fn fma(&self, a: &CudaBuffer, b: &CudaBuffer, c: &CudaBuffer) -> Result<CudaBuffer> {
+        let (Some(a), Some(b), Some(c)) = (&a.slice, &b.slice, &c.slice) else {
+            return Ok(CudaBuffer { slice: None });
+        };
+        let n = a.len();
+        let function = self.module("fma.cu")?.load_function("fma_f32")?;
+        let mut out = self.stream.alloc_zeros::<f32>(n)?;
+        let blocks = (n as u64).div_ceil(u64::from(BLOCK)).min(u64::from(MAX_BLOCKS)) as u32;
+        let config = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let len = n as u64;
+        let mut launch = self.stream.launch_builder(&function);
+        launch.arg(a).arg(b).arg(c).arg(&mut out).arg(&len);
+        // SAFETY: fma_f32 takes (const float*, const float*, const float*,
+        // float*, unsigned long long), matching the arguments pushed above; all
+        // four buffers hold `n` elements and the kernel touches indices < n only.
+        unsafe { launch.launch(config) }?;
+        Ok(CudaBuffer { slice: Some(out) })
+    }
+}

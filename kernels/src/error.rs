@@ -1,0 +1,69 @@
+//! Errors of the device layer, grouped by who is at fault: the caller's request,
+//! the machine's resources, or Kiln itself.
+
+use crate::device::BackendKind;
+
+/// The result type of this crate.
+pub type Result<T, E = KernelError> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the device layer.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    // --- the caller's request ---
+    /// A device specification that does not parse (`--device`, `KILN_DEVICE`).
+    #[error("unknown device '{0}': expected auto, cpu, wgpu, wgpu:N, cuda or cuda:N")]
+    UnknownDevice(String),
+
+    /// Operands of one kernel launch do not have the same length.
+    #[error("{kernel}: operand lengths differ ({detail})")]
+    LengthMismatch {
+        kernel: &'static str,
+        detail: String,
+    },
+
+    /// A buffer of one device was handed to a kernel on another.
+    #[error("{kernel}: buffer lives on {found}, kernel runs on {expected}")]
+    WrongDevice {
+        kernel: &'static str,
+        expected: BackendKind,
+        found: BackendKind,
+    },
+
+    // --- the machine's resources ---
+    /// The requested backend is not available on this machine.
+    #[error("{backend} device not available: {reason}")]
+    DeviceNotFound { backend: BackendKind, reason: String },
+
+    /// A buffer larger than the device accepts.
+    #[error("{backend}: buffer of {requested} bytes exceeds the device limit of {limit} bytes")]
+    BufferTooLarge {
+        backend: BackendKind,
+        requested: u64,
+        limit: u64,
+    },
+
+    /// The CUDA driver reported an error.
+    #[error("CUDA driver error: {0}")]
+    Cuda(#[from] cudarc::driver::DriverError),
+
+    /// wgpu refused to open a device on an adapter.
+    #[error("wgpu: cannot open device: {0}")]
+    WgpuRequestDevice(#[from] wgpu::RequestDeviceError),
+
+    /// wgpu failed while waiting for or mapping a buffer.
+    #[error("wgpu: {0}")]
+    WgpuRuntime(String),
+
+    // --- Kiln itself ---
+    /// NVRTC rejected one of Kiln's CUDA sources; `log` is NVRTC's own log.
+    #[error("NVRTC failed to compile {kernel}: {log}")]
+    CudaCompile { kernel: String, log: String },
+
+    /// A broken invariant inside Kiln.
+    #[error("internal error: {0}")]
+    Internal(String),
+
+    /// NVRTC (libnvrtc) could not be loaded.
+    #[error("NVRTC is not available: {0}")]
+    NvrtcMissing(String),
+}

@@ -1,0 +1,96 @@
+//! The fused multiply-add kernel end to end (upload, launch, download) on
+//! every device present.
+
+use kiln_kernels::testing::devices_under_test;
+use kiln_kernels::{BackendKind, Device, KernelError};
+
+/// Deterministic pseudo-random f32s in [-8, 8): a splitmix64 stream.
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed;
+    (0..n)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            ((z >> 40) as f32 / (1u64 << 24) as f32) * 16.0 - 8.0
+        })
+        .collect()
+}
+
+fn run_fma(device: &Device, a: &[f32], b: &[f32], c: &[f32]) -> Vec<f32> {
+    let (da, db, dc) = (
+        device.upload(a).unwrap(),
+        device.upload(b).unwrap(),
+        device.upload(c).unwrap(),
+    );
+    let out = device.fma(&da, &db, &dc).unwrap();
+    assert_eq!(out.len(), a.len());
+    device.download(&out).unwrap()
+}
+
+#[test]
+fn fma_matches_host_on_every_device() {
+    let devices = devices_under_test();
+    assert!(devices.iter().any(|d| d.backend() == BackendKind::Cpu));
+    // Lengths around the workgroup size, and one past a grid-stride wrap.
+    for n in [0usize, 1, 255, 256, 257, 100_003, 65_535 * 256 + 17] {
+        let (a, b, c) = (values(n, 1), values(n, 2), values(n, 3));
+        let expected: Vec<f32> = (0..n).map(|i| a[i].mul_add(b[i], c[i])).collect();
+        for device in &devices {
+            let got = run_fma(device, &a, &b, &c);
+            assert_eq!(got.len(), n, "{device:?} n={n}");
+            for i in 0..n {
+                // WGSL lets fma() round the product before the add (lavapipe
+                // does), so allow the error of one extra rounding, no more.
+                let bound = 2.0 * f32::EPSILON * ((a[i] * b[i]).abs() + c[i].abs());
+                assert!(
+                    (got[i] - expected[i]).abs() <= bound,
+                    "{device:?} n={n} i={i}: {} vs {}",
+                    got[i],
+                    expected[i]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn upload_download_round_trips_special_values() {
+    let data = [0.0f32, -0.0, 1.5, f32::MAX, f32::MIN_POSITIVE, f32::INFINITY, f32::NAN];
+    for device in devices_under_test() {
+        let back = device.download(&device.upload(&data).unwrap()).unwrap();
+        let bits: Vec<u32> = back.iter().map(|v| v.to_bits()).collect();
+        let want: Vec<u32> = data.iter().map(|v| v.to_bits()).collect();
+        assert_eq!(bits, want, "{device:?}");
+    }
+}
+
+#[test]
+fn fma_rejects_mismatched_lengths() {
+    for device in devices_under_test() {
+        let a = device.upload(&[1.0, 2.0]).unwrap();
+        let b = device.upload(&[1.0]).unwrap();
+        let err = device.fma(&a, &b, &a).unwrap_err();
+        assert!(
+            matches!(err, KernelError::LengthMismatch { .. }),
+            "{device:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn buffers_do_not_cross_devices() {
+    let devices = devices_under_test();
+    let cpu = Device::cpu();
+    for device in devices.iter().filter(|d| d.backend() != BackendKind::Cpu) {
+        let foreign = cpu.upload(&[1.0]).unwrap();
+        let own = device.upload(&[1.0]).unwrap();
+        let err = device.fma(&own, &foreign, &own).unwrap_err();
+        assert!(
+            err.to_string().contains("buffer lives on cpu"),
+            "{device:?}: {err}"
+        );
+    }
+}

@@ -1,0 +1,5 @@
+//! Integration tests of kiln-kernels: one binary, one module per area.
+
+mod backend;
+mod cuda_compile;
+mod discovery;
