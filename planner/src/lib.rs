@@ -1,1 +1,30 @@
-//! placeholder
+//! `kiln-planner`: how Kiln plans.
+//!
+//! This crate owns Kiln's session configuration (the `kiln.*` options a user
+//! can `SET`), and is where the logical rules (vector top-k), the extension
+//! planners and the device-placement rule are registered as they arrive.
+
+pub mod options;
+
+pub use options::KilnOptions;
+
+use datafusion::execution::SessionStateBuilder;
+use datafusion::prelude::SessionConfig;
+use kiln_kernels::DeviceRequest;
+
+/// DataFusion's session configuration with Kiln's options added; `device` is
+/// the device Kiln's operators are asked to run on.
+pub fn session_config(device: DeviceRequest) -> SessionConfig {
+    let options = KilnOptions {
+        device: device.to_string(),
+        ..Default::default()
+    };
+    SessionConfig::new()
+        .with_information_schema(true)
+        .with_option_extension(options)
+}
+
+/// Installs Kiln's planning extensions on a session being built.
+pub fn install(builder: SessionStateBuilder) -> SessionStateBuilder {
+    builder.with_default_features()
+}

@@ -1,0 +1,7 @@
+//! I/O for execution: object stores and credential redaction.
+
+pub mod object_store_registry;
+pub mod redact;
+
+pub use object_store_registry::{KilnObjectStoreRegistry, is_store_option, store_url_key};
+pub use redact::{redact, register_secret};
