@@ -37,9 +37,11 @@ pub fn nvrtc_present() -> bool {
 /// Lists the CUDA devices, or says why there are none.
 pub fn discover() -> std::result::Result<Vec<DeviceInfo>, String> {
     if !driver_present() {
-        return Err("libcuda not found (no NVIDIA driver on this machine, or libcuda.so.1 \
+        return Err(
+            "libcuda not found (no NVIDIA driver on this machine, or libcuda.so.1 \
                     is not on the loader path)"
-            .to_string());
+                .to_string(),
+        );
     }
     let count = CudaContext::device_count()
         .map_err(|e| format!("the CUDA driver is installed but failed to initialize: {e}"))?;
@@ -128,7 +130,9 @@ pub struct CudaDevice {
 
 impl std::fmt::Debug for CudaDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CudaDevice").field("info", &self.info).finish()
+        f.debug_struct("CudaDevice")
+            .field("info", &self.info)
+            .finish()
     }
 }
 
@@ -206,7 +210,9 @@ impl BackendDevice for CudaDevice {
         let n = a.len();
         let function = self.module("fma.cu")?.load_function("fma_f32")?;
         let mut out = self.stream.alloc_zeros::<f32>(n)?;
-        let blocks = (n as u64).div_ceil(u64::from(BLOCK)).min(u64::from(MAX_BLOCKS)) as u32;
+        let blocks = (n as u64)
+            .div_ceil(u64::from(BLOCK))
+            .min(u64::from(MAX_BLOCKS)) as u32;
         let config = LaunchConfig {
             grid_dim: (blocks, 1, 1),
             block_dim: (BLOCK, 1, 1),

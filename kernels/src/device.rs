@@ -291,7 +291,10 @@ mod tests {
 
     #[test]
     fn parses_requests() {
-        assert_eq!("auto".parse::<DeviceRequest>().unwrap(), DeviceRequest::Auto);
+        assert_eq!(
+            "auto".parse::<DeviceRequest>().unwrap(),
+            DeviceRequest::Auto
+        );
         assert_eq!(
             "CUDA:1".parse::<DeviceRequest>().unwrap(),
             DeviceRequest::Backend(BackendKind::Cuda, Some(1))
@@ -309,7 +312,10 @@ mod tests {
     #[test]
     fn auto_never_picks_lavapipe() {
         let d = lavapipe_only();
-        assert_eq!(DeviceRequest::Auto.resolve(&d).unwrap().backend, BackendKind::Cpu);
+        assert_eq!(
+            DeviceRequest::Auto.resolve(&d).unwrap().backend,
+            BackendKind::Cpu
+        );
         let wgpu = DeviceRequest::Backend(BackendKind::Wgpu, None);
         assert_eq!(wgpu.resolve(&d).unwrap().device_type, DeviceType::Cpu);
     }
@@ -317,11 +323,13 @@ mod tests {
     #[test]
     fn auto_prefers_cuda_then_hardware_wgpu() {
         let mut d = lavapipe_only();
-        d.devices.push(dev(BackendKind::Wgpu, 1, DeviceType::IntegratedGpu));
+        d.devices
+            .push(dev(BackendKind::Wgpu, 1, DeviceType::IntegratedGpu));
         assert_eq!(DeviceRequest::Auto.resolve(&d).unwrap().id(), "wgpu:1");
         let wgpu = DeviceRequest::Backend(BackendKind::Wgpu, None);
         assert_eq!(wgpu.resolve(&d).unwrap().id(), "wgpu:1");
-        d.devices.push(dev(BackendKind::Cuda, 0, DeviceType::DiscreteGpu));
+        d.devices
+            .push(dev(BackendKind::Cuda, 0, DeviceType::DiscreteGpu));
         assert_eq!(DeviceRequest::Auto.resolve(&d).unwrap().id(), "cuda:0");
     }
 

@@ -32,7 +32,10 @@ pub enum KernelError {
     // --- the machine's resources ---
     /// The requested backend is not available on this machine.
     #[error("{backend} device not available: {reason}")]
-    DeviceNotFound { backend: BackendKind, reason: String },
+    DeviceNotFound {
+        backend: BackendKind,
+        reason: String,
+    },
 
     /// A buffer larger than the device accepts.
     #[error("{backend}: buffer of {requested} bytes exceeds the device limit of {limit} bytes")]

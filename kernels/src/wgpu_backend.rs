@@ -69,7 +69,11 @@ pub fn discover() -> std::result::Result<Vec<DeviceInfo>, String> {
                 details: format!(
                     "{:?}; driver {}; max buffer {} MiB",
                     info.backend,
-                    if driver.is_empty() { "unknown" } else { &driver },
+                    if driver.is_empty() {
+                        "unknown"
+                    } else {
+                        &driver
+                    },
                     limits.max_buffer_size / (1024 * 1024)
                 ),
             }
@@ -115,7 +119,9 @@ pub struct WgpuDevice {
 
 impl std::fmt::Debug for WgpuDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WgpuDevice").field("info", &self.info).finish()
+        f.debug_struct("WgpuDevice")
+            .field("info", &self.info)
+            .finish()
     }
 }
 
@@ -131,12 +137,13 @@ impl WgpuDevice {
         // Ask for everything the adapter offers: batch kernels want the
         // largest buffers and bindings the hardware allows.
         let limits = adapter.limits();
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("kiln"),
-            required_features: wgpu::Features::empty(),
-            required_limits: limits.clone(),
-            ..Default::default()
-        }))?;
+        let (device, queue) =
+            pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+                label: Some("kiln"),
+                required_features: wgpu::Features::empty(),
+                required_limits: limits.clone(),
+                ..Default::default()
+            }))?;
         let uncaptured = Arc::new(Mutex::new(None));
         let slot = Arc::clone(&uncaptured);
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
@@ -207,7 +214,7 @@ impl WgpuDevice {
     /// multiple of the storage offset alignment.
     fn chunk_elems(&self) -> usize {
         let align = u64::from(self.limits.min_storage_buffer_offset_alignment).max(4);
-        let bytes = u64::from(self.limits.max_storage_buffer_binding_size);
+        let bytes = self.limits.max_storage_buffer_binding_size;
         ((bytes / align * align) / 4).max(1) as usize
     }
 }
@@ -345,7 +352,10 @@ impl BackendDevice for WgpuDevice {
                 start += len;
             }
             self.queue.submit([encoder.finish()]);
-            Ok(WgpuBuffer { buffer: out, len: n })
+            Ok(WgpuBuffer {
+                buffer: out,
+                len: n,
+            })
         })
     }
 }

@@ -1,1 +1,10 @@
+//! Integration tests of the `kiln` crate and binary: one test binary, one
+//! module per area (DataFusion is slow to link; one binary links it once).
 
+mod cli_errors;
+mod cli_sql;
+mod common;
+mod devices;
+mod explain;
+mod s3;
+mod session_api;

@@ -184,7 +184,8 @@ fn build_store(url: &Url, options: &[(String, String)]) -> Result<Arc<dyn Object
                 }
             }
             for (key, value) in options {
-                let k = parse_option::<AmazonS3ConfigKey>(cloud, key).ok_or_else(|| unknown(key))?;
+                let k =
+                    parse_option::<AmazonS3ConfigKey>(cloud, key).ok_or_else(|| unknown(key))?;
                 b = b.with_config(k, value);
             }
             // An http:// endpoint (MinIO, moto, a local gateway) is only
@@ -351,7 +352,10 @@ mod tests {
             parse_option::<AzureConfigKey>(Cloud::Azure, "azure.account_name"),
             Some(AzureConfigKey::AccountName)
         );
-        assert_eq!(parse_option::<AmazonS3ConfigKey>(Cloud::Aws, "gcp.bucket"), None);
+        assert_eq!(
+            parse_option::<AmazonS3ConfigKey>(Cloud::Aws, "gcp.bucket"),
+            None
+        );
     }
 
     #[test]
@@ -361,7 +365,10 @@ mod tests {
             .get_store(&Url::parse("ftp://host/x").unwrap())
             .unwrap_err()
             .to_string();
-        assert!(err.contains("unsupported location scheme 'ftp://'"), "{err}");
+        assert!(
+            err.contains("unsupported location scheme 'ftp://'"),
+            "{err}"
+        );
         let err = reg
             .configure(
                 &Url::parse("s3://bucket/x").unwrap(),
@@ -375,9 +382,15 @@ mod tests {
     #[test]
     fn memory_stores_persist_per_authority() {
         let reg = KilnObjectStoreRegistry::new();
-        let a = reg.get_store(&Url::parse("memory://one/x").unwrap()).unwrap();
-        let b = reg.get_store(&Url::parse("memory://one/y").unwrap()).unwrap();
-        let c = reg.get_store(&Url::parse("memory://two/y").unwrap()).unwrap();
+        let a = reg
+            .get_store(&Url::parse("memory://one/x").unwrap())
+            .unwrap();
+        let b = reg
+            .get_store(&Url::parse("memory://one/y").unwrap())
+            .unwrap();
+        let c = reg
+            .get_store(&Url::parse("memory://two/y").unwrap())
+            .unwrap();
         assert!(Arc::ptr_eq(&a, &b));
         assert!(!Arc::ptr_eq(&a, &c));
     }

@@ -58,7 +58,15 @@ fn fma_matches_host_on_every_device() {
 
 #[test]
 fn upload_download_round_trips_special_values() {
-    let data = [0.0f32, -0.0, 1.5, f32::MAX, f32::MIN_POSITIVE, f32::INFINITY, f32::NAN];
+    let data = [
+        0.0f32,
+        -0.0,
+        1.5,
+        f32::MAX,
+        f32::MIN_POSITIVE,
+        f32::INFINITY,
+        f32::NAN,
+    ];
     for device in devices_under_test() {
         let back = device.download(&device.upload(&data).unwrap()).unwrap();
         let bits: Vec<u32> = back.iter().map(|v| v.to_bits()).collect();

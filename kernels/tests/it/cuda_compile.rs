@@ -44,7 +44,10 @@ fn a_compile_error_carries_nvrtc_log() {
     match compile_ptx("broken.cu", bad, None) {
         Err(KernelError::CudaCompile { kernel, log }) => {
             assert_eq!(kernel, "broken.cu");
-            assert!(log.contains("undefined_name"), "log lacks the culprit: {log}");
+            assert!(
+                log.contains("undefined_name"),
+                "log lacks the culprit: {log}"
+            );
         }
         other => panic!("expected a compile error, got {other:?}"),
     }

@@ -46,7 +46,10 @@ fn without_libcuda_cuda_is_absent_not_a_panic() {
         .resolve(&d)
         .unwrap_err()
         .to_string();
-    assert!(err.starts_with("cuda device not available: libcuda not found"), "{err}");
+    assert!(
+        err.starts_with("cuda device not available: libcuda not found"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -1,0 +1,501 @@
+//! The `kiln` command line: `sql`, `explain`, `devices` and `datagen`.
+//!
+//! Every failure ends as one line on stderr (`error: ...`, credentials
+//! redacted) and a non-zero exit: 2 for a bad command line, 1 for anything
+//! that went wrong while running.
+
+pub mod output;
+pub mod progress;
+
+use std::io::{BufRead, IsTerminal, Read, Write};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use kiln_kernels::{DeviceRequest, Discovery, discover};
+
+use crate::cli::output::{Format, print_frame};
+use crate::cli::progress::{Progress, human_bytes};
+use crate::datagen::generate_tpch;
+use crate::error::{KilnError, Result};
+use crate::session::Session;
+
+/// Kiln: SQL and DataFrames over Parquet, on GPUs (CUDA, wgpu) or the CPU.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about, long_about = None)]
+pub struct Cli {
+    /// Device for Kiln's operators: auto, cpu, wgpu, wgpu:N, cuda, cuda:N
+    /// [env: KILN_DEVICE]
+    #[arg(long, global = true)]
+    device: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct SqlInput {
+    /// SQL to run (several statements separated by ';').
+    #[arg(short = 'c', long = "command", conflicts_with = "file")]
+    command: Option<String>,
+
+    /// File of SQL statements, run in order.
+    #[arg(short = 'f', long = "file")]
+    file: Option<String>,
+
+    /// Register Parquet at LOCATION as table NAME before the statements run (repeatable).
+    #[arg(long = "table", value_name = "NAME=LOCATION")]
+    tables: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run SQL: from -c, from -f, from piped stdin, or at an interactive prompt.
+    Sql {
+        #[command(flatten)]
+        input: SqlInput,
+
+        /// How rows are printed.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Show the plan of a statement (the last one of a script, after running the others).
+    Explain {
+        #[command(flatten)]
+        input: SqlInput,
+
+        /// Include every intermediate plan.
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// List the devices of this machine, and why any backend is absent.
+    Devices {
+        /// table or json.
+        #[arg(long, value_enum, default_value = "table")]
+        format: DevicesFormat,
+    },
+    /// Generate benchmark data.
+    Datagen {
+        #[command(subcommand)]
+        dataset: Dataset,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DevicesFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Dataset {
+    /// The eight TPC-H tables as Parquet (one directory of parts per table).
+    Tpch {
+        /// Scale factor: 1 is about 1 GB of CSV (6 million lineitem rows).
+        #[arg(long, short = 's', default_value = "1", allow_negative_numbers = true)]
+        scale: f64,
+
+        /// Output directory or prefix (local path, s3://, gs://, az://, memory://).
+        #[arg(long, short = 'o')]
+        output: String,
+    },
+}
+
+/// Parses the command line and runs it; the exit code says how it went.
+pub fn main() -> ExitCode {
+    install_panic_hook();
+    quiet_vulkan_device_select();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                let _ = e.print();
+                return ExitCode::from(2);
+            }
+            // clap's first line says what is wrong; the usage that follows is
+            // one `--help` away.
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("error: {first} (see kiln --help)");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", e.one_line());
+            if e.is_usage() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// Mesa's implicit device-select Vulkan layer probes for a Wayland or X
+/// display and complains on stderr when there is none (every headless
+/// server). Kiln selects devices itself, so the layer is turned off unless
+/// the user set its variable.
+fn quiet_vulkan_device_select() {
+    if std::env::var_os("NODEVICE_SELECT").is_none() {
+        // SAFETY: called first thing in `main`, before the async runtime or
+        // any other thread exists, so nothing can read the environment
+        // concurrently.
+        unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
+    }
+}
+
+/// A panic is a bug in Kiln; still, the user gets one line, not a backtrace.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_string());
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let line = kiln_engine::io::redact(&msg.replace('\n', " "));
+        eprintln!("error: internal error: {line}{at} (a bug in Kiln; please report it)");
+    }));
+}
+
+fn device_request(cli_device: Option<&str>) -> Result<DeviceRequest> {
+    match cli_device {
+        Some(spec) => spec
+            .parse::<DeviceRequest>()
+            .map_err(|e| KilnError::Usage(e.to_string())),
+        None => {
+            DeviceRequest::from_env().map_err(|e| KilnError::Usage(format!("KILN_DEVICE: {e}")))
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let device = device_request(cli.device.as_deref())?;
+    match cli.command {
+        Command::Devices { format } => {
+            let discovery = discover();
+            // A device asked for by name must be there, even here.
+            if device != DeviceRequest::Auto {
+                device.resolve(&discovery)?;
+            }
+            print_devices(&discovery, format)
+        }
+        Command::Datagen {
+            dataset: Dataset::Tpch { scale, output },
+        } => {
+            crate::datagen::check_scale(scale)?;
+            let session = Session::builder().device(device).build()?;
+            datagen(&session, scale, &output).await
+        }
+        Command::Sql { input, format } => {
+            let session = open_session(device, &input).await?;
+            match read_sql(&input)? {
+                Some(sql) => run_script(&session, &sql, format).await,
+                None => interactive(&session, format).await,
+            }
+        }
+        Command::Explain { input, verbose } => {
+            let session = open_session(device, &input).await?;
+            let sql = read_sql(&input)?.ok_or_else(|| {
+                KilnError::Usage("explain needs SQL: -c \"...\", -f FILE or stdin".to_string())
+            })?;
+            explain(&session, &sql, verbose).await
+        }
+    }
+}
+
+async fn open_session(device: DeviceRequest, input: &SqlInput) -> Result<Session> {
+    let session = Session::builder().device(device).build()?;
+    for spec in &input.tables {
+        let (name, location) = spec
+            .split_once('=')
+            .filter(|(n, l)| !n.trim().is_empty() && !l.trim().is_empty())
+            .ok_or_else(|| {
+                KilnError::Usage(format!("--table expects NAME=LOCATION, got '{spec}'"))
+            })?;
+        session
+            .register_parquet(name.trim(), location.trim())
+            .await
+            .map_err(|e| KilnError::Usage(format!("--table {}: {}", name.trim(), e.one_line())))?;
+    }
+    Ok(session)
+}
+
+/// The SQL of `-c`, `-f`, or piped stdin; `None` for a terminal (interactive).
+fn read_sql(input: &SqlInput) -> Result<Option<String>> {
+    if let Some(sql) = &input.command {
+        return Ok(Some(sql.clone()));
+    }
+    if let Some(path) = &input.file {
+        return std::fs::read_to_string(path)
+            .map(Some)
+            .map_err(|source| KilnError::File {
+                path: path.clone(),
+                source,
+            });
+    }
+    if std::io::stdin().is_terminal() {
+        return Ok(None);
+    }
+    let mut sql = String::new();
+    std::io::stdin()
+        .read_to_string(&mut sql)
+        .map_err(|source| KilnError::File {
+            path: "<stdin>".to_string(),
+            source,
+        })?;
+    Ok(Some(sql))
+}
+
+/// Runs each statement in order, printing the rows of those that return rows.
+async fn run_script(session: &Session, sql: &str, format: Format) -> Result<()> {
+    let statements = session.parse(sql)?;
+    if statements.is_empty() {
+        return Err(KilnError::EmptySql);
+    }
+    let mut stdout = std::io::stdout().lock();
+    let mut printed = 0;
+    for statement in statements {
+        let frame = session.execute_statement(statement).await?;
+        if frame.schema().fields().is_empty() {
+            continue;
+        }
+        if printed > 0 && format == Format::Table {
+            writeln!(stdout).map_err(|e| KilnError::File {
+                path: "<stdout>".into(),
+                source: e,
+            })?;
+        }
+        print_frame(frame, format, &mut stdout).await?;
+        printed += 1;
+    }
+    Ok(())
+}
+
+/// A prompt: statements end with ';'. Errors are printed and the prompt
+/// goes on; `\q`, `quit` or end of input leaves.
+async fn interactive(session: &Session, format: Format) -> Result<()> {
+    let stdin = std::io::stdin();
+    let mut buffer = String::new();
+    let mut lines = stdin.lock().lines();
+    loop {
+        let prompt = if buffer.trim().is_empty() {
+            "kiln> "
+        } else {
+            "  ..> "
+        };
+        print!("{prompt}");
+        let _ = std::io::stdout().flush();
+        let Some(line) = lines.next() else {
+            println!();
+            break;
+        };
+        let line = line.map_err(|source| KilnError::File {
+            path: "<stdin>".into(),
+            source,
+        })?;
+        let trimmed = line.trim();
+        if buffer.trim().is_empty()
+            && matches!(trimmed, "\\q" | "quit" | "exit" | "quit;" | "exit;")
+        {
+            break;
+        }
+        buffer.push_str(&line);
+        buffer.push('\n');
+        if !trimmed.ends_with(';') {
+            continue;
+        }
+        let sql = std::mem::take(&mut buffer);
+        if let Err(e) = run_script(session, &sql, format).await {
+            eprintln!("error: {}", e.one_line());
+        }
+    }
+    Ok(())
+}
+
+/// Prints the plan of the last statement after running the ones before it.
+async fn explain(session: &Session, sql: &str, verbose: bool) -> Result<()> {
+    let mut statements = session.parse(sql)?;
+    let last = statements.pop().ok_or(KilnError::EmptySql)?;
+    for statement in statements {
+        // Earlier statements set the stage (tables, options); their rows,
+        // if any, are not what was asked for.
+        session
+            .execute_statement(statement)
+            .await?
+            .collect()
+            .await?;
+    }
+    let plan = session.plan_statement(last).await?;
+    let frame = if matches!(plan, datafusion::logical_expr::LogicalPlan::Explain(_)) {
+        session.context().execute_logical_plan(plan).await?
+    } else if matches!(plan, datafusion::logical_expr::LogicalPlan::Ddl(_))
+        || matches!(plan, datafusion::logical_expr::LogicalPlan::Statement(_))
+    {
+        return Err(KilnError::Usage(
+            "explain needs a query (SELECT, COPY, INSERT, ...) as its last statement".to_string(),
+        ));
+    } else {
+        session
+            .context()
+            .execute_logical_plan(plan)
+            .await?
+            .explain(verbose, false)?
+    };
+    let batches = frame.collect().await?;
+    let mut stdout = std::io::stdout().lock();
+    let mut text = String::new();
+    for batch in &batches {
+        let kinds = batch.column(0);
+        let plans = batch.column(1);
+        let kinds = datafusion::arrow::array::as_string_array(kinds);
+        let plans = datafusion::arrow::array::as_string_array(plans);
+        for i in 0..batch.num_rows() {
+            text.push_str(&format!(
+                "== {} ==\n{}\n",
+                kinds.value(i),
+                plans.value(i).trim_end()
+            ));
+        }
+    }
+    write!(stdout, "{}", kiln_engine::io::redact(&text)).map_err(|e| KilnError::File {
+        path: "<stdout>".into(),
+        source: e,
+    })?;
+    Ok(())
+}
+
+fn print_devices(discovery: &Discovery, format: DevicesFormat) -> Result<()> {
+    let mut out = String::new();
+    match format {
+        DevicesFormat::Json => {
+            let devices: Vec<_> = discovery
+                .devices
+                .iter()
+                .map(|d| {
+                    serde_json::json!({
+                        "id": d.id(),
+                        "name": d.name,
+                        "backend": d.backend.name(),
+                        "type": d.device_type.name(),
+                        "memory_bytes": d.memory_bytes,
+                        "details": d.details,
+                    })
+                })
+                .collect();
+            let absent: Vec<_> = discovery
+                .absent
+                .iter()
+                .map(|a| serde_json::json!({"backend": a.backend.name(), "reason": a.reason}))
+                .collect();
+            let doc = serde_json::json!({"devices": devices, "absent": absent});
+            out.push_str(
+                &serde_json::to_string_pretty(&doc)
+                    .map_err(|e| KilnError::Internal(format!("serializing devices: {e}")))?,
+            );
+            out.push('\n');
+        }
+        DevicesFormat::Table => {
+            let rows: Vec<[String; 5]> = discovery
+                .devices
+                .iter()
+                .map(|d| {
+                    [
+                        d.id(),
+                        d.name.clone(),
+                        d.device_type.name().to_string(),
+                        d.memory_bytes
+                            .map_or("not reported".to_string(), human_bytes),
+                        d.details.clone(),
+                    ]
+                })
+                .collect();
+            let header = ["DEVICE", "NAME", "TYPE", "MEMORY", "DETAILS"];
+            let widths: Vec<usize> = (0..5)
+                .map(|i| {
+                    rows.iter()
+                        .map(|r| r[i].chars().count())
+                        .chain([header[i].len()])
+                        .max()
+                        .unwrap_or(0)
+                })
+                .collect();
+            for row in std::iter::once(header.map(String::from)).chain(rows) {
+                let line: Vec<String> = row
+                    .iter()
+                    .zip(&widths)
+                    .map(|(cell, w)| format!("{cell:<w$}"))
+                    .collect();
+                out.push_str(line.join("  ").trim_end());
+                out.push('\n');
+            }
+            for a in &discovery.absent {
+                out.push_str(&format!("{}: not available: {}\n", a.backend, a.reason));
+            }
+        }
+    }
+    std::io::stdout()
+        .write_all(out.as_bytes())
+        .map_err(|e| KilnError::File {
+            path: "<stdout>".into(),
+            source: e,
+        })
+}
+
+async fn datagen(session: &Session, scale: f64, output: &str) -> Result<()> {
+    let mut progress = Progress::stderr();
+    let mut files = 0usize;
+    let mut rows = 0u64;
+    let mut bytes = 0u64;
+    let summaries = generate_tpch(session, scale, output, |part| {
+        files += 1;
+        rows += part.rows;
+        bytes += part.bytes;
+        let (f, r, b) = (files, rows, bytes);
+        progress.update(|t| {
+            format!(
+                "tpch sf{scale}: {f} files, {r} rows, {} in {:.1}s ({} part {}/{})",
+                human_bytes(b),
+                t.as_secs_f64(),
+                part.table,
+                part.part + 1,
+                part.parts
+            )
+        });
+    })
+    .await?;
+    progress.finish();
+    let mut stdout = std::io::stdout().lock();
+    for s in &summaries {
+        let _ = writeln!(
+            stdout,
+            "{:<9} {:>3} files {:>12} rows {:>10}",
+            s.table,
+            s.files,
+            s.rows,
+            human_bytes(s.bytes)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! Printing query results: an aligned table, CSV with a header row, or JSON
+//! with one object per row. CSV and JSON stream batch by batch, so a large
+//! result never has to fit in memory; the table needs every row to size its
+//! columns.
+
+use std::io::Write;
+
+use crate::DataFrame;
+use crate::error::{KilnError, Result};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::csv::WriterBuilder as CsvWriterBuilder;
+use datafusion::arrow::json::WriterBuilder as JsonWriterBuilder;
+use datafusion::arrow::json::writer::LineDelimited;
+use datafusion::arrow::util::pretty::pretty_format_batches_with_schema;
+use futures::StreamExt;
+
+use crate::cli::progress::{Progress, human_bytes};
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// An aligned table for people.
+    Table,
+    /// CSV with a header row.
+    Csv,
+    /// JSON, one object per line, NULLs written as null.
+    Json,
+}
+
+fn write_err(e: std::io::Error) -> KilnError {
+    KilnError::File {
+        path: "<stdout>".to_string(),
+        source: e,
+    }
+}
+
+/// Executes `frame` and prints its rows to `out`; returns the row count.
+pub async fn print_frame(frame: DataFrame, format: Format, out: &mut dyn Write) -> Result<u64> {
+    let mut progress = Progress::stderr();
+    let mut stream = frame.execute_stream().await?;
+    let schema = stream.schema();
+    let mut rows = 0u64;
+    let mut bytes = 0u64;
+    let mut tick = |batch: &RecordBatch, progress: &mut Progress| {
+        rows += batch.num_rows() as u64;
+        bytes += batch.get_array_memory_size() as u64;
+        let (rows, bytes) = (rows, bytes);
+        progress.update(|t| {
+            format!(
+                "{rows} rows, {} in {:.1}s",
+                human_bytes(bytes),
+                t.as_secs_f64()
+            )
+        });
+        rows
+    };
+    let total = match format {
+        Format::Table => {
+            let mut batches = Vec::new();
+            let mut total = 0;
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                total = tick(&batch, &mut progress);
+                batches.push(batch);
+            }
+            progress.finish();
+            let table = pretty_format_batches_with_schema(schema, &batches)?;
+            writeln!(out, "{table}").map_err(write_err)?;
+            total
+        }
+        Format::Csv => {
+            let mut writer = CsvWriterBuilder::new().with_header(true).build(&mut *out);
+            let mut total = 0;
+            let mut wrote = false;
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                if batch.num_rows() == 0 && wrote {
+                    continue;
+                }
+                total = tick(&batch, &mut progress);
+                writer.write(&batch)?;
+                wrote = true;
+            }
+            if !wrote {
+                // The header alone, so an empty result is still valid CSV.
+                writer.write(&RecordBatch::new_empty(schema))?;
+            }
+            total
+        }
+        Format::Json => {
+            let mut writer = JsonWriterBuilder::new()
+                .with_explicit_nulls(true)
+                .build::<_, LineDelimited>(&mut *out);
+            let mut total = 0;
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                total = tick(&batch, &mut progress);
+                writer.write(&batch)?;
+            }
+            writer.finish()?;
+            total
+        }
+    };
+    progress.finish();
+    out.flush().map_err(write_err)?;
+    Ok(total)
+}

@@ -1,0 +1,102 @@
+//! Kiln's error type, grouped by who is at fault: the user's input (SQL,
+//! paths, options), the environment's resources (stores, devices, files), or
+//! Kiln itself. Every message that leaves Kiln goes through
+//! [`KilnError::one_line`], which also strips credentials.
+
+use datafusion::error::DataFusionError;
+
+/// The result type of the `kiln` crate.
+pub type Result<T, E = KilnError> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in a Kiln session or command.
+#[derive(Debug, thiserror::Error)]
+pub enum KilnError {
+    // --- the user's input ---
+    /// A command-line or API argument that makes no sense.
+    #[error("{0}")]
+    Usage(String),
+
+    /// A SQL script with no statement in it.
+    #[error("no SQL statement given")]
+    EmptySql,
+
+    // --- resources ---
+    /// A local file Kiln was asked to read or write.
+    #[error("{path}: {source}")]
+    File {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Writing Parquet failed.
+    #[error("writing Parquet: {0}")]
+    Parquet(#[from] datafusion::parquet::errors::ParquetError),
+
+    // --- from the layers below ---
+    /// Planning or executing a query.
+    #[error(transparent)]
+    DataFusion(#[from] DataFusionError),
+
+    /// Object stores and execution.
+    #[error(transparent)]
+    Engine(#[from] kiln_engine::EngineError),
+
+    /// Devices and kernels.
+    #[error(transparent)]
+    Kernel(#[from] kiln_kernels::KernelError),
+
+    /// Object-store operations outside DataFusion (datagen uploads).
+    #[error("{location}: {source}")]
+    ObjectStore {
+        location: String,
+        #[source]
+        source: object_store::Error,
+    },
+
+    // --- Kiln itself ---
+    /// A broken invariant or a crashed worker task.
+    #[error("internal error: {0}")]
+    Internal(String),
+
+    /// Arrow formatting of results.
+    #[error("formatting results: {0}")]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+}
+
+impl KilnError {
+    /// The message on one line, without credentials, for a terminal or a log.
+    pub fn one_line(&self) -> String {
+        let text = match self {
+            KilnError::DataFusion(e) => describe_datafusion(e),
+            other => other.to_string(),
+        };
+        let flat = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        kiln_engine::io::redact(&flat)
+    }
+
+    /// Whether the user's input (rather than the environment) is at fault.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, KilnError::Usage(_) | KilnError::EmptySql)
+    }
+}
+
+/// DataFusion's message, with its wrapper prefixes ("External error: ",
+/// "Context(...)") peeled off where they add nothing for a user.
+fn describe_datafusion(e: &DataFusionError) -> String {
+    match e {
+        DataFusionError::External(inner) => inner.to_string(),
+        DataFusionError::Context(ctx, inner) => format!("{ctx}: {}", describe_datafusion(inner)),
+        DataFusionError::Shared(inner) => describe_datafusion(inner),
+        DataFusionError::ObjectStore(inner) => inner.to_string(),
+        DataFusionError::Diagnostic(_, inner) => describe_datafusion(inner),
+        // The parquet crate's own message already starts "Parquet error: ".
+        DataFusionError::ParquetError(inner) => inner.to_string(),
+        other => other.to_string(),
+    }
+}

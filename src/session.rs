@@ -1,0 +1,256 @@
+//! [`Session`]: a DataFusion `SessionContext` with Kiln's extensions.
+//!
+//! A session plans SQL and DataFrame programs with DataFusion, reads and
+//! writes Parquet in any supported object store (stores are created on first
+//! use of a location, see `kiln_engine::io`), and carries the device its
+//! operators are asked to use.
+
+use std::sync::Arc;
+
+use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
+use datafusion::sql::parser::{DFParserBuilder, Statement};
+use datafusion::sql::sqlparser::dialect::dialect_from_str;
+use kiln_engine::io::{KilnObjectStoreRegistry, is_store_option, redact};
+use kiln_kernels::{DeviceInfo, DeviceRequest, discover};
+
+use crate::error::{KilnError, Result};
+
+/// Builds a [`Session`] with non-default settings.
+#[derive(Debug, Clone, Default)]
+pub struct SessionBuilder {
+    device: Option<DeviceRequest>,
+    target_partitions: Option<usize>,
+}
+
+impl SessionBuilder {
+    /// The device Kiln's operators run on; default: `KILN_DEVICE`, else auto.
+    pub fn device(mut self, device: DeviceRequest) -> Self {
+        self.device = Some(device);
+        self
+    }
+
+    /// DataFusion's partition count; default: the number of cores.
+    pub fn target_partitions(mut self, n: usize) -> Self {
+        self.target_partitions = Some(n);
+        self
+    }
+
+    /// Creates the session. A device asked for by name must exist on this
+    /// machine; `auto` always succeeds.
+    pub fn build(self) -> Result<Session> {
+        let device = match self.device {
+            Some(d) => d,
+            None => DeviceRequest::from_env()?,
+        };
+        let device_info = match device {
+            DeviceRequest::Auto => None,
+            named => Some(named.resolve(&discover())?.clone()),
+        };
+        let registry = Arc::new(KilnObjectStoreRegistry::new());
+        let runtime = RuntimeEnvBuilder::new()
+            .with_object_store_registry(Arc::clone(&registry) as _)
+            .build_arc()?;
+        let mut config = kiln_planner::session_config(device);
+        if let Some(n) = self.target_partitions {
+            config = config.with_target_partitions(n);
+        }
+        let state = kiln_planner::install(
+            SessionStateBuilder::new()
+                .with_config(config)
+                .with_runtime_env(runtime),
+        )
+        .build();
+        let ctx = SessionContext::new_with_state(state).enable_url_table();
+        Ok(Session {
+            ctx,
+            registry,
+            device,
+            device_info,
+        })
+    }
+}
+
+/// What one statement of a script produced.
+pub struct StatementOutput {
+    /// The statement's SQL, as parsed.
+    pub sql: String,
+    /// Its result; DDL and `SET` give a frame with an empty schema.
+    pub frame: DataFrame,
+}
+
+impl StatementOutput {
+    /// Whether the statement produces rows to show (queries, `COPY`'s count,
+    /// `EXPLAIN`), as opposed to DDL and `SET`.
+    pub fn returns_rows(&self) -> bool {
+        !self.frame.schema().fields().is_empty()
+    }
+}
+
+/// A Kiln session: SQL and DataFrames over Parquet, on Kiln's devices.
+pub struct Session {
+    ctx: SessionContext,
+    registry: Arc<KilnObjectStoreRegistry>,
+    device: DeviceRequest,
+    device_info: Option<DeviceInfo>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("session_id", &self.ctx.session_id())
+            .field("device", &self.device)
+            .finish()
+    }
+}
+
+impl Session {
+    /// A session with default settings (device from `KILN_DEVICE`, else auto).
+    pub fn new() -> Result<Session> {
+        Session::builder().build()
+    }
+
+    pub fn builder() -> SessionBuilder {
+        SessionBuilder::default()
+    }
+
+    /// The DataFusion context underneath, for anything Kiln does not wrap.
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// The device this session was asked to use.
+    pub fn device(&self) -> DeviceRequest {
+        self.device
+    }
+
+    /// The session's current `kiln.*` options (as changed by `SET kiln.x = ...`).
+    pub fn kiln_options(&self) -> kiln_planner::KilnOptions {
+        self.ctx
+            .state()
+            .config()
+            .options()
+            .extensions
+            .get::<kiln_planner::KilnOptions>()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The device a named request resolved to (`None` for auto).
+    pub fn device_info(&self) -> Option<&DeviceInfo> {
+        self.device_info.as_ref()
+    }
+
+    /// Parses a script into its statements, in the session's SQL dialect.
+    pub fn parse(&self, sql: &str) -> Result<Vec<Statement>> {
+        let state = self.ctx.state();
+        let options = state.config().options();
+        let dialect = &options.sql_parser.dialect;
+        let dialect = dialect_from_str(dialect)
+            .ok_or_else(|| KilnError::Usage(format!("unsupported SQL dialect '{dialect}'")))?;
+        let statements = DFParserBuilder::new(sql)
+            .with_dialect(dialect.as_ref())
+            .with_recursion_limit(options.sql_parser.recursion_limit.get())
+            .build()?
+            .parse_statements()?;
+        Ok(statements.into_iter().collect())
+    }
+
+    /// Runs one SQL statement. DDL, `SET` and `COPY` take effect now; a query
+    /// comes back as a lazy [`DataFrame`].
+    pub async fn sql(&self, sql: &str) -> Result<DataFrame> {
+        let mut statements = self.parse(sql)?;
+        match statements.len() {
+            0 => Err(KilnError::EmptySql),
+            1 => self.execute_statement(statements.remove(0)).await,
+            n => Err(KilnError::Usage(format!(
+                "Session::sql takes one statement, got {n}; use Session::run_script"
+            ))),
+        }
+    }
+
+    /// Runs every statement of a script in order. Each query's frame is
+    /// returned unexecuted, so the caller can stream its rows; statements
+    /// after a failing one do not run.
+    pub async fn run_script(&self, sql: &str) -> Result<Vec<StatementOutput>> {
+        let statements = self.parse(sql)?;
+        if statements.is_empty() {
+            return Err(KilnError::EmptySql);
+        }
+        let mut out = Vec::with_capacity(statements.len());
+        for statement in statements {
+            let sql = statement.to_string();
+            let frame = self.execute_statement(statement).await?;
+            out.push(StatementOutput { sql, frame });
+        }
+        Ok(out)
+    }
+
+    /// Plans one parsed statement, applies Kiln's handling of store options,
+    /// and executes it (lazily, for queries).
+    pub async fn execute_statement(&self, statement: Statement) -> Result<DataFrame> {
+        let plan = self.plan_statement(statement).await?;
+        Ok(self.ctx.execute_logical_plan(plan).await?)
+    }
+
+    /// The logical plan of one parsed statement, with the storage options of
+    /// a `CREATE EXTERNAL TABLE` applied to its store and removed from it.
+    pub async fn plan_statement(&self, statement: Statement) -> Result<LogicalPlan> {
+        let plan = self.ctx.state().statement_to_plan(statement).await?;
+        self.apply_store_options(plan)
+    }
+
+    /// `CREATE EXTERNAL TABLE ... OPTIONS ('aws.region' 'eu-west-1', ...)`:
+    /// the `aws.*`, `gcp.*` and `azure.*` options configure the store of the
+    /// table's location (and are remembered as secrets where they are
+    /// credentials); the rest go on to DataFusion as format options.
+    fn apply_store_options(&self, plan: LogicalPlan) -> Result<LogicalPlan> {
+        let LogicalPlan::Ddl(DdlStatement::CreateExternalTable(mut cmd)) = plan else {
+            return Ok(plan);
+        };
+        let (store, format): (Vec<_>, Vec<_>) = cmd
+            .options
+            .drain()
+            .partition(|(key, _)| is_store_option(key));
+        cmd.options = format.into_iter().collect();
+        if !store.is_empty() {
+            for location in &cmd.locations {
+                let url = ListingTableUrl::parse(location)?;
+                self.registry.configure(url.as_ref(), &store)?;
+            }
+        }
+        // The statement's text is kept as the table's definition; keep the
+        // credentials out of it.
+        cmd.definition = cmd.definition.map(|d| redact(&d));
+        Ok(LogicalPlan::Ddl(DdlStatement::CreateExternalTable(cmd)))
+    }
+
+    /// A lazy DataFrame over Parquet at `location` (a file, a directory or a
+    /// prefix, in any supported store).
+    pub async fn read_parquet(&self, location: &str) -> Result<DataFrame> {
+        Ok(self
+            .ctx
+            .read_parquet(location, ParquetReadOptions::default())
+            .await?)
+    }
+
+    /// Registers Parquet at `location` as table `name`.
+    pub async fn register_parquet(&self, name: &str, location: &str) -> Result<()> {
+        self.ctx
+            .register_parquet(name, location, ParquetReadOptions::default())
+            .await?;
+        Ok(())
+    }
+
+    /// Configures the store of `location` with explicit options
+    /// (`aws.access_key_id`, `aws.endpoint`, `gcp.service_account_path`, ...),
+    /// as `CREATE EXTERNAL TABLE ... OPTIONS` does.
+    pub fn configure_store(&self, location: &str, options: &[(String, String)]) -> Result<()> {
+        let url = ListingTableUrl::parse(location)?;
+        self.registry.configure(url.as_ref(), options)?;
+        Ok(())
+    }
+}
