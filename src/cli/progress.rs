@@ -6,6 +6,8 @@ use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 const INTERVAL: Duration = Duration::from_millis(200);
+/// Work that ends sooner than this shows no progress at all (no flicker).
+const DELAY: Duration = Duration::from_secs(1);
 
 /// A throttled, single-line progress display.
 pub struct Progress {
@@ -36,7 +38,7 @@ impl Progress {
             return;
         }
         let now = Instant::now();
-        if self.last.is_some_and(|t| now - t < INTERVAL) {
+        if now - self.started < DELAY || self.last.is_some_and(|t| now - t < INTERVAL) {
             return;
         }
         self.last = Some(now);

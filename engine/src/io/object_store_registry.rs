@@ -112,12 +112,27 @@ fn retry_config() -> RetryConfig {
     }
 }
 
-/// The environment variables of one cloud, as (lower-case key, value).
-fn env_options(prefix: &str) -> Vec<(String, String)> {
-    std::env::vars()
-        .filter(|(k, _)| k.starts_with(prefix))
-        .map(|(k, v)| (k.to_ascii_lowercase(), v))
-        .collect()
+/// The configuration of one cloud's store: its environment variables (those
+/// object_store knows; others are ignored, as every SDK does), then the
+/// explicit `options`, which therefore win. An unknown option is an error.
+fn config_pairs<K: std::str::FromStr>(
+    cloud: Cloud,
+    env_prefix: &str,
+    options: &[(String, String)],
+    location: &str,
+) -> Result<Vec<(K, String)>> {
+    let mut pairs: Vec<(K, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with(env_prefix))
+        .filter_map(|(k, v)| Some((k.to_ascii_lowercase().parse().ok()?, v)))
+        .collect();
+    for (key, value) in options {
+        let k = parse_option::<K>(cloud, key).ok_or_else(|| EngineError::UnknownStoreOption {
+            key: key.clone(),
+            location: location.to_string(),
+        })?;
+        pairs.push((k, value.clone()));
+    }
+    Ok(pairs)
 }
 
 /// The object_store config key an option names: `aws.secret_access_key` is
@@ -162,14 +177,13 @@ fn build_store(url: &Url, options: &[(String, String)]) -> Result<Arc<dyn Object
             register_secret(value);
         }
     }
-    let unknown = |key: &str| EngineError::UnknownStoreOption {
-        key: key.to_string(),
-        location: location.clone(),
-    };
     if cloud.option_prefix().is_none()
         && let Some((key, _)) = options.first()
     {
-        return Err(unknown(key));
+        return Err(EngineError::UnknownStoreOption {
+            key: key.clone(),
+            location,
+        });
     }
     let store: Arc<dyn ObjectStore> = match cloud {
         Cloud::Local => Arc::new(LocalFileSystem::new()),
@@ -178,14 +192,8 @@ fn build_store(url: &Url, options: &[(String, String)]) -> Result<Arc<dyn Object
             let mut b = AmazonS3Builder::new()
                 .with_client_options(client_options())
                 .with_retry(retry_config());
-            for (key, value) in env_options("AWS_") {
-                if let Ok(k) = key.parse::<AmazonS3ConfigKey>() {
-                    b = b.with_config(k, value);
-                }
-            }
-            for (key, value) in options {
-                let k =
-                    parse_option::<AmazonS3ConfigKey>(cloud, key).ok_or_else(|| unknown(key))?;
+            for (k, value) in config_pairs::<AmazonS3ConfigKey>(cloud, "AWS_", options, &location)?
+            {
                 b = b.with_config(k, value);
             }
             // An http:// endpoint (MinIO, moto, a local gateway) is only
@@ -210,13 +218,8 @@ fn build_store(url: &Url, options: &[(String, String)]) -> Result<Arc<dyn Object
             let mut b = GoogleCloudStorageBuilder::new()
                 .with_client_options(client_options())
                 .with_retry(retry_config());
-            for (key, value) in env_options("GOOGLE_") {
-                if let Ok(k) = key.parse::<GoogleConfigKey>() {
-                    b = b.with_config(k, value);
-                }
-            }
-            for (key, value) in options {
-                let k = parse_option::<GoogleConfigKey>(cloud, key).ok_or_else(|| unknown(key))?;
+            for (k, value) in config_pairs::<GoogleConfigKey>(cloud, "GOOGLE_", options, &location)?
+            {
                 b = b.with_config(k, value);
             }
             Arc::new(
@@ -229,13 +232,7 @@ fn build_store(url: &Url, options: &[(String, String)]) -> Result<Arc<dyn Object
             let mut b = MicrosoftAzureBuilder::new()
                 .with_client_options(client_options())
                 .with_retry(retry_config());
-            for (key, value) in env_options("AZURE_") {
-                if let Ok(k) = key.parse::<AzureConfigKey>() {
-                    b = b.with_config(k, value);
-                }
-            }
-            for (key, value) in options {
-                let k = parse_option::<AzureConfigKey>(cloud, key).ok_or_else(|| unknown(key))?;
+            for (k, value) in config_pairs::<AzureConfigKey>(cloud, "AZURE_", options, &location)? {
                 b = b.with_config(k, value);
             }
             Arc::new(
