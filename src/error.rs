@@ -54,6 +54,15 @@ pub enum KilnError {
         source: object_store::Error,
     },
 
+    /// A statement of a multi-statement script failed.
+    #[error("statement {index} of {total}: {source}")]
+    Statement {
+        index: usize,
+        total: usize,
+        #[source]
+        source: Box<KilnError>,
+    },
+
     // --- Kiln itself ---
     /// A broken invariant or a crashed worker task.
     #[error("internal error: {0}")]
@@ -69,6 +78,11 @@ impl KilnError {
     pub fn one_line(&self) -> String {
         let text = match self {
             KilnError::DataFusion(e) => describe_datafusion(e),
+            KilnError::Statement {
+                index,
+                total,
+                source,
+            } => format!("statement {index} of {total}: {}", source.one_line()),
             other => other.to_string(),
         };
         let flat = text
@@ -82,7 +96,11 @@ impl KilnError {
 
     /// Whether the user's input (rather than the environment) is at fault.
     pub fn is_usage(&self) -> bool {
-        matches!(self, KilnError::Usage(_) | KilnError::EmptySql)
+        match self {
+            KilnError::Usage(_) | KilnError::EmptySql => true,
+            KilnError::Statement { source, .. } => source.is_usage(),
+            _ => false,
+        }
     }
 }
 

@@ -274,21 +274,35 @@ async fn run_script(session: &Session, sql: &str, format: Format) -> Result<()> 
     if statements.is_empty() {
         return Err(KilnError::EmptySql);
     }
+    let total = statements.len();
     let mut stdout = std::io::stdout().lock();
     let mut printed = 0;
-    for statement in statements {
-        let frame = session.execute_statement(statement).await?;
-        if frame.schema().fields().is_empty() {
-            continue;
+    for (i, statement) in statements.into_iter().enumerate() {
+        let result: Result<()> = async {
+            let frame = session.execute_statement(statement).await?;
+            if frame.schema().fields().is_empty() {
+                return Ok(());
+            }
+            if printed > 0 && format == Format::Table {
+                writeln!(stdout).map_err(|e| KilnError::File {
+                    path: "<stdout>".into(),
+                    source: e,
+                })?;
+            }
+            print_frame(frame, format, &mut stdout).await?;
+            printed += 1;
+            Ok(())
         }
-        if printed > 0 && format == Format::Table {
-            writeln!(stdout).map_err(|e| KilnError::File {
-                path: "<stdout>".into(),
-                source: e,
-            })?;
-        }
-        print_frame(frame, format, &mut stdout).await?;
-        printed += 1;
+        .await;
+        // In a script, say which statement failed.
+        result.map_err(|e| match total {
+            1 => e,
+            _ => KilnError::Statement {
+                index: i + 1,
+                total,
+                source: Box::new(e),
+            },
+        })?;
     }
     Ok(())
 }

@@ -60,7 +60,7 @@ fn statements_after_a_failure_do_not_run() {
             s(&out)
         ),
     ]);
-    assert_one_line_error(&r, &["missing_table"]);
+    assert_one_line_error(&r, &["statement 1 of 2", "missing_table"]);
     assert!(!out.exists(), "a statement after the failing one ran");
 }
 
