@@ -15,10 +15,12 @@
 //! ```
 
 pub mod cli;
+pub mod dataframe;
 pub mod datagen;
 pub mod error;
 pub mod session;
 
+pub use dataframe::KilnDataFrameExt;
 pub use datafusion::dataframe::{DataFrame, DataFrameWriteOptions};
 pub use error::{KilnError, Result};
 pub use kiln_kernels::{BackendKind, DeviceRequest, discover};

@@ -65,6 +65,7 @@ impl SessionBuilder {
         )
         .build();
         let ctx = SessionContext::new_with_state(state).enable_url_table();
+        kiln_planner::register_functions(&ctx);
         Ok(Session {
             ctx,
             registry,

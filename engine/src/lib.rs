@@ -7,6 +7,7 @@
 //! BERT-family sentence encoders loaded from Hugging Face layout.
 
 pub mod error;
+pub mod functions;
 pub mod io;
 pub mod model;
 

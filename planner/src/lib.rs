@@ -9,7 +9,9 @@ pub mod options;
 pub use options::KilnOptions;
 
 use datafusion::execution::SessionStateBuilder;
-use datafusion::prelude::SessionConfig;
+use datafusion::logical_expr::ScalarUDF;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use kiln_engine::functions::EmbedUdf;
 use kiln_kernels::DeviceRequest;
 
 /// DataFusion's session configuration with Kiln's options added; `device` is
@@ -27,4 +29,16 @@ pub fn session_config(device: DeviceRequest) -> SessionConfig {
 /// Installs Kiln's planning extensions on a session being built.
 pub fn install(builder: SessionStateBuilder) -> SessionStateBuilder {
     builder.with_default_features()
+}
+
+/// Kiln's SQL functions, as DataFusion UDFs.
+pub fn kiln_functions() -> Vec<ScalarUDF> {
+    vec![ScalarUDF::from(EmbedUdf::new())]
+}
+
+/// Registers Kiln's SQL functions (`embed`, ...) on a context.
+pub fn register_functions(ctx: &SessionContext) {
+    for udf in kiln_functions() {
+        ctx.register_udf(udf);
+    }
 }

@@ -73,6 +73,22 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: DevicesFormat,
     },
+    /// Add an embedding column to Parquet: read INPUT, write OUTPUT (any store).
+    Embed {
+        /// Parquet file, directory or prefix to read.
+        input: String,
+        /// Where to write: a .parquet file, or a directory/prefix.
+        output: String,
+        /// The text column to embed.
+        #[arg(long)]
+        column: String,
+        /// Model name or directory (default: all-MiniLM-L6-v2).
+        #[arg(long)]
+        model: Option<String>,
+        /// Name of the new column.
+        #[arg(long = "as", default_value = "embedding")]
+        as_name: String,
+    },
     /// Generate benchmark data.
     Datagen {
         #[command(subcommand)]
@@ -207,6 +223,24 @@ async fn run(cli: Cli) -> Result<()> {
             crate::datagen::check_scale(scale)?;
             let session = Session::builder().device(device).build()?;
             datagen(&session, scale, &output).await
+        }
+        Command::Embed {
+            input,
+            output,
+            column,
+            model,
+            as_name,
+        } => {
+            let session = Session::builder().device(device).build()?;
+            embed(
+                &session,
+                &input,
+                &output,
+                &column,
+                model.as_deref(),
+                &as_name,
+            )
+            .await
         }
         Command::Sql { input, format } => {
             let session = open_session(device, &input).await?;
@@ -475,6 +509,43 @@ fn print_devices(discovery: &Discovery, format: DevicesFormat) -> Result<()> {
             path: "<stdout>".into(),
             source: e,
         })
+}
+
+async fn embed(
+    session: &Session,
+    input: &str,
+    output: &str,
+    column: &str,
+    model: Option<&str>,
+    as_name: &str,
+) -> Result<()> {
+    use crate::dataframe::KilnDataFrameExt;
+    let started = std::time::Instant::now();
+    let frame = session.read_parquet(input).await?;
+    if frame.schema().field_with_unqualified_name(as_name).is_ok() {
+        return Err(KilnError::Usage(format!(
+            "{input} already has a column '{as_name}'; choose another name with --as"
+        )));
+    }
+    let frame = frame.embed(column, model, as_name)?;
+    let single_file = output.ends_with(".parquet");
+    let options = crate::DataFrameWriteOptions::new().with_single_file_output(single_file);
+    let written = frame.write_parquet(output, options, None).await?;
+    let rows: u64 = written
+        .iter()
+        .filter_map(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::UInt64Array>()
+                .map(|a| a.values().iter().sum::<u64>())
+        })
+        .sum();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "embedded {rows} rows of {input}:{column} into {output}:{as_name} in {secs:.1}s ({:.0} rows/s)",
+        rows as f64 / secs.max(1e-9)
+    );
+    Ok(())
 }
 
 async fn datagen(session: &Session, scale: f64, output: &str) -> Result<()> {

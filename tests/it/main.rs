@@ -5,6 +5,7 @@ mod cli_errors;
 mod cli_sql;
 mod common;
 mod devices;
+mod embed;
 mod explain;
 mod s3;
 mod session_api;

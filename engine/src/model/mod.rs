@@ -6,6 +6,7 @@
 //! sequence limit come from the model's files.
 
 pub mod bert;
+pub mod cache;
 pub mod config;
 pub mod resolve;
 pub mod weights;
@@ -21,6 +22,7 @@ use crate::model::bert::{RaggedBatch, forward};
 use crate::model::config::{Activation, BertConfig, SentenceConfig, read_json};
 use crate::model::weights::BertWeights;
 
+pub use cache::shared_model;
 pub use resolve::{DEFAULT_MODEL, model_dir, resolve_model};
 
 /// Tokens per encoder batch by default: large enough to keep GEMMs

@@ -1,0 +1,156 @@
+//! `embed(text)` and `embed(text, 'model-name-or-path')`: sentence embeddings
+//! as `FixedSizeList<Float32, dim>`.
+//!
+//! The model is resolved and loaded while the query is planned (its width is
+//! the result type), once per process. Each input batch is embedded as a
+//! whole, grouped into token-budget batches by length; NULL text gives a
+//! NULL embedding.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, StringArray,
+};
+use datafusion::arrow::buffer::NullBuffer;
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::{
+    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, TypeSignature,
+    Volatility,
+};
+
+use crate::model::{DEFAULT_MODEL, EmbeddingModel, shared_model};
+
+/// The `embed` scalar function.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct EmbedUdf {
+    signature: Signature,
+}
+
+impl Default for EmbedUdf {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EmbedUdf {
+    pub fn new() -> Self {
+        // Exact types, no coercion: a coerced model argument would become a
+        // CAST expression, and the model must be seen as a literal while the
+        // query is planned (its width is the result type).
+        let strings = [DataType::Utf8, DataType::LargeUtf8, DataType::Utf8View];
+        let mut accepted = Vec::new();
+        for text in &strings {
+            accepted.push(TypeSignature::Exact(vec![text.clone()]));
+            for model in &strings {
+                accepted.push(TypeSignature::Exact(vec![text.clone(), model.clone()]));
+            }
+        }
+        EmbedUdf {
+            signature: Signature::one_of(accepted, Volatility::Immutable),
+        }
+    }
+}
+
+/// The result type for a model of width `dim`.
+pub fn embedding_type(dim: usize) -> DataType {
+    DataType::FixedSizeList(
+        Arc::new(Field::new_list_field(DataType::Float32, false)),
+        dim as i32,
+    )
+}
+
+fn model_name(arg: Option<&ScalarValue>) -> Result<String> {
+    match arg {
+        None => Ok(DEFAULT_MODEL.to_string()),
+        Some(
+            ScalarValue::Utf8(Some(s))
+            | ScalarValue::LargeUtf8(Some(s))
+            | ScalarValue::Utf8View(Some(s)),
+        ) => Ok(s.clone()),
+        Some(other) => {
+            plan_err!("embed(text, model): the model must be a non-NULL string, got {other}")
+        }
+    }
+}
+
+fn load(name: &str) -> Result<Arc<EmbeddingModel>> {
+    shared_model(name).map_err(|e| DataFusionError::External(Box::new(e)))
+}
+
+impl ScalarUDFImpl for EmbedUdf {
+    fn name(&self) -> &str {
+        "embed"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        // The width depends on the model: return_field_from_args answers.
+        plan_err!("embed: the result type depends on the model argument")
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        let name = match args.scalar_arguments {
+            [_] => model_name(None)?,
+            [_, Some(model)] => model_name(Some(model))?,
+            [_, None] => {
+                return plan_err!("embed(text, model): the model must be a constant string");
+            }
+            _ => return plan_err!("embed takes (text) or (text, model)"),
+        };
+        let model = load(&name)?;
+        Ok(Arc::new(Field::new(
+            self.name(),
+            embedding_type(model.dim()),
+            true,
+        )))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let name = match args.args.get(1) {
+            None => model_name(None)?,
+            Some(ColumnarValue::Scalar(s)) => model_name(Some(s))?,
+            Some(ColumnarValue::Array(_)) => {
+                return exec_err!("embed(text, model): the model must be a constant string");
+            }
+        };
+        let model = load(&name)?;
+        let texts = args.args[0].to_array(args.number_rows)?;
+        let texts: StringArray = match texts.data_type() {
+            DataType::Utf8 => texts.as_string::<i32>().clone(),
+            _ => datafusion::arrow::compute::cast(&texts, &DataType::Utf8)?
+                .as_string::<i32>()
+                .clone(),
+        };
+        let present: Vec<&str> = texts.iter().flatten().collect();
+        let embedded = model
+            .embed(&present)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let dim = model.dim();
+        let mut values = Vec::with_capacity(texts.len() * dim);
+        let mut next = 0;
+        for i in 0..texts.len() {
+            if texts.is_null(i) {
+                values.extend(std::iter::repeat_n(0f32, dim));
+            } else {
+                values.extend_from_slice(embedded.row(next));
+                next += 1;
+            }
+        }
+        let nulls = texts
+            .nulls()
+            .cloned()
+            .map(|n| NullBuffer::new(n.into_inner()));
+        let list = FixedSizeListArray::try_new(
+            Arc::new(Field::new_list_field(DataType::Float32, false)),
+            dim as i32,
+            Arc::new(Float32Array::from(values)),
+            nulls,
+        )?;
+        Ok(ColumnarValue::Array(Arc::new(list) as ArrayRef))
+    }
+}

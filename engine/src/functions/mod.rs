@@ -1,0 +1,5 @@
+//! Kiln's SQL functions.
+
+pub mod embed;
+
+pub use embed::EmbedUdf;

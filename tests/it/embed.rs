@@ -1,0 +1,178 @@
+//! Embeddings through SQL, the DataFrame API and `kiln embed`, using the
+//! small random BERT fixture of kiln-engine (its numbers are checked against
+//! sentence-transformers there); here the point is the surface: types, NULLs,
+//! row order, files, errors.
+
+use std::path::PathBuf;
+
+use datafusion::arrow::array::{Array, AsArray, FixedSizeListArray};
+use datafusion::arrow::datatypes::{DataType, Float32Type};
+use kiln::{KilnDataFrameExt, Session};
+use kiln_engine::model::EmbeddingModel;
+
+use crate::common::*;
+
+fn tiny() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("engine/tests/fixtures/tiny-bert")
+}
+
+fn direct(texts: &[&str]) -> Vec<Vec<f32>> {
+    let model = EmbeddingModel::load_dir(&tiny()).unwrap();
+    let e = model.embed(texts).unwrap();
+    (0..texts.len()).map(|i| e.row(i).to_vec()).collect()
+}
+
+fn rows(list: &FixedSizeListArray) -> Vec<Option<Vec<f32>>> {
+    (0..list.len())
+        .map(|i| {
+            (!list.is_null(i)).then(|| {
+                list.value(i)
+                    .as_primitive::<Float32Type>()
+                    .values()
+                    .to_vec()
+            })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn sql_embed_keeps_row_order_and_nulls() {
+    let session = Session::new().unwrap();
+    let sql = format!(
+        "SELECT id, embed(t, '{}') AS e FROM (VALUES (1, 'a river in winter'), (2, NULL), \
+         (3, ''), (4, 'Kiln')) AS v(id, t) ORDER BY id",
+        tiny().display()
+    );
+    let batches = session.sql(&sql).await.unwrap().collect().await.unwrap();
+    let batch = &batches[0];
+    assert_eq!(
+        batch.schema().field(1).data_type(),
+        &DataType::FixedSizeList(
+            std::sync::Arc::new(datafusion::arrow::datatypes::Field::new_list_field(
+                DataType::Float32,
+                false
+            )),
+            32
+        )
+    );
+    let got = rows(batch.column(1).as_fixed_size_list());
+    let want = direct(&["a river in winter", "", "Kiln"]);
+    assert_eq!(got[0].as_deref(), Some(want[0].as_slice()));
+    assert_eq!(got[1], None, "NULL text must give a NULL embedding");
+    assert_eq!(got[2].as_deref(), Some(want[1].as_slice()));
+    assert_eq!(got[3].as_deref(), Some(want[2].as_slice()));
+}
+
+#[tokio::test]
+async fn dataframe_embed_adds_a_column() {
+    let dir = tempdir();
+    let input = dir.path().join("people.parquet");
+    write_people(&input);
+    let session = Session::new().unwrap();
+    let df = session
+        .read_parquet(&s(&input))
+        .await
+        .unwrap()
+        .embed("name", Some(tiny().to_str().unwrap()), "vec")
+        .unwrap();
+    let names: Vec<&str> = df
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect();
+    assert_eq!(names, ["id", "name", "score", "vec"]);
+    let batches = df.collect().await.unwrap();
+    let got = rows(batches[0].column(3).as_fixed_size_list());
+    let want = direct(&["ada", "grace", "linus", "陈"]);
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g.as_deref(), Some(w.as_slice()));
+    }
+}
+
+#[test]
+fn cli_embed_writes_input_columns_plus_embeddings() {
+    let dir = tempdir();
+    let input = dir.path().join("people.parquet");
+    write_people(&input);
+    let output = dir.path().join("out.parquet");
+    let out = ok(&[
+        "embed",
+        &s(&input),
+        &s(&output),
+        "--column",
+        "name",
+        "--model",
+        tiny().to_str().unwrap(),
+        "--as",
+        "e",
+    ]);
+    assert!(out.contains("embedded 4 rows"), "{out}");
+    let csv = ok(&[
+        "sql",
+        "--format",
+        "csv",
+        "-c",
+        &format!(
+            "SELECT id, name, arrow_typeof(e) AS t, round(e[1], 4) AS e1 FROM '{}' ORDER BY id",
+            s(&output)
+        ),
+    ]);
+    let want = direct(&["ada", "grace", "linus", "陈"]);
+    let mut expected = String::from("id,name,t,e1\n");
+    for (i, name) in ["ada", "grace", "linus", "陈"].iter().enumerate() {
+        expected.push_str(&format!(
+            "{},{name},FixedSizeList(32 x non-null Float32),{}\n",
+            i + 1,
+            (f64::from(want[i][0]) * 1e4).round() / 1e4
+        ));
+    }
+    assert_eq!(csv, expected);
+}
+
+#[test]
+fn embed_errors_are_one_line() {
+    let dir = tempdir();
+    let input = dir.path().join("people.parquet");
+    write_people(&input);
+    let tiny = tiny();
+    let model = tiny.to_str().unwrap();
+    let r = run(kiln().args([
+        "embed",
+        &s(&input),
+        "/tmp/x.parquet",
+        "--column",
+        "nope",
+        "--model",
+        model,
+    ]));
+    assert_one_line_error(&r, &["nope"]);
+    let r = run(kiln().args([
+        "embed",
+        &s(&input),
+        "/tmp/x.parquet",
+        "--column",
+        "name",
+        "--model",
+        "no-such-model-kiln",
+    ]));
+    assert_one_line_error(&r, &["model 'no-such-model-kiln' not found"]);
+    let r = run(kiln().args([
+        "embed",
+        &s(&input),
+        "/tmp/x.parquet",
+        "--column",
+        "name",
+        "--model",
+        model,
+        "--as",
+        "id",
+    ]));
+    assert_one_line_error(&r, &["already has a column 'id'"]);
+    let r = run(kiln().args([
+        "sql",
+        "-c",
+        &format!("SELECT embed(name, name) FROM '{}'", s(&input)),
+    ]));
+    assert_one_line_error(&r, &["model must be a constant string"]);
+}
