@@ -66,7 +66,7 @@ impl Reader<'_> {
         }
         let bytes = view.data();
         let data: Vec<f32> = match view.dtype() {
-            Dtype::F32 => bytemuck_f32(bytes),
+            Dtype::F32 => le_f32s(bytes),
             Dtype::F16 => bytes
                 .chunks_exact(2)
                 .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
@@ -111,7 +111,7 @@ impl Reader<'_> {
 }
 
 /// Little-endian f32s from bytes of any alignment.
-fn bytemuck_f32(bytes: &[u8]) -> Vec<f32> {
+fn le_f32s(bytes: &[u8]) -> Vec<f32> {
     bytes
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
