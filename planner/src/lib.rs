@@ -11,7 +11,7 @@ pub use options::KilnOptions;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::ScalarUDF;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use kiln_engine::functions::EmbedUdf;
+use kiln_engine::functions::{EmbedUdf, VectorOp, VectorUdf};
 use kiln_kernels::DeviceRequest;
 
 /// DataFusion's session configuration with Kiln's options added; `device` is
@@ -33,7 +33,9 @@ pub fn install(builder: SessionStateBuilder) -> SessionStateBuilder {
 
 /// Kiln's SQL functions, as DataFusion UDFs.
 pub fn kiln_functions() -> Vec<ScalarUDF> {
-    vec![ScalarUDF::from(EmbedUdf::new())]
+    let mut udfs = vec![ScalarUDF::from(EmbedUdf::new())];
+    udfs.extend(VectorOp::all().map(|op| ScalarUDF::from(VectorUdf::new(op))));
+    udfs
 }
 
 /// Registers Kiln's SQL functions (`embed`, ...) on a context.

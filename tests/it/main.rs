@@ -9,3 +9,4 @@ mod embed;
 mod explain;
 mod s3;
 mod session_api;
+mod vector_functions;
