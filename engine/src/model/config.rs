@@ -100,6 +100,7 @@ impl BertConfig {
             ("intermediate_size", self.intermediate_size),
             ("vocab_size", self.vocab_size),
             ("max_position_embeddings", self.max_position_embeddings),
+            ("type_vocab_size", self.type_vocab_size),
         ] {
             if v == 0 {
                 return Err(bad(format!("{name} is 0")));
