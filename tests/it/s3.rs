@@ -141,7 +141,9 @@ fn table_options_configure_the_store_and_stay_secret() {
         r.stderr
     );
 
-    // Wrong credentials: refused by the server, and the secret is not shown.
+    // Another secret, on a bucket that does not exist: the statement fails
+    // (moto does not check signatures, so the missing bucket is the cause)
+    // and the secret given in OPTIONS is not echoed.
     let wrong = options.replace(SECRET_KEY, "not-the-right-secret-0123456789");
     let script = format!(
         "CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION 's3://no-such-bucket-kiln/x/' {wrong};"
