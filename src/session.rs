@@ -7,6 +7,8 @@
 
 use std::sync::Arc;
 
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -76,18 +78,21 @@ impl SessionBuilder {
 }
 
 /// What one statement of a script produced.
+#[derive(Debug, Clone)]
 pub struct StatementOutput {
     /// The statement's SQL, as parsed.
     pub sql: String,
-    /// Its result; DDL and `SET` give a frame with an empty schema.
-    pub frame: DataFrame,
+    /// The schema of its rows; empty for DDL and `SET`.
+    pub schema: SchemaRef,
+    /// Its rows, computed before the next statement ran.
+    pub batches: Vec<RecordBatch>,
 }
 
 impl StatementOutput {
     /// Whether the statement produces rows to show (queries, `COPY`'s count,
     /// `EXPLAIN`), as opposed to DDL and `SET`.
     pub fn returns_rows(&self) -> bool {
-        !self.frame.schema().fields().is_empty()
+        !self.schema.fields().is_empty()
     }
 }
 
@@ -173,9 +178,11 @@ impl Session {
         }
     }
 
-    /// Runs every statement of a script in order. Each query's frame is
-    /// returned unexecuted, so the caller can stream its rows; statements
-    /// after a failing one do not run.
+    /// Runs every statement of a script in order, each one to completion
+    /// before the next starts (so a query sees the tables as the script left
+    /// them at that point); statements after a failing one do not run.
+    /// To stream a large result instead, use [`Session::parse`] and
+    /// [`Session::execute_statement`].
     pub async fn run_script(&self, sql: &str) -> Result<Vec<StatementOutput>> {
         let statements = self.parse(sql)?;
         if statements.is_empty() {
@@ -185,7 +192,13 @@ impl Session {
         for statement in statements {
             let sql = statement.to_string();
             let frame = self.execute_statement(statement).await?;
-            out.push(StatementOutput { sql, frame });
+            let schema = Arc::new(frame.schema().as_arrow().clone());
+            let batches = frame.collect().await?;
+            out.push(StatementOutput {
+                sql,
+                schema,
+                batches,
+            });
         }
         Ok(out)
     }

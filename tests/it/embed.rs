@@ -137,37 +137,20 @@ fn embed_errors_are_one_line() {
     write_people(&input);
     let tiny = tiny();
     let model = tiny.to_str().unwrap();
-    let r = run(kiln().args([
-        "embed",
-        &s(&input),
-        "/tmp/x.parquet",
-        "--column",
-        "nope",
-        "--model",
-        model,
-    ]));
+    let output = s(&dir.path().join("out.parquet"));
+    let embed = |column: &str, model: &str, extra: &[&str]| {
+        let input = s(&input);
+        let mut args = vec![
+            "embed", &input, &output, "--column", column, "--model", model,
+        ];
+        args.extend_from_slice(extra);
+        run(kiln().args(args))
+    };
+    let r = embed("nope", model, &[]);
     assert_one_line_error(&r, &["nope"]);
-    let r = run(kiln().args([
-        "embed",
-        &s(&input),
-        "/tmp/x.parquet",
-        "--column",
-        "name",
-        "--model",
-        "no-such-model-kiln",
-    ]));
+    let r = embed("name", "no-such-model-kiln", &[]);
     assert_one_line_error(&r, &["model 'no-such-model-kiln' not found"]);
-    let r = run(kiln().args([
-        "embed",
-        &s(&input),
-        "/tmp/x.parquet",
-        "--column",
-        "name",
-        "--model",
-        model,
-        "--as",
-        "id",
-    ]));
+    let r = embed("name", model, &["--as", "id"]);
     assert_one_line_error(&r, &["already has a column 'id'"]);
     let r = run(kiln().args([
         "sql",

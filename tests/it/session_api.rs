@@ -59,24 +59,25 @@ async fn sql_takes_one_statement_and_scripts_take_many() {
     ));
 
     let outputs = session
-        .run_script("CREATE VIEW v AS SELECT 41 + 1 AS x; SELECT x FROM v")
+        .run_script(
+            "CREATE TABLE t AS SELECT 42 AS x; SELECT count(*) AS n FROM t; \
+             INSERT INTO t VALUES (7); SELECT sum(x) AS s FROM t",
+        )
         .await
         .unwrap();
-    assert_eq!(outputs.len(), 2);
+    assert_eq!(outputs.len(), 4);
     assert!(!outputs[0].returns_rows());
     assert!(outputs[1].returns_rows());
-    let batches = outputs
-        .into_iter()
-        .nth(1)
-        .unwrap()
-        .frame
-        .collect()
-        .await
-        .unwrap();
-    assert_eq!(
-        batches[0].column(0).as_primitive::<Int64Type>().value(0),
-        42
-    );
+    let value = |i: usize| {
+        outputs[i].batches[0]
+            .column(0)
+            .as_primitive::<Int64Type>()
+            .value(0)
+    };
+    // Each query ran before the statements after it: the count does not see
+    // the later insert.
+    assert_eq!(value(1), 1);
+    assert_eq!(value(3), 49);
 }
 
 #[tokio::test]
