@@ -21,6 +21,17 @@ pub enum KernelError {
         detail: String,
     },
 
+    /// A kernel's input that no launch can accept (a zero dimension, ...).
+    #[error("{kernel}: {detail}")]
+    InvalidInput {
+        kernel: &'static str,
+        detail: String,
+    },
+
+    /// A vector with a NaN or infinite component, which has no score.
+    #[error("{what} has a NaN or infinite component")]
+    NonFinite { what: String },
+
     /// A buffer of one device was handed to a kernel on another.
     #[error("{kernel}: buffer lives on {found}, kernel runs on {expected}")]
     WrongDevice {

@@ -5,6 +5,7 @@
 //! scopes, so a validation or out-of-memory error becomes a [`KernelError`]
 //! instead of wgpu's default panic.
 
+use std::collections::HashMap;
 use std::num::NonZeroU64;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -13,6 +14,7 @@ use wgpu::util::DeviceExt;
 use crate::backend::BackendDevice;
 use crate::device::{BackendKind, DeviceInfo, DeviceType};
 use crate::error::{KernelError, Result};
+use crate::ops::topk::{Candidate, TileKeys, select_row};
 
 /// Backends wgpu may use. GL is left out: it duplicates Vulkan adapters and
 /// has no compute shaders on many drivers.
@@ -26,6 +28,18 @@ const WORKGROUP_SIZE: u32 = 256;
 const MAX_WORKGROUPS: u32 = 65_535;
 
 const FMA_WGSL: &str = include_str!("../../shaders/fma.wgsl");
+const GEMM_WGSL: &str = include_str!("../../shaders/gemm.wgsl");
+const TOPK_WGSL: &str = include_str!("../../shaders/topk.wgsl");
+
+/// Output block of one `gemm.wgsl` workgroup, per side.
+const GEMM_TILE: u32 = 64;
+/// Threads per workgroup of `topk.wgsl`.
+const TOPK_WORKGROUP: u32 = 64;
+/// The largest k the on-device selection keeps per thread; beyond it the
+/// scores come back and the host selects.
+const TOPK_MAX_K: usize = 128;
+/// Most corpus rows scored per dispatch.
+const MAX_TILE_ROWS: usize = 16_384;
 
 /// The adapters of this process, enumerated once: wgpu instances are costly
 /// and an adapter's index must mean the same adapter for the whole run.
@@ -113,6 +127,9 @@ pub struct WgpuDevice {
     queue: wgpu::Queue,
     limits: wgpu::Limits,
     fma: OnceLock<wgpu::ComputePipeline>,
+    gemm: OnceLock<wgpu::ComputePipeline>,
+    /// `topk.wgsl` pipelines by their K.
+    topk: Mutex<HashMap<u32, wgpu::ComputePipeline>>,
     /// Errors that escaped every scope; reported by the next operation.
     uncaptured: Arc<Mutex<Option<String>>>,
 }
@@ -157,6 +174,8 @@ impl WgpuDevice {
             queue,
             limits,
             fma: OnceLock::new(),
+            gemm: OnceLock::new(),
+            topk: Mutex::new(HashMap::new()),
             uncaptured,
         })
     }
@@ -190,24 +209,268 @@ impl WgpuDevice {
         Ok(bytes.max(4))
     }
 
+    fn build_pipeline(&self, label: &str, source: &str, entry: &str) -> wgpu::ComputePipeline {
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(label),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
+        self.device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: None,
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+    }
+
     fn fma_pipeline(&self) -> &wgpu::ComputePipeline {
-        self.fma.get_or_init(|| {
-            let module = self
+        self.fma
+            .get_or_init(|| self.build_pipeline("fma.wgsl", FMA_WGSL, "fma_f32"))
+    }
+
+    fn gemm_pipeline(&self) -> &wgpu::ComputePipeline {
+        self.gemm
+            .get_or_init(|| self.build_pipeline("gemm.wgsl", GEMM_WGSL, "gemm_nt"))
+    }
+
+    fn topk_pipeline(&self, k: u32) -> Result<wgpu::ComputePipeline> {
+        let mut cache = self
+            .topk
+            .lock()
+            .map_err(|_| KernelError::Internal("wgpu: top-k pipeline cache poisoned".into()))?;
+        Ok(cache
+            .entry(k)
+            .or_insert_with(|| {
+                let source = TOPK_WGSL.replace("__K__", &k.to_string());
+                self.build_pipeline("topk.wgsl", &source, "topk_select")
+            })
+            .clone())
+    }
+
+    fn init_buffer(&self, label: &str, contents: &[u8], usage: wgpu::BufferUsages) -> wgpu::Buffer {
+        let contents: &[u8] = if contents.is_empty() {
+            &[0u8; 4]
+        } else {
+            contents
+        };
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage,
+            })
+    }
+
+    fn storage_buffer(&self, label: &str, elems: usize) -> Result<wgpu::Buffer> {
+        let size = self.check_size(elems)?;
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        }))
+    }
+
+    /// Uploads a search's prepared queries (row-major, `dim` wide) once.
+    pub fn upload_queries(&self, prepared: &[f32], dim: usize) -> Result<WgpuQueries> {
+        let rows = prepared.len() / dim.max(1);
+        let buffer = self.upload(prepared)?;
+        Ok(WgpuQueries { buffer, rows, dim })
+    }
+
+    /// The most corpus rows one [`Self::score_and_select`] call may take: its
+    /// tile and its score matrix must each fit one storage binding.
+    pub fn max_tile_rows(&self, dim: usize, queries: usize) -> usize {
+        let binding = self.chunk_elems();
+        (binding / dim.max(1))
+            .min(binding / queries.max(1))
+            .min(MAX_TILE_ROWS)
+    }
+
+    /// Scores `tile` against the queries with `gemm.wgsl`, then selects each
+    /// query's best k keys per chunk of columns with `topk.wgsl` (or, for a k
+    /// beyond [`TOPK_MAX_K`], on the host from the downloaded scores).
+    pub(crate) fn score_and_select(
+        &self,
+        queries: &WgpuQueries,
+        tile: &[f32],
+        ids: &[u64],
+        keys: &TileKeys,
+        k: usize,
+        thresholds: &[f32],
+    ) -> Result<Vec<Vec<Candidate>>> {
+        let (nq, dim) = (queries.rows, queries.dim);
+        let rows = tile.len() / dim;
+        let scores = self.storage_buffer("kiln scores", nq * rows)?;
+        let on_device_k = (k <= TOPK_MAX_K).then(|| (k as u32).next_power_of_two().max(8));
+        let chunk = on_device_k.map_or(0, |kk| (8 * kk).max(256));
+        let chunks = (rows as u32).div_ceil(chunk.max(1));
+        let out_len = on_device_k.map_or(0, |kk| nq * chunks as usize * kk as usize * 2);
+        let out = self.scoped("vector search", || {
+            let tile_buf = self.init_buffer(
+                "kiln corpus tile",
+                bytemuck::cast_slice(tile),
+                wgpu::BufferUsages::STORAGE,
+            );
+            let mut encoder = self
                 .device
-                .create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some("fma.wgsl"),
-                    source: wgpu::ShaderSource::Wgsl(FMA_WGSL.into()),
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("vector search"),
                 });
-            self.device
-                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some("fma_f32"),
-                    layout: None,
-                    module: &module,
-                    entry_point: Some("fma_f32"),
-                    compilation_options: Default::default(),
-                    cache: None,
-                })
-        })
+            self.encode_gemm_nt(
+                &mut encoder,
+                &queries.buffer.buffer,
+                &tile_buf,
+                &scores,
+                None,
+                [nq as u32, rows as u32, dim as u32],
+            );
+            let out = match on_device_k {
+                Some(kk) => {
+                    let out = self.storage_buffer("kiln top-k candidates", out_len)?;
+                    let usage = wgpu::BufferUsages::STORAGE;
+                    let scale = self.init_buffer(
+                        "kiln key scale",
+                        bytemuck::cast_slice(&keys.scale),
+                        usage,
+                    );
+                    let shift = self.init_buffer(
+                        "kiln key shift",
+                        bytemuck::cast_slice(&keys.shift),
+                        usage,
+                    );
+                    let threshold = self.init_buffer(
+                        "kiln thresholds",
+                        bytemuck::cast_slice(thresholds),
+                        usage,
+                    );
+                    let params = self.init_buffer(
+                        "top-k params",
+                        bytemuck::bytes_of(&[nq as u32, rows as u32, chunk, chunks]),
+                        wgpu::BufferUsages::UNIFORM,
+                    );
+                    let pipeline = self.topk_pipeline(kk)?;
+                    let layout = pipeline.get_bind_group_layout(0);
+                    let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some("topk"),
+                        layout: &layout,
+                        entries: &[
+                            (0, scores.as_entire_binding()),
+                            (1, scale.as_entire_binding()),
+                            (2, shift.as_entire_binding()),
+                            (3, threshold.as_entire_binding()),
+                            (4, out.as_entire_binding()),
+                            (5, params.as_entire_binding()),
+                        ]
+                        .map(|(binding, resource)| wgpu::BindGroupEntry { binding, resource }),
+                    });
+                    let threads = nq as u64 * u64::from(chunks);
+                    let groups = threads.div_ceil(u64::from(TOPK_WORKGROUP));
+                    let (x, y) = grid(groups);
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("topk"),
+                        timestamp_writes: None,
+                    });
+                    pass.set_pipeline(&pipeline);
+                    pass.set_bind_group(0, &group, &[]);
+                    pass.dispatch_workgroups(x, y, 1);
+                    drop(pass);
+                    Some(out)
+                }
+                None => None,
+            };
+            self.queue.submit([encoder.finish()]);
+            Ok(out)
+        })?;
+        match (out, on_device_k) {
+            (Some(out), Some(kk)) => {
+                let words = self.download(&WgpuBuffer {
+                    buffer: out,
+                    len: out_len,
+                })?;
+                let per_query = chunks as usize * kk as usize * 2;
+                Ok((0..nq)
+                    .map(|q| {
+                        words[q * per_query..(q + 1) * per_query]
+                            .chunks_exact(2)
+                            .filter(|pair| pair[1].to_bits() != u32::MAX)
+                            .map(|pair| {
+                                let row = pair[1].to_bits();
+                                Candidate {
+                                    key: f32::from_bits(pair[0].to_bits()),
+                                    id: ids[row as usize],
+                                    row,
+                                }
+                            })
+                            .collect()
+                    })
+                    .collect())
+            }
+            _ => {
+                let scores = self.download(&WgpuBuffer {
+                    buffer: scores,
+                    len: nq * rows,
+                })?;
+                Ok(scores
+                    .chunks(rows.max(1))
+                    .zip(thresholds)
+                    .map(|(row, t)| select_row(row, keys, ids, 0, k, *t))
+                    .collect())
+            }
+        }
+    }
+
+    /// Records `c[m×n] = a[m×k] · b[n×k]ᵀ (+ bias)` into `encoder`.
+    fn encode_gemm_nt(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        a: &wgpu::Buffer,
+        b: &wgpu::Buffer,
+        c: &wgpu::Buffer,
+        bias: Option<&wgpu::Buffer>,
+        [m, n, k]: [u32; 3],
+    ) {
+        let flags = u32::from(bias.is_some());
+        let dummy;
+        let bias = match bias {
+            Some(b) => b,
+            None => {
+                dummy = self.init_buffer("no bias", &[], wgpu::BufferUsages::STORAGE);
+                &dummy
+            }
+        };
+        let params = self.init_buffer(
+            "gemm params",
+            bytemuck::bytes_of(&[m, n, k, flags]),
+            wgpu::BufferUsages::UNIFORM,
+        );
+        let pipeline = self.gemm_pipeline();
+        let layout = pipeline.get_bind_group_layout(0);
+        let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("gemm"),
+            layout: &layout,
+            entries: &[
+                (0, a.as_entire_binding()),
+                (1, b.as_entire_binding()),
+                (2, c.as_entire_binding()),
+                (3, bias.as_entire_binding()),
+                (4, params.as_entire_binding()),
+            ]
+            .map(|(binding, resource)| wgpu::BindGroupEntry { binding, resource }),
+        });
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("gemm"),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, &group, &[]);
+        pass.dispatch_workgroups(n.div_ceil(GEMM_TILE), m.div_ceil(GEMM_TILE), 1);
     }
 
     /// Elements per dispatch: the largest binding the device allows, kept a
@@ -217,6 +480,20 @@ impl WgpuDevice {
         let bytes = self.limits.max_storage_buffer_binding_size;
         ((bytes / align * align) / 4).max(1) as usize
     }
+}
+
+/// A search's queries, uploaded once to the device.
+#[derive(Debug)]
+pub struct WgpuQueries {
+    buffer: WgpuBuffer,
+    rows: usize,
+    dim: usize,
+}
+
+/// Splits a workgroup count over x and y so neither exceeds WebGPU's limit.
+fn grid(groups: u64) -> (u32, u32) {
+    let x = groups.min(u64::from(MAX_WORKGROUPS));
+    (x.max(1) as u32, groups.div_ceil(x.max(1)).max(1) as u32)
 }
 
 fn binding(buffer: &wgpu::Buffer, offset_elems: usize, len: usize) -> wgpu::BindingResource<'_> {

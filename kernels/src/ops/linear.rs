@@ -15,6 +15,30 @@ pub fn linear(
     n: usize,
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 && m * n * k >= 1 << 16 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
+    gemm_nt(x, m, k, w, n, bias, parallelism)
+}
+
+/// `out[m×n] = a[m×k] · b[n×k]ᵀ` on the calling thread, for callers that
+/// already run one GEMM per rayon task (vector search, per corpus sub-tile).
+pub fn matmul_nt_serial(a: &[f32], m: usize, k: usize, b: &[f32], n: usize) -> Vec<f32> {
+    gemm_nt(a, m, k, b, n, None, Parallelism::None)
+}
+
+fn gemm_nt(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    bias: Option<&[f32]>,
+    parallelism: Parallelism,
+) -> Vec<f32> {
     assert_eq!(x.len(), m * k, "linear: x is not {m}x{k}");
     assert_eq!(w.len(), n * k, "linear: w is not {n}x{k}");
     let mut out = vec![0f32; m * n];
@@ -30,12 +54,6 @@ pub fn linear(
             true
         }
         None => false,
-    };
-    let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 && m * n * k >= 1 << 16 {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
     };
     // SAFETY: the pointers cover m×k (x), k×n viewed through w's n×k storage
     // with column stride k and row stride 1, and m×n (out), as asserted

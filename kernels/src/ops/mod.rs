@@ -7,6 +7,8 @@ pub mod attention;
 pub mod linear;
 pub mod norm;
 pub mod pooling;
+pub mod topk;
+pub mod vector;
 
 /// Rows per rayon task in row-wise operations.
 pub(crate) const ROWS_PER_TASK: usize = 16;

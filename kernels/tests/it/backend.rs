@@ -4,20 +4,7 @@
 use kiln_kernels::testing::devices_under_test;
 use kiln_kernels::{BackendKind, Device, KernelError};
 
-/// Deterministic pseudo-random f32s in [-8, 8): a splitmix64 stream.
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed;
-    (0..n)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            ((z >> 40) as f32 / (1u64 << 24) as f32) * 16.0 - 8.0
-        })
-        .collect()
-}
+use crate::common::values;
 
 fn run_fma(device: &Device, a: &[f32], b: &[f32], c: &[f32]) -> Vec<f32> {
     let (da, db, dc) = (

@@ -1,5 +1,7 @@
 //! Integration tests of kiln-kernels: one binary, one module per area.
 
 mod backend;
+mod common;
 mod cuda_compile;
 mod discovery;
+mod topk;

@@ -1,0 +1,588 @@
+//! Exact top-k vector search: a batch of queries scored against the corpus one
+//! tile at a time as a GEMM (`queries × tileᵀ`), a running top-k per query
+//! merged across tiles, and never the full queries × corpus score matrix.
+//!
+//! Ranking uses a per-metric key computed from the GEMM (`q·c` for dot,
+//! `q̂·c / |c|` for cosine, `2 q·c − |c|²` for L2, all "higher is closer");
+//! the hits that survive are rescored exactly in f64 ([`exact_score`]) so that
+//! every device reports the same numbers as the SQL scoring functions. Ties
+//! break by id, which callers assign in corpus input order.
+//!
+//! The CPU path runs the GEMM with the `gemm` crate (or a fused dot/norm loop
+//! for a handful of queries, where the scan is bound by memory bandwidth) over
+//! rayon, sub-tile by sub-tile so each sub-tile is still in cache when it is
+//! selected from. The wgpu path runs `shaders/gemm.wgsl` and the per-chunk
+//! selection of `shaders/topk.wgsl` on the device and merges the (few)
+//! candidates on the host.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+use rayon::prelude::*;
+
+use crate::backend::Device;
+use crate::error::{KernelError, Result};
+use crate::ops::vector::{Metric, exact_score, finite_norm2};
+use crate::wgpu_backend::WgpuQueries;
+
+/// One search result: the corpus row's id and its exact score.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hit {
+    pub id: u64,
+    pub score: f32,
+}
+
+/// Corpus rows per CPU sub-tile: big enough for an efficient GEMM, small
+/// enough that the sub-tile stays in cache while it is scored and selected.
+const CPU_SUBTILE_ROWS: usize = 512;
+/// Up to this many queries, the CPU scores with a fused dot/norm loop instead
+/// of a GEMM: the scan is bound by memory bandwidth, not arithmetic.
+const FUSED_MAX_QUERIES: usize = 4;
+
+/// A candidate for a query's top-k: its ranking key and corpus id.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Candidate {
+    pub key: f32,
+    pub id: u64,
+    /// Row within the tile it came from.
+    pub row: u32,
+}
+
+/// Orders candidates from closest to farthest: higher key, then lower id.
+fn closer(a: &Candidate, b: &Candidate) -> Ordering {
+    b.key.total_cmp(&a.key).then(a.id.cmp(&b.id))
+}
+
+/// Max-heap entry whose top is the *farthest* kept candidate.
+struct Kept {
+    cand: Candidate,
+    vector: Box<[f32]>,
+}
+
+impl PartialEq for Kept {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Kept {}
+impl PartialOrd for Kept {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Kept {
+    fn cmp(&self, other: &Self) -> Ordering {
+        closer(&self.cand, &other.cand)
+    }
+}
+
+/// Per-column transform of GEMM scores into ranking keys: `key = s·scale + shift`.
+/// A column with no defined score (a zero vector under cosine) gets
+/// `shift = -inf`, so it never beats a real candidate and is dropped on merge.
+pub(crate) struct TileKeys {
+    pub scale: Vec<f32>,
+    pub shift: Vec<f32>,
+}
+
+/// A running exact top-k search of a query batch over a streamed corpus.
+pub struct VectorSearch {
+    device: Device,
+    metric: Metric,
+    dim: usize,
+    k: usize,
+    /// The queries as given (for exact rescoring).
+    raw: Vec<f32>,
+    /// The queries the GEMM uses: unit length for cosine.
+    prepared: Vec<f32>,
+    /// Queries with no defined score against anything (zero vector, cosine).
+    dead: Vec<bool>,
+    kept: Vec<BinaryHeap<Kept>>,
+    /// The queries uploaded once to a wgpu device.
+    wgpu_queries: Option<WgpuQueries>,
+    rows_seen: u64,
+}
+
+impl std::fmt::Debug for VectorSearch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VectorSearch")
+            .field("device", &self.device)
+            .field("metric", &self.metric)
+            .field("dim", &self.dim)
+            .field("k", &self.k)
+            .field("queries", &self.dead.len())
+            .finish()
+    }
+}
+
+impl VectorSearch {
+    /// Starts a search of `queries` (row-major, `dim` wide) for their `k`
+    /// closest corpus rows under `metric`, on `device`. A query with a NaN or
+    /// infinite component is an error; a zero query under cosine finds
+    /// nothing (its similarity is undefined).
+    pub fn new(
+        device: &Device,
+        metric: Metric,
+        dim: usize,
+        queries: &[f32],
+        k: usize,
+    ) -> Result<VectorSearch> {
+        if dim == 0 {
+            return Err(KernelError::InvalidInput {
+                kernel: "vector search",
+                detail: "vectors have dimension 0".into(),
+            });
+        }
+        if !queries.len().is_multiple_of(dim) {
+            return Err(KernelError::LengthMismatch {
+                kernel: "vector search",
+                detail: format!(
+                    "{} query values are not a multiple of dim {dim}",
+                    queries.len()
+                ),
+            });
+        }
+        let nq = queries.len() / dim;
+        let mut prepared = queries.to_vec();
+        let mut dead = vec![false; nq];
+        for (i, q) in prepared.chunks_exact_mut(dim).enumerate() {
+            let Some(n2) = finite_norm2(q) else {
+                return Err(KernelError::NonFinite {
+                    what: format!("query {i}"),
+                });
+            };
+            if metric == Metric::Cosine {
+                if n2 == 0.0 {
+                    dead[i] = true;
+                } else {
+                    let inv = 1.0 / n2.sqrt();
+                    q.iter_mut().for_each(|x| *x = (f64::from(*x) * inv) as f32);
+                }
+            }
+        }
+        let wgpu_queries = match device {
+            Device::Wgpu(d) if nq > 0 && k > 0 => Some(d.upload_queries(&prepared, dim)?),
+            _ => None,
+        };
+        Ok(VectorSearch {
+            device: device.clone(),
+            metric,
+            dim,
+            k,
+            raw: queries.to_vec(),
+            prepared,
+            dead,
+            kept: (0..nq).map(|_| BinaryHeap::with_capacity(k + 1)).collect(),
+            wgpu_queries,
+            rows_seen: 0,
+        })
+    }
+
+    pub fn queries(&self) -> usize {
+        self.dead.len()
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    pub fn metric(&self) -> Metric {
+        self.metric
+    }
+
+    /// Corpus rows pushed so far.
+    pub fn rows_seen(&self) -> u64 {
+        self.rows_seen
+    }
+
+    /// Scores one corpus tile (`ids.len()` rows of `dim` values) and merges
+    /// it into every query's running top-k. `ids` must increase across the
+    /// whole corpus: ties go to the smaller id. A corpus row with a NaN or
+    /// infinite component is an error naming its id.
+    pub fn push(&mut self, tile: &[f32], ids: &[u64]) -> Result<()> {
+        if tile.len() != ids.len() * self.dim {
+            return Err(KernelError::LengthMismatch {
+                kernel: "vector search",
+                detail: format!(
+                    "{} tile values for {} rows of dim {}",
+                    tile.len(),
+                    ids.len(),
+                    self.dim
+                ),
+            });
+        }
+        self.rows_seen += ids.len() as u64;
+        if ids.is_empty() || self.k == 0 || self.dead.iter().all(|d| *d) {
+            return Ok(());
+        }
+        match self.device.clone() {
+            Device::Wgpu(d) => {
+                let queries = self.wgpu_queries.as_ref().ok_or_else(|| {
+                    KernelError::Internal("vector search: queries not on the device".into())
+                })?;
+                let max_rows = d.max_tile_rows(self.dim, self.queries()).max(1);
+                for (tile, ids) in tile.chunks(max_rows * self.dim).zip(ids.chunks(max_rows)) {
+                    let keys = self.tile_keys(tile, ids)?;
+                    let thresholds = self.thresholds();
+                    let cands =
+                        d.score_and_select(queries, tile, ids, &keys, self.k, &thresholds)?;
+                    merge_into(
+                        &mut self.kept,
+                        &self.dead,
+                        self.dim,
+                        self.k,
+                        tile,
+                        ids,
+                        cands,
+                    );
+                }
+                Ok(())
+            }
+            // CUDA joins with its cuBLAS path; until then its searches run here.
+            Device::Cpu(_) | Device::Cuda(_) => {
+                let cands = self.cpu_select(tile, ids)?;
+                self.merge(tile, ids, cands);
+                Ok(())
+            }
+        }
+    }
+
+    /// The closest `k` (or fewer) hits of each query, closest first; ties in
+    /// score go to the smaller id.
+    pub fn finish(self) -> Vec<Vec<Hit>> {
+        let metric = self.metric;
+        let dim = self.dim;
+        let raw = self.raw;
+        self.kept
+            .into_par_iter()
+            .enumerate()
+            .map(|(qi, heap)| {
+                let q = &raw[qi * dim..(qi + 1) * dim];
+                let mut hits: Vec<Hit> = heap
+                    .into_iter()
+                    .filter_map(|kept| {
+                        exact_score(metric, q, &kept.vector).map(|score| Hit {
+                            id: kept.cand.id,
+                            score,
+                        })
+                    })
+                    .collect();
+                hits.sort_by(|a, b| {
+                    let by_score = if metric.higher_is_closer() {
+                        b.score.total_cmp(&a.score)
+                    } else {
+                        a.score.total_cmp(&b.score)
+                    };
+                    by_score.then(a.id.cmp(&b.id))
+                });
+                hits
+            })
+            .collect()
+    }
+
+    /// Each query's current admission threshold: the key of its farthest
+    /// kept candidate once it holds k, else -inf.
+    fn thresholds(&self) -> Vec<f32> {
+        self.kept
+            .iter()
+            .zip(&self.dead)
+            .map(|(heap, dead)| match heap.peek() {
+                _ if *dead => f32::INFINITY,
+                Some(top) if heap.len() >= self.k => top.cand.key,
+                _ => f32::NEG_INFINITY,
+            })
+            .collect()
+    }
+
+    /// Checks every row of the tile for NaN/infinite components and derives
+    /// the score-to-key transform of each row, in parallel.
+    fn tile_keys(&self, tile: &[f32], ids: &[u64]) -> Result<TileKeys> {
+        let parts: Vec<TileKeys> = tile
+            .par_chunks(CPU_SUBTILE_ROWS * self.dim)
+            .zip(ids.par_chunks(CPU_SUBTILE_ROWS))
+            .map(|(sub, sub_ids)| self.tile_keys_serial(sub, sub_ids))
+            .collect::<Result<_>>()?;
+        let mut keys = TileKeys {
+            scale: Vec::with_capacity(ids.len()),
+            shift: Vec::with_capacity(ids.len()),
+        };
+        for part in parts {
+            keys.scale.extend(part.scale);
+            keys.shift.extend(part.shift);
+        }
+        Ok(keys)
+    }
+
+    /// The CPU path: per sub-tile, scores and a bounded selection per query.
+    /// Returns each query's candidates (at most k per sub-tile).
+    fn cpu_select(&self, tile: &[f32], ids: &[u64]) -> Result<Vec<Vec<Candidate>>> {
+        let dim = self.dim;
+        let nq = self.queries();
+        let k = self.k;
+        let thresholds = self.thresholds();
+        let per_subtile: Vec<Vec<Vec<Candidate>>> = tile
+            .par_chunks(CPU_SUBTILE_ROWS * dim)
+            .zip(ids.par_chunks(CPU_SUBTILE_ROWS))
+            .enumerate()
+            .map(|(s, (sub, sub_ids))| {
+                let rows = sub_ids.len();
+                let keys = self.tile_keys_serial(sub, sub_ids)?;
+                let scores = if nq <= FUSED_MAX_QUERIES {
+                    simd::fused_scores(&self.prepared, sub, dim)
+                } else {
+                    crate::ops::linear::matmul_nt_serial(&self.prepared, nq, dim, sub, rows)
+                };
+                let base = (s * CPU_SUBTILE_ROWS) as u32;
+                Ok((0..nq)
+                    .map(|qi| {
+                        select_row(
+                            &scores[qi * rows..(qi + 1) * rows],
+                            &keys,
+                            sub_ids,
+                            base,
+                            k,
+                            thresholds[qi],
+                        )
+                    })
+                    .collect())
+            })
+            .collect::<Result<_>>()?;
+        let mut out: Vec<Vec<Candidate>> = vec![Vec::new(); nq];
+        for sub in per_subtile {
+            for (qi, cands) in sub.into_iter().enumerate() {
+                out[qi].extend(cands);
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`Self::tile_keys`] without rayon, for use inside a parallel task.
+    fn tile_keys_serial(&self, tile: &[f32], ids: &[u64]) -> Result<TileKeys> {
+        let mut scale = Vec::with_capacity(ids.len());
+        let mut shift = Vec::with_capacity(ids.len());
+        let norms = simd::row_norms2(tile, self.dim);
+        for ((row, id), n2) in tile.chunks_exact(self.dim).zip(ids).zip(norms) {
+            if !n2.is_finite() {
+                // Recheck in f64: a large but finite vector may overflow f32.
+                finite_norm2(row).ok_or_else(|| KernelError::NonFinite {
+                    what: format!("corpus row {id}"),
+                })?;
+            }
+            let (a, b) = match self.metric {
+                Metric::Dot => (1.0, 0.0),
+                Metric::Cosine if n2 == 0.0 => (0.0, f32::NEG_INFINITY),
+                Metric::Cosine => (1.0 / n2.sqrt(), 0.0),
+                Metric::L2 => (2.0, -n2),
+            };
+            scale.push(a);
+            shift.push(b);
+        }
+        Ok(TileKeys { scale, shift })
+    }
+
+    /// Merges candidates into the running top-k, copying the vectors of
+    /// those admitted (for exact rescoring at the end).
+    fn merge(&mut self, tile: &[f32], ids: &[u64], cands: Vec<Vec<Candidate>>) {
+        merge_into(
+            &mut self.kept,
+            &self.dead,
+            self.dim,
+            self.k,
+            tile,
+            ids,
+            cands,
+        );
+    }
+}
+
+/// [`VectorSearch::merge`] on borrowed parts, so the wgpu path can merge
+/// while it holds its queries.
+fn merge_into(
+    kept: &mut [BinaryHeap<Kept>],
+    dead: &[bool],
+    dim: usize,
+    k: usize,
+    tile: &[f32],
+    ids: &[u64],
+    cands: Vec<Vec<Candidate>>,
+) {
+    kept.par_iter_mut()
+        .zip(cands)
+        .zip(dead.par_iter())
+        .for_each(|((heap, cands), dead)| {
+            if *dead {
+                return;
+            }
+            for cand in cands {
+                if cand.key == f32::NEG_INFINITY {
+                    continue;
+                }
+                debug_assert_eq!(ids[cand.row as usize], cand.id);
+                if heap.len() >= k {
+                    let worst = heap.peek().map(|t| t.cand);
+                    match worst {
+                        Some(w) if closer(&cand, &w) == Ordering::Less => {
+                            heap.pop();
+                        }
+                        _ => continue,
+                    }
+                }
+                let row = cand.row as usize;
+                heap.push(Kept {
+                    cand,
+                    vector: tile[row * dim..(row + 1) * dim].into(),
+                });
+            }
+        });
+}
+
+/// The best `k` of one query's scores over a tile, as candidates, keeping
+/// only those strictly closer than `threshold`.
+pub(crate) fn select_row(
+    scores: &[f32],
+    keys: &TileKeys,
+    ids: &[u64],
+    base_row: u32,
+    k: usize,
+    threshold: f32,
+) -> Vec<Candidate> {
+    // A small sorted buffer (closest first) beats a heap for the small k of
+    // search; most scores fail the threshold test and cost one comparison.
+    let mut best: Vec<Candidate> = Vec::with_capacity(k.min(scores.len()) + 1);
+    let mut floor = threshold;
+    for (t, &s) in scores.iter().enumerate() {
+        let key = s * keys.scale[t] + keys.shift[t];
+        // Strictly closer only: ids increase through the corpus, so a later
+        // row with an equal key loses the tie.
+        if key.partial_cmp(&floor) != Some(Ordering::Greater) {
+            continue;
+        }
+        let cand = Candidate {
+            key,
+            id: ids[t],
+            row: base_row + t as u32,
+        };
+        let pos = best.partition_point(|c| closer(c, &cand) == Ordering::Less);
+        if pos >= k {
+            continue;
+        }
+        best.insert(pos, cand);
+        if best.len() > k {
+            best.pop();
+        }
+        if best.len() == k {
+            floor = floor.max(best[k - 1].key);
+        }
+    }
+    best
+}
+
+/// The CPU's inner loops, compiled for AVX-512 and AVX2 as well as the
+/// baseline and chosen at run time: a portable binary still scans the corpus
+/// at full vector width.
+mod simd {
+    /// `a·b` in f32 with 16 independent accumulators, so it vectorizes
+    /// without reassociation; the residual is added in order.
+    #[inline(always)]
+    pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [0f32; 16];
+        let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+        let (ra, rb) = (ca.remainder(), cb.remainder());
+        for (x, y) in ca.zip(cb) {
+            for i in 0..16 {
+                acc[i] += x[i] * y[i];
+            }
+        }
+        let mut sum = acc.iter().sum::<f32>();
+        for (x, y) in ra.iter().zip(rb) {
+            sum += x * y;
+        }
+        sum
+    }
+
+    #[inline(always)]
+    fn row_norms2_body(tile: &[f32], dim: usize) -> Vec<f32> {
+        tile.chunks_exact(dim).map(|r| dot(r, r)).collect()
+    }
+
+    /// `out[q·rows + t] = query_q · row_t`, reading each corpus row once.
+    #[inline(always)]
+    fn fused_scores_body(queries: &[f32], tile: &[f32], dim: usize) -> Vec<f32> {
+        let nq = queries.len() / dim;
+        let rows = tile.len() / dim;
+        let mut out = vec![0f32; nq * rows];
+        for (t, row) in tile.chunks_exact(dim).enumerate() {
+            for (qi, q) in queries.chunks_exact(dim).enumerate() {
+                out[qi * rows + t] = dot(q, row);
+            }
+        }
+        out
+    }
+
+    macro_rules! dispatch {
+        ($name:ident, $body:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+            pub(super) fn $name($($arg: $ty),*) -> $ret {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    #[target_feature(enable = "avx512f")]
+                    fn avx512($($arg: $ty),*) -> $ret {
+                        $body($($arg),*)
+                    }
+                    #[target_feature(enable = "avx2")]
+                    fn avx2($($arg: $ty),*) -> $ret {
+                        $body($($arg),*)
+                    }
+                    if std::arch::is_x86_feature_detected!("avx512f") {
+                        // SAFETY: the CPU supports AVX-512F, checked just above.
+                        return unsafe { avx512($($arg),*) };
+                    }
+                    if std::arch::is_x86_feature_detected!("avx2") {
+                        // SAFETY: the CPU supports AVX2, checked just above.
+                        return unsafe { avx2($($arg),*) };
+                    }
+                }
+                $body($($arg),*)
+            }
+        };
+    }
+
+    dispatch!(row_norms2, row_norms2_body, (tile: &[f32], dim: usize) -> Vec<f32>);
+    dispatch!(fused_scores, fused_scores_body, (queries: &[f32], tile: &[f32], dim: usize) -> Vec<f32>);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn select_row_keeps_best_with_id_ties() {
+        let scores = [1.0, 3.0, 3.0, 2.0, 3.0];
+        let keys = TileKeys {
+            scale: vec![1.0; 5],
+            shift: vec![0.0; 5],
+        };
+        let ids = [10, 11, 12, 13, 14];
+        let got: Vec<u64> = select_row(&scores, &keys, &ids, 0, 2, f32::NEG_INFINITY)
+            .iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(got, vec![11, 12]);
+        assert!(select_row(&scores, &keys, &ids, 0, 0, f32::NEG_INFINITY).is_empty());
+    }
+
+    #[test]
+    fn fused_scores_match_sequential() {
+        let q: Vec<f32> = (0..74).map(|i| i as f32 * 0.5).collect();
+        let tile: Vec<f32> = (0..111).map(|i| 1.0 - i as f32 * 0.25).collect();
+        let got = simd::fused_scores(&q, &tile, 37);
+        for qi in 0..2 {
+            for t in 0..3 {
+                let want: f64 = (0..37)
+                    .map(|j| f64::from(q[qi * 37 + j]) * f64::from(tile[t * 37 + j]))
+                    .sum();
+                assert!((f64::from(got[qi * 3 + t]) - want).abs() < 1e-2, "{qi},{t}");
+            }
+        }
+        let norms = simd::row_norms2(&tile, 37);
+        assert_eq!(norms.len(), 3);
+    }
+}

@@ -1,0 +1,25 @@
+//! Helpers shared by the kernel tests.
+
+/// Deterministic pseudo-random f32s in [-8, 8): a splitmix64 stream.
+pub fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed;
+    (0..n)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            ((z >> 40) as f32 / (1u64 << 24) as f32) * 16.0 - 8.0
+        })
+        .collect()
+}
+
+/// Like [`values`], rounded to multiples of 1/4 in [-8, 8]: sums of products
+/// of these are exact in f32, so scores tie exactly where they should.
+pub fn quantized(n: usize, seed: u64) -> Vec<f32> {
+    values(n, seed)
+        .into_iter()
+        .map(|v| (v * 4.0).round() / 4.0)
+        .collect()
+}
