@@ -5,9 +5,10 @@
 // pipeline is cached per K).
 //
 // key = score * scale[col] + shift[col]; higher is closer. A column whose
-// shift is -inf has no score and is never kept. Only keys strictly above the
-// query's threshold (its running k-th best) are candidates; an equal key
-// loses the tie to the earlier column, as the scan is in column order.
+// shift is -inf has no score and is never kept. Keys at or above the query's
+// threshold (its running k-th best) are candidates: the host breaks ties with
+// earlier tiles by id. Within the chunk an equal key loses to the earlier
+// column, as the scan is in column order.
 
 struct Params {
     queries: u32,
@@ -46,8 +47,12 @@ fn topk_select(
     let end = min(start + p.chunk, p.cols);
     let row = q * p.cols;
     for (var col = start; col < end; col++) {
-        let key = scores[row + col] * scale[col] + shift[col];
-        if (!(key > bar)) {
+        let sh = shift[col];
+        if (sh < -3.0e38) {
+            continue;
+        }
+        let key = scores[row + col] * scale[col] + sh;
+        if (!(key >= bar)) {
             continue;
         }
         // Insert after every kept key >= key (earlier columns win ties).
@@ -59,13 +64,15 @@ fn topk_select(
             }
             pos--;
         }
-        keys[pos] = key;
-        cols[pos] = col;
-        if (count < K) {
-            count++;
-        }
-        if (count == K) {
-            bar = max(bar, keys[K - 1u]);
+        if (pos < K) {
+            keys[pos] = key;
+            cols[pos] = col;
+            if (count < K) {
+                count++;
+            }
+            if (count == K) {
+                bar = max(bar, keys[K - 1u]);
+            }
         }
     }
     let base = index * K * 2u;

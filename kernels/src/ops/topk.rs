@@ -189,15 +189,25 @@ impl VectorSearch {
         self.metric
     }
 
+    /// The ids some query currently keeps: the rows whose data a caller
+    /// must hold on to for the final result.
+    pub fn kept_ids(&self) -> std::collections::HashSet<u64> {
+        self.kept
+            .iter()
+            .flat_map(|heap| heap.iter().map(|k| k.cand.id))
+            .collect()
+    }
+
     /// Corpus rows pushed so far.
     pub fn rows_seen(&self) -> u64 {
         self.rows_seen
     }
 
     /// Scores one corpus tile (`ids.len()` rows of `dim` values) and merges
-    /// it into every query's running top-k. `ids` must increase across the
-    /// whole corpus: ties go to the smaller id. A corpus row with a NaN or
-    /// infinite component is an error naming its id.
+    /// it into every query's running top-k. Ties go to the smaller id; ids
+    /// must be unique and increase within a tile, but tiles may come in any
+    /// order. A corpus row with a NaN or infinite component is an error
+    /// naming its id.
     pub fn push(&mut self, tile: &[f32], ids: &[u64]) -> Result<()> {
         if tile.len() != ids.len() * self.dim {
             return Err(KernelError::LengthMismatch {
@@ -451,9 +461,13 @@ pub(crate) fn select_row(
     let mut floor = threshold;
     for (t, &s) in scores.iter().enumerate() {
         let key = s * keys.scale[t] + keys.shift[t];
-        // Strictly closer only: ids increase through the corpus, so a later
-        // row with an equal key loses the tie.
-        if key.partial_cmp(&floor) != Some(Ordering::Greater) {
+        // An equal key is still a candidate: a tile pushed later may carry
+        // smaller ids (partitions arrive in any order); the merge decides.
+        if !matches!(
+            key.partial_cmp(&floor),
+            Some(Ordering::Greater | Ordering::Equal)
+        ) || key == f32::NEG_INFINITY
+        {
             continue;
         }
         let cand = Candidate {

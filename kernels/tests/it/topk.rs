@@ -130,6 +130,17 @@ fn exact_ties_break_by_id_on_every_device() {
                     h.iter().map(|q| q.iter().map(|x| x.id).collect()).collect()
                 };
                 assert_eq!(ids(&got), ids(&want), "{device:?} {metric} k={k}");
+                // Tiles arriving out of order (partitions) change nothing.
+                let mut s = VectorSearch::new(&device, metric, dim, &queries, k).unwrap();
+                let all: Vec<u64> = (0..300).collect();
+                for (tile, ids) in corpus.chunks(64 * dim).zip(all.chunks(64)).rev() {
+                    s.push(tile, ids).unwrap();
+                }
+                assert_eq!(
+                    ids(&s.finish()),
+                    ids(&want),
+                    "{device:?} {metric} k={k} reversed"
+                );
             }
         }
     }
