@@ -6,7 +6,9 @@
 //! redaction of credentials from everything Kiln prints) and the models:
 //! BERT-family sentence encoders loaded from Hugging Face layout.
 
+pub mod device;
 pub mod error;
+pub mod exec;
 pub mod functions;
 pub mod io;
 pub mod model;

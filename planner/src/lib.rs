@@ -5,8 +5,12 @@
 //! planners and the device-placement rule are registered as they arrive.
 
 pub mod options;
+pub mod vector_search;
+pub mod vector_topk;
 
 pub use options::KilnOptions;
+
+use std::sync::Arc;
 
 use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::ScalarUDF;
@@ -28,7 +32,10 @@ pub fn session_config(device: DeviceRequest) -> SessionConfig {
 
 /// Installs Kiln's planning extensions on a session being built.
 pub fn install(builder: SessionStateBuilder) -> SessionStateBuilder {
-    builder.with_default_features()
+    builder
+        .with_default_features()
+        .with_query_planner(Arc::new(vector_topk::KilnQueryPlanner))
+        .with_optimizer_rule(Arc::new(vector_topk::VectorTopKRule))
 }
 
 /// Kiln's SQL functions, as DataFusion UDFs.
@@ -38,9 +45,15 @@ pub fn kiln_functions() -> Vec<ScalarUDF> {
     udfs
 }
 
-/// Registers Kiln's SQL functions (`embed`, ...) on a context.
+/// Registers Kiln's SQL functions (`embed`, the vector functions) and table
+/// functions (`vector_search`, `knn_join`) on a context.
 pub fn register_functions(ctx: &SessionContext) {
     for udf in kiln_functions() {
         ctx.register_udf(udf);
     }
+    ctx.register_udtf(
+        "vector_search",
+        Arc::new(vector_search::VectorSearchFunction),
+    );
+    ctx.register_udtf("knn_join", Arc::new(vector_search::KnnJoinFunction));
 }

@@ -2,18 +2,104 @@
 //! read by Kiln's rules and operators.
 
 use datafusion::common::config::ConfigExtension;
-use datafusion::common::extensions_options;
+use datafusion::common::{Result, extensions_options, plan_datafusion_err};
+use datafusion::execution::SessionState;
+use kiln_kernels::{DeviceInfo, DeviceRequest};
 
 extensions_options! {
     /// Kiln's session options.
     pub struct KilnOptions {
         /// The device Kiln's operators run on: auto, cpu, wgpu, wgpu:N, cuda or cuda:N.
         pub device: String, default = "auto".to_string()
+        /// Device memory one vector-search tile may use (its corpus vectors and
+        /// its score matrix), e.g. 256MiB or 1GiB. The corpus streams through
+        /// tiles of this size, so it may be far larger than the budget.
+        pub vector_memory_budget: String, default = "256MiB".to_string()
+        /// Queries scored per pass over the corpus in knn_join.
+        pub knn_query_batch: usize, default = 1024
+        /// Rewrite ORDER BY <similarity>(column, <constant>) LIMIT k into one
+        /// vector top-k operator.
+        pub vector_topk: bool, default = true
     }
 }
 
 impl ConfigExtension for KilnOptions {
     const PREFIX: &'static str = "kiln";
+}
+
+impl KilnOptions {
+    /// The options of a session (the defaults if it has none).
+    pub fn of(state: &SessionState) -> KilnOptions {
+        state
+            .config()
+            .options()
+            .extensions
+            .get::<KilnOptions>()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// What the vector-search operators take from the options, validated.
+#[derive(Debug, Clone)]
+pub struct SearchOptions {
+    pub device: DeviceInfo,
+    pub budget_bytes: u64,
+    pub query_batch: usize,
+}
+
+impl SearchOptions {
+    pub fn from_state(state: &SessionState) -> Result<SearchOptions> {
+        let options = KilnOptions::of(state);
+        let request: DeviceRequest = options
+            .device
+            .parse()
+            .map_err(|e| plan_datafusion_err!("kiln.device: {e}"))?;
+        let device = kiln_engine::device::resolve(request)
+            .map_err(|e| plan_datafusion_err!("kiln.device: {e}"))?;
+        let budget_bytes = parse_bytes(&options.vector_memory_budget)
+            .map_err(|e| plan_datafusion_err!("kiln.vector_memory_budget: {e}"))?;
+        if options.knn_query_batch == 0 {
+            return Err(plan_datafusion_err!(
+                "kiln.knn_query_batch must be at least 1"
+            ));
+        }
+        Ok(SearchOptions {
+            device,
+            budget_bytes,
+            query_batch: options.knn_query_batch,
+        })
+    }
+}
+
+/// Parses a byte size: a number with an optional unit (B, KB, KiB, MB, MiB,
+/// GB, GiB, TB, TiB; case-insensitive).
+pub fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size such as 256MiB"))?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "kib" | "k" => 1024.0,
+        "mb" => 1e6,
+        "mib" | "m" => 1024.0 * 1024.0,
+        "gb" => 1e9,
+        "gib" | "g" => 1024.0 * 1024.0 * 1024.0,
+        "tb" => 1e12,
+        "tib" | "t" => 1024f64.powi(4),
+        other => return Err(format!("unknown unit '{other}' in '{text}'")),
+    };
+    let bytes = number * scale;
+    if bytes < 1.0 {
+        return Err(format!("'{text}' is less than one byte"));
+    }
+    Ok(bytes as u64)
 }
 
 #[cfg(test)]
@@ -26,13 +112,24 @@ mod tests {
         let config = crate::session_config(kiln_kernels::DeviceRequest::Auto);
         let ctx = SessionContext::new_with_config(config);
         ctx.sql("SET kiln.device = 'cpu'").await.unwrap();
-        let state = ctx.state();
-        let opts = state
-            .config()
-            .options()
-            .extensions
-            .get::<KilnOptions>()
+        ctx.sql("SET kiln.vector_memory_budget = '1MiB'")
+            .await
             .unwrap();
+        let state = ctx.state();
+        let opts = KilnOptions::of(&state);
         assert_eq!(opts.device, "cpu");
+        let search = SearchOptions::from_state(&state).unwrap();
+        assert_eq!(search.budget_bytes, 1 << 20);
+        assert_eq!(search.device.id(), "cpu:0");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_bytes("1.5 GB"), Ok(1_500_000_000));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("3 parsecs").is_err());
+        assert!(parse_bytes("0").is_err());
     }
 }

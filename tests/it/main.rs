@@ -10,3 +10,4 @@ mod explain;
 mod s3;
 mod session_api;
 mod vector_functions;
+mod vector_search;

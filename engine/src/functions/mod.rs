@@ -4,4 +4,4 @@ pub mod embed;
 pub mod vector;
 
 pub use embed::EmbedUdf;
-pub use vector::{VectorOp, VectorUdf};
+pub use vector::{VectorOp, VectorUdf, first_vector, is_vector_type};

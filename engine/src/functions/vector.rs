@@ -21,6 +21,7 @@ use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
 use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
+use kiln_kernels::ops::vector::{Metric, exact_score};
 
 /// Which function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -38,6 +39,25 @@ impl VectorOp {
             VectorOp::CosineSimilarity => "cosine_similarity",
             VectorOp::L2Distance => "l2_distance",
             VectorOp::L2Normalize => "l2_normalize",
+        }
+    }
+
+    /// The metric a scoring function computes; `None` for `l2_normalize`.
+    pub fn metric(self) -> Option<Metric> {
+        match self {
+            VectorOp::DotProduct => Some(Metric::Dot),
+            VectorOp::CosineSimilarity => Some(Metric::Cosine),
+            VectorOp::L2Distance => Some(Metric::L2),
+            VectorOp::L2Normalize => None,
+        }
+    }
+
+    /// The scoring function of a metric.
+    pub fn of_metric(metric: Metric) -> VectorOp {
+        match metric {
+            Metric::Dot => VectorOp::DotProduct,
+            Metric::Cosine => VectorOp::CosineSimilarity,
+            Metric::L2 => VectorOp::L2Distance,
         }
     }
 
@@ -72,7 +92,7 @@ impl VectorUdf {
 }
 
 /// The element type of a vector type, if it is one.
-fn element_type(t: &DataType) -> Option<&DataType> {
+pub(crate) fn element_type(t: &DataType) -> Option<&DataType> {
     match t {
         DataType::FixedSizeList(f, _) | DataType::List(f) | DataType::LargeList(f) => {
             Some(f.data_type())
@@ -99,7 +119,7 @@ fn planned_dim(field: &Field, scalar: Option<&ScalarValue>) -> Option<usize> {
 }
 
 /// Rows of vectors, however they arrived.
-struct Vectors {
+pub(crate) struct Vectors {
     /// The components, as f32.
     values: Float32Array,
     /// `(start, len)` of each row, `None` for NULL.
@@ -109,7 +129,7 @@ struct Vectors {
 }
 
 impl Vectors {
-    fn row(&self, i: usize) -> Option<&[f32]> {
+    pub(crate) fn row(&self, i: usize) -> Option<&[f32]> {
         let (start, len) = self.rows[if self.constant { 0 } else { i }]?;
         Some(&self.values.values()[start..start + len])
     }
@@ -138,7 +158,7 @@ fn list_rows<O: OffsetSizeTrait>(list: &GenericListArray<O>) -> Vec<Option<(usiz
         .collect()
 }
 
-fn vectors(array: &ArrayRef, constant: bool, name: &str) -> Result<Vectors> {
+pub(crate) fn vectors(array: &ArrayRef, constant: bool, name: &str) -> Result<Vectors> {
     let (values, rows) = match array.data_type() {
         DataType::FixedSizeList(_, d) => {
             let list = array.as_fixed_size_list();
@@ -179,30 +199,6 @@ fn arg_vectors(arg: &ColumnarValue, name: &str) -> Result<Vectors> {
     match arg {
         ColumnarValue::Array(a) => vectors(a, false, name),
         ColumnarValue::Scalar(s) => vectors(&s.to_array_of_size(1)?, true, name),
-    }
-}
-
-fn score(op: VectorOp, a: &[f32], b: &[f32]) -> Option<f32> {
-    let (mut dot, mut na, mut nb, mut dist) = (0f64, 0f64, 0f64, 0f64);
-    for (x, y) in a.iter().zip(b) {
-        let (x, y) = (f64::from(*x), f64::from(*y));
-        match op {
-            VectorOp::DotProduct => dot += x * y,
-            VectorOp::CosineSimilarity => {
-                dot += x * y;
-                na += x * x;
-                nb += y * y;
-            }
-            VectorOp::L2Distance => dist += (x - y) * (x - y),
-            VectorOp::L2Normalize => {}
-        }
-    }
-    match op {
-        VectorOp::DotProduct => Some(dot as f32),
-        VectorOp::CosineSimilarity if na == 0.0 || nb == 0.0 => None,
-        VectorOp::CosineSimilarity => Some((dot / (na.sqrt() * nb.sqrt())) as f32),
-        VectorOp::L2Distance => Some(dist.sqrt() as f32),
-        VectorOp::L2Normalize => None,
     }
 }
 
@@ -281,7 +277,7 @@ impl ScalarUDFImpl for VectorUdf {
                             y.len()
                         );
                     }
-                    out.append_option(score(self.op, x, y));
+                    out.append_option(self.op.metric().and_then(|m| exact_score(m, x, y)));
                 }
                 _ => out.append_null(),
             }
@@ -345,4 +341,21 @@ fn normalize(a: &Vectors, n: usize, out_type: &DataType) -> Result<ArrayRef> {
             )?))
         }
     }
+}
+
+/// The vector in row 0 of `array` (a one-row array, such as an evaluated
+/// constant), or `None` when it is NULL.
+pub fn first_vector(array: &ArrayRef, name: &str) -> Result<Option<Vec<f32>>> {
+    if array.is_empty() {
+        return Ok(None);
+    }
+    Ok(vectors(array, true, name)?.row(0).map(<[f32]>::to_vec))
+}
+
+/// Whether `t` is a vector type these functions accept (a list of floats).
+pub fn is_vector_type(t: &DataType) -> bool {
+    matches!(
+        element_type(t),
+        Some(DataType::Float32 | DataType::Float64 | DataType::Float16)
+    )
 }

@@ -5,7 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// How two vectors are compared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Metric {
     /// Inner product; higher is closer.
     Dot,

@@ -1,0 +1,30 @@
+//! The devices Kiln's operators run on, opened once per process and shared:
+//! opening a wgpu device or a CUDA context is costly, and every operator of
+//! every query on the same device should reuse it.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use kiln_kernels::{Device, DeviceInfo, DeviceRequest, KernelError, discover};
+
+/// The device `request` resolves to on this machine, without opening it
+/// (for plans and EXPLAIN).
+pub fn resolve(request: DeviceRequest) -> Result<DeviceInfo, KernelError> {
+    let discovery = discover();
+    request.resolve(&discovery).cloned()
+}
+
+/// The open device for `info`, opened on first use.
+pub fn open_shared(info: &DeviceInfo) -> Result<Device, KernelError> {
+    static OPEN: OnceLock<Mutex<HashMap<String, Device>>> = OnceLock::new();
+    let open = OPEN.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut open = open
+        .lock()
+        .map_err(|_| KernelError::Internal("device cache poisoned".into()))?;
+    if let Some(device) = open.get(&info.id()) {
+        return Ok(device.clone());
+    }
+    let device = Device::open_info(info)?;
+    open.insert(info.id(), device.clone());
+    Ok(device)
+}

@@ -1,0 +1,307 @@
+//! The vector top-k rewrite: `ORDER BY cosine_similarity(col, <constant>)
+//! DESC LIMIT k` — and `dot_product(..) DESC`, `l2_distance(..) ASC`, the
+//! arguments in either order, the score in the ORDER BY or aliased in the
+//! SELECT list — becomes one [`VectorTopKNode`], planned as the engine's
+//! `VectorTopKExec`: a tiled GEMM with a running top-k that never sorts the
+//! table. NULL scores keep their SQL place (`NULLS FIRST` is the default for
+//! `DESC`). `SET kiln.vector_topk = false` turns the rewrite off.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::common::tree_node::Transformed;
+use datafusion::common::{Column, DFSchemaRef, Result, ScalarValue, plan_datafusion_err};
+use datafusion::execution::SessionState;
+use datafusion::execution::context::QueryPlanner;
+use datafusion::logical_expr::expr::{ScalarFunction, Sort as SortExpr};
+use datafusion::logical_expr::logical_plan::{Extension, Projection, Sort};
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::{
+    Expr, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
+};
+use datafusion::optimizer::optimizer::ApplyOrder;
+use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
+use kiln_engine::exec::{SearchSpec, Unscored, VectorTopKExec};
+use kiln_engine::functions::first_vector;
+use kiln_kernels::ops::vector::Metric;
+
+use crate::options::{KilnOptions, SearchOptions};
+
+/// The logical vector top-k: the `k` rows of `input` closest to `query` in
+/// `column`, closest first; the input's schema.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd)]
+pub struct VectorTopKNode {
+    input: LogicalPlan,
+    column: Column,
+    /// The query's f32 bit patterns (f32 is neither Eq nor Hash).
+    query_bits: Vec<u32>,
+    metric: Metric,
+    k: usize,
+    unscored: Unscored,
+}
+
+impl VectorTopKNode {
+    pub fn query(&self) -> Vec<f32> {
+        self.query_bits.iter().map(|b| f32::from_bits(*b)).collect()
+    }
+}
+
+impl UserDefinedLogicalNodeCore for VectorTopKNode {
+    fn name(&self) -> &str {
+        "VectorTopK"
+    }
+
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.input]
+    }
+
+    fn schema(&self) -> &DFSchemaRef {
+        self.input.schema()
+    }
+
+    fn expressions(&self) -> Vec<Expr> {
+        vec![Expr::Column(self.column.clone())]
+    }
+
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "VectorTopK: column={}, metric={}, k={}, dim={}, unscored={}",
+            self.column.flat_name(),
+            self.metric,
+            self.k,
+            self.query_bits.len(),
+            match self.unscored {
+                Unscored::First => "first",
+                Unscored::Last => "last",
+                Unscored::Skip => "skip",
+            }
+        )
+    }
+
+    fn with_exprs_and_inputs(
+        &self,
+        exprs: Vec<Expr>,
+        mut inputs: Vec<LogicalPlan>,
+    ) -> Result<Self> {
+        let column = match exprs.first() {
+            Some(Expr::Column(c)) => c.clone(),
+            _ => self.column.clone(),
+        };
+        let input = inputs
+            .pop()
+            .ok_or_else(|| plan_datafusion_err!("VectorTopK takes one input"))?;
+        Ok(VectorTopKNode {
+            input,
+            column,
+            ..self.clone()
+        })
+    }
+}
+
+/// The optimizer rule that introduces [`VectorTopKNode`].
+#[derive(Debug, Default)]
+pub struct VectorTopKRule;
+
+/// A similarity call's parts: the column, the constant query, the metric.
+fn similarity_call(expr: &Expr) -> Option<(Column, Vec<f32>, Metric)> {
+    let Expr::ScalarFunction(ScalarFunction { func, args }) = expr.clone().unalias_nested().data
+    else {
+        return None;
+    };
+    let metric = match func.name() {
+        "cosine_similarity" => Metric::Cosine,
+        "dot_product" => Metric::Dot,
+        "l2_distance" => Metric::L2,
+        _ => return None,
+    };
+    let (column, constant) = match &args[..] {
+        [Expr::Column(c), Expr::Literal(v, _)] | [Expr::Literal(v, _), Expr::Column(c)] => (c, v),
+        _ => return None,
+    };
+    let query = constant_vector(constant)?;
+    Some((column.clone(), query, metric))
+}
+
+fn constant_vector(value: &ScalarValue) -> Option<Vec<f32>> {
+    let array = value.to_array_of_size(1).ok()?;
+    first_vector(&array, "query")
+        .ok()
+        .flatten()
+        .filter(|v| !v.is_empty())
+}
+
+/// Whether the sort direction asks for the closest rows first.
+fn closest_first(metric: Metric, sort: &SortExpr) -> bool {
+    sort.asc != metric.higher_is_closer()
+}
+
+impl VectorTopKRule {
+    fn node(
+        input: LogicalPlan,
+        (column, query, metric): (Column, Vec<f32>, Metric),
+        k: usize,
+        nulls_first: bool,
+    ) -> LogicalPlan {
+        LogicalPlan::Extension(Extension {
+            node: Arc::new(VectorTopKNode {
+                input,
+                column,
+                query_bits: query.iter().map(|v| v.to_bits()).collect(),
+                metric,
+                k,
+                unscored: if nulls_first {
+                    Unscored::First
+                } else {
+                    Unscored::Last
+                },
+            }),
+        })
+    }
+
+    /// The rewrite of one `Sort`, if it matches.
+    fn rewrite_sort(sort: &Sort) -> Result<Option<LogicalPlan>> {
+        let (Some(k), [sort_expr]) = (sort.fetch, &sort.expr[..]) else {
+            return Ok(None);
+        };
+        // ORDER BY similarity(col, const) directly.
+        if let Some(call) = similarity_call(&sort_expr.expr) {
+            if !closest_first(call.2, sort_expr) {
+                return Ok(None);
+            }
+            let input = Arc::unwrap_or_clone(Arc::clone(&sort.input));
+            return Ok(Some(Self::node(input, call, k, sort_expr.nulls_first)));
+        }
+        // ORDER BY an alias of the SELECT list: the top-k goes below the
+        // projection, which then scores only the k rows.
+        let (Expr::Column(c), LogicalPlan::Projection(projection)) =
+            (&sort_expr.expr, sort.input.as_ref())
+        else {
+            return Ok(None);
+        };
+        let position = (0..projection.schema.fields().len()).find(|&i| {
+            let (qualifier, field) = projection.schema.qualified_field(i);
+            field.name() == &c.name && (c.relation.is_none() || c.relation.as_ref() == qualifier)
+        });
+        let Some(call) = position.and_then(|i| similarity_call(&projection.expr[i])) else {
+            return Ok(None);
+        };
+        if !closest_first(call.2, sort_expr)
+            || projection.input.schema().index_of_column(&call.0).is_err()
+        {
+            return Ok(None);
+        }
+        let inner = Arc::unwrap_or_clone(Arc::clone(&projection.input));
+        let topk = Self::node(inner, call, k, sort_expr.nulls_first);
+        Ok(Some(LogicalPlan::Projection(Projection::try_new(
+            projection.expr.clone(),
+            Arc::new(topk),
+        )?)))
+    }
+}
+
+impl OptimizerRule for VectorTopKRule {
+    fn name(&self) -> &str {
+        "kiln_vector_topk"
+    }
+
+    fn apply_order(&self) -> Option<ApplyOrder> {
+        Some(ApplyOrder::TopDown)
+    }
+
+    fn supports_rewrite(&self) -> bool {
+        true
+    }
+
+    fn rewrite(
+        &self,
+        plan: LogicalPlan,
+        config: &dyn OptimizerConfig,
+    ) -> Result<Transformed<LogicalPlan>> {
+        let enabled = config
+            .options()
+            .extensions
+            .get::<KilnOptions>()
+            .is_none_or(|o| o.vector_topk);
+        if !enabled {
+            return Ok(Transformed::no(plan));
+        }
+        let LogicalPlan::Sort(sort) = &plan else {
+            return Ok(Transformed::no(plan));
+        };
+        match Self::rewrite_sort(sort)? {
+            Some(new) => Ok(Transformed::yes(new)),
+            None => Ok(Transformed::no(plan)),
+        }
+    }
+}
+
+/// Plans Kiln's logical nodes into its operators.
+#[derive(Debug, Default)]
+pub struct KilnExtensionPlanner;
+
+#[async_trait]
+impl ExtensionPlanner for KilnExtensionPlanner {
+    async fn plan_extension(
+        &self,
+        _planner: &dyn PhysicalPlanner,
+        node: &dyn UserDefinedLogicalNode,
+        logical_inputs: &[&LogicalPlan],
+        physical_inputs: &[Arc<dyn ExecutionPlan>],
+        session: &dyn Session,
+        _planning_ctx: &PhysicalPlanningContext,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        let Some(node) = node.as_any().downcast_ref::<VectorTopKNode>() else {
+            return Ok(None);
+        };
+        let state = session
+            .as_any()
+            .downcast_ref::<SessionState>()
+            .ok_or_else(|| plan_datafusion_err!("vector top-k needs a DataFusion SessionState"))?;
+        let options = SearchOptions::from_state(state)?;
+        let (Some(logical), Some(physical)) = (logical_inputs.first(), physical_inputs.first())
+        else {
+            return Err(plan_datafusion_err!("VectorTopK takes one input"));
+        };
+        let column = logical.schema().index_of_column(&node.column)?;
+        let query = node.query();
+        let spec = SearchSpec {
+            column,
+            column_name: node.column.name.clone(),
+            dim: query.len(),
+            metric: node.metric,
+            k: node.k,
+            budget_bytes: options.budget_bytes,
+            keep_unscored: 0,
+        };
+        Ok(Some(Arc::new(VectorTopKExec::try_new(
+            Arc::clone(physical),
+            spec,
+            query,
+            node.unscored,
+            None,
+            options.device,
+        )?)))
+    }
+}
+
+/// DataFusion's physical planner with Kiln's extension planner.
+#[derive(Debug, Default)]
+pub struct KilnQueryPlanner;
+
+#[async_trait]
+impl QueryPlanner for KilnQueryPlanner {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session: &dyn Session,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(KilnExtensionPlanner)])
+            .create_physical_plan(logical_plan, session)
+            .await
+    }
+}
