@@ -24,12 +24,6 @@ pub fn linear(
     gemm_nt(x, m, k, w, n, bias, parallelism)
 }
 
-/// `out[m×n] = a[m×k] · b[n×k]ᵀ` on the calling thread, for callers that
-/// already run one GEMM per rayon task (vector search, per corpus sub-tile).
-pub fn matmul_nt_serial(a: &[f32], m: usize, k: usize, b: &[f32], n: usize) -> Vec<f32> {
-    gemm_nt(a, m, k, b, n, None, Parallelism::None)
-}
-
 fn gemm_nt(
     x: &[f32],
     m: usize,

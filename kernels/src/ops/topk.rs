@@ -8,10 +8,9 @@
 //! every device reports the same numbers as the SQL scoring functions. Ties
 //! break by id, which callers assign in corpus input order.
 //!
-//! The CPU path runs the GEMM with the `gemm` crate (or a fused dot/norm loop
-//! for a handful of queries, where the scan is bound by memory bandwidth) over
-//! rayon, sub-tile by sub-tile so each sub-tile is still in cache when it is
-//! selected from. The wgpu path runs `shaders/gemm.wgsl` and the per-chunk
+//! The CPU path scores up to [`FUSED_MAX_QUERIES`] queries with its own fused
+//! dot/norm loop over rayon, sub-tile by sub-tile so each sub-tile is still in
+//! cache when it is selected from, and more queries with the `gemm` crate. The wgpu path runs `shaders/gemm.wgsl` and the per-chunk
 //! selection of `shaders/topk.wgsl` on the device and merges the (few)
 //! candidates on the host.
 
@@ -35,9 +34,14 @@ pub struct Hit {
 /// Corpus rows per CPU sub-tile: big enough for an efficient GEMM, small
 /// enough that the sub-tile stays in cache while it is scored and selected.
 const CPU_SUBTILE_ROWS: usize = 512;
-/// Up to this many queries, the CPU scores with a fused dot/norm loop instead
-/// of a GEMM: the scan is bound by memory bandwidth, not arithmetic.
-const FUSED_MAX_QUERIES: usize = 4;
+/// Corpus rows per multi-threaded GEMM on the CPU's many-query path.
+const GEMM_BLOCK_ROWS: usize = 16_384;
+/// Up to this many queries the CPU scores with its own fused loop (FMA, blocks
+/// of 8 queries held in L1 against a streaming sub-tile, the norms in the
+/// same pass) rather than the `gemm` crate, which measured slower below about
+/// a hundred queries (benches/vector_topk.py); for one query the scan is
+/// bound by memory bandwidth.
+const FUSED_MAX_QUERIES: usize = 96;
 
 /// A candidate for a query's top-k: its ranking key and corpus id.
 #[derive(Debug, Clone, Copy)]
@@ -329,19 +333,19 @@ impl VectorSearch {
         let nq = self.queries();
         let k = self.k;
         let thresholds = self.thresholds();
+        if nq > FUSED_MAX_QUERIES {
+            return self.cpu_select_gemm(tile, ids, &thresholds);
+        }
+        let subtile = CPU_SUBTILE_ROWS;
         let per_subtile: Vec<Vec<Vec<Candidate>>> = tile
-            .par_chunks(CPU_SUBTILE_ROWS * dim)
-            .zip(ids.par_chunks(CPU_SUBTILE_ROWS))
+            .par_chunks(subtile * dim)
+            .zip(ids.par_chunks(subtile))
             .enumerate()
             .map(|(s, (sub, sub_ids))| {
                 let rows = sub_ids.len();
-                let keys = self.tile_keys_serial(sub, sub_ids)?;
-                let scores = if nq <= FUSED_MAX_QUERIES {
-                    simd::fused_scores(&self.prepared, sub, dim)
-                } else {
-                    crate::ops::linear::matmul_nt_serial(&self.prepared, nq, dim, sub, rows)
-                };
-                let base = (s * CPU_SUBTILE_ROWS) as u32;
+                let (scores, norms) = simd::fused_scores(&self.prepared, sub, dim);
+                let keys = self.keys_from_norms(sub, sub_ids, norms)?;
+                let base = (s * subtile) as u32;
                 Ok((0..nq)
                     .map(|qi| {
                         select_row(
@@ -365,11 +369,51 @@ impl VectorSearch {
         Ok(out)
     }
 
+    /// The CPU path for many queries: one multi-threaded GEMM per block of
+    /// corpus rows (the `gemm` crate packs the queries once per block), then
+    /// the selection in parallel over queries.
+    fn cpu_select_gemm(
+        &self,
+        tile: &[f32],
+        ids: &[u64],
+        thresholds: &[f32],
+    ) -> Result<Vec<Vec<Candidate>>> {
+        let (dim, nq, k) = (self.dim, self.queries(), self.k);
+        let mut out: Vec<Vec<Candidate>> = vec![Vec::new(); nq];
+        for (b, (block, block_ids)) in tile
+            .chunks(GEMM_BLOCK_ROWS * dim)
+            .zip(ids.chunks(GEMM_BLOCK_ROWS))
+            .enumerate()
+        {
+            let rows = block_ids.len();
+            let keys = self.tile_keys(block, block_ids)?;
+            let scores = crate::ops::linear::linear(&self.prepared, nq, dim, block, rows, None);
+            let base = (b * GEMM_BLOCK_ROWS) as u32;
+            out.par_iter_mut().enumerate().for_each(|(qi, cands)| {
+                cands.extend(select_row(
+                    &scores[qi * rows..(qi + 1) * rows],
+                    &keys,
+                    block_ids,
+                    base,
+                    k,
+                    thresholds[qi],
+                ));
+            });
+        }
+        Ok(out)
+    }
+
     /// [`Self::tile_keys`] without rayon, for use inside a parallel task.
     fn tile_keys_serial(&self, tile: &[f32], ids: &[u64]) -> Result<TileKeys> {
+        self.keys_from_norms(tile, ids, simd::row_norms2(tile, self.dim))
+    }
+
+    /// The keys of a tile's rows given their squared norms (in f32); a
+    /// non-finite norm is an error naming the row, unless f64 shows the row
+    /// is merely large.
+    fn keys_from_norms(&self, tile: &[f32], ids: &[u64], norms: Vec<f32>) -> Result<TileKeys> {
         let mut scale = Vec::with_capacity(ids.len());
         let mut shift = Vec::with_capacity(ids.len());
-        let norms = simd::row_norms2(tile, self.dim);
         for ((row, id), n2) in tile.chunks_exact(self.dim).zip(ids).zip(norms) {
             if !n2.is_finite() {
                 // Recheck in f64: a large but finite vector may overflow f32.
@@ -494,42 +538,107 @@ pub(crate) fn select_row(
 /// baseline and chosen at run time: a portable binary still scans the corpus
 /// at full vector width.
 mod simd {
+    /// `a·b + c`: one fused instruction where the variant has FMA (Rust
+    /// never contracts `a * b + c` by itself), else a multiply and an add.
+    #[inline(always)]
+    fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+        if FMA { a.mul_add(b, c) } else { a * b + c }
+    }
+
     /// `a·b` in f32 with 16 independent accumulators, so it vectorizes
     /// without reassociation; the residual is added in order.
     #[inline(always)]
-    pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    pub(super) fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
         let mut acc = [0f32; 16];
         let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
         let (ra, rb) = (ca.remainder(), cb.remainder());
         for (x, y) in ca.zip(cb) {
             for i in 0..16 {
-                acc[i] += x[i] * y[i];
+                acc[i] = madd::<FMA>(x[i], y[i], acc[i]);
             }
         }
         let mut sum = acc.iter().sum::<f32>();
         for (x, y) in ra.iter().zip(rb) {
-            sum += x * y;
+            sum = madd::<FMA>(*x, *y, sum);
         }
         sum
     }
 
+    /// Four queries against one row at once: the row is read once and the
+    /// four independent accumulator chains keep the FMA units busy.
     #[inline(always)]
-    fn row_norms2_body(tile: &[f32], dim: usize) -> Vec<f32> {
-        tile.chunks_exact(dim).map(|r| dot(r, r)).collect()
-    }
-
-    /// `out[q·rows + t] = query_q · row_t`, reading each corpus row once.
-    #[inline(always)]
-    fn fused_scores_body(queries: &[f32], tile: &[f32], dim: usize) -> Vec<f32> {
-        let nq = queries.len() / dim;
-        let rows = tile.len() / dim;
-        let mut out = vec![0f32; nq * rows];
-        for (t, row) in tile.chunks_exact(dim).enumerate() {
-            for (qi, q) in queries.chunks_exact(dim).enumerate() {
-                out[qi * rows + t] = dot(q, row);
+    fn dot4<const FMA: bool>(q: [&[f32]; 4], b: &[f32]) -> [f32; 4] {
+        let (mut a0, mut a1, mut a2, mut a3) = ([0f32; 16], [0f32; 16], [0f32; 16], [0f32; 16]);
+        let rows = q[0]
+            .chunks_exact(16)
+            .zip(q[1].chunks_exact(16))
+            .zip(q[2].chunks_exact(16))
+            .zip(q[3].chunks_exact(16))
+            .zip(b.chunks_exact(16));
+        for ((((x0, x1), x2), x3), y) in rows {
+            for i in 0..16 {
+                a0[i] = madd::<FMA>(x0[i], y[i], a0[i]);
+                a1[i] = madd::<FMA>(x1[i], y[i], a1[i]);
+                a2[i] = madd::<FMA>(x2[i], y[i], a2[i]);
+                a3[i] = madd::<FMA>(x3[i], y[i], a3[i]);
+            }
+        }
+        let tail = b.len() / 16 * 16;
+        let mut out = [a0, a1, a2, a3].map(|a| a.iter().sum::<f32>());
+        for (j, o) in out.iter_mut().enumerate() {
+            for i in tail..b.len() {
+                *o = madd::<FMA>(q[j][i], b[i], *o);
             }
         }
         out
+    }
+
+    #[inline(always)]
+    fn row_norms2_body<const FMA: bool>(tile: &[f32], dim: usize) -> Vec<f32> {
+        tile.chunks_exact(dim).map(|r| dot::<FMA>(r, r)).collect()
+    }
+
+    /// `out[q·rows + t] = query_q · row_t` and each row's `|row|²`, reading
+    /// each corpus row from memory once.
+    #[inline(always)]
+    fn fused_scores_body<const FMA: bool>(
+        queries: &[f32],
+        tile: &[f32],
+        dim: usize,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let nq = queries.len() / dim;
+        let rows = tile.len() / dim;
+        let mut out = vec![0f32; nq * rows];
+        let mut norms = Vec::with_capacity(rows);
+        let qs: Vec<&[f32]> = queries.chunks_exact(dim).collect();
+        // Blocks of 8 queries stay in L1 while the sub-tile (in L2) streams
+        // past them; more at once would spill L1.
+        for (b, block) in qs.chunks(8).enumerate() {
+            let q0 = b * 8;
+            for (t, row) in tile.chunks_exact(dim).enumerate() {
+                if b == 0 {
+                    norms.push(dot::<FMA>(row, row));
+                }
+                let mut qi = 0;
+                while qi + 4 <= block.len() {
+                    let d = dot4::<FMA>(
+                        [block[qi], block[qi + 1], block[qi + 2], block[qi + 3]],
+                        row,
+                    );
+                    for (j, v) in d.into_iter().enumerate() {
+                        out[(q0 + qi + j) * rows + t] = v;
+                    }
+                    qi += 4;
+                }
+                for (j, q) in block.iter().enumerate().skip(qi) {
+                    out[(q0 + j) * rows + t] = dot::<FMA>(q, row);
+                }
+            }
+        }
+        if qs.is_empty() {
+            norms.extend(tile.chunks_exact(dim).map(|row| dot::<FMA>(row, row)));
+        }
+        (out, norms)
     }
 
     macro_rules! dispatch {
@@ -537,30 +646,34 @@ mod simd {
             pub(super) fn $name($($arg: $ty),*) -> $ret {
                 #[cfg(target_arch = "x86_64")]
                 {
-                    #[target_feature(enable = "avx512f")]
+                    #[target_feature(enable = "avx512f,fma")]
                     fn avx512($($arg: $ty),*) -> $ret {
-                        $body($($arg),*)
+                        $body::<true>($($arg),*)
                     }
-                    #[target_feature(enable = "avx2")]
+                    #[target_feature(enable = "avx2,fma")]
                     fn avx2($($arg: $ty),*) -> $ret {
-                        $body($($arg),*)
+                        $body::<true>($($arg),*)
                     }
-                    if std::arch::is_x86_feature_detected!("avx512f") {
-                        // SAFETY: the CPU supports AVX-512F, checked just above.
+                    if std::arch::is_x86_feature_detected!("avx512f")
+                        && std::arch::is_x86_feature_detected!("fma")
+                    {
+                        // SAFETY: the CPU supports AVX-512F and FMA, checked just above.
                         return unsafe { avx512($($arg),*) };
                     }
-                    if std::arch::is_x86_feature_detected!("avx2") {
-                        // SAFETY: the CPU supports AVX2, checked just above.
+                    if std::arch::is_x86_feature_detected!("avx2")
+                        && std::arch::is_x86_feature_detected!("fma")
+                    {
+                        // SAFETY: the CPU supports AVX2 and FMA, checked just above.
                         return unsafe { avx2($($arg),*) };
                     }
                 }
-                $body($($arg),*)
+                $body::<false>($($arg),*)
             }
         };
     }
 
     dispatch!(row_norms2, row_norms2_body, (tile: &[f32], dim: usize) -> Vec<f32>);
-    dispatch!(fused_scores, fused_scores_body, (queries: &[f32], tile: &[f32], dim: usize) -> Vec<f32>);
+    dispatch!(fused_scores, fused_scores_body, (queries: &[f32], tile: &[f32], dim: usize) -> (Vec<f32>, Vec<f32>));
 }
 
 #[cfg(test)]
@@ -587,7 +700,8 @@ mod tests {
     fn fused_scores_match_sequential() {
         let q: Vec<f32> = (0..74).map(|i| i as f32 * 0.5).collect();
         let tile: Vec<f32> = (0..111).map(|i| 1.0 - i as f32 * 0.25).collect();
-        let got = simd::fused_scores(&q, &tile, 37);
+        let (got, norms) = simd::fused_scores(&q, &tile, 37);
+        assert_eq!(norms.len(), 3);
         for qi in 0..2 {
             for t in 0..3 {
                 let want: f64 = (0..37)

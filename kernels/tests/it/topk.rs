@@ -98,6 +98,7 @@ fn random_data_matches_brute_force_on_every_device() {
             (3, 33, 2500, 10, 1000),
             (5, 64, 1200, 1, 1200),
             (70, 48, 3000, 16, 700),
+            (130, 24, 17_000, 7, 40_000),
             (2, 384, 900, 200, 512),
         ] {
             let queries = values(nq * dim, 11 + dim as u64);
