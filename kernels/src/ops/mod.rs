@@ -7,6 +7,7 @@ pub mod attention;
 pub mod linear;
 pub mod norm;
 pub mod pooling;
+pub mod score_gemm;
 pub mod topk;
 pub mod vector;
 

@@ -34,14 +34,17 @@ pub struct Hit {
 /// Corpus rows per CPU sub-tile: big enough for an efficient GEMM, small
 /// enough that the sub-tile stays in cache while it is scored and selected.
 const CPU_SUBTILE_ROWS: usize = 512;
+/// Corpus rows per sub-tile of the AVX-512 scoring GEMM: packed (384 KiB at
+/// D = 384) it stays in L2 while every query block passes over it.
+const SCORE_GEMM_SUBTILE_ROWS: usize = 256;
 /// Corpus rows per multi-threaded GEMM on the CPU's many-query path.
 const GEMM_BLOCK_ROWS: usize = 16_384;
 /// Up to this many queries the CPU scores with its own fused loop (FMA, blocks
 /// of 8 queries held in L1 against a streaming sub-tile, the norms in the
 /// same pass) rather than the `gemm` crate, which measured slower below about
-/// a hundred queries (benches/vector_topk.py); for one query the scan is
+/// a hundred and fifty queries (benches/vector_topk.py); for one query the scan is
 /// bound by memory bandwidth.
-const FUSED_MAX_QUERIES: usize = 96;
+const FUSED_MAX_QUERIES: usize = 128;
 
 /// A candidate for a query's top-k: its ranking key and corpus id.
 #[derive(Debug, Clone, Copy)]
@@ -60,7 +63,8 @@ fn closer(a: &Candidate, b: &Candidate) -> Ordering {
 /// Max-heap entry whose top is the *farthest* kept candidate.
 struct Kept {
     cand: Candidate,
-    vector: Box<[f32]>,
+    /// The row's vector, copied once the merge of its tile is done.
+    vector: Option<Box<[f32]>>,
 }
 
 impl PartialEq for Kept {
@@ -274,7 +278,7 @@ impl VectorSearch {
                 let mut hits: Vec<Hit> = heap
                     .into_iter()
                     .filter_map(|kept| {
-                        exact_score(metric, q, &kept.vector).map(|score| Hit {
+                        exact_score(metric, q, kept.vector.as_deref()?).map(|score| Hit {
                             id: kept.cand.id,
                             score,
                         })
@@ -333,40 +337,53 @@ impl VectorSearch {
         let nq = self.queries();
         let k = self.k;
         let thresholds = self.thresholds();
-        if nq > FUSED_MAX_QUERIES {
+        let many = nq > FUSED_MAX_QUERIES;
+        if many && !crate::ops::score_gemm::available() {
             return self.cpu_select_gemm(tile, ids, &thresholds);
         }
-        let subtile = CPU_SUBTILE_ROWS;
-        let per_subtile: Vec<Vec<Vec<Candidate>>> = tile
-            .par_chunks(subtile * dim)
+        let subtile = if many {
+            SCORE_GEMM_SUBTILE_ROWS
+        } else {
+            CPU_SUBTILE_ROWS
+        };
+        // Each rayon worker carries its own running top-k per query across
+        // the sub-tiles it takes, so its admission bar rises as it goes and
+        // only about k candidates per query and worker reach the merge.
+        let empty = || -> Vec<Vec<Candidate>> { vec![Vec::new(); nq] };
+        tile.par_chunks(subtile * dim)
             .zip(ids.par_chunks(subtile))
             .enumerate()
-            .map(|(s, (sub, sub_ids))| {
+            .try_fold(empty, |mut best, (s, (sub, sub_ids))| {
                 let rows = sub_ids.len();
-                let (scores, norms) = simd::fused_scores(&self.prepared, sub, dim);
+                let (scores, norms) = if many {
+                    let norms = simd::row_norms2(sub, dim);
+                    let scores = crate::ops::score_gemm::scores(&self.prepared, sub, dim)
+                        .ok_or_else(|| KernelError::Internal("AVX-512 vanished".into()))?;
+                    (scores, norms)
+                } else {
+                    simd::fused_scores(&self.prepared, sub, dim)
+                };
                 let keys = self.keys_from_norms(sub, sub_ids, norms)?;
                 let base = (s * subtile) as u32;
-                Ok((0..nq)
-                    .map(|qi| {
-                        select_row(
-                            &scores[qi * rows..(qi + 1) * rows],
-                            &keys,
-                            sub_ids,
-                            base,
-                            k,
-                            thresholds[qi],
-                        )
-                    })
+                for (qi, list) in best.iter_mut().enumerate() {
+                    select_into(
+                        list,
+                        &scores[qi * rows..(qi + 1) * rows],
+                        &keys,
+                        sub_ids,
+                        base,
+                        k,
+                        thresholds[qi],
+                    );
+                }
+                Ok(best)
+            })
+            .try_reduce(empty, |a, b| {
+                Ok(a.into_iter()
+                    .zip(b)
+                    .map(|(x, y)| merge_lists(x, y, k))
                     .collect())
             })
-            .collect::<Result<_>>()?;
-        let mut out: Vec<Vec<Candidate>> = vec![Vec::new(); nq];
-        for sub in per_subtile {
-            for (qi, cands) in sub.into_iter().enumerate() {
-                out[qi].extend(cands);
-            }
-        }
-        Ok(out)
     }
 
     /// The CPU path for many queries: one multi-threaded GEMM per block of
@@ -480,11 +497,17 @@ fn merge_into(
                         _ => continue,
                     }
                 }
-                let row = cand.row as usize;
-                heap.push(Kept {
-                    cand,
-                    vector: tile[row * dim..(row + 1) * dim].into(),
-                });
+                heap.push(Kept { cand, vector: None });
+            }
+            // Copy the vectors of this tile's survivors only, once the heap
+            // has settled: most candidates are evicted before then.
+            if heap.iter().any(|e| e.vector.is_none()) {
+                let mut entries = std::mem::take(heap).into_vec();
+                for e in entries.iter_mut().filter(|e| e.vector.is_none()) {
+                    let row = e.cand.row as usize;
+                    e.vector = Some(tile[row * dim..(row + 1) * dim].into());
+                }
+                *heap = BinaryHeap::from(entries);
             }
         });
 }
@@ -499,20 +522,43 @@ pub(crate) fn select_row(
     k: usize,
     threshold: f32,
 ) -> Vec<Candidate> {
+    let mut best = Vec::with_capacity(k.min(scores.len()) + 1);
+    select_into(&mut best, scores, keys, ids, base_row, k, threshold);
+    best
+}
+
+/// Merges the best of one query's scores over a tile into `best` (sorted
+/// closest first, at most `k`), keeping only keys at or above `threshold`
+/// and `best`'s own k-th key.
+fn select_into(
+    best: &mut Vec<Candidate>,
+    scores: &[f32],
+    keys: &TileKeys,
+    ids: &[u64],
+    base_row: u32,
+    k: usize,
+    threshold: f32,
+) {
+    if k == 0 {
+        return;
+    }
     // A small sorted buffer (closest first) beats a heap for the small k of
-    // search; most scores fail the threshold test and cost one comparison.
-    let mut best: Vec<Candidate> = Vec::with_capacity(k.min(scores.len()) + 1);
-    let mut floor = threshold;
-    for (t, &s) in scores.iter().enumerate() {
-        let key = s * keys.scale[t] + keys.shift[t];
+    // search; most scores fail the bar.
+    let mut floor = if best.len() == k {
+        threshold.max(best[k - 1].key)
+    } else {
+        threshold
+    };
+    let consider = |best: &mut Vec<Candidate>, floor: &mut f32, t: usize| {
+        let key = scores[t] * keys.scale[t] + keys.shift[t];
         // An equal key is still a candidate: a tile pushed later may carry
         // smaller ids (partitions arrive in any order); the merge decides.
         if !matches!(
-            key.partial_cmp(&floor),
+            key.partial_cmp(floor),
             Some(Ordering::Greater | Ordering::Equal)
         ) || key == f32::NEG_INFINITY
         {
-            continue;
+            return;
         }
         let cand = Candidate {
             key,
@@ -521,17 +567,58 @@ pub(crate) fn select_row(
         };
         let pos = best.partition_point(|c| closer(c, &cand) == Ordering::Less);
         if pos >= k {
-            continue;
+            return;
         }
         best.insert(pos, cand);
         if best.len() > k {
             best.pop();
         }
         if best.len() == k {
-            floor = floor.max(best[k - 1].key);
+            *floor = floor.max(best[k - 1].key);
         }
+    };
+    // Test 16 keys at a time with a branch-free (vectorizable) pass and look
+    // at single keys only in a chunk where one clears the bar.
+    const LANES: usize = 16;
+    let n = scores.len();
+    let mut t = 0;
+    while t + LANES <= n {
+        let (s, a, b) = (
+            &scores[t..t + LANES],
+            &keys.scale[t..t + LANES],
+            &keys.shift[t..t + LANES],
+        );
+        let mut any = false;
+        for i in 0..LANES {
+            any |= s[i] * a[i] + b[i] >= floor;
+        }
+        if any {
+            for u in t..t + LANES {
+                consider(best, &mut floor, u);
+            }
+        }
+        t += LANES;
     }
-    best
+    for u in t..n {
+        consider(best, &mut floor, u);
+    }
+}
+
+/// The closest `k` of two sorted candidate lists.
+fn merge_lists(a: Vec<Candidate>, b: Vec<Candidate>, k: usize) -> Vec<Candidate> {
+    let mut out = Vec::with_capacity(k.min(a.len() + b.len()));
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    while out.len() < k {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if closer(x, y) != Ordering::Greater => a.next(),
+            (Some(_), Some(_)) => b.next(),
+            (Some(_), None) => a.next(),
+            (None, Some(_)) => b.next(),
+            (None, None) => break,
+        };
+        out.extend(next);
+    }
+    out
 }
 
 /// The CPU's inner loops, compiled for AVX-512 and AVX2 as well as the
