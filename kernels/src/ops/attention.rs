@@ -19,45 +19,86 @@ pub fn attention_ragged(
     assert_eq!(q.len(), tokens * hidden);
     assert_eq!(k.len(), tokens * hidden);
     assert_eq!(v.len(), tokens * hidden);
-    let scale = 1.0 / (head_dim as f32).sqrt();
     let per_sequence: Vec<Vec<f32>> = offsets
         .par_windows(2)
-        .map(|w| {
-            let (start, end) = (w[0], w[1]);
-            let len = end - start;
-            let mut out = vec![0f32; len * hidden];
-            let mut scores = vec![0f32; len];
-            for h in 0..heads {
-                let col = h * head_dim;
-                for i in 0..len {
-                    let qi = &q[(start + i) * hidden + col..][..head_dim];
-                    let mut max = f32::NEG_INFINITY;
-                    for (j, s) in scores.iter_mut().enumerate() {
-                        let kj = &k[(start + j) * hidden + col..][..head_dim];
-                        let dot: f32 = qi.iter().zip(kj).map(|(a, b)| a * b).sum();
-                        *s = dot * scale;
-                        max = max.max(*s);
-                    }
-                    let mut sum = 0f32;
-                    for s in scores.iter_mut() {
-                        *s = (*s - max).exp();
-                        sum += *s;
-                    }
-                    let inv = 1.0 / sum;
-                    let oi = &mut out[i * hidden + col..][..head_dim];
-                    for (j, &p) in scores.iter().enumerate() {
-                        let vj = &v[(start + j) * hidden + col..][..head_dim];
-                        let p = p * inv;
-                        for (o, x) in oi.iter_mut().zip(vj) {
-                            *o += p * x;
-                        }
-                    }
-                }
-            }
-            out
-        })
+        .map(|w| attend(q, k, v, w[0], w[1], heads, head_dim))
         .collect();
     per_sequence.concat()
+}
+
+/// One sequence's attention, every head: rows `start..end`.
+#[inline(always)]
+fn attend_body<const FMA: bool>(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    start: usize,
+    end: usize,
+    heads: usize,
+    head_dim: usize,
+) -> Vec<f32> {
+    let hidden = heads * head_dim;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let len = end - start;
+    let mut out = vec![0f32; len * hidden];
+    let mut scores = vec![0f32; len];
+    for h in 0..heads {
+        let col = h * head_dim;
+        for i in 0..len {
+            let qi = &q[(start + i) * hidden + col..][..head_dim];
+            let mut max = f32::NEG_INFINITY;
+            for (j, s) in scores.iter_mut().enumerate() {
+                let kj = &k[(start + j) * hidden + col..][..head_dim];
+                *s = dot::<FMA>(qi, kj) * scale;
+                max = max.max(*s);
+            }
+            let mut sum = 0f32;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            let inv = 1.0 / sum;
+            let oi = &mut out[i * hidden + col..][..head_dim];
+            for (j, &p) in scores.iter().enumerate() {
+                let vj = &v[(start + j) * hidden + col..][..head_dim];
+                let p = p * inv;
+                for (o, x) in oi.iter_mut().zip(vj) {
+                    *o = madd::<FMA>(p, *x, *o);
+                }
+            }
+        }
+    }
+    out
+}
+
+crate::ops::dispatch!(
+    attend,
+    attend_body,
+    (q: &[f32], k: &[f32], v: &[f32], start: usize, end: usize, heads: usize, head_dim: usize) -> Vec<f32>
+);
+
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA { a.mul_add(b, c) } else { a * b + c }
+}
+
+/// `a·b` with 8 independent accumulators (vectorizes without reassociation
+/// of a single chain); the residual in order.
+#[inline(always)]
+fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] = madd::<FMA>(x[i], y[i], acc[i]);
+        }
+    }
+    let mut sum = acc.iter().sum::<f32>();
+    for (x, y) in ra.iter().zip(rb) {
+        sum = madd::<FMA>(*x, *y, sum);
+    }
+    sum
 }
 
 #[cfg(test)]

@@ -728,39 +728,8 @@ mod simd {
         (out, norms)
     }
 
-    macro_rules! dispatch {
-        ($name:ident, $body:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
-            pub(super) fn $name($($arg: $ty),*) -> $ret {
-                #[cfg(target_arch = "x86_64")]
-                {
-                    #[target_feature(enable = "avx512f,fma")]
-                    fn avx512($($arg: $ty),*) -> $ret {
-                        $body::<true>($($arg),*)
-                    }
-                    #[target_feature(enable = "avx2,fma")]
-                    fn avx2($($arg: $ty),*) -> $ret {
-                        $body::<true>($($arg),*)
-                    }
-                    if std::arch::is_x86_feature_detected!("avx512f")
-                        && std::arch::is_x86_feature_detected!("fma")
-                    {
-                        // SAFETY: the CPU supports AVX-512F and FMA, checked just above.
-                        return unsafe { avx512($($arg),*) };
-                    }
-                    if std::arch::is_x86_feature_detected!("avx2")
-                        && std::arch::is_x86_feature_detected!("fma")
-                    {
-                        // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-                        return unsafe { avx2($($arg),*) };
-                    }
-                }
-                $body::<false>($($arg),*)
-            }
-        };
-    }
-
-    dispatch!(row_norms2, row_norms2_body, (tile: &[f32], dim: usize) -> Vec<f32>);
-    dispatch!(fused_scores, fused_scores_body, (queries: &[f32], tile: &[f32], dim: usize) -> (Vec<f32>, Vec<f32>));
+    crate::ops::dispatch!(row_norms2, row_norms2_body, (tile: &[f32], dim: usize) -> Vec<f32>);
+    crate::ops::dispatch!(fused_scores, fused_scores_body, (queries: &[f32], tile: &[f32], dim: usize) -> (Vec<f32>, Vec<f32>));
 }
 
 #[cfg(test)]
