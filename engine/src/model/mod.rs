@@ -12,6 +12,7 @@ pub mod resolve;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use kiln_kernels::ops::norm::l2_normalize_rows_inplace;
 use kiln_kernels::ops::pooling::pool_ragged;
@@ -184,12 +185,62 @@ impl EmbeddingModel {
             }
             start = end;
         }
+        COUNTERS
+            .rows
+            .fetch_add(texts.len() as u64, Ordering::Relaxed);
+        COUNTERS.tokens.fetch_add(tokens as u64, Ordering::Relaxed);
+        COUNTERS
+            .truncated
+            .fetch_add(truncated as u64, Ordering::Relaxed);
         Ok(Embeddings {
             dim,
             values,
             truncated,
             tokens,
         })
+    }
+}
+
+/// What this process has embedded so far, for progress lines and job
+/// summaries (`kiln embed`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EmbedTotals {
+    pub rows: u64,
+    pub tokens: u64,
+    /// Texts longer than their model's max_seq_length, truncated.
+    pub truncated: u64,
+}
+
+impl std::ops::Sub for EmbedTotals {
+    type Output = EmbedTotals;
+
+    fn sub(self, rhs: EmbedTotals) -> EmbedTotals {
+        EmbedTotals {
+            rows: self.rows - rhs.rows,
+            tokens: self.tokens - rhs.tokens,
+            truncated: self.truncated - rhs.truncated,
+        }
+    }
+}
+
+struct Counters {
+    rows: AtomicU64,
+    tokens: AtomicU64,
+    truncated: AtomicU64,
+}
+
+static COUNTERS: Counters = Counters {
+    rows: AtomicU64::new(0),
+    tokens: AtomicU64::new(0),
+    truncated: AtomicU64::new(0),
+};
+
+/// The process-wide totals of every [`EmbeddingModel::embed`] call.
+pub fn embed_totals() -> EmbedTotals {
+    EmbedTotals {
+        rows: COUNTERS.rows.load(Ordering::Relaxed),
+        tokens: COUNTERS.tokens.load(Ordering::Relaxed),
+        truncated: COUNTERS.truncated.load(Ordering::Relaxed),
     }
 }
 
