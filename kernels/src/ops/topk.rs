@@ -41,10 +41,10 @@ const SCORE_GEMM_SUBTILE_ROWS: usize = 256;
 const GEMM_BLOCK_ROWS: usize = 16_384;
 /// Up to this many queries the CPU scores with its own fused loop (FMA, blocks
 /// of 8 queries held in L1 against a streaming sub-tile, the norms in the
-/// same pass) rather than the `gemm` crate, which measured slower below about
-/// a hundred and fifty queries (benches/vector_topk.py); for one query the scan is
-/// bound by memory bandwidth.
-const FUSED_MAX_QUERIES: usize = 128;
+/// same pass); beyond, the packed AVX-512 GEMM ([`crate::ops::score_gemm`])
+/// wins (measured with benches/vector_topk.py). One query is bound by memory
+/// bandwidth.
+const FUSED_MAX_QUERIES: usize = 16;
 
 /// A candidate for a query's top-k: its ranking key and corpus id.
 #[derive(Debug, Clone, Copy)]
@@ -682,7 +682,14 @@ mod simd {
 
     #[inline(always)]
     fn row_norms2_body<const FMA: bool>(tile: &[f32], dim: usize) -> Vec<f32> {
-        tile.chunks_exact(dim).map(|r| dot::<FMA>(r, r)).collect()
+        // A plain loop, not map/collect: std's iterator plumbing is compiled
+        // outside this function, without its target features, and would call
+        // a software fmaf per element.
+        let mut out = Vec::with_capacity(tile.len() / dim);
+        for r in tile.chunks_exact(dim) {
+            out.push(dot::<FMA>(r, r));
+        }
+        out
     }
 
     /// `out[q·rows + t] = query_q · row_t` and each row's `|row|²`, reading
@@ -723,7 +730,9 @@ mod simd {
             }
         }
         if qs.is_empty() {
-            norms.extend(tile.chunks_exact(dim).map(|row| dot::<FMA>(row, row)));
+            for row in tile.chunks_exact(dim) {
+                norms.push(dot::<FMA>(row, row));
+            }
         }
         (out, norms)
     }
