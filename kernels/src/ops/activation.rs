@@ -2,6 +2,8 @@
 
 use rayon::prelude::*;
 
+use crate::ops::madd;
+
 /// GELU as BERT defines it (`hidden_act = "gelu"`): `0.5·x·(1 + erf(x/√2))`.
 ///
 /// erf is evaluated in f32 with Abramowitz & Stegun 7.1.26 (absolute error
@@ -11,11 +13,6 @@ use rayon::prelude::*;
 /// element that dominated the encoder's time.
 pub fn gelu_inplace(x: &mut [f32]) {
     x.par_chunks_mut(4096).for_each(gelu_chunk);
-}
-
-#[inline(always)]
-fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA { a.mul_add(b, c) } else { a * b + c }
 }
 
 /// `e^x` for x ≤ 0 (arguments below -87 give 2^-126·…, effectively 0):

@@ -4,6 +4,8 @@
 
 use rayon::prelude::*;
 
+use crate::ops::{dot, madd};
+
 /// `softmax(Q·Kᵀ/√d)·V` per sequence and head. `q`, `k`, `v` and the result
 /// are `[tokens × heads·head_dim]`; head `h` owns columns `h·d..(h+1)·d`.
 pub fn attention_ragged(
@@ -76,30 +78,6 @@ crate::ops::dispatch!(
     attend_body,
     (q: &[f32], k: &[f32], v: &[f32], start: usize, end: usize, heads: usize, head_dim: usize) -> Vec<f32>
 );
-
-#[inline(always)]
-fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA { a.mul_add(b, c) } else { a * b + c }
-}
-
-/// `a·b` with 8 independent accumulators (vectorizes without reassociation
-/// of a single chain); the residual in order.
-#[inline(always)]
-fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] = madd::<FMA>(x[i], y[i], acc[i]);
-        }
-    }
-    let mut sum = acc.iter().sum::<f32>();
-    for (x, y) in ra.iter().zip(rb) {
-        sum = madd::<FMA>(*x, *y, sum);
-    }
-    sum
-}
 
 #[cfg(test)]
 mod tests {

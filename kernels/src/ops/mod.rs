@@ -38,6 +38,36 @@ macro_rules! dispatch {
 }
 pub(crate) use dispatch;
 
+/// `a·b + c`: one fused instruction in a [`dispatch!`] variant with FMA (Rust
+/// never contracts `a * b + c` by itself), else a multiply and an add.
+#[inline(always)]
+pub(crate) fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA { a.mul_add(b, c) } else { a * b + c }
+}
+
+/// `a·b` in f32 with 16 independent accumulators, so it vectorizes without
+/// reassociating one chain; the residual is added in order. Plain loops only:
+/// iterator adapters would be compiled outside the caller's target features.
+#[inline(always)]
+pub(crate) fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] = madd::<FMA>(x[i], y[i], acc[i]);
+        }
+    }
+    let mut sum = 0f32;
+    for v in acc {
+        sum += v;
+    }
+    for (x, y) in ra.iter().zip(rb) {
+        sum = madd::<FMA>(*x, *y, sum);
+    }
+    sum
+}
+
 pub mod activation;
 pub mod attention;
 pub mod linear;

@@ -258,7 +258,15 @@ impl VectorSearch {
             // CUDA joins with its cuBLAS path; until then its searches run here.
             Device::Cpu(_) | Device::Cuda(_) => {
                 let cands = self.cpu_select(tile, ids)?;
-                self.merge(tile, ids, cands);
+                merge_into(
+                    &mut self.kept,
+                    &self.dead,
+                    self.dim,
+                    self.k,
+                    tile,
+                    ids,
+                    cands,
+                );
                 Ok(())
             }
         }
@@ -449,24 +457,11 @@ impl VectorSearch {
         }
         Ok(TileKeys { scale, shift })
     }
-
-    /// Merges candidates into the running top-k, copying the vectors of
-    /// those admitted (for exact rescoring at the end).
-    fn merge(&mut self, tile: &[f32], ids: &[u64], cands: Vec<Vec<Candidate>>) {
-        merge_into(
-            &mut self.kept,
-            &self.dead,
-            self.dim,
-            self.k,
-            tile,
-            ids,
-            cands,
-        );
-    }
 }
 
-/// [`VectorSearch::merge`] on borrowed parts, so the wgpu path can merge
-/// while it holds its queries.
+/// Merges candidates into the running top-k, copying the vectors of those
+/// admitted (for exact rescoring at the end). On borrowed parts, so the wgpu
+/// path can merge while it holds its queries.
 fn merge_into(
     kept: &mut [BinaryHeap<Kept>],
     dead: &[bool],
@@ -625,31 +620,7 @@ fn merge_lists(a: Vec<Candidate>, b: Vec<Candidate>, k: usize) -> Vec<Candidate>
 /// baseline and chosen at run time: a portable binary still scans the corpus
 /// at full vector width.
 mod simd {
-    /// `a·b + c`: one fused instruction where the variant has FMA (Rust
-    /// never contracts `a * b + c` by itself), else a multiply and an add.
-    #[inline(always)]
-    fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-        if FMA { a.mul_add(b, c) } else { a * b + c }
-    }
-
-    /// `a·b` in f32 with 16 independent accumulators, so it vectorizes
-    /// without reassociation; the residual is added in order.
-    #[inline(always)]
-    pub(super) fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
-        let mut acc = [0f32; 16];
-        let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-        let (ra, rb) = (ca.remainder(), cb.remainder());
-        for (x, y) in ca.zip(cb) {
-            for i in 0..16 {
-                acc[i] = madd::<FMA>(x[i], y[i], acc[i]);
-            }
-        }
-        let mut sum = acc.iter().sum::<f32>();
-        for (x, y) in ra.iter().zip(rb) {
-            sum = madd::<FMA>(*x, *y, sum);
-        }
-        sum
-    }
+    use crate::ops::{dot, madd};
 
     /// Four queries against one row at once: the row is read once and the
     /// four independent accumulator chains keep the FMA units busy.
