@@ -2,10 +2,46 @@
 //! matrices. This module holds the CPU implementations (the `gemm` crate and
 //! rayon); the wgpu and CUDA versions of each family join them file by file.
 
+/// The vector instruction sets Kiln's CPU kernels use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SimdLevel {
+    Baseline,
+    Avx2,
+    Avx512,
+}
+
+/// The best level this CPU has (AVX2 and AVX-512 counted only with FMA),
+/// capped by `KILN_CPU_SIMD` (`avx512`, `avx2` or `baseline`), which exists
+/// so the tests can run every fallback on one machine; any other value of it
+/// is ignored. Read once per process.
+pub fn simd_level() -> SimdLevel {
+    static LEVEL: std::sync::OnceLock<SimdLevel> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        #[allow(unused_mut)]
+        let mut found = SimdLevel::Baseline;
+        #[cfg(target_arch = "x86_64")]
+        {
+            let fma = std::arch::is_x86_feature_detected!("fma");
+            if fma && std::arch::is_x86_feature_detected!("avx512f") {
+                found = SimdLevel::Avx512;
+            } else if fma && std::arch::is_x86_feature_detected!("avx2") {
+                found = SimdLevel::Avx2;
+            }
+        }
+        let cap = match std::env::var("KILN_CPU_SIMD").as_deref() {
+            Ok("baseline") => SimdLevel::Baseline,
+            Ok("avx2") => SimdLevel::Avx2,
+            _ => SimdLevel::Avx512,
+        };
+        found.min(cap)
+    })
+}
+
 /// Defines `fn $name(args) -> ret` that runs `$body::<true>` compiled for
-/// AVX-512 (or AVX2) with FMA where the CPU has them, else `$body::<false>`
-/// for the baseline target: a portable binary still runs the hot loops at full
-/// vector width. `$body` takes a `const FMA: bool` (fused multiply-add allowed).
+/// AVX-512 (or AVX2) with FMA where [`simd_level`] allows, else
+/// `$body::<false>` for the baseline target: a portable binary still runs the
+/// hot loops at full vector width. `$body` takes a `const FMA: bool` (fused
+/// multiply-add allowed).
 macro_rules! dispatch {
     ($name:ident, $body:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
         pub(crate) fn $name($($arg: $ty),*) -> $ret {
@@ -19,17 +55,13 @@ macro_rules! dispatch {
                 fn avx2($($arg: $ty),*) -> $ret {
                     $body::<true>($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: the CPU supports AVX-512F and FMA, checked just above.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-                    return unsafe { avx2($($arg),*) };
+                match crate::ops::simd_level() {
+                    // SAFETY: simd_level() reports AVX-512F and FMA only
+                    // where the CPU has them.
+                    crate::ops::SimdLevel::Avx512 => return unsafe { avx512($($arg),*) },
+                    // SAFETY: likewise for AVX2 and FMA.
+                    crate::ops::SimdLevel::Avx2 => return unsafe { avx2($($arg),*) },
+                    crate::ops::SimdLevel::Baseline => {}
                 }
             }
             $body::<false>($($arg),*)

@@ -14,16 +14,10 @@ const PANEL: usize = 16;
 /// Queries per microkernel call.
 const QUERY_BLOCK: usize = 12;
 
-/// Whether this CPU runs [`scores`] (AVX-512F with FMA).
+/// Whether this CPU runs [`scores`] (AVX-512F with FMA, and
+/// [`crate::ops::simd_level`] allows it).
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    crate::ops::simd_level() == crate::ops::SimdLevel::Avx512
 }
 
 /// The scores of every query against every row of `tile`, query-major, or
@@ -31,11 +25,9 @@ pub fn available() -> bool {
 pub fn scores(queries: &[f32], tile: &[f32], dim: usize) -> Option<Vec<f32>> {
     #[cfg(target_arch = "x86_64")]
     {
-        if dim > 0
-            && std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: AVX-512F and FMA are present, checked just above.
+        if dim > 0 && available() {
+            // SAFETY: available() reports AVX-512F and FMA only where the
+            // CPU has them.
             return Some(unsafe { avx512::scores(queries, tile, dim) });
         }
     }
