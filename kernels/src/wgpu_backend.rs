@@ -426,6 +426,67 @@ impl WgpuDevice {
         }
     }
 
+    /// `out[m×n] = a[m×k] · b[n×k]ᵀ (+ bias[n])` on the device, all
+    /// row-major (`b` laid out as a PyTorch `Linear` weight), with
+    /// `shaders/gemm.wgsl`: the dense layer of the encoder on wgpu.
+    pub fn matmul_nt(
+        &self,
+        a: &WgpuBuffer,
+        [m, k, n]: [usize; 3],
+        b: &WgpuBuffer,
+        bias: Option<&WgpuBuffer>,
+    ) -> Result<WgpuBuffer> {
+        if a.len != m * k || b.len != n * k || bias.is_some_and(|x| x.len != n) {
+            return Err(KernelError::LengthMismatch {
+                kernel: "matmul_nt",
+                detail: format!(
+                    "a: {} (want {m}x{k}), b: {} (want {n}x{k}), bias: {:?} (want {n})",
+                    a.len,
+                    b.len,
+                    bias.map(|x| x.len)
+                ),
+            });
+        }
+        let dims = [m, n, k].map(|d| u32::try_from(d).ok());
+        let [Some(m32), Some(n32), Some(k32)] = dims else {
+            return Err(KernelError::InvalidInput {
+                kernel: "matmul_nt",
+                detail: format!("dimensions {m}x{k}x{n} exceed u32"),
+            });
+        };
+        if n32.div_ceil(GEMM_TILE) > MAX_WORKGROUPS || m32.div_ceil(GEMM_TILE) > MAX_WORKGROUPS {
+            return Err(KernelError::InvalidInput {
+                kernel: "matmul_nt",
+                detail: format!(
+                    "{m}x{n} output needs more than {MAX_WORKGROUPS} workgroups a side"
+                ),
+            });
+        }
+        let out = self.storage_buffer("kiln matmul out", m * n)?;
+        self.scoped("matmul_nt", || {
+            if m > 0 && n > 0 {
+                let mut encoder =
+                    self.device
+                        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                            label: Some("matmul_nt"),
+                        });
+                self.encode_gemm_nt(
+                    &mut encoder,
+                    &a.buffer,
+                    &b.buffer,
+                    &out,
+                    bias.map(|x| &x.buffer),
+                    [m32, n32, k32],
+                );
+                self.queue.submit([encoder.finish()]);
+            }
+            Ok(WgpuBuffer {
+                buffer: out,
+                len: m * n,
+            })
+        })
+    }
+
     /// Records `c[m×n] = a[m×k] · b[n×k]ᵀ (+ bias)` into `encoder`.
     fn encode_gemm_nt(
         &self,

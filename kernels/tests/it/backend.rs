@@ -1,6 +1,7 @@
 //! The fused multiply-add kernel end to end (upload, launch, download) on
 //! every device present.
 
+use kiln_kernels::backend::BackendDevice;
 use kiln_kernels::testing::devices_under_test;
 use kiln_kernels::{BackendKind, Device, KernelError};
 
@@ -88,4 +89,43 @@ fn buffers_do_not_cross_devices() {
             "{device:?}: {err}"
         );
     }
+}
+
+#[test]
+fn wgpu_matmul_matches_the_cpu_dense_layer() {
+    let Some(Device::Wgpu(gpu)) = devices_under_test()
+        .into_iter()
+        .find(|d| d.backend() == BackendKind::Wgpu)
+    else {
+        return; // devices_under_test already failed if wgpu is required
+    };
+    // Edges around the 64×64 output tile and the 16-deep k panel; the
+    // encoder's shapes (hidden 384, intermediate 1536).
+    for (m, k, n, with_bias) in [
+        (1, 1, 1, false),
+        (65, 17, 63, true),
+        (130, 384, 1536, true),
+        (3, 1536, 384, false),
+    ] {
+        let (a, b, bias) = (values(m * k, 5), values(n * k, 6), values(n, 7));
+        let want =
+            kiln_kernels::ops::linear::linear(&a, m, k, &b, n, with_bias.then_some(&bias[..]));
+        let ga = gpu.upload(&a).unwrap();
+        let gb = gpu.upload(&b).unwrap();
+        let gbias = gpu.upload(&bias).unwrap();
+        let out = gpu
+            .matmul_nt(&ga, [m, k, n], &gb, with_bias.then_some(&gbias))
+            .unwrap();
+        let got = gpu.download(&out).unwrap();
+        assert_eq!(got.len(), m * n);
+        // Values in [-8, 8): products up to 64, sums over k terms; f32
+        // rounding in two summation orders differs by a few ulps of k·64.
+        let tol = 1e-5 * 64.0 * k as f32;
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!((g - w).abs() <= tol, "{m}x{k}x{n} [{i}]: {g} vs {w}");
+        }
+    }
+    let a = gpu.upload(&[1.0; 6]).unwrap();
+    let err = gpu.matmul_nt(&a, [2, 3, 3], &a, None).unwrap_err();
+    assert!(matches!(err, KernelError::LengthMismatch { .. }), "{err}");
 }
