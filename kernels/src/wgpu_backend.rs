@@ -30,6 +30,8 @@ const MAX_WORKGROUPS: u32 = 65_535;
 const FMA_WGSL: &str = include_str!("../../shaders/fma.wgsl");
 const GEMM_WGSL: &str = include_str!("../../shaders/gemm.wgsl");
 const TOPK_WGSL: &str = include_str!("../../shaders/topk.wgsl");
+const LAYER_NORM_WGSL: &str = include_str!("../../shaders/layer_norm.wgsl");
+const GELU_WGSL: &str = include_str!("../../shaders/gelu.wgsl");
 
 /// Output block of one `gemm.wgsl` workgroup, per side.
 const GEMM_TILE: u32 = 64;
@@ -128,6 +130,8 @@ pub struct WgpuDevice {
     limits: wgpu::Limits,
     fma: OnceLock<wgpu::ComputePipeline>,
     gemm: OnceLock<wgpu::ComputePipeline>,
+    layer_norm: OnceLock<wgpu::ComputePipeline>,
+    gelu: OnceLock<wgpu::ComputePipeline>,
     /// `topk.wgsl` pipelines by their K.
     topk: Mutex<HashMap<u32, wgpu::ComputePipeline>>,
     /// Errors that escaped every scope; reported by the next operation.
@@ -175,6 +179,8 @@ impl WgpuDevice {
             limits,
             fma: OnceLock::new(),
             gemm: OnceLock::new(),
+            layer_norm: OnceLock::new(),
+            gelu: OnceLock::new(),
             topk: Mutex::new(HashMap::new()),
             uncaptured,
         })
@@ -485,6 +491,144 @@ impl WgpuDevice {
                 len: m * n,
             })
         })
+    }
+
+    /// `LayerNorm(x + residual)·gamma + beta` over rows of `cols`
+    /// (`shaders/layer_norm.wgsl`); a new buffer.
+    pub fn add_layer_norm(
+        &self,
+        x: &WgpuBuffer,
+        residual: Option<&WgpuBuffer>,
+        cols: usize,
+        gamma: &WgpuBuffer,
+        beta: &WgpuBuffer,
+        eps: f32,
+    ) -> Result<WgpuBuffer> {
+        let rows = x.len / cols.max(1);
+        if cols == 0
+            || x.len != rows * cols
+            || gamma.len != cols
+            || beta.len != cols
+            || residual.is_some_and(|r| r.len != x.len)
+        {
+            return Err(KernelError::LengthMismatch {
+                kernel: "add_layer_norm",
+                detail: format!(
+                    "x: {}, residual: {:?}, gamma: {}, beta: {}, cols: {cols}",
+                    x.len,
+                    residual.map(|r| r.len),
+                    gamma.len,
+                    beta.len
+                ),
+            });
+        }
+        let out = self.storage_buffer("kiln layer norm out", x.len)?;
+        self.scoped("add_layer_norm", || {
+            let dummy;
+            let residual_buf = match residual {
+                Some(r) => &r.buffer,
+                None => {
+                    dummy = self.init_buffer("no residual", &[], wgpu::BufferUsages::STORAGE);
+                    &dummy
+                }
+            };
+            let mut params = [rows as u32, cols as u32, u32::from(residual.is_some()), 0];
+            params[3] = eps.to_bits();
+            let params = self.init_buffer(
+                "layer norm params",
+                bytemuck::bytes_of(&params),
+                wgpu::BufferUsages::UNIFORM,
+            );
+            let pipeline = self.layer_norm.get_or_init(|| {
+                self.build_pipeline("layer_norm.wgsl", LAYER_NORM_WGSL, "add_layer_norm")
+            });
+            let (gx, gy) = grid(rows as u64);
+            self.run_pass(
+                "add_layer_norm",
+                pipeline,
+                &[
+                    x.buffer.as_entire_binding(),
+                    residual_buf.as_entire_binding(),
+                    gamma.buffer.as_entire_binding(),
+                    beta.buffer.as_entire_binding(),
+                    out.as_entire_binding(),
+                    params.as_entire_binding(),
+                ],
+                (gx, gy),
+            );
+            Ok(WgpuBuffer {
+                buffer: out,
+                len: x.len,
+            })
+        })
+    }
+
+    /// BERT's GELU in place (`shaders/gelu.wgsl`).
+    pub fn gelu_inplace(&self, x: &WgpuBuffer) -> Result<()> {
+        if x.len == 0 {
+            return Ok(());
+        }
+        let n = u32::try_from(x.len).map_err(|_| KernelError::InvalidInput {
+            kernel: "gelu",
+            detail: format!("{} elements exceed u32", x.len),
+        })?;
+        self.scoped("gelu", || {
+            let params = self.init_buffer(
+                "gelu params",
+                bytemuck::bytes_of(&[n, 0, 0, 0]),
+                wgpu::BufferUsages::UNIFORM,
+            );
+            let pipeline = self
+                .gelu
+                .get_or_init(|| self.build_pipeline("gelu.wgsl", GELU_WGSL, "gelu"));
+            let groups = u64::from(n)
+                .div_ceil(u64::from(WORKGROUP_SIZE))
+                .min(u64::from(MAX_WORKGROUPS)) as u32;
+            self.run_pass(
+                "gelu",
+                pipeline,
+                &[x.buffer.as_entire_binding(), params.as_entire_binding()],
+                (groups, 1),
+            );
+            Ok(())
+        })
+    }
+
+    /// Binds `resources` (bindings 0, 1, ...) and dispatches one pass.
+    fn run_pass(
+        &self,
+        label: &str,
+        pipeline: &wgpu::ComputePipeline,
+        resources: &[wgpu::BindingResource<'_>],
+        (x, y): (u32, u32),
+    ) {
+        let layout = pipeline.get_bind_group_layout(0);
+        let entries: Vec<wgpu::BindGroupEntry<'_>> = resources
+            .iter()
+            .enumerate()
+            .map(|(i, resource)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: resource.clone(),
+            })
+            .collect();
+        let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(label),
+            layout: &layout,
+            entries: &entries,
+        });
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(label),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, &group, &[]);
+            pass.dispatch_workgroups(x, y, 1);
+        }
+        self.queue.submit([encoder.finish()]);
     }
 
     /// Records `c[m×n] = a[m×k] · b[n×k]ᵀ (+ bias)` into `encoder`.

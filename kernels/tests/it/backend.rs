@@ -129,3 +129,70 @@ fn wgpu_matmul_matches_the_cpu_dense_layer() {
     let err = gpu.matmul_nt(&a, [2, 3, 3], &a, None).unwrap_err();
     assert!(matches!(err, KernelError::LengthMismatch { .. }), "{err}");
 }
+
+#[test]
+fn wgpu_layer_norm_and_gelu_match_the_cpu() {
+    let Some(Device::Wgpu(gpu)) = devices_under_test()
+        .into_iter()
+        .find(|d| d.backend() == BackendKind::Wgpu)
+    else {
+        return; // devices_under_test already failed if wgpu is required
+    };
+    // Row widths below, at and above the workgroup size (BERT: 384 and 768).
+    for (rows, cols, with_residual) in [
+        (1, 1, false),
+        (7, 384, true),
+        (3, 300, false),
+        (2, 768, true),
+    ] {
+        let x = values(rows * cols, 11);
+        let residual = values(rows * cols, 12);
+        let gamma = values(cols, 13);
+        let beta = values(cols, 14);
+        let mut want = x.clone();
+        kiln_kernels::ops::norm::add_layer_norm_inplace(
+            &mut want,
+            with_residual.then_some(&residual[..]),
+            cols,
+            &gamma,
+            &beta,
+            1e-12,
+        );
+        let out = gpu
+            .add_layer_norm(
+                &gpu.upload(&x).unwrap(),
+                with_residual
+                    .then(|| gpu.upload(&residual).unwrap())
+                    .as_ref(),
+                cols,
+                &gpu.upload(&gamma).unwrap(),
+                &gpu.upload(&beta).unwrap(),
+                1e-12,
+            )
+            .unwrap();
+        let got = gpu.download(&out).unwrap();
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            // Normalized values times gamma in [-8, 8): f32 statistics on the
+            // device against f64 on the CPU.
+            assert!((g - w).abs() <= 1e-4, "{rows}x{cols} [{i}]: {g} vs {w}");
+        }
+    }
+    let xs: Vec<f32> = (-9_000..9_000).map(|i| i as f32 * 1e-3).collect();
+    let mut want = xs.clone();
+    kiln_kernels::ops::activation::gelu_inplace(&mut want);
+    let buf = gpu.upload(&xs).unwrap();
+    gpu.gelu_inplace(&buf).unwrap();
+    let got = gpu.download(&buf).unwrap();
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            (g - w).abs() <= 2e-6 * w.abs().max(1.0),
+            "gelu({}) {g} vs {w}",
+            xs[i]
+        );
+    }
+    let bad = gpu.upload(&[1.0; 5]).unwrap();
+    assert!(
+        gpu.add_layer_norm(&bad, None, 2, &bad, &bad, 1e-12)
+            .is_err()
+    );
+}
