@@ -32,6 +32,9 @@ const GEMM_WGSL: &str = include_str!("../../shaders/gemm.wgsl");
 const TOPK_WGSL: &str = include_str!("../../shaders/topk.wgsl");
 const LAYER_NORM_WGSL: &str = include_str!("../../shaders/layer_norm.wgsl");
 const GELU_WGSL: &str = include_str!("../../shaders/gelu.wgsl");
+const ATTENTION_WGSL: &str = include_str!("../../shaders/attention.wgsl");
+/// The widest head `attention.wgsl` holds in its private accumulator.
+const ATTENTION_MAX_HEAD_DIM: usize = 128;
 
 /// Output block of one `gemm.wgsl` workgroup, per side.
 const GEMM_TILE: u32 = 64;
@@ -132,6 +135,7 @@ pub struct WgpuDevice {
     gemm: OnceLock<wgpu::ComputePipeline>,
     layer_norm: OnceLock<wgpu::ComputePipeline>,
     gelu: OnceLock<wgpu::ComputePipeline>,
+    attention: OnceLock<wgpu::ComputePipeline>,
     /// `topk.wgsl` pipelines by their K.
     topk: Mutex<HashMap<u32, wgpu::ComputePipeline>>,
     /// Errors that escaped every scope; reported by the next operation.
@@ -181,6 +185,7 @@ impl WgpuDevice {
             gemm: OnceLock::new(),
             layer_norm: OnceLock::new(),
             gelu: OnceLock::new(),
+            attention: OnceLock::new(),
             topk: Mutex::new(HashMap::new()),
             uncaptured,
         })
@@ -559,6 +564,84 @@ impl WgpuDevice {
             Ok(WgpuBuffer {
                 buffer: out,
                 len: x.len,
+            })
+        })
+    }
+
+    /// `softmax(Q·Kᵀ/√d)·V` per sequence and head over a ragged batch
+    /// (`shaders/attention.wgsl`); `offsets` as in
+    /// [`crate::ops::attention::attention_ragged`].
+    pub fn attention_ragged(
+        &self,
+        q: &WgpuBuffer,
+        k: &WgpuBuffer,
+        v: &WgpuBuffer,
+        offsets: &[usize],
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<WgpuBuffer> {
+        let tokens = offsets.last().copied().unwrap_or(0);
+        let hidden = heads * head_dim;
+        if q.len != tokens * hidden || k.len != q.len || v.len != q.len {
+            return Err(KernelError::LengthMismatch {
+                kernel: "attention",
+                detail: format!(
+                    "q: {}, k: {}, v: {}, want {tokens}x{hidden}",
+                    q.len, k.len, v.len
+                ),
+            });
+        }
+        if head_dim == 0 || head_dim > ATTENTION_MAX_HEAD_DIM {
+            return Err(KernelError::InvalidInput {
+                kernel: "attention",
+                detail: format!("head_dim {head_dim} (wgpu supports 1..={ATTENTION_MAX_HEAD_DIM})"),
+            });
+        }
+        let mut bounds = Vec::with_capacity(2 * tokens);
+        for w in offsets.windows(2) {
+            for _ in w[0]..w[1] {
+                bounds.extend([w[0] as u32, w[1] as u32]);
+            }
+        }
+        let out = self.storage_buffer("kiln attention out", q.len)?;
+        if tokens == 0 {
+            return Ok(WgpuBuffer {
+                buffer: out,
+                len: 0,
+            });
+        }
+        self.scoped("attention", || {
+            let bounds = self.init_buffer(
+                "attention bounds",
+                bytemuck::cast_slice(&bounds),
+                wgpu::BufferUsages::STORAGE,
+            );
+            let scale = (1.0 / (head_dim as f32).sqrt()).to_bits();
+            let params = self.init_buffer(
+                "attention params",
+                bytemuck::bytes_of(&[tokens as u32, heads as u32, head_dim as u32, scale]),
+                wgpu::BufferUsages::UNIFORM,
+            );
+            let pipeline = self
+                .attention
+                .get_or_init(|| self.build_pipeline("attention.wgsl", ATTENTION_WGSL, "attention"));
+            let groups = ((tokens * heads) as u64).div_ceil(64);
+            self.run_pass(
+                "attention",
+                pipeline,
+                &[
+                    q.buffer.as_entire_binding(),
+                    k.buffer.as_entire_binding(),
+                    v.buffer.as_entire_binding(),
+                    bounds.as_entire_binding(),
+                    out.as_entire_binding(),
+                    params.as_entire_binding(),
+                ],
+                grid(groups),
+            );
+            Ok(WgpuBuffer {
+                buffer: out,
+                len: q.len,
             })
         })
     }
