@@ -1,9 +1,14 @@
-// GELU as BERT defines it, in place: x = 0.5·x·(1 + erf(x/√2)). WGSL has no
-// erf: Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7), as Kiln's
-// CPU kernel computes it. Grid-stride over `p.n`.
+// The encoder's activations, in place, chosen by `p.mode`:
+//   0: GELU as BERT defines it, 0.5·x·(1 + erf(x/√2)). WGSL has no erf:
+//      Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7), as Kiln's
+//      CPU kernel computes it;
+//   1: GELU's tanh approximation (gelu_new, gelu_pytorch_tanh);
+//   2: ReLU.
+// Grid-stride over `p.n`.
 
 struct Params {
     n: u32,
+    mode: u32,
 }
 
 @group(0) @binding(0) var<storage, read_write> x: array<f32>;
@@ -28,6 +33,12 @@ fn gelu(
     let stride = groups.x * WG;
     for (var i = gid.x; i < p.n; i += stride) {
         let v = x[i];
-        x[i] = 0.5 * v * (1.0 + erf_approx(v * 0.70710678118654752));
+        if (p.mode == 0u) {
+            x[i] = 0.5 * v * (1.0 + erf_approx(v * 0.70710678118654752));
+        } else if (p.mode == 1u) {
+            x[i] = 0.5 * v * (1.0 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)));
+        } else {
+            x[i] = max(v, 0.0);
+        }
     }
 }

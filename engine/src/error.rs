@@ -86,4 +86,8 @@ pub enum EngineError {
         #[source]
         source: object_store::Error,
     },
+
+    /// A device kernel failed (wgpu, CUDA) or refused its input.
+    #[error("{0}")]
+    Kernel(#[from] kiln_kernels::KernelError),
 }

@@ -14,6 +14,7 @@ use wgpu::util::DeviceExt;
 use crate::backend::BackendDevice;
 use crate::device::{BackendKind, DeviceInfo, DeviceType};
 use crate::error::{KernelError, Result};
+use crate::ops::activation::Activation;
 use crate::ops::topk::{Candidate, TileKeys, select_row};
 
 /// Backends wgpu may use. GL is left out: it duplicates Vulkan adapters and
@@ -646,8 +647,8 @@ impl WgpuDevice {
         })
     }
 
-    /// BERT's GELU in place (`shaders/gelu.wgsl`).
-    pub fn gelu_inplace(&self, x: &WgpuBuffer) -> Result<()> {
+    /// An encoder activation in place (`shaders/gelu.wgsl`).
+    pub fn activation_inplace(&self, x: &WgpuBuffer, act: Activation) -> Result<()> {
         if x.len == 0 {
             return Ok(());
         }
@@ -658,7 +659,7 @@ impl WgpuDevice {
         self.scoped("gelu", || {
             let params = self.init_buffer(
                 "gelu params",
-                bytemuck::bytes_of(&[n, 0, 0, 0]),
+                bytemuck::bytes_of(&[n, act as u32, 0, 0]),
                 wgpu::BufferUsages::UNIFORM,
             );
             let pipeline = self

@@ -6,6 +6,11 @@ use kiln_kernels::ops::attention::attention_ragged;
 use kiln_kernels::ops::linear::linear;
 use kiln_kernels::ops::norm::add_layer_norm_inplace;
 
+use kiln_kernels::KernelError;
+use kiln_kernels::backend::BackendDevice;
+use kiln_kernels::ops::activation::Activation as DeviceActivation;
+use kiln_kernels::wgpu_backend::{WgpuBuffer, WgpuDevice};
+
 use crate::model::config::{Activation, BertConfig};
 use crate::model::weights::{BertWeights, Tensor};
 
@@ -33,19 +38,11 @@ fn dense(x: &[f32], rows: usize, layer: &(Tensor, Tensor)) -> Vec<f32> {
     linear(x, rows, w.shape[1], &w.data, w.shape[0], Some(&b.data))
 }
 
-/// The last hidden state, `[tokens × hidden]`, of every token in `batch`.
-pub fn forward(
-    config: &BertConfig,
-    activation: Activation,
-    weights: &BertWeights,
-    batch: &RaggedBatch,
-) -> Vec<f32> {
+/// Word + position (restarting per sequence) + token type embeddings of
+/// every token, before the embedding LayerNorm.
+fn embed_tokens(config: &BertConfig, weights: &BertWeights, batch: &RaggedBatch) -> Vec<f32> {
     let h = config.hidden_size;
-    let t = batch.tokens();
-    let eps = config.layer_norm_eps;
-
-    // Embeddings: word + position (restarting per sequence) + token type.
-    let mut x = vec![0f32; t * h];
+    let mut x = vec![0f32; batch.tokens() * h];
     for s in 0..batch.sequences() {
         for (pos, tok) in (batch.offsets[s]..batch.offsets[s + 1]).enumerate() {
             let row = &mut x[tok * h..(tok + 1) * h];
@@ -57,6 +54,20 @@ pub fn forward(
             }
         }
     }
+    x
+}
+
+/// The last hidden state, `[tokens × hidden]`, of every token in `batch`.
+pub fn forward(
+    config: &BertConfig,
+    activation: Activation,
+    weights: &BertWeights,
+    batch: &RaggedBatch,
+) -> Vec<f32> {
+    let h = config.hidden_size;
+    let t = batch.tokens();
+    let eps = config.layer_norm_eps;
+    let mut x = embed_tokens(config, weights, batch);
     let (g, b) = &weights.embeddings_norm;
     add_layer_norm_inplace(&mut x, None, h, &g.data, &b.data, eps);
 
@@ -88,4 +99,108 @@ pub fn forward(
         x = out;
     }
     x
+}
+
+/// A layer's weight and bias on a wgpu device.
+type WgpuDense = (WgpuBuffer, WgpuBuffer);
+
+/// The encoder's weights uploaded to one wgpu device, once per model.
+pub struct WgpuWeights {
+    embeddings_norm: WgpuDense,
+    layers: Vec<[WgpuDense; 8]>,
+    /// `[out, in]` of the dense layers, in the order of `layers`' entries.
+    shapes: Vec<[[usize; 2]; 8]>,
+}
+
+impl WgpuWeights {
+    pub fn upload(gpu: &WgpuDevice, weights: &BertWeights) -> Result<WgpuWeights, KernelError> {
+        let pair = |(w, b): &(Tensor, Tensor)| -> Result<WgpuDense, KernelError> {
+            Ok((gpu.upload(&w.data)?, gpu.upload(&b.data)?))
+        };
+        let mut layers = Vec::with_capacity(weights.layers.len());
+        let mut shapes = Vec::with_capacity(weights.layers.len());
+        for l in &weights.layers {
+            let parts = [
+                &l.query,
+                &l.key,
+                &l.value,
+                &l.attention_out,
+                &l.attention_norm,
+                &l.intermediate,
+                &l.output,
+                &l.output_norm,
+            ];
+            let mut uploaded = Vec::with_capacity(8);
+            for p in parts {
+                uploaded.push(pair(p)?);
+            }
+            let shape = parts.map(|(w, _)| [w.shape[0], *w.shape.get(1).unwrap_or(&1)]);
+            layers.push(
+                uploaded
+                    .try_into()
+                    .map_err(|_| KernelError::Internal("eight tensors per layer".into()))?,
+            );
+            shapes.push(shape);
+        }
+        Ok(WgpuWeights {
+            embeddings_norm: pair(&weights.embeddings_norm)?,
+            layers,
+            shapes,
+        })
+    }
+}
+
+/// [`forward`] on a wgpu device: the embedding lookup on the host, every
+/// LayerNorm, dense layer, attention and GELU on the device, one download
+/// at the end.
+pub fn forward_wgpu(
+    config: &BertConfig,
+    activation: Activation,
+    weights: &BertWeights,
+    device: &WgpuWeights,
+    gpu: &WgpuDevice,
+    batch: &RaggedBatch,
+) -> Result<Vec<f32>, KernelError> {
+    let h = config.hidden_size;
+    let t = batch.tokens();
+    let eps = config.layer_norm_eps as f32;
+    let act = match activation {
+        Activation::Gelu => DeviceActivation::Gelu,
+        Activation::GeluTanh => DeviceActivation::GeluTanh,
+        Activation::Relu => DeviceActivation::Relu,
+    };
+    let dense = |x: &WgpuBuffer, (w, b): &WgpuDense, [n, k]: [usize; 2]| {
+        gpu.matmul_nt(x, [t, k, n], w, Some(b))
+    };
+    let (g, b) = &device.embeddings_norm;
+    let mut x = gpu.add_layer_norm(
+        &gpu.upload(&embed_tokens(config, weights, batch))?,
+        None,
+        h,
+        g,
+        b,
+        eps,
+    )?;
+    for (layer, shape) in device.layers.iter().zip(&device.shapes) {
+        let q = dense(&x, &layer[0], shape[0])?;
+        let k = dense(&x, &layer[1], shape[1])?;
+        let v = dense(&x, &layer[2], shape[2])?;
+        let context = gpu.attention_ragged(
+            &q,
+            &k,
+            &v,
+            &batch.offsets,
+            config.num_attention_heads,
+            config.head_dim(),
+        )?;
+        let projected = dense(&context, &layer[3], shape[3])?;
+        let (g, b) = &layer[4];
+        let attended = gpu.add_layer_norm(&projected, Some(&x), h, g, b, eps)?;
+        let inner = dense(&attended, &layer[5], shape[5])?;
+        gpu.activation_inplace(&inner, act)?;
+        let out = dense(&inner, &layer[6], shape[6])?;
+        let (g, b) = &layer[7];
+        x = gpu.add_layer_norm(&out, Some(&attended), h, g, b, eps)?;
+    }
+    gpu.download(&x)
 }

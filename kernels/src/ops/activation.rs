@@ -4,6 +4,17 @@ use rayon::prelude::*;
 
 use crate::ops::madd;
 
+/// The activations of BERT-family encoders (`hidden_act` in config.json).
+/// The discriminants are `shaders/gelu.wgsl`'s modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `gelu`: 0.5·x·(1 + erf(x/√2)).
+    Gelu = 0,
+    /// `gelu_new`, `gelu_pytorch_tanh`: the tanh approximation.
+    GeluTanh = 1,
+    Relu = 2,
+}
+
 /// GELU as BERT defines it (`hidden_act = "gelu"`): `0.5·x·(1 + erf(x/√2))`.
 ///
 /// erf is evaluated in f32 with Abramowitz & Stegun 7.1.26 (absolute error

@@ -2,6 +2,7 @@
 //! every device present.
 
 use kiln_kernels::backend::BackendDevice;
+use kiln_kernels::ops::activation::Activation;
 use kiln_kernels::testing::devices_under_test;
 use kiln_kernels::{BackendKind, Device, KernelError};
 
@@ -181,7 +182,7 @@ fn wgpu_layer_norm_and_gelu_match_the_cpu() {
     let mut want = xs.clone();
     kiln_kernels::ops::activation::gelu_inplace(&mut want);
     let buf = gpu.upload(&xs).unwrap();
-    gpu.gelu_inplace(&buf).unwrap();
+    gpu.activation_inplace(&buf, Activation::Gelu).unwrap();
     let got = gpu.download(&buf).unwrap();
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert!(
@@ -190,6 +191,22 @@ fn wgpu_layer_norm_and_gelu_match_the_cpu() {
             xs[i]
         );
     }
+    let mut want = xs.clone();
+    kiln_kernels::ops::activation::gelu_tanh_inplace(&mut want);
+    let buf = gpu.upload(&xs).unwrap();
+    gpu.activation_inplace(&buf, Activation::GeluTanh).unwrap();
+    let got = gpu.download(&buf).unwrap();
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            (g - w).abs() <= 2e-6 * w.abs().max(1.0),
+            "gelu_tanh({}) {g} vs {w}",
+            xs[i]
+        );
+    }
+    let buf = gpu.upload(&xs).unwrap();
+    gpu.activation_inplace(&buf, Activation::Relu).unwrap();
+    let got = gpu.download(&buf).unwrap();
+    assert!(got.iter().zip(&xs).all(|(g, x)| *g == x.max(0.0)));
     let bad = gpu.upload(&[1.0; 5]).unwrap();
     assert!(
         gpu.add_layer_norm(&bad, None, 2, &bad, &bad, 1e-12)
