@@ -202,3 +202,64 @@ fn model_fetch_installs_a_loadable_model() {
     ]);
     assert!(again.contains("is installed in"), "{again}");
 }
+
+/// `SET kiln.device = 'wgpu'` runs embed() on the wgpu encoder (lavapipe in
+/// CI): the same embeddings as the CPU within the f32 contract.
+#[tokio::test]
+async fn sql_embed_runs_on_wgpu_when_the_session_says_so() {
+    use kiln_kernels::testing::required_backends;
+    if kiln_kernels::discover()
+        .of(kiln_kernels::BackendKind::Wgpu)
+        .next()
+        .is_none()
+    {
+        assert!(
+            !required_backends().contains(&kiln_kernels::BackendKind::Wgpu),
+            "KILN_TEST_REQUIRE names wgpu, but no adapter was found"
+        );
+        eprintln!("skipping: no wgpu adapter");
+        return;
+    }
+    let session = Session::new().unwrap();
+    session
+        .sql("SET kiln.device = 'wgpu'")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let texts = ["a river in winter", "", "Kiln", "陈"];
+    let sql = format!(
+        "SELECT embed(t, '{}') AS e FROM (VALUES ('{}'), ('{}'), ('{}'), ('{}')) AS v(t)",
+        tiny().display(),
+        texts[0],
+        texts[1],
+        texts[2],
+        texts[3]
+    );
+    let batches = session.sql(&sql).await.unwrap().collect().await.unwrap();
+    let got = rows(batches[0].column(0).as_fixed_size_list());
+    let want = direct(&texts);
+    for (g, w) in got.iter().zip(&want) {
+        let g = g.as_ref().unwrap();
+        for (x, y) in g.iter().zip(w) {
+            assert!((x - y).abs() <= 1e-4, "{x} vs {y}");
+        }
+    }
+    // The CLI says where it ran.
+    let dir = tempdir();
+    let input = dir.path().join("people.parquet");
+    write_people(&input);
+    let out = ok(&[
+        "embed",
+        &s(&input),
+        &s(&dir.path().join("out.parquet")),
+        "--column",
+        "name",
+        "--model",
+        tiny().to_str().unwrap(),
+        "--device",
+        "wgpu",
+    ]);
+    assert!(out.contains(" on wgpu:0 in "), "{out}");
+}

@@ -13,12 +13,14 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::common::config::ConfigOptions;
 use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, TypeSignature,
     Volatility,
 };
+use kiln_kernels::{Device, DeviceRequest, KernelError};
 
 use crate::model::{DEFAULT_MODEL, EmbeddingModel, shared_model};
 
@@ -127,8 +129,9 @@ impl ScalarUDFImpl for EmbedUdf {
                 .clone(),
         };
         let present: Vec<&str> = texts.iter().flatten().collect();
+        let device = session_device(&args.config_options)?;
         let embedded = model
-            .embed(&present)
+            .embed_on(&device, &present)
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let dim = model.dim();
         let mut values = Vec::with_capacity(texts.len() * dim);
@@ -153,4 +156,21 @@ impl ScalarUDFImpl for EmbedUdf {
         )?;
         Ok(ColumnarValue::Array(Arc::new(list) as ArrayRef))
     }
+}
+
+/// The device `kiln.device` names in the session's options (the CPU when the
+/// option is absent), opened once per process.
+pub fn session_device(options: &ConfigOptions) -> Result<Device> {
+    let value = options
+        .entries()
+        .into_iter()
+        .find(|e| e.key == "kiln.device")
+        .and_then(|e| e.value)
+        .unwrap_or_else(|| "cpu".to_string());
+    let request: DeviceRequest = value
+        .parse()
+        .map_err(|e: KernelError| DataFusionError::External(Box::new(e)))?;
+    let info =
+        crate::device::resolve(request).map_err(|e| DataFusionError::External(Box::new(e)))?;
+    crate::device::open_shared(&info).map_err(|e| DataFusionError::External(Box::new(e)))
 }
