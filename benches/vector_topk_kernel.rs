@@ -22,11 +22,14 @@ use kiln_kernels::{Device, DeviceRequest};
 /// (256 MiB) gives for one query at D = 384.
 const TILE_ROWS: usize = 170_000;
 
+/// Prints one `error:` line and exits: bad input is never a panic.
+fn fail(msg: impl std::fmt::Display) -> ! {
+    eprintln!("error: {msg}");
+    std::process::exit(2);
+}
+
 fn read_f32(path: &str) -> Vec<f32> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| {
-        eprintln!("error: cannot read {path}: {e}");
-        std::process::exit(1);
-    });
+    let bytes = std::fs::read(path).unwrap_or_else(|e| fail(format!("cannot read {path}: {e}")));
     bytes
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -49,12 +52,15 @@ fn main() {
         );
         return;
     };
-    let dim: usize = dim.parse().expect("--dim is a number");
+    let dim: usize = match dim.parse() {
+        Ok(d) if d > 0 => d,
+        _ => fail(format!("--dim must be a positive number, got '{dim}'")),
+    };
     let request: DeviceRequest = arg("--device")
         .unwrap_or_else(|| "cpu".into())
         .parse()
-        .expect("--device");
-    let device = Device::open(request).expect("open device");
+        .unwrap_or_else(|e| fail(e));
+    let device = Device::open(request).unwrap_or_else(|e| fail(e));
     let corpus = read_f32(&corpus);
     let queries = read_f32(&queries);
     let rows = corpus.len() / dim;
@@ -62,22 +68,29 @@ fn main() {
     println!("ready {rows} {}", device.info().id());
     std::io::stdout().flush().ok();
     for line in std::io::stdin().lock().lines() {
-        let line = line.expect("stdin");
+        let line = line.unwrap_or_else(|e| fail(format!("reading stdin: {e}")));
         let parts: Vec<&str> = line.split_whitespace().collect();
         let [_, q, k, metric] = parts[..] else {
             if parts.first() == Some(&"quit") {
                 return;
             }
-            eprintln!("error: expected 'run Q K METRIC', got '{line}'");
-            std::process::exit(2);
+            fail(format!("expected 'run Q K METRIC', got '{line}'"));
         };
-        let (q, k): (usize, usize) = (q.parse().expect("Q"), k.parse().expect("K"));
-        let metric: Metric = metric.parse().expect("metric");
+        let (Ok(q), Ok(k)) = (q.parse::<usize>(), k.parse::<usize>()) else {
+            fail(format!("Q and K must be numbers in '{line}'"));
+        };
+        if q * dim > queries.len() {
+            fail(format!(
+                "{q} queries asked, the queries file holds {}",
+                queries.len() / dim
+            ));
+        }
+        let metric: Metric = metric.parse().unwrap_or_else(|e: String| fail(e));
         let start = Instant::now();
-        let mut search =
-            VectorSearch::new(&device, metric, dim, &queries[..q * dim], k).expect("search");
+        let mut search = VectorSearch::new(&device, metric, dim, &queries[..q * dim], k)
+            .unwrap_or_else(|e| fail(e));
         for (tile, tile_ids) in corpus.chunks(TILE_ROWS * dim).zip(ids.chunks(TILE_ROWS)) {
-            search.push(tile, tile_ids).expect("push");
+            search.push(tile, tile_ids).unwrap_or_else(|e| fail(e));
         }
         let hits = search.finish();
         let seconds = start.elapsed().as_secs_f64();

@@ -5,13 +5,24 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
-use kiln_kernels::{Device, DeviceInfo, DeviceRequest, KernelError, discover};
+use kiln_kernels::{BackendKind, Device, DeviceInfo, DeviceRequest, KernelError, discover};
 
 /// The device `request` resolves to on this machine, without opening it
 /// (for plans and EXPLAIN).
 pub fn resolve(request: DeviceRequest) -> Result<DeviceInfo, KernelError> {
     let discovery = discover();
     request.resolve(&discovery).cloned()
+}
+
+/// The device Kiln's own kernels (embeddings, vector search) actually run on
+/// when `info` is asked for: itself, except CUDA, whose encoder and search
+/// kernels are not written yet and run on the CPU. Plans, EXPLAIN and
+/// summaries name this device, never one that does not do the work.
+pub fn kernel_device(info: DeviceInfo) -> DeviceInfo {
+    match info.backend {
+        BackendKind::Cuda => kiln_kernels::cpu_backend::info(),
+        BackendKind::Cpu | BackendKind::Wgpu => info,
+    }
 }
 
 /// The open device for `info`, opened on first use.

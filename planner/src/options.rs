@@ -4,7 +4,7 @@
 use datafusion::common::config::ConfigExtension;
 use datafusion::common::{Result, extensions_options, plan_datafusion_err};
 use datafusion::execution::SessionState;
-use kiln_kernels::{BackendKind, DeviceInfo, DeviceRequest};
+use kiln_kernels::{DeviceInfo, DeviceRequest};
 
 extensions_options! {
     /// Kiln's session options.
@@ -55,14 +55,9 @@ impl SearchOptions {
             .device
             .parse()
             .map_err(|e| plan_datafusion_err!("kiln.device: {e}"))?;
-        let mut device = kiln_engine::device::resolve(request)
+        let device = kiln_engine::device::resolve(request)
+            .map(kiln_engine::device::kernel_device)
             .map_err(|e| plan_datafusion_err!("kiln.device: {e}"))?;
-        // The CUDA search kernels (cuBLAS GEMM + selection) are not written
-        // yet: on a CUDA device, vector search runs on the CPU, and EXPLAIN
-        // says so rather than naming a device that does not run it.
-        if device.backend == BackendKind::Cuda {
-            device = kiln_kernels::cpu_backend::info();
-        }
         let budget_bytes = parse_bytes(&options.vector_memory_budget)
             .map_err(|e| plan_datafusion_err!("kiln.vector_memory_budget: {e}"))?;
         if options.knn_query_batch == 0 {

@@ -556,12 +556,9 @@ async fn embed(
     let frame = frame.embed(column, model, as_name)?;
     let single_file = output.ends_with(".parquet");
     let options = crate::DataFrameWriteOptions::new().with_single_file_output(single_file);
-    // The encoder runs on wgpu when the session's device is a wgpu adapter,
-    // else on the CPU (the CUDA encoder is not written yet); say which.
-    let device = match kiln_engine::device::resolve(session.device()) {
-        Ok(info) if info.backend == kiln_kernels::BackendKind::Wgpu => info.id(),
-        _ => kiln_kernels::cpu_backend::info().id(),
-    };
+    let device = kiln_engine::device::resolve(session.device())
+        .map(kiln_engine::device::kernel_device)?
+        .id();
     let before = kiln_engine::model::embed_totals();
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ticker = {

@@ -167,10 +167,10 @@ pub fn session_device(options: &ConfigOptions) -> Result<Device> {
         .find(|e| e.key == "kiln.device")
         .and_then(|e| e.value)
         .unwrap_or_else(|| "cpu".to_string());
-    let request: DeviceRequest = value
-        .parse()
-        .map_err(|e: KernelError| DataFusionError::External(Box::new(e)))?;
-    let info =
-        crate::device::resolve(request).map_err(|e| DataFusionError::External(Box::new(e)))?;
-    crate::device::open_shared(&info).map_err(|e| DataFusionError::External(Box::new(e)))
+    let external = |e: KernelError| DataFusionError::External(Box::new(e));
+    let request: DeviceRequest = value.parse().map_err(external)?;
+    let info = crate::device::resolve(request)
+        .map(crate::device::kernel_device)
+        .map_err(external)?;
+    crate::device::open_shared(&info).map_err(external)
 }

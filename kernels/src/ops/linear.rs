@@ -16,6 +16,11 @@ pub fn linear(
     n: usize,
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
+    assert_eq!(x.len(), m * k, "linear: x is not {m}x{k}");
+    assert_eq!(w.len(), n * k, "linear: w is not {n}x{k}");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "linear: bias is not {n}");
+    }
     if m >= PACKED_MIN && n >= PACKED_MIN && crate::ops::score_gemm::available() {
         return linear_packed(x, m, k, w, n, bias);
     }
@@ -46,11 +51,6 @@ fn linear_packed(
     n: usize,
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
-    assert_eq!(x.len(), m * k, "linear: x is not {m}x{k}");
-    assert_eq!(w.len(), n * k, "linear: w is not {n}x{k}");
-    if let Some(b) = bias {
-        assert_eq!(b.len(), n, "linear: bias is not {n}");
-    }
     let mut out = vec![0f32; m * n];
     out.par_chunks_mut(PACKED_ROWS * n)
         .zip(x.par_chunks(PACKED_ROWS * k))

@@ -232,44 +232,37 @@ impl VectorSearch {
         if ids.is_empty() || self.k == 0 || self.dead.iter().all(|d| *d) {
             return Ok(());
         }
-        match self.device.clone() {
-            Device::Wgpu(d) => {
-                let queries = self.wgpu_queries.as_ref().ok_or_else(|| {
-                    KernelError::Internal("vector search: queries not on the device".into())
-                })?;
-                let max_rows = d.max_tile_rows(self.dim, self.queries()).max(1);
-                for (tile, ids) in tile.chunks(max_rows * self.dim).zip(ids.chunks(max_rows)) {
+        let device = self.device.clone();
+        let chunk_rows = match &device {
+            Device::Wgpu(d) => d.max_tile_rows(self.dim, self.queries()).max(1),
+            Device::Cpu(_) | Device::Cuda(_) => ids.len(),
+        };
+        for (tile, ids) in tile
+            .chunks(chunk_rows * self.dim)
+            .zip(ids.chunks(chunk_rows))
+        {
+            let cands = match &device {
+                Device::Wgpu(d) => {
+                    let queries = self.wgpu_queries.as_ref().ok_or_else(|| {
+                        KernelError::Internal("vector search: queries not on the device".into())
+                    })?;
                     let keys = self.tile_keys(tile, ids)?;
-                    let thresholds = self.thresholds();
-                    let cands =
-                        d.score_and_select(queries, tile, ids, &keys, self.k, &thresholds)?;
-                    merge_into(
-                        &mut self.kept,
-                        &self.dead,
-                        self.dim,
-                        self.k,
-                        tile,
-                        ids,
-                        cands,
-                    );
+                    d.score_and_select(queries, tile, ids, &keys, self.k, &self.thresholds())?
                 }
-                Ok(())
-            }
-            // CUDA joins with its cuBLAS path; until then its searches run here.
-            Device::Cpu(_) | Device::Cuda(_) => {
-                let cands = self.cpu_select(tile, ids)?;
-                merge_into(
-                    &mut self.kept,
-                    &self.dead,
-                    self.dim,
-                    self.k,
-                    tile,
-                    ids,
-                    cands,
-                );
-                Ok(())
-            }
+                // CUDA joins with its cuBLAS path; until then its searches run here.
+                Device::Cpu(_) | Device::Cuda(_) => self.cpu_select(tile, ids)?,
+            };
+            merge_into(
+                &mut self.kept,
+                &self.dead,
+                self.dim,
+                self.k,
+                tile,
+                ids,
+                cands,
+            );
         }
+        Ok(())
     }
 
     /// The closest `k` (or fewer) hits of each query, closest first; ties in
@@ -325,7 +318,9 @@ impl VectorSearch {
         let parts: Vec<TileKeys> = tile
             .par_chunks(CPU_SUBTILE_ROWS * self.dim)
             .zip(ids.par_chunks(CPU_SUBTILE_ROWS))
-            .map(|(sub, sub_ids)| self.tile_keys_serial(sub, sub_ids))
+            .map(|(sub, sub_ids)| {
+                self.keys_from_norms(sub, sub_ids, simd::row_norms2(sub, self.dim))
+            })
             .collect::<Result<_>>()?;
         let mut keys = TileKeys {
             scale: Vec::with_capacity(ids.len()),
@@ -426,11 +421,6 @@ impl VectorSearch {
             });
         }
         Ok(out)
-    }
-
-    /// [`Self::tile_keys`] without rayon, for use inside a parallel task.
-    fn tile_keys_serial(&self, tile: &[f32], ids: &[u64]) -> Result<TileKeys> {
-        self.keys_from_norms(tile, ids, simd::row_norms2(tile, self.dim))
     }
 
     /// The keys of a tile's rows given their squared norms (in f32); a
