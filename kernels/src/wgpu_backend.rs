@@ -17,6 +17,8 @@ use crate::error::{KernelError, Result};
 use crate::ops::activation::Activation;
 use crate::ops::topk::{Candidate, TileKeys, select_row};
 
+mod fused;
+
 /// Backends wgpu may use. GL is left out: it duplicates Vulkan adapters and
 /// has no compute shaders on many drivers.
 const BACKENDS: wgpu::Backends = wgpu::Backends::VULKAN
@@ -139,6 +141,8 @@ pub struct WgpuDevice {
     attention: OnceLock<wgpu::ComputePipeline>,
     /// `topk.wgsl` pipelines by their K.
     topk: Mutex<HashMap<u32, wgpu::ComputePipeline>>,
+    /// Generated fused relational kernels by program fingerprint.
+    fused: fused::FusedCache,
     /// Errors that escaped every scope; reported by the next operation.
     uncaptured: Arc<Mutex<Option<String>>>,
 }
@@ -163,10 +167,14 @@ impl WgpuDevice {
         // Ask for everything the adapter offers: batch kernels want the
         // largest buffers and bindings the hardware allows.
         let limits = adapter.limits();
+        // 64-bit shader types, where the adapter has them, let relational
+        // kernels compute on Int64, Float64 and decimal columns.
+        let features =
+            adapter.features() & (wgpu::Features::SHADER_INT64 | wgpu::Features::SHADER_F64);
         let (device, queue) =
             pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
                 label: Some("kiln"),
-                required_features: wgpu::Features::empty(),
+                required_features: features,
                 required_limits: limits.clone(),
                 ..Default::default()
             }))?;
@@ -188,6 +196,7 @@ impl WgpuDevice {
             gelu: OnceLock::new(),
             attention: OnceLock::new(),
             topk: Mutex::new(HashMap::new()),
+            fused: Mutex::new(HashMap::new()),
             uncaptured,
         })
     }

@@ -4,4 +4,5 @@ mod backend;
 mod common;
 mod cuda_compile;
 mod discovery;
+mod fused;
 mod topk;

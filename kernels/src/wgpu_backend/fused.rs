@@ -1,0 +1,403 @@
+//! Launching generated fused kernels ([`crate::codegen::wgsl`]) on wgpu.
+//!
+//! One launch uploads the stage's input columns into one buffer, runs
+//! `count` → `scan` → `emit` (or `emit` alone without a predicate) in one
+//! submission, reads back the kept-row count and the fallback flag, then only
+//! the kept rows of every output region.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use wgpu::util::DeviceExt;
+
+use super::{WgpuDevice, grid};
+use crate::codegen::ir::Program;
+use crate::codegen::wgsl::{self, BLOCK};
+use crate::codegen::{ColumnData, FusedOutput, OutColumn};
+use crate::error::{KernelError, Result};
+
+/// The pipelines of one generated module.
+pub(super) struct FusedPipelines {
+    layout: wgpu::BindGroupLayout,
+    count: wgpu::ComputePipeline,
+    scan: wgpu::ComputePipeline,
+    emit: wgpu::ComputePipeline,
+}
+
+/// Compiled fused modules by program fingerprint.
+pub(super) type FusedCache = Mutex<HashMap<u64, Arc<FusedPipelines>>>;
+
+const NO_VALIDITY: u32 = u32::MAX;
+
+impl WgpuDevice {
+    /// Why this device cannot run `program`, if it cannot: WGSL generation
+    /// refused an expression, or the adapter lacks 64-bit shader types.
+    pub fn fused_support(&self, program: &Program) -> std::result::Result<(), String> {
+        let (ints, floats) = program.uses_64bit();
+        let features = self.device.features();
+        if ints && !features.contains(wgpu::Features::SHADER_INT64) {
+            return Err(format!(
+                "{} has no 64-bit integers in shaders (SHADER_INT64)",
+                self.info.name
+            ));
+        }
+        if floats && !features.contains(wgpu::Features::SHADER_F64) {
+            return Err(format!(
+                "{} has no 64-bit floats in shaders (SHADER_F64)",
+                self.info.name
+            ));
+        }
+        wgsl::generate(program).map(|_| ())
+    }
+
+    /// The most rows one [`Self::run_fused`] launch takes: inputs and outputs
+    /// must each fit one storage binding.
+    pub fn fused_max_rows(&self, program: &Program) -> usize {
+        let in_bytes: usize = program
+            .inputs
+            .iter()
+            .map(|t| t.width() + 1)
+            .sum::<usize>()
+            .max(1);
+        let out_bytes: usize = program
+            .outputs
+            .iter()
+            .map(|e| e.ty().width() + 4)
+            .sum::<usize>()
+            + 4;
+        let binding = (self.limits.max_storage_buffer_binding_size as usize).min(1 << 30);
+        (binding / in_bytes)
+            .min(binding / out_bytes)
+            .min(1 << 24)
+            .max(BLOCK as usize)
+    }
+
+    fn fused_pipelines(&self, program: &Program) -> Result<Arc<FusedPipelines>> {
+        let key = program.fingerprint();
+        let mut cache = self
+            .fused
+            .lock()
+            .map_err(|_| KernelError::Internal("wgpu: fused pipeline cache poisoned".into()))?;
+        if let Some(p) = cache.get(&key) {
+            return Ok(Arc::clone(p));
+        }
+        self.fused_support(program)
+            .map_err(|detail| KernelError::InvalidInput {
+                kernel: "fused",
+                detail,
+            })?;
+        let source = wgsl::generate(program).map_err(|detail| KernelError::InvalidInput {
+            kernel: "fused",
+            detail,
+        })?;
+        let built = self.scoped("compile fused kernel", || {
+            let module = self
+                .device
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some("fused"),
+                    source: wgpu::ShaderSource::Wgsl(source.as_str().into()),
+                });
+            let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
+                binding,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage { read_only },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            };
+            let layout = self
+                .device
+                .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                    label: Some("fused"),
+                    entries: &[
+                        storage(0, true),
+                        storage(1, true),
+                        storage(2, false),
+                        storage(3, false),
+                        storage(4, false),
+                    ],
+                });
+            let pipeline_layout =
+                self.device
+                    .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                        label: Some("fused"),
+                        bind_group_layouts: &[Some(&layout)],
+                        immediate_size: 0,
+                    });
+            let pipeline = |entry: &str| {
+                self.device
+                    .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                        label: Some(entry),
+                        layout: Some(&pipeline_layout),
+                        module: &module,
+                        entry_point: Some(entry),
+                        compilation_options: Default::default(),
+                        cache: None,
+                    })
+            };
+            Ok(FusedPipelines {
+                count: pipeline("count"),
+                scan: pipeline("scan"),
+                emit: pipeline("emit"),
+                layout,
+            })
+        })?;
+        let built = Arc::new(built);
+        cache.insert(key, Arc::clone(&built));
+        Ok(built)
+    }
+
+    /// Runs `program` over `rows` rows of `inputs` (`None` for an input no
+    /// expression reads). At most [`Self::fused_max_rows`] rows.
+    pub fn run_fused(
+        &self,
+        program: &Program,
+        rows: usize,
+        inputs: &[Option<ColumnData<'_>>],
+    ) -> Result<FusedOutput> {
+        let invalid = |detail: String| KernelError::InvalidInput {
+            kernel: "fused",
+            detail,
+        };
+        if inputs.len() != program.inputs.len() {
+            return Err(invalid(format!(
+                "{} input columns for a program of {}",
+                inputs.len(),
+                program.inputs.len()
+            )));
+        }
+        if rows > self.fused_max_rows(program) {
+            return Err(invalid(format!(
+                "{rows} rows exceed the launch limit of {}",
+                self.fused_max_rows(program)
+            )));
+        }
+        let pipelines = self.fused_pipelines(program)?;
+        let mut out = FusedOutput::default();
+        if rows == 0 {
+            out.columns = empty_columns(program);
+            return Ok(out);
+        }
+
+        // Input layout: every column's values, then its validity bitmap.
+        let mut meta: Vec<u32> = vec![rows as u32, 0];
+        let mut words = 0usize;
+        let mut placed: Vec<(usize, &[u8])> = Vec::new();
+        let used = program.used_inputs();
+        for (c, (input, ty)) in inputs.iter().zip(&program.inputs).enumerate() {
+            match input {
+                Some(col) if used[c] => {
+                    if col.ty != *ty || col.values.len() != rows * ty.width() {
+                        return Err(invalid(format!(
+                            "input {c}: {} bytes of {} for {rows} rows of {ty}",
+                            col.values.len(),
+                            col.ty
+                        )));
+                    }
+                    meta.push(words as u32);
+                    placed.push((words, col.values));
+                    words += col.values.len() / 4;
+                    match col.validity {
+                        Some(bits) if bits.len() >= rows.div_ceil(32) => {
+                            meta.push(words as u32);
+                            let bits = &bits[..rows.div_ceil(32)];
+                            placed.push((words, bytemuck::cast_slice(bits)));
+                            words += bits.len();
+                        }
+                        Some(_) => {
+                            return Err(invalid(format!(
+                                "input {c}: validity shorter than {rows} rows"
+                            )));
+                        }
+                        None => meta.push(NO_VALIDITY),
+                    }
+                }
+                Some(_) | None if used[c] => {
+                    return Err(invalid(format!("input {c} is read but was not given")));
+                }
+                _ => meta.extend([0, NO_VALIDITY]),
+            }
+        }
+        // Output layout: per output values then validity, then row indices.
+        let mut out_words = 0usize;
+        let mut regions = Vec::new();
+        for e in &program.outputs {
+            let w = e.ty().width() / 4;
+            meta.push(out_words as u32);
+            meta.push((out_words + rows * w) as u32);
+            regions.push((out_words, w, out_words + rows * w));
+            out_words += rows * (w + 1);
+        }
+        meta.push(out_words as u32);
+        let index_region = out_words;
+        out_words += rows;
+        let nblocks = rows.div_ceil(BLOCK as usize);
+
+        let total = self.scoped("fused kernel", || {
+            let data = self.storage_buffer("fused inputs", words.max(1))?;
+            for (at, bytes) in &placed {
+                self.queue.write_buffer(&data, (*at * 4) as u64, bytes);
+            }
+            let meta_buf = self.init_buffer(
+                "fused meta",
+                bytemuck::cast_slice(&meta),
+                wgpu::BufferUsages::STORAGE,
+            );
+            let outw = self.storage_buffer("fused outputs", out_words)?;
+            let blocks = self.storage_buffer("fused blocks", 2 * nblocks + 1)?;
+            let flag = self
+                .device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("fused flag"),
+                    contents: bytemuck::bytes_of(&0u32),
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+                });
+            let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("fused"),
+                layout: &pipelines.layout,
+                entries: &[&data, &meta_buf, &outw, &blocks, &flag]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| wgpu::BindGroupEntry {
+                        binding: i as u32,
+                        resource: b.as_entire_binding(),
+                    })
+                    .collect::<Vec<_>>(),
+            });
+            let mut encoder = self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("fused"),
+                });
+            let (x, y) = grid(nblocks as u64);
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("fused"),
+                    timestamp_writes: None,
+                });
+                pass.set_bind_group(0, &group, &[]);
+                if program.predicate.is_some() {
+                    pass.set_pipeline(&pipelines.count);
+                    pass.dispatch_workgroups(x, y, 1);
+                    pass.set_pipeline(&pipelines.scan);
+                    pass.dispatch_workgroups(1, 1, 1);
+                }
+                pass.set_pipeline(&pipelines.emit);
+                pass.dispatch_workgroups(x, y, 1);
+            }
+            let small = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("fused count"),
+                size: 8,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            encoder.copy_buffer_to_buffer(&blocks, (2 * nblocks * 4) as u64, &small, 0, 4);
+            encoder.copy_buffer_to_buffer(&flag, 0, &small, 4, 4);
+            self.queue.submit([encoder.finish()]);
+            let head = self.map_words(&small)?;
+            Ok((head, outw))
+        })?;
+        let ([count, flag], outw) = ([total.0[0], total.0[1]], total.1);
+        out.bytes_up = (words * 4 + meta.len() * 4) as u64;
+        out.bytes_down = 8;
+        if flag != 0 {
+            out.needs_cpu = true;
+            return Ok(out);
+        }
+        let kept = if program.predicate.is_some() {
+            count as usize
+        } else {
+            rows
+        };
+
+        // Read back the kept prefix of every region in one copy.
+        let mut copies: Vec<(usize, usize)> = Vec::new();
+        for &(values, w, validity) in &regions {
+            copies.push((values, kept * w));
+            copies.push((validity, kept));
+        }
+        copies.push((index_region, kept));
+        let all: usize = copies.iter().map(|c| c.1).sum();
+        let words_back = self.scoped("fused read-back", || {
+            let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("fused read-back"),
+                size: (all.max(1) * 4) as u64,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let mut encoder = self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+            let mut at = 0usize;
+            for &(src, len) in &copies {
+                if len > 0 {
+                    encoder.copy_buffer_to_buffer(
+                        &outw,
+                        (src * 4) as u64,
+                        &staging,
+                        (at * 4) as u64,
+                        (len * 4) as u64,
+                    );
+                }
+                at += len;
+            }
+            self.queue.submit([encoder.finish()]);
+            self.map_words(&staging)
+        })?;
+        out.bytes_down += (all * 4) as u64;
+        let mut rest = &words_back[..];
+        let mut take = |n: usize| {
+            let (head, tail) = rest.split_at(n);
+            rest = tail;
+            head.to_vec()
+        };
+        for (e, &(_, w, _)) in program.outputs.iter().zip(&regions) {
+            let values = take(kept * w);
+            let valid = take(kept);
+            out.columns.push(OutColumn {
+                ty: e.ty(),
+                values,
+                valid,
+            });
+        }
+        out.indices = take(kept);
+        Ok(out)
+    }
+
+    /// Maps a `MAP_READ` buffer and copies its words out.
+    fn map_words(&self, buffer: &wgpu::Buffer) -> Result<Vec<u32>> {
+        let slice = buffer.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| KernelError::WgpuRuntime(format!("read-back: {e}")))?;
+        rx.recv()
+            .map_err(|_| KernelError::WgpuRuntime("read-back: map callback dropped".into()))?
+            .map_err(|e| KernelError::WgpuRuntime(format!("read-back: {e}")))?;
+        let words = {
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| KernelError::WgpuRuntime(format!("read-back: {e}")))?;
+            bytemuck::pod_collect_to_vec::<u8, u32>(&view)
+        };
+        buffer.unmap();
+        Ok(words)
+    }
+}
+
+fn empty_columns(program: &Program) -> Vec<OutColumn> {
+    program
+        .outputs
+        .iter()
+        .map(|e| OutColumn {
+            ty: e.ty(),
+            values: Vec::new(),
+            valid: Vec::new(),
+        })
+        .collect()
+}

@@ -1,0 +1,536 @@
+//! Generated fused kernels (filter + projection) on wgpu against values the
+//! test computes with Rust's own arithmetic, SQL's NULL rules and Arrow's
+//! float ordering.
+
+use kiln_kernels::codegen::{BinOp, ColumnData, Expr, FusedOutput, Program, Ty, UnOp, Value};
+use kiln_kernels::testing::devices_under_test;
+use kiln_kernels::{BackendKind, Device};
+
+fn gpu() -> Option<Device> {
+    devices_under_test()
+        .into_iter()
+        .find(|d| d.backend() == BackendKind::Wgpu)
+}
+
+/// A host column in the device layout.
+struct Col {
+    ty: Ty,
+    bytes: Vec<u8>,
+    bits: Option<Vec<u32>>,
+}
+
+impl Col {
+    fn new(ty: Ty, bytes: Vec<u8>, valid: Option<&[bool]>) -> Col {
+        let bits = valid.map(|v| {
+            let mut w = vec![0u32; v.len().div_ceil(32)];
+            for (i, ok) in v.iter().enumerate() {
+                if *ok {
+                    w[i / 32] |= 1 << (i % 32);
+                }
+            }
+            w
+        });
+        Col { ty, bytes, bits }
+    }
+
+    fn i64s(v: &[i64], valid: Option<&[bool]>) -> Col {
+        Col::new(
+            Ty::I64,
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            valid,
+        )
+    }
+
+    fn i32s(v: &[i32], valid: Option<&[bool]>) -> Col {
+        Col::new(
+            Ty::I32,
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            valid,
+        )
+    }
+
+    fn f64s(v: &[f64], valid: Option<&[bool]>) -> Col {
+        Col::new(
+            Ty::F64,
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            valid,
+        )
+    }
+
+    fn bools(v: &[bool], valid: Option<&[bool]>) -> Col {
+        Col::new(
+            Ty::Bool,
+            v.iter().flat_map(|x| u32::from(*x).to_le_bytes()).collect(),
+            valid,
+        )
+    }
+
+    fn decimals(v: &[i64], precision: u8, scale: i8) -> Col {
+        let mut c = Col::i64s(v, None);
+        c.ty = Ty::Decimal { precision, scale };
+        c
+    }
+
+    fn data(&self) -> ColumnData<'_> {
+        ColumnData {
+            ty: self.ty,
+            values: &self.bytes,
+            validity: self.bits.as_deref(),
+        }
+    }
+}
+
+fn run(device: &Device, program: &Program, rows: usize, cols: &[Col]) -> FusedOutput {
+    device.fused_support(program).unwrap();
+    let inputs: Vec<_> = cols.iter().map(|c| Some(c.data())).collect();
+    device.run_fused(program, rows, &inputs).unwrap()
+}
+
+fn col(i: usize, ty: Ty) -> Expr {
+    Expr::column(i, ty)
+}
+
+fn int(v: i64, ty: Ty) -> Expr {
+    Expr::lit(Value::Int(v), ty)
+}
+
+fn float(v: f64) -> Expr {
+    Expr::lit(Value::Float(v), Ty::F64)
+}
+
+/// Output `o` as (valid, i64 bits) per row.
+fn out64(out: &FusedOutput, o: usize) -> Vec<Option<i64>> {
+    let c = &out.columns[o];
+    (0..out.rows())
+        .map(|r| {
+            (c.valid[r] == 1)
+                .then(|| i64::from(c.values[2 * r]) | (i64::from(c.values[2 * r + 1]) << 32))
+        })
+        .collect()
+}
+
+fn out32(out: &FusedOutput, o: usize) -> Vec<Option<u32>> {
+    let c = &out.columns[o];
+    (0..out.rows())
+        .map(|r| (c.valid[r] == 1).then_some(c.values[r]))
+        .collect()
+}
+
+#[test]
+fn filter_and_projection_over_many_blocks() {
+    let Some(gpu) = gpu() else { return };
+    for rows in [0usize, 1, 255, 256, 257, 70_001] {
+        let a: Vec<i32> = (0..rows as i32).map(|i| (i * 7919) % 1000 - 300).collect();
+        let b: Vec<i64> = (0..rows as i64).map(|i| i * 1_000_003 - 5).collect();
+        let b_valid: Vec<bool> = (0..rows).map(|i| i % 7 != 3).collect();
+        let c: Vec<f64> = (0..rows).map(|i| i as f64 * 0.25 - 17.0).collect();
+        let program = Program {
+            inputs: vec![Ty::I32, Ty::I64, Ty::F64],
+            // a > 10 AND b IS NOT NULL
+            predicate: Some(Expr::binary(
+                BinOp::And,
+                Expr::binary(BinOp::Gt, col(0, Ty::I32), int(10, Ty::I32)),
+                Expr::unary(UnOp::IsNotNull, col(1, Ty::I64)),
+            )),
+            outputs: vec![
+                // CAST(a AS BIGINT) * 2 + b
+                Expr::binary(
+                    BinOp::Add,
+                    Expr::binary(
+                        BinOp::Mul,
+                        Expr::cast(col(0, Ty::I32), Ty::I64),
+                        int(2, Ty::I64),
+                    ),
+                    col(1, Ty::I64),
+                ),
+                Expr::binary(BinOp::Mul, col(2, Ty::F64), float(1.5)),
+                col(0, Ty::I32),
+            ],
+        };
+        let cols = [
+            Col::i32s(&a, None),
+            Col::i64s(&b, Some(&b_valid)),
+            Col::f64s(&c, None),
+        ];
+        let out = run(&gpu, &program, rows, &cols);
+        assert!(!out.needs_cpu);
+        let want: Vec<usize> = (0..rows).filter(|&i| a[i] > 10 && b_valid[i]).collect();
+        assert_eq!(
+            out.indices,
+            want.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+            "rows={rows}"
+        );
+        let sums = out64(&out, 0);
+        let prods = out64(&out, 1);
+        let passthrough = out32(&out, 2);
+        for (k, &i) in want.iter().enumerate() {
+            assert_eq!(sums[k], Some(i64::from(a[i]) * 2 + b[i]));
+            assert_eq!(prods[k].map(|x| f64::from_bits(x as u64)), Some(c[i] * 1.5));
+            assert_eq!(passthrough[k], Some(a[i] as u32));
+        }
+    }
+}
+
+#[test]
+fn three_valued_logic_and_null_tests() {
+    let Some(gpu) = gpu() else { return };
+    // Every (x, y) among TRUE, FALSE, NULL.
+    let states = [Some(true), Some(false), None];
+    let pairs: Vec<(Option<bool>, Option<bool>)> = states
+        .iter()
+        .flat_map(|x| states.iter().map(move |y| (*x, *y)))
+        .collect();
+    let x: Vec<bool> = pairs.iter().map(|p| p.0.unwrap_or(true)).collect();
+    let xv: Vec<bool> = pairs.iter().map(|p| p.0.is_some()).collect();
+    let y: Vec<bool> = pairs.iter().map(|p| p.1.unwrap_or(true)).collect();
+    let yv: Vec<bool> = pairs.iter().map(|p| p.1.is_some()).collect();
+    let (bx, by) = (col(0, Ty::Bool), col(1, Ty::Bool));
+    let program = Program {
+        inputs: vec![Ty::Bool, Ty::Bool],
+        predicate: None,
+        outputs: vec![
+            Expr::binary(BinOp::And, bx.clone(), by.clone()),
+            Expr::binary(BinOp::Or, bx.clone(), by.clone()),
+            Expr::unary(UnOp::Not, bx.clone()),
+            Expr::unary(UnOp::IsNull, bx.clone()),
+            Expr::binary(BinOp::Eq, bx.clone(), by.clone()),
+            Expr::binary(BinOp::Lt, bx, by),
+        ],
+    };
+    let cols = [Col::bools(&x, Some(&xv)), Col::bools(&y, Some(&yv))];
+    let out = run(&gpu, &program, pairs.len(), &cols);
+    let b = |v: Option<u32>| v.map(|w| w == 1);
+    for (r, (px, py)) in pairs.iter().enumerate() {
+        let and = match (px, py) {
+            (Some(false), _) | (_, Some(false)) => Some(false),
+            (Some(true), Some(true)) => Some(true),
+            _ => None,
+        };
+        let or = match (px, py) {
+            (Some(true), _) | (_, Some(true)) => Some(true),
+            (Some(false), Some(false)) => Some(false),
+            _ => None,
+        };
+        let both = px.zip(*py);
+        assert_eq!(b(out32(&out, 0)[r]), and, "{px:?} AND {py:?}");
+        assert_eq!(b(out32(&out, 1)[r]), or, "{px:?} OR {py:?}");
+        assert_eq!(b(out32(&out, 2)[r]), px.map(|v| !v), "NOT {px:?}");
+        assert_eq!(b(out32(&out, 3)[r]), Some(px.is_none()), "{px:?} IS NULL");
+        assert_eq!(b(out32(&out, 4)[r]), both.map(|(a, c)| a == c));
+        assert_eq!(b(out32(&out, 5)[r]), both.map(|(a, c)| !a & c));
+    }
+}
+
+#[test]
+fn floats_compare_in_total_order_and_round_half_away_from_zero() {
+    let Some(gpu) = gpu() else { return };
+    let xs = [
+        0.5,
+        -0.5,
+        2.5,
+        -1.5,
+        0.49999999999999994,
+        -0.0,
+        0.0,
+        f64::NAN,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        1e300,
+        -7.25,
+    ];
+    let n = xs.len();
+    // Compare every x with every y.
+    let lhs: Vec<f64> = (0..n * n).map(|i| xs[i / n]).collect();
+    let rhs: Vec<f64> = (0..n * n).map(|i| xs[i % n]).collect();
+    let (l, r) = (col(0, Ty::F64), col(1, Ty::F64));
+    let program = Program {
+        inputs: vec![Ty::F64, Ty::F64],
+        predicate: None,
+        outputs: vec![
+            Expr::binary(BinOp::Lt, l.clone(), r.clone()),
+            Expr::binary(BinOp::Eq, l.clone(), r),
+            Expr::unary(UnOp::Round, l.clone()),
+            Expr::unary(UnOp::Floor, l.clone()),
+            Expr::unary(UnOp::Ceil, l.clone()),
+            Expr::unary(UnOp::Abs, l.clone()),
+            Expr::unary(UnOp::Neg, l),
+        ],
+    };
+    let out = run(
+        &gpu,
+        &program,
+        n * n,
+        &[Col::f64s(&lhs, None), Col::f64s(&rhs, None)],
+    );
+    assert!(!out.needs_cpu);
+    let f = |o: usize| -> Vec<f64> {
+        out64(&out, o)
+            .into_iter()
+            .map(|v| f64::from_bits(v.unwrap() as u64))
+            .collect()
+    };
+    let same = |a: f64, b: f64| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+    for i in 0..n * n {
+        let (a, b) = (lhs[i], rhs[i]);
+        assert_eq!(
+            out32(&out, 0)[i],
+            Some(u32::from(a.total_cmp(&b).is_lt())),
+            "{a} < {b}"
+        );
+        assert_eq!(
+            out32(&out, 1)[i],
+            Some(u32::from(a.total_cmp(&b).is_eq())),
+            "{a} = {b}"
+        );
+        assert!(same(f(2)[i], a.round()), "round({a}) = {}", f(2)[i]);
+        assert!(same(f(3)[i], a.floor()), "floor({a})");
+        assert!(same(f(4)[i], a.ceil()), "ceil({a})");
+        assert!(same(f(5)[i], a.abs()), "abs({a})");
+        assert!(same(f(6)[i], -a), "-({a})");
+    }
+}
+
+#[test]
+fn case_coalesce_and_in_list_follow_sql() {
+    let Some(gpu) = gpu() else { return };
+    let a: Vec<i64> = vec![1, 2, 3, 4, 5, 0];
+    let av = [true, true, true, false, true, true];
+    let b: Vec<i64> = vec![10, 0, 30, 40, 0, 60];
+    let bv = [true, false, true, true, false, true];
+    let (ca, cb) = (col(0, Ty::I64), col(1, Ty::I64));
+    let null = Expr::lit(Value::Null, Ty::I64);
+    let program = Program {
+        inputs: vec![Ty::I64, Ty::I64],
+        predicate: None,
+        outputs: vec![
+            // CASE WHEN a < 3 THEN b WHEN a = 3 THEN -1 END
+            Expr::Case {
+                branches: vec![
+                    (
+                        Expr::binary(BinOp::Lt, ca.clone(), int(3, Ty::I64)),
+                        cb.clone(),
+                    ),
+                    (
+                        Expr::binary(BinOp::Eq, ca.clone(), int(3, Ty::I64)),
+                        int(-1, Ty::I64),
+                    ),
+                ],
+                otherwise: None,
+                ty: Ty::I64,
+            },
+            Expr::Coalesce {
+                args: vec![cb.clone(), ca.clone(), int(99, Ty::I64)],
+            },
+            // a IN (1, 5), a NOT IN (1, NULL)
+            Expr::InList {
+                arg: Box::new(ca.clone()),
+                list: vec![int(1, Ty::I64), int(5, Ty::I64)],
+                negated: false,
+            },
+            Expr::InList {
+                arg: Box::new(ca.clone()),
+                list: vec![int(1, Ty::I64), null],
+                negated: true,
+            },
+        ],
+    };
+    let out = run(
+        &gpu,
+        &program,
+        a.len(),
+        &[Col::i64s(&a, Some(&av)), Col::i64s(&b, Some(&bv))],
+    );
+    let val = |v: &[i64], ok: &[bool], i: usize| ok[i].then_some(v[i]);
+    for i in 0..a.len() {
+        let (x, y) = (val(&a, &av, i), val(&b, &bv, i));
+        let case = match x {
+            Some(x) if x < 3 => y,
+            Some(3) => Some(-1),
+            _ => None,
+        };
+        assert_eq!(out64(&out, 0)[i], case, "CASE row {i}");
+        assert_eq!(
+            out64(&out, 1)[i],
+            Some(y.or(x).unwrap_or(99)),
+            "COALESCE row {i}"
+        );
+        let in_list = x.map(|x| u32::from(x == 1 || x == 5));
+        assert_eq!(out32(&out, 2)[i], in_list, "IN row {i}");
+        // x NOT IN (1, NULL): FALSE when x = 1, otherwise NULL.
+        let not_in = match x {
+            Some(1) => Some(0),
+            _ => None,
+        };
+        assert_eq!(out32(&out, 3)[i], not_in, "NOT IN row {i}");
+    }
+}
+
+#[test]
+fn decimals_scale_and_flag_what_the_device_cannot_compute() {
+    let Some(gpu) = gpu() else { return };
+    let d15_2 = Ty::Decimal {
+        precision: 15,
+        scale: 2,
+    };
+    let d4_2 = Ty::Decimal {
+        precision: 4,
+        scale: 2,
+    };
+    // price * (1.00 - discount), with the literal 1.00 at scale 2.
+    let price = [104_949_50i64, 1, -250, 90_000_00];
+    let discount = [5i64, 10, 0, 100];
+    let program = Program {
+        inputs: vec![d15_2, d4_2],
+        predicate: None,
+        outputs: vec![Expr::binary(
+            BinOp::Mul,
+            col(0, d15_2),
+            Expr::binary(
+                BinOp::Sub,
+                int(
+                    100,
+                    Ty::Decimal {
+                        precision: 3,
+                        scale: 2,
+                    },
+                ),
+                col(1, d4_2),
+            ),
+        )],
+    };
+    let out = run(
+        &gpu,
+        &program,
+        4,
+        &[Col::decimals(&price, 15, 2), Col::decimals(&discount, 4, 2)],
+    );
+    assert!(!out.needs_cpu);
+    assert_eq!(
+        out.columns[0].ty,
+        Ty::Decimal {
+            precision: 21,
+            scale: 4
+        }
+    );
+    let got: Vec<i64> = out64(&out, 0).into_iter().map(Option::unwrap).collect();
+    let want: Vec<i64> = price
+        .iter()
+        .zip(&discount)
+        .map(|(p, d)| p * (100 - d))
+        .collect();
+    assert_eq!(got, want);
+
+    // An overflowing sum and a cast beyond the target precision need the CPU.
+    let big = Ty::Decimal {
+        precision: 18,
+        scale: 0,
+    };
+    let add = Program {
+        inputs: vec![big],
+        predicate: None,
+        outputs: vec![Expr::binary(BinOp::Add, col(0, big), col(0, big))],
+    };
+    let ok = run(
+        &gpu,
+        &add,
+        1,
+        &[Col::decimals(&[4_000_000_000_000_000_000], 18, 0)],
+    );
+    assert!(!ok.needs_cpu);
+    let over = run(
+        &gpu,
+        &add,
+        2,
+        &[Col::decimals(&[1, 5_000_000_000_000_000_000], 18, 0)],
+    );
+    assert!(over.needs_cpu, "i64 overflow must go to the CPU");
+    let narrow = Program {
+        inputs: vec![Ty::I64],
+        predicate: None,
+        outputs: vec![Expr::cast(
+            col(0, Ty::I64),
+            Ty::Decimal {
+                precision: 5,
+                scale: 2,
+            },
+        )],
+    };
+    let fits = run(&gpu, &narrow, 1, &[Col::i64s(&[999], None)]);
+    assert_eq!(out64(&fits, 0), vec![Some(99_900)]);
+    let too_wide = run(&gpu, &narrow, 1, &[Col::i64s(&[1000], None)]);
+    assert!(too_wide.needs_cpu, "1000 does not fit decimal(5,2)");
+}
+
+#[test]
+fn integer_division_matches_rust_and_division_by_zero_needs_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let a: Vec<i32> = vec![7, -7, 7, -7, i32::MIN, 0, 123_456];
+    let b: Vec<i32> = vec![2, 2, -2, -2, 3, 5, -1000];
+    let program = Program {
+        inputs: vec![Ty::I32, Ty::I32],
+        predicate: None,
+        outputs: vec![
+            Expr::binary(BinOp::Div, col(0, Ty::I32), col(1, Ty::I32)),
+            Expr::binary(BinOp::Mod, col(0, Ty::I32), col(1, Ty::I32)),
+        ],
+    };
+    let out = run(
+        &gpu,
+        &program,
+        a.len(),
+        &[Col::i32s(&a, None), Col::i32s(&b, None)],
+    );
+    assert!(!out.needs_cpu);
+    for i in 0..a.len() {
+        assert_eq!(out32(&out, 0)[i], Some((a[i] / b[i]) as u32));
+        assert_eq!(out32(&out, 1)[i], Some((a[i] % b[i]) as u32));
+    }
+    // A zero divisor on a NULL row is no error; on a valid row it is.
+    let valid = [true, false];
+    let nul = run(
+        &gpu,
+        &program,
+        2,
+        &[Col::i32s(&[1, 1], None), Col::i32s(&[1, 0], Some(&valid))],
+    );
+    assert!(!nul.needs_cpu);
+    let zero = run(
+        &gpu,
+        &program,
+        2,
+        &[Col::i32s(&[1, 1], None), Col::i32s(&[1, 0], None)],
+    );
+    assert!(zero.needs_cpu);
+    let overflow = run(
+        &gpu,
+        &program,
+        1,
+        &[Col::i32s(&[i32::MIN], None), Col::i32s(&[-1], None)],
+    );
+    assert!(overflow.needs_cpu);
+}
+
+#[test]
+fn programs_the_device_cannot_run_say_why() {
+    let Some(gpu) = gpu() else { return };
+    let exp64 = Program {
+        inputs: vec![Ty::F64],
+        predicate: None,
+        outputs: vec![Expr::unary(UnOp::Exp, col(0, Ty::F64))],
+    };
+    let err = gpu.fused_support(&exp64).unwrap_err();
+    assert!(err.contains("exp of f64"), "{err}");
+    let ill_typed = Program {
+        inputs: vec![Ty::I32],
+        predicate: Some(col(0, Ty::I32)),
+        outputs: vec![],
+    };
+    assert!(gpu.fused_support(&ill_typed).is_err());
+    let cpu = Device::cpu();
+    let plain = Program {
+        inputs: vec![Ty::I32],
+        predicate: None,
+        outputs: vec![col(0, Ty::I32)],
+    };
+    assert!(cpu.fused_support(&plain).is_err());
+}
