@@ -4,7 +4,9 @@
 //! can `SET`), and is where the logical rules (vector top-k), the extension
 //! planners and the device-placement rule are registered as they arrive.
 
+pub mod lowering;
 pub mod options;
+pub mod query_planner;
 pub mod vector_search;
 pub mod vector_topk;
 
@@ -34,8 +36,9 @@ pub fn session_config(device: DeviceRequest) -> SessionConfig {
 pub fn install(builder: SessionStateBuilder) -> SessionStateBuilder {
     builder
         .with_default_features()
-        .with_query_planner(Arc::new(vector_topk::KilnQueryPlanner))
+        .with_query_planner(Arc::new(query_planner::KilnQueryPlanner))
         .with_optimizer_rule(Arc::new(vector_topk::VectorTopKRule))
+        .with_physical_optimizer_rule(Arc::new(lowering::PlaceOnDevice))
 }
 
 /// Kiln's SQL functions, as DataFusion UDFs.

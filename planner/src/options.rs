@@ -20,6 +20,18 @@ extensions_options! {
         /// Rewrite ORDER BY <similarity>(column, <constant>) LIMIT k into one
         /// vector top-k operator.
         pub vector_topk: bool, default = true
+        /// Lower filters and projections into fused GPU stages when kiln.device
+        /// is a GPU; false keeps every relational operator on the CPU.
+        pub gpu_transforms: bool, default = true
+        /// Let filters run in GPU stages.
+        pub gpu_filter: bool, default = true
+        /// Let projections run in GPU stages.
+        pub gpu_projection: bool, default = true
+        /// The cost model keeps a stage on the CPU when its input is estimated
+        /// below this many rows (moving the data would cost more than it saves).
+        pub gpu_min_rows: usize, default = 100_000
+        /// Rows a GPU stage gathers into one device batch.
+        pub gpu_batch_rows: usize, default = 1_048_576
     }
 }
 

@@ -14,7 +14,6 @@ use datafusion::catalog::Session;
 use datafusion::common::tree_node::Transformed;
 use datafusion::common::{Column, DFSchemaRef, Result, ScalarValue, plan_datafusion_err};
 use datafusion::execution::SessionState;
-use datafusion::execution::context::QueryPlanner;
 use datafusion::logical_expr::expr::{ScalarFunction, Sort as SortExpr};
 use datafusion::logical_expr::logical_plan::{Extension, Projection, Sort};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
@@ -24,7 +23,7 @@ use datafusion::logical_expr::{
 use datafusion::optimizer::optimizer::ApplyOrder;
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
+use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
 use kiln_engine::exec::{SearchSpec, Unscored, VectorTopKExec};
 use kiln_engine::functions::first_vector;
 use kiln_kernels::ops::vector::Metric;
@@ -286,22 +285,5 @@ impl ExtensionPlanner for KilnExtensionPlanner {
             None,
             options.device,
         )?)))
-    }
-}
-
-/// DataFusion's physical planner with Kiln's extension planner.
-#[derive(Debug, Default)]
-pub struct KilnQueryPlanner;
-
-#[async_trait]
-impl QueryPlanner for KilnQueryPlanner {
-    async fn create_physical_plan(
-        &self,
-        logical_plan: &LogicalPlan,
-        session: &dyn Session,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(KilnExtensionPlanner)])
-            .create_physical_plan(logical_plan, session)
-            .await
     }
 }

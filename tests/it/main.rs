@@ -7,6 +7,7 @@ mod common;
 mod devices;
 mod embed;
 mod explain;
+mod gpu_transforms;
 mod s3;
 mod session_api;
 mod vector_functions;

@@ -1,9 +1,12 @@
 //! Kiln's physical operators, one per file.
 
 pub mod corpus;
+pub mod device_columns;
+pub mod gpu_stage;
 pub mod knn_join;
 pub mod vector_topk;
 
 pub use corpus::{SearchSpec, tile_rows_for_budget};
+pub use gpu_stage::{CpuStep, GpuStageExec, StageOutput, StagePlan};
 pub use knn_join::{KnnJoinExec, knn_join_schema};
 pub use vector_topk::{Unscored, VectorTopKExec};

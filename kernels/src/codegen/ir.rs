@@ -454,6 +454,8 @@ pub fn cast_supported(from: Ty, to: Ty) -> bool {
         // a result wider than the target precision raises the fallback flag.
         (Decimal { scale: s1, .. }, Decimal { scale: s2, .. }) => s2 >= s1,
         (I32 | I64, Decimal { scale, .. }) => scale >= 0,
+        // Arrow divides the value, as f64, by 10^scale.
+        (Decimal { scale, .. }, F32 | F64) => (0..=22).contains(&scale),
         _ => false,
     }
 }

@@ -65,6 +65,16 @@ impl crate::Device {
         }
     }
 
+    /// Like [`crate::Device::fused_support`] without compiling: whether the
+    /// code generator and the device's features take `program`.
+    pub fn fused_check(&self, program: &Program) -> Result<(), String> {
+        match self {
+            crate::Device::Wgpu(d) => d.fused_check(program),
+            crate::Device::Cuda(_) => cuda::generate(program).map(|_| ()),
+            crate::Device::Cpu(_) => Err("the CPU runs DataFusion's own operators".into()),
+        }
+    }
+
     /// The most rows one [`crate::Device::run_fused`] launch takes.
     pub fn fused_max_rows(&self, program: &Program) -> usize {
         match self {

@@ -31,8 +31,25 @@ const NO_VALIDITY: u32 = u32::MAX;
 
 impl WgpuDevice {
     /// Why this device cannot run `program`, if it cannot: WGSL generation
-    /// refused an expression, or the adapter lacks 64-bit shader types.
+    /// refused an expression, the adapter lacks 64-bit shader types, or the
+    /// shader compiler rejected the module. Compiles and caches the kernel.
     pub fn fused_support(&self, program: &Program) -> std::result::Result<(), String> {
+        self.fused_pipelines(program)
+            .map(|_| ())
+            .map_err(|e| match e {
+                KernelError::InvalidInput { detail, .. } => detail,
+                other => other.to_string(),
+            })
+    }
+
+    /// Whether the generator and the adapter's features take `program`,
+    /// without compiling it.
+    pub fn fused_check(&self, program: &Program) -> std::result::Result<(), String> {
+        self.feature_support(program)?;
+        wgsl::generate(program).map(|_| ())
+    }
+
+    fn feature_support(&self, program: &Program) -> std::result::Result<(), String> {
         let (ints, floats) = program.uses_64bit();
         let features = self.device.features();
         if ints && !features.contains(wgpu::Features::SHADER_INT64) {
@@ -47,7 +64,7 @@ impl WgpuDevice {
                 self.info.name
             ));
         }
-        wgsl::generate(program).map(|_| ())
+        Ok(())
     }
 
     /// The most rows one [`Self::run_fused`] launch takes: inputs and outputs
@@ -81,7 +98,7 @@ impl WgpuDevice {
         if let Some(p) = cache.get(&key) {
             return Ok(Arc::clone(p));
         }
-        self.fused_support(program)
+        self.feature_support(program)
             .map_err(|detail| KernelError::InvalidInput {
                 kernel: "fused",
                 detail,

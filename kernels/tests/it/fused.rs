@@ -459,6 +459,35 @@ fn decimals_scale_and_flag_what_the_device_cannot_compute() {
     assert_eq!(out64(&fits, 0), vec![Some(99_900)]);
     let too_wide = run(&gpu, &narrow, 1, &[Col::i64s(&[1000], None)]);
     assert!(too_wide.needs_cpu, "1000 does not fit decimal(5,2)");
+
+    // Decimal → float divides the value as f64 by 10^scale, as Arrow does.
+    let d25_2 = Ty::Decimal {
+        precision: 25,
+        scale: 2,
+    };
+    let to_float = Program {
+        inputs: vec![d25_2],
+        predicate: None,
+        outputs: vec![
+            Expr::cast(col(0, d25_2), Ty::F64),
+            Expr::cast(col(0, d25_2), Ty::F32),
+        ],
+    };
+    let values = [1i64, -7, 123_456_789_012_345, 33, i64::MAX / 3];
+    let out = run(
+        &gpu,
+        &to_float,
+        values.len(),
+        &[Col::decimals(&values, 25, 2)],
+    );
+    for (i, v) in values.iter().enumerate() {
+        let want = *v as f64 / 100.0;
+        assert_eq!(
+            out64(&out, 0)[i].map(|b| f64::from_bits(b as u64)),
+            Some(want)
+        );
+        assert_eq!(out32(&out, 1)[i].map(f32::from_bits), Some(want as f32));
+    }
 }
 
 #[test]

@@ -1,0 +1,464 @@
+//! `GpuStageExec`: a chain of filters and projections run as one fused kernel
+//! on a GPU.
+//!
+//! The planner's lowering rule replaces a maximal chain of supported
+//! `FilterExec`/`ProjectionExec` operators with one stage. The stage gathers
+//! its input into device-sized batches, uploads the columns its expressions
+//! read, runs the generated kernel (predicate, stream compaction and every
+//! computed output in one launch) and downloads only the kept rows. Columns
+//! passed through unchanged never travel: they are gathered on the host with
+//! the kept-row indices the kernel returns.
+//!
+//! Results never depend on where the stage ran: when the kernel flags a batch
+//! it cannot compute as the CPU would (an integer division by zero, a decimal
+//! overflow, a decimal beyond 64 bits), that batch is evaluated with the
+//! original DataFusion expressions instead, and the metrics count it.
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, RecordBatchOptions, UInt32Array};
+use datafusion::arrow::compute::{concat_batches, filter_record_batch, take};
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DataFusionError, Result, internal_err};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, Time,
+};
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties,
+    ReplaceChildrenOptions, SendableRecordBatchStream,
+};
+use futures::StreamExt;
+use kiln_kernels::codegen::Program;
+use kiln_kernels::{Device, DeviceInfo};
+
+use super::device_columns::{HostColumn, from_device, to_device};
+use crate::device::open_shared;
+
+/// Where one output column of a stage comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StageOutput {
+    /// Output `k` of the fused program, computed on the device.
+    Device(usize),
+    /// Input column `i`, passed through (gathered on the host).
+    Input(usize),
+}
+
+/// One operator of the chain, kept to evaluate a batch on the CPU exactly as
+/// DataFusion would have.
+#[derive(Debug, Clone)]
+pub enum CpuStep {
+    Filter {
+        predicate: Arc<dyn PhysicalExpr>,
+        projection: Option<Vec<usize>>,
+    },
+    Project {
+        exprs: Vec<(Arc<dyn PhysicalExpr>, String)>,
+    },
+}
+
+/// What the lowering rule decided for one stage.
+#[derive(Debug, Clone)]
+pub struct StagePlan {
+    pub program: Program,
+    pub outputs: Vec<StageOutput>,
+    /// The `FilterExec`/`ProjectionExec` operators the stage replaces, bottom
+    /// first, each still over its original input: what EXPLAIN names, what
+    /// a batch the device cannot compute is evaluated with, and what the
+    /// planner puts back if it undoes the stage.
+    pub original_ops: Vec<Arc<dyn ExecutionPlan>>,
+    /// The predicate as DataFusion displays it, for EXPLAIN.
+    pub predicate: Option<String>,
+    /// The cost model's estimates, for EXPLAIN.
+    pub est_rows: Option<usize>,
+    pub est_bytes_moved: Option<u64>,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct GpuStageExec {
+    input: Arc<dyn ExecutionPlan>,
+    plan: Arc<StagePlan>,
+    cpu_steps: Arc<Vec<CpuStep>>,
+    device: DeviceInfo,
+    batch_rows: usize,
+    cache: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl GpuStageExec {
+    /// `properties` are those of the chain's top operator, whose output the
+    /// stage reproduces.
+    pub fn new(
+        input: Arc<dyn ExecutionPlan>,
+        plan: StagePlan,
+        device: DeviceInfo,
+        batch_rows: usize,
+        properties: Arc<PlanProperties>,
+    ) -> Result<Self> {
+        let cpu_steps = plan
+            .original_ops
+            .iter()
+            .map(|op| cpu_step(op.as_ref()))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(GpuStageExec {
+            input,
+            plan: Arc::new(plan),
+            cpu_steps: Arc::new(cpu_steps),
+            device,
+            batch_rows: batch_rows.max(1),
+            cache: properties,
+            metrics: ExecutionPlanMetricsSet::new(),
+        })
+    }
+
+    pub fn plan(&self) -> &StagePlan {
+        &self.plan
+    }
+
+    pub fn device(&self) -> &DeviceInfo {
+        &self.device
+    }
+
+    pub fn input(&self) -> &Arc<dyn ExecutionPlan> {
+        &self.input
+    }
+}
+
+impl DisplayAs for GpuStageExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let plan = &self.plan;
+        let computed = plan
+            .outputs
+            .iter()
+            .filter(|o| matches!(o, StageOutput::Device(_)))
+            .count();
+        write!(
+            f,
+            "GpuStageExec: device={}, ops=[{}], kernel=fused_{:016x}",
+            self.device.id(),
+            plan.original_ops
+                .iter()
+                .map(|op| op.name())
+                .collect::<Vec<_>>()
+                .join(", "),
+            plan.program.fingerprint()
+        )?;
+        if let Some(p) = &plan.predicate {
+            write!(f, ", predicate={p}")?;
+        }
+        write!(
+            f,
+            ", computed={computed}, passed_through={}, batch_rows={}",
+            plan.outputs.len() - computed,
+            self.batch_rows
+        )?;
+        if let Some(rows) = plan.est_rows {
+            write!(f, ", est_rows={rows}")?;
+        }
+        if let Some(bytes) = plan.est_bytes_moved {
+            write!(f, ", est_bytes_moved={bytes}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for GpuStageExec {
+    fn name(&self) -> &'static str {
+        "GpuStageExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.cache
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let (Some(input), true) = (children.pop(), children.is_empty()) else {
+            return internal_err!("GpuStageExec takes exactly one child");
+        };
+        Ok(Arc::new(GpuStageExec {
+            input,
+            plan: Arc::clone(&self.plan),
+            cpu_steps: Arc::clone(&self.cpu_steps),
+            device: self.device.clone(),
+            batch_rows: self.batch_rows,
+            cache: Arc::clone(&self.cache),
+            metrics: ExecutionPlanMetricsSet::new(),
+        }))
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        let device =
+            open_shared(&self.device).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let schema = self.schema();
+        let launch_rows = self
+            .batch_rows
+            .min(device.fused_max_rows(&self.plan.program))
+            .max(1);
+        let state = StageState {
+            input,
+            input_schema: self.input.schema(),
+            schema: Arc::clone(&schema),
+            plan: Arc::clone(&self.plan),
+            cpu_steps: Arc::clone(&self.cpu_steps),
+            device,
+            launch_rows,
+            metrics: StageMetrics::new(&self.metrics, partition),
+            done: false,
+        };
+        let stream = futures::stream::unfold(state, |mut state| async move {
+            if state.done {
+                return None;
+            }
+            let mut pending = Vec::new();
+            let mut rows = 0;
+            while rows < state.launch_rows {
+                match state.input.next().await {
+                    Some(Ok(batch)) => {
+                        rows += batch.num_rows();
+                        pending.push(batch);
+                    }
+                    Some(Err(e)) => {
+                        state.done = true;
+                        return Some((Err(e), state));
+                    }
+                    None => {
+                        state.done = true;
+                        break;
+                    }
+                }
+            }
+            if rows == 0 {
+                return None;
+            }
+            let out = state.run(&pending);
+            Some((out, state))
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+}
+
+struct StageMetrics {
+    baseline: BaselineMetrics,
+    bytes_to_device: Count,
+    bytes_from_device: Count,
+    device_batches: Count,
+    cpu_batches: Count,
+    device_time: Time,
+}
+
+impl StageMetrics {
+    fn new(metrics: &ExecutionPlanMetricsSet, partition: usize) -> Self {
+        StageMetrics {
+            baseline: BaselineMetrics::new(metrics, partition),
+            bytes_to_device: MetricBuilder::new(metrics).counter("bytes_to_device", partition),
+            bytes_from_device: MetricBuilder::new(metrics).counter("bytes_from_device", partition),
+            device_batches: MetricBuilder::new(metrics).counter("device_batches", partition),
+            cpu_batches: MetricBuilder::new(metrics).counter("cpu_fallback_batches", partition),
+            device_time: MetricBuilder::new(metrics).subset_time("device_time", partition),
+        }
+    }
+}
+
+struct StageState {
+    input: SendableRecordBatchStream,
+    input_schema: SchemaRef,
+    schema: SchemaRef,
+    plan: Arc<StagePlan>,
+    cpu_steps: Arc<Vec<CpuStep>>,
+    device: Device,
+    launch_rows: usize,
+    metrics: StageMetrics,
+    done: bool,
+}
+
+impl StageState {
+    fn run(&self, pending: &[RecordBatch]) -> Result<RecordBatch> {
+        let _timer = self.metrics.baseline.elapsed_compute().timer();
+        let batch = concat_batches(&self.input_schema, pending)?;
+        let mut parts = Vec::new();
+        let mut start = 0;
+        while start < batch.num_rows() {
+            let len = self.launch_rows.min(batch.num_rows() - start);
+            parts.push(self.launch(&batch.slice(start, len))?);
+            start += len;
+        }
+        let out = if parts.len() == 1 {
+            parts
+                .pop()
+                .unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(&self.schema)))
+        } else {
+            concat_batches(&self.schema, &parts)?
+        };
+        self.metrics.baseline.record_output(out.num_rows());
+        Ok(out)
+    }
+
+    fn launch(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let plan = &self.plan;
+        let used = plan.program.used_inputs();
+        let mut host: Vec<Option<HostColumn>> = Vec::with_capacity(used.len());
+        for (column, used) in batch.columns().iter().zip(&used) {
+            if !used {
+                host.push(None);
+                continue;
+            }
+            match to_device(column.as_ref())? {
+                Some(h) => host.push(Some(h)),
+                None => return self.on_cpu(batch),
+            }
+        }
+        let inputs: Vec<_> = host
+            .iter()
+            .map(|h| h.as_ref().map(HostColumn::data))
+            .collect();
+        let out = {
+            let _t = self.metrics.device_time.timer();
+            self.device
+                .run_fused(&plan.program, batch.num_rows(), &inputs)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?
+        };
+        self.metrics.bytes_to_device.add(out.bytes_up as usize);
+        self.metrics.bytes_from_device.add(out.bytes_down as usize);
+        if out.needs_cpu {
+            return self.on_cpu(batch);
+        }
+        self.metrics.device_batches.add(1);
+        let indices = plan
+            .program
+            .predicate
+            .is_some()
+            .then(|| UInt32Array::from(out.indices.clone()));
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(plan.outputs.len());
+        for (field, output) in self.schema.fields().iter().zip(&plan.outputs) {
+            columns.push(match output {
+                StageOutput::Device(k) => from_device(&out.columns[*k], field.data_type())?,
+                StageOutput::Input(i) => match &indices {
+                    Some(idx) => take(batch.column(*i), idx, None)?,
+                    None => Arc::clone(batch.column(*i)),
+                },
+            });
+        }
+        Ok(RecordBatch::try_new_with_options(
+            Arc::clone(&self.schema),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(out.rows())),
+        )?)
+    }
+
+    fn on_cpu(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        self.metrics.cpu_batches.add(1);
+        run_on_cpu(&self.cpu_steps, batch.clone(), &self.schema)
+    }
+}
+
+/// The CPU evaluation of one replaced operator.
+fn cpu_step(op: &dyn ExecutionPlan) -> Result<CpuStep> {
+    let any = op;
+    if let Some(f) = any.downcast_ref::<FilterExec>() {
+        if f.fetch().is_some() {
+            return internal_err!("GpuStageExec cannot replace a FilterExec with a fetch");
+        }
+        return Ok(CpuStep::Filter {
+            predicate: Arc::clone(f.predicate()),
+            projection: f.projection().as_ref().map(|p| p.to_vec()),
+        });
+    }
+    if let Some(p) = any.downcast_ref::<ProjectionExec>() {
+        return Ok(CpuStep::Project {
+            exprs: p
+                .expr()
+                .iter()
+                .map(|e| (Arc::clone(&e.expr), e.alias.clone()))
+                .collect(),
+        });
+    }
+    internal_err!("GpuStageExec cannot replace {}", op.name())
+}
+
+/// Evaluates a stage's operators on the CPU, as DataFusion's own would.
+pub fn run_on_cpu(
+    steps: &[CpuStep],
+    batch: RecordBatch,
+    schema: &SchemaRef,
+) -> Result<RecordBatch> {
+    let mut batch = batch;
+    for step in steps {
+        batch = match step {
+            CpuStep::Filter {
+                predicate,
+                projection,
+            } => {
+                let mask = predicate.evaluate(&batch)?.into_array(batch.num_rows())?;
+                let Some(mask) = mask.as_boolean_opt() else {
+                    return internal_err!("GpuStageExec: filter predicate is not boolean");
+                };
+                let kept = filter_record_batch(&batch, mask)?;
+                match projection {
+                    Some(p) => kept.project(p)?,
+                    None => kept,
+                }
+            }
+            CpuStep::Project { exprs } => {
+                let rows = batch.num_rows();
+                let mut fields = Vec::with_capacity(exprs.len());
+                let mut columns = Vec::with_capacity(exprs.len());
+                for (expr, name) in exprs {
+                    let array = expr.evaluate(&batch)?.into_array(rows)?;
+                    fields.push(Field::new(name, array.data_type().clone(), true));
+                    columns.push(array);
+                }
+                RecordBatch::try_new_with_options(
+                    Arc::new(Schema::new(fields)),
+                    columns,
+                    &RecordBatchOptions::new().with_row_count(Some(rows)),
+                )?
+            }
+        };
+    }
+    Ok(RecordBatch::try_new_with_options(
+        Arc::clone(schema),
+        batch.columns().to_vec(),
+        &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )?)
+}

@@ -1,0 +1,84 @@
+//! EXPLAIN with placement: DataFusion's physical plan text, each operator's
+//! line followed by where it runs and, on the CPU, why.
+//!
+//! [`annotate`] renders a plan; [`annotate_explain`] rewrites the physical
+//! plan of an `ExplainExec` DataFusion built, so `EXPLAIN` in SQL and
+//! `kiln explain` show it without a separate command.
+
+use std::sync::Arc;
+
+use datafusion::common::Result;
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::display::{PlanType, StringifiedPlan};
+use datafusion::physical_plan::explain::ExplainExec;
+use datafusion::physical_plan::{ExecutionPlan, displayable};
+use kiln_engine::exec::GpuStageExec;
+
+use super::place_on_device::{LoweringContext, cpu_reason};
+
+/// The plan's indented text with a placement note on every operator line.
+pub fn annotate(plan: &Arc<dyn ExecutionPlan>, config: &ConfigOptions) -> Result<String> {
+    let text = displayable(plan.as_ref()).indent(false).to_string();
+    let mut nodes = Vec::new();
+    collect(plan, &mut nodes);
+    let lines: Vec<&str> = text.lines().collect();
+    let ctx = LoweringContext::from_config(config)?;
+    let notes: Vec<String> = nodes
+        .iter()
+        .map(|node| {
+            if let Some(stage) = node.downcast_ref::<GpuStageExec>() {
+                return format!("on {}", stage.device().id());
+            }
+            match &ctx {
+                Ok(ctx) => format!("cpu: {}", cpu_reason(node, ctx)),
+                Err(reason) => format!("cpu: {reason}"),
+            }
+        })
+        .collect();
+    let mut out = String::new();
+    if lines.len() == nodes.len() {
+        for (line, note) in lines.iter().zip(&notes) {
+            out.push_str(&format!("{line}  -- {note}\n"));
+        }
+    } else {
+        // A node printed over several lines: list the placements after.
+        out.push_str(&text);
+        out.push_str("Placement:\n");
+        for (node, note) in nodes.iter().zip(&notes) {
+            out.push_str(&format!("  {}: {note}\n", node.name()));
+        }
+    }
+    Ok(out)
+}
+
+fn collect(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<Arc<dyn ExecutionPlan>>) {
+    out.push(Arc::clone(plan));
+    for child in plan.children() {
+        collect(child, out);
+    }
+}
+
+/// `explain` with its final physical plan replaced by the annotated text of
+/// `physical` (the same plan, planned again by the caller).
+pub fn annotate_explain(
+    explain: &ExplainExec,
+    physical: &Arc<dyn ExecutionPlan>,
+    config: &ConfigOptions,
+) -> Result<ExplainExec> {
+    let annotated = Arc::new(annotate(physical, config)?);
+    let plans = explain
+        .stringified_plans()
+        .iter()
+        .map(|p| {
+            if p.plan_type == PlanType::FinalPhysicalPlan {
+                StringifiedPlan {
+                    plan_type: p.plan_type.clone(),
+                    plan: Arc::clone(&annotated),
+                }
+            } else {
+                p.clone()
+            }
+        })
+        .collect();
+    Ok(ExplainExec::new(explain.schema(), plans, explain.verbose()))
+}

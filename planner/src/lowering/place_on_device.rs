@@ -1,0 +1,403 @@
+//! `PlaceOnDevice`: the physical optimizer rule that lowers chains of filters
+//! and projections into fused GPU stages ([`GpuStageExec`]).
+//!
+//! Bottom-up, each `FilterExec`/`ProjectionExec` either joins the stage
+//! below it, starts a new stage over its input, or stays on the CPU with the
+//! reason recorded by [`cpu_reason`]. A second pass applies the cost model
+//! and returns stages that would not pay for their data movement to the CPU.
+//! Every decision is a pure function of the operator and the session's
+//! options, so EXPLAIN recomputes the same reasons the rule acted on.
+
+use std::sync::Arc;
+
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{Result, plan_datafusion_err};
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
+use kiln_engine::exec::device_columns::device_ty;
+use kiln_engine::exec::{GpuStageExec, StageOutput, StagePlan};
+use kiln_kernels::codegen::{BinOp, Expr, Program, Ty};
+use kiln_kernels::{BackendKind, Device, DeviceInfo, DeviceRequest};
+
+use super::expr::{Source, Translator};
+use crate::KilnOptions;
+
+/// The device and switches one planning run lowers with.
+pub struct LoweringContext {
+    pub info: DeviceInfo,
+    pub device: Device,
+    pub filter: bool,
+    pub projection: bool,
+    pub min_rows: usize,
+    pub batch_rows: usize,
+}
+
+impl LoweringContext {
+    /// The context of a session, or the reason nothing is lowered (the
+    /// device is the CPU, or the GPU is switched off).
+    pub fn from_config(config: &ConfigOptions) -> Result<std::result::Result<Self, String>> {
+        let options = config
+            .extensions
+            .get::<KilnOptions>()
+            .cloned()
+            .unwrap_or_default();
+        if !options.gpu_transforms {
+            return Ok(Err("kiln.gpu_transforms is off".into()));
+        }
+        let request: DeviceRequest = options
+            .device
+            .parse()
+            .map_err(|e| plan_datafusion_err!("kiln.device: {e}"))?;
+        let info = kiln_engine::device::resolve(request)
+            .map_err(|e| plan_datafusion_err!("kiln.device: {e}"))?;
+        if info.backend == BackendKind::Cpu {
+            return Ok(Err(format!("kiln.device is {}", info.id())));
+        }
+        let device = kiln_engine::device::open_shared(&info)
+            .map_err(|e| plan_datafusion_err!("kiln.device: {e}"))?;
+        Ok(Ok(LoweringContext {
+            info,
+            device,
+            filter: options.gpu_filter,
+            projection: options.gpu_projection,
+            min_rows: options.gpu_min_rows,
+            batch_rows: options.gpu_batch_rows,
+        }))
+    }
+}
+
+/// See the module documentation.
+#[derive(Debug, Default)]
+pub struct PlaceOnDevice;
+
+impl PhysicalOptimizerRule for PlaceOnDevice {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        config: &ConfigOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let Ok(ctx) = LoweringContext::from_config(config)? else {
+            return Ok(plan);
+        };
+        let staged = plan
+            .transform_up(|node| {
+                Ok(match lower(&node, &ctx) {
+                    Ok(stage) => Transformed::yes(stage),
+                    Err(_) => Transformed::no(node),
+                })
+            })?
+            .data;
+        let placed = staged
+            .transform_down(|node| {
+                let Some(stage) = node.downcast_ref::<GpuStageExec>() else {
+                    return Ok(Transformed::no(node));
+                };
+                let keep = worth_it(stage, &ctx)
+                    .and_then(|()| ctx.device.fused_support(&stage.plan().program));
+                Ok(match keep {
+                    Ok(()) => Transformed::no(node),
+                    Err(_) => Transformed::yes(unwrap_stage(stage)?),
+                })
+            })?
+            .data;
+        Ok(placed)
+    }
+
+    fn name(&self) -> &str {
+        "kiln_place_on_device"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// The operators a stage replaced, back over the stage's input.
+fn unwrap_stage(stage: &GpuStageExec) -> Result<Arc<dyn ExecutionPlan>> {
+    let mut plan = Arc::clone(stage.input());
+    for op in &stage.plan().original_ops {
+        plan = replace_children_if_necessary(Arc::clone(op), vec![plan])?;
+    }
+    Ok(plan)
+}
+
+/// A stage under construction.
+struct Chain {
+    input: Arc<dyn ExecutionPlan>,
+    columns: Vec<Source>,
+    predicate: Option<Expr>,
+    predicate_text: Vec<String>,
+    ops: Vec<Arc<dyn ExecutionPlan>>,
+}
+
+impl Chain {
+    fn over(input: Arc<dyn ExecutionPlan>) -> Chain {
+        let n = input.schema().fields().len();
+        Chain {
+            input,
+            columns: (0..n).map(Source::Input).collect(),
+            predicate: None,
+            predicate_text: Vec::new(),
+            ops: Vec::new(),
+        }
+    }
+
+    fn of_stage(stage: &GpuStageExec) -> Chain {
+        let plan = stage.plan();
+        Chain {
+            input: Arc::clone(stage.input()),
+            columns: plan
+                .outputs
+                .iter()
+                .map(|o| match o {
+                    StageOutput::Input(i) => Source::Input(*i),
+                    StageOutput::Device(k) => Source::Computed(plan.program.outputs[*k].clone()),
+                })
+                .collect(),
+            predicate: plan.program.predicate.clone(),
+            predicate_text: plan.predicate.iter().cloned().collect(),
+            ops: plan.original_ops.clone(),
+        }
+    }
+}
+
+/// Lowers `op` (with its already-lowered child) into a stage, or says why it
+/// stays on the CPU.
+pub fn lower(
+    op: &Arc<dyn ExecutionPlan>,
+    ctx: &LoweringContext,
+) -> std::result::Result<Arc<dyn ExecutionPlan>, String> {
+    let any = op;
+    let is_filter = any.is::<FilterExec>();
+    let is_projection = any.is::<ProjectionExec>();
+    if !is_filter && !is_projection {
+        return Err(no_kernel(op.as_ref()));
+    }
+    if is_filter && !ctx.filter {
+        return Err("kiln.gpu_filter is off".into());
+    }
+    if is_projection && !ctx.projection {
+        return Err("kiln.gpu_projection is off".into());
+    }
+    let child = op
+        .children()
+        .first()
+        .map(|c| Arc::clone(*c))
+        .ok_or("operator without input")?;
+    let mut chain = match child.downcast_ref::<GpuStageExec>() {
+        Some(stage) => Chain::of_stage(stage),
+        None => Chain::over(child),
+    };
+    let op_schema = op.children()[0].schema();
+    let stage_inputs = chain.input.schema();
+    let translator = Translator {
+        schema: &op_schema,
+        columns: &chain.columns,
+        inputs: &stage_inputs,
+    };
+    if let Some(filter) = any.downcast_ref::<FilterExec>() {
+        if filter.fetch().is_some() {
+            return Err("a filter with a row limit (fetch) stays on the CPU".into());
+        }
+        let p = translator.translate(filter.predicate())?;
+        if p.ty() != Ty::Bool {
+            return Err(format!("predicate {} is not boolean", filter.predicate()));
+        }
+        chain.predicate = Some(match chain.predicate.take() {
+            Some(q) => Expr::binary(BinOp::And, q, p),
+            None => p,
+        });
+        chain.predicate_text.push(filter.predicate().to_string());
+        if let Some(projection) = filter.projection() {
+            chain.columns = projection
+                .iter()
+                .map(|i| chain.columns[*i].clone())
+                .collect();
+        }
+    } else if let Some(projection) = any.downcast_ref::<ProjectionExec>() {
+        let mut columns = Vec::with_capacity(projection.expr().len());
+        for p in projection.expr() {
+            columns.push(match p.expr.downcast_ref::<Column>() {
+                Some(c) => chain.columns[c.index()].clone(),
+                None => Source::Computed(translator.translate(&p.expr)?),
+            });
+        }
+        chain.columns = columns;
+    }
+    chain.ops.push(Arc::clone(op));
+    let plan = stage_plan(
+        chain.columns,
+        chain.predicate,
+        chain.predicate_text,
+        chain.ops.clone(),
+        &stage_inputs,
+    );
+    ctx.device.fused_check(&plan.program)?;
+    let mut plan = plan;
+    let (rows, bytes) = estimate(&chain.input, op, &plan.program);
+    plan.est_rows = rows;
+    plan.est_bytes_moved = bytes;
+    let stage = GpuStageExec::new(
+        chain.input,
+        plan,
+        ctx.info.clone(),
+        ctx.batch_rows,
+        Arc::clone(op.properties()),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(Arc::new(stage))
+}
+
+fn stage_plan(
+    columns: Vec<Source>,
+    predicate: Option<Expr>,
+    predicate_text: Vec<String>,
+    ops: Vec<Arc<dyn ExecutionPlan>>,
+    stage_inputs: &datafusion::arrow::datatypes::Schema,
+) -> StagePlan {
+    let mut outputs = Vec::with_capacity(columns.len());
+    let mut computed = Vec::new();
+    for source in columns {
+        outputs.push(match source {
+            Source::Input(i) | Source::Computed(Expr::Column { index: i, .. }) => {
+                StageOutput::Input(i)
+            }
+            Source::Computed(x) => {
+                computed.push(x);
+                StageOutput::Device(computed.len() - 1)
+            }
+        });
+    }
+    // Columns no expression reads may have any type; they are never uploaded.
+    let inputs = stage_inputs
+        .fields()
+        .iter()
+        .map(|f| device_ty(f.data_type()).unwrap_or(Ty::U32))
+        .collect();
+    StagePlan {
+        program: Program {
+            inputs,
+            predicate,
+            outputs: computed,
+        },
+        outputs,
+        original_ops: ops,
+        predicate: (!predicate_text.is_empty()).then(|| predicate_text.join(" AND ")),
+        est_rows: None,
+        est_bytes_moved: None,
+    }
+}
+
+/// Estimated input rows and bytes moved host↔device, from the plan's
+/// statistics (None where DataFusion has none).
+fn estimate(
+    input: &Arc<dyn ExecutionPlan>,
+    top: &Arc<dyn ExecutionPlan>,
+    program: &Program,
+) -> (Option<usize>, Option<u64>) {
+    let rows_of = |p: &Arc<dyn ExecutionPlan>| {
+        StatisticsContext::new()
+            .compute(p.as_ref(), &StatisticsArgs::new())
+            .ok()
+            .and_then(|s| s.num_rows.get_value().copied())
+    };
+    let Some(rows_in) = rows_of(input) else {
+        return (None, None);
+    };
+    let rows_out = rows_of(top).unwrap_or(rows_in);
+    let used = program.used_inputs();
+    let in_bytes: f64 = program
+        .inputs
+        .iter()
+        .zip(&used)
+        .filter(|(_, u)| **u)
+        .map(|(t, _)| t.width() as f64 + 0.125)
+        .sum();
+    let out_bytes: f64 = program
+        .outputs
+        .iter()
+        .map(|e| e.ty().width() as f64 + 4.0)
+        .sum::<f64>()
+        + if program.predicate.is_some() {
+            4.0
+        } else {
+            0.0
+        };
+    let bytes = rows_in as f64 * in_bytes + rows_out as f64 * out_bytes;
+    (Some(rows_in), Some(bytes as u64))
+}
+
+/// The cost model: whether a stage's GPU work pays for moving its data.
+pub fn worth_it(stage: &GpuStageExec, ctx: &LoweringContext) -> std::result::Result<(), String> {
+    let plan = stage.plan();
+    let program = &plan.program;
+    if let Some(rows) = plan.est_rows
+        && rows < ctx.min_rows
+    {
+        return Err(format!(
+            "cost model: ~{rows} input rows, below kiln.gpu_min_rows = {}",
+            ctx.min_rows
+        ));
+    }
+    if program.predicate.is_none() && program.outputs.is_empty() {
+        return Err("only selects or renames columns: nothing to compute".into());
+    }
+    if program.predicate.is_none() {
+        let ops: usize = program.outputs.iter().map(operations).sum();
+        if ops <= program.outputs.len() {
+            return Err(format!(
+                "cost model: a projection of {} cheap expression(s) would move ~{} bytes for about one operation per value",
+                program.outputs.len(),
+                plan.est_bytes_moved
+                    .map_or("unknown".into(), |b| b.to_string())
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Operator nodes of an expression (leaves are free).
+fn operations(e: &Expr) -> usize {
+    let mut n = 0;
+    e.visit(&mut |x| {
+        if !matches!(x, Expr::Column { .. } | Expr::Literal { .. }) {
+            n += 1;
+        }
+    });
+    n
+}
+
+/// Why an operator other than a filter or projection runs on the CPU.
+pub fn no_kernel(op: &dyn ExecutionPlan) -> String {
+    match op.name() {
+        "DataSourceExec" => "scan and decode run on the CPU".into(),
+        "RepartitionExec" | "CoalescePartitionsExec" | "CoalesceBatchesExec" => {
+            "moves batches between partitions".into()
+        }
+        name => format!("no GPU kernel for {name} yet"),
+    }
+}
+
+/// Why `op` runs on the CPU under `ctx`, as the rule decided it.
+pub fn cpu_reason(op: &Arc<dyn ExecutionPlan>, ctx: &LoweringContext) -> String {
+    match lower(op, ctx) {
+        Err(reason) => reason,
+        Ok(stage) => {
+            let Some(stage) = stage.downcast_ref::<GpuStageExec>() else {
+                return "internal: lowering returned no stage".into();
+            };
+            match worth_it(stage, ctx)
+                .and_then(|()| ctx.device.fused_support(&stage.plan().program))
+            {
+                Err(reason) => reason,
+                Ok(()) => "supported, but not lowered".into(),
+            }
+        }
+    }
+}

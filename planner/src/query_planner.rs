@@ -1,0 +1,52 @@
+//! `KilnQueryPlanner`: DataFusion's physical planner with Kiln's extension
+//! planner, and EXPLAIN annotated with each operator's placement.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::common::Result;
+use datafusion::common::format::ExplainFormat;
+use datafusion::execution::context::QueryPlanner;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::explain::ExplainExec;
+use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
+
+use crate::lowering::explain::annotate_explain;
+use crate::vector_topk::KilnExtensionPlanner;
+
+/// See the module documentation.
+#[derive(Debug, Default)]
+pub struct KilnQueryPlanner;
+
+#[async_trait]
+impl QueryPlanner for KilnQueryPlanner {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session: &dyn Session,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let planner =
+            DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(KilnExtensionPlanner)]);
+        let plan = planner.create_physical_plan(logical_plan, session).await?;
+        if let LogicalPlan::Explain(e) = logical_plan
+            && e.explain_format == ExplainFormat::Indent
+            && e.logical_optimization_succeeded
+            && let Some(explain) = plan.downcast_ref::<ExplainExec>()
+        {
+            // ExplainExec holds only text: plan the statement again to know
+            // each operator, and annotate the final physical plan with where
+            // it runs. A statement that fails to plan keeps DataFusion's
+            // own explanation of the failure.
+            if let Ok(physical) = planner.create_physical_plan(&e.plan, session).await {
+                return Ok(Arc::new(annotate_explain(
+                    explain,
+                    &physical,
+                    session.config_options(),
+                )?));
+            }
+        }
+        Ok(plan)
+    }
+}

@@ -1,0 +1,465 @@
+//! GPU transforms: fallback invariance over the 22 TPC-H queries (wgpu on
+//! lavapipe against the CPU), EXPLAIN placement, and the switches.
+
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use kiln::{DeviceRequest, Session};
+use kiln_kernels::testing::required_backends;
+use kiln_kernels::{BackendKind, discover};
+
+use crate::common::*;
+
+const TABLES: [&str; 8] = [
+    "customer", "lineitem", "nation", "orders", "part", "partsupp", "region", "supplier",
+];
+
+fn has_wgpu() -> bool {
+    if discover().of(BackendKind::Wgpu).next().is_some() {
+        return true;
+    }
+    assert!(
+        !required_backends().contains(&BackendKind::Wgpu),
+        "KILN_TEST_REQUIRE names wgpu, but no adapter was found"
+    );
+    false
+}
+
+/// A session over TPC-H SF 0.01 with `settings` applied.
+async fn tpch_session(settings: &[&str]) -> Session {
+    let session = Session::builder()
+        .device("cpu".parse::<DeviceRequest>().unwrap())
+        .target_partitions(2)
+        .build()
+        .unwrap();
+    for t in TABLES {
+        let dir = tpch().join(t);
+        session
+            .register_parquet(t, &format!("{}/", dir.display()))
+            .await
+            .unwrap();
+    }
+    for s in settings {
+        run_sql(&session, s).await;
+    }
+    session
+}
+
+async fn run_sql(session: &Session, sql: &str) -> Vec<RecordBatch> {
+    match session.sql(sql).await {
+        Ok(df) => df.collect().await.unwrap_or_else(|e| panic!("{sql}: {e}")),
+        Err(e) => panic!("{sql}: {e}"),
+    }
+}
+
+async fn explain(session: &Session, sql: &str) -> String {
+    let mut out = String::new();
+    for b in run_sql(session, &format!("EXPLAIN {sql}")).await {
+        let (kinds, plans) = (
+            b.column(0).as_string::<i32>(),
+            b.column(1).as_string::<i32>(),
+        );
+        for i in 0..b.num_rows() {
+            if kinds.value(i) == "physical_plan" {
+                out.push_str(plans.value(i));
+            }
+        }
+    }
+    out
+}
+
+fn query(n: usize) -> String {
+    let path = format!(
+        "{}/benches/tpch/queries/q{n}.sql",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+const GPU: &[&str] = &["SET kiln.device = 'wgpu'", "SET kiln.gpu_min_rows = 0"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tpch_results_are_the_same_with_the_gpu_on_and_off() {
+    if !has_wgpu() {
+        return;
+    }
+    let cpu = tpch_session(&["SET kiln.device = 'cpu'"]).await;
+    let gpu = tpch_session(GPU).await;
+    let mut lowered = 0;
+    for n in 1..=22 {
+        let sql = query(n);
+        let want = pretty_format_batches(&run_sql(&cpu, &sql).await)
+            .unwrap()
+            .to_string();
+        let plan = explain(&gpu, &sql).await;
+        let got = pretty_format_batches(&run_sql(&gpu, &sql).await)
+            .unwrap()
+            .to_string();
+        assert_eq!(got, want, "Q{n} differs with the GPU on; plan:\n{plan}");
+        if plan.contains("GpuStageExec") {
+            lowered += 1;
+        }
+    }
+    // Most TPC-H queries filter or compute over numbers and dates; strings
+    // (LIKE, equality on names) keep some operators on the CPU.
+    assert!(
+        lowered >= 13,
+        "only {lowered} of 22 queries had a GPU stage"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_shows_placement_and_reasons() {
+    if !has_wgpu() {
+        return;
+    }
+    let gpu = tpch_session(GPU).await;
+    // Fully on the GPU: Q6's filter and its product.
+    let q6 = explain(&gpu, &query(6)).await;
+    let stage = q6
+        .lines()
+        .find(|l| l.contains("GpuStageExec"))
+        .unwrap_or_else(|| panic!("no stage in\n{q6}"));
+    assert!(stage.contains("device=wgpu:0"), "{stage}");
+    assert!(stage.contains("ops=[FilterExec"), "{stage}");
+    assert!(stage.contains("-- on wgpu:0"), "{stage}");
+    assert!(
+        !q6.contains("FilterExec:"),
+        "the filter should be in the stage:\n{q6}"
+    );
+    // A string predicate stays on the CPU and says why.
+    let strings = explain(
+        &gpu,
+        "SELECT l_orderkey FROM lineitem WHERE l_shipmode = 'MAIL'",
+    )
+    .await;
+    let filter = strings
+        .lines()
+        .find(|l| l.contains("FilterExec"))
+        .unwrap_or_else(|| panic!("no filter in\n{strings}"));
+    assert!(
+        filter.contains("-- cpu: ") && filter.contains("l_shipmode"),
+        "{filter}"
+    );
+    // The cost model keeps a small input on the CPU.
+    let small = tpch_session(&["SET kiln.device = 'wgpu'"]).await;
+    let plan = explain(
+        &small,
+        "SELECT n_nationkey + 1 FROM nation WHERE n_regionkey > 1",
+    )
+    .await;
+    assert!(!plan.contains("GpuStageExec"), "{plan}");
+    assert!(plan.contains("cost model: ~25 input rows"), "{plan}");
+    // Every operator line carries a placement.
+    for line in q6.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(line.contains(" -- "), "unannotated line: {line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switches_turn_gpu_operators_off() {
+    if !has_wgpu() {
+        return;
+    }
+    let sql = query(6);
+    let off = tpch_session(&[GPU[0], GPU[1], "SET kiln.gpu_transforms = false"]).await;
+    let plan = explain(&off, &sql).await;
+    assert!(!plan.contains("GpuStageExec"), "{plan}");
+    assert!(plan.contains("cpu: kiln.gpu_transforms is off"), "{plan}");
+    let no_filter = tpch_session(&[GPU[0], GPU[1], "SET kiln.gpu_filter = false"]).await;
+    let plan = explain(&no_filter, &sql).await;
+    assert!(plan.contains("cpu: kiln.gpu_filter is off"), "{plan}");
+    let cpu = tpch_session(&["SET kiln.device = 'cpu'"]).await;
+    let plan = explain(&cpu, &sql).await;
+    assert!(plan.contains("cpu: kiln.device is cpu:0"), "{plan}");
+}
+
+/// splitmix64: a seeded stream for the randomized suite.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len() as u64) as usize]
+    }
+}
+
+/// A table of every type the kernels compute on, a fifth of each column NULL.
+fn random_table(rows: usize, seed: u64) -> RecordBatch {
+    use datafusion::arrow::array::{
+        BooleanArray, Date32Array, Decimal128Array, Float64Array, Int32Array, Int64Array,
+    };
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+    let mut rng = Rng(seed);
+    let null = |rng: &mut Rng| rng.below(5) == 0;
+    let a: Int32Array = (0..rows)
+        .map(|_| (!null(&mut rng)).then(|| rng.below(2001) as i32 - 1000))
+        .collect();
+    let b: Int64Array = (0..rows)
+        .map(|_| (!null(&mut rng)).then(|| (rng.next() >> 20) as i64 - (1 << 43)))
+        .collect();
+    let c: Float64Array = (0..rows)
+        .map(|_| (!null(&mut rng)).then(|| (rng.below(1 << 20) as f64 - 524_288.0) / 64.0))
+        .collect();
+    let d: BooleanArray = (0..rows)
+        .map(|_| (!null(&mut rng)).then(|| rng.below(2) == 1))
+        .collect();
+    let e = (0..rows)
+        .map(|_| (!null(&mut rng)).then(|| rng.below(2_000_000) as i128 - 1_000_000))
+        .collect::<Decimal128Array>()
+        .with_precision_and_scale(12, 2)
+        .unwrap();
+    let f: Date32Array = (0..rows)
+        .map(|_| (!null(&mut rng)).then(|| 8000 + rng.below(4000) as i32))
+        .collect();
+    let schema = Schema::new(vec![
+        Field::new("a", DataType::Int32, true),
+        Field::new("b", DataType::Int64, true),
+        Field::new("c", DataType::Float64, true),
+        Field::new("d", DataType::Boolean, true),
+        Field::new("e", DataType::Decimal128(12, 2), true),
+        Field::new("f", DataType::Date32, true),
+    ]);
+    RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(a),
+            Arc::new(b),
+            Arc::new(c),
+            Arc::new(d),
+            Arc::new(e),
+            Arc::new(f),
+        ],
+    )
+    .unwrap()
+}
+
+/// Random SQL expressions of one type over the random table.
+struct ExprGen(Rng);
+
+impl ExprGen {
+    fn int(&mut self, depth: u32) -> String {
+        if depth == 0 || self.0.below(4) == 0 {
+            return self
+                .0
+                .pick(&[
+                    "b",
+                    "CAST(a AS BIGINT)",
+                    "7",
+                    "-3",
+                    "CAST(NULL AS BIGINT)",
+                    "b",
+                ])
+                .into();
+        }
+        let d = depth - 1;
+        match self.0.below(9) {
+            0 => format!("({} + {})", self.int(d), self.int(d)),
+            1 => format!("({} - {})", self.int(d), self.int(d)),
+            2 => format!("({} * {})", self.int(d), self.int(d)),
+            3 => format!("({} / {})", self.int(d), self.0.pick(&["3", "-7", "b"])),
+            4 => format!("({} % {})", self.int(d), self.0.pick(&["5", "a + 2000"])),
+            5 => format!(
+                "CASE WHEN {} THEN {} ELSE {} END",
+                self.boolean(d),
+                self.int(d),
+                self.int(d)
+            ),
+            6 => format!("COALESCE({}, {})", self.int(d), self.int(d)),
+            7 => format!("abs({})", self.int(d)),
+            _ => format!("(-({}))", self.int(d)),
+        }
+    }
+
+    fn float(&mut self, depth: u32) -> String {
+        if depth == 0 || self.0.below(4) == 0 {
+            return self
+                .0
+                .pick(&["c", "CAST(b AS DOUBLE)", "CAST(e AS DOUBLE)", "2.5", "c"])
+                .into();
+        }
+        let d = depth - 1;
+        match self.0.below(8) {
+            0 => format!("({} + {})", self.float(d), self.float(d)),
+            1 => format!("({} - {})", self.float(d), self.float(d)),
+            2 => format!("({} * {})", self.float(d), self.float(d)),
+            3 => format!("({} / {})", self.float(d), self.float(d)),
+            4 => format!(
+                "{}({})",
+                self.0.pick(&["round", "floor", "ceil", "abs"]),
+                self.float(d)
+            ),
+            5 => format!("sqrt(abs({}))", self.float(d)),
+            6 => format!("CASE WHEN {} THEN {} END", self.boolean(d), self.float(d)),
+            _ => format!("CAST({} AS DOUBLE)", self.int(d)),
+        }
+    }
+
+    fn decimal(&mut self, depth: u32) -> String {
+        if depth == 0 || self.0.below(3) == 0 {
+            return self
+                .0
+                .pick(&["e", "e", "CAST(1.25 AS DECIMAL(12,2))"])
+                .into();
+        }
+        let d = depth - 1;
+        match self.0.below(3) {
+            0 => format!("({} + {})", self.decimal(d), self.decimal(d)),
+            1 => format!("({} - e)", self.decimal(d)),
+            _ => format!("(e * {})", self.0.pick(&["e", "CAST(0.5 AS DECIMAL(3,1))"])),
+        }
+    }
+
+    fn boolean(&mut self, depth: u32) -> String {
+        if depth == 0 || self.0.below(5) == 0 {
+            return self
+                .0
+                .pick(&["d", "a > 0", "c < 0", "f >= DATE '2000-01-01'"])
+                .into();
+        }
+        let d = depth - 1;
+        let cmp = self.0.pick(&["=", "<>", "<", "<=", ">", ">="]);
+        match self.0.below(9) {
+            0 => format!("({} {cmp} {})", self.int(d), self.int(d)),
+            1 => format!("({} {cmp} {})", self.float(d), self.float(d)),
+            2 => format!("({} {cmp} {})", self.decimal(d), self.decimal(d)),
+            3 => format!("({} AND {})", self.boolean(d), self.boolean(d)),
+            4 => format!("({} OR {})", self.boolean(d), self.boolean(d)),
+            5 => format!("(NOT {})", self.boolean(d)),
+            6 => format!("({} IS {}NULL)", self.int(d), self.0.pick(&["", "NOT "])),
+            7 => format!(
+                "(a {}IN (1, -5, 17, {}))",
+                self.0.pick(&["", "NOT "]),
+                self.0.pick(&["NULL", "600"])
+            ),
+            _ => format!("(a BETWEEN {} AND 300)", self.0.pick(&["-300", "0"])),
+        }
+    }
+}
+
+/// Cells of a result as text, floats kept as numbers for a tolerant compare.
+fn cells(batches: &[RecordBatch]) -> Vec<Vec<Result<f64, String>>> {
+    use datafusion::arrow::datatypes::DataType;
+    use datafusion::arrow::util::display::ArrayFormatter;
+    let mut rows = Vec::new();
+    for b in batches {
+        let formatters: Vec<_> = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &Default::default()).unwrap())
+            .collect();
+        for r in 0..b.num_rows() {
+            rows.push(
+                b.columns()
+                    .iter()
+                    .zip(&formatters)
+                    .map(|(c, f)| {
+                        if c.data_type() == &DataType::Float64 && c.is_valid(r) {
+                            Ok(
+                                c.as_primitive::<datafusion::arrow::datatypes::Float64Type>()
+                                    .value(r),
+                            )
+                        } else {
+                            Err(f.value(r).to_string())
+                        }
+                    })
+                    .collect(),
+            );
+        }
+    }
+    rows
+}
+
+fn same(a: &Result<f64, String>, b: &Result<f64, String>) -> bool {
+    match (a, b) {
+        (Ok(x), Ok(y)) => {
+            x.to_bits() == y.to_bits()
+                || (x.is_nan() && y.is_nan())
+                || (x - y).abs() <= 1e-12 * x.abs().max(y.abs())
+        }
+        _ => a == b,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_expressions_match_datafusion_on_the_cpu() {
+    if !has_wgpu() {
+        return;
+    }
+    let table = random_table(3000, 42);
+    let make = |settings: &'static [&'static str]| {
+        let table = table.clone();
+        async move {
+            let session = Session::builder()
+                .device("cpu".parse::<DeviceRequest>().unwrap())
+                .target_partitions(1)
+                .build()
+                .unwrap();
+            session.context().register_batch("t", table).unwrap();
+            for s in settings {
+                run_sql(&session, s).await;
+            }
+            session
+        }
+    };
+    let cpu = make(&["SET kiln.device = 'cpu'"]).await;
+    let gpu = make(GPU).await;
+    let mut exprs = ExprGen(Rng(7));
+    let (mut lowered, mut errors, total) = (0, 0, 120);
+    for i in 0..total {
+        let sql = format!(
+            "SELECT {} AS i, {} AS x, {} AS p, {} AS m FROM t WHERE {}",
+            exprs.int(3),
+            exprs.float(3),
+            exprs.boolean(3),
+            exprs.decimal(2),
+            exprs.boolean(3)
+        );
+        let want = match cpu.sql(&sql).await {
+            Ok(df) => df.collect().await,
+            Err(e) => panic!("{sql}: {e}"),
+        };
+        let got = gpu.sql(&sql).await.unwrap().collect().await;
+        match (want, got) {
+            (Ok(want), Ok(got)) => {
+                let (w, g) = (cells(&want), cells(&got));
+                assert_eq!(w.len(), g.len(), "query {i}: row counts differ\n{sql}");
+                for (r, (wr, gr)) in w.iter().zip(&g).enumerate() {
+                    assert!(
+                        wr.iter().zip(gr).all(|(a, b)| same(a, b)),
+                        "query {i} row {r}: cpu {wr:?} gpu {gr:?}\n{sql}"
+                    );
+                }
+            }
+            (Err(w), Err(g)) => {
+                // Both fail (a division by zero): the same error.
+                assert_eq!(g.to_string(), w.to_string(), "{sql}");
+                errors += 1;
+            }
+            (w, g) => panic!("query {i}: cpu {:?} gpu {:?}\n{sql}", w.err(), g.err()),
+        }
+        if explain(&gpu, &sql).await.contains("GpuStageExec") {
+            lowered += 1;
+        }
+    }
+    eprintln!("{lowered} of {total} random queries had a GPU stage; {errors} failed on both");
+    assert!(
+        lowered >= total * 9 / 10,
+        "only {lowered} of {total} random queries ran on the GPU"
+    );
+    assert!(
+        errors < total / 4,
+        "{errors} of {total} queries failed on both"
+    );
+}
