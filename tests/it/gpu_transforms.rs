@@ -463,3 +463,44 @@ async fn random_expressions_match_datafusion_on_the_cpu() {
         "{errors} of {total} queries failed on both"
     );
 }
+
+/// Compares `text` with the golden file `tests/it/snapshots/NAME.txt`;
+/// `KILN_UPDATE_SNAPSHOTS=1` rewrites the file instead.
+fn snapshot(name: &str, text: &str) {
+    let path = format!(
+        "{}/tests/it/snapshots/{name}.txt",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    if std::env::var_os("KILN_UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&path, text).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{path}: {e} (KILN_UPDATE_SNAPSHOTS=1 writes it)"));
+    assert_eq!(text, want, "EXPLAIN differs from {path}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_placement_snapshots() {
+    if !has_wgpu() {
+        return;
+    }
+    // The data directory differs per run; the plan's text otherwise not.
+    let dir = tpch().display().to_string();
+    let normalize = |plan: String| plan.replace(dir.trim_start_matches('/'), "$TPCH");
+    let gpu = tpch_session(GPU).await;
+    // One fully on the GPU: TPC-H Q6's filter (its product is inside the sum).
+    snapshot("q6_wgpu", &normalize(explain(&gpu, &query(6)).await));
+    // One with a string fallback: the string conjunct keeps the filter on the
+    // CPU, the arithmetic above it still runs on the GPU.
+    let mixed = "SELECT l_orderkey, l_extendedprice * (1 - l_discount) * (1 + l_tax) AS charge \
+                 FROM lineitem WHERE l_shipmode = 'MAIL' AND l_quantity < 10";
+    snapshot(
+        "string_fallback_wgpu",
+        &normalize(explain(&gpu, mixed).await),
+    );
+    // One kept on the CPU by the cost model (the default kiln.gpu_min_rows).
+    let costed = tpch_session(&["SET kiln.device = 'wgpu'"]).await;
+    let small = "SELECT n_nationkey * 2 + n_regionkey AS x FROM nation WHERE n_regionkey > 1";
+    snapshot("cost_model_cpu", &normalize(explain(&costed, small).await));
+}
