@@ -126,6 +126,8 @@ pub struct CudaDevice {
     stream: Arc<CudaStream>,
     arch: (i32, i32),
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    /// Generated fused relational kernels by program fingerprint.
+    fused: Mutex<HashMap<u64, Arc<CudaModule>>>,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -153,6 +155,7 @@ impl CudaDevice {
             stream,
             arch,
             modules: Mutex::new(HashMap::new()),
+            fused: Mutex::new(HashMap::new()),
         })
     }
 
@@ -226,5 +229,136 @@ impl BackendDevice for CudaDevice {
         // four buffers hold `n` elements and the kernel touches indices < n only.
         unsafe { launch.launch(config) }?;
         Ok(CudaBuffer { slice: Some(out) })
+    }
+}
+
+impl CudaDevice {
+    /// The compiled module of a generated fused program, by fingerprint.
+    fn fused_module(&self, program: &crate::codegen::Program) -> Result<Arc<CudaModule>> {
+        let key = program.fingerprint();
+        let mut cache = self
+            .fused
+            .lock()
+            .map_err(|_| KernelError::Internal("CUDA fused module cache poisoned".into()))?;
+        if let Some(m) = cache.get(&key) {
+            return Ok(Arc::clone(m));
+        }
+        let source = crate::codegen::cuda::generate(program).map_err(|detail| {
+            KernelError::InvalidInput {
+                kernel: "fused",
+                detail,
+            }
+        })?;
+        let name = format!("fused_{key:016x}.cu");
+        let ptx = compile_ptx(&name, &source, Some(self.arch))?;
+        let module = self.ctx.load_module(ptx)?;
+        cache.insert(key, Arc::clone(&module));
+        Ok(module)
+    }
+
+    /// Whether `program` compiles for this device (compiled once, cached).
+    pub fn fused_support(
+        &self,
+        program: &crate::codegen::Program,
+    ) -> std::result::Result<(), String> {
+        self.fused_module(program).map(|_| ()).map_err(|e| match e {
+            KernelError::InvalidInput { detail, .. } => detail,
+            other => other.to_string(),
+        })
+    }
+
+    /// Runs a generated fused program (see [`crate::codegen`]): the same
+    /// layout and passes as the wgpu launch. Not yet run on a GPU.
+    pub fn run_fused(
+        &self,
+        program: &crate::codegen::Program,
+        rows: usize,
+        inputs: &[Option<crate::codegen::ColumnData<'_>>],
+    ) -> Result<crate::codegen::FusedOutput> {
+        use crate::codegen::{FusedOutput, Layout, OutColumn};
+        let module = self.fused_module(program)?;
+        let mut out = FusedOutput::default();
+        if rows == 0 {
+            out.columns = program
+                .outputs
+                .iter()
+                .map(|e| OutColumn {
+                    ty: e.ty(),
+                    values: Vec::new(),
+                    valid: Vec::new(),
+                })
+                .collect();
+            return Ok(out);
+        }
+        let layout = Layout::new(program, rows, inputs)?;
+        let nblocks = layout.blocks();
+        let data = self.stream.clone_htod(&layout.data())?;
+        let params = self.stream.clone_htod(&layout.params)?;
+        let mut outw = self.stream.alloc_zeros::<u32>(layout.out_words.max(1))?;
+        let mut blocks = self.stream.alloc_zeros::<u32>(2 * nblocks + 1)?;
+        let mut flag = self.stream.alloc_zeros::<u32>(1)?;
+        let x = (nblocks as u64).min(u64::from(MAX_BLOCKS)) as u32;
+        let y = (nblocks as u64).div_ceil(u64::from(x.max(1))) as u32;
+        let grid = LaunchConfig {
+            grid_dim: (x.max(1), y.max(1), 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let single = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            ..grid
+        };
+        let has_predicate = program.predicate.is_some();
+        let passes: &[(&str, LaunchConfig)] = if has_predicate {
+            &[
+                ("kiln_count", grid),
+                ("kiln_scan", single),
+                ("kiln_emit", grid),
+            ]
+        } else {
+            &[("kiln_emit", grid)]
+        };
+        for (entry, config) in passes {
+            let function = module.load_function(entry)?;
+            let mut launch = self.stream.launch_builder(&function);
+            launch
+                .arg(&data)
+                .arg(&params)
+                .arg(&mut outw)
+                .arg(&mut blocks)
+                .arg(&mut flag);
+            // SAFETY: every generated kernel takes (const u32* data, const u32*
+            // params, u32* outw, u32* blocks, u32* flag), matching the pushed
+            // arguments; the buffers are sized by `layout` as the generated
+            // code indexes them (inputs and outputs by `params`, 2·blocks+1
+            // block counters, one flag word), and the grid covers `nblocks`.
+            unsafe { launch.launch(*config) }?;
+        }
+        let head = self
+            .stream
+            .clone_dtoh(&blocks.slice(2 * nblocks..2 * nblocks + 1))?;
+        let flagged = self.stream.clone_dtoh(&flag)?;
+        out.bytes_up = ((layout.data_words + layout.params.len()) * 4) as u64;
+        out.bytes_down = 8;
+        if flagged.first().copied().unwrap_or(0) != 0 {
+            out.needs_cpu = true;
+            return Ok(out);
+        }
+        let kept = if has_predicate {
+            head.first().copied().unwrap_or(0) as usize
+        } else {
+            rows
+        };
+        let mut words = Vec::new();
+        for (at, len) in layout.kept_ranges(kept) {
+            if len > 0 {
+                words.extend(self.stream.clone_dtoh(&outw.slice(at..at + len))?);
+            }
+        }
+        out.bytes_down += (words.len() * 4) as u64;
+        let (columns, indices) = layout.split(program, kept, &words);
+        out.columns = columns;
+        out.indices = indices;
+        Ok(out)
     }
 }

@@ -7,6 +7,7 @@
 //! [`FusedOutput`] carries the compacted result back.
 
 pub mod cuda;
+pub mod emit;
 pub mod ir;
 pub mod wgsl;
 
@@ -60,7 +61,7 @@ impl crate::Device {
     pub fn fused_support(&self, program: &Program) -> Result<(), String> {
         match self {
             crate::Device::Wgpu(d) => d.fused_support(program),
-            crate::Device::Cuda(_) => cuda::generate(program).map(|_| ()),
+            crate::Device::Cuda(d) => d.fused_support(program),
             crate::Device::Cpu(_) => Err("the CPU runs DataFusion's own operators".into()),
         }
     }
@@ -79,7 +80,8 @@ impl crate::Device {
     pub fn fused_max_rows(&self, program: &Program) -> usize {
         match self {
             crate::Device::Wgpu(d) => d.fused_max_rows(program),
-            _ => 1 << 20,
+            // `params` holds u32 word offsets: a buffer of at most 2^32 words.
+            _ => max_launch_rows(program, u32::MAX as usize * 4),
         }
     }
 
@@ -92,7 +94,8 @@ impl crate::Device {
     ) -> crate::Result<FusedOutput> {
         match self {
             crate::Device::Wgpu(d) => d.run_fused(program, rows, inputs),
-            _ => Err(crate::KernelError::InvalidInput {
+            crate::Device::Cuda(d) => d.run_fused(program, rows, inputs),
+            crate::Device::Cpu(_) => Err(crate::KernelError::InvalidInput {
                 kernel: "fused",
                 detail: self
                     .fused_support(program)
@@ -100,5 +103,181 @@ impl crate::Device {
                     .unwrap_or_else(|| "not supported on this device".into()),
             }),
         }
+    }
+}
+
+/// Where one launch's inputs and outputs live in the kernel's word buffers,
+/// as the generated modules of every dialect read them (see [`wgsl`]).
+pub struct Layout<'a> {
+    /// The `params` words: row count, input offsets, output offsets.
+    pub params: Vec<u32>,
+    /// Input bytes and the word offset each goes to in `data`.
+    pub placed: Vec<(usize, &'a [u8])>,
+    /// Words of `data`.
+    pub data_words: usize,
+    /// Per output: (values offset, words per value, validity offset).
+    regions: Vec<(usize, usize, usize)>,
+    index_region: usize,
+    /// Words of `outw`.
+    pub out_words: usize,
+    pub rows: usize,
+}
+
+/// The most rows one launch of `program` takes when its input and output
+/// buffers may each hold `limit_bytes`.
+pub fn max_launch_rows(program: &Program, limit_bytes: usize) -> usize {
+    let in_bytes: usize = program
+        .inputs
+        .iter()
+        .map(|t| t.width() + 1)
+        .sum::<usize>()
+        .max(1);
+    let out_bytes: usize = program
+        .outputs
+        .iter()
+        .map(|e| e.ty().width() + 4)
+        .sum::<usize>()
+        + 4;
+    (limit_bytes / in_bytes)
+        .min(limit_bytes / out_bytes)
+        .min(1 << 24)
+        .max(wgsl::BLOCK as usize)
+}
+
+/// `params` value marking a column without NULLs.
+pub const NO_VALIDITY: u32 = u32::MAX;
+
+impl<'a> Layout<'a> {
+    /// Lays out `rows` rows of `inputs` (`None` for a column nothing reads).
+    pub fn new(
+        program: &Program,
+        rows: usize,
+        inputs: &[Option<ColumnData<'a>>],
+    ) -> crate::Result<Layout<'a>> {
+        let invalid = |detail: String| crate::KernelError::InvalidInput {
+            kernel: "fused",
+            detail,
+        };
+        if inputs.len() != program.inputs.len() {
+            return Err(invalid(format!(
+                "{} input columns for a program of {}",
+                inputs.len(),
+                program.inputs.len()
+            )));
+        }
+        let mut params: Vec<u32> = vec![rows as u32, 0];
+        let mut words = 0usize;
+        let mut placed: Vec<(usize, &'a [u8])> = Vec::new();
+        let used = program.used_inputs();
+        for (c, (input, ty)) in inputs.iter().zip(&program.inputs).enumerate() {
+            match input {
+                Some(col) if used[c] => {
+                    if col.ty != *ty || col.values.len() != rows * ty.width() {
+                        return Err(invalid(format!(
+                            "input {c}: {} bytes of {} for {rows} rows of {ty}",
+                            col.values.len(),
+                            col.ty
+                        )));
+                    }
+                    params.push(words as u32);
+                    placed.push((words, col.values));
+                    words += col.values.len() / 4;
+                    match col.validity {
+                        Some(bits) if bits.len() >= rows.div_ceil(32) => {
+                            let bits = &bits[..rows.div_ceil(32)];
+                            params.push(words as u32);
+                            placed.push((words, bytemuck::cast_slice(bits)));
+                            words += bits.len();
+                        }
+                        Some(_) => {
+                            return Err(invalid(format!(
+                                "input {c}: validity shorter than {rows} rows"
+                            )));
+                        }
+                        None => params.push(NO_VALIDITY),
+                    }
+                }
+                _ if used[c] => {
+                    return Err(invalid(format!("input {c} is read but was not given")));
+                }
+                _ => params.extend([0, NO_VALIDITY]),
+            }
+        }
+        let mut out_words = 0usize;
+        let mut regions = Vec::new();
+        for e in &program.outputs {
+            let w = e.ty().width() / 4;
+            params.push(out_words as u32);
+            params.push((out_words + rows * w) as u32);
+            regions.push((out_words, w, out_words + rows * w));
+            out_words += rows * (w + 1);
+        }
+        params.push(out_words as u32);
+        let index_region = out_words;
+        out_words += rows;
+        Ok(Layout {
+            params,
+            placed,
+            data_words: words,
+            regions,
+            index_region,
+            out_words,
+            rows,
+        })
+    }
+
+    /// Blocks of [`wgsl::BLOCK`] rows.
+    pub fn blocks(&self) -> usize {
+        self.rows.div_ceil(wgsl::BLOCK as usize)
+    }
+
+    /// The `data` buffer's contents, assembled on the host.
+    pub fn data(&self) -> Vec<u32> {
+        let mut data = vec![0u32; self.data_words.max(1)];
+        for (at, bytes) in &self.placed {
+            let words: &[u32] = bytemuck::cast_slice(bytes);
+            data[*at..*at + words.len()].copy_from_slice(words);
+        }
+        data
+    }
+
+    /// The (offset, length) word ranges of `outw` holding `kept` rows, in
+    /// the order [`Layout::split`] reads them.
+    pub fn kept_ranges(&self, kept: usize) -> Vec<(usize, usize)> {
+        let mut copies = Vec::new();
+        for &(values, w, validity) in &self.regions {
+            copies.push((values, kept * w));
+            copies.push((validity, kept));
+        }
+        copies.push((self.index_region, kept));
+        copies
+    }
+
+    /// Splits the words of [`Layout::kept_ranges`], concatenated, into
+    /// output columns and row indices.
+    pub fn split(
+        &self,
+        program: &Program,
+        kept: usize,
+        words: &[u32],
+    ) -> (Vec<OutColumn>, Vec<u32>) {
+        let mut rest = words;
+        let mut take = |n: usize| {
+            let (head, tail) = rest.split_at(n.min(rest.len()));
+            rest = tail;
+            head.to_vec()
+        };
+        let mut columns = Vec::new();
+        for (e, &(_, w, _)) in program.outputs.iter().zip(&self.regions) {
+            let values = take(kept * w);
+            let valid = take(kept);
+            columns.push(OutColumn {
+                ty: e.ty(),
+                values,
+                valid,
+            });
+        }
+        let indices = take(kept);
+        (columns, indices)
     }
 }

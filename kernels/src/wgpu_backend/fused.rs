@@ -12,8 +12,8 @@ use wgpu::util::DeviceExt;
 
 use super::{WgpuDevice, grid};
 use crate::codegen::ir::Program;
-use crate::codegen::wgsl::{self, BLOCK};
-use crate::codegen::{ColumnData, FusedOutput, OutColumn};
+use crate::codegen::wgsl;
+use crate::codegen::{ColumnData, FusedOutput, Layout, OutColumn, max_launch_rows};
 use crate::error::{KernelError, Result};
 
 /// The pipelines of one generated module.
@@ -26,8 +26,6 @@ pub(super) struct FusedPipelines {
 
 /// Compiled fused modules by program fingerprint.
 pub(super) type FusedCache = Mutex<HashMap<u64, Arc<FusedPipelines>>>;
-
-const NO_VALIDITY: u32 = u32::MAX;
 
 impl WgpuDevice {
     /// Why this device cannot run `program`, if it cannot: WGSL generation
@@ -70,23 +68,8 @@ impl WgpuDevice {
     /// The most rows one [`Self::run_fused`] launch takes: inputs and outputs
     /// must each fit one storage binding.
     pub fn fused_max_rows(&self, program: &Program) -> usize {
-        let in_bytes: usize = program
-            .inputs
-            .iter()
-            .map(|t| t.width() + 1)
-            .sum::<usize>()
-            .max(1);
-        let out_bytes: usize = program
-            .outputs
-            .iter()
-            .map(|e| e.ty().width() + 4)
-            .sum::<usize>()
-            + 4;
         let binding = (self.limits.max_storage_buffer_binding_size as usize).min(1 << 30);
-        (binding / in_bytes)
-            .min(binding / out_bytes)
-            .min(1 << 24)
-            .max(BLOCK as usize)
+        max_launch_rows(program, binding)
     }
 
     fn fused_pipelines(&self, program: &Program) -> Result<Arc<FusedPipelines>> {
@@ -174,22 +157,14 @@ impl WgpuDevice {
         rows: usize,
         inputs: &[Option<ColumnData<'_>>],
     ) -> Result<FusedOutput> {
-        let invalid = |detail: String| KernelError::InvalidInput {
-            kernel: "fused",
-            detail,
-        };
-        if inputs.len() != program.inputs.len() {
-            return Err(invalid(format!(
-                "{} input columns for a program of {}",
-                inputs.len(),
-                program.inputs.len()
-            )));
-        }
         if rows > self.fused_max_rows(program) {
-            return Err(invalid(format!(
-                "{rows} rows exceed the launch limit of {}",
-                self.fused_max_rows(program)
-            )));
+            return Err(KernelError::InvalidInput {
+                kernel: "fused",
+                detail: format!(
+                    "{rows} rows exceed the launch limit of {}",
+                    self.fused_max_rows(program)
+                ),
+            });
         }
         let pipelines = self.fused_pipelines(program)?;
         let mut out = FusedOutput::default();
@@ -197,69 +172,18 @@ impl WgpuDevice {
             out.columns = empty_columns(program);
             return Ok(out);
         }
-
-        // Input layout: every column's values, then its validity bitmap.
-        let mut meta: Vec<u32> = vec![rows as u32, 0];
-        let mut words = 0usize;
-        let mut placed: Vec<(usize, &[u8])> = Vec::new();
-        let used = program.used_inputs();
-        for (c, (input, ty)) in inputs.iter().zip(&program.inputs).enumerate() {
-            match input {
-                Some(col) if used[c] => {
-                    if col.ty != *ty || col.values.len() != rows * ty.width() {
-                        return Err(invalid(format!(
-                            "input {c}: {} bytes of {} for {rows} rows of {ty}",
-                            col.values.len(),
-                            col.ty
-                        )));
-                    }
-                    meta.push(words as u32);
-                    placed.push((words, col.values));
-                    words += col.values.len() / 4;
-                    match col.validity {
-                        Some(bits) if bits.len() >= rows.div_ceil(32) => {
-                            meta.push(words as u32);
-                            let bits = &bits[..rows.div_ceil(32)];
-                            placed.push((words, bytemuck::cast_slice(bits)));
-                            words += bits.len();
-                        }
-                        Some(_) => {
-                            return Err(invalid(format!(
-                                "input {c}: validity shorter than {rows} rows"
-                            )));
-                        }
-                        None => meta.push(NO_VALIDITY),
-                    }
-                }
-                Some(_) | None if used[c] => {
-                    return Err(invalid(format!("input {c} is read but was not given")));
-                }
-                _ => meta.extend([0, NO_VALIDITY]),
-            }
-        }
-        // Output layout: per output values then validity, then row indices.
-        let mut out_words = 0usize;
-        let mut regions = Vec::new();
-        for e in &program.outputs {
-            let w = e.ty().width() / 4;
-            meta.push(out_words as u32);
-            meta.push((out_words + rows * w) as u32);
-            regions.push((out_words, w, out_words + rows * w));
-            out_words += rows * (w + 1);
-        }
-        meta.push(out_words as u32);
-        let index_region = out_words;
-        out_words += rows;
-        let nblocks = rows.div_ceil(BLOCK as usize);
+        let layout = Layout::new(program, rows, inputs)?;
+        let (words, out_words, nblocks) = (layout.data_words, layout.out_words, layout.blocks());
+        let (meta, placed) = (&layout.params, &layout.placed);
 
         let total = self.scoped("fused kernel", || {
             let data = self.storage_buffer("fused inputs", words.max(1))?;
-            for (at, bytes) in &placed {
+            for (at, bytes) in placed {
                 self.queue.write_buffer(&data, (*at * 4) as u64, bytes);
             }
             let meta_buf = self.init_buffer(
                 "fused meta",
-                bytemuck::cast_slice(&meta),
+                bytemuck::cast_slice(meta),
                 wgpu::BufferUsages::STORAGE,
             );
             let outw = self.storage_buffer("fused outputs", out_words)?;
@@ -330,12 +254,7 @@ impl WgpuDevice {
         };
 
         // Read back the kept prefix of every region in one copy.
-        let mut copies: Vec<(usize, usize)> = Vec::new();
-        for &(values, w, validity) in &regions {
-            copies.push((values, kept * w));
-            copies.push((validity, kept));
-        }
-        copies.push((index_region, kept));
+        let copies = layout.kept_ranges(kept);
         let all: usize = copies.iter().map(|c| c.1).sum();
         let words_back = self.scoped("fused read-back", || {
             let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -364,22 +283,9 @@ impl WgpuDevice {
             self.map_words(&staging)
         })?;
         out.bytes_down += (all * 4) as u64;
-        let mut rest = &words_back[..];
-        let mut take = |n: usize| {
-            let (head, tail) = rest.split_at(n);
-            rest = tail;
-            head.to_vec()
-        };
-        for (e, &(_, w, _)) in program.outputs.iter().zip(&regions) {
-            let values = take(kept * w);
-            let valid = take(kept);
-            out.columns.push(OutColumn {
-                ty: e.ty(),
-                values,
-                valid,
-            });
-        }
-        out.indices = take(kept);
+        let (columns, indices) = layout.split(program, kept, &words_back);
+        out.columns = columns;
+        out.indices = indices;
         Ok(out)
     }
 

@@ -52,3 +52,154 @@ fn a_compile_error_carries_nvrtc_log() {
         other => panic!("expected a compile error, got {other:?}"),
     }
 }
+
+/// Programs that together use every IR node on every device type.
+fn kitchen_sink() -> Vec<kiln_kernels::codegen::Program> {
+    use kiln_kernels::codegen::{BinOp, Expr, Program, Ty, UnOp, Value};
+    let dec = Ty::Decimal {
+        precision: 15,
+        scale: 2,
+    };
+    let inputs = vec![
+        Ty::I32,
+        Ty::I64,
+        Ty::F32,
+        Ty::F64,
+        Ty::Bool,
+        dec,
+        Ty::U32,
+        Ty::U64,
+    ];
+    let col = |i: usize| Expr::column(i, inputs[i]);
+    let int = |v: i64, t: Ty| Expr::lit(Value::Int(v), t);
+    let mut outputs = Vec::new();
+    for (i, t) in inputs.iter().enumerate() {
+        if *t == Ty::Bool {
+            continue;
+        }
+        for op in [BinOp::Add, BinOp::Sub, BinOp::Mul] {
+            outputs.push(Expr::binary(op, col(i), col(i)));
+        }
+        if !matches!(t, Ty::Decimal { .. }) {
+            outputs.push(Expr::binary(BinOp::Div, col(i), col(i)));
+        }
+        if t.is_integer() {
+            outputs.push(Expr::binary(BinOp::Mod, col(i), col(i)));
+        }
+        for op in [BinOp::Eq, BinOp::Lt, BinOp::GtEq] {
+            outputs.push(Expr::binary(op, col(i), col(i)));
+        }
+        if t.is_signed() {
+            outputs.push(Expr::unary(UnOp::Neg, col(i)));
+            outputs.push(Expr::unary(UnOp::Abs, col(i)));
+        }
+    }
+    for f in [2, 3] {
+        for op in [
+            UnOp::Floor,
+            UnOp::Ceil,
+            UnOp::Round,
+            UnOp::Sqrt,
+            UnOp::Exp,
+            UnOp::Ln,
+        ] {
+            outputs.push(Expr::unary(op, col(f)));
+        }
+        outputs.push(Expr::binary(BinOp::Pow, col(f), col(f)));
+        outputs.push(Expr::binary(BinOp::Mod, col(f), col(f)));
+    }
+    outputs.extend([
+        Expr::cast(col(0), Ty::I64),
+        Expr::cast(col(0), Ty::F64),
+        Expr::cast(col(1), Ty::F32),
+        Expr::cast(col(2), Ty::F64),
+        Expr::cast(col(6), Ty::U64),
+        Expr::cast(col(5), Ty::F64),
+        Expr::cast(
+            col(1),
+            Ty::Decimal {
+                precision: 18,
+                scale: 2,
+            },
+        ),
+        Expr::cast(
+            col(5),
+            Ty::Decimal {
+                precision: 20,
+                scale: 4,
+            },
+        ),
+        Expr::binary(BinOp::And, col(4), Expr::unary(UnOp::Not, col(4))),
+        Expr::binary(BinOp::Or, col(4), Expr::unary(UnOp::IsNull, col(1))),
+        Expr::Case {
+            branches: vec![
+                (col(4), col(1)),
+                (Expr::unary(UnOp::IsNotNull, col(0)), int(-1, Ty::I64)),
+            ],
+            otherwise: None,
+            ty: Ty::I64,
+        },
+        Expr::Coalesce {
+            args: vec![col(3), Expr::lit(Value::Float(f64::NAN), Ty::F64)],
+        },
+        Expr::InList {
+            arg: Box::new(col(0)),
+            list: vec![int(1, Ty::I32), Expr::lit(Value::Null, Ty::I32)],
+            negated: true,
+        },
+    ]);
+    let predicate = Expr::binary(BinOp::Gt, col(1), int(i64::MIN, Ty::I64));
+    vec![
+        Program {
+            inputs: inputs.clone(),
+            predicate: Some(predicate),
+            outputs: outputs.clone(),
+        },
+        Program {
+            inputs,
+            predicate: None,
+            outputs,
+        },
+    ]
+}
+
+#[test]
+fn generated_fused_kernels_compile_for_cuda() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    for program in kitchen_sink() {
+        let source = kiln_kernels::codegen::cuda::generate(&program).unwrap();
+        for arch in [Some((8, 0)), Some((9, 0))] {
+            let ptx = compile_ptx("fused.cu", &source, arch)
+                .unwrap_or_else(|e| panic!("{arch:?}: {e}\n{source}"));
+            let text = ptx.to_src();
+            for entry in ["kiln_count", "kiln_scan", "kiln_emit"] {
+                assert!(text.contains(entry), "{entry} missing from PTX");
+            }
+        }
+    }
+}
+
+#[test]
+fn wgsl_refuses_what_vulkan_cannot_compute_exactly() {
+    use kiln_kernels::codegen::{BinOp, Expr, Program, Ty, UnOp};
+    let f64_exp = Program {
+        inputs: vec![Ty::F64],
+        predicate: None,
+        outputs: vec![Expr::unary(UnOp::Exp, Expr::column(0, Ty::F64))],
+    };
+    let fmod = Program {
+        inputs: vec![Ty::F32],
+        predicate: None,
+        outputs: vec![Expr::binary(
+            BinOp::Mod,
+            Expr::column(0, Ty::F32),
+            Expr::column(0, Ty::F32),
+        )],
+    };
+    for p in [&f64_exp, &fmod] {
+        assert!(kiln_kernels::codegen::wgsl::generate(p).is_err());
+        assert!(kiln_kernels::codegen::cuda::generate(p).is_ok());
+    }
+}

@@ -377,7 +377,7 @@ fn decimals_scale_and_flag_what_the_device_cannot_compute() {
         scale: 2,
     };
     // price * (1.00 - discount), with the literal 1.00 at scale 2.
-    let price = [104_949_50i64, 1, -250, 90_000_00];
+    let price = [10_494_950_i64, 1, -250, 9_000_000]; // in cents
     let discount = [5i64, 10, 0, 100];
     let program = Program {
         inputs: vec![d15_2, d4_2],

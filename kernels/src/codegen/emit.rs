@@ -1,0 +1,656 @@
+//! The per-row code of a fused kernel, written once for both target
+//! languages: [`Dialect::Wgsl`] and [`Dialect::Cuda`] differ only in
+//! spelling (types, casts, bit reinterpretation, wrapping arithmetic), which
+//! the methods of [`Dialect`] supply.
+//!
+//! Every expression node becomes straight-line statements computing a value
+//! and a validity flag, so NULL handling is explicit. Both languages' module
+//! templates (in [`super::wgsl`] and [`super::cuda`]) provide the helpers
+//! used here: `data`/`params`/`outw`, `ld64`, `st64`, `is_valid`, `raise`,
+//! `key32`, `key64`.
+
+use std::fmt::Write as _;
+
+use super::ir::{BinOp, Expr, Program, Ty, UnOp, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Wgsl,
+    Cuda,
+}
+
+impl Dialect {
+    pub fn ty(self, t: Ty) -> &'static str {
+        match (self, t) {
+            (Dialect::Wgsl, Ty::Bool) => "bool",
+            (Dialect::Wgsl, Ty::I32) => "i32",
+            (Dialect::Wgsl, Ty::U32) => "u32",
+            (Dialect::Wgsl, Ty::F32) => "f32",
+            (Dialect::Wgsl, Ty::I64 | Ty::Decimal { .. }) => "i64",
+            (Dialect::Wgsl, Ty::U64) => "u64",
+            (Dialect::Wgsl, Ty::F64) => "f64",
+            (Dialect::Cuda, Ty::Bool) => "bool",
+            (Dialect::Cuda, Ty::I32) => "int",
+            (Dialect::Cuda, Ty::U32) => "unsigned int",
+            (Dialect::Cuda, Ty::F32) => "float",
+            (Dialect::Cuda, Ty::I64 | Ty::Decimal { .. }) => "long long",
+            (Dialect::Cuda, Ty::U64) => "unsigned long long",
+            (Dialect::Cuda, Ty::F64) => "double",
+        }
+    }
+
+    /// An immutable local.
+    fn let_(self, name: &str, t: Ty, value: &str) -> String {
+        match self {
+            Dialect::Wgsl => format!("    let {name}: {} = {value};\n", self.ty(t)),
+            Dialect::Cuda => format!("    const {} {name} = {value};\n", self.ty(t)),
+        }
+    }
+
+    /// A mutable local.
+    fn var(self, name: &str, t: Ty, value: &str) -> String {
+        match self {
+            Dialect::Wgsl => format!("    var {name}: {} = {value};\n", self.ty(t)),
+            Dialect::Cuda => format!("    {} {name} = {value};\n", self.ty(t)),
+        }
+    }
+
+    /// `if c { t } else { f }` as an expression.
+    pub fn select(self, f: &str, t: &str, c: &str) -> String {
+        match self {
+            Dialect::Wgsl => format!("select({f}, {t}, {c})"),
+            Dialect::Cuda => format!("(({c}) ? ({t}) : ({f}))"),
+        }
+    }
+
+    /// A value conversion (numeric cast) to `t`.
+    fn convert(self, t: Ty, x: &str) -> String {
+        match self {
+            Dialect::Wgsl => format!("{}({x})", self.ty(t)),
+            Dialect::Cuda => format!("(({})({x}))", self.ty(t)),
+        }
+    }
+
+    /// The value of type `t` whose bits are the 32-bit word `w`.
+    fn of_bits32(self, t: Ty, w: &str) -> String {
+        match (self, t) {
+            (_, Ty::U32) => w.to_string(),
+            (Dialect::Wgsl, _) => format!("bitcast<{}>({w})", self.ty(t)),
+            (Dialect::Cuda, Ty::F32) => format!("__uint_as_float({w})"),
+            (Dialect::Cuda, _) => format!("((int)({w}))"),
+        }
+    }
+
+    /// The value of type `t` whose bits are the 64-bit word `w`.
+    fn of_bits64(self, t: Ty, w: &str) -> String {
+        match (self, t) {
+            (_, Ty::U64) => w.to_string(),
+            (Dialect::Wgsl, _) => format!("bitcast<{}>({w})", self.ty(t)),
+            (Dialect::Cuda, Ty::F64) => format!("__longlong_as_double((long long)({w}))"),
+            (Dialect::Cuda, _) => format!("((long long)({w}))"),
+        }
+    }
+
+    /// The bits of `x` (of type `t`) as a 32-bit word.
+    pub fn to_bits32(self, t: Ty, x: &str) -> String {
+        match (self, t) {
+            (_, Ty::U32) => x.to_string(),
+            (Dialect::Wgsl, _) => format!("bitcast<u32>({x})"),
+            (Dialect::Cuda, Ty::F32) => format!("__float_as_uint({x})"),
+            (Dialect::Cuda, _) => format!("((unsigned int)({x}))"),
+        }
+    }
+
+    /// The bits of `x` (of type `t`) as a 64-bit word.
+    pub fn to_bits64(self, t: Ty, x: &str) -> String {
+        match (self, t) {
+            (_, Ty::U64) => x.to_string(),
+            (Dialect::Wgsl, _) => format!("bitcast<u64>({x})"),
+            (Dialect::Cuda, Ty::F64) => {
+                format!("((unsigned long long)__double_as_longlong({x}))")
+            }
+            (Dialect::Cuda, _) => format!("((unsigned long long)({x}))"),
+        }
+    }
+
+    fn u32_lit(self, bits: u32) -> String {
+        format!("{bits:#x}u")
+    }
+
+    fn u64_lit(self, bits: u64) -> String {
+        match self {
+            Dialect::Wgsl => format!(
+                "((u64({:#x}u) << 32u) | u64({:#x}u))",
+                bits >> 32,
+                bits & 0xffff_ffff
+            ),
+            Dialect::Cuda => format!("{bits:#x}ULL"),
+        }
+    }
+
+    /// A constant of type `t`, exact to the bit.
+    pub fn literal(self, value: Value, t: Ty) -> String {
+        let as_i64 = match value {
+            Value::Int(i) => i,
+            Value::UInt(u) => u as i64,
+            Value::Bool(b) => i64::from(b),
+            Value::Float(f) => f as i64,
+            Value::Null => 0,
+        };
+        let float = if let Value::Float(f) = value { f } else { 0.0 };
+        match t {
+            Ty::Bool => (as_i64 != 0).to_string(),
+            Ty::I32 | Ty::U32 => self.of_bits32(t, &self.u32_lit(as_i64 as u32)),
+            Ty::F32 => self.of_bits32(t, &self.u32_lit((float as f32).to_bits())),
+            Ty::I64 | Ty::U64 | Ty::Decimal { .. } => {
+                self.of_bits64(t, &self.u64_lit(as_i64 as u64))
+            }
+            Ty::F64 => self.of_bits64(t, &self.u64_lit(float.to_bits())),
+        }
+    }
+
+    fn zero(self, t: Ty) -> String {
+        self.literal(Value::Int(0), t)
+    }
+
+    fn f64(self, x: f64) -> String {
+        self.literal(Value::Float(x), Ty::F64)
+    }
+
+    /// `l op r` for `+ - *` on type `t`, wrapping on integer overflow as
+    /// Arrow's kernels do (C's signed overflow is undefined, so CUDA
+    /// computes in the unsigned type).
+    fn wrapping(self, sym: &str, t: Ty, l: &str, r: &str) -> String {
+        match (self, t) {
+            (Dialect::Cuda, Ty::I32) => {
+                format!("((int)((unsigned int)({l}) {sym} (unsigned int)({r})))")
+            }
+            (Dialect::Cuda, Ty::I64 | Ty::Decimal { .. }) => {
+                format!("((long long)((unsigned long long)({l}) {sym} (unsigned long long)({r})))")
+            }
+            _ => format!("({l} {sym} {r})"),
+        }
+    }
+
+    /// A math function of a float (`f32` or `f64`).
+    fn math(self, name: &str, t: Ty, args: &[&str]) -> String {
+        let name = match (self, t, name) {
+            (Dialect::Cuda, Ty::F32, "abs") => "fabsf".to_string(),
+            (Dialect::Cuda, Ty::F64, "abs") => "fabs".to_string(),
+            (Dialect::Cuda, Ty::F32, n) => format!("{n}f"),
+            (_, _, n) => n.to_string(),
+        };
+        format!("{name}({})", args.join(", "))
+    }
+}
+
+/// Statements and result names of a program's predicate and outputs.
+pub struct Body {
+    /// Statements computing the predicate, then its TRUE-and-valid test.
+    pub pred_stmts: String,
+    pub pred: String,
+    /// Statements computing every output and storing it at `pos`.
+    pub emit_stmts: String,
+}
+
+/// Generates the per-row code of `program` in `dialect`; `meta_out` is the
+/// `params` index of the first output's value offset.
+pub fn body(program: &Program, dialect: Dialect, meta_out: usize) -> Result<Body, String> {
+    program.check()?;
+    let mut g = Gen {
+        d: dialect,
+        body: String::new(),
+        next: 0,
+    };
+    let u = |i: usize| match dialect {
+        Dialect::Wgsl => format!("{i}u"),
+        Dialect::Cuda => format!("{i}"),
+    };
+    let pred = match &program.predicate {
+        Some(p) => {
+            let (v, n) = g.expr(p)?;
+            format!("{v} && {n}")
+        }
+        None => "true".to_string(),
+    };
+    let pred_stmts = std::mem::take(&mut g.body);
+    let mut emit_stmts = String::new();
+    for (o, e) in program.outputs.iter().enumerate() {
+        let (v, n) = g.expr(e)?;
+        let voff = format!("params[{}]", u(meta_out + 2 * o));
+        let noff = format!("params[{}]", u(meta_out + 2 * o + 1));
+        emit_stmts.push_str(&std::mem::take(&mut g.body));
+        let one = dialect.literal(Value::Int(1), Ty::U32);
+        let zero = dialect.zero(Ty::U32);
+        let t = e.ty();
+        let store = match t {
+            Ty::Bool => format!(
+                "    outw[{voff} + pos] = {};\n",
+                dialect.select(&zero, &one, &v)
+            ),
+            _ if t.width() == 4 => {
+                format!("    outw[{voff} + pos] = {};\n", dialect.to_bits32(t, &v))
+            }
+            _ => format!("    st64({voff}, pos, {});\n", dialect.to_bits64(t, &v)),
+        };
+        emit_stmts.push_str(&store);
+        let _ = writeln!(
+            emit_stmts,
+            "    outw[{noff} + pos] = {};",
+            dialect.select(&zero, &one, &n)
+        );
+    }
+    Ok(Body {
+        pred_stmts,
+        pred,
+        emit_stmts,
+    })
+}
+
+struct Gen {
+    d: Dialect,
+    body: String,
+    next: usize,
+}
+
+fn pow10(e: i32) -> i64 {
+    10i64.pow(e as u32)
+}
+
+impl Gen {
+    fn fresh(&mut self) -> usize {
+        self.next += 1;
+        self.next
+    }
+
+    fn line(&mut self, s: &str) {
+        self.body.push_str(s);
+    }
+
+    /// `if (cond) { raise(); }`: the batch needs the CPU.
+    fn raise_if(&mut self, cond: &str) {
+        let _ = writeln!(self.body, "    if ({cond}) {{ raise(); }}");
+    }
+
+    fn index(&self, i: usize) -> String {
+        match self.d {
+            Dialect::Wgsl => format!("{i}u"),
+            Dialect::Cuda => format!("{i}"),
+        }
+    }
+
+    /// Emits statements computing `e`; returns the names of its value and
+    /// validity.
+    fn expr(&mut self, e: &Expr) -> Result<(String, String), String> {
+        let d = self.d;
+        let id = self.fresh();
+        let (v, n) = (format!("v{id}"), format!("n{id}"));
+        let ty = e.ty();
+        match e {
+            Expr::Column { index, ty: t } => {
+                let voff = format!("params[{}]", self.index(2 + 2 * index));
+                let noff = format!("params[{}]", self.index(3 + 2 * index));
+                let word = format!("data[{voff} + row]");
+                let load = match t {
+                    Ty::Bool => format!("{word} != {}", d.zero(Ty::U32)),
+                    _ if t.width() == 4 => d.of_bits32(*t, &word),
+                    _ => d.of_bits64(*t, &format!("ld64({voff}, row)")),
+                };
+                self.line(&d.let_(&v, ty, &load));
+                self.line(&d.let_(&n, Ty::Bool, &format!("is_valid({noff}, row)")));
+            }
+            Expr::Literal { value, ty: t } => {
+                self.line(&d.let_(&v, ty, &d.literal(*value, *t)));
+                self.line(&d.let_(&n, Ty::Bool, &(*value != Value::Null).to_string()));
+            }
+            Expr::Unary { op, arg } => {
+                let at = arg.ty();
+                let (a, an) = self.expr(arg)?;
+                let value = match op {
+                    UnOp::Not => format!("!{a}"),
+                    UnOp::IsNull => format!("!{an}"),
+                    UnOp::IsNotNull => an.clone(),
+                    UnOp::Neg if at.is_float() => format!("(-{a})"),
+                    UnOp::Neg => d.wrapping("-", at, &d.zero(at), &a),
+                    UnOp::Abs if at.is_float() => d.math("abs", at, &[&a]),
+                    UnOp::Abs => {
+                        let min = d.literal(
+                            Value::Int(if at == Ty::I32 {
+                                i64::from(i32::MIN)
+                            } else {
+                                i64::MIN
+                            }),
+                            at,
+                        );
+                        // Arrow's abs of the most negative integer overflows.
+                        self.raise_if(&format!("{an} && {a} == {min}"));
+                        let negated = d.wrapping("-", at, &d.zero(at), &a);
+                        d.select(&a, &negated, &format!("{a} < {}", d.zero(at)))
+                    }
+                    UnOp::Floor => d.math("floor", at, &[&a]),
+                    UnOp::Ceil => d.math("ceil", at, &[&a]),
+                    UnOp::Round => {
+                        // Half away from zero, as Rust's round: the
+                        // fraction `a - trunc(a)` is exact.
+                        let t = format!("t{id}");
+                        self.line(&d.let_(&t, at, &d.math("trunc", at, &[&a])));
+                        let half = d.literal(Value::Float(0.5), at);
+                        let one = d.literal(Value::Float(1.0), at);
+                        let away = d.select(
+                            &format!("{t} + {one}"),
+                            &format!("{t} - {one}"),
+                            &format!("{a} < {}", d.zero(at)),
+                        );
+                        d.select(
+                            &t,
+                            &away,
+                            &format!("{} >= {half}", d.math("abs", at, &[&format!("{a} - {t}")])),
+                        )
+                    }
+                    UnOp::Sqrt => {
+                        // Vulkan's sqrt of a negative number is undefined;
+                        // the CPU's (and CUDA's) is NaN.
+                        if d == Dialect::Wgsl {
+                            self.raise_if(&format!("{an} && !({a} >= {})", d.zero(at)));
+                        }
+                        d.math("sqrt", at, &[&a])
+                    }
+                    UnOp::Exp | UnOp::Ln => {
+                        let (name, vulkan) = if *op == UnOp::Exp {
+                            ("exp", "exp")
+                        } else {
+                            ("log", "log")
+                        };
+                        if at == Ty::F64 && d == Dialect::Wgsl {
+                            return Err(format!(
+                                "{} of f64 (Vulkan has no 64-bit {vulkan})",
+                                if *op == UnOp::Exp { "exp" } else { "ln" }
+                            ));
+                        }
+                        let guard = if *op == UnOp::Ln {
+                            format!("!({a} > {})", d.zero(at))
+                        } else {
+                            format!(
+                                "!({} < {})",
+                                d.math("abs", at, &[&a]),
+                                d.literal(Value::Float(80.0), at)
+                            )
+                        };
+                        // Vulkan leaves log of x ≤ 0 undefined and exp's
+                        // error grows with |x|; CUDA follows IEEE as the CPU.
+                        if d == Dialect::Wgsl {
+                            self.raise_if(&format!("{an} && {guard}"));
+                        }
+                        d.math(name, at, &[&a])
+                    }
+                };
+                let valid = match op {
+                    UnOp::IsNull | UnOp::IsNotNull => "true".to_string(),
+                    _ => an,
+                };
+                self.line(&d.let_(&v, ty, &value));
+                self.line(&d.let_(&n, Ty::Bool, &valid));
+            }
+            Expr::Binary { op, left, right } => {
+                let lt = left.ty();
+                let (l, ln) = self.expr(left)?;
+                let (r, rn) = self.expr(right)?;
+                let both = format!("({ln} && {rn})");
+                match op {
+                    BinOp::And => {
+                        let valid = format!("{both} || ({ln} && !{l}) || ({rn} && !{r})");
+                        self.line(&d.let_(&n, Ty::Bool, &valid));
+                        self.line(&d.let_(&v, Ty::Bool, &format!("{l} && {r}")));
+                    }
+                    BinOp::Or => {
+                        let valid = format!("{both} || ({ln} && {l}) || ({rn} && {r})");
+                        self.line(&d.let_(&n, Ty::Bool, &valid));
+                        self.line(&d.let_(
+                            &v,
+                            Ty::Bool,
+                            &format!("({ln} && {l}) || ({rn} && {r})"),
+                        ));
+                    }
+                    op if op.is_comparison() => {
+                        let sym = match op {
+                            BinOp::Eq => "==",
+                            BinOp::NotEq => "!=",
+                            BinOp::Lt => "<",
+                            BinOp::LtEq => "<=",
+                            BinOp::Gt => ">",
+                            _ => ">=",
+                        };
+                        let (a, b) = match lt {
+                            Ty::F32 => (format!("key32({l})"), format!("key32({r})")),
+                            Ty::F64 => (format!("key64({l})"), format!("key64({r})")),
+                            Ty::Bool => {
+                                let (zero, one) =
+                                    (d.zero(Ty::U32), d.literal(Value::Int(1), Ty::U32));
+                                (d.select(&zero, &one, &l), d.select(&zero, &one, &r))
+                            }
+                            _ => (l.clone(), r.clone()),
+                        };
+                        self.line(&d.let_(&v, Ty::Bool, &format!("{a} {sym} {b}")));
+                        self.line(&d.let_(&n, Ty::Bool, &both));
+                    }
+                    _ => {
+                        let value = self.arithmetic(*op, lt, &l, &r, &both, id)?;
+                        self.line(&d.let_(&v, ty, &value));
+                        self.line(&d.let_(&n, Ty::Bool, &both));
+                    }
+                }
+            }
+            Expr::Cast { arg, to } => {
+                let from = arg.ty();
+                let (a, an) = self.expr(arg)?;
+                let value = match (from, *to) {
+                    (f, t) if f == t => a.clone(),
+                    (_, Ty::Decimal { precision, scale }) => {
+                        let up = match from {
+                            Ty::Decimal { scale: s, .. } => i32::from(scale) - i32::from(s),
+                            _ => i32::from(scale),
+                        };
+                        let wide = if from == Ty::I32 {
+                            d.convert(Ty::I64, &a)
+                        } else {
+                            a.clone()
+                        };
+                        self.scaled(&wide, up, Some(precision), &an, id)
+                    }
+                    (Ty::Decimal { scale, .. }, t) => {
+                        // As Arrow: the value as f64 over 10^scale, exact for
+                        // scale ≤ 22, then rounded to the target.
+                        let q = format!(
+                            "{} / {}",
+                            d.convert(Ty::F64, &a),
+                            d.f64(10f64.powi(i32::from(scale)))
+                        );
+                        if t == Ty::F64 { q } else { d.convert(t, &q) }
+                    }
+                    (_, t) => d.convert(t, &a),
+                };
+                self.line(&d.let_(&v, ty, &value));
+                self.line(&d.let_(&n, Ty::Bool, &an));
+            }
+            Expr::Case {
+                branches,
+                otherwise,
+                ty: t,
+            } => {
+                let mut arms = Vec::new();
+                for (when, then) in branches {
+                    let (c, cn) = self.expr(when)?;
+                    let (x, xn) = self.expr(then)?;
+                    arms.push((format!("{cn} && {c}"), x, xn));
+                }
+                let (ev, en) = match otherwise {
+                    Some(o) => self.expr(o)?,
+                    None => (d.zero(*t), "false".to_string()),
+                };
+                self.line(&d.var(&v, ty, &ev));
+                self.line(&d.var(&n, Ty::Bool, &en));
+                // Later arms first, so the first true condition is assigned last.
+                for (c, x, xn) in arms.iter().rev() {
+                    let _ = writeln!(self.body, "    if ({c}) {{ {v} = {x}; {n} = {xn}; }}");
+                }
+            }
+            Expr::Coalesce { args } => {
+                let mut parts = Vec::new();
+                for a in args {
+                    parts.push(self.expr(a)?);
+                }
+                self.line(&d.var(&v, ty, &d.zero(ty)));
+                self.line(&d.var(&n, Ty::Bool, "false"));
+                for (x, xn) in parts.iter().rev() {
+                    let _ = writeln!(self.body, "    if ({xn}) {{ {v} = {x}; {n} = true; }}");
+                }
+            }
+            Expr::InList { arg, list, negated } => {
+                let at = arg.ty();
+                let (a, an) = self.expr(arg)?;
+                let (found, nulls) = (format!("f{id}"), format!("u{id}"));
+                let mut items = Vec::new();
+                for item in list {
+                    items.push(self.expr(item)?);
+                }
+                self.line(&d.var(&found, Ty::Bool, "false"));
+                self.line(&d.var(&nulls, Ty::Bool, "false"));
+                for (x, xn) in &items {
+                    let eq = match at {
+                        Ty::F32 => format!("key32({a}) == key32({x})"),
+                        Ty::F64 => format!("key64({a}) == key64({x})"),
+                        _ => format!("{a} == {x}"),
+                    };
+                    let _ = writeln!(self.body, "    {found} = {found} || ({xn} && {eq});");
+                    let _ = writeln!(self.body, "    {nulls} = {nulls} || !{xn};");
+                }
+                let not = if *negated { "!" } else { "" };
+                self.line(&d.let_(&v, Ty::Bool, &format!("{not}{found}")));
+                self.line(&d.let_(&n, Ty::Bool, &format!("{an} && ({found} || !{nulls})")));
+            }
+        }
+        Ok((v, n))
+    }
+
+    /// `a · 10^up` for a decimal or integer in `i64`, raising the fallback
+    /// flag when the result leaves `i64` or `precision` digits.
+    fn scaled(
+        &mut self,
+        a: &str,
+        up: i32,
+        precision: Option<u8>,
+        valid: &str,
+        id: usize,
+    ) -> String {
+        let d = self.d;
+        let s = format!("s{id}");
+        if up == 0 {
+            self.line(&d.let_(&s, Ty::I64, a));
+        } else {
+            let m = pow10(up);
+            let magnitude = d.math("abs", Ty::F64, &[&d.convert(Ty::F64, a)]);
+            self.raise_if(&format!(
+                "{valid} && {magnitude} * {} >= {}",
+                d.f64(m as f64),
+                d.f64(9.0e18)
+            ));
+            let product = d.wrapping("*", Ty::I64, a, &d.literal(Value::Int(m), Ty::I64));
+            self.line(&d.let_(&s, Ty::I64, &product));
+        }
+        if let Some(p) = precision.filter(|p| *p <= 18) {
+            let bound = d.literal(Value::Int(pow10(i32::from(p))), Ty::I64);
+            self.raise_if(&format!("{valid} && ({s} >= {bound} || {s} <= -{bound})"));
+        }
+        s
+    }
+
+    fn arithmetic(
+        &mut self,
+        op: BinOp,
+        lt: Ty,
+        l: &str,
+        r: &str,
+        both: &str,
+        id: usize,
+    ) -> Result<String, String> {
+        let d = self.d;
+        let sym = match op {
+            BinOp::Add => "+",
+            BinOp::Sub => "-",
+            BinOp::Mul => "*",
+            BinOp::Div => "/",
+            BinOp::Mod => "%",
+            _ => "",
+        };
+        Ok(match (op, lt) {
+            (BinOp::Pow, t) => {
+                if t == Ty::F64 && d == Dialect::Wgsl {
+                    return Err("power of f64 (Vulkan has no 64-bit pow)".into());
+                }
+                // Vulkan's pow is undefined for x ≤ 0.
+                if d == Dialect::Wgsl {
+                    self.raise_if(&format!("{both} && !({l} > {})", d.zero(t)));
+                }
+                d.math("pow", t, &[l, r])
+            }
+            (BinOp::Mod, t) if t.is_float() => {
+                if d == Dialect::Cuda {
+                    d.math("fmod", t, &[l, r])
+                } else {
+                    return Err(format!("% of {t} (WGSL's float remainder is not fmod)"));
+                }
+            }
+            (BinOp::Div | BinOp::Mod, t) if t.is_integer() => {
+                let z = d.zero(t);
+                let mut bad = format!("{r} == {z}");
+                if t.is_signed() {
+                    let min = d.literal(
+                        Value::Int(if t == Ty::I32 {
+                            i64::from(i32::MIN)
+                        } else {
+                            i64::MIN
+                        }),
+                        t,
+                    );
+                    let minus_one = d.literal(Value::Int(-1), t);
+                    bad = format!("{bad} || ({l} == {min} && {r} == {minus_one})");
+                }
+                let safe = format!("d{id}");
+                let one = d.literal(Value::Int(1), t);
+                self.raise_if(&format!("{both} && ({bad})"));
+                self.line(&d.let_(&safe, t, &d.select(r, &one, &bad)));
+                format!("({l} {sym} {safe})")
+            }
+            (BinOp::Div | BinOp::Mod, Ty::Decimal { .. }) => {
+                return Err("decimal division".into());
+            }
+            (BinOp::Add | BinOp::Sub, Ty::Decimal { .. }) => {
+                let x = format!("x{id}");
+                self.line(&d.let_(&x, Ty::I64, &d.wrapping(sym, Ty::I64, l, r)));
+                // Signed overflow: the result's sign differs from what both
+                // operands (for -, the left and the negated right) agree on.
+                let rr = if op == BinOp::Sub {
+                    d.wrapping("-", Ty::I64, &d.zero(Ty::I64), r)
+                } else {
+                    r.to_string()
+                };
+                self.raise_if(&format!(
+                    "{both} && ((({l} ^ {x}) & ({rr} ^ {x})) < {})",
+                    d.zero(Ty::I64)
+                ));
+                x
+            }
+            (BinOp::Mul, Ty::Decimal { .. }) => {
+                let product = format!(
+                    "{} * {}",
+                    d.math("abs", Ty::F64, &[&d.convert(Ty::F64, l)]),
+                    d.math("abs", Ty::F64, &[&d.convert(Ty::F64, r)])
+                );
+                self.raise_if(&format!("{both} && {product} >= {}", d.f64(9.0e18)));
+                d.wrapping("*", Ty::I64, l, r)
+            }
+            (_, t) if t.is_float() => format!("({l} {sym} {r})"),
+            (_, t) => d.wrapping(sym, t, l, r),
+        })
+    }
+}
