@@ -17,7 +17,7 @@ use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
 use datafusion::sql::parser::{DFParserBuilder, Statement};
 use datafusion::sql::sqlparser::dialect::dialect_from_str;
 use kiln_engine::io::{KilnObjectStoreRegistry, is_store_option, redact};
-use kiln_kernels::{DeviceInfo, DeviceRequest, discover};
+use kiln_kernels::{DeviceInfo, DeviceRequest};
 
 use crate::error::{KilnError, Result};
 
@@ -50,7 +50,7 @@ impl SessionBuilder {
         };
         let device_info = match device {
             DeviceRequest::Auto => None,
-            named => Some(named.resolve(&discover())?.clone()),
+            named => Some(named.resolve(kiln_engine::device::discovered())?.clone()),
         };
         let registry = Arc::new(KilnObjectStoreRegistry::new());
         let runtime = RuntimeEnvBuilder::new()

@@ -5,13 +5,21 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
-use kiln_kernels::{BackendKind, Device, DeviceInfo, DeviceRequest, KernelError, discover};
+use kiln_kernels::{
+    BackendKind, Device, DeviceInfo, DeviceRequest, Discovery, KernelError, discover,
+};
 
 /// The device `request` resolves to on this machine, without opening it
 /// (for plans and EXPLAIN).
 pub fn resolve(request: DeviceRequest) -> Result<DeviceInfo, KernelError> {
-    let discovery = discover();
-    request.resolve(&discovery).cloned()
+    request.resolve(discovered()).cloned()
+}
+
+/// The machine's devices, discovered once per process: planning resolves
+/// `kiln.device` for every statement, and discovery probes the drivers.
+pub fn discovered() -> &'static Discovery {
+    static FOUND: OnceLock<Discovery> = OnceLock::new();
+    FOUND.get_or_init(discover)
 }
 
 /// The device Kiln's own kernels (embeddings, vector search) actually run on

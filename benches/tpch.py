@@ -1,0 +1,345 @@
+#!/usr/bin/env python3
+"""TPC-H side by side: Kiln against DataFusion, DuckDB and Polars.
+
+Data comes from `kiln datagen tpch` (deterministic), cached under
+~/.cache/kiln/bench-data/tpch-sf<SF>. Kiln and DataFusion run in one
+long-lived process (benches/tpch_runner.rs, same build, same partitions);
+DuckDB and Polars run in this process, every engine limited to the same
+number of threads. For each query the engines run in turn (A B C D A B C D
+...) after one warm-up round; the report gives medians, min–max, ratios and
+row counts (a row count that differs from DataFusion's is flagged).
+
+Run through scripts/bench-tpch, which installs the peers into an isolated
+environment. Writes benches/results/tpch.md, tpch.json and tpch.png.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUERIES = os.path.join(ROOT, "benches", "tpch", "queries")
+TABLES = ["customer", "lineitem", "nation", "orders", "part", "partsupp", "region", "supplier"]
+
+
+def log(msg):
+    print(f"[bench-tpch] {msg}", file=sys.stderr, flush=True)
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sf", type=float, default=1.0, help="TPC-H scale factor (default 1)")
+    p.add_argument("--reps", type=int, default=5, help="timed runs per engine and query (default 5)")
+    p.add_argument("--quick", action="store_true",
+                   help="routine mode: 2 timed runs per engine and query")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 2,
+                   help="threads/partitions for every engine (default: all cores)")
+    p.add_argument("--queries", default="1-22", help="e.g. 1-22 or 1,6,14")
+    p.add_argument("--engines", default="kiln,datafusion,duckdb,polars")
+    p.add_argument("--out", default=os.path.join(ROOT, "benches", "results"),
+                   help="directory for tpch.md, tpch.json and tpch.png")
+    a = p.parse_args()
+    if a.quick:
+        a.reps = 2
+    if a.reps < 1 or a.sf <= 0 or a.threads < 1:
+        p.error("--reps, --sf and --threads must be positive")
+    qs = []
+    for part in a.queries.split(","):
+        if "-" in part:
+            lo, hi = part.split("-")
+            qs += range(int(lo), int(hi) + 1)
+        else:
+            qs.append(int(part))
+    if not qs or any(q < 1 or q > 22 for q in qs):
+        p.error("--queries must name queries 1..22")
+    a.query_list = qs
+    a.engine_list = a.engines.split(",")
+    unknown = set(a.engine_list) - {"kiln", "datafusion", "duckdb", "polars"}
+    if unknown:
+        p.error(f"unknown engines: {', '.join(sorted(unknown))}")
+    return a
+
+
+def sf_label(sf):
+    return f"{sf:g}"
+
+
+def cargo_artifact(args, name):
+    out = subprocess.run(args + ["--message-format=json"], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    exe = None
+    for line in out.splitlines():
+        try:
+            msg = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if msg.get("reason") == "compiler-artifact" and msg.get("executable") \
+                and msg["target"]["name"] == name:
+            exe = msg["executable"]
+    if exe is None:
+        sys.exit(f"error: could not find the {name} executable")
+    return exe
+
+
+def build():
+    log("building Kiln (release): the kiln binary and the TPC-H runner")
+    kiln = cargo_artifact(["cargo", "build", "--release", "--bin", "kiln"], "kiln")
+    runner = cargo_artifact(["cargo", "bench", "--bench", "tpch_runner", "--no-run"], "tpch_runner")
+    return kiln, runner
+
+
+def data(kiln, sf):
+    base = os.path.join(os.path.expanduser(os.environ.get("XDG_CACHE_HOME", "~/.cache")),
+                        "kiln", "bench-data", f"tpch-sf{sf_label(sf)}")
+    done = os.path.join(base, ".complete")
+    if not os.path.exists(done):
+        log(f"generating TPC-H SF {sf_label(sf)} with kiln datagen into {base}")
+        subprocess.run([kiln, "datagen", "tpch", "--scale", str(sf), "--output", base], check=True)
+        open(done, "w").close()
+    return base
+
+
+class Runner:
+    """Kiln and DataFusion in one process (benches/tpch_runner.rs)."""
+
+    def __init__(self, exe, base, threads):
+        self.proc = subprocess.Popen(
+            [exe, "--data", base, "--partitions", str(threads)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if self.proc.stdout.readline().strip() != "ready":
+            sys.exit("error: the TPC-H runner did not start")
+
+    def run(self, engine, q):
+        self.proc.stdin.write(f"run {engine} {os.path.join(QUERIES, f'q{q}.sql')}\n")
+        self.proc.stdin.flush()
+        reply = self.proc.stdout.readline().strip()
+        if reply.startswith("ok "):
+            _, seconds, rows = reply.split()
+            return float(seconds), int(rows), None
+        return None, None, reply[4:] if reply.startswith("err ") else (reply or "runner exited")
+
+    def close(self):
+        self.proc.stdin.write("quit\n")
+        self.proc.stdin.flush()
+        self.proc.wait()
+
+
+class DuckDB:
+    def __init__(self, base, threads):
+        import duckdb
+        self.version = duckdb.__version__
+        self.con = duckdb.connect()
+        self.con.execute(f"SET threads = {threads}")
+        for t in TABLES:
+            self.con.execute(
+                f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{base}/{t}/*.parquet')")
+
+    def run(self, q):
+        sql = open(os.path.join(QUERIES, f"q{q}.sql")).read()
+        started = time.perf_counter()
+        try:
+            rows = len(self.con.execute(sql).fetchall())
+        except Exception as e:  # a query DuckDB rejects is reported, not fatal
+            return None, None, str(e).splitlines()[0]
+        return time.perf_counter() - started, rows, None
+
+
+class Polars:
+    def __init__(self, base):
+        import polars as pl
+        self.pl = pl
+        self.version = pl.__version__
+        frames = {t: pl.scan_parquet(f"{base}/{t}/*.parquet") for t in TABLES}
+        self.ctx = pl.SQLContext(frames)
+
+    def run(self, q):
+        sql = open(os.path.join(QUERIES, f"q{q}.sql")).read().rstrip().rstrip(";")
+        started = time.perf_counter()
+        try:
+            rows = self.ctx.execute(sql, eager=False).collect().height
+        except Exception as e:  # Polars SQL lacks some TPC-H constructs
+            return None, None, str(e).splitlines()[0][:160]
+        return time.perf_counter() - started, rows, None
+
+
+def machine():
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal"):
+                mem = f", {int(line.split()[1]) / 1024 / 1024:.0f} GiB RAM"
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores{mem}, {platform.system()} {platform.release()}"
+
+
+def summarize(times):
+    return {"median": statistics.median(times), "min": min(times), "max": max(times), "runs": times}
+
+
+def main():
+    args = parse_args()
+    os.environ.setdefault("POLARS_MAX_THREADS", str(args.threads))
+    kiln, runner_exe = build()
+    base = data(kiln, args.sf)
+    engines = {}
+    runner = None
+    if {"kiln", "datafusion"} & set(args.engine_list):
+        runner = Runner(runner_exe, base, args.threads)
+    for e in args.engine_list:
+        if e in ("kiln", "datafusion"):
+            engines[e] = lambda q, e=e: runner.run(e, q)
+        elif e == "duckdb":
+            duck = DuckDB(base, args.threads)
+            engines[e] = duck.run
+        elif e == "polars":
+            pol = Polars(base)
+            engines[e] = pol.run
+    versions = {"kiln": git_rev()}
+    if "duckdb" in engines:
+        versions["duckdb"] = duck.version
+    if "polars" in engines:
+        versions["polars"] = pol.version
+    results = []
+    for q in args.query_list:
+        times = {e: [] for e in engines}
+        rows, errors = {}, {}
+        for rep in range(args.reps + 1):  # round 0 warms caches, untimed
+            for e, run in engines.items():
+                if e in errors:
+                    continue
+                seconds, n, err = run(q)
+                if err is not None:
+                    errors[e] = err
+                    continue
+                rows[e] = n
+                if rep > 0:
+                    times[e].append(seconds)
+        stats = {e: summarize(t) for e, t in times.items() if t}
+        results.append({"q": q, "stats": stats, "rows": rows, "errors": errors})
+        log(f"Q{q}: " + ", ".join(f"{e} {s['median'] * 1000:.0f} ms" for e, s in stats.items())
+            + "".join(f", {e} failed" for e in errors))
+    if runner:
+        runner.close()
+    write_report(args, results, versions)
+
+
+def git_rev():
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                         capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    return rev + (" (uncommitted changes)" if dirty else "")
+
+
+def write_report(args, results, versions):
+    engines = args.engine_list
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "tpch.json"), "w") as f:
+        json.dump({"args": vars(args), "machine": machine(), "versions": versions,
+                   "results": results}, f, indent=1)
+    lines = [
+        f"# TPC-H SF {sf_label(args.sf)}: Kiln vs DataFusion, DuckDB and Polars",
+        "",
+        f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
+        f"- Machine: {machine()}; Kiln on device auto (the CPU: no GPU on this machine)",
+        "- Versions: Kiln " + versions["kiln"] + " (DataFusion 55.2 inside, and as the DataFusion peer)"
+        + "".join(f"; {k} {v}" for k, v in versions.items() if k != "kiln")
+        + f"; Python {platform.python_version()}",
+        f"- {args.threads} threads/partitions per engine; {args.reps} timed runs per engine and query "
+        "after one warm-up round, engines interleaved; median (min–max) in ms",
+        f"- Data: `kiln datagen tpch --scale {sf_label(args.sf)}` (Parquet); queries: benches/tpch/queries/",
+        f"- Command: `scripts/bench-tpch {' '.join(sys.argv[1:])}`",
+        "",
+        "| Query | " + " | ".join(engines) + " | Kiln / DataFusion | Kiln / best peer |",
+        "|---|" + "---|" * (len(engines) + 2),
+    ]
+    totals = {e: 0.0 for e in engines}
+    complete = {e: True for e in engines}
+    for r in results:
+        cells = []
+        for e in engines:
+            s = r["stats"].get(e)
+            if s is None:
+                cells.append("failed")
+                complete[e] = False
+                continue
+            totals[e] += s["median"]
+            flag = ""
+            if "datafusion" in r["rows"] and r["rows"].get(e) != r["rows"]["datafusion"]:
+                flag = f" ⚠ {r['rows'].get(e)} rows"
+            cells.append(f"{s['median'] * 1000:.0f} ({s['min'] * 1000:.0f}–{s['max'] * 1000:.0f}){flag}")
+        k = r["stats"].get("kiln")
+        df = r["stats"].get("datafusion")
+        vs_df = f"{k['median'] / df['median']:.2f}" if k and df else "–"
+        peers = [r["stats"][e]["median"] for e in engines if e != "kiln" and e in r["stats"]]
+        vs_best = f"{k['median'] / min(peers):.2f}" if k and peers else "–"
+        lines.append(f"| Q{r['q']} | " + " | ".join(cells) + f" | {vs_df} | {vs_best} |")
+    lines.append("| **total** | " + " | ".join(
+        f"{totals[e] * 1000:.0f}" + ("" if complete[e] else " (incomplete)") for e in engines)
+        + (f" | {totals['kiln'] / totals['datafusion']:.2f} | |"
+           if "kiln" in totals and "datafusion" in totals and complete["kiln"] and complete["datafusion"]
+           else " | | |"))
+    lines += ["", "Ratios are of medians: below 1 means Kiln is faster.", ""]
+    failures = [(r["q"], e, msg) for r in results for e, msg in r["errors"].items()]
+    if failures:
+        lines += ["Queries an engine could not run:", ""]
+        lines += [f"- Q{q} on {e}: {msg}" for q, e, msg in failures]
+        lines.append("")
+    chart = plot(args, results, engines)
+    if chart:
+        lines += [f"![per-query medians]({os.path.basename(chart)})", ""]
+    path = os.path.join(args.out, "tpch.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    log(f"wrote {path}")
+    print("\n".join(lines))
+
+
+def plot(args, results, engines):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib missing: no chart")
+        return None
+    fig, ax = plt.subplots(figsize=(14, 5))
+    width = 0.8 / len(engines)
+    for i, e in enumerate(engines):
+        xs, ys = [], []
+        for j, r in enumerate(results):
+            s = r["stats"].get(e)
+            if s:
+                xs.append(j + i * width)
+                ys.append(s["median"] * 1000)
+        ax.bar(xs, ys, width, label=e)
+    ax.set_xticks([j + width * (len(engines) - 1) / 2 for j in range(len(results))])
+    ax.set_xticklabels([f"Q{r['q']}" for r in results])
+    ax.set_ylabel("median time (ms), log scale")
+    ax.set_yscale("log")
+    ax.set_title(f"TPC-H SF {sf_label(args.sf)}, {args.threads} threads")
+    ax.legend()
+    fig.tight_layout()
+    path = os.path.join(args.out, "tpch.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":
+    main()
