@@ -504,3 +504,43 @@ async fn explain_placement_snapshots() {
     let small = "SELECT n_nationkey * 2 + n_regionkey AS x FROM nation WHERE n_regionkey > 1";
     snapshot("cost_model_cpu", &normalize(explain(&costed, small).await));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_the_device_cannot_compute_fall_back_to_the_cpu() {
+    if !has_wgpu() {
+        return;
+    }
+    // Prices to the fourth power leave 64 bits: the kernel flags every batch
+    // and DataFusion's own expressions compute it, in 128 bits.
+    let sql = "SELECT l_orderkey, l_extendedprice * l_extendedprice * l_extendedprice * l_extendedprice AS p4 \
+               FROM lineitem WHERE l_quantity < 5";
+    let cpu = tpch_session(&["SET kiln.device = 'cpu'"]).await;
+    let gpu = tpch_session(GPU).await;
+    let want = pretty_format_batches(&run_sql(&cpu, sql).await)
+        .unwrap()
+        .to_string();
+    let got = pretty_format_batches(&run_sql(&gpu, sql).await)
+        .unwrap()
+        .to_string();
+    assert_eq!(got, want);
+    let analyzed = pretty_format_batches(&run_sql(&gpu, &format!("EXPLAIN ANALYZE {sql}")).await)
+        .unwrap()
+        .to_string();
+    let stage = analyzed
+        .lines()
+        .find(|l| l.contains("GpuStageExec"))
+        .unwrap_or_else(|| panic!("no stage in\n{analyzed}"));
+    assert!(stage.contains("bytes_to_device="), "{stage}");
+    assert!(!stage.contains("cpu_fallback_batches=0"), "{stage}");
+    // A query the device computes moves bytes and falls back nowhere.
+    let fine = "SELECT l_orderkey, l_extendedprice * (1 - l_discount) AS net FROM lineitem WHERE l_quantity < 5";
+    let analyzed = pretty_format_batches(&run_sql(&gpu, &format!("EXPLAIN ANALYZE {fine}")).await)
+        .unwrap()
+        .to_string();
+    let stage = analyzed
+        .lines()
+        .find(|l| l.contains("GpuStageExec"))
+        .unwrap();
+    assert!(stage.contains("cpu_fallback_batches=0"), "{stage}");
+    assert!(!stage.contains("device_batches=0"), "{stage}");
+}

@@ -26,7 +26,7 @@ use datafusion::execution::TaskContext;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::metrics::{
-    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, Time,
+    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, RecordOutput, Time,
 };
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -330,8 +330,7 @@ impl StageState {
         } else {
             concat_batches(&self.schema, &parts)?
         };
-        self.metrics.baseline.record_output(out.num_rows());
-        Ok(out)
+        Ok(out.record_output(&self.metrics.baseline))
     }
 
     fn launch(&self, batch: &RecordBatch) -> Result<RecordBatch> {
