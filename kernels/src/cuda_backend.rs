@@ -288,6 +288,7 @@ impl CudaDevice {
                     valid: Vec::new(),
                 })
                 .collect();
+            out.reduced = vec![Default::default(); program.reduce.len()];
             return Ok(out);
         }
         let layout = Layout::new(program, rows, inputs)?;
@@ -309,7 +310,9 @@ impl CudaDevice {
             ..grid
         };
         let has_predicate = program.predicate.is_some();
-        let passes: &[(&str, LaunchConfig)] = if has_predicate {
+        let passes: &[(&str, LaunchConfig)] = if !program.reduce.is_empty() {
+            &[("kiln_reduce", grid)]
+        } else if has_predicate {
             &[
                 ("kiln_count", grid),
                 ("kiln_scan", single),
@@ -356,9 +359,13 @@ impl CudaDevice {
             }
         }
         out.bytes_down += (words.len() * 4) as u64;
-        let (columns, indices) = layout.split(program, kept, &words);
-        out.columns = columns;
-        out.indices = indices;
+        if program.reduce.is_empty() {
+            let (columns, indices) = layout.split(program, kept, &words);
+            out.columns = columns;
+            out.indices = indices;
+        } else {
+            out.reduced = layout.combine(program, &words);
+        }
         Ok(out)
     }
 }

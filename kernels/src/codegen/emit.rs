@@ -11,7 +11,7 @@
 
 use std::fmt::Write as _;
 
-use super::ir::{BinOp, Expr, Program, Ty, UnOp, Value};
+use super::ir::{BinOp, Expr, Program, ReduceOp, Ty, UnOp, Value};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -68,6 +68,17 @@ impl Dialect {
         match self {
             Dialect::Wgsl => format!("{}({x})", self.ty(t)),
             Dialect::Cuda => format!("(({})({x}))", self.ty(t)),
+        }
+    }
+
+    /// An `i32` widened to `i64`.
+    fn sext(self, x: &str) -> String {
+        match self {
+            // Signed comparisons of `i64(i32)` came out wrong on lavapipe
+            // (CAST(-943 AS BIGINT) < 0 was false while the value stored
+            // right); shifting the sign in by hand compares correctly.
+            Dialect::Wgsl => format!("((i64({x}) << 32u) >> 32u)"),
+            Dialect::Cuda => format!("((long long)({x}))"),
         }
     }
 
@@ -142,6 +153,17 @@ impl Dialect {
             Ty::Bool => (as_i64 != 0).to_string(),
             Ty::I32 | Ty::U32 => self.of_bits32(t, &self.u32_lit(as_i64 as u32)),
             Ty::F32 => self.of_bits32(t, &self.u32_lit((float as f32).to_bits())),
+            // naga folds `bitcast<i64>(<u64 constant>)` into a constant that
+            // compares as unsigned (found by a test: CAST(-943 AS BIGINT) < 0
+            // was false), so WGSL gets native 64-bit literals.
+            Ty::I64 | Ty::Decimal { .. } if self == Dialect::Wgsl => {
+                if as_i64 == i64::MIN {
+                    format!("({}li - 1li)", i64::MIN + 1)
+                } else {
+                    format!("{as_i64}li")
+                }
+            }
+            Ty::U64 if self == Dialect::Wgsl => format!("{}lu", as_i64 as u64),
             Ty::I64 | Ty::U64 | Ty::Decimal { .. } => {
                 self.of_bits64(t, &self.u64_lit(as_i64 as u64))
             }
@@ -191,6 +213,116 @@ pub struct Body {
     pub pred: String,
     /// Statements computing every output and storing it at `pos`.
     pub emit_stmts: String,
+    /// Per reduction of the program, its block-level fold (see
+    /// [`Body::reduce_code`]).
+    pub reduce: Vec<ReduceCode>,
+}
+
+/// The per-row part of one reduction.
+pub struct ReduceCode {
+    pub op: ReduceOp,
+    pub float: bool,
+    /// Statements computing the argument, then its value (widened to the
+    /// fold type) and validity.
+    pub stmts: String,
+    pub value: String,
+    pub valid: String,
+}
+
+impl Body {
+    /// The code of a `reduce` kernel after `kept` is known: for every
+    /// reduction, each thread's contribution, a tree fold over the workgroup
+    /// (shared arrays `red_i`/`red_f` of i64/f64 and `red_n` of non-NULL
+    /// counts) and thread 0 storing the block's partial at `block` in the
+    /// output regions listed in `params` from `meta_out`.
+    pub fn reduce_code(&self, d: Dialect, meta_out: usize) -> String {
+        let idx = |i: usize| match d {
+            Dialect::Wgsl => format!("{i}u"),
+            Dialect::Cuda => format!("{i}"),
+        };
+        let (barrier, fold_loop, nblocks) = match d {
+            Dialect::Wgsl => (
+                "workgroupBarrier();",
+                "for (var s = 128u; s > 0u; s = s >> 1u)",
+                "nblocks()",
+            ),
+            Dialect::Cuda => (
+                "__syncthreads();",
+                "for (u32 s = 128; s > 0; s >>= 1)",
+                "nblocks(params)",
+            ),
+        };
+        let mut out = String::new();
+        for (r, code) in self.reduce.iter().enumerate() {
+            let (array, t) = if code.float {
+                ("red_f", Ty::F64)
+            } else {
+                ("red_i", Ty::I64)
+            };
+            let identity = match code.op {
+                ReduceOp::Min => d.literal(Value::Int(i64::MAX), t),
+                ReduceOp::Max => d.literal(Value::Int(i64::MIN), t),
+                _ if code.float => d.literal(Value::Float(0.0), t),
+                _ => d.zero(t),
+            };
+            let combine = match (code.op, code.float) {
+                (ReduceOp::Sum, true) => format!("{array}[lid] = a + b;"),
+                (ReduceOp::Sum, false) => format!(
+                    "const_x = {}; if (((a ^ const_x) & (b ^ const_x)) < {}) {{ raise(); }} {array}[lid] = const_x;",
+                    d.wrapping("+", Ty::I64, "a", "b"),
+                    d.zero(Ty::I64)
+                ),
+                (ReduceOp::Min, _) => format!("{array}[lid] = {};", d.select("b", "a", "a < b")),
+                (ReduceOp::Max, _) => format!("{array}[lid] = {};", d.select("b", "a", "a > b")),
+                (ReduceOp::Count, _) => String::new(),
+            };
+            let (one, zero) = (d.literal(Value::Int(1), Ty::U32), d.zero(Ty::U32));
+            let _ = write!(
+                out,
+                "    {{
+{val}{ok}        if (kept) {{
+{stmts}            val = {value};
+            ok = {valid};
+        }}
+        {array}[lid] = {sel};
+        red_n[lid] = {cnt};
+        {barrier}
+        {fold_loop} {{
+            if (lid < s) {{
+{a}{b}{x}                {combine}
+                red_n[lid] = red_n[lid] + red_n[lid + s];
+            }}
+            {barrier}
+        }}
+        if (lid == {z} && block < {nblocks}) {{
+            st64(params[{voff}], block, {bits});
+            outw[params[{noff}] + block] = red_n[0];
+        }}
+        {barrier}
+    }}
+",
+                val = d.var("val", t, &identity),
+                ok = d.var("ok", Ty::Bool, "false"),
+                stmts = code.stmts,
+                value = code.value,
+                valid = code.valid,
+                sel = d.select(&identity, "val", "ok"),
+                cnt = d.select(&zero, &one, "ok"),
+                a = d.let_("a", t, &format!("{array}[lid]")),
+                b = d.let_("b", t, &format!("{array}[lid + s]")),
+                x = if combine.contains("const_x") {
+                    d.var("const_x", t, &d.zero(t))
+                } else {
+                    String::new()
+                },
+                z = idx(0),
+                voff = idx(meta_out + 2 * r),
+                noff = idx(meta_out + 2 * r + 1),
+                bits = d.to_bits64(t, &format!("{array}[0]")),
+            );
+        }
+        out
+    }
 }
 
 /// Generates the per-row code of `program` in `dialect`; `meta_out` is the
@@ -240,10 +372,29 @@ pub fn body(program: &Program, dialect: Dialect, meta_out: usize) -> Result<Body
             dialect.select(&zero, &one, &n)
         );
     }
+    let mut reduce = Vec::new();
+    for r in &program.reduce {
+        let (v, n) = g.expr(&r.arg)?;
+        let t = r.arg.ty();
+        let value = match (r.op, r.is_float(), t) {
+            (ReduceOp::Count, _, _) => dialect.zero(Ty::I64),
+            (_, true, Ty::F64) | (_, false, Ty::I64 | Ty::Decimal { .. }) => v,
+            (_, true, _) => dialect.convert(Ty::F64, &v),
+            (_, false, _) => dialect.sext(&v),
+        };
+        reduce.push(ReduceCode {
+            op: r.op,
+            float: r.is_float(),
+            stmts: std::mem::take(&mut g.body),
+            value,
+            valid: n,
+        });
+    }
     Ok(Body {
         pred_stmts,
         pred,
         emit_stmts,
+        reduce,
     })
 }
 
@@ -451,7 +602,7 @@ impl Gen {
                             _ => i32::from(scale),
                         };
                         let wide = if from == Ty::I32 {
-                            d.convert(Ty::I64, &a)
+                            d.sext(&a)
                         } else {
                             a.clone()
                         };
@@ -467,6 +618,7 @@ impl Gen {
                         );
                         if t == Ty::F64 { q } else { d.convert(t, &q) }
                     }
+                    (Ty::I32, Ty::I64) => d.sext(&a),
                     (_, t) => d.convert(t, &a),
                 };
                 self.line(&d.let_(&v, ty, &value));

@@ -460,6 +460,51 @@ pub fn cast_supported(from: Ty, to: Ty) -> bool {
     }
 }
 
+/// How a reduction folds the kept rows' non-NULL values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReduceOp {
+    /// Integers and decimals sum in 64 bits per block (an overflow sends the
+    /// batch to the CPU) and 128 bits across blocks; floats in f64.
+    Sum,
+    Min,
+    Max,
+    /// Only the count of non-NULL values (every reduction has it).
+    Count,
+}
+
+/// One aggregate over the kept rows: `op` of `arg`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reduce {
+    pub op: ReduceOp,
+    pub arg: Expr,
+}
+
+impl Reduce {
+    /// Whether the kernels fold `arg`'s type with `op` exactly as the CPU
+    /// would (float min/max are left out: NaN ordering).
+    pub fn supported(&self) -> Result<(), String> {
+        let t = self.arg.ty();
+        let ok = match self.op {
+            ReduceOp::Count => true,
+            ReduceOp::Sum => matches!(
+                t,
+                Ty::I32 | Ty::I64 | Ty::F32 | Ty::F64 | Ty::Decimal { .. }
+            ),
+            ReduceOp::Min | ReduceOp::Max => matches!(t, Ty::I32 | Ty::I64 | Ty::Decimal { .. }),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("{:?} of {t}", self.op))
+        }
+    }
+
+    /// Whether the fold runs in f64 (else in i64).
+    pub fn is_float(&self) -> bool {
+        self.op == ReduceOp::Sum && self.arg.ty().is_float()
+    }
+}
+
 /// Everything one fused kernel computes per row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Program {
@@ -469,6 +514,10 @@ pub struct Program {
     pub predicate: Option<Expr>,
     /// The output columns.
     pub outputs: Vec<Expr>,
+    /// Aggregates over the kept rows. A program has outputs or reductions,
+    /// not both: with reductions the kernel returns one partial result per
+    /// block of rows instead of rows.
+    pub reduce: Vec<Reduce>,
 }
 
 impl Program {
@@ -481,6 +530,13 @@ impl Program {
         }
         for e in &self.outputs {
             e.check(&self.inputs)?;
+        }
+        if !self.reduce.is_empty() && !self.outputs.is_empty() {
+            return Err("a program has outputs or reductions, not both".into());
+        }
+        for r in &self.reduce {
+            r.arg.check(&self.inputs)?;
+            r.supported()?;
         }
         Ok(())
     }
@@ -499,6 +555,17 @@ impl Program {
         let mut walk = |e: &Expr| e.visit(&mut |n| see(n.ty()));
         self.predicate.iter().for_each(&mut walk);
         self.outputs.iter().for_each(&mut walk);
+        self.reduce.iter().for_each(|r| walk(&r.arg));
+        // Reductions fold in i64 or f64 whatever their argument's width.
+        for r in &self.reduce {
+            if r.op != ReduceOp::Count {
+                if r.is_float() {
+                    floats = true;
+                } else {
+                    ints = true;
+                }
+            }
+        }
         (ints, floats)
     }
 
@@ -516,6 +583,7 @@ impl Program {
         };
         self.predicate.iter().for_each(&mut walk);
         self.outputs.iter().for_each(&mut walk);
+        self.reduce.iter().for_each(|r| walk(&r.arg));
         used
     }
 

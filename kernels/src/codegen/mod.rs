@@ -11,7 +11,7 @@ pub mod emit;
 pub mod ir;
 pub mod wgsl;
 
-pub use ir::{BinOp, Expr, Program, Ty, UnOp, Value};
+pub use ir::{BinOp, Expr, Program, Reduce, ReduceOp, Ty, UnOp, Value};
 
 /// One input column of a fused launch, in the device layout of its [`Ty`]:
 /// 4 or 8 bytes per value (booleans as one 32-bit word each).
@@ -45,9 +45,42 @@ pub struct FusedOutput {
     /// For each output row, the input row it came from (ascending).
     pub indices: Vec<u32>,
     pub columns: Vec<OutColumn>,
+    /// For a program of reductions, each one's result over the kept rows.
+    pub reduced: Vec<Reduced>,
     /// Bytes copied host → device and device → host.
     pub bytes_up: u64,
     pub bytes_down: u64,
+}
+
+/// The result of one reduction over a launch's kept rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Reduced {
+    /// Kept rows whose argument was not NULL.
+    pub nonnull: u64,
+    /// Integer and decimal sums (exact), minima and maxima; `None` when no
+    /// value was folded or the fold is in floats.
+    pub int: Option<i128>,
+    /// Float sums.
+    pub float: Option<f64>,
+}
+
+impl Reduced {
+    /// Folds another partial result of the same reduction into this one.
+    pub fn merge(&mut self, op: ReduceOp, other: &Reduced) {
+        self.nonnull += other.nonnull;
+        self.int = match (self.int, other.int) {
+            (Some(a), Some(b)) => Some(match op {
+                ReduceOp::Min => a.min(b),
+                ReduceOp::Max => a.max(b),
+                _ => a + b,
+            }),
+            (a, b) => a.or(b),
+        };
+        self.float = match (self.float, other.float) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+    }
 }
 
 impl FusedOutput {
@@ -121,6 +154,9 @@ pub struct Layout<'a> {
     /// Words of `outw`.
     pub out_words: usize,
     pub rows: usize,
+    /// For a program of reductions: blocks, each with one partial per
+    /// reduction.
+    reduce_blocks: Option<usize>,
 }
 
 /// The most rows one launch of `program` takes when its input and output
@@ -205,6 +241,27 @@ impl<'a> Layout<'a> {
         }
         let mut out_words = 0usize;
         let mut regions = Vec::new();
+        if !program.reduce.is_empty() {
+            // One partial per block: a 64-bit value and a count.
+            let nblocks = rows.div_ceil(wgsl::BLOCK as usize);
+            for _ in &program.reduce {
+                params.push(out_words as u32);
+                params.push((out_words + 2 * nblocks) as u32);
+                regions.push((out_words, 2, out_words + 2 * nblocks));
+                out_words += 3 * nblocks;
+            }
+            params.push(out_words as u32);
+            return Ok(Layout {
+                params,
+                placed,
+                data_words: words,
+                regions,
+                index_region: out_words,
+                out_words: out_words.max(1),
+                rows,
+                reduce_blocks: Some(nblocks),
+            });
+        }
         for e in &program.outputs {
             let w = e.ty().width() / 4;
             params.push(out_words as u32);
@@ -223,6 +280,7 @@ impl<'a> Layout<'a> {
             index_region,
             out_words,
             rows,
+            reduce_blocks: None,
         })
     }
 
@@ -244,6 +302,9 @@ impl<'a> Layout<'a> {
     /// The (offset, length) word ranges of `outw` holding `kept` rows, in
     /// the order [`Layout::split`] reads them.
     pub fn kept_ranges(&self, kept: usize) -> Vec<(usize, usize)> {
+        if let Some(nblocks) = self.reduce_blocks {
+            return vec![(0, 3 * nblocks * self.regions.len())];
+        }
         let mut copies = Vec::new();
         for &(values, w, validity) in &self.regions {
             copies.push((values, kept * w));
@@ -251,6 +312,36 @@ impl<'a> Layout<'a> {
         }
         copies.push((self.index_region, kept));
         copies
+    }
+
+    /// Folds the per-block partials of a program of reductions (the words of
+    /// [`Layout::kept_ranges`]) into one result per reduction.
+    pub fn combine(&self, program: &Program, words: &[u32]) -> Vec<Reduced> {
+        let nblocks = self.reduce_blocks.unwrap_or(0);
+        program
+            .reduce
+            .iter()
+            .zip(&self.regions)
+            .map(|(r, &(values, _, counts))| {
+                let mut total = Reduced::default();
+                for b in 0..nblocks {
+                    let n = words.get(counts + b).copied().unwrap_or(0);
+                    if n == 0 {
+                        continue;
+                    }
+                    let bits = u64::from(words[values + 2 * b])
+                        | (u64::from(words[values + 2 * b + 1]) << 32);
+                    let part = Reduced {
+                        nonnull: u64::from(n),
+                        int: (!r.is_float() && r.op != ReduceOp::Count)
+                            .then_some(i128::from(bits as i64)),
+                        float: r.is_float().then_some(f64::from_bits(bits)),
+                    };
+                    total.merge(r.op, &part);
+                }
+                total
+            })
+            .collect()
     }
 
     /// Splits the words of [`Layout::kept_ranges`], concatenated, into

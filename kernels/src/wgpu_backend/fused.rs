@@ -19,9 +19,9 @@ use crate::error::{KernelError, Result};
 /// The pipelines of one generated module.
 pub(super) struct FusedPipelines {
     layout: wgpu::BindGroupLayout,
-    count: wgpu::ComputePipeline,
-    scan: wgpu::ComputePipeline,
-    emit: wgpu::ComputePipeline,
+    /// `count`, `scan`, `emit` for a program of rows; `reduce` alone for a
+    /// program of reductions.
+    passes: Vec<wgpu::ComputePipeline>,
 }
 
 /// Compiled fused modules by program fingerprint.
@@ -138,9 +138,11 @@ impl WgpuDevice {
                     })
             };
             Ok(FusedPipelines {
-                count: pipeline("count"),
-                scan: pipeline("scan"),
-                emit: pipeline("emit"),
+                passes: if program.reduce.is_empty() {
+                    vec![pipeline("count"), pipeline("scan"), pipeline("emit")]
+                } else {
+                    vec![pipeline("reduce")]
+                },
                 layout,
             })
         })?;
@@ -170,6 +172,7 @@ impl WgpuDevice {
         let mut out = FusedOutput::default();
         if rows == 0 {
             out.columns = empty_columns(program);
+            out.reduced = vec![Default::default(); program.reduce.len()];
             return Ok(out);
         }
         let layout = Layout::new(program, rows, inputs)?;
@@ -219,14 +222,17 @@ impl WgpuDevice {
                     timestamp_writes: None,
                 });
                 pass.set_bind_group(0, &group, &[]);
-                if program.predicate.is_some() {
-                    pass.set_pipeline(&pipelines.count);
-                    pass.dispatch_workgroups(x, y, 1);
-                    pass.set_pipeline(&pipelines.scan);
-                    pass.dispatch_workgroups(1, 1, 1);
+                let passes: &[(usize, (u32, u32))] = if !program.reduce.is_empty() {
+                    &[(0, (x, y))]
+                } else if program.predicate.is_some() {
+                    &[(0, (x, y)), (1, (1, 1)), (2, (x, y))]
+                } else {
+                    &[(2, (x, y))]
+                };
+                for &(p, (gx, gy)) in passes {
+                    pass.set_pipeline(&pipelines.passes[p]);
+                    pass.dispatch_workgroups(gx, gy, 1);
                 }
-                pass.set_pipeline(&pipelines.emit);
-                pass.dispatch_workgroups(x, y, 1);
             }
             let small = self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("fused count"),
@@ -283,9 +289,13 @@ impl WgpuDevice {
             self.map_words(&staging)
         })?;
         out.bytes_down += (all * 4) as u64;
-        let (columns, indices) = layout.split(program, kept, &words_back);
-        out.columns = columns;
-        out.indices = indices;
+        if program.reduce.is_empty() {
+            let (columns, indices) = layout.split(program, kept, &words_back);
+            out.columns = columns;
+            out.indices = indices;
+        } else {
+            out.reduced = layout.combine(program, &words_back);
+        }
         Ok(out)
     }
 

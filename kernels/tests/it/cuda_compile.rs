@@ -149,16 +149,51 @@ fn kitchen_sink() -> Vec<kiln_kernels::codegen::Program> {
         },
     ]);
     let predicate = Expr::binary(BinOp::Gt, col(1), int(i64::MIN, Ty::I64));
+    use kiln_kernels::codegen::{Reduce, ReduceOp};
+    let reductions = vec![
+        Reduce {
+            op: ReduceOp::Sum,
+            arg: col(0),
+        },
+        Reduce {
+            op: ReduceOp::Sum,
+            arg: col(3),
+        },
+        Reduce {
+            op: ReduceOp::Sum,
+            arg: col(5),
+        },
+        Reduce {
+            op: ReduceOp::Min,
+            arg: col(1),
+        },
+        Reduce {
+            op: ReduceOp::Max,
+            arg: col(5),
+        },
+        Reduce {
+            op: ReduceOp::Count,
+            arg: col(4),
+        },
+    ];
     vec![
+        Program {
+            inputs: inputs.clone(),
+            predicate: Some(predicate.clone()),
+            outputs: Vec::new(),
+            reduce: reductions,
+        },
         Program {
             inputs: inputs.clone(),
             predicate: Some(predicate),
             outputs: outputs.clone(),
+            reduce: Vec::new(),
         },
         Program {
             inputs,
             predicate: None,
             outputs,
+            reduce: Vec::new(),
         },
     ]
 }
@@ -174,7 +209,12 @@ fn generated_fused_kernels_compile_for_cuda() {
             let ptx = compile_ptx("fused.cu", &source, arch)
                 .unwrap_or_else(|e| panic!("{arch:?}: {e}\n{source}"));
             let text = ptx.to_src();
-            for entry in ["kiln_count", "kiln_scan", "kiln_emit"] {
+            let entries: &[&str] = if program.reduce.is_empty() {
+                &["kiln_count", "kiln_scan", "kiln_emit"]
+            } else {
+                &["kiln_reduce"]
+            };
+            for entry in entries {
                 assert!(text.contains(entry), "{entry} missing from PTX");
             }
         }
@@ -188,6 +228,7 @@ fn wgsl_refuses_what_vulkan_cannot_compute_exactly() {
         inputs: vec![Ty::F64],
         predicate: None,
         outputs: vec![Expr::unary(UnOp::Exp, Expr::column(0, Ty::F64))],
+        reduce: Vec::new(),
     };
     let fmod = Program {
         inputs: vec![Ty::F32],
@@ -197,6 +238,7 @@ fn wgsl_refuses_what_vulkan_cannot_compute_exactly() {
             Expr::column(0, Ty::F32),
             Expr::column(0, Ty::F32),
         )],
+        reduce: Vec::new(),
     };
     for p in [&f64_exp, &fmod] {
         assert!(kiln_kernels::codegen::wgsl::generate(p).is_err());

@@ -146,6 +146,7 @@ fn filter_and_projection_over_many_blocks() {
                 Expr::binary(BinOp::Mul, col(2, Ty::F64), float(1.5)),
                 col(0, Ty::I32),
             ],
+            reduce: Vec::new(),
         };
         let cols = [
             Col::i32s(&a, None),
@@ -196,6 +197,7 @@ fn three_valued_logic_and_null_tests() {
             Expr::binary(BinOp::Eq, bx.clone(), by.clone()),
             Expr::binary(BinOp::Lt, bx, by),
         ],
+        reduce: Vec::new(),
     };
     let cols = [Col::bools(&x, Some(&xv)), Col::bools(&y, Some(&yv))];
     let out = run(&gpu, &program, pairs.len(), &cols);
@@ -255,6 +257,7 @@ fn floats_compare_in_total_order_and_round_half_away_from_zero() {
             Expr::unary(UnOp::Abs, l.clone()),
             Expr::unary(UnOp::Neg, l),
         ],
+        reduce: Vec::new(),
     };
     let out = run(
         &gpu,
@@ -333,6 +336,7 @@ fn case_coalesce_and_in_list_follow_sql() {
                 negated: true,
             },
         ],
+        reduce: Vec::new(),
     };
     let out = run(
         &gpu,
@@ -397,6 +401,7 @@ fn decimals_scale_and_flag_what_the_device_cannot_compute() {
                 col(1, d4_2),
             ),
         )],
+        reduce: Vec::new(),
     };
     let out = run(
         &gpu,
@@ -429,6 +434,7 @@ fn decimals_scale_and_flag_what_the_device_cannot_compute() {
         inputs: vec![big],
         predicate: None,
         outputs: vec![Expr::binary(BinOp::Add, col(0, big), col(0, big))],
+        reduce: Vec::new(),
     };
     let ok = run(
         &gpu,
@@ -454,6 +460,7 @@ fn decimals_scale_and_flag_what_the_device_cannot_compute() {
                 scale: 2,
             },
         )],
+        reduce: Vec::new(),
     };
     let fits = run(&gpu, &narrow, 1, &[Col::i64s(&[999], None)]);
     assert_eq!(out64(&fits, 0), vec![Some(99_900)]);
@@ -472,6 +479,7 @@ fn decimals_scale_and_flag_what_the_device_cannot_compute() {
             Expr::cast(col(0, d25_2), Ty::F64),
             Expr::cast(col(0, d25_2), Ty::F32),
         ],
+        reduce: Vec::new(),
     };
     let values = [1i64, -7, 123_456_789_012_345, 33, i64::MAX / 3];
     let out = run(
@@ -502,6 +510,7 @@ fn integer_division_matches_rust_and_division_by_zero_needs_the_cpu() {
             Expr::binary(BinOp::Div, col(0, Ty::I32), col(1, Ty::I32)),
             Expr::binary(BinOp::Mod, col(0, Ty::I32), col(1, Ty::I32)),
         ],
+        reduce: Vec::new(),
     };
     let out = run(
         &gpu,
@@ -546,6 +555,7 @@ fn programs_the_device_cannot_run_say_why() {
         inputs: vec![Ty::F64],
         predicate: None,
         outputs: vec![Expr::unary(UnOp::Exp, col(0, Ty::F64))],
+        reduce: Vec::new(),
     };
     let err = gpu.fused_support(&exp64).unwrap_err();
     assert!(err.contains("exp of f64"), "{err}");
@@ -553,6 +563,7 @@ fn programs_the_device_cannot_run_say_why() {
         inputs: vec![Ty::I32],
         predicate: Some(col(0, Ty::I32)),
         outputs: vec![],
+        reduce: Vec::new(),
     };
     assert!(gpu.fused_support(&ill_typed).is_err());
     let cpu = Device::cpu();
@@ -560,6 +571,167 @@ fn programs_the_device_cannot_run_say_why() {
         inputs: vec![Ty::I32],
         predicate: None,
         outputs: vec![col(0, Ty::I32)],
+        reduce: Vec::new(),
     };
     assert!(cpu.fused_support(&plain).is_err());
+}
+
+#[test]
+fn signed_64_bit_arithmetic_matches_rust() {
+    let Some(gpu) = gpu() else { return };
+    let a: Vec<i64> = vec![
+        -943,
+        943,
+        0,
+        -1,
+        7,
+        -8,
+        i64::MAX,
+        i64::MIN + 1,
+        123_456_789_012,
+    ];
+    let c = |v: i64| int(v, Ty::I64);
+    let x = || col(0, Ty::I64);
+    let program = Program {
+        inputs: vec![Ty::I64],
+        predicate: None,
+        outputs: vec![
+            // ((2 - abs(a)) / -7), -a, a % -7, a * 3 (wrapping)
+            Expr::binary(
+                BinOp::Div,
+                Expr::binary(BinOp::Sub, c(2), Expr::unary(UnOp::Abs, x())),
+                c(-7),
+            ),
+            Expr::unary(UnOp::Neg, x()),
+            Expr::binary(BinOp::Mod, x(), c(-7)),
+            Expr::binary(BinOp::Mul, x(), c(3)),
+            Expr::unary(UnOp::Abs, x()),
+        ],
+        reduce: Vec::new(),
+    };
+    let out = run(&gpu, &program, a.len(), &[Col::i64s(&a, None)]);
+    assert!(!out.needs_cpu);
+    for (i, v) in a.iter().enumerate() {
+        assert_eq!(
+            out64(&out, 0)[i],
+            Some((2 - v.abs()) / -7),
+            "(2 - abs({v})) / -7"
+        );
+        assert_eq!(out64(&out, 1)[i], Some(v.wrapping_neg()), "-{v}");
+        assert_eq!(out64(&out, 2)[i], Some(v % -7), "{v} % -7");
+        assert_eq!(out64(&out, 3)[i], Some(v.wrapping_mul(3)), "{v} * 3");
+        assert_eq!(out64(&out, 4)[i], Some(v.abs()), "abs({v})");
+    }
+}
+
+#[test]
+fn abs_of_a_widened_column() {
+    let Some(gpu) = gpu() else { return };
+    let a: Vec<i32> = vec![-943, 943, 0, -1, 7];
+    let x = Expr::cast(col(0, Ty::I32), Ty::I64);
+    let program = Program {
+        inputs: vec![Ty::I32],
+        predicate: None,
+        outputs: vec![
+            Expr::binary(
+                BinOp::Div,
+                Expr::binary(
+                    BinOp::Sub,
+                    int(2, Ty::I64),
+                    Expr::unary(UnOp::Abs, x.clone()),
+                ),
+                int(-7, Ty::I64),
+            ),
+            Expr::unary(UnOp::Abs, x.clone()),
+            Expr::binary(BinOp::Lt, x.clone(), int(0, Ty::I64)),
+            x,
+        ],
+        reduce: Vec::new(),
+    };
+    let out = run(&gpu, &program, a.len(), &[Col::i32s(&a, None)]);
+    for (i, v) in a.iter().enumerate() {
+        let v = i64::from(*v);
+        assert_eq!(out64(&out, 3)[i], Some(v), "CAST({v} AS BIGINT)");
+        assert_eq!(out32(&out, 2)[i], Some(u32::from(v < 0)), "{v} < 0");
+        assert_eq!(out64(&out, 1)[i], Some(v.abs()), "abs({v})");
+        assert_eq!(
+            out64(&out, 0)[i],
+            Some((2 - v.abs()) / -7),
+            "(2 - abs({v})) / -7"
+        );
+    }
+}
+
+#[test]
+fn reductions_over_kept_rows() {
+    use kiln_kernels::codegen::{Reduce, ReduceOp};
+    let Some(gpu) = gpu() else { return };
+    for rows in [0usize, 1, 300, 70_001] {
+        let a: Vec<i32> = (0..rows as i32).map(|i| (i * 7919) % 2001 - 1000).collect();
+        let valid: Vec<bool> = (0..rows).map(|i| i % 5 != 2).collect();
+        let b: Vec<i64> = (0..rows as i64).map(|i| i * 1_234_567 - 99).collect();
+        let c: Vec<f64> = (0..rows).map(|i| (i % 97) as f64 * 0.5 - 3.0).collect();
+        let d15 = Ty::Decimal {
+            precision: 15,
+            scale: 2,
+        };
+        let reduce = |op, arg| Reduce { op, arg };
+        let program = Program {
+            inputs: vec![Ty::I32, Ty::I64, Ty::F64, d15],
+            predicate: Some(Expr::binary(BinOp::Gt, col(1, Ty::I64), int(1000, Ty::I64))),
+            outputs: Vec::new(),
+            reduce: vec![
+                reduce(ReduceOp::Sum, col(0, Ty::I32)),
+                reduce(ReduceOp::Min, col(0, Ty::I32)),
+                reduce(ReduceOp::Max, col(1, Ty::I64)),
+                reduce(ReduceOp::Sum, col(2, Ty::F64)),
+                reduce(ReduceOp::Count, Expr::lit(Value::Bool(true), Ty::Bool)),
+                reduce(
+                    ReduceOp::Sum,
+                    Expr::binary(BinOp::Mul, col(3, d15), col(3, d15)),
+                ),
+            ],
+        };
+        let cols = [
+            Col::i32s(&a, Some(&valid)),
+            Col::i64s(&b, None),
+            Col::f64s(&c, None),
+            Col::decimals(&b.iter().map(|v| v % 1_000_000).collect::<Vec<_>>(), 15, 2),
+        ];
+        let out = run(&gpu, &program, rows, &cols);
+        assert!(!out.needs_cpu, "rows={rows}");
+        let kept: Vec<usize> = (0..rows).filter(|&i| b[i] > 1000).collect();
+        let ints: Vec<i128> = kept
+            .iter()
+            .filter(|&&i| valid[i])
+            .map(|&i| i128::from(a[i]))
+            .collect();
+        let r = &out.reduced;
+        assert_eq!(r[0].nonnull, ints.len() as u64, "rows={rows}");
+        assert_eq!(r[0].int, (!ints.is_empty()).then(|| ints.iter().sum()));
+        assert_eq!(r[1].int, ints.iter().min().copied());
+        assert_eq!(r[2].int, kept.iter().map(|&i| i128::from(b[i])).max());
+        let fsum: f64 = kept.iter().map(|&i| c[i]).sum();
+        assert!(
+            kept.is_empty() || (r[3].float.unwrap() - fsum).abs() <= 1e-9 * fsum.abs().max(1.0)
+        );
+        assert_eq!(r[4].nonnull, kept.len() as u64);
+        let sq: i128 = kept
+            .iter()
+            .map(|&i| i128::from(b[i] % 1_000_000).pow(2))
+            .sum();
+        assert_eq!(r[5].int, (!kept.is_empty()).then_some(sq));
+    }
+    // A block sum beyond 64 bits needs the CPU.
+    let big = Program {
+        inputs: vec![Ty::I64],
+        predicate: None,
+        outputs: Vec::new(),
+        reduce: vec![Reduce {
+            op: ReduceOp::Sum,
+            arg: col(0, Ty::I64),
+        }],
+    };
+    let out = run(&gpu, &big, 2, &[Col::i64s(&[i64::MAX, 1], None)]);
+    assert!(out.needs_cpu);
 }

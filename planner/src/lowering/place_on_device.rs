@@ -285,6 +285,7 @@ fn stage_plan(
             inputs,
             predicate,
             outputs: computed,
+            reduce: Vec::new(),
         },
         outputs,
         original_ops: ops,
