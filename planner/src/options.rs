@@ -27,6 +27,9 @@ extensions_options! {
         pub gpu_filter: bool, default = true
         /// Let projections run in GPU stages.
         pub gpu_projection: bool, default = true
+        /// Let partial aggregates (sum, count, min, max, avg without GROUP BY)
+        /// run in GPU stages.
+        pub gpu_aggregate: bool, default = true
         /// The cost model keeps a stage on the CPU when its input is estimated
         /// below this many rows (moving the data would cost more than it saves).
         pub gpu_min_rows: usize, default = 100_000

@@ -500,7 +500,8 @@ async fn explain_placement_snapshots() {
         }
     };
     let gpu = tpch_session(GPU).await;
-    // One fully on the GPU: TPC-H Q6's filter (its product is inside the sum).
+    // One on the GPU up to the final merge: TPC-H Q6, its filter, product and
+    // partial sum in one stage.
     snapshot("q6_wgpu", &normalize(explain(&gpu, &query(6)).await));
     // One with a string fallback: the string conjunct keeps the filter on the
     // CPU, the arithmetic above it still runs on the GPU.
@@ -554,4 +555,75 @@ async fn batches_the_device_cannot_compute_fall_back_to_the_cpu() {
         .unwrap();
     assert!(stage.contains("cpu_fallback_batches=0"), "{stage}");
     assert!(!stage.contains("device_batches=0"), "{stage}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregates_without_group_by_match_the_cpu() {
+    if !has_wgpu() {
+        return;
+    }
+    let table = random_table(20_000, 11);
+    let make = |settings: &'static [&'static str]| {
+        let table = table.clone();
+        async move {
+            let session = Session::builder()
+                .device("cpu".parse::<DeviceRequest>().unwrap())
+                .target_partitions(2)
+                .build()
+                .unwrap();
+            session.context().register_batch("t", table).unwrap();
+            for s in settings {
+                run_sql(&session, s).await;
+            }
+            session
+        }
+    };
+    let cpu = make(&["SET kiln.device = 'cpu'"]).await;
+    let gpu = make(GPU).await;
+    let aggregates = "sum(a) AS s_a, count(a) AS n_a, count(*) AS n, min(a) AS lo_a, max(b) AS hi_b, \
+                      avg(e) AS avg_e, sum(c) AS s_c, avg(c) AS avg_c, min(f) AS lo_f, max(e) AS hi_e, \
+                      sum(e * e) AS s_e2, avg(a) AS avg_a";
+    for filter in [
+        "TRUE",
+        "a > 0 AND d",
+        "c < 0 OR e > 100",
+        "a > 100000", // keeps nothing: NULL sums, zero counts
+    ] {
+        let sql = format!("SELECT {aggregates} FROM t WHERE {filter}");
+        let plan = explain(&gpu, &sql).await;
+        assert!(
+            plan.contains("ops=[FilterExec, AggregateExec]")
+                || plan.contains("ops=[AggregateExec]"),
+            "{filter}: the partial aggregate should be in a stage:\n{plan}"
+        );
+        let (w, g) = (
+            cells(&run_sql(&cpu, &sql).await),
+            cells(&run_sql(&gpu, &sql).await),
+        );
+        assert_eq!(w.len(), 1);
+        assert!(
+            w[0].iter().zip(&g[0]).all(|(a, b)| same(a, b)),
+            "{filter}: cpu {:?} gpu {:?}",
+            w[0],
+            g[0]
+        );
+    }
+    // Block sums beyond 64 bits: the device flags them and DataFusion's own
+    // accumulators take those batches.
+    let sql = "SELECT sum(b * 1048576) AS s, count(*) AS n FROM t";
+    let want = pretty_format_batches(&run_sql(&cpu, sql).await)
+        .unwrap()
+        .to_string();
+    let got = pretty_format_batches(&run_sql(&gpu, sql).await)
+        .unwrap()
+        .to_string();
+    assert_eq!(got, want);
+    let analyzed = pretty_format_batches(&run_sql(&gpu, &format!("EXPLAIN ANALYZE {sql}")).await)
+        .unwrap()
+        .to_string();
+    let stage = analyzed
+        .lines()
+        .find(|l| l.contains("GpuStageExec"))
+        .unwrap();
+    assert!(!stage.contains("cpu_fallback_batches=0"), "{stage}");
 }

@@ -35,10 +35,11 @@ use datafusion::physical_plan::{
     ReplaceChildrenOptions, SendableRecordBatchStream,
 };
 use futures::StreamExt;
-use kiln_kernels::codegen::Program;
+use kiln_kernels::codegen::{FusedOutput, Program, Reduced};
 use kiln_kernels::{Device, DeviceInfo};
 
 use super::device_columns::{HostColumn, from_device, to_device};
+use super::stage_aggregate::StageAggregate;
 use crate::device::open_shared;
 
 /// Where one output column of a stage comes from.
@@ -75,6 +76,10 @@ pub struct StagePlan {
     pub original_ops: Vec<Arc<dyn ExecutionPlan>>,
     /// The predicate as DataFusion displays it, for EXPLAIN.
     pub predicate: Option<String>,
+    /// A partial aggregate without GROUP BY at the top of the stage (the
+    /// last of `original_ops`): the program's reductions compute it and the
+    /// stage emits one row of partial state per partition.
+    pub aggregate: Option<StageAggregate>,
     /// The cost model's estimates, for EXPLAIN.
     pub est_rows: Option<usize>,
     pub est_bytes_moved: Option<u64>,
@@ -102,8 +107,12 @@ impl GpuStageExec {
         batch_rows: usize,
         properties: Arc<PlanProperties>,
     ) -> Result<Self> {
-        let cpu_steps = plan
-            .original_ops
+        let mut ops = plan.original_ops.as_slice();
+        if plan.aggregate.is_some() {
+            // The aggregate is evaluated by StageAggregate, not as a step.
+            ops = &ops[..ops.len().saturating_sub(1)];
+        }
+        let cpu_steps = ops
             .iter()
             .map(|op| cpu_step(op.as_ref()))
             .collect::<Result<Vec<_>>>()?;
@@ -153,12 +162,24 @@ impl DisplayAs for GpuStageExec {
         if let Some(p) = &plan.predicate {
             write!(f, ", predicate={p}")?;
         }
-        write!(
-            f,
-            ", computed={computed}, passed_through={}, batch_rows={}",
-            plan.outputs.len() - computed,
-            self.batch_rows
-        )?;
+        match &plan.aggregate {
+            Some(agg) => write!(
+                f,
+                ", aggregate=[{}], batch_rows={}",
+                agg.functions
+                    .iter()
+                    .map(|a| a.name().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                self.batch_rows
+            )?,
+            None => write!(
+                f,
+                ", computed={computed}, passed_through={}, batch_rows={}",
+                plan.outputs.len() - computed,
+                self.batch_rows
+            )?,
+        }
         if let Some(rows) = plan.est_rows {
             write!(f, ", est_rows={rows}")?;
         }
@@ -242,6 +263,30 @@ impl ExecutionPlan for GpuStageExec {
             metrics: StageMetrics::new(&self.metrics, partition),
             done: false,
         };
+        if self.plan.aggregate.is_some() {
+            let stream = futures::stream::once(async move {
+                let mut state = state;
+                let mut acc = state
+                    .plan
+                    .aggregate
+                    .as_ref()
+                    .map(|a| a.start())
+                    .unwrap_or_default();
+                loop {
+                    let pending = state.gather().await?;
+                    if pending.is_empty() {
+                        break;
+                    }
+                    state.fold(&pending, &mut acc)?;
+                }
+                let Some(agg) = &state.plan.aggregate else {
+                    return internal_err!("GpuStageExec: aggregate mode without an aggregate");
+                };
+                let out = agg.finish(&acc, &state.schema)?;
+                Ok(out.record_output(&state.metrics.baseline))
+            });
+            return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)));
+        }
         let stream = futures::stream::unfold(state, |mut state| async move {
             if state.done {
                 return None;
@@ -313,6 +358,81 @@ struct StageState {
 }
 
 impl StageState {
+    /// The next input batches, up to one launch's rows; empty at the end.
+    async fn gather(&mut self) -> Result<Vec<RecordBatch>> {
+        let mut pending = Vec::new();
+        let mut rows = 0;
+        while rows < self.launch_rows && !self.done {
+            match self.input.next().await {
+                Some(Ok(batch)) => {
+                    rows += batch.num_rows();
+                    pending.push(batch);
+                }
+                Some(Err(e)) => return Err(e),
+                None => self.done = true,
+            }
+        }
+        Ok(pending)
+    }
+
+    /// Folds `pending` into the aggregate's running results.
+    fn fold(&self, pending: &[RecordBatch], acc: &mut [Reduced]) -> Result<()> {
+        let _timer = self.metrics.baseline.elapsed_compute().timer();
+        let Some(agg) = &self.plan.aggregate else {
+            return internal_err!("GpuStageExec: fold without an aggregate");
+        };
+        let batch = concat_batches(&self.input_schema, pending)?;
+        let mut start = 0;
+        while start < batch.num_rows() {
+            let len = self.launch_rows.min(batch.num_rows() - start);
+            let part = batch.slice(start, len);
+            match self.launch_device(&part)? {
+                Some(out) => agg.merge(acc, &out.reduced),
+                None => {
+                    self.metrics.cpu_batches.add(1);
+                    let rows = run_on_cpu(&self.cpu_steps, part)?;
+                    agg.merge_on_cpu(acc, &rows)?;
+                }
+            }
+            start += len;
+        }
+        Ok(())
+    }
+
+    /// Runs the program on the device: `None` when the batch needs the CPU.
+    fn launch_device(&self, batch: &RecordBatch) -> Result<Option<FusedOutput>> {
+        let plan = &self.plan;
+        let used = plan.program.used_inputs();
+        let mut host: Vec<Option<HostColumn>> = Vec::with_capacity(used.len());
+        for (column, used) in batch.columns().iter().zip(&used) {
+            if !used {
+                host.push(None);
+                continue;
+            }
+            match to_device(column.as_ref())? {
+                Some(h) => host.push(Some(h)),
+                None => return Ok(None),
+            }
+        }
+        let inputs: Vec<_> = host
+            .iter()
+            .map(|h| h.as_ref().map(HostColumn::data))
+            .collect();
+        let out = {
+            let _t = self.metrics.device_time.timer();
+            self.device
+                .run_fused(&plan.program, batch.num_rows(), &inputs)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?
+        };
+        self.metrics.bytes_to_device.add(out.bytes_up as usize);
+        self.metrics.bytes_from_device.add(out.bytes_down as usize);
+        if out.needs_cpu {
+            return Ok(None);
+        }
+        self.metrics.device_batches.add(1);
+        Ok(Some(out))
+    }
+
     fn run(&self, pending: &[RecordBatch]) -> Result<RecordBatch> {
         let _timer = self.metrics.baseline.elapsed_compute().timer();
         let batch = concat_batches(&self.input_schema, pending)?;
@@ -335,34 +455,9 @@ impl StageState {
 
     fn launch(&self, batch: &RecordBatch) -> Result<RecordBatch> {
         let plan = &self.plan;
-        let used = plan.program.used_inputs();
-        let mut host: Vec<Option<HostColumn>> = Vec::with_capacity(used.len());
-        for (column, used) in batch.columns().iter().zip(&used) {
-            if !used {
-                host.push(None);
-                continue;
-            }
-            match to_device(column.as_ref())? {
-                Some(h) => host.push(Some(h)),
-                None => return self.on_cpu(batch),
-            }
-        }
-        let inputs: Vec<_> = host
-            .iter()
-            .map(|h| h.as_ref().map(HostColumn::data))
-            .collect();
-        let out = {
-            let _t = self.metrics.device_time.timer();
-            self.device
-                .run_fused(&plan.program, batch.num_rows(), &inputs)
-                .map_err(|e| DataFusionError::External(Box::new(e)))?
-        };
-        self.metrics.bytes_to_device.add(out.bytes_up as usize);
-        self.metrics.bytes_from_device.add(out.bytes_down as usize);
-        if out.needs_cpu {
+        let Some(out) = self.launch_device(batch)? else {
             return self.on_cpu(batch);
-        }
-        self.metrics.device_batches.add(1);
+        };
         let indices = plan
             .program
             .predicate
@@ -387,7 +482,12 @@ impl StageState {
 
     fn on_cpu(&self, batch: &RecordBatch) -> Result<RecordBatch> {
         self.metrics.cpu_batches.add(1);
-        run_on_cpu(&self.cpu_steps, batch.clone(), &self.schema)
+        let out = run_on_cpu(&self.cpu_steps, batch.clone())?;
+        Ok(RecordBatch::try_new_with_options(
+            Arc::clone(&self.schema),
+            out.columns().to_vec(),
+            &RecordBatchOptions::new().with_row_count(Some(out.num_rows())),
+        )?)
     }
 }
 
@@ -415,12 +515,9 @@ fn cpu_step(op: &dyn ExecutionPlan) -> Result<CpuStep> {
     internal_err!("GpuStageExec cannot replace {}", op.name())
 }
 
-/// Evaluates a stage's operators on the CPU, as DataFusion's own would.
-pub fn run_on_cpu(
-    steps: &[CpuStep],
-    batch: RecordBatch,
-    schema: &SchemaRef,
-) -> Result<RecordBatch> {
+/// Evaluates a stage's filters and projections on the CPU, as DataFusion's
+/// own operators would.
+pub fn run_on_cpu(steps: &[CpuStep], batch: RecordBatch) -> Result<RecordBatch> {
     let mut batch = batch;
     for step in steps {
         batch = match step {
@@ -455,9 +552,5 @@ pub fn run_on_cpu(
             }
         };
     }
-    Ok(RecordBatch::try_new_with_options(
-        Arc::clone(schema),
-        batch.columns().to_vec(),
-        &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
-    )?)
+    Ok(batch)
 }

@@ -16,13 +16,14 @@ use datafusion::common::{Result, plan_datafusion_err};
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
 use kiln_engine::exec::device_columns::device_ty;
-use kiln_engine::exec::{GpuStageExec, StageOutput, StagePlan};
-use kiln_kernels::codegen::{BinOp, Expr, Program, Ty};
+use kiln_engine::exec::{GpuStageExec, StageAggregate, StageOutput, StagePlan};
+use kiln_kernels::codegen::{BinOp, Expr, Program, Reduce, Ty};
 use kiln_kernels::{BackendKind, Device, DeviceInfo, DeviceRequest};
 
 use super::expr::{Source, Translator};
@@ -34,6 +35,7 @@ pub struct LoweringContext {
     pub device: Device,
     pub filter: bool,
     pub projection: bool,
+    pub aggregate: bool,
     pub min_rows: usize,
     pub batch_rows: usize,
 }
@@ -66,6 +68,7 @@ impl LoweringContext {
             device,
             filter: options.gpu_filter,
             projection: options.gpu_projection,
+            aggregate: options.gpu_aggregate,
             min_rows: options.gpu_min_rows,
             batch_rows: options.gpu_batch_rows,
         }))
@@ -176,8 +179,12 @@ pub fn lower(
     let any = op;
     let is_filter = any.is::<FilterExec>();
     let is_projection = any.is::<ProjectionExec>();
-    if !is_filter && !is_projection {
+    let aggregate = any.downcast_ref::<AggregateExec>();
+    if !is_filter && !is_projection && aggregate.is_none() {
         return Err(no_kernel(op.as_ref()));
+    }
+    if aggregate.is_some() && !ctx.aggregate {
+        return Err("kiln.gpu_aggregate is off".into());
     }
     if is_filter && !ctx.filter {
         return Err("kiln.gpu_filter is off".into());
@@ -191,14 +198,19 @@ pub fn lower(
         .map(|c| Arc::clone(*c))
         .ok_or("operator without input")?;
     let mut chain = match child.downcast_ref::<GpuStageExec>() {
-        Some(stage) => Chain::of_stage(stage),
-        None => Chain::over(child),
+        // A stage that ends in an aggregate emits states, not rows: what
+        // follows it starts a new stage.
+        Some(stage) if stage.plan().aggregate.is_none() => Chain::of_stage(stage),
+        _ => Chain::over(child),
     };
     let op_schema = op.children()[0].schema();
     let stage_inputs = chain.input.schema();
+    // The operator's expressions are over its input: the chain's columns
+    // before this operator.
+    let input_columns = chain.columns.clone();
     let translator = Translator {
         schema: &op_schema,
-        columns: &chain.columns,
+        columns: &input_columns,
         inputs: &stage_inputs,
     };
     if let Some(filter) = any.downcast_ref::<FilterExec>() {
@@ -230,16 +242,44 @@ pub fn lower(
         }
         chain.columns = columns;
     }
+    let mut reductions = Vec::new();
+    let mut stage_aggregate = None;
+    if let Some(agg) = aggregate {
+        if *agg.mode() != AggregateMode::Partial {
+            return Err(format!(
+                "only partial aggregates run on the GPU (this one is {:?})",
+                agg.mode()
+            ));
+        }
+        if !agg.group_expr().is_empty() {
+            return Err("GROUP BY has no GPU kernel yet".into());
+        }
+        if agg.filter_expr().iter().any(Option::is_some) {
+            return Err("aggregate FILTER clauses have no GPU kernel".into());
+        }
+        let functions = StageAggregate::try_new(agg.aggr_expr())?;
+        for (f, kind) in agg.aggr_expr().iter().zip(&functions.kinds) {
+            let r = Reduce {
+                op: kind.reduce_op(),
+                arg: translator.translate(&f.expressions()[0])?,
+            };
+            r.supported().map_err(|e| format!("{}: {e}", f.name()))?;
+            reductions.push(r);
+        }
+        stage_aggregate = Some(functions);
+        chain.columns.clear();
+    }
     chain.ops.push(Arc::clone(op));
-    let plan = stage_plan(
+    let mut plan = stage_plan(
         chain.columns,
         chain.predicate,
         chain.predicate_text,
         chain.ops.clone(),
         &stage_inputs,
     );
+    plan.program.reduce = reductions;
+    plan.aggregate = stage_aggregate;
     ctx.device.fused_check(&plan.program)?;
-    let mut plan = plan;
     let (rows, bytes) = estimate(&chain.input, op, &plan.program);
     plan.est_rows = rows;
     plan.est_bytes_moved = bytes;
@@ -290,6 +330,7 @@ fn stage_plan(
         outputs,
         original_ops: ops,
         predicate: (!predicate_text.is_empty()).then(|| predicate_text.join(" AND ")),
+        aggregate: None,
         est_rows: None,
         est_bytes_moved: None,
     }
@@ -346,10 +387,10 @@ pub fn worth_it(stage: &GpuStageExec, ctx: &LoweringContext) -> std::result::Res
             ctx.min_rows
         ));
     }
-    if program.predicate.is_none() && program.outputs.is_empty() {
+    if program.predicate.is_none() && program.outputs.is_empty() && program.reduce.is_empty() {
         return Err("only selects or renames columns: nothing to compute".into());
     }
-    if program.predicate.is_none() {
+    if program.predicate.is_none() && program.reduce.is_empty() {
         let ops: usize = program.outputs.iter().map(operations).sum();
         if ops <= program.outputs.len() {
             return Err(format!(
