@@ -14,11 +14,12 @@ use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Result, plan_datafusion_err};
 use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::{conjunction, split_conjunction};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
-use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
 use kiln_engine::exec::device_columns::device_ty;
@@ -88,7 +89,8 @@ impl PhysicalOptimizerRule for PlaceOnDevice {
         let Ok(ctx) = LoweringContext::from_config(config)? else {
             return Ok(plan);
         };
-        let staged = plan
+        let split = split_filters(plan, &ctx)?;
+        let staged = split
             .transform_up(|node| {
                 Ok(match lower(&node, &ctx) {
                     Ok(stage) => Transformed::yes(stage),
@@ -119,6 +121,59 @@ impl PhysicalOptimizerRule for PlaceOnDevice {
     fn schema_check(&self) -> bool {
         true
     }
+}
+
+/// Splits each filter whose predicate mixes conjuncts the GPU computes with
+/// conjuncts it cannot (a string comparison, LIKE) into a CPU filter of the
+/// latter over a filter of the former, which the staging pass then lowers:
+/// the device discards rows before the CPU looks at their strings.
+/// `A AND B` keeps the rows where both are TRUE, in either order; only a
+/// filter large enough for the cost model is split.
+fn split_filters(
+    plan: Arc<dyn ExecutionPlan>,
+    ctx: &LoweringContext,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    if !ctx.filter {
+        return Ok(plan);
+    }
+    Ok(plan
+        .transform_up(|node| {
+            let Some(filter) = node.downcast_ref::<FilterExec>() else {
+                return Ok(Transformed::no(node));
+            };
+            let input = Arc::clone(filter.input());
+            let too_small = StatisticsContext::new()
+                .compute(input.as_ref(), &StatisticsArgs::new())
+                .ok()
+                .and_then(|s| s.num_rows.get_value().copied())
+                .is_some_and(|rows| rows < ctx.min_rows);
+            if filter.fetch().is_some() || too_small {
+                return Ok(Transformed::no(node));
+            }
+            let schema = input.schema();
+            let columns: Vec<Source> = (0..schema.fields().len()).map(Source::Input).collect();
+            let translator = Translator {
+                schema: &schema,
+                columns: &columns,
+                inputs: &schema,
+            };
+            let (gpu, cpu): (Vec<_>, Vec<_>) = split_conjunction(filter.predicate())
+                .into_iter()
+                .map(Arc::clone)
+                .partition(|c| translator.translate(c).is_ok());
+            if gpu.is_empty() || cpu.is_empty() {
+                return Ok(Transformed::no(node));
+            }
+            let inner = FilterExecBuilder::new(conjunction(gpu), input)
+                .with_default_selectivity(filter.default_selectivity())
+                .build()?;
+            let outer = FilterExecBuilder::new(conjunction(cpu), Arc::new(inner))
+                .apply_projection(filter.projection().as_ref().map(|p| p.to_vec()))?
+                .with_default_selectivity(filter.default_selectivity())
+                .build()?;
+            Ok(Transformed::yes(Arc::new(outer) as Arc<dyn ExecutionPlan>))
+        })?
+        .data)
 }
 
 /// The operators a stage replaced, back over the stage's input.
