@@ -158,6 +158,12 @@ def main():
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         f.write("\n".join(lines))
+    # Machine-readable summary for the combined report (benches/report.py).
+    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
+        json.dump({"texts": len(texts), "tokens": tokens, "threads": threads,
+                   "times": times, "ratio": ratio, "worst_cosine": float(cos.min()),
+                   "kiln": rev, "command": f"scripts/bench-embed {' '.join(sys.argv[1:])}"},
+                  f, indent=1)
     print("\n".join(lines))
 
 

@@ -363,6 +363,12 @@ def write_report(args, kernel_rows, job_rows):
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         f.write("\n".join(lines))
+    # Machine-readable summary for the combined report (benches/report.py).
+    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
+        json.dump({"n": args.n, "dim": args.dim, "k": args.k, "kernel": kernel_rows,
+                   "jobs": job_rows, "kiln": rev,
+                   "command": f"scripts/bench-vector {' '.join(sys.argv[1:])}"},
+                  f, indent=1, default=str)
     log(f"report written to {args.out}")
     print("\n".join(lines))
 
