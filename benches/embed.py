@@ -36,6 +36,8 @@ import pyarrow.parquet as pq
 import torch
 from sentence_transformers import SentenceTransformer
 
+from benchlib import machine
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -62,18 +64,6 @@ def model_dir():
     if not os.path.exists(os.path.join(path, "model.safetensors")):
         subprocess.run([os.path.join(ROOT, "scripts", "fetch-model")], check=True)
     return path
-
-
-def machine():
-    model = "unknown"
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    flags = open("/proc/cpuinfo").read()
-    simd = "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "baseline")
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{model}, {os.cpu_count()} cores ({simd}), {mem:.0f} GiB RAM"
 
 
 def main():

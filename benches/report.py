@@ -16,13 +16,13 @@ import datetime
 import glob
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 
 import numpy as np
+
+from benchlib import git_rev, machine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.environ.get("KILN_BENCH_RESULTS", os.path.join(ROOT, "benches", "results"))
@@ -36,18 +36,6 @@ def load(name):
         return None
     with open(path) as f:
         return json.load(f)
-
-
-def machine():
-    cpu = platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
 
 
 def bandwidth():
@@ -108,8 +96,7 @@ def main():
     bw, peak = bandwidth(), gemm_peak()
     vec, emb, tpch = load("vector_topk.json"), load("embed.json"), load("tpch.json")
     crit = criterion_estimates()
-    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                         capture_output=True, text=True).stdout.strip()
+    rev = git_rev()
     lines = [
         "# Kiln benchmark report",
         "",

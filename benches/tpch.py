@@ -23,6 +23,8 @@ import subprocess
 import sys
 import time
 
+from benchlib import cargo_artifact, git_rev, machine
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUERIES = os.path.join(ROOT, "benches", "tpch", "queries")
 TABLES = ["customer", "lineitem", "nation", "orders", "part", "partsupp", "region", "supplier"]
@@ -68,23 +70,6 @@ def parse_args():
 
 def sf_label(sf):
     return f"{sf:g}"
-
-
-def cargo_artifact(args, name):
-    out = subprocess.run(args + ["--message-format=json"], cwd=ROOT, check=True,
-                         capture_output=True, text=True).stdout
-    exe = None
-    for line in out.splitlines():
-        try:
-            msg = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if msg.get("reason") == "compiler-artifact" and msg.get("executable") \
-                and msg["target"]["name"] == name:
-            exe = msg["executable"]
-    if exe is None:
-        sys.exit(f"error: could not find the {name} executable")
-    return exe
 
 
 def build():
@@ -168,25 +153,6 @@ class Polars:
         return time.perf_counter() - started, rows, None
 
 
-def machine():
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemTotal"):
-                mem = f", {int(line.split()[1]) / 1024 / 1024:.0f} GiB RAM"
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores{mem}, {platform.system()} {platform.release()}"
-
-
 def summarize(times):
     return {"median": statistics.median(times), "min": min(times), "max": max(times), "runs": times}
 
@@ -236,14 +202,6 @@ def main():
     if runner:
         runner.close()
     write_report(args, results, versions)
-
-
-def git_rev():
-    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                         capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                           capture_output=True, text=True).stdout.strip()
-    return rev + (" (uncommitted changes)" if dirty else "")
 
 
 def write_report(args, results, versions):

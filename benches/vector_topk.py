@@ -30,7 +30,6 @@ import datetime
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import faiss
+
+from benchlib import cargo_artifact, machine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -93,20 +94,8 @@ def make_data(work, n, dim, max_q, seed=42):
 def build_kiln():
     log("building Kiln (release): kiln binary and the kernel bench")
     subprocess.run(["cargo", "build", "--release", "--bin", "kiln"], cwd=ROOT, check=True)
-    out = subprocess.run(
-        ["cargo", "bench", "--bench", "vector_topk_kernel", "--no-run", "--message-format=json"],
-        cwd=ROOT, check=True, capture_output=True, text=True).stdout
-    exe = None
-    for line in out.splitlines():
-        try:
-            msg = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if msg.get("reason") == "compiler-artifact" and msg.get("executable") \
-                and msg["target"]["name"] == "vector_topk_kernel":
-            exe = msg["executable"]
-    if exe is None:
-        sys.exit("error: could not find the vector_topk_kernel bench executable")
+    exe = cargo_artifact(["cargo", "bench", "--bench", "vector_topk_kernel", "--no-run"],
+                         "vector_topk_kernel")
     return os.path.join(ROOT, "target", "release", "kiln"), exe
 
 
@@ -204,21 +193,6 @@ def summarize(times):
 
 def recall(a, b):
     return len(set(a) & set(b)) / max(1, len(b))
-
-
-def machine():
-    model = "unknown"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-    simd = "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "baseline")
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{model}, {os.cpu_count()} cores ({simd}), {mem:.0f} GiB RAM, {platform.system()} {platform.release()}"
 
 
 def main():

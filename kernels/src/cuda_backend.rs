@@ -358,14 +358,7 @@ impl CudaDevice {
                 words.extend(self.stream.clone_dtoh(&outw.slice(at..at + len))?);
             }
         }
-        out.bytes_down += (words.len() * 4) as u64;
-        if program.reduce.is_empty() {
-            let (columns, indices) = layout.split(program, kept, &words);
-            out.columns = columns;
-            out.indices = indices;
-        } else {
-            out.reduced = layout.combine(program, &words);
-        }
+        layout.read_back(program, kept, &words, &mut out);
         Ok(out)
     }
 }

@@ -244,6 +244,23 @@ fn random_table(rows: usize, seed: u64) -> RecordBatch {
     .unwrap()
 }
 
+/// A session over `table` registered as `t`, with `settings` applied.
+async fn table_session(table: &RecordBatch, partitions: usize, settings: &[&str]) -> Session {
+    let session = Session::builder()
+        .device("cpu".parse::<DeviceRequest>().unwrap())
+        .target_partitions(partitions)
+        .build()
+        .unwrap();
+    session
+        .context()
+        .register_batch("t", table.clone())
+        .unwrap();
+    for s in settings {
+        run_sql(&session, s).await;
+    }
+    session
+}
+
 /// Random SQL expressions of one type over the random table.
 struct ExprGen(Rng);
 
@@ -397,23 +414,8 @@ async fn random_expressions_match_datafusion_on_the_cpu() {
         return;
     }
     let table = random_table(3000, 42);
-    let make = |settings: &'static [&'static str]| {
-        let table = table.clone();
-        async move {
-            let session = Session::builder()
-                .device("cpu".parse::<DeviceRequest>().unwrap())
-                .target_partitions(1)
-                .build()
-                .unwrap();
-            session.context().register_batch("t", table).unwrap();
-            for s in settings {
-                run_sql(&session, s).await;
-            }
-            session
-        }
-    };
-    let cpu = make(&["SET kiln.device = 'cpu'"]).await;
-    let gpu = make(GPU).await;
+    let cpu = table_session(&table, 1, &["SET kiln.device = 'cpu'"]).await;
+    let gpu = table_session(&table, 1, GPU).await;
     let mut exprs = ExprGen(Rng(7));
     let (mut lowered, mut errors, total) = (0, 0, 120);
     for i in 0..total {
@@ -562,23 +564,9 @@ async fn aggregates_without_group_by_match_the_cpu() {
         return;
     }
     let table = random_table(20_000, 11);
-    let make = |settings: &'static [&'static str]| {
-        let table = table.clone();
-        async move {
-            let session = Session::builder()
-                .device("cpu".parse::<DeviceRequest>().unwrap())
-                .target_partitions(2)
-                .build()
-                .unwrap();
-            session.context().register_batch("t", table).unwrap();
-            for s in settings {
-                run_sql(&session, s).await;
-            }
-            session
-        }
-    };
-    let cpu = make(&["SET kiln.device = 'cpu'"]).await;
-    let gpu = make(GPU).await;
+    // Two partitions: DataFusion aggregates in a partial and a final step.
+    let cpu = table_session(&table, 2, &["SET kiln.device = 'cpu'"]).await;
+    let gpu = table_session(&table, 2, GPU).await;
     let aggregates = "sum(a) AS s_a, count(a) AS n_a, count(*) AS n, min(a) AS lo_a, max(b) AS hi_b, \
                       avg(e) AS avg_e, sum(c) AS s_c, avg(c) AS avg_c, min(f) AS lo_f, max(e) AS hi_e, \
                       sum(e * e) AS s_e2, avg(a) AS avg_a";

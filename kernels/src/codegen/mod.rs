@@ -316,7 +316,7 @@ impl<'a> Layout<'a> {
 
     /// Folds the per-block partials of a program of reductions (the words of
     /// [`Layout::kept_ranges`]) into one result per reduction.
-    pub fn combine(&self, program: &Program, words: &[u32]) -> Vec<Reduced> {
+    fn combine(&self, program: &Program, words: &[u32]) -> Vec<Reduced> {
         let nblocks = self.reduce_blocks.unwrap_or(0);
         program
             .reduce
@@ -344,14 +344,22 @@ impl<'a> Layout<'a> {
             .collect()
     }
 
+    /// Fills `out` from the words of [`Layout::kept_ranges`], concatenated:
+    /// rows (output columns and row indices) or the reductions' results.
+    pub fn read_back(&self, program: &Program, kept: usize, words: &[u32], out: &mut FusedOutput) {
+        out.bytes_down += (words.len() * 4) as u64;
+        if program.reduce.is_empty() {
+            let (columns, indices) = self.split(program, kept, words);
+            out.columns = columns;
+            out.indices = indices;
+        } else {
+            out.reduced = self.combine(program, words);
+        }
+    }
+
     /// Splits the words of [`Layout::kept_ranges`], concatenated, into
     /// output columns and row indices.
-    pub fn split(
-        &self,
-        program: &Program,
-        kept: usize,
-        words: &[u32],
-    ) -> (Vec<OutColumn>, Vec<u32>) {
+    fn split(&self, program: &Program, kept: usize, words: &[u32]) -> (Vec<OutColumn>, Vec<u32>) {
         let mut rest = words;
         let mut take = |n: usize| {
             let (head, tail) = rest.split_at(n.min(rest.len()));

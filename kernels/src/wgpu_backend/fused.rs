@@ -288,14 +288,7 @@ impl WgpuDevice {
             self.queue.submit([encoder.finish()]);
             self.map_words(&staging)
         })?;
-        out.bytes_down += (all * 4) as u64;
-        if program.reduce.is_empty() {
-            let (columns, indices) = layout.split(program, kept, &words_back);
-            out.columns = columns;
-            out.indices = indices;
-        } else {
-            out.reduced = layout.combine(program, &words_back);
-        }
+        layout.read_back(program, kept, &words_back, &mut out);
         Ok(out)
     }
 
