@@ -52,3 +52,55 @@ def git_rev():
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                            capture_output=True, text=True).stdout.strip()
     return rev + (" (uncommitted changes)" if dirty else "")
+
+
+def run_measured(cmd, env=None):
+    """Runs `cmd` to completion: (seconds, peak resident memory in bytes,
+    the Popen with returncode, stdout and stderr set). The peak is the
+    process's VmHWM, polled every 20 ms while it runs (wait4's ru_maxrss
+    would count the harness's own pages, which the child holds between fork
+    and exec). Output goes through temporary files, so a chatty command
+    cannot block on a full pipe."""
+    import tempfile
+    import threading
+    import time
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        peak = [0]
+
+        def watch():
+            while proc.poll() is None:
+                seen = process_peak_rss(proc.pid)
+                if seen:
+                    peak[0] = max(peak[0], seen)
+                time.sleep(0.02)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        proc.wait()
+        elapsed = time.perf_counter() - start
+        watcher.join()
+        out.seek(0)
+        err.seek(0)
+        proc.stdout = out.read().decode(errors="replace")
+        proc.stderr = err.read().decode(errors="replace")
+    return elapsed, peak[0], proc
+
+
+def self_peak_rss():
+    """This process's peak resident memory in bytes."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def process_peak_rss(pid):
+    """A live process's peak resident memory in bytes (Linux VmHWM), or None."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 import torch
 from sentence_transformers import SentenceTransformer
 
-from benchlib import machine
+from benchlib import machine, run_measured, self_peak_rss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -99,11 +99,12 @@ def main():
     cmd = [kiln, "embed", src, out, "--column", "text", "--model", mdir, "--device", "cpu"]
     times = {"Kiln (whole job)": [], "sentence-transformers (encode)": []}
     reference = None
+    kiln_peak = 0
     for rep in range(args.reps):
         time.sleep(0.5)
-        start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        times["Kiln (whole job)"].append(time.perf_counter() - start)
+        elapsed, peak, proc = run_measured(cmd, env)
+        times["Kiln (whole job)"].append(elapsed)
+        kiln_peak = max(kiln_peak, peak)
         if proc.returncode != 0:
             sys.exit(f"error: {' '.join(cmd)} failed:\n{proc.stderr}")
         time.sleep(0.5)
@@ -144,7 +145,9 @@ def main():
     ratio = meds["sentence-transformers (encode)"] / meds["Kiln (whole job)"]
     lines += ["", f"Kiln vs sentence-transformers: **{ratio:.2f}×** (above 1 means Kiln is faster).",
               "", f"Agreement: worst cosine between Kiln's and sentence-transformers' embeddings "
-              f"{cos.min():.7f}, mean {cos.mean():.7f}.", ""]
+              f"{cos.min():.7f}, mean {cos.mean():.7f}.", "",
+              f"Peak memory (RSS): Kiln's job {kiln_peak / 2**20:,.0f} MiB; the harness process running "
+              f"sentence-transformers (torch, the model, the texts) {self_peak_rss() / 2**20:,.0f} MiB.", ""]
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         f.write("\n".join(lines))
@@ -152,6 +155,9 @@ def main():
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
         json.dump({"texts": len(texts), "tokens": tokens, "threads": threads,
                    "times": times, "ratio": ratio, "worst_cosine": float(cos.min()),
+                   "peak_rss": {"kiln": kiln_peak, "sentence-transformers (harness)": self_peak_rss()},
+                   "versions": {"sentence-transformers": sentence_transformers.__version__,
+                                "torch": torch.__version__},
                    "kiln": rev, "command": f"scripts/bench-embed {' '.join(sys.argv[1:])}"},
                   f, indent=1)
     print("\n".join(lines))

@@ -14,11 +14,14 @@ Run through scripts/bench, which runs the harnesses first.
 
 import datetime
 import glob
+import platform
 import json
 import os
 import statistics
 import sys
 import time
+
+import subprocess
 
 import numpy as np
 
@@ -86,6 +89,29 @@ def criterion_estimates():
     return out
 
 
+def mib(b):
+    return f"{b / 2**20:,.0f} MiB" if b else "?"
+
+
+def devices():
+    """`kiln devices` of the release build, as the report's device list."""
+    kiln = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "kiln")
+    try:
+        out = subprocess.run([kiln, "devices"], capture_output=True, text=True,
+                             env=dict(os.environ, NODEVICE_SELECT="1"), timeout=60)
+        return out.stdout.strip() or out.stderr.strip()
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"(kiln devices failed: {e})"
+
+
+def versions(vec, emb, tpch):
+    found = {}
+    for doc in (vec, emb, tpch):
+        if doc:
+            found.update({k: v for k, v in doc.get("versions", {}).items() if k != "kiln"})
+    return "; ".join(f"{k} {v}" for k, v in sorted(found.items()))
+
+
 def median(v):
     return statistics.median(v) if v else None
 
@@ -105,11 +131,20 @@ def main():
         f"- Measured limits: memory read bandwidth {bw / 1e9:.1f} GB/s (the best of numpy's parallel sums over "
         "a 512 MiB array on all cores: a lower bound of the hardware's, which a fused scan can pass); "
         f"sustained f32 GEMM {peak / 1e9:.0f} GFLOP/s (numpy/OpenBLAS 2048³, {os.cpu_count()} cores)",
+        f"- Peers: {versions(vec, emb, tpch)}; Python {platform.python_version()}",
         "- Ratios: the peer's median time / Kiln's (above 1: Kiln is faster). Each section links "
-        "the harness's own report with every run, min–max and the exact command.",
+        "the harness's own report with every run, min–max and the exact command. Peak memory is "
+        "each process's high-water mark; \"(harness)\" marks peers that run inside the harness's "
+        "own Python process, whose figure includes the harness and its data.",
         "",
-        "| workload | Kiln | peer | ratio | of hardware limit |",
-        "|---|---|---|---|---|",
+        "Devices (`kiln devices`):",
+        "",
+        "```",
+        devices(),
+        "```",
+        "",
+        "| workload | Kiln | peer | ratio | of hardware limit | peak memory Kiln / peer |",
+        "|---|---|---|---|---|---|",
     ]
     bars = []
     if vec:
@@ -122,17 +157,21 @@ def main():
             lines.append(
                 f"| vector top-k kernel, {vec['n']:,}×{vec['dim']}, Q={r['q']} | {k * 1000:.1f} ms "
                 f"| {best} {peers[best] * 1000:.1f} ms | {peers[best] / k:.2f}× "
-                f"| corpus scan {gbs / 1e9:.1f} GB/s = {gbs / bw:.0%} of read bandwidth |")
+                f"| corpus scan {gbs / 1e9:.1f} GB/s = {gbs / bw:.0%} of read bandwidth "
+                f"| {mib(vec.get('kernel_peak_rss', {}).get('Kiln'))} / "
+                f"{mib(vec.get('kernel_peak_rss', {}).get('faiss+numpy (harness)'))} (harness) |")
             bars.append((f"top-k kernel Q={r['q']}", peers[best] / k))
         for r in vec["jobs"]:
             s = r["stats"]
             k = s["Kiln"]["median"]
             p = s["pyarrow+faiss"]["median"]
+            peaks = r.get("peak_rss", {})
             lines.append(f"| vector top-k job (Parquet → Parquet), Q={r['q']} | {k:.2f} s "
-                         f"| pyarrow+faiss {p:.2f} s | {p / k:.2f}× | |")
+                         f"| pyarrow+faiss {p:.2f} s | {p / k:.2f}× | "
+                         f"| {mib(peaks.get('Kiln'))} / {mib(peaks.get('pyarrow+faiss'))} |")
             bars.append((f"top-k job Q={r['q']}", p / k))
     else:
-        lines.append("| vector top-k | not run | | | |")
+        lines.append("| vector top-k | not run | | | | |")
     if emb:
         t = emb["times"]
         k = median(t["Kiln (whole job)"])
@@ -141,10 +180,12 @@ def main():
         lines.append(
             f"| embeddings, {emb['texts']:,} texts (all-MiniLM-L6-v2) | {emb['texts'] / k:,.0f} sent/s "
             f"| sentence-transformers {emb['texts'] / p:,.0f} sent/s | {p / k:.2f}× "
-            f"| ~{flops / 1e9:.0f} GFLOP/s = {flops / peak:.0%} of GEMM peak |")
+            f"| ~{flops / 1e9:.0f} GFLOP/s = {flops / peak:.0%} of GEMM peak "
+            f"| {mib(emb.get('peak_rss', {}).get('kiln'))} / "
+            f"{mib(emb.get('peak_rss', {}).get('sentence-transformers (harness)'))} (harness) |")
         bars.append(("embeddings", p / k))
     else:
-        lines.append("| embeddings | not run | | | |")
+        lines.append("| embeddings | not run | | | | |")
     if tpch:
         engines = tpch["args"]["engine_list"]
         totals = {e: 0.0 for e in engines}
@@ -160,11 +201,13 @@ def main():
             for e in engines:
                 if e == "kiln" or not complete[e]:
                     continue
+                peaks = tpch.get("peak_rss", {})
                 lines.append(f"| TPC-H SF {sf:g}, 22 queries | {totals['kiln']:.2f} s | {e} {totals[e]:.2f} s "
-                             f"| {totals[e] / totals['kiln']:.2f}× | |")
+                             f"| {totals[e] / totals['kiln']:.2f}× | "
+                             f"| {mib(peaks.get('kiln'))} / {mib(peaks.get(e))} |")
                 bars.append((f"TPC-H vs {e}", totals[e] / totals["kiln"]))
     else:
-        lines.append("| TPC-H | not run | | | |")
+        lines.append("| TPC-H | not run | | | | |")
     lines += ["", "## Kernel micro-benchmarks (criterion, median)", ""]
     if crit:
         lines += ["| benchmark | median | throughput | of hardware limit |", "|---|---|---|---|"]

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from benchlib import cargo_artifact, git_rev, machine
+from benchlib import cargo_artifact, git_rev, machine, process_peak_rss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUERIES = os.path.join(ROOT, "benches", "tpch", "queries")
@@ -90,24 +90,31 @@ def data(kiln, sf):
     return base
 
 
-class Runner:
-    """Kiln and DataFusion in one process (benches/tpch_runner.rs)."""
+class Worker:
+    """One engine in its own process, answering `run <engine> <query file>`
+    with `ok <seconds> <rows>` or `err <message>`: Kiln and DataFusion in
+    benches/tpch_runner.rs, DuckDB and Polars in this script's --worker
+    mode. Separate processes keep each engine's peak memory its own."""
 
-    def __init__(self, exe, base, threads):
-        self.proc = subprocess.Popen(
-            [exe, "--data", base, "--partitions", str(threads)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        if self.proc.stdout.readline().strip() != "ready":
-            sys.exit("error: the TPC-H runner did not start")
+    def __init__(self, engine, cmd):
+        self.engine = engine
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        ready = self.proc.stdout.readline().split()
+        if not ready or ready[0] != "ready":
+            sys.exit(f"error: the {engine} worker did not start")
+        self.version = ready[1] if len(ready) > 1 else None
 
-    def run(self, engine, q):
-        self.proc.stdin.write(f"run {engine} {os.path.join(QUERIES, f'q{q}.sql')}\n")
+    def run(self, q):
+        self.proc.stdin.write(f"run {self.engine} {os.path.join(QUERIES, f'q{q}.sql')}\n")
         self.proc.stdin.flush()
         reply = self.proc.stdout.readline().strip()
         if reply.startswith("ok "):
             _, seconds, rows = reply.split()
             return float(seconds), int(rows), None
-        return None, None, reply[4:] if reply.startswith("err ") else (reply or "runner exited")
+        return None, None, reply[4:] if reply.startswith("err ") else (reply or "worker exited")
+
+    def peak_rss(self):
+        return process_peak_rss(self.proc.pid)
 
     def close(self):
         self.proc.stdin.write("quit\n")
@@ -115,42 +122,35 @@ class Runner:
         self.proc.wait()
 
 
-class DuckDB:
-    def __init__(self, base, threads):
+def worker_main(engine, base, threads):
+    """--worker mode: DuckDB or Polars behind the Worker protocol."""
+    if engine == "duckdb":
         import duckdb
-        self.version = duckdb.__version__
-        self.con = duckdb.connect()
-        self.con.execute(f"SET threads = {threads}")
+        con = duckdb.connect()
+        con.execute(f"SET threads = {threads}")
         for t in TABLES:
-            self.con.execute(
-                f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{base}/{t}/*.parquet')")
-
-    def run(self, q):
-        sql = open(os.path.join(QUERIES, f"q{q}.sql")).read()
-        started = time.perf_counter()
-        try:
-            rows = len(self.con.execute(sql).fetchall())
-        except Exception as e:  # a query DuckDB rejects is reported, not fatal
-            return None, None, str(e).splitlines()[0]
-        return time.perf_counter() - started, rows, None
-
-
-class Polars:
-    def __init__(self, base):
+            con.execute(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{base}/{t}/*.parquet')")
+        version = duckdb.__version__
+        run = lambda sql: len(con.execute(sql).fetchall())
+    else:
+        os.environ["POLARS_MAX_THREADS"] = str(threads)
         import polars as pl
-        self.pl = pl
-        self.version = pl.__version__
-        frames = {t: pl.scan_parquet(f"{base}/{t}/*.parquet") for t in TABLES}
-        self.ctx = pl.SQLContext(frames)
-
-    def run(self, q):
-        sql = open(os.path.join(QUERIES, f"q{q}.sql")).read().rstrip().rstrip(";")
+        ctx = pl.SQLContext({t: pl.scan_parquet(f"{base}/{t}/*.parquet") for t in TABLES})
+        version = pl.__version__
+        run = lambda sql: ctx.execute(sql.rstrip().rstrip(";"), eager=False).collect().height
+    print(f"ready {version}", flush=True)
+    for line in sys.stdin:
+        parts = line.split()
+        if parts == ["quit"]:
+            break
+        sql = open(parts[2]).read()
         started = time.perf_counter()
         try:
-            rows = self.ctx.execute(sql, eager=False).collect().height
-        except Exception as e:  # Polars SQL lacks some TPC-H constructs
-            return None, None, str(e).splitlines()[0][:160]
-        return time.perf_counter() - started, rows, None
+            rows = run(sql)
+        except Exception as e:  # a query the engine rejects is reported, not fatal
+            print(f"err {str(e).splitlines()[0][:160]}", flush=True)
+            continue
+        print(f"ok {time.perf_counter() - started:.6f} {rows}", flush=True)
 
 
 def summarize(times):
@@ -158,28 +158,22 @@ def summarize(times):
 
 
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        _, _, engine, base, threads = sys.argv
+        return worker_main(engine, base, int(threads))
     args = parse_args()
-    os.environ.setdefault("POLARS_MAX_THREADS", str(args.threads))
     kiln, runner_exe = build()
     base = data(kiln, args.sf)
-    engines = {}
-    runner = None
-    if {"kiln", "datafusion"} & set(args.engine_list):
-        runner = Runner(runner_exe, base, args.threads)
+    workers = {}
     for e in args.engine_list:
         if e in ("kiln", "datafusion"):
-            engines[e] = lambda q, e=e: runner.run(e, q)
-        elif e == "duckdb":
-            duck = DuckDB(base, args.threads)
-            engines[e] = duck.run
-        elif e == "polars":
-            pol = Polars(base)
-            engines[e] = pol.run
+            cmd = [runner_exe, "--data", base, "--partitions", str(args.threads), "--engine", e]
+        else:
+            cmd = [sys.executable, os.path.abspath(__file__), "--worker", e, base, str(args.threads)]
+        workers[e] = Worker(e, cmd)
+    engines = {e: w.run for e, w in workers.items()}
     versions = {"kiln": git_rev()}
-    if "duckdb" in engines:
-        versions["duckdb"] = duck.version
-    if "polars" in engines:
-        versions["polars"] = pol.version
+    versions.update({e: w.version for e, w in workers.items() if w.version})
     results = []
     for q in args.query_list:
         times = {e: [] for e in engines}
@@ -199,17 +193,18 @@ def main():
         results.append({"q": q, "stats": stats, "rows": rows, "errors": errors})
         log(f"Q{q}: " + ", ".join(f"{e} {s['median'] * 1000:.0f} ms" for e, s in stats.items())
             + "".join(f", {e} failed" for e in errors))
-    if runner:
-        runner.close()
-    write_report(args, results, versions)
+    peaks = {e: w.peak_rss() for e, w in workers.items()}
+    for w in workers.values():
+        w.close()
+    write_report(args, results, versions, peaks)
 
 
-def write_report(args, results, versions):
+def write_report(args, results, versions, peaks):
     engines = args.engine_list
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "tpch.json"), "w") as f:
         json.dump({"args": vars(args), "machine": machine(), "versions": versions,
-                   "results": results}, f, indent=1)
+                   "peak_rss": peaks, "results": results}, f, indent=1)
     lines = [
         f"# TPC-H SF {sf_label(args.sf)}: Kiln vs DataFusion, DuckDB and Polars",
         "",
@@ -252,7 +247,10 @@ def write_report(args, results, versions):
         + (f" | {totals['kiln'] / totals['datafusion']:.2f} | |"
            if "kiln" in totals and "datafusion" in totals and complete["kiln"] and complete["datafusion"]
            else " | | |"))
-    lines += ["", "Ratios are of medians: below 1 means Kiln is faster.", ""]
+    lines.append("| peak memory (RSS) | " + " | ".join(
+        f"{peaks[e] / 2**20:,.0f} MiB" if peaks.get(e) else "?" for e in engines) + " | | |")
+    lines += ["", "Ratios are of medians: below 1 means Kiln is faster. Each engine runs in its own "
+              "process (peak memory is that process's high-water mark over all queries).", ""]
     failures = [(r["q"], e, msg) for r in results for e, msg in r["errors"].items()]
     if failures:
         lines += ["Queries an engine could not run:", ""]

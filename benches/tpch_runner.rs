@@ -1,7 +1,8 @@
-//! Kiln and plain DataFusion as one long-lived process, for the TPC-H
-//! side-by-side harness `benches/tpch.py`: both register the TPC-H tables of
-//! `--data` once, then answer one command per stdin line so the harness can
-//! interleave them with DuckDB and Polars in the same invocation:
+//! Kiln and plain DataFusion as long-lived processes, for the TPC-H
+//! side-by-side harness `benches/tpch.py` (which starts one per engine with
+//! `--engine`): each registers the TPC-H tables of `--data` once, then
+//! answers one command per stdin line so the harness can interleave it with
+//! the other engines in the same invocation:
 //!
 //! ```text
 //! run <engine> <query.sql>   →   ok <seconds> <rows>   |   err <message>
@@ -33,6 +34,8 @@ struct Args {
     partitions: usize,
     device: DeviceRequest,
     settings: Vec<String>,
+    /// `kiln`, `datafusion`, or both when not given.
+    engine: Option<String>,
 }
 
 fn args() -> Args {
@@ -41,6 +44,7 @@ fn args() -> Args {
         partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
         device: DeviceRequest::Auto,
         settings: Vec::new(),
+        engine: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -61,13 +65,23 @@ fn args() -> Args {
                     .unwrap_or_else(|e| fail(format!("--device: {e}")))
             }
             "--set" => out.settings.push(value()),
+            "--engine" => {
+                let e = value();
+                if e != "kiln" && e != "datafusion" {
+                    fail(format!("--engine: expected kiln or datafusion, got {e}"));
+                }
+                out.engine = Some(e);
+            }
             // `cargo bench` passes --bench to harness=false binaries.
             "--bench" => {}
             other => fail(format!("unknown argument {other}")),
         }
     }
     if out.data.is_empty() {
-        fail("usage: tpch_runner --data DIR [--partitions N] [--device D] [--set 'kiln.x = y']");
+        fail(
+            "usage: tpch_runner --data DIR [--partitions N] [--device D] [--set 'kiln.x = y'] \
+             [--engine kiln|datafusion]",
+        );
     }
     out
 }
@@ -108,8 +122,17 @@ async fn datafusion_context(a: &Args) -> SessionContext {
 #[tokio::main]
 async fn main() {
     let a = args();
-    let kiln = kiln_session(&a).await;
-    let datafusion = datafusion_context(&a).await;
+    let wants = |e: &str| a.engine.as_deref().is_none_or(|only| only == e);
+    let kiln = if wants("kiln") {
+        Some(kiln_session(&a).await)
+    } else {
+        None
+    };
+    let datafusion = if wants("datafusion") {
+        Some(datafusion_context(&a).await)
+    } else {
+        None
+    };
     println!("ready");
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {
@@ -121,16 +144,16 @@ async fn main() {
                 let sql =
                     std::fs::read_to_string(file).unwrap_or_else(|e| fail(format!("{file}: {e}")));
                 let started = Instant::now();
-                let result = match *engine {
-                    "kiln" => match kiln.sql(&sql).await {
+                let result = match (*engine, &kiln, &datafusion) {
+                    ("kiln", Some(kiln), _) => match kiln.sql(&sql).await {
                         Ok(df) => df.collect().await.map_err(|e| e.to_string()),
                         Err(e) => Err(e.to_string()),
                     },
-                    "datafusion" => match datafusion.sql(&sql).await {
+                    ("datafusion", _, Some(datafusion)) => match datafusion.sql(&sql).await {
                         Ok(df) => df.collect().await.map_err(|e| e.to_string()),
                         Err(e) => Err(e.to_string()),
                     },
-                    other => Err(format!("unknown engine {other}")),
+                    (other, _, _) => Err(format!("engine {other} is not in this process")),
                 };
                 let seconds = started.elapsed().as_secs_f64();
                 match result {

@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import faiss
 
-from benchlib import cargo_artifact, machine
+from benchlib import cargo_artifact, machine, process_peak_rss, run_measured, self_peak_rss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -177,12 +177,11 @@ pq.write_table(pa.table({
 '''
 
 
-def run_job(cmd, env=None):
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    elapsed = time.perf_counter() - start
+def run_job(cmd, env, peaks, name):
+    elapsed, peak, proc = run_measured(cmd, env)
     if proc.returncode != 0:
         sys.exit(f"error: {' '.join(cmd)} failed:\n{proc.stderr}")
+    peaks[name] = max(peaks.get(name, 0), peak)
     return elapsed
 
 
@@ -245,6 +244,9 @@ def main():
         kernel_rows.append(row)
         log(f"kernel Q={q}: " + ", ".join(
             f"{e} {s['median'] * 1000:.1f} ms" for e, s in row["stats"].items()))
+    # Peak memory: Kiln's kernel process holds the corpus and its search;
+    # faiss and numpy share this harness process (corpus, index, scores).
+    kernel_peaks = {"Kiln": process_peak_rss(kernel.proc.pid), "faiss+numpy (harness)": self_peak_rss()}
     kernel.close()
 
     job_rows = []
@@ -267,28 +269,33 @@ def main():
                         "--table", f"q={qpath}", "-c", sql]
             peer_cmd = [sys.executable, peer, corpus_pq, qpath, peer_out, str(args.k)]
             times = {"Kiln": [], "pyarrow+faiss": []}
+            peaks = {}
             for _ in range(args.reps):
-                times["Kiln"].append(run_job(kiln_cmd, env))
-                times["pyarrow+faiss"].append(run_job(peer_cmd, env))
+                times["Kiln"].append(run_job(kiln_cmd, env, peaks, "Kiln"))
+                times["pyarrow+faiss"].append(run_job(peer_cmd, env, peaks, "pyarrow+faiss"))
             a = pq.read_table(kiln_out).sort_by([("query_id", "ascending"), ("rank", "ascending")])
             b = pq.read_table(peer_out).sort_by([("query_id", "ascending"), ("rank", "ascending")])
             pairs = lambda t: list(zip(t.column("query_id").to_pylist(), t.column("corpus_id").to_pylist()))
             same = recall(pairs(a), pairs(b))
             job_rows.append({"q": q, "stats": {e: summarize(v) for e, v in times.items()},
-                             "rows": a.num_rows, "recall_vs_faiss": same,
+                             "rows": a.num_rows, "recall_vs_faiss": same, "peak_rss": peaks,
                              "kiln_cmd": " ".join(kiln_cmd[:-2]) + f' -c "{sql}"',
                              "peer_cmd": " ".join(peer_cmd)})
             log(f"job Q={q}: " + ", ".join(
                 f"{e} {s['median']:.2f} s" for e, s in job_rows[-1]["stats"].items()))
 
-    write_report(args, kernel_rows, job_rows)
+    write_report(args, kernel_rows, job_rows, kernel_peaks)
 
 
 def fmt_ms(s):
     return f"{s['median'] * 1000:.1f} ms ({s['min'] * 1000:.1f}–{s['max'] * 1000:.1f})"
 
 
-def write_report(args, kernel_rows, job_rows):
+def mib(b):
+    return f"{b / 2**20:,.0f} MiB" if b else "?"
+
+
+def write_report(args, kernel_rows, job_rows, kernel_peaks):
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                          capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT,
@@ -318,20 +325,23 @@ def write_report(args, kernel_rows, job_rows):
         lines.append(
             f"| {r['q']} | {fmt_ms(s['Kiln'])} | {fmt_ms(s['faiss'])} | {fmt_ms(s['numpy'])} "
             f"| {qps:,.1f} | {gbs:.1f} | {best / s['Kiln']['median']:.2f}× | {r['recall_vs_faiss']:.3f} |")
-    lines += ["", "Ratio = best peer's median time / Kiln's (above 1 means Kiln is faster).", ""]
+    lines += ["", "Ratio = best peer's median time / Kiln's (above 1 means Kiln is faster).", "",
+              "Peak memory (RSS): " + ", ".join(f"{e} {mib(b)}" for e, b in kernel_peaks.items())
+              + " (faiss and numpy run in the harness's process, which also holds the data).", ""]
     if job_rows:
         lines += [
             "## Whole job (Parquet in, top-k Parquet out, fresh process each run)",
             "",
-            "| Q | Kiln | pyarrow + faiss | Kiln vs peer | rows out | same ids as faiss |",
-            "|---|---|---|---|---|---|",
+            "| Q | Kiln | pyarrow + faiss | Kiln vs peer | rows out | same ids as faiss | peak memory Kiln / peer |",
+            "|---|---|---|---|---|---|---|",
         ]
         for r in job_rows:
             s = r["stats"]
             lines.append(
                 f"| {r['q']} | {s['Kiln']['median']:.2f} s ({s['Kiln']['min']:.2f}–{s['Kiln']['max']:.2f}) "
                 f"| {s['pyarrow+faiss']['median']:.2f} s ({s['pyarrow+faiss']['min']:.2f}–{s['pyarrow+faiss']['max']:.2f}) "
-                f"| {s['pyarrow+faiss']['median'] / s['Kiln']['median']:.2f}× | {r['rows']} | {r['recall_vs_faiss']:.3f} |")
+                f"| {s['pyarrow+faiss']['median'] / s['Kiln']['median']:.2f}× | {r['rows']} | {r['recall_vs_faiss']:.3f} "
+                f"| {mib(r['peak_rss'].get('Kiln'))} / {mib(r['peak_rss'].get('pyarrow+faiss'))} |")
         lines += ["", "Commands (Q = 256):", "", f"- Kiln: `{job_rows[-1]['kiln_cmd']}`",
                   f"- Peer: `{job_rows[-1]['peer_cmd']}` (script written by the harness)", ""]
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
@@ -340,7 +350,9 @@ def write_report(args, kernel_rows, job_rows):
     # Machine-readable summary for the combined report (benches/report.py).
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
         json.dump({"n": args.n, "dim": args.dim, "k": args.k, "kernel": kernel_rows,
-                   "jobs": job_rows, "kiln": rev,
+                   "jobs": job_rows, "kernel_peak_rss": kernel_peaks, "kiln": rev,
+                   "versions": {"faiss": faiss.__version__, "numpy": np.__version__,
+                                "pyarrow": pa.__version__},
                    "command": f"scripts/bench-vector {' '.join(sys.argv[1:])}"},
                   f, indent=1, default=str)
     log(f"report written to {args.out}")
