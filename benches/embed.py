@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 import torch
 from sentence_transformers import SentenceTransformer
 
-from benchlib import machine, run_measured, self_peak_rss
+from benchlib import cargo_artifact, machine, run_measured, self_peak_rss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -85,8 +85,7 @@ def main():
     mdir = model_dir()
 
     log("building Kiln (release)")
-    subprocess.run(["cargo", "build", "--release", "--bin", "kiln"], cwd=ROOT, check=True)
-    kiln = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "kiln")
+    kiln = cargo_artifact(["cargo", "build", "--release", "--bin", "kiln"], "kiln")
 
     st = SentenceTransformer(mdir, device="cpu")
     tokenizer = st.tokenizer

@@ -126,7 +126,8 @@ def main():
     lines = [
         "# Kiln benchmark report",
         "",
-        f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; Kiln {rev}",
+        f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; Kiln {rev}; "
+        f"command: `scripts/bench{' --quick' if 'bench-quick' in RESULTS else ''}`",
         f"- Machine: {machine()}; no GPU (every figure is on the CPU unless a device is named)",
         f"- Measured limits: memory read bandwidth {bw / 1e9:.1f} GB/s (the best of numpy's parallel sums over "
         "a 512 MiB array on all cores: a lower bound of the hardware's, which a fused scan can pass); "

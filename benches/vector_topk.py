@@ -93,10 +93,10 @@ def make_data(work, n, dim, max_q, seed=42):
 
 def build_kiln():
     log("building Kiln (release): kiln binary and the kernel bench")
-    subprocess.run(["cargo", "build", "--release", "--bin", "kiln"], cwd=ROOT, check=True)
+    kiln = cargo_artifact(["cargo", "build", "--release", "--bin", "kiln"], "kiln")
     exe = cargo_artifact(["cargo", "bench", "--bench", "vector_topk_kernel", "--no-run"],
                          "vector_topk_kernel")
-    return os.path.join(ROOT, "target", "release", "kiln"), exe
+    return kiln, exe
 
 
 class KilnKernel:
