@@ -49,7 +49,9 @@ def git_rev():
     """The checkout's short commit, marked when tracked files have changed."""
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                          capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+    # The results a run is writing are not changes to what it measures.
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                            ":(exclude)benches/results"], cwd=ROOT,
                            capture_output=True, text=True).stdout.strip()
     return rev + (" (uncommitted changes)" if dirty else "")
 

@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 import torch
 from sentence_transformers import SentenceTransformer
 
-from benchlib import cargo_artifact, machine, run_measured, self_peak_rss
+from benchlib import cargo_artifact, git_rev, machine, run_measured, self_peak_rss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -116,8 +116,7 @@ def main():
     got = got.flatten().to_numpy().reshape(len(texts), -1)
     cos = (got * reference).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(reference, axis=1))
 
-    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                         capture_output=True, text=True).stdout.strip()
+    rev = git_rev()
     import sentence_transformers
     lines = [
         "# Embedding throughput: Kiln vs sentence-transformers (CPU)",

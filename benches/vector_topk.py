@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import faiss
 
-from benchlib import cargo_artifact, machine, process_peak_rss, run_measured, self_peak_rss
+from benchlib import cargo_artifact, git_rev, machine, process_peak_rss, run_measured, self_peak_rss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -296,16 +296,13 @@ def mib(b):
 
 
 def write_report(args, kernel_rows, job_rows, kernel_peaks):
-    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                         capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT,
-                           capture_output=True, text=True).stdout.strip()
+    rev = git_rev()
     lines = [
         "# Exact top-k vector search: Kiln vs faiss-cpu and numpy",
         "",
         f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
         f"- Machine: {machine()}; no GPU used (device cpu)",
-        f"- Kiln {rev}{' (uncommitted changes)' if dirty else ''}; faiss {faiss.__version__}; "
+        f"- Kiln {rev}; faiss {faiss.__version__}; "
         f"numpy {np.__version__}; pyarrow {pa.__version__}; Python {platform.python_version()}",
         f"- Data: N = {args.n:,} seeded random unit vectors, D = {args.dim}, k = {args.k}, "
         f"inner product; {args.reps} interleaved runs per engine after one warm-up; "
