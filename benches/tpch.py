@@ -44,6 +44,9 @@ def parse_args():
                    help="threads/partitions for every engine (default: all cores)")
     p.add_argument("--queries", default="1-22", help="e.g. 1-22 or 1,6,14")
     p.add_argument("--engines", default="kiln,datafusion,duckdb,polars")
+    p.add_argument("--kiln-devices", default="auto",
+                   help="Kiln runs once per device listed, e.g. auto,wgpu or cpu,cuda "
+                        "(engine kiln for auto, kiln@DEVICE otherwise)")
     p.add_argument("--out", default=os.path.join(ROOT, "benches", "results"),
                    help="directory for tpch.md, tpch.json and tpch.png")
     a = p.parse_args()
@@ -65,6 +68,12 @@ def parse_args():
     unknown = set(a.engine_list) - {"kiln", "datafusion", "duckdb", "polars"}
     if unknown:
         p.error(f"unknown engines: {', '.join(sorted(unknown))}")
+    if "kiln" in a.engine_list:
+        at = a.engine_list.index("kiln")
+        kilns = ["kiln" if d == "auto" else f"kiln@{d}" for d in a.kiln_devices.split(",") if d]
+        if not kilns:
+            p.error("--kiln-devices names no device")
+        a.engine_list[at:at + 1] = kilns
     return a
 
 
@@ -97,7 +106,8 @@ class Worker:
     mode. Separate processes keep each engine's peak memory its own."""
 
     def __init__(self, engine, cmd):
-        self.engine = engine
+        # kiln@DEVICE is the runner's "kiln" engine on another device.
+        self.engine = engine.split("@")[0]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         ready = self.proc.stdout.readline().split()
         if not ready or ready[0] != "ready":
@@ -166,8 +176,11 @@ def main():
     base = data(kiln, args.sf)
     workers = {}
     for e in args.engine_list:
-        if e in ("kiln", "datafusion"):
-            cmd = [runner_exe, "--data", base, "--partitions", str(args.threads), "--engine", e]
+        if e.split("@")[0] in ("kiln", "datafusion"):
+            cmd = [runner_exe, "--data", base, "--partitions", str(args.threads),
+                   "--engine", e.split("@")[0]]
+            if "@" in e:
+                cmd += ["--device", e.split("@")[1]]
         else:
             cmd = [sys.executable, os.path.abspath(__file__), "--worker", e, base, str(args.threads)]
         workers[e] = Worker(e, cmd)
@@ -209,7 +222,8 @@ def write_report(args, results, versions, peaks):
         f"# TPC-H SF {sf_label(args.sf)}: Kiln vs DataFusion, DuckDB and Polars",
         "",
         f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
-        f"- Machine: {machine()}; Kiln on device auto (the CPU: no GPU on this machine)",
+        f"- Machine: {machine()}; Kiln on device(s) {args.kiln_devices} (auto: a GPU when one is "
+        "present, else the CPU; `kiln@wgpu` on a software adapter such as lavapipe measures plumbing, not a GPU)",
         "- Versions: Kiln " + versions["kiln"] + " (DataFusion 55.2 inside, and as the DataFusion peer)"
         + "".join(f"; {k} {v}" for k, v in versions.items() if k != "kiln")
         + f"; Python {platform.python_version()}",
@@ -239,7 +253,8 @@ def write_report(args, results, versions, peaks):
         k = r["stats"].get("kiln")
         df = r["stats"].get("datafusion")
         vs_df = f"{k['median'] / df['median']:.2f}" if k and df else "–"
-        peers = [r["stats"][e]["median"] for e in engines if e != "kiln" and e in r["stats"]]
+        peers = [r["stats"][e]["median"] for e in engines
+                 if not e.startswith("kiln") and e in r["stats"]]
         vs_best = f"{k['median'] / min(peers):.2f}" if k and peers else "–"
         lines.append(f"| Q{r['q']} | " + " | ".join(cells) + f" | {vs_df} | {vs_best} |")
     lines.append("| **total** | " + " | ".join(
