@@ -534,6 +534,7 @@ impl Gen {
                         }
                         d.math(name, at, &[&a])
                     }
+                    UnOp::Year | UnOp::Month | UnOp::Day => self.civil(*op, &a, &an, id),
                 };
                 let valid = match op {
                     UnOp::IsNull | UnOp::IsNotNull => "true".to_string(),
@@ -682,6 +683,87 @@ impl Gen {
             }
         }
         Ok((v, n))
+    }
+
+    /// Year, month or day of `days` since 1970-01-01 (Howard Hinnant's
+    /// civil_from_days, all in i32: dates beyond ±2·10⁹ days go to the CPU).
+    fn civil(&mut self, op: UnOp, days: &str, valid: &str, id: usize) -> String {
+        let d = self.d;
+        let i = |v: i64| d.literal(Value::Int(v), Ty::I32);
+        let name = |s: &str| format!("{s}{id}");
+        self.raise_if(&format!(
+            "{valid} && ({days} > {} || {days} < {})",
+            i(2_000_000_000),
+            i(-2_000_000_000)
+        ));
+        let z = name("cz");
+        self.line(&d.let_(&z, Ty::I32, &format!("{days} + {}", i(719_468))));
+        let era = name("ce");
+        let neg = format!("{z} - {}", i(146_096));
+        self.line(&d.let_(
+            &era,
+            Ty::I32,
+            &format!(
+                "({}) / {}",
+                d.select(&neg, &z, &format!("{z} >= {}", i(0))),
+                i(146_097)
+            ),
+        ));
+        let doe = name("cd");
+        self.line(&d.let_(&doe, Ty::I32, &format!("{z} - {era} * {}", i(146_097))));
+        let yoe = name("cy");
+        self.line(&d.let_(
+            &yoe,
+            Ty::I32,
+            &format!(
+                "({doe} - {doe} / {} + {doe} / {} - {doe} / {}) / {}",
+                i(1460),
+                i(36_524),
+                i(146_096),
+                i(365)
+            ),
+        ));
+        let doy = name("cj");
+        self.line(&d.let_(
+            &doy,
+            Ty::I32,
+            &format!(
+                "{doe} - ({} * {yoe} + {yoe} / {} - {yoe} / {})",
+                i(365),
+                i(4),
+                i(100)
+            ),
+        ));
+        let mp = name("cm");
+        self.line(&d.let_(
+            &mp,
+            Ty::I32,
+            &format!("({} * {doy} + {}) / {}", i(5), i(2), i(153)),
+        ));
+        let month = d.select(
+            &format!("{mp} - {}", i(9)),
+            &format!("{mp} + {}", i(3)),
+            &format!("{mp} < {}", i(10)),
+        );
+        match op {
+            UnOp::Month => month,
+            UnOp::Day => format!(
+                "{doy} - ({} * {mp} + {}) / {} + {}",
+                i(153),
+                i(2),
+                i(5),
+                i(1)
+            ),
+            _ => {
+                let m = name("cn");
+                self.line(&d.let_(&m, Ty::I32, &month));
+                format!(
+                    "{yoe} + {era} * {} + {}",
+                    i(400),
+                    d.select(&i(0), &i(1), &format!("{m} <= {}", i(2)))
+                )
+            }
+        }
     }
 
     /// `a · 10^up` for a decimal or integer in `i64`, raising the fallback

@@ -146,6 +146,11 @@ pub enum UnOp {
     Sqrt,
     Exp,
     Ln,
+    /// The calendar year, month (1–12) or day of month (1–31) of a date
+    /// held as days since 1970-01-01 (proleptic Gregorian, as Arrow).
+    Year,
+    Month,
+    Day,
 }
 
 /// One node of an expression over the stage's input columns.
@@ -310,6 +315,7 @@ impl Expr {
                     UnOp::Floor | UnOp::Ceil | UnOp::Round | UnOp::Sqrt | UnOp::Exp | UnOp::Ln => {
                         t.is_float()
                     }
+                    UnOp::Year | UnOp::Month | UnOp::Day => t == Ty::I32,
                 };
                 if ok {
                     Ok(self.ty())

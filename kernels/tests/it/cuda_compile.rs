@@ -109,6 +109,9 @@ fn kitchen_sink() -> Vec<kiln_kernels::codegen::Program> {
         outputs.push(Expr::binary(BinOp::Mod, col(f), col(f)));
     }
     outputs.extend([
+        Expr::unary(UnOp::Year, col(0)),
+        Expr::unary(UnOp::Month, col(0)),
+        Expr::unary(UnOp::Day, col(0)),
         Expr::cast(col(0), Ty::I64),
         Expr::cast(col(0), Ty::F64),
         Expr::cast(col(1), Ty::F32),

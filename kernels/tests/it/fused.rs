@@ -735,3 +735,40 @@ fn reductions_over_kept_rows() {
     let out = run(&gpu, &big, 2, &[Col::i64s(&[i64::MAX, 1], None)]);
     assert!(out.needs_cpu);
 }
+
+#[test]
+fn year_month_day_of_dates() {
+    let Some(gpu) = gpu() else { return };
+    // (days since 1970-01-01, year, month, day), across leap rules and eras.
+    let cases: [(i32, i64, i64, i64); 9] = [
+        (0, 1970, 1, 1),
+        (-1, 1969, 12, 31),
+        (59, 1970, 3, 1),
+        (10_957, 2000, 1, 1),
+        (11_016, 2000, 2, 29),
+        (-25_508, 1900, 3, 1),
+        (-719_468, 0, 3, 1),
+        (2_932_896, 9999, 12, 31),
+        (-719_469, 0, 2, 29),
+    ];
+    let days: Vec<i32> = cases.iter().map(|c| c.0).collect();
+    let d = || col(0, Ty::I32);
+    let program = Program {
+        inputs: vec![Ty::I32],
+        predicate: None,
+        outputs: vec![
+            Expr::unary(UnOp::Year, d()),
+            Expr::unary(UnOp::Month, d()),
+            Expr::unary(UnOp::Day, d()),
+        ],
+        reduce: Vec::new(),
+    };
+    let out = run(&gpu, &program, days.len(), &[Col::i32s(&days, None)]);
+    assert!(!out.needs_cpu);
+    for (i, (day, y, m, dd)) in cases.iter().enumerate() {
+        let got: Vec<i64> = (0..3)
+            .map(|o| i64::from(out32(&out, o)[i].unwrap() as i32))
+            .collect();
+        assert_eq!(got, vec![*y, *m, *dd], "day {day}");
+    }
+}

@@ -267,6 +267,28 @@ impl Translator<'_> {
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok(Expr::Coalesce { args })
             }
+            "date_part" => {
+                let [part, arg] = args else {
+                    return Err(format!("{e}: {} arguments", args.len()));
+                };
+                let part = part.downcast_ref::<Literal>().and_then(|l| {
+                    l.value()
+                        .try_as_str()
+                        .flatten()
+                        .map(str::to_ascii_lowercase)
+                });
+                let op = match part.as_deref() {
+                    Some("year") => UnOp::Year,
+                    Some("month") => UnOp::Month,
+                    Some("day") => UnOp::Day,
+                    other => return Err(format!("{e}: date part {other:?} has no GPU kernel")),
+                };
+                let dt = self.data_type(arg)?;
+                if dt != DataType::Date32 {
+                    return Err(format!("{e}: date_part of {dt}"));
+                }
+                Ok(Expr::unary(op, self.node(arg)?))
+            }
             name => Err(format!("function {name} has no GPU kernel")),
         }
     }
