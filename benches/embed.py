@@ -73,6 +73,8 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--work", default=os.path.expanduser("~/.cache/kiln/bench-data/embed"))
     ap.add_argument("--out", default=os.path.join(ROOT, "benches", "results", "embed.md"))
+    ap.add_argument("--kiln-device", default="cpu",
+                    help="the device Kiln runs on: cpu (default), wgpu, cuda, ...")
     args = ap.parse_args()
     if args.quick:
         args.rows, args.reps = 1000, 2
@@ -95,7 +97,7 @@ def main():
 
     out = os.path.join(args.work, "kiln_out.parquet")
     env = dict(os.environ, NODEVICE_SELECT="1", RAYON_NUM_THREADS=str(threads))
-    cmd = [kiln, "embed", src, out, "--column", "text", "--model", mdir, "--device", "cpu"]
+    cmd = [kiln, "embed", src, out, "--column", "text", "--model", mdir, "--device", args.kiln_device]
     times = {"Kiln (whole job)": [], "sentence-transformers (encode)": []}
     reference = None
     kiln_peak = 0
@@ -122,7 +124,8 @@ def main():
         "# Embedding throughput: Kiln vs sentence-transformers (CPU)",
         "",
         f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
-        f"- Machine: {machine()}; {threads} threads for both (rayon, torch.set_num_threads)",
+        f"- Machine: {machine()}; {threads} threads for both (rayon, torch.set_num_threads); "
+        f"Kiln on device {args.kiln_device}",
         f"- Kiln {rev}; sentence-transformers {sentence_transformers.__version__}; "
         f"torch {torch.__version__}; Python {platform.python_version()}",
         f"- Model: all-MiniLM-L6-v2 (max_seq_length {max_len}); corpus: {len(texts)} seeded "

@@ -100,11 +100,11 @@ def build_kiln():
 
 
 class KilnKernel:
-    def __init__(self, exe, base, dim):
+    def __init__(self, exe, base, dim, device):
         self.proc = subprocess.Popen(
             [exe, "--corpus", os.path.join(base, "corpus.f32"),
              "--queries", os.path.join(base, "queries.f32"), "--dim", str(dim),
-             "--device", "cpu"],
+             "--device", device],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         ready = self.proc.stdout.readline().split()
         if not ready or ready[0] != "ready":
@@ -205,6 +205,8 @@ def main():
     ap.add_argument("--work", default=os.path.expanduser("~/.cache/kiln/bench-data"))
     ap.add_argument("--out", default=os.path.join(ROOT, "benches", "results", "vector_topk.md"))
     ap.add_argument("--skip-jobs", action="store_true", help="kernel comparison only")
+    ap.add_argument("--kiln-device", default="cpu",
+                    help="the device Kiln runs on: cpu (default), wgpu, cuda, ...")
     args = ap.parse_args()
     if args.quick:
         args.n, args.reps = 200_000, 3
@@ -217,7 +219,7 @@ def main():
     faiss.cvar.distance_compute_blas_threshold = 1
     index = faiss.IndexFlatIP(args.dim)
     index.add(corpus)
-    kernel = KilnKernel(kernel_exe, base, args.dim)
+    kernel = KilnKernel(kernel_exe, base, args.dim, args.kiln_device)
 
     kernel_rows = []
     for q in qs:
@@ -265,7 +267,7 @@ def main():
             sql = (f"COPY (SELECT id AS query_id, corpus_id, rank, score FROM "
                    f"knn_join('q', 'embedding', 'c', 'embedding', {args.k}, 'dot')) "
                    f"TO '{kiln_out}' STORED AS PARQUET")
-            kiln_cmd = [kiln_bin, "sql", "--device", "cpu", "--table", f"c={corpus_pq}",
+            kiln_cmd = [kiln_bin, "sql", "--device", args.kiln_device, "--table", f"c={corpus_pq}",
                         "--table", f"q={qpath}", "-c", sql]
             peer_cmd = [sys.executable, peer, corpus_pq, qpath, peer_out, str(args.k)]
             times = {"Kiln": [], "pyarrow+faiss": []}
@@ -301,7 +303,7 @@ def write_report(args, kernel_rows, job_rows, kernel_peaks):
         "# Exact top-k vector search: Kiln vs faiss-cpu and numpy",
         "",
         f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
-        f"- Machine: {machine()}; no GPU used (device cpu)",
+        f"- Machine: {machine()}; Kiln on device {args.kiln_device}",
         f"- Kiln {rev}; faiss {faiss.__version__}; "
         f"numpy {np.__version__}; pyarrow {pa.__version__}; Python {platform.python_version()}",
         f"- Data: N = {args.n:,} seeded random unit vectors, D = {args.dim}, k = {args.k}, "
