@@ -73,8 +73,8 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--work", default=os.path.expanduser("~/.cache/kiln/bench-data/embed"))
     ap.add_argument("--out", default=os.path.join(ROOT, "benches", "results", "embed.md"))
-    ap.add_argument("--kiln-device", default="cpu",
-                    help="the device Kiln runs on: cpu (default), wgpu, cuda, ...")
+    ap.add_argument("--kiln-device", default="auto",
+                    help="the device Kiln runs on: auto (default: a GPU when present, else the CPU), cpu, wgpu, cuda")
     args = ap.parse_args()
     if args.quick:
         args.rows, args.reps = 1000, 2

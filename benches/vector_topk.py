@@ -205,8 +205,8 @@ def main():
     ap.add_argument("--work", default=os.path.expanduser("~/.cache/kiln/bench-data"))
     ap.add_argument("--out", default=os.path.join(ROOT, "benches", "results", "vector_topk.md"))
     ap.add_argument("--skip-jobs", action="store_true", help="kernel comparison only")
-    ap.add_argument("--kiln-device", default="cpu",
-                    help="the device Kiln runs on: cpu (default), wgpu, cuda, ...")
+    ap.add_argument("--kiln-device", default="auto",
+                    help="the device Kiln runs on: auto (default: a GPU when present, else the CPU), cpu, wgpu, cuda")
     args = ap.parse_args()
     if args.quick:
         args.n, args.reps = 200_000, 3
