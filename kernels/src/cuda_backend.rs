@@ -261,10 +261,9 @@ impl CudaDevice {
         &self,
         program: &crate::codegen::Program,
     ) -> std::result::Result<(), String> {
-        self.fused_module(program).map(|_| ()).map_err(|e| match e {
-            KernelError::InvalidInput { detail, .. } => detail,
-            other => other.to_string(),
-        })
+        self.fused_module(program)
+            .map(|_| ())
+            .map_err(KernelError::into_reason)
     }
 
     /// Runs a generated fused program (see [`crate::codegen`]): the same

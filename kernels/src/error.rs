@@ -81,3 +81,14 @@ pub enum KernelError {
     #[error("NVRTC is not available: {0}")]
     NvrtcMissing(String),
 }
+
+impl KernelError {
+    /// The error as a reason for EXPLAIN: a refused kernel input gives just
+    /// its detail ("decimal division"), anything else its whole message.
+    pub fn into_reason(self) -> String {
+        match self {
+            KernelError::InvalidInput { detail, .. } => detail,
+            other => other.to_string(),
+        }
+    }
+}

@@ -266,3 +266,18 @@ fn start_moto() -> Option<S3Server> {
 pub fn s(p: &Path) -> String {
     p.to_str().unwrap().to_string()
 }
+
+/// Whether a wgpu adapter is present; fails the test instead when
+/// KILN_TEST_REQUIRE names wgpu (as CI does) and none is.
+pub fn has_wgpu() -> bool {
+    use kiln_kernels::testing::required_backends;
+    use kiln_kernels::{BackendKind, discover};
+    if discover().of(BackendKind::Wgpu).next().is_some() {
+        return true;
+    }
+    assert!(
+        !required_backends().contains(&BackendKind::Wgpu),
+        "KILN_TEST_REQUIRE names wgpu, but no adapter was found"
+    );
+    false
+}

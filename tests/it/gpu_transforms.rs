@@ -4,25 +4,12 @@
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use kiln::{DeviceRequest, Session};
-use kiln_kernels::testing::required_backends;
-use kiln_kernels::{BackendKind, discover};
 
 use crate::common::*;
 
 const TABLES: [&str; 8] = [
     "customer", "lineitem", "nation", "orders", "part", "partsupp", "region", "supplier",
 ];
-
-fn has_wgpu() -> bool {
-    if discover().of(BackendKind::Wgpu).next().is_some() {
-        return true;
-    }
-    assert!(
-        !required_backends().contains(&BackendKind::Wgpu),
-        "KILN_TEST_REQUIRE names wgpu, but no adapter was found"
-    );
-    false
-}
 
 /// A session over TPC-H SF 0.01 with `settings` applied.
 async fn tpch_session(settings: &[&str]) -> Session {

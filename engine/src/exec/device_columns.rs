@@ -161,25 +161,26 @@ fn primitive<T: ArrowPrimitiveType>(values: Vec<T::Native>, valid: &[u32]) -> Ar
     ))
 }
 
-/// Builds the Arrow array of type `dt` from a kernel's output column.
-pub fn from_device(out: &OutColumn, dt: &DataType) -> Result<ArrayRef> {
-    let valid = &out.valid;
-    let v32 = || out.values.clone();
-    let v64 = || words64(&out.values);
-    Ok(match (out.ty, dt) {
+/// Builds the Arrow array of type `dt` from a kernel's output column,
+/// taking its buffers.
+pub fn from_device(out: OutColumn, dt: &DataType) -> Result<ArrayRef> {
+    let OutColumn { ty, values, valid } = out;
+    let valid = &valid;
+    let v64 = || words64(&values);
+    Ok(match (ty, dt) {
         (Ty::Bool, DataType::Boolean) => Arc::new(BooleanArray::new(
-            out.values.iter().map(|v| *v != 0).collect(),
+            values.iter().map(|v| *v != 0).collect(),
             nulls(valid),
         )),
         (Ty::I32, DataType::Int32) => {
-            primitive::<Int32Type>(v32().into_iter().map(|v| v as i32).collect(), valid)
+            primitive::<Int32Type>(values.iter().map(|v| *v as i32).collect(), valid)
         }
         (Ty::I32, DataType::Date32) => {
-            primitive::<Date32Type>(v32().into_iter().map(|v| v as i32).collect(), valid)
+            primitive::<Date32Type>(values.iter().map(|v| *v as i32).collect(), valid)
         }
-        (Ty::U32, DataType::UInt32) => primitive::<UInt32Type>(v32(), valid),
+        (Ty::U32, DataType::UInt32) => primitive::<UInt32Type>(values, valid),
         (Ty::F32, DataType::Float32) => {
-            primitive::<Float32Type>(v32().into_iter().map(f32::from_bits).collect(), valid)
+            primitive::<Float32Type>(values.iter().map(|v| f32::from_bits(*v)).collect(), valid)
         }
         (Ty::I64, DataType::Int64) => {
             primitive::<Int64Type>(v64().into_iter().map(|v| v as i64).collect(), valid)

@@ -36,7 +36,7 @@ use datafusion::physical_plan::{
     ReplaceChildrenOptions, SendableRecordBatchStream,
 };
 use futures::StreamExt;
-use kiln_kernels::codegen::{FusedOutput, Program, Reduced};
+use kiln_kernels::codegen::{FusedOutput, OutColumn, Program, Reduced};
 use kiln_kernels::{Device, DeviceInfo};
 
 use super::device_columns::{HostColumn, from_device, to_device};
@@ -289,28 +289,15 @@ impl ExecutionPlan for GpuStageExec {
             return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)));
         }
         let stream = futures::stream::unfold(state, |mut state| async move {
-            if state.done {
-                return None;
-            }
-            let mut pending = Vec::new();
-            let mut rows = 0;
-            while rows < state.launch_rows {
-                match state.input.next().await {
-                    Some(Ok(batch)) => {
-                        rows += batch.num_rows();
-                        pending.push(batch);
-                    }
-                    Some(Err(e)) => {
-                        state.done = true;
-                        return Some((Err(e), state));
-                    }
-                    None => {
-                        state.done = true;
-                        break;
-                    }
+            let pending = match state.gather().await {
+                Ok(pending) => pending,
+                Err(e) => {
+                    state.done = true;
+                    return Some((Err(e), state));
                 }
-            }
-            if rows == 0 {
+            };
+            // gather() stops short of a launch's rows only at the end.
+            if pending.iter().all(|b| b.num_rows() == 0) {
                 return None;
             }
             let out = state.run(&pending);
@@ -391,11 +378,28 @@ impl StageState {
                     rows += batch.num_rows();
                     pending.push(batch);
                 }
-                Some(Err(e)) => return Err(e),
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Err(e);
+                }
                 None => self.done = true,
             }
         }
         Ok(pending)
+    }
+
+    /// `pending` cut into slices of at most one launch's rows. A single
+    /// input batch is sliced in place, not copied.
+    fn slices(&self, pending: &[RecordBatch]) -> Result<Vec<RecordBatch>> {
+        let batch = match pending {
+            [one] => one.clone(),
+            _ => concat_batches(&self.input_schema, pending)?,
+        };
+        let rows = batch.num_rows();
+        Ok((0..rows)
+            .step_by(self.launch_rows)
+            .map(|start| batch.slice(start, self.launch_rows.min(rows - start)))
+            .collect())
     }
 
     /// Folds `pending` into the aggregate's running results.
@@ -404,11 +408,7 @@ impl StageState {
         let Some(agg) = &self.plan.aggregate else {
             return internal_err!("GpuStageExec: fold without an aggregate");
         };
-        let batch = concat_batches(&self.input_schema, pending)?;
-        let mut start = 0;
-        while start < batch.num_rows() {
-            let len = self.launch_rows.min(batch.num_rows() - start);
-            let part = batch.slice(start, len);
+        for part in self.slices(pending)? {
             match self.launch_device(&part)? {
                 Some(out) => agg.merge(acc, &out.reduced),
                 None => {
@@ -417,7 +417,6 @@ impl StageState {
                     agg.merge_on_cpu(acc, &rows)?;
                 }
             }
-            start += len;
         }
         Ok(())
     }
@@ -458,13 +457,9 @@ impl StageState {
 
     fn run(&self, pending: &[RecordBatch]) -> Result<RecordBatch> {
         let _timer = self.metrics.baseline.elapsed_compute().timer();
-        let batch = concat_batches(&self.input_schema, pending)?;
         let mut parts = Vec::new();
-        let mut start = 0;
-        while start < batch.num_rows() {
-            let len = self.launch_rows.min(batch.num_rows() - start);
-            parts.push(self.launch(&batch.slice(start, len))?);
-            start += len;
+        for part in self.slices(pending)? {
+            parts.push(self.launch(&part)?);
         }
         let out = if parts.len() == 1 {
             parts
@@ -481,15 +476,25 @@ impl StageState {
         let Some(out) = self.launch_device(batch)? else {
             return self.on_cpu(batch);
         };
+        let rows = out.rows();
         let indices = plan
             .program
             .predicate
             .is_some()
-            .then(|| UInt32Array::from(out.indices.clone()));
+            .then(|| UInt32Array::from(out.indices));
+        // Each kernel output feeds one column: move it, don't copy it.
+        let mut computed: Vec<Option<OutColumn>> = out.columns.into_iter().map(Some).collect();
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(plan.outputs.len());
         for (field, output) in self.schema.fields().iter().zip(&plan.outputs) {
             columns.push(match output {
-                StageOutput::Device(k) => from_device(&out.columns[*k], field.data_type())?,
+                StageOutput::Device(k) => {
+                    let Some(column) = computed.get_mut(*k).and_then(Option::take) else {
+                        return internal_err!(
+                            "GpuStageExec: kernel output {k} used twice or missing"
+                        );
+                    };
+                    from_device(column, field.data_type())?
+                }
                 StageOutput::Input(i) => match &indices {
                     Some(idx) => take(batch.column(*i), idx, None)?,
                     None => Arc::clone(batch.column(*i)),
@@ -499,7 +504,7 @@ impl StageState {
         Ok(RecordBatch::try_new_with_options(
             Arc::clone(&self.schema),
             columns,
-            &RecordBatchOptions::new().with_row_count(Some(out.rows())),
+            &RecordBatchOptions::new().with_row_count(Some(rows)),
         )?)
     }
 

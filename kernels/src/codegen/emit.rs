@@ -39,6 +39,14 @@ impl Dialect {
         }
     }
 
+    /// A `u32` index literal (`params[..]`, array subscripts).
+    fn index(self, i: usize) -> String {
+        match self {
+            Dialect::Wgsl => format!("{i}u"),
+            Dialect::Cuda => format!("{i}"),
+        }
+    }
+
     /// An immutable local.
     fn let_(self, name: &str, t: Ty, value: &str) -> String {
         match self {
@@ -236,10 +244,7 @@ impl Body {
     /// counts) and thread 0 storing the block's partial at `block` in the
     /// output regions listed in `params` from `meta_out`.
     pub fn reduce_code(&self, d: Dialect, meta_out: usize) -> String {
-        let idx = |i: usize| match d {
-            Dialect::Wgsl => format!("{i}u"),
-            Dialect::Cuda => format!("{i}"),
-        };
+        let idx = |i: usize| d.index(i);
         let (barrier, fold_loop, nblocks) = match d {
             Dialect::Wgsl => (
                 "workgroupBarrier();",
@@ -334,10 +339,7 @@ pub fn body(program: &Program, dialect: Dialect, meta_out: usize) -> Result<Body
         body: String::new(),
         next: 0,
     };
-    let u = |i: usize| match dialect {
-        Dialect::Wgsl => format!("{i}u"),
-        Dialect::Cuda => format!("{i}"),
-    };
+    let u = |i: usize| dialect.index(i);
     let pred = match &program.predicate {
         Some(p) => {
             let (v, n) = g.expr(p)?;
@@ -423,13 +425,6 @@ impl Gen {
         let _ = writeln!(self.body, "    if ({cond}) {{ raise(); }}");
     }
 
-    fn index(&self, i: usize) -> String {
-        match self.d {
-            Dialect::Wgsl => format!("{i}u"),
-            Dialect::Cuda => format!("{i}"),
-        }
-    }
-
     /// Emits statements computing `e`; returns the names of its value and
     /// validity.
     fn expr(&mut self, e: &Expr) -> Result<(String, String), String> {
@@ -439,8 +434,8 @@ impl Gen {
         let ty = e.ty();
         match e {
             Expr::Column { index, ty: t } => {
-                let voff = format!("params[{}]", self.index(2 + 2 * index));
-                let noff = format!("params[{}]", self.index(3 + 2 * index));
+                let voff = format!("params[{}]", self.d.index(2 + 2 * index));
+                let noff = format!("params[{}]", self.d.index(3 + 2 * index));
                 let word = format!("data[{voff} + row]");
                 let load = match t {
                     Ty::Bool => format!("{word} != {}", d.zero(Ty::U32)),

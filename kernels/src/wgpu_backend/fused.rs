@@ -34,10 +34,7 @@ impl WgpuDevice {
     pub fn fused_support(&self, program: &Program) -> std::result::Result<(), String> {
         self.fused_pipelines(program)
             .map(|_| ())
-            .map_err(|e| match e {
-                KernelError::InvalidInput { detail, .. } => detail,
-                other => other.to_string(),
-            })
+            .map_err(KernelError::into_reason)
     }
 
     /// Whether the generator and the adapter's features take `program`,

@@ -142,11 +142,7 @@ fn split_filters(
                 return Ok(Transformed::no(node));
             };
             let input = Arc::clone(filter.input());
-            let too_small = StatisticsContext::new()
-                .compute(input.as_ref(), &StatisticsArgs::new())
-                .ok()
-                .and_then(|s| s.num_rows.get_value().copied())
-                .is_some_and(|rows| rows < ctx.min_rows);
+            let too_small = estimated_rows(&input).is_some_and(|rows| rows < ctx.min_rows);
             if filter.fetch().is_some() || too_small {
                 return Ok(Transformed::no(node));
             }
@@ -391,6 +387,14 @@ fn stage_plan(
     }
 }
 
+/// The rows DataFusion's statistics expect `plan` to produce, if any.
+fn estimated_rows(plan: &Arc<dyn ExecutionPlan>) -> Option<usize> {
+    StatisticsContext::new()
+        .compute(plan.as_ref(), &StatisticsArgs::new())
+        .ok()
+        .and_then(|s| s.num_rows.get_value().copied())
+}
+
 /// Estimated input rows and bytes moved host↔device, from the plan's
 /// statistics (None where DataFusion has none).
 fn estimate(
@@ -398,16 +402,10 @@ fn estimate(
     top: &Arc<dyn ExecutionPlan>,
     program: &Program,
 ) -> (Option<usize>, Option<u64>) {
-    let rows_of = |p: &Arc<dyn ExecutionPlan>| {
-        StatisticsContext::new()
-            .compute(p.as_ref(), &StatisticsArgs::new())
-            .ok()
-            .and_then(|s| s.num_rows.get_value().copied())
-    };
-    let Some(rows_in) = rows_of(input) else {
+    let Some(rows_in) = estimated_rows(input) else {
         return (None, None);
     };
-    let rows_out = rows_of(top).unwrap_or(rows_in);
+    let rows_out = estimated_rows(top).unwrap_or(rows_in);
     let used = program.used_inputs();
     let in_bytes: f64 = program
         .inputs
