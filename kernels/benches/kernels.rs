@@ -129,6 +129,7 @@ fn fused(c: &mut Criterion) {
         predicate: Some(predicate.clone()),
         outputs: vec![product.clone()],
         reduce: Vec::new(),
+        group: None,
     };
     let sum_program = Program {
         inputs,
@@ -138,6 +139,7 @@ fn fused(c: &mut Criterion) {
             op: ReduceOp::Sum,
             arg: product,
         }],
+        group: None,
     };
     let bytes = |f: &dyn Fn(usize) -> i64| -> Vec<u8> {
         (0..rows).flat_map(|i| f(i).to_le_bytes()).collect()

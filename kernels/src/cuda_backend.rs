@@ -272,25 +272,16 @@ impl CudaDevice {
         &self,
         program: &crate::codegen::Program,
         rows: usize,
+        groups: usize,
         inputs: &[Option<crate::codegen::ColumnData<'_>>],
     ) -> Result<crate::codegen::FusedOutput> {
-        use crate::codegen::{FusedOutput, Layout, OutColumn};
+        use crate::codegen::{FusedOutput, Layout, empty_output};
         let module = self.fused_module(program)?;
-        let mut out = FusedOutput::default();
+        let layout = Layout::new(program, rows, groups, inputs)?;
         if rows == 0 {
-            out.columns = program
-                .outputs
-                .iter()
-                .map(|e| OutColumn {
-                    ty: e.ty(),
-                    values: Vec::new(),
-                    valid: Vec::new(),
-                })
-                .collect();
-            out.reduced = vec![Default::default(); program.reduce.len()];
-            return Ok(out);
+            return Ok(empty_output(program, groups));
         }
-        let layout = Layout::new(program, rows, inputs)?;
+        let mut out = FusedOutput::default();
         let nblocks = layout.blocks();
         let data = self.stream.clone_htod(&layout.data())?;
         let params = self.stream.clone_htod(&layout.params)?;
@@ -308,9 +299,15 @@ impl CudaDevice {
             grid_dim: (1, 1, 1),
             ..grid
         };
+        // A program of reductions runs fewer workgroups, each over several
+        // blocks in turn (at most 16384: one grid dimension).
+        let reduce_grid = LaunchConfig {
+            grid_dim: (layout.workgroups().max(1) as u32, 1, 1),
+            ..grid
+        };
         let has_predicate = program.predicate.is_some();
         let passes: &[(&str, LaunchConfig)] = if !program.reduce.is_empty() {
-            &[("kiln_reduce", grid)]
+            &[("kiln_reduce", reduce_grid)]
         } else if has_predicate {
             &[
                 ("kiln_count", grid),

@@ -97,7 +97,8 @@ extern \"C\" __global__ void kiln_emit(KILN_ARGS) {{
 }
 
 /// The module of a program with reductions: one `kiln_reduce` kernel that
-/// evaluates the predicate and folds every reduction per block.
+/// evaluates the predicate and folds every reduction per group over tiles
+/// of rows (see [`Body::reduce_kernel`]).
 fn reduce_module(program: &Program, code: &Body, out_base: usize) -> String {
     let mut src = head(program, code);
     let _ = write!(
@@ -107,14 +108,13 @@ extern \"C\" __global__ void kiln_reduce(KILN_ARGS) {{
     __shared__ long long red_i[{BLOCK}];
     __shared__ double red_f[{BLOCK}];
     __shared__ u32 red_n[{BLOCK}];
-    const u32 block = blockIdx.x + blockIdx.y * gridDim.x;
+    __shared__ u32 wg_gn_a[{BLOCK}];
+    __shared__ u32 wg_gn[{BLOCK}];
+    const u32 wgi = blockIdx.x;
     const u32 lid = threadIdx.x;
-    const u32 row = block * {BLOCK}u + lid;
-    bool kept = false;
-    if (row < params[0]) {{ kept = keep(KILN_PASS, row); }}
-{folds}}}
+{body}}}
 ",
-        folds = code.reduce_code(Dialect::Cuda, out_base),
+        body = code.reduce_kernel(Dialect::Cuda, out_base),
     );
     src
 }

@@ -221,9 +221,13 @@ pub struct Body {
     pub pred: String,
     /// Statements computing every output and storing it at `pos`.
     pub emit_stmts: String,
-    /// Per reduction of the program, its block-level fold (see
-    /// [`Body::reduce_code`]).
+    /// Per reduction of the program, its argument (see
+    /// [`Body::reduce_kernel`]).
     pub reduce: Vec<ReduceCode>,
+    /// The group index of a grouped program (its `op` is unused).
+    pub group: Option<ReduceCode>,
+    /// How the dialect's module calls the predicate for `row`.
+    pub keep_call: String,
 }
 
 /// The per-row part of one reduction.
@@ -238,94 +242,234 @@ pub struct ReduceCode {
 }
 
 impl Body {
-    /// The code of a `reduce` kernel after `kept` is known: for every
-    /// reduction, each thread's contribution, a tree fold over the workgroup
-    /// (shared arrays `red_i`/`red_f` of i64/f64 and `red_n` of non-NULL
-    /// counts) and thread 0 storing the block's partial at `block` in the
-    /// output regions listed in `params` from `meta_out`.
-    pub fn reduce_code(&self, d: Dialect, meta_out: usize) -> String {
-        let idx = |i: usize| d.index(i);
-        let (barrier, fold_loop, nblocks) = match d {
+    /// The statements of a `reduce` kernel, after the dialect's wrapper has
+    /// declared `wgi` (the workgroup's index) and `lid` (the thread's) and
+    /// the shared arrays `red_i`/`red_f` (i64/f64), `red_n` (non-NULL
+    /// counts), `wg_gn_a` (atomic per-group row counts) and `wg_gn`.
+    ///
+    /// Workgroup `wgi` takes tiles of [`super::wgsl::BLOCK`] rows `wgi`,
+    /// `wgi + nw`, ... (`params[meta_out + 2R + 1]` workgroups). Per tile
+    /// every thread evaluates its row's predicate, group and reduction
+    /// arguments once; the tile's rows are counted per group; then for each
+    /// group present in the tile each reduction is folded over the tile as a
+    /// tree in shared memory, and thread `g` adds the result to its private
+    /// running results of group `g`. At the end thread `g` stores them at
+    /// slot `wgi * groups + g` of every output region listed in `params`
+    /// from `meta_out`: per reduction a 64-bit value and a non-NULL count,
+    /// then the group's kept rows. `params[1]` is the group count.
+    pub fn reduce_kernel(&self, d: Dialect, meta_out: usize) -> String {
+        let u = |i: usize| d.index(i);
+        let nred = self.reduce.len();
+        let (barrier, uniform_load, atomic_zero, atomic_read, atomic_add) = match d {
             Dialect::Wgsl => (
                 "workgroupBarrier();",
-                "for (var s = 128u; s > 0u; s = s >> 1u)",
-                "nblocks()",
+                "workgroupUniformLoad(&wg_gn[g])",
+                "atomicStore(&wg_gn_a[lid], 0u);",
+                "atomicLoad(&wg_gn_a[lid])",
+                "atomicAdd(&wg_gn_a[gid], 1u);",
             ),
             Dialect::Cuda => (
                 "__syncthreads();",
-                "for (u32 s = 128; s > 0; s >>= 1)",
-                "nblocks(params)",
+                "wg_gn[g]",
+                "wg_gn_a[lid] = 0u;",
+                "wg_gn_a[lid]",
+                "atomicAdd(&wg_gn_a[gid], 1u);",
             ),
         };
+        let (tile_loop, group_loop) = match d {
+            Dialect::Wgsl => (
+                "for (var tile = wgi; tile < nblocks(); tile += nw)",
+                "for (var g = 0u; g < ng; g++)",
+            ),
+            Dialect::Cuda => (
+                "for (u32 tile = wgi; tile < nblocks(params); tile += nw)",
+                "for (u32 g = 0; g < ng; g++)",
+            ),
+        };
+        let no_group = d.literal(Value::UInt(u64::from(u32::MAX)), Ty::U32);
+        let (one, zero) = (d.literal(Value::Int(1), Ty::U32), d.zero(Ty::U32));
+        let fold_t = |c: &ReduceCode| if c.float { Ty::F64 } else { Ty::I64 };
+        let identity = |c: &ReduceCode| {
+            let t = fold_t(c);
+            match c.op {
+                ReduceOp::Min => d.literal(Value::Int(i64::MAX), t),
+                ReduceOp::Max => d.literal(Value::Int(i64::MIN), t),
+                _ if c.float => d.literal(Value::Float(0.0), t),
+                _ => d.zero(t),
+            }
+        };
+        // `into = into (op) x`, raising on a 64-bit integer sum's overflow.
+        let combine = |c: &ReduceCode, into: &str, x: &str| -> String {
+            match (c.op, c.float) {
+                (ReduceOp::Sum, true) => format!("{into} = {into} + {x};"),
+                (ReduceOp::Sum, false) => format!(
+                    "{{ {} if ((({into} ^ sum) & ({x} ^ sum)) < {}) {{ raise(); }} {into} = sum; }}",
+                    d.let_("sum", Ty::I64, &d.wrapping("+", Ty::I64, into, x))
+                        .trim(),
+                    d.zero(Ty::I64)
+                ),
+                (ReduceOp::Min, _) => {
+                    format!("{into} = {};", d.select(into, x, &format!("{x} < {into}")))
+                }
+                (ReduceOp::Max, _) => {
+                    format!("{into} = {};", d.select(into, x, &format!("{x} > {into}")))
+                }
+                (ReduceOp::Count, _) => String::new(),
+            }
+        };
         let mut out = String::new();
-        for (r, code) in self.reduce.iter().enumerate() {
-            let (array, t) = if code.float {
+        out.push_str(&d.let_("ng", Ty::U32, "params[1]"));
+        out.push_str(&d.let_(
+            "nw",
+            Ty::U32,
+            &format!("params[{}]", u(meta_out + 2 * nred + 1)),
+        ));
+        out.push_str(&d.var("rows_acc", Ty::U32, &zero));
+        for (r, c) in self.reduce.iter().enumerate() {
+            out.push_str(&d.var(&format!("racc{r}"), fold_t(c), &identity(c)));
+            out.push_str(&d.var(&format!("rcnt{r}"), Ty::U32, &zero));
+        }
+        let _ = writeln!(out, "    {tile_loop} {{");
+        let _ = writeln!(
+            out,
+            "    {}",
+            d.let_("row", Ty::U32, &format!("tile * {} + lid", u(256)))
+                .trim()
+        );
+        let _ = writeln!(out, "    {}", d.var("kept", Ty::Bool, "false").trim());
+        let _ = writeln!(
+            out,
+            "    if (row < params[0]) {{ kept = {}; }}",
+            self.keep_call
+        );
+        let _ = writeln!(out, "    {}", d.var("gid", Ty::U32, &no_group).trim());
+        for (r, c) in self.reduce.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "    {}",
+                d.var(&format!("rv{r}"), fold_t(c), &identity(c)).trim()
+            );
+            let _ = writeln!(
+                out,
+                "    {}",
+                d.var(&format!("rok{r}"), Ty::Bool, "false").trim()
+            );
+        }
+        out.push_str(
+            "    if (kept) {
+",
+        );
+        match &self.group {
+            Some(g) => {
+                out.push_str(&g.stmts);
+                let _ = writeln!(out, "    gid = {};", g.value);
+                let _ = writeln!(
+                    out,
+                    "    if (!({}) || gid >= ng) {{ raise(); gid = {no_group}; }}",
+                    g.valid
+                );
+            }
+            None => {
+                let _ = writeln!(out, "    gid = {zero};");
+            }
+        }
+        for (r, c) in self.reduce.iter().enumerate() {
+            out.push_str(&c.stmts);
+            let _ = writeln!(
+                out,
+                "    rv{r} = {};
+    rok{r} = {};",
+                c.value, c.valid
+            );
+        }
+        out.push_str(
+            "    }
+",
+        );
+        let _ = write!(
+            out,
+            "    {atomic_zero}
+    {barrier}
+    if (gid != {no_group}) {{ {atomic_add} }}
+    {barrier}
+    wg_gn[lid] = {atomic_read};
+    rows_acc = rows_acc + wg_gn[lid];
+    {group_loop} {{
+    {barrier}
+    if ({uniform_load} == {zero}) {{ continue; }}
+"
+        );
+        for (r, c) in self.reduce.iter().enumerate() {
+            let (array, t) = if c.float {
                 ("red_f", Ty::F64)
             } else {
                 ("red_i", Ty::I64)
             };
-            let identity = match code.op {
-                ReduceOp::Min => d.literal(Value::Int(i64::MAX), t),
-                ReduceOp::Max => d.literal(Value::Int(i64::MIN), t),
-                _ if code.float => d.literal(Value::Float(0.0), t),
-                _ => d.zero(t),
-            };
-            let combine = match (code.op, code.float) {
-                (ReduceOp::Sum, true) => format!("{array}[lid] = a + b;"),
-                (ReduceOp::Sum, false) => format!(
-                    "const_x = {}; if (((a ^ const_x) & (b ^ const_x)) < {}) {{ raise(); }} {array}[lid] = const_x;",
-                    d.wrapping("+", Ty::I64, "a", "b"),
-                    d.zero(Ty::I64)
-                ),
-                (ReduceOp::Min, _) => format!("{array}[lid] = {};", d.select("b", "a", "a < b")),
-                (ReduceOp::Max, _) => format!("{array}[lid] = {};", d.select("b", "a", "a > b")),
-                (ReduceOp::Count, _) => String::new(),
-            };
-            let (one, zero) = (d.literal(Value::Int(1), Ty::U32), d.zero(Ty::U32));
+            let mine = format!("rok{r} && gid == g");
             let _ = write!(
                 out,
-                "    {{
-{val}{ok}        if (kept) {{
-{stmts}            val = {value};
-            ok = {valid};
-        }}
-        {array}[lid] = {sel};
-        red_n[lid] = {cnt};
-        {barrier}
-        {fold_loop} {{
-            if (lid < s) {{
-{a}{b}{x}                {combine}
-                red_n[lid] = red_n[lid] + red_n[lid + s];
-            }}
-            {barrier}
-        }}
-        if (lid == {z} && block < {nblocks}) {{
-            st64(params[{voff}], block, {bits});
-            outw[params[{noff}] + block] = red_n[0];
+                "    {array}[lid] = {sel};
+    red_n[lid] = {cnt};
+    {barrier}
+    for ({s_decl}; s > {zero}; s = s >> {one}) {{
+        if (lid < s) {{
+{a}{b}            {fold}
+            red_n[lid] = red_n[lid] + red_n[lid + s];
         }}
         {barrier}
     }}
+    if (lid == g) {{
+{x}        {acc_fold}
+        rcnt{r} = rcnt{r} + red_n[0];
+    }}
+    {barrier}
 ",
-                val = d.var("val", t, &identity),
-                ok = d.var("ok", Ty::Bool, "false"),
-                stmts = code.stmts,
-                value = code.value,
-                valid = code.valid,
-                sel = d.select(&identity, "val", "ok"),
-                cnt = d.select(&zero, &one, "ok"),
+                sel = d.select(&identity(c), &format!("rv{r}"), &mine),
+                cnt = d.select(&zero, &one, &mine),
+                s_decl = match d {
+                    Dialect::Wgsl => "var s = 128u".to_string(),
+                    Dialect::Cuda => "u32 s = 128".to_string(),
+                },
                 a = d.let_("a", t, &format!("{array}[lid]")),
                 b = d.let_("b", t, &format!("{array}[lid + s]")),
-                x = if combine.contains("const_x") {
-                    d.var("const_x", t, &d.zero(t))
-                } else {
+                fold = if c.op == ReduceOp::Count {
                     String::new()
+                } else {
+                    format!(
+                        "{{ {} {} {array}[lid] = fa; }}",
+                        d.var("fa", t, "a").trim(),
+                        combine(c, "fa", "b")
+                    )
                 },
-                z = idx(0),
-                voff = idx(meta_out + 2 * r),
-                noff = idx(meta_out + 2 * r + 1),
-                bits = d.to_bits64(t, &format!("{array}[0]")),
+                x = d.let_("x", t, &format!("{array}[0]")),
+                acc_fold = combine(c, &format!("racc{r}"), "x"),
             );
         }
+        let _ = write!(
+            out,
+            "    }}
+    {barrier}
+    }}
+    if (lid < ng && wgi < nw) {{
+{slot}",
+            slot = d.let_("slot", Ty::U32, "wgi * ng + lid"),
+        );
+        for (r, c) in self.reduce.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "        st64(params[{}], slot, {});
+        outw[params[{}] + slot] = rcnt{r};",
+                u(meta_out + 2 * r),
+                d.to_bits64(fold_t(c), &format!("racc{r}")),
+                u(meta_out + 2 * r + 1)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "        outw[params[{}] + slot] = rows_acc;
+    }}",
+            u(meta_out + 2 * nred)
+        );
         out
     }
 }
@@ -392,11 +536,29 @@ pub fn body(program: &Program, dialect: Dialect, meta_out: usize) -> Result<Body
             valid: n,
         });
     }
+    let group = match &program.group {
+        Some(e) => {
+            let (v, n) = g.expr(e)?;
+            Some(ReduceCode {
+                op: ReduceOp::Count,
+                float: false,
+                stmts: std::mem::take(&mut g.body),
+                value: v,
+                valid: n,
+            })
+        }
+        None => None,
+    };
     Ok(Body {
         pred_stmts,
         pred,
         emit_stmts,
         reduce,
+        group,
+        keep_call: match dialect {
+            Dialect::Wgsl => "keep(row)".into(),
+            Dialect::Cuda => "keep(KILN_PASS, row)".into(),
+        },
     })
 }
 

@@ -512,7 +512,7 @@ impl Reduce {
 }
 
 /// Everything one fused kernel computes per row.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Program {
     /// Types of the stage's input columns, in order.
     pub inputs: Vec<Ty>,
@@ -524,7 +524,15 @@ pub struct Program {
     /// not both: with reductions the kernel returns one partial result per
     /// block of rows instead of rows.
     pub reduce: Vec<Reduce>,
+    /// With reductions: each kept row's group, a `u32` below the launch's
+    /// group count (at most [`MAX_GROUPS`]); the reductions are folded per
+    /// group. `None` folds all kept rows as one group.
+    pub group: Option<Expr>,
 }
+
+/// The most groups one launch of a grouped program folds: each thread of a
+/// 256-thread workgroup owns the running results of one group.
+pub const MAX_GROUPS: usize = 256;
 
 impl Program {
     /// Checks every expression against the input types.
@@ -544,6 +552,14 @@ impl Program {
             r.arg.check(&self.inputs)?;
             r.supported()?;
         }
+        if let Some(g) = &self.group {
+            if self.reduce.is_empty() {
+                return Err("a group key without reductions".into());
+            }
+            if g.check(&self.inputs)? != Ty::U32 {
+                return Err("the group key is not a u32 group index".into());
+            }
+        }
         Ok(())
     }
 
@@ -562,14 +578,13 @@ impl Program {
         self.predicate.iter().for_each(&mut walk);
         self.outputs.iter().for_each(&mut walk);
         self.reduce.iter().for_each(|r| walk(&r.arg));
+        self.group.iter().for_each(&mut walk);
         // Reductions fold in i64 or f64 whatever their argument's width.
         for r in &self.reduce {
-            if r.op != ReduceOp::Count {
-                if r.is_float() {
-                    floats = true;
-                } else {
-                    ints = true;
-                }
+            if r.is_float() {
+                floats = true;
+            } else {
+                ints = true;
             }
         }
         (ints, floats)
@@ -590,6 +605,7 @@ impl Program {
         self.predicate.iter().for_each(&mut walk);
         self.outputs.iter().for_each(&mut walk);
         self.reduce.iter().for_each(|r| walk(&r.arg));
+        self.group.iter().for_each(&mut walk);
         used
     }
 

@@ -11,7 +11,7 @@ pub mod emit;
 pub mod ir;
 pub mod wgsl;
 
-pub use ir::{BinOp, Expr, Program, Reduce, ReduceOp, Ty, UnOp, Value};
+pub use ir::{BinOp, Expr, MAX_GROUPS, Program, Reduce, ReduceOp, Ty, UnOp, Value};
 
 /// One input column of a fused launch, in the device layout of its [`Ty`]:
 /// 4 or 8 bytes per value (booleans as one 32-bit word each).
@@ -45,8 +45,11 @@ pub struct FusedOutput {
     /// For each output row, the input row it came from (ascending).
     pub indices: Vec<u32>,
     pub columns: Vec<OutColumn>,
-    /// For a program of reductions, each one's result over the kept rows.
+    /// For a program of reductions, each one's result over the kept rows of
+    /// each group: reduction `r` of group `g` at `g * reductions + r`.
     pub reduced: Vec<Reduced>,
+    /// For a program of reductions, the kept rows of each group.
+    pub group_rows: Vec<u64>,
     /// Bytes copied host → device and device → host.
     pub bytes_up: u64,
     pub bytes_down: u64,
@@ -125,9 +128,22 @@ impl crate::Device {
         rows: usize,
         inputs: &[Option<ColumnData<'_>>],
     ) -> crate::Result<FusedOutput> {
+        self.run_grouped(program, rows, 1, inputs)
+    }
+
+    /// Runs a grouped program of reductions whose group key takes values
+    /// below `groups` (at most [`MAX_GROUPS`]): [`FusedOutput::reduced`]
+    /// holds every reduction of every group.
+    pub fn run_grouped(
+        &self,
+        program: &Program,
+        rows: usize,
+        groups: usize,
+        inputs: &[Option<ColumnData<'_>>],
+    ) -> crate::Result<FusedOutput> {
         match self {
-            crate::Device::Wgpu(d) => d.run_fused(program, rows, inputs),
-            crate::Device::Cuda(d) => d.run_fused(program, rows, inputs),
+            crate::Device::Wgpu(d) => d.run_fused(program, rows, groups, inputs),
+            crate::Device::Cuda(d) => d.run_fused(program, rows, groups, inputs),
             crate::Device::Cpu(_) => Err(crate::KernelError::InvalidInput {
                 kernel: "fused",
                 detail: self
@@ -136,6 +152,24 @@ impl crate::Device {
                     .unwrap_or_else(|| "not supported on this device".into()),
             }),
         }
+    }
+}
+
+/// The result of launching a program over no rows.
+pub fn empty_output(program: &Program, groups: usize) -> FusedOutput {
+    FusedOutput {
+        columns: program
+            .outputs
+            .iter()
+            .map(|e| OutColumn {
+                ty: e.ty(),
+                values: Vec::new(),
+                valid: Vec::new(),
+            })
+            .collect(),
+        reduced: vec![Reduced::default(); groups * program.reduce.len()],
+        group_rows: vec![0; if program.reduce.is_empty() { 0 } else { groups }],
+        ..FusedOutput::default()
     }
 }
 
@@ -154,9 +188,9 @@ pub struct Layout<'a> {
     /// Words of `outw`.
     pub out_words: usize,
     pub rows: usize,
-    /// For a program of reductions: blocks, each with one partial per
-    /// reduction.
-    reduce_blocks: Option<usize>,
+    /// For a program of reductions: (workgroups, groups); each workgroup
+    /// leaves one partial per group and reduction.
+    reduce_slots: Option<(usize, usize)>,
 }
 
 /// The most rows one launch of `program` takes when its input and output
@@ -185,9 +219,11 @@ pub const NO_VALIDITY: u32 = u32::MAX;
 
 impl<'a> Layout<'a> {
     /// Lays out `rows` rows of `inputs` (`None` for a column nothing reads).
+    /// `groups` is 1 but for a grouped program of reductions.
     pub fn new(
         program: &Program,
         rows: usize,
+        groups: usize,
         inputs: &[Option<ColumnData<'a>>],
     ) -> crate::Result<Layout<'a>> {
         let invalid = |detail: String| crate::KernelError::InvalidInput {
@@ -242,25 +278,45 @@ impl<'a> Layout<'a> {
         let mut out_words = 0usize;
         let mut regions = Vec::new();
         if !program.reduce.is_empty() {
-            // One partial per block: a 64-bit value and a count.
-            let nblocks = rows.div_ceil(wgsl::BLOCK as usize);
+            if groups == 0 || groups > MAX_GROUPS || (program.group.is_none() && groups != 1) {
+                return Err(invalid(format!(
+                    "{groups} groups for a program {} a group key (1 to {MAX_GROUPS})",
+                    if program.group.is_some() {
+                        "with"
+                    } else {
+                        "without"
+                    }
+                )));
+            }
+            params[1] = groups as u32;
+            // Enough workgroups to fill a large GPU, few enough that the
+            // partials (workgroups x groups) stay small next to the input.
+            let tiles = rows.div_ceil(wgsl::BLOCK as usize).max(1);
+            let nw = tiles.min((16384 / groups).max(512));
+            let slots = nw * groups;
             for _ in &program.reduce {
                 params.push(out_words as u32);
-                params.push((out_words + 2 * nblocks) as u32);
-                regions.push((out_words, 2, out_words + 2 * nblocks));
-                out_words += 3 * nblocks;
+                params.push((out_words + 2 * slots) as u32);
+                regions.push((out_words, 2, out_words + 2 * slots));
+                out_words += 3 * slots;
             }
             params.push(out_words as u32);
+            let index_region = out_words;
+            out_words += slots;
+            params.push(nw as u32);
             return Ok(Layout {
                 params,
                 placed,
                 data_words: words,
                 regions,
-                index_region: out_words,
-                out_words: out_words.max(1),
+                index_region,
+                out_words,
                 rows,
-                reduce_blocks: Some(nblocks),
+                reduce_slots: Some((nw, groups)),
             });
+        }
+        if groups != 1 {
+            return Err(invalid(format!("{groups} groups for a program of rows")));
         }
         for e in &program.outputs {
             let w = e.ty().width() / 4;
@@ -280,13 +336,22 @@ impl<'a> Layout<'a> {
             index_region,
             out_words,
             rows,
-            reduce_blocks: None,
+            reduce_slots: None,
         })
     }
 
     /// Blocks of [`wgsl::BLOCK`] rows.
     pub fn blocks(&self) -> usize {
         self.rows.div_ceil(wgsl::BLOCK as usize)
+    }
+
+    /// Workgroups of the launch: one per block of rows, or for a program of
+    /// reductions the (fewer) workgroups that take the blocks in turn.
+    pub fn workgroups(&self) -> usize {
+        match self.reduce_slots {
+            Some((nw, _)) => nw,
+            None => self.blocks(),
+        }
     }
 
     /// The `data` buffer's contents, assembled on the host.
@@ -302,8 +367,8 @@ impl<'a> Layout<'a> {
     /// The (offset, length) word ranges of `outw` holding `kept` rows, in
     /// the order [`Layout::split`] reads them.
     pub fn kept_ranges(&self, kept: usize) -> Vec<(usize, usize)> {
-        if let Some(nblocks) = self.reduce_blocks {
-            return vec![(0, 3 * nblocks * self.regions.len())];
+        if self.reduce_slots.is_some() {
+            return vec![(0, self.out_words)];
         }
         let mut copies = Vec::new();
         for &(values, w, validity) in &self.regions {
@@ -314,34 +379,41 @@ impl<'a> Layout<'a> {
         copies
     }
 
-    /// Folds the per-block partials of a program of reductions (the words of
-    /// [`Layout::kept_ranges`]) into one result per reduction.
-    fn combine(&self, program: &Program, words: &[u32]) -> Vec<Reduced> {
-        let nblocks = self.reduce_blocks.unwrap_or(0);
-        program
-            .reduce
-            .iter()
-            .zip(&self.regions)
-            .map(|(r, &(values, _, counts))| {
-                let mut total = Reduced::default();
-                for b in 0..nblocks {
-                    let n = words.get(counts + b).copied().unwrap_or(0);
+    /// Folds the per-workgroup partials of a program of reductions (the
+    /// words of [`Layout::kept_ranges`]) into one result per group and
+    /// reduction, and the kept rows of each group.
+    fn combine(&self, program: &Program, words: &[u32]) -> (Vec<Reduced>, Vec<u64>) {
+        let (nw, groups) = self.reduce_slots.unwrap_or((0, 1));
+        let word = |i: usize| words.get(i).copied().unwrap_or(0);
+        let mut reduced = vec![Reduced::default(); groups * program.reduce.len()];
+        let mut group_rows = vec![0u64; groups];
+        for (g, n) in group_rows.iter_mut().enumerate() {
+            *n = (0..nw)
+                .map(|w| u64::from(word(self.index_region + w * groups + g)))
+                .sum();
+        }
+        for (r, (red, &(values, _, counts))) in program.reduce.iter().zip(&self.regions).enumerate()
+        {
+            for w in 0..nw {
+                for g in 0..groups {
+                    let slot = w * groups + g;
+                    let n = word(counts + slot);
                     if n == 0 {
                         continue;
                     }
-                    let bits = u64::from(words[values + 2 * b])
-                        | (u64::from(words[values + 2 * b + 1]) << 32);
+                    let bits = u64::from(word(values + 2 * slot))
+                        | (u64::from(word(values + 2 * slot + 1)) << 32);
                     let part = Reduced {
                         nonnull: u64::from(n),
-                        int: (!r.is_float() && r.op != ReduceOp::Count)
+                        int: (!red.is_float() && red.op != ReduceOp::Count)
                             .then_some(i128::from(bits as i64)),
-                        float: r.is_float().then_some(f64::from_bits(bits)),
+                        float: red.is_float().then_some(f64::from_bits(bits)),
                     };
-                    total.merge(r.op, &part);
+                    reduced[g * program.reduce.len() + r].merge(red.op, &part);
                 }
-                total
-            })
-            .collect()
+            }
+        }
+        (reduced, group_rows)
     }
 
     /// Fills `out` from the words of [`Layout::kept_ranges`], concatenated:
@@ -353,7 +425,7 @@ impl<'a> Layout<'a> {
             out.columns = columns;
             out.indices = indices;
         } else {
-            out.reduced = self.combine(program, words);
+            (out.reduced, out.group_rows) = self.combine(program, words);
         }
     }
 

@@ -117,9 +117,11 @@ fn emit(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 }
 
 /// The module of a program with reductions: one `reduce` entry point that
-/// evaluates the predicate and folds every reduction per block.
+/// evaluates the predicate and folds every reduction per group over tiles
+/// of rows (see [`Body::reduce_kernel`]).
 fn reduce_module(program: &Program, code: &Body, out_base: usize) -> String {
     let mut src = head(program, code);
+    // Only the fold types the program uses: f64 needs SHADER_F64.
     if code.reduce.iter().any(|r| !r.float) {
         src.push_str("var<workgroup> red_i: array<i64, 256>;\n");
     }
@@ -129,17 +131,15 @@ fn reduce_module(program: &Program, code: &Body, out_base: usize) -> String {
     let _ = write!(
         src,
         "var<workgroup> red_n: array<u32, 256>;
+var<workgroup> wg_gn_a: array<atomic<u32>, 256>;
+var<workgroup> wg_gn: array<u32, 256>;
 
 @compute @workgroup_size({BLOCK})
-fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-          @builtin(local_invocation_index) lid: u32) {{
-    let block = wg.x + wg.y * nwg.x;
-    let row = block * {BLOCK}u + lid;
-    var kept = false;
-    if (row < params[0]) {{ kept = keep(row); }}
-{folds}}}
+fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {{
+    let wgi = wg.x;
+{body}}}
 ",
-        folds = code.reduce_code(Dialect::Wgsl, out_base),
+        body = code.reduce_kernel(Dialect::Wgsl, out_base),
     );
     src
 }

@@ -13,7 +13,7 @@ use wgpu::util::DeviceExt;
 use super::{WgpuDevice, grid};
 use crate::codegen::ir::Program;
 use crate::codegen::wgsl;
-use crate::codegen::{ColumnData, FusedOutput, Layout, OutColumn, max_launch_rows};
+use crate::codegen::{ColumnData, FusedOutput, Layout, empty_output, max_launch_rows};
 use crate::error::{KernelError, Result};
 
 /// The pipelines of one generated module.
@@ -149,11 +149,13 @@ impl WgpuDevice {
     }
 
     /// Runs `program` over `rows` rows of `inputs` (`None` for an input no
-    /// expression reads). At most [`Self::fused_max_rows`] rows.
+    /// expression reads) whose group key, if any, is below `groups`. At
+    /// most [`Self::fused_max_rows`] rows.
     pub fn run_fused(
         &self,
         program: &Program,
         rows: usize,
+        groups: usize,
         inputs: &[Option<ColumnData<'_>>],
     ) -> Result<FusedOutput> {
         if rows > self.fused_max_rows(program) {
@@ -166,13 +168,11 @@ impl WgpuDevice {
             });
         }
         let pipelines = self.fused_pipelines(program)?;
-        let mut out = FusedOutput::default();
+        let layout = Layout::new(program, rows, groups, inputs)?;
         if rows == 0 {
-            out.columns = empty_columns(program);
-            out.reduced = vec![Default::default(); program.reduce.len()];
-            return Ok(out);
+            return Ok(empty_output(program, groups));
         }
-        let layout = Layout::new(program, rows, inputs)?;
+        let mut out = FusedOutput::default();
         let (words, out_words, nblocks) = (layout.data_words, layout.out_words, layout.blocks());
         let (meta, placed) = (&layout.params, &layout.placed);
 
@@ -213,6 +213,7 @@ impl WgpuDevice {
                     label: Some("fused"),
                 });
             let (x, y) = grid(nblocks as u64);
+            let (rx, ry) = grid(layout.workgroups() as u64);
             {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("fused"),
@@ -220,7 +221,7 @@ impl WgpuDevice {
                 });
                 pass.set_bind_group(0, &group, &[]);
                 let passes: &[(usize, (u32, u32))] = if !program.reduce.is_empty() {
-                    &[(0, (x, y))]
+                    &[(0, (rx, ry))]
                 } else if program.predicate.is_some() {
                     &[(0, (x, y)), (1, (1, 1)), (2, (x, y))]
                 } else {
@@ -311,16 +312,4 @@ impl WgpuDevice {
         buffer.unmap();
         Ok(words)
     }
-}
-
-fn empty_columns(program: &Program) -> Vec<OutColumn> {
-    program
-        .outputs
-        .iter()
-        .map(|e| OutColumn {
-            ty: e.ty(),
-            values: Vec::new(),
-            valid: Vec::new(),
-        })
-        .collect()
 }

@@ -179,24 +179,36 @@ fn kitchen_sink() -> Vec<kiln_kernels::codegen::Program> {
             arg: col(4),
         },
     ];
+    // The same reductions per group, the group index computed from a column.
+    let group = Expr::binary(BinOp::Add, col(6), int(1, Ty::U32));
     vec![
         Program {
             inputs: inputs.clone(),
             predicate: Some(predicate.clone()),
             outputs: Vec::new(),
+            reduce: reductions.clone(),
+            group: None,
+        },
+        Program {
+            inputs: inputs.clone(),
+            predicate: Some(predicate.clone()),
+            outputs: Vec::new(),
             reduce: reductions,
+            group: Some(group),
         },
         Program {
             inputs: inputs.clone(),
             predicate: Some(predicate),
             outputs: outputs.clone(),
             reduce: Vec::new(),
+            group: None,
         },
         Program {
             inputs,
             predicate: None,
             outputs,
             reduce: Vec::new(),
+            group: None,
         },
     ]
 }
@@ -232,6 +244,7 @@ fn wgsl_refuses_what_vulkan_cannot_compute_exactly() {
         predicate: None,
         outputs: vec![Expr::unary(UnOp::Exp, Expr::column(0, Ty::F64))],
         reduce: Vec::new(),
+        group: None,
     };
     let fmod = Program {
         inputs: vec![Ty::F32],
@@ -242,6 +255,7 @@ fn wgsl_refuses_what_vulkan_cannot_compute_exactly() {
             Expr::column(0, Ty::F32),
         )],
         reduce: Vec::new(),
+        group: None,
     };
     for p in [&f64_exp, &fmod] {
         assert!(kiln_kernels::codegen::wgsl::generate(p).is_err());

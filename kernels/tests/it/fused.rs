@@ -147,6 +147,7 @@ fn filter_and_projection_over_many_blocks() {
                 col(0, Ty::I32),
             ],
             reduce: Vec::new(),
+            group: None,
         };
         let cols = [
             Col::i32s(&a, None),
@@ -198,6 +199,7 @@ fn three_valued_logic_and_null_tests() {
             Expr::binary(BinOp::Lt, bx, by),
         ],
         reduce: Vec::new(),
+        group: None,
     };
     let cols = [Col::bools(&x, Some(&xv)), Col::bools(&y, Some(&yv))];
     let out = run(&gpu, &program, pairs.len(), &cols);
@@ -258,6 +260,7 @@ fn floats_compare_in_total_order_and_round_half_away_from_zero() {
             Expr::unary(UnOp::Neg, l),
         ],
         reduce: Vec::new(),
+        group: None,
     };
     let out = run(
         &gpu,
@@ -337,6 +340,7 @@ fn case_coalesce_and_in_list_follow_sql() {
             },
         ],
         reduce: Vec::new(),
+        group: None,
     };
     let out = run(
         &gpu,
@@ -402,6 +406,7 @@ fn decimals_scale_and_flag_what_the_device_cannot_compute() {
             ),
         )],
         reduce: Vec::new(),
+        group: None,
     };
     let out = run(
         &gpu,
@@ -435,6 +440,7 @@ fn decimals_scale_and_flag_what_the_device_cannot_compute() {
         predicate: None,
         outputs: vec![Expr::binary(BinOp::Add, col(0, big), col(0, big))],
         reduce: Vec::new(),
+        group: None,
     };
     let ok = run(
         &gpu,
@@ -461,6 +467,7 @@ fn decimals_scale_and_flag_what_the_device_cannot_compute() {
             },
         )],
         reduce: Vec::new(),
+        group: None,
     };
     let fits = run(&gpu, &narrow, 1, &[Col::i64s(&[999], None)]);
     assert_eq!(out64(&fits, 0), vec![Some(99_900)]);
@@ -480,6 +487,7 @@ fn decimals_scale_and_flag_what_the_device_cannot_compute() {
             Expr::cast(col(0, d25_2), Ty::F32),
         ],
         reduce: Vec::new(),
+        group: None,
     };
     let values = [1i64, -7, 123_456_789_012_345, 33, i64::MAX / 3];
     let out = run(
@@ -511,6 +519,7 @@ fn integer_division_matches_rust_and_division_by_zero_needs_the_cpu() {
             Expr::binary(BinOp::Mod, col(0, Ty::I32), col(1, Ty::I32)),
         ],
         reduce: Vec::new(),
+        group: None,
     };
     let out = run(
         &gpu,
@@ -556,6 +565,7 @@ fn programs_the_device_cannot_run_say_why() {
         predicate: None,
         outputs: vec![Expr::unary(UnOp::Exp, col(0, Ty::F64))],
         reduce: Vec::new(),
+        group: None,
     };
     let err = gpu.fused_support(&exp64).unwrap_err();
     assert!(err.contains("exp of f64"), "{err}");
@@ -564,6 +574,7 @@ fn programs_the_device_cannot_run_say_why() {
         predicate: Some(col(0, Ty::I32)),
         outputs: vec![],
         reduce: Vec::new(),
+        group: None,
     };
     assert!(gpu.fused_support(&ill_typed).is_err());
     let cpu = Device::cpu();
@@ -572,6 +583,7 @@ fn programs_the_device_cannot_run_say_why() {
         predicate: None,
         outputs: vec![col(0, Ty::I32)],
         reduce: Vec::new(),
+        group: None,
     };
     assert!(cpu.fused_support(&plain).is_err());
 }
@@ -608,6 +620,7 @@ fn signed_64_bit_arithmetic_matches_rust() {
             Expr::unary(UnOp::Abs, x()),
         ],
         reduce: Vec::new(),
+        group: None,
     };
     let out = run(&gpu, &program, a.len(), &[Col::i64s(&a, None)]);
     assert!(!out.needs_cpu);
@@ -647,6 +660,7 @@ fn abs_of_a_widened_column() {
             x,
         ],
         reduce: Vec::new(),
+        group: None,
     };
     let out = run(&gpu, &program, a.len(), &[Col::i32s(&a, None)]);
     for (i, v) in a.iter().enumerate() {
@@ -691,6 +705,7 @@ fn reductions_over_kept_rows() {
                     Expr::binary(BinOp::Mul, col(3, d15), col(3, d15)),
                 ),
             ],
+            group: None,
         };
         let cols = [
             Col::i32s(&a, Some(&valid)),
@@ -731,9 +746,136 @@ fn reductions_over_kept_rows() {
             op: ReduceOp::Sum,
             arg: col(0, Ty::I64),
         }],
+        group: None,
     };
     let out = run(&gpu, &big, 2, &[Col::i64s(&[i64::MAX, 1], None)]);
     assert!(out.needs_cpu);
+}
+
+#[test]
+fn grouped_reductions_fold_per_group() {
+    use kiln_kernels::codegen::{MAX_GROUPS, Reduce, ReduceOp};
+    let Some(gpu) = gpu() else { return };
+    let reduce = |op, arg| Reduce { op, arg };
+    let program = Program {
+        inputs: vec![Ty::I32, Ty::I64, Ty::F64, Ty::U32],
+        predicate: Some(Expr::binary(BinOp::NotEq, col(1, Ty::I64), int(7, Ty::I64))),
+        outputs: Vec::new(),
+        reduce: vec![
+            reduce(ReduceOp::Sum, col(0, Ty::I32)),
+            reduce(ReduceOp::Min, col(1, Ty::I64)),
+            reduce(ReduceOp::Max, col(0, Ty::I32)),
+            reduce(ReduceOp::Sum, col(2, Ty::F64)),
+            reduce(ReduceOp::Count, col(0, Ty::I32)),
+        ],
+        group: Some(col(3, Ty::U32)),
+    };
+    // Group counts at the edges: one group, a few, not a power of two, the
+    // most a launch takes; rows over several tiles per workgroup.
+    for (rows, groups) in [
+        (0usize, 3usize),
+        (1, 1),
+        (300, 5),
+        (70_001, 37),
+        (140_000, MAX_GROUPS),
+    ] {
+        let a: Vec<i32> = (0..rows as i32).map(|i| (i * 7919) % 2001 - 1000).collect();
+        let valid: Vec<bool> = (0..rows).map(|i| i % 5 != 2).collect();
+        let b: Vec<i64> = (0..rows as i64).map(|i| (i * 31) % 1009 - 500).collect();
+        let c: Vec<f64> = (0..rows).map(|i| (i % 97) as f64 * 0.25).collect();
+        // Skewed groups: group 0 takes half the rows, the last group none
+        // when there are several.
+        let gid: Vec<u32> = (0..rows)
+            .map(|i| {
+                if i % 2 == 0 || groups == 1 {
+                    0
+                } else {
+                    ((i * 13) % (groups - 1).max(1)) as u32
+                }
+            })
+            .collect();
+        let cols = [
+            Col::i32s(&a, Some(&valid)),
+            Col::i64s(&b, None),
+            Col::f64s(&c, None),
+            Col::new(
+                Ty::U32,
+                gid.iter().flat_map(|g| g.to_le_bytes()).collect(),
+                None,
+            ),
+        ];
+        gpu.fused_support(&program).unwrap();
+        let inputs: Vec<_> = cols.iter().map(|c| Some(c.data())).collect();
+        let out = gpu.run_grouped(&program, rows, groups, &inputs).unwrap();
+        assert!(!out.needs_cpu);
+        assert_eq!(out.reduced.len(), groups * 5);
+        assert_eq!(out.group_rows.len(), groups);
+        for g in 0..groups {
+            let kept: Vec<usize> = (0..rows)
+                .filter(|&i| gid[i] as usize == g && b[i] != 7)
+                .collect();
+            let ints: Vec<i128> = kept
+                .iter()
+                .filter(|&&i| valid[i])
+                .map(|&i| i128::from(a[i]))
+                .collect();
+            let r = &out.reduced[g * 5..g * 5 + 5];
+            let what = format!("rows={rows} groups={groups} g={g}");
+            assert_eq!(out.group_rows[g], kept.len() as u64, "{what}");
+            assert_eq!(
+                r[0].int,
+                (!ints.is_empty()).then(|| ints.iter().sum()),
+                "{what}"
+            );
+            assert_eq!(r[0].nonnull, ints.len() as u64, "{what}");
+            assert_eq!(
+                r[1].int,
+                kept.iter().map(|&i| i128::from(b[i])).min(),
+                "{what}"
+            );
+            assert_eq!(r[2].int, ints.iter().max().copied(), "{what}");
+            let fsum: f64 = kept.iter().map(|&i| c[i]).sum();
+            assert_eq!(r[3].float.is_some(), !kept.is_empty(), "{what}");
+            assert!(
+                (r[3].float.unwrap_or(0.0) - fsum).abs() <= 1e-9 * fsum.abs().max(1.0),
+                "{what}"
+            );
+            assert_eq!(r[4].nonnull, ints.len() as u64, "{what}");
+        }
+    }
+    // A group index at or past the group count, or NULL, needs the CPU.
+    let key = |g: &[u32], valid: Option<&[bool]>| {
+        Col::new(
+            Ty::U32,
+            g.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            valid,
+        )
+    };
+    let data = [
+        Col::i32s(&[1, 2], None),
+        Col::i64s(&[1, 2], None),
+        Col::f64s(&[1.0, 2.0], None),
+    ];
+    for (k, groups) in [
+        (key(&[0, 3], None), 3),
+        (key(&[0, 1], Some(&[true, false])), 3),
+    ] {
+        let inputs: Vec<_> = data.iter().chain([&k]).map(|c| Some(c.data())).collect();
+        assert!(
+            gpu.run_grouped(&program, 2, groups, &inputs)
+                .unwrap()
+                .needs_cpu
+        );
+    }
+    // More groups than a launch folds, or groups for an ungrouped program,
+    // are refused.
+    let k = key(&[0, 1], None);
+    let inputs: Vec<_> = data.iter().chain([&k]).map(|c| Some(c.data())).collect();
+    let err = gpu
+        .run_grouped(&program, 2, MAX_GROUPS + 1, &inputs)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("257 groups"), "{err}");
 }
 
 #[test]
@@ -762,6 +904,7 @@ fn year_month_day_of_dates() {
             Expr::unary(UnOp::Day, d()),
         ],
         reduce: Vec::new(),
+        group: None,
     };
     let out = run(&gpu, &program, days.len(), &[Col::i32s(&days, None)]);
     assert!(!out.needs_cpu);

@@ -377,6 +377,7 @@ fn stage_plan(
             predicate,
             outputs: computed,
             reduce: Vec::new(),
+            group: None,
         },
         outputs,
         original_ops: ops,
