@@ -27,9 +27,13 @@ extensions_options! {
         pub gpu_filter: bool, default = true
         /// Let projections run in GPU stages.
         pub gpu_projection: bool, default = true
-        /// Let partial aggregates (sum, count, min, max, avg without GROUP BY)
-        /// run in GPU stages.
+        /// Let partial aggregates (sum, count, min, max, avg, with or without
+        /// GROUP BY) run in GPU stages.
         pub gpu_aggregate: bool, default = true
+        /// A GROUP BY on the GPU folds at most this many distinct key
+        /// combinations per device batch (1 to 256); a batch with more is
+        /// aggregated on the CPU.
+        pub gpu_max_groups: usize, default = 64
         /// The cost model keeps a stage on the CPU when its input is estimated
         /// below this many rows (moving the data would cost more than it saves).
         pub gpu_min_rows: usize, default = 100_000

@@ -112,6 +112,18 @@ async fn explain_shows_placement_and_reasons() {
         !q6.contains("FilterExec:"),
         "the filter should be in the stage:\n{q6}"
     );
+    // Q1 whole below its exchange: filter, projection and the partial
+    // aggregate grouped by two string keys, in one stage.
+    let q1 = explain(&gpu, &query(1)).await;
+    let stage = q1
+        .lines()
+        .find(|l| l.contains("GpuStageExec"))
+        .unwrap_or_else(|| panic!("no stage in\n{q1}"));
+    assert!(
+        stage.contains("ops=[FilterExec, ProjectionExec, AggregateExec]")
+            && stage.contains("group_by=[l_returnflag, l_linestatus]"),
+        "{stage}"
+    );
     // A string predicate stays on the CPU and says why.
     let strings = explain(
         &gpu,
@@ -209,6 +221,18 @@ fn random_table(rows: usize, seed: u64) -> RecordBatch {
     let f: Date32Array = (0..rows)
         .map(|_| (!null(&mut rng)).then(|| rng.below(300_000) as i32 - 150_000))
         .collect();
+    // Low-cardinality GROUP BY keys, drawn after the columns above so the
+    // expression suite's data does not change.
+    let g: datafusion::arrow::array::StringArray = (0..rows)
+        .map(|_| {
+            (!null(&mut rng)).then(|| {
+                ["MAIL", "SHIP", "AIR", "", "a key past twelve bytes"][rng.below(5) as usize]
+            })
+        })
+        .collect();
+    let k: Int64Array = (0..rows)
+        .map(|_| (!null(&mut rng)).then(|| rng.below(10) as i64 * 1_000_000_007 - 3))
+        .collect();
     let schema = Schema::new(vec![
         Field::new("a", DataType::Int32, true),
         Field::new("b", DataType::Int64, true),
@@ -216,6 +240,8 @@ fn random_table(rows: usize, seed: u64) -> RecordBatch {
         Field::new("d", DataType::Boolean, true),
         Field::new("e", DataType::Decimal128(12, 2), true),
         Field::new("f", DataType::Date32, true),
+        Field::new("g", DataType::Utf8, true),
+        Field::new("k", DataType::Int64, true),
     ]);
     RecordBatch::try_new(
         Arc::new(schema),
@@ -226,6 +252,8 @@ fn random_table(rows: usize, seed: u64) -> RecordBatch {
             Arc::new(d),
             Arc::new(e),
             Arc::new(f),
+            Arc::new(g),
+            Arc::new(k),
         ],
     )
     .unwrap()
@@ -603,4 +631,94 @@ async fn aggregates_without_group_by_match_the_cpu() {
         .find(|l| l.contains("GpuStageExec"))
         .unwrap();
     assert!(!stage.contains("cpu_fallback_batches=0"), "{stage}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregates_with_group_by_match_the_cpu() {
+    if !has_wgpu() {
+        return;
+    }
+    let table = random_table(20_000, 23);
+    let cpu = table_session(&table, 2, &["SET kiln.device = 'cpu'"]).await;
+    // Small device batches: groups repeat across launches and the final
+    // aggregate merges their states.
+    let gpu = table_session(
+        &table,
+        2,
+        &[GPU[0], GPU[1], "SET kiln.gpu_batch_rows = 4096"],
+    )
+    .await;
+    let aggregates = "sum(a) AS s_a, count(a) AS n_a, count(*) AS n, min(a) AS lo_a, max(b) AS hi_b, \
+                      avg(e) AS avg_e, sum(c) AS s_c, avg(c) AS avg_c, min(f) AS lo_f, max(e) AS hi_e";
+    // (keys, whether every batch folds on the device)
+    let cases = [
+        ("g", true),     // strings with NULLs, one > 12 bytes
+        ("k", true),     // sparse integers: numbered, not ranged
+        ("d", true),     // booleans with NULLs
+        ("g, d", true),  // 6 x 3 combinations, indexed directly
+        ("g, k", false), // 66 combinations occur, > 64: the CPU
+        ("f", false),    // dates: thousands of groups: the CPU
+    ];
+    for (keys, on_device) in cases {
+        for filter in ["TRUE", "a > 0 AND c < 100", "a > 100000"] {
+            let sql = format!(
+                "SELECT {keys}, {aggregates} FROM t WHERE {filter} GROUP BY {keys} ORDER BY {keys}"
+            );
+            let plan = explain(&gpu, &sql).await;
+            let stage = plan
+                .lines()
+                .find(|l| l.contains("GpuStageExec"))
+                .unwrap_or_else(|| panic!("{sql}: no stage in\n{plan}"));
+            assert!(
+                stage.contains("AggregateExec]") && stage.contains("group_by=["),
+                "{stage}"
+            );
+            let (w, g) = (
+                cells(&run_sql(&cpu, &sql).await),
+                cells(&run_sql(&gpu, &sql).await),
+            );
+            assert_eq!(w.len(), g.len(), "{sql}: group counts differ");
+            for (wr, gr) in w.iter().zip(&g) {
+                assert!(
+                    wr.iter().zip(gr).all(|(a, b)| same(a, b)),
+                    "{sql}: cpu {wr:?} gpu {gr:?}"
+                );
+            }
+            let analyzed =
+                pretty_format_batches(&run_sql(&gpu, &format!("EXPLAIN ANALYZE {sql}")).await)
+                    .unwrap()
+                    .to_string();
+            let stage = analyzed
+                .lines()
+                .find(|l| l.contains("GpuStageExec"))
+                .unwrap();
+            assert_eq!(
+                stage.contains("cpu_fallback_batches=0"),
+                on_device,
+                "{sql}: {stage}"
+            );
+        }
+    }
+    // GROUP BY without aggregates, and a computed key (stays on the CPU).
+    for sql in [
+        "SELECT DISTINCT g, d FROM t WHERE a > 0 ORDER BY g, d",
+        "SELECT a % 7 AS m, count(*) AS n FROM t GROUP BY a % 7 ORDER BY m",
+    ] {
+        let want = pretty_format_batches(&run_sql(&cpu, sql).await)
+            .unwrap()
+            .to_string();
+        let got = pretty_format_batches(&run_sql(&gpu, sql).await)
+            .unwrap()
+            .to_string();
+        assert_eq!(got, want, "{sql}");
+    }
+    let plan = explain(
+        &gpu,
+        "SELECT a % 7 AS m, count(*) AS n FROM t GROUP BY a % 7",
+    )
+    .await;
+    assert!(
+        plan.contains("is computed; the GPU groups by input columns only"),
+        "{plan}"
+    );
 }

@@ -22,8 +22,10 @@ use datafusion::arrow::compute::{concat_batches, filter_record_batch, take};
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result, Statistics, internal_err};
+use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::collect;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::metrics::{
     BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, RecordOutput, Time,
@@ -36,10 +38,11 @@ use datafusion::physical_plan::{
     ReplaceChildrenOptions, SendableRecordBatchStream,
 };
 use futures::StreamExt;
-use kiln_kernels::codegen::{FusedOutput, OutColumn, Program, Reduced};
+use kiln_kernels::codegen::{ColumnData, FusedOutput, MAX_GROUPS, OutColumn, Program, Reduced, Ty};
 use kiln_kernels::{Device, DeviceInfo};
 
 use super::device_columns::{HostColumn, from_device, to_device};
+use super::group_keys::{GroupIndex, group_index};
 use super::stage_aggregate::StageAggregate;
 use crate::device::open_shared;
 
@@ -81,9 +84,24 @@ pub struct StagePlan {
     /// last of `original_ops`): the program's reductions compute it and the
     /// stage emits one row of partial state per partition.
     pub aggregate: Option<StageAggregate>,
+    /// The aggregate's GROUP BY, when it has one: the program's last input
+    /// is then each row's group index, computed on the host per batch.
+    pub group_by: Option<StageGroupBy>,
     /// The cost model's estimates, for EXPLAIN.
     pub est_rows: Option<usize>,
     pub est_bytes_moved: Option<u64>,
+}
+
+/// The GROUP BY of a stage's partial aggregate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageGroupBy {
+    /// The stage input columns that are the keys, in the aggregate's order.
+    pub keys: Vec<usize>,
+    /// The keys' output names, for EXPLAIN.
+    pub names: Vec<String>,
+    /// A batch with more distinct key combinations is aggregated on the
+    /// CPU (at most [`MAX_GROUPS`]).
+    pub max_groups: usize,
 }
 
 /// See the module documentation.
@@ -162,6 +180,14 @@ impl DisplayAs for GpuStageExec {
         )?;
         if let Some(p) = &plan.predicate {
             write!(f, ", predicate={p}")?;
+        }
+        if let Some(g) = &plan.group_by {
+            write!(
+                f,
+                ", group_by=[{}], max_groups={}",
+                g.names.join(", "),
+                g.max_groups
+            )?;
         }
         match &plan.aggregate {
             Some(agg) => write!(
@@ -245,7 +271,7 @@ impl ExecutionPlan for GpuStageExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let input = self.input.execute(partition, context)?;
+        let input = self.input.execute(partition, Arc::clone(&context))?;
         let device =
             open_shared(&self.device).map_err(|e| DataFusionError::External(Box::new(e)))?;
         let schema = self.schema();
@@ -264,6 +290,28 @@ impl ExecutionPlan for GpuStageExec {
             metrics: StageMetrics::new(&self.metrics, partition),
             done: false,
         };
+        if self.plan.group_by.is_some() {
+            // One batch of partial states per launch: groups repeat across
+            // launches, and the final aggregate merges them.
+            let stream = futures::stream::unfold(state, move |mut state| {
+                let context = Arc::clone(&context);
+                async move {
+                    let pending = match state.gather().await {
+                        Ok(pending) => pending,
+                        Err(e) => {
+                            state.done = true;
+                            return Some((Err(e), state));
+                        }
+                    };
+                    if pending.iter().all(|b| b.num_rows() == 0) {
+                        return None;
+                    }
+                    let out = state.run_grouped(&pending, &context).await;
+                    Some((out, state))
+                }
+            });
+            return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)));
+        }
         if self.plan.aggregate.is_some() {
             let stream = futures::stream::once(async move {
                 let mut state = state;
@@ -409,7 +457,7 @@ impl StageState {
             return internal_err!("GpuStageExec: fold without an aggregate");
         };
         for part in self.slices(pending)? {
-            match self.launch_device(&part)? {
+            match self.launch_device(&part, None)? {
                 Some(out) => agg.merge(acc, &out.reduced),
                 None => {
                     self.metrics.cpu_batches.add(1);
@@ -422,7 +470,12 @@ impl StageState {
     }
 
     /// Runs the program on the device: `None` when the batch needs the CPU.
-    fn launch_device(&self, batch: &RecordBatch) -> Result<Option<FusedOutput>> {
+    /// A grouped program's last input is `groups`' row indices.
+    fn launch_device(
+        &self,
+        batch: &RecordBatch,
+        groups: Option<&GroupIndex>,
+    ) -> Result<Option<FusedOutput>> {
         let plan = &self.plan;
         let used = plan.program.used_inputs();
         let mut host: Vec<Option<HostColumn>> = Vec::with_capacity(used.len());
@@ -436,14 +489,26 @@ impl StageState {
                 None => return Ok(None),
             }
         }
-        let inputs: Vec<_> = host
+        let mut inputs: Vec<_> = host
             .iter()
             .map(|h| h.as_ref().map(HostColumn::data))
             .collect();
+        if let Some(index) = groups {
+            inputs.push(Some(ColumnData {
+                ty: Ty::U32,
+                values: bytemuck::cast_slice(&index.gid),
+                validity: None,
+            }));
+        }
         let out = {
             let _t = self.metrics.device_time.timer();
             self.device
-                .run_fused(&plan.program, batch.num_rows(), &inputs)
+                .run_grouped(
+                    &plan.program,
+                    batch.num_rows(),
+                    groups.map_or(1, |g| g.groups),
+                    &inputs,
+                )
                 .map_err(|e| DataFusionError::External(Box::new(e)))?
         };
         self.metrics.bytes_to_device.add(out.bytes_up as usize);
@@ -453,6 +518,96 @@ impl StageState {
         }
         self.metrics.device_batches.add(1);
         Ok(Some(out))
+    }
+
+    /// The partial states of `pending`'s groups, one launch at a time.
+    async fn run_grouped(
+        &mut self,
+        pending: &[RecordBatch],
+        context: &Arc<TaskContext>,
+    ) -> Result<RecordBatch> {
+        let mut parts = Vec::new();
+        for part in self.slices(pending)? {
+            let on_device = {
+                let _timer = self.metrics.baseline.elapsed_compute().timer();
+                self.launch_grouped(&part)?
+            };
+            match on_device {
+                Some(states) => parts.push(states),
+                None => {
+                    self.metrics.cpu_batches.add(1);
+                    let plan = self.aggregate_on_cpu(part)?;
+                    parts.extend(collect(plan, Arc::clone(context)).await?);
+                }
+            }
+        }
+        let out = concat_batches(&self.schema, &parts)?;
+        Ok(out.record_output(&self.metrics.baseline))
+    }
+
+    /// One launch of a grouped stage: `None` when the batch has more key
+    /// combinations than the stage folds or the device flags it.
+    fn launch_grouped(&self, batch: &RecordBatch) -> Result<Option<RecordBatch>> {
+        let plan = &self.plan;
+        let (Some(group_by), Some(agg)) = (&plan.group_by, &plan.aggregate) else {
+            return internal_err!("GpuStageExec: grouped launch without GROUP BY");
+        };
+        let keys: Vec<ArrayRef> = group_by
+            .keys
+            .iter()
+            .map(|i| Arc::clone(batch.column(*i)))
+            .collect();
+        let max_groups = group_by.max_groups.clamp(1, MAX_GROUPS);
+        let Some(index) = group_index(&keys, max_groups) else {
+            return Ok(None);
+        };
+        let Some(out) = self.launch_device(batch, Some(&index))? else {
+            return Ok(None);
+        };
+        let per_group = plan.program.reduce.len();
+        let present: Vec<usize> = (0..index.groups)
+            .filter(|&g| {
+                out.group_rows.get(g).is_some_and(|n| *n > 0) && index.first_row[g] != u32::MAX
+            })
+            .collect();
+        let first = UInt32Array::from(
+            present
+                .iter()
+                .map(|&g| index.first_row[g])
+                .collect::<Vec<_>>(),
+        );
+        let key_columns = keys
+            .iter()
+            .map(|k| take(k.as_ref(), &first, None))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let states: Vec<&[Reduced]> = present
+            .iter()
+            .filter_map(|&g| out.reduced.get(g * per_group..(g + 1) * per_group))
+            .collect();
+        agg.finish_groups(key_columns, &states, &self.schema)
+            .map(Some)
+    }
+
+    /// The plan that aggregates a batch of a grouped stage on the CPU: the
+    /// replaced `AggregateExec` itself over the batch after the stage's
+    /// filters and projections.
+    fn aggregate_on_cpu(&self, batch: RecordBatch) -> Result<Arc<dyn ExecutionPlan>> {
+        let _timer = self.metrics.baseline.elapsed_compute().timer();
+        let rows = run_on_cpu(&self.cpu_steps, batch)?;
+        let Some(aggregate) = self.plan.original_ops.last() else {
+            return internal_err!("GpuStageExec: grouped stage without its aggregate");
+        };
+        let schema = aggregate.children()[0].schema();
+        let rows = RecordBatch::try_new_with_options(
+            Arc::clone(&schema),
+            rows.columns().to_vec(),
+            &RecordBatchOptions::new().with_row_count(Some(rows.num_rows())),
+        )?;
+        let source = MemorySourceConfig::try_new_exec(&[vec![rows]], schema, None)?;
+        Arc::clone(aggregate).replace_children(
+            vec![source],
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )
     }
 
     fn run(&self, pending: &[RecordBatch]) -> Result<RecordBatch> {
@@ -473,7 +628,7 @@ impl StageState {
 
     fn launch(&self, batch: &RecordBatch) -> Result<RecordBatch> {
         let plan = &self.plan;
-        let Some(out) = self.launch_device(batch)? else {
+        let Some(out) = self.launch_device(batch, None)? else {
             return self.on_cpu(batch);
         };
         let rows = out.rows();

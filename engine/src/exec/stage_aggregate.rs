@@ -8,8 +8,8 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, RecordBatch};
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
+use datafusion::arrow::datatypes::{DataType, FieldRef, SchemaRef};
 use datafusion::common::{Result, ScalarValue, internal_err};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use kiln_kernels::codegen::{ReduceOp, Reduced};
@@ -121,37 +121,42 @@ impl StageAggregate {
     /// The one-row partial-state batch of `acc`, in `schema` (the replaced
     /// `AggregateExec`'s output).
     pub fn finish(&self, acc: &[Reduced], schema: &SchemaRef) -> Result<RecordBatch> {
-        let mut columns: Vec<ArrayRef> = Vec::new();
+        self.finish_groups(Vec::new(), &[acc], schema)
+    }
+
+    /// The partial-state batch of a grouped aggregate: the group key
+    /// columns, then per group (row) the state of each aggregate's running
+    /// results in `accs`.
+    pub fn finish_groups(
+        &self,
+        keys: Vec<ArrayRef>,
+        accs: &[&[Reduced]],
+        schema: &SchemaRef,
+    ) -> Result<RecordBatch> {
         let fields = schema.fields();
-        for (kind, r) in self.kinds.iter().zip(acc) {
-            let value = |dt: &DataType| -> Result<ScalarValue> {
-                let present = r.nonnull > 0;
-                Ok(match dt {
-                    DataType::Float64 => ScalarValue::Float64(r.float.filter(|_| present)),
-                    dt => to_scalar(dt, r.int.filter(|_| present))?,
-                })
-            };
-            match kind {
-                AggKind::Count => {
-                    columns.push(ScalarValue::Int64(Some(r.nonnull as i64)).to_array()?)
-                }
-                AggKind::Avg => {
-                    columns.push(ScalarValue::UInt64(Some(r.nonnull)).to_array()?);
-                    let dt = fields[columns.len()].data_type();
-                    columns.push(value(dt)?.to_array()?);
-                }
-                _ => {
-                    let dt = fields[columns.len()].data_type();
-                    columns.push(value(dt)?.to_array()?);
-                }
+        let state_fields = &fields[keys.len().min(fields.len())..];
+        let mut states: Vec<Vec<ScalarValue>> =
+            vec![Vec::with_capacity(accs.len()); state_fields.len()];
+        for acc in accs {
+            let row = self.state_row(acc, state_fields)?;
+            if row.len() != state_fields.len() {
+                return internal_err!(
+                    "GpuStageExec: {} state columns for a schema of {}",
+                    row.len(),
+                    state_fields.len()
+                );
+            }
+            for (column, value) in states.iter_mut().zip(row) {
+                column.push(value);
             }
         }
-        if columns.len() != fields.len() {
-            return internal_err!(
-                "GpuStageExec: {} state columns for a schema of {}",
-                columns.len(),
-                fields.len()
-            );
+        let mut columns = keys;
+        for (values, field) in states.into_iter().zip(state_fields) {
+            columns.push(if values.is_empty() {
+                datafusion::arrow::array::new_empty_array(field.data_type())
+            } else {
+                ScalarValue::iter_to_array(values)?
+            });
         }
         // Casts align nullability-free types exactly with the schema.
         let columns = columns
@@ -165,7 +170,40 @@ impl StageAggregate {
                 }
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
+        Ok(RecordBatch::try_new_with_options(
+            Arc::clone(schema),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(accs.len())),
+        )?)
+    }
+
+    /// One group's aggregate states, in the order of `fields`.
+    fn state_row(&self, acc: &[Reduced], fields: &[FieldRef]) -> Result<Vec<ScalarValue>> {
+        let mut row = Vec::with_capacity(fields.len());
+        for (kind, r) in self.kinds.iter().zip(acc) {
+            let value = |dt: &DataType| -> Result<ScalarValue> {
+                let present = r.nonnull > 0;
+                Ok(match dt {
+                    DataType::Float64 => ScalarValue::Float64(r.float.filter(|_| present)),
+                    dt => to_scalar(dt, r.int.filter(|_| present))?,
+                })
+            };
+            let field_type = |i: usize| -> Result<&DataType> {
+                match fields.get(i) {
+                    Some(f) => Ok(f.data_type()),
+                    None => internal_err!("GpuStageExec: more aggregate states than fields"),
+                }
+            };
+            match kind {
+                AggKind::Count => row.push(ScalarValue::Int64(Some(r.nonnull as i64))),
+                AggKind::Avg => {
+                    row.push(ScalarValue::UInt64(Some(r.nonnull)));
+                    row.push(value(field_type(row.len())?)?);
+                }
+                _ => row.push(value(field_type(row.len())?)?),
+            }
+        }
+        Ok(row)
     }
 }
 

@@ -23,8 +23,9 @@ use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
 use kiln_engine::exec::device_columns::device_ty;
-use kiln_engine::exec::{GpuStageExec, StageAggregate, StageOutput, StagePlan};
-use kiln_kernels::codegen::{BinOp, Expr, Program, Reduce, Ty};
+use kiln_engine::exec::group_keys::key_type_supported;
+use kiln_engine::exec::{GpuStageExec, StageAggregate, StageGroupBy, StageOutput, StagePlan};
+use kiln_kernels::codegen::{BinOp, Expr, MAX_GROUPS, Program, Reduce, ReduceOp, Ty, Value};
 use kiln_kernels::{BackendKind, Device, DeviceInfo, DeviceRequest};
 
 use super::expr::{Source, Translator};
@@ -39,6 +40,7 @@ pub struct LoweringContext {
     pub aggregate: bool,
     pub min_rows: usize,
     pub batch_rows: usize,
+    pub max_groups: usize,
 }
 
 impl LoweringContext {
@@ -59,6 +61,12 @@ impl LoweringContext {
             .map_err(|e| plan_datafusion_err!("kiln.device: {e}"))?;
         let info = kiln_engine::device::resolve(request)
             .map_err(|e| plan_datafusion_err!("kiln.device: {e}"))?;
+        if options.gpu_max_groups == 0 || options.gpu_max_groups > MAX_GROUPS {
+            return Err(plan_datafusion_err!(
+                "kiln.gpu_max_groups must be between 1 and {MAX_GROUPS}, not {}",
+                options.gpu_max_groups
+            ));
+        }
         if info.backend == BackendKind::Cpu {
             return Ok(Err(format!("kiln.device is {}", info.id())));
         }
@@ -72,6 +80,7 @@ impl LoweringContext {
             aggregate: options.gpu_aggregate,
             min_rows: options.gpu_min_rows,
             batch_rows: options.gpu_batch_rows,
+            max_groups: options.gpu_max_groups,
         }))
     }
 }
@@ -295,6 +304,7 @@ pub fn lower(
     }
     let mut reductions = Vec::new();
     let mut stage_aggregate = None;
+    let mut group_by = None;
     if let Some(agg) = aggregate {
         if *agg.mode() != AggregateMode::Partial {
             return Err(format!(
@@ -303,10 +313,21 @@ pub fn lower(
             ));
         }
         if !agg.group_expr().is_empty() {
-            return Err("GROUP BY has no GPU kernel yet".into());
+            group_by = Some(group_keys(agg, &input_columns, &stage_inputs, ctx)?);
+        }
+        if agg.limit_options().is_some() {
+            return Err("a partial aggregate with a row limit stays on the CPU".into());
         }
         if agg.filter_expr().iter().any(Option::is_some) {
             return Err("aggregate FILTER clauses have no GPU kernel".into());
+        }
+        if agg.aggr_expr().is_empty() {
+            // GROUP BY without aggregates (SELECT DISTINCT): one count of
+            // the kept rows tells which groups occur.
+            reductions.push(Reduce {
+                op: ReduceOp::Count,
+                arg: Expr::lit(Value::Bool(true), Ty::Bool),
+            });
         }
         let functions = StageAggregate::try_new(agg.aggr_expr())?;
         for (f, kind) in agg.aggr_expr().iter().zip(&functions.kinds) {
@@ -330,6 +351,12 @@ pub fn lower(
     );
     plan.program.reduce = reductions;
     plan.aggregate = stage_aggregate;
+    if let Some(g) = group_by {
+        // The host computes each row's group index: the program's last input.
+        plan.program.group = Some(Expr::column(plan.program.inputs.len(), Ty::U32));
+        plan.program.inputs.push(Ty::U32);
+        plan.group_by = Some(g);
+    }
     ctx.device.fused_check(&plan.program)?;
     let (rows, bytes) = estimate(&chain.input, op, &plan.program);
     plan.est_rows = rows;
@@ -343,6 +370,47 @@ pub fn lower(
     )
     .map_err(|e| e.to_string())?;
     Ok(Arc::new(stage))
+}
+
+/// The GROUP BY of a partial aggregate as a stage runs it: every key a
+/// column of the stage's input (the host codes it per batch), or the reason
+/// it stays on the CPU.
+fn group_keys(
+    agg: &AggregateExec,
+    input_columns: &[Source],
+    stage_inputs: &datafusion::arrow::datatypes::Schema,
+    ctx: &LoweringContext,
+) -> std::result::Result<StageGroupBy, String> {
+    let group = agg.group_expr();
+    if !group.is_single() {
+        return Err("GROUPING SETS, CUBE and ROLLUP stay on the CPU".into());
+    }
+    let mut keys = Vec::new();
+    let mut names = Vec::new();
+    for (expr, name) in group.expr() {
+        let source = expr
+            .downcast_ref::<Column>()
+            .and_then(|c| input_columns.get(c.index()));
+        let index = match source {
+            Some(Source::Input(i)) | Some(Source::Computed(Expr::Column { index: i, .. })) => *i,
+            _ => {
+                return Err(format!(
+                    "GROUP BY {expr} is computed; the GPU groups by input columns only"
+                ));
+            }
+        };
+        let dt = stage_inputs.field(index).data_type();
+        if !key_type_supported(dt) {
+            return Err(format!("GROUP BY {name} of type {dt} has no GPU kernel"));
+        }
+        keys.push(index);
+        names.push(name.clone());
+    }
+    Ok(StageGroupBy {
+        keys,
+        names,
+        max_groups: ctx.max_groups,
+    })
 }
 
 fn stage_plan(
@@ -383,6 +451,7 @@ fn stage_plan(
         original_ops: ops,
         predicate: (!predicate_text.is_empty()).then(|| predicate_text.join(" AND ")),
         aggregate: None,
+        group_by: None,
         est_rows: None,
         est_bytes_moved: None,
     }

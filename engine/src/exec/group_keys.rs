@@ -1,0 +1,328 @@
+//! Dense group indices for the GROUP BY keys of one device batch.
+//!
+//! A grouped GPU stage folds its aggregates per group on the device; the
+//! host gives every row its group's index, `0..groups`, computed here from
+//! the key columns, and after the launch takes each group's key values from
+//! the first row that had them. Each key column is coded on its own —
+//! integers, dates, timestamps and decimals by their offset from the batch's
+//! minimum when the range is small, else (and strings and binaries always)
+//! by the order of first appearance; dictionary arrays by their key; NULL is
+//! a code of its own, as SQL groups NULLs together — and the codes are then
+//! combined. A batch with more distinct key combinations than `max_groups`
+//! gets no index (`None`): the stage aggregates it on the CPU.
+
+use std::hash::Hash;
+
+use ahash::AHashMap;
+use datafusion::arrow::array::{
+    Array, ArrayRef, ArrowPrimitiveType, AsArray, BinaryArray, BinaryViewArray, LargeBinaryArray,
+    LargeStringArray, StringArray, StringViewArray,
+};
+use datafusion::arrow::datatypes::{
+    DataType, Date32Type, Date64Type, Decimal128Type, Int8Type, Int16Type, Int32Type, Int64Type,
+    TimeUnit, TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
+    TimestampSecondType, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+};
+
+/// Every row's group and, per group, a row that has its keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupIndex {
+    /// Per row, its group: below `groups`.
+    pub gid: Vec<u32>,
+    pub groups: usize,
+    /// Per group, the first row in it (`u32::MAX` for an index no row has:
+    /// a range code between two present values).
+    pub first_row: Vec<u32>,
+}
+
+/// Whether a GROUP BY key of this type can be coded by [`group_index`].
+pub fn key_type_supported(dt: &DataType) -> bool {
+    matches!(
+        dt,
+        DataType::Boolean
+            | DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64
+            | DataType::Date32
+            | DataType::Date64
+            | DataType::Timestamp(_, _)
+            | DataType::Decimal128(_, _)
+            | DataType::Utf8
+            | DataType::LargeUtf8
+            | DataType::Utf8View
+            | DataType::Binary
+            | DataType::LargeBinary
+            | DataType::BinaryView
+            | DataType::Dictionary(_, _)
+    )
+}
+
+/// The group index of `keys` (columns of equal length), or `None` when
+/// they hold more than `max_groups` combinations or a type
+/// [`key_type_supported`] refuses.
+pub fn group_index(keys: &[ArrayRef], max_groups: usize) -> Option<GroupIndex> {
+    let rows = keys.first().map_or(0, |k| k.len());
+    let max_groups = max_groups.max(1);
+    let mut gid = vec![0u32; rows];
+    let mut groups: usize = 1;
+    for key in keys {
+        let (codes, domain) = key_codes(key.as_ref(), max_groups)?;
+        let next = groups.checked_mul(domain)?;
+        if next <= max_groups {
+            for (g, c) in gid.iter_mut().zip(&codes) {
+                *g = *g * domain as u32 + c;
+            }
+            groups = next;
+        } else {
+            // The product of the keys' domains is too large for direct
+            // indices: number the combinations that occur instead.
+            let mut seen: AHashMap<(u32, u32), u32> = AHashMap::new();
+            for (g, c) in gid.iter_mut().zip(&codes) {
+                let n = seen.len() as u32;
+                *g = *seen.entry((*g, *c)).or_insert(n);
+                if seen.len() > max_groups {
+                    return None;
+                }
+            }
+            groups = seen.len().max(1);
+        }
+    }
+    let mut first_row = vec![u32::MAX; groups];
+    for (row, g) in gid.iter().enumerate() {
+        let f = &mut first_row[*g as usize];
+        if *f == u32::MAX {
+            *f = row as u32;
+        }
+    }
+    Some(GroupIndex {
+        gid,
+        groups,
+        first_row,
+    })
+}
+
+/// Per row a code below the returned domain size, equal for equal keys.
+fn key_codes(a: &dyn Array, max: usize) -> Option<(Vec<u32>, usize)> {
+    use DataType::*;
+    match a.data_type() {
+        Boolean => {
+            let b = a.as_boolean();
+            let codes = (0..a.len())
+                .map(|i| {
+                    if b.is_null(i) {
+                        2
+                    } else {
+                        u32::from(b.value(i))
+                    }
+                })
+                .collect();
+            Some((codes, 3))
+        }
+        Int8 => primitive::<Int8Type>(a, max),
+        Int16 => primitive::<Int16Type>(a, max),
+        Int32 => primitive::<Int32Type>(a, max),
+        Int64 => primitive::<Int64Type>(a, max),
+        UInt8 => primitive::<UInt8Type>(a, max),
+        UInt16 => primitive::<UInt16Type>(a, max),
+        UInt32 => primitive::<UInt32Type>(a, max),
+        UInt64 => primitive::<UInt64Type>(a, max),
+        Date32 => primitive::<Date32Type>(a, max),
+        Date64 => primitive::<Date64Type>(a, max),
+        Timestamp(TimeUnit::Second, _) => primitive::<TimestampSecondType>(a, max),
+        Timestamp(TimeUnit::Millisecond, _) => primitive::<TimestampMillisecondType>(a, max),
+        Timestamp(TimeUnit::Microsecond, _) => primitive::<TimestampMicrosecondType>(a, max),
+        Timestamp(TimeUnit::Nanosecond, _) => primitive::<TimestampNanosecondType>(a, max),
+        Decimal128(_, _) => primitive::<Decimal128Type>(a, max),
+        Utf8 => by_first_seen(a.as_any().downcast_ref::<StringArray>()?.iter(), max),
+        LargeUtf8 => by_first_seen(a.as_any().downcast_ref::<LargeStringArray>()?.iter(), max),
+        Utf8View => by_first_seen(a.as_any().downcast_ref::<StringViewArray>()?.iter(), max),
+        Binary => by_first_seen(a.as_any().downcast_ref::<BinaryArray>()?.iter(), max),
+        LargeBinary => by_first_seen(a.as_any().downcast_ref::<LargeBinaryArray>()?.iter(), max),
+        BinaryView => by_first_seen(a.as_any().downcast_ref::<BinaryViewArray>()?.iter(), max),
+        Dictionary(_, _) => {
+            // The dictionary's own keys; two entries of equal value give
+            // two groups, which the final aggregate merges.
+            let d = a.as_any_dictionary_opt()?;
+            let values = d.values().len();
+            if values + 1 > max {
+                return None;
+            }
+            let nulls = a.logical_nulls();
+            let codes = d
+                .normalized_keys()
+                .into_iter()
+                .enumerate()
+                .map(|(i, k)| {
+                    if nulls.as_ref().is_some_and(|n| n.is_null(i)) {
+                        values as u32
+                    } else {
+                        k as u32
+                    }
+                })
+                .collect();
+            Some((codes, values + 1))
+        }
+        _ => None,
+    }
+}
+
+/// Integer-like keys: the offset from the batch's minimum when the range
+/// fits, else numbered by first appearance.
+fn primitive<T>(a: &dyn Array, max: usize) -> Option<(Vec<u32>, usize)>
+where
+    T: ArrowPrimitiveType,
+    T::Native: Into<i128> + Hash + Eq,
+{
+    let p = a.as_primitive_opt::<T>()?;
+    let has_null = p.null_count() > 0;
+    let (lo, hi) = match (
+        datafusion::arrow::compute::min(p),
+        datafusion::arrow::compute::max(p),
+    ) {
+        (Some(lo), Some(hi)) => (lo.into(), hi.into()),
+        // All NULL (or empty): one group.
+        _ => return Some((vec![0; a.len()], 1)),
+    };
+    let range = hi - lo + 1;
+    if range + i128::from(has_null) <= max as i128 {
+        let null_code = range as u32;
+        let values = p.values();
+        let codes = if has_null {
+            (0..a.len())
+                .map(|i| {
+                    if p.is_null(i) {
+                        null_code
+                    } else {
+                        (values[i].into() - lo) as u32
+                    }
+                })
+                .collect()
+        } else {
+            values.iter().map(|v| ((*v).into() - lo) as u32).collect()
+        };
+        return Some((codes, range as usize + usize::from(has_null)));
+    }
+    by_first_seen(p.iter(), max)
+}
+
+/// Codes in order of first appearance, NULL included; `None` past `max`.
+fn by_first_seen<V: Hash + Eq>(
+    values: impl Iterator<Item = Option<V>>,
+    max: usize,
+) -> Option<(Vec<u32>, usize)> {
+    let mut seen: AHashMap<Option<V>, u32> = AHashMap::new();
+    let mut codes = Vec::with_capacity(values.size_hint().0);
+    for v in values {
+        let n = seen.len() as u32;
+        codes.push(*seen.entry(v).or_insert(n));
+        if seen.len() > max {
+            return None;
+        }
+    }
+    Some((codes, seen.len().max(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{
+        DictionaryArray, Int32Array, Int64Array, StringViewArray, UInt8Array,
+    };
+    use datafusion::arrow::datatypes::Int8Type;
+
+    use super::*;
+
+    /// Rows with equal keys share a group, rows with different keys don't,
+    /// and every group's first row has its keys.
+    fn check(keys: &[ArrayRef], index: &GroupIndex) {
+        let rows = keys[0].len();
+        let key_of = |r: usize| -> Vec<String> {
+            keys.iter()
+                .map(|k| {
+                    datafusion::arrow::util::display::array_value_to_string(k, r).unwrap()
+                        + if k.is_null(r) { "<null>" } else { "" }
+                })
+                .collect()
+        };
+        for r in 0..rows {
+            assert!((index.gid[r] as usize) < index.groups);
+            let first = index.first_row[index.gid[r] as usize] as usize;
+            assert!(first <= r);
+            assert_eq!(key_of(first), key_of(r), "row {r}");
+        }
+        for a in 0..rows {
+            for b in 0..rows {
+                if key_of(a) == key_of(b) {
+                    assert_eq!(index.gid[a], index.gid[b]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn codes_every_supported_kind_of_key() {
+        let ints: ArrayRef = Arc::new(Int64Array::from(vec![
+            Some(5),
+            None,
+            Some(7),
+            Some(5),
+            None,
+            Some(6),
+        ]));
+        let sparse: ArrayRef = Arc::new(Int32Array::from(vec![
+            i32::MIN,
+            i32::MAX,
+            0,
+            i32::MIN,
+            0,
+            i32::MAX,
+        ]));
+        let strings: ArrayRef = Arc::new(StringViewArray::from(vec![
+            Some("a"),
+            Some("a long string past twelve bytes"),
+            None,
+            Some("a"),
+            Some("a long string past twelve bytes"),
+            Some(""),
+        ]));
+        let dict: ArrayRef = Arc::new(
+            vec![Some("x"), Some("y"), None, Some("x"), Some("y"), Some("x")]
+                .into_iter()
+                .collect::<DictionaryArray<Int8Type>>(),
+        );
+        let small: ArrayRef = Arc::new(UInt8Array::from(vec![0, 255, 0, 255, 0, 1]));
+        for key in [&ints, &sparse, &strings, &dict, &small] {
+            let index = group_index(std::slice::from_ref(key), 64).unwrap();
+            check(std::slice::from_ref(key), &index);
+        }
+        // Range coding: 5, 6, 7 and NULL.
+        assert_eq!(group_index(&[Arc::clone(&ints)], 64).unwrap().groups, 4);
+        // Several keys, combined directly and (past the bound) numbered.
+        let all = [ints, sparse, strings, dict, small];
+        for max in [64, 7] {
+            let index = group_index(&all, max).unwrap();
+            check(&all, &index);
+            assert!(index.groups <= max);
+        }
+        // More combinations than allowed: no index.
+        assert!(group_index(&all, 4).is_none());
+        // The u8 range 0..=255 is too wide for 16 groups; three values fit.
+        assert_eq!(group_index(&all[4..], 16).unwrap().groups, 3);
+    }
+
+    #[test]
+    fn empty_and_all_null_batches_have_one_group() {
+        let empty: ArrayRef = Arc::new(Int32Array::from(Vec::<i32>::new()));
+        let index = group_index(&[empty], 8).unwrap();
+        assert_eq!(index.gid.len(), 0);
+        let nulls: ArrayRef = Arc::new(Int32Array::from(vec![None, None]));
+        let index = group_index(&[nulls], 8).unwrap();
+        assert_eq!((index.groups, index.gid.clone()), (1, vec![0, 0]));
+    }
+}
