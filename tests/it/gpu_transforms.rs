@@ -169,6 +169,19 @@ async fn switches_turn_gpu_operators_off() {
     let cpu = tpch_session(&["SET kiln.device = 'cpu'"]).await;
     let plan = explain(&cpu, &sql).await;
     assert!(plan.contains("cpu: kiln.device is cpu:0"), "{plan}");
+    // The group bound is checked, and shown on the stage.
+    let few = tpch_session(&[GPU[0], GPU[1], "SET kiln.gpu_max_groups = 4"]).await;
+    assert!(explain(&few, &query(1)).await.contains("max_groups=4"));
+    let bad = tpch_session(GPU).await;
+    let err = match bad.sql("SET kiln.gpu_max_groups = 257").await {
+        Ok(df) => df.collect().await.err().map(|e| e.to_string()),
+        Err(e) => Some(e.to_string()),
+    }
+    .expect("kiln.gpu_max_groups = 257 should be refused");
+    assert!(
+        err.contains("kiln.gpu_max_groups must be between 1 and 256, not 257"),
+        "{err}"
+    );
 }
 
 /// splitmix64: a seeded stream for the randomized suite.
