@@ -4,6 +4,7 @@
 //! can `SET`), and is where the logical rules (vector top-k), the extension
 //! planners and the device-placement rule are registered as they arrive.
 
+pub mod gather_embeddings;
 pub mod lowering;
 pub mod options;
 pub mod query_planner;
@@ -38,6 +39,7 @@ pub fn install(builder: SessionStateBuilder) -> SessionStateBuilder {
         .with_default_features()
         .with_query_planner(Arc::new(query_planner::KilnQueryPlanner))
         .with_optimizer_rule(Arc::new(vector_topk::VectorTopKRule))
+        .with_physical_optimizer_rule(Arc::new(gather_embeddings::GatherEmbeddings))
         .with_physical_optimizer_rule(Arc::new(lowering::PlaceOnDevice))
 }
 

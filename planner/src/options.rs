@@ -39,6 +39,9 @@ extensions_options! {
         pub gpu_min_rows: usize, default = 100_000
         /// Rows a GPU stage gathers into one device batch.
         pub gpu_batch_rows: usize, default = 1_048_576
+        /// Rows embed() in a projection gathers across input batches before
+        /// the encoder runs (grouped by length into token-budget batches).
+        pub embed_batch_rows: usize, default = 16_384
     }
 }
 

@@ -254,3 +254,149 @@ async fn sql_embed_runs_on_wgpu_when_the_session_says_so() {
     ]);
     assert!(out.contains(" on wgpu:0 in "), "{out}");
 }
+
+/// embed() in a projection runs as EmbedExec, which gathers the scan's small
+/// batches into encoder batches of `kiln.embed_batch_rows`, keeps row order
+/// and NULLs, and counts rows, tokens, batches and truncated texts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embed_exec_gathers_rows_across_input_batches() {
+    use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::arrow::util::pretty::pretty_format_batches;
+    use parquet::arrow::ArrowWriter;
+    use parquet::file::properties::WriterProperties;
+    use std::sync::Arc;
+
+    let n_rows = 600usize;
+    let long = "kiln ".repeat(400); // far past max_seq_length = 128 tokens
+    let texts: Vec<Option<String>> = (0..n_rows)
+        .map(|i| match i % 50 {
+            7 => None,
+            13 => Some(long.clone()),
+            _ => Some(format!(
+                "text number {i} about {}",
+                ["rivers", "ovens", "glass"][i % 3]
+            )),
+        })
+        .collect();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("t", DataType::Utf8, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![
+            Arc::new(Int64Array::from_iter_values(0..n_rows as i64)),
+            Arc::new(StringArray::from(texts.clone())),
+        ],
+    )
+    .unwrap();
+    let dir = tempdir();
+    let path = dir.path().join("texts.parquet");
+    // Row groups of 7 rows, read 7 rows a batch: ~86 input batches.
+    let props = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(7))
+        .build();
+    let mut writer =
+        ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), schema, Some(props)).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+
+    let session = Session::new().unwrap();
+    for set in [
+        "SET datafusion.execution.batch_size = 7",
+        "SET datafusion.execution.target_partitions = 2",
+        "SET kiln.embed_batch_rows = 100",
+    ] {
+        session.sql(set).await.unwrap().collect().await.unwrap();
+    }
+    session.register_parquet("docs", &s(&path)).await.unwrap();
+    let sql = format!(
+        "SELECT id, embed(t, '{}') AS e, length(t) AS n FROM docs",
+        tiny().display()
+    );
+    let batches = session.sql(&sql).await.unwrap().collect().await.unwrap();
+    let present: Vec<&str> = texts.iter().flatten().map(String::as_str).collect();
+    let want = direct(&present);
+    let mut want_of = std::collections::HashMap::new();
+    for (text, e) in present.iter().zip(&want) {
+        want_of.insert(*text, e);
+    }
+    let mut seen = 0;
+    for b in &batches {
+        let ids = b
+            .column(0)
+            .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        for (i, e) in rows(b.column(1).as_fixed_size_list())
+            .into_iter()
+            .enumerate()
+        {
+            let id = ids.value(i) as usize;
+            match (&texts[id], e) {
+                (None, None) => {}
+                (Some(t), Some(e)) => {
+                    let w = want_of[t.as_str()];
+                    for (x, y) in e.iter().zip(w.iter()) {
+                        assert!((x - y).abs() <= 1e-5, "row {id}: {x} vs {y}");
+                    }
+                }
+                (t, e) => panic!("row {id}: text {t:?}, embedding {e:?}"),
+            }
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, n_rows);
+
+    let analyzed = pretty_format_batches(
+        &session
+            .sql(&format!("EXPLAIN ANALYZE {sql}"))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap(),
+    )
+    .unwrap()
+    .to_string();
+    let line = analyzed
+        .lines()
+        .find(|l| l.contains("EmbedExec"))
+        .unwrap_or_else(|| panic!("no EmbedExec in\n{analyzed}"));
+    let metric = |name: &str| -> usize {
+        let at = line
+            .find(&format!("{name}="))
+            .unwrap_or_else(|| panic!("no {name} in {line}"));
+        line[at + name.len() + 1..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(metric("embedded_rows"), present.len(), "{line}");
+    assert_eq!(metric("truncated_rows"), n_rows / 50, "{line}");
+    // 600 rows in batches of 7 over 2 partitions: at most 4 gathers of ~100
+    // rows per partition, instead of ~86 encoder calls.
+    let calls = metric("embed_batches");
+    assert!((2..=8).contains(&calls), "{calls} encoder batches: {line}");
+    assert!(line.contains("tokens="), "{line}");
+
+    // In a filter embed() stays a function, batch at a time.
+    let count = session
+        .sql(&format!(
+            "SELECT count(*) AS c FROM docs WHERE embed(t, '{}') IS NOT NULL",
+            tiny().display()
+        ))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        count[0]
+            .column(0)
+            .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+            .value(0),
+        present.len() as i64
+    );
+}

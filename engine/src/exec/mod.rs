@@ -2,6 +2,7 @@
 
 pub mod corpus;
 pub mod device_columns;
+pub mod embed;
 pub mod gpu_stage;
 pub mod group_keys;
 pub mod knn_join;
@@ -9,6 +10,7 @@ pub mod stage_aggregate;
 pub mod vector_topk;
 
 pub use corpus::{SearchSpec, tile_rows_for_budget};
+pub use embed::EmbedExec;
 pub use gpu_stage::{CpuStep, GpuStageExec, StageGroupBy, StageOutput, StagePlan};
 pub use knn_join::{KnnJoinExec, knn_join_schema};
 pub use stage_aggregate::{AggKind, StageAggregate};

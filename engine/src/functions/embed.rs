@@ -2,16 +2,14 @@
 //! as `FixedSizeList<Float32, dim>`.
 //!
 //! The model is resolved and loaded while the query is planned (its width is
-//! the result type), once per process. Each input batch is embedded as a
-//! whole, grouped into token-budget batches by length; NULL text gives a
-//! NULL embedding.
+//! the result type), once per process. In a projection the planner replaces
+//! the call with an [`crate::exec::embed::EmbedExec`], which gathers rows
+//! across input batches; elsewhere (a filter, an aggregate's argument) each
+//! input batch is embedded as a whole, grouped into token-budget batches by
+//! length. NULL text gives a NULL embedding.
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, StringArray,
-};
-use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
@@ -22,6 +20,7 @@ use datafusion::logical_expr::{
 };
 use kiln_kernels::{Device, DeviceRequest, KernelError};
 
+use crate::exec::embed::embed_array;
 use crate::model::{DEFAULT_MODEL, EmbeddingModel, shared_model};
 
 /// The `embed` scalar function.
@@ -63,7 +62,8 @@ pub fn embedding_type(dim: usize) -> DataType {
     )
 }
 
-fn model_name(arg: Option<&ScalarValue>) -> Result<String> {
+/// The model an `embed` call names: its second argument, or the default.
+pub fn model_name(arg: Option<&ScalarValue>) -> Result<String> {
     match arg {
         None => Ok(DEFAULT_MODEL.to_string()),
         Some(
@@ -122,39 +122,9 @@ impl ScalarUDFImpl for EmbedUdf {
         };
         let model = load(&name)?;
         let texts = args.args[0].to_array(args.number_rows)?;
-        let texts: StringArray = match texts.data_type() {
-            DataType::Utf8 => texts.as_string::<i32>().clone(),
-            _ => datafusion::arrow::compute::cast(&texts, &DataType::Utf8)?
-                .as_string::<i32>()
-                .clone(),
-        };
-        let present: Vec<&str> = texts.iter().flatten().collect();
         let device = session_device(&args.config_options)?;
-        let embedded = model
-            .embed_on(&device, &present)
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let dim = model.dim();
-        let mut values = Vec::with_capacity(texts.len() * dim);
-        let mut next = 0;
-        for i in 0..texts.len() {
-            if texts.is_null(i) {
-                values.extend(std::iter::repeat_n(0f32, dim));
-            } else {
-                values.extend_from_slice(embedded.row(next));
-                next += 1;
-            }
-        }
-        let nulls = texts
-            .nulls()
-            .cloned()
-            .map(|n| NullBuffer::new(n.into_inner()));
-        let list = FixedSizeListArray::try_new(
-            Arc::new(Field::new_list_field(DataType::Float32, false)),
-            dim as i32,
-            Arc::new(Float32Array::from(values)),
-            nulls,
-        )?;
-        Ok(ColumnarValue::Array(Arc::new(list) as ArrayRef))
+        let (embedded, _) = embed_array(&model, &device, &texts)?;
+        Ok(ColumnarValue::Array(embedded))
     }
 }
 

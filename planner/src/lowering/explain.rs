@@ -12,7 +12,9 @@ use datafusion::common::config::ConfigOptions;
 use datafusion::common::display::{PlanType, StringifiedPlan};
 use datafusion::physical_plan::explain::ExplainExec;
 use datafusion::physical_plan::{ExecutionPlan, displayable};
-use kiln_engine::exec::GpuStageExec;
+use kiln_engine::exec::{EmbedExec, GpuStageExec};
+use kiln_engine::functions::embed::session_device;
+use kiln_kernels::BackendKind;
 
 use super::place_on_device::{LoweringContext, cpu_reason};
 
@@ -28,6 +30,17 @@ pub fn annotate(plan: &Arc<dyn ExecutionPlan>, config: &ConfigOptions) -> Result
         .map(|node| {
             if let Some(stage) = node.downcast_ref::<GpuStageExec>() {
                 return format!("on {}", stage.device().id());
+            }
+            if node.is::<EmbedExec>() {
+                // The encoder runs on the session's device (CUDA's on the
+                // CPU until it is written).
+                return match session_device(config) {
+                    Ok(d) if d.info().backend == BackendKind::Cpu => {
+                        "cpu: the encoder runs on the CPU".to_string()
+                    }
+                    Ok(d) => format!("on {}", d.info().id()),
+                    Err(e) => format!("device: {e}"),
+                };
             }
             match &ctx {
                 Ok(ctx) => format!("cpu: {}", cpu_reason(node, ctx)),
