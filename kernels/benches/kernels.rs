@@ -130,6 +130,7 @@ fn fused(c: &mut Criterion) {
         outputs: vec![product.clone()],
         reduce: Vec::new(),
         group: None,
+        topk: None,
     };
     let sum_program = Program {
         inputs,
@@ -140,6 +141,7 @@ fn fused(c: &mut Criterion) {
             arg: product,
         }],
         group: None,
+        topk: None,
     };
     let bytes = |f: &dyn Fn(usize) -> i64| -> Vec<u8> {
         (0..rows).flat_map(|i| f(i).to_le_bytes()).collect()

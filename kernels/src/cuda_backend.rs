@@ -305,7 +305,7 @@ impl CudaDevice {
             grid_dim: (layout.workgroups().max(1) as u32, 1, 1),
             ..grid
         };
-        let has_predicate = program.predicate.is_some();
+        let has_predicate = program.compacts();
         let passes: &[(&str, LaunchConfig)] = if !program.reduce.is_empty() {
             &[("kiln_reduce", reduce_grid)]
         } else if has_predicate {

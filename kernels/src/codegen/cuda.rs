@@ -20,9 +20,19 @@ pub fn generate(program: &Program) -> Result<String, String> {
         return Ok(reduce_module(program, &code, out_base));
     }
     let index_off = out_base + 2 * program.outputs.len();
-    let has_pred = program.predicate.is_some();
+    let compacts = program.compacts();
     let emit_stmts = &code.emit_stmts;
     let mut src = head(program, &code);
+    let (rank, rank_shared) = match &program.topk {
+        Some(t) => {
+            src.push_str(&code.sort_key_fn(Dialect::Cuda, t));
+            (
+                code.block_rank(Dialect::Cuda, t.k),
+                "    __shared__ u32 wg_khi[256];\n    __shared__ u64 wg_klo[256];\n",
+            )
+        }
+        None => (String::new(), ""),
+    };
     let _ = write!(
         src,
         "
@@ -32,12 +42,12 @@ __device__ void emit_row(KILN_ARGS, u32 row, u32 pos) {{
 
 extern \"C\" __global__ void kiln_count(KILN_ARGS) {{
     __shared__ u32 wg_count;
-    const u32 block = blockIdx.x + blockIdx.y * gridDim.x;
+{rank_shared}    const u32 block = blockIdx.x + blockIdx.y * gridDim.x;
     const u32 lid = threadIdx.x;
     const u32 row = block * {BLOCK}u + lid;
     bool kept = false;
     if (row < params[0]) {{ kept = keep(KILN_PASS, row); }}
-    if (lid == 0) {{ wg_count = 0; }}
+{rank}    if (lid == 0) {{ wg_count = 0; }}
     __syncthreads();
     if (kept) {{ atomicAdd(&wg_count, 1u); }}
     __syncthreads();
@@ -67,12 +77,12 @@ extern \"C\" __global__ void kiln_scan(KILN_ARGS) {{
 
 extern \"C\" __global__ void kiln_emit(KILN_ARGS) {{
     __shared__ u32 wg_scan[{BLOCK}];
-    const u32 block = blockIdx.x + blockIdx.y * gridDim.x;
+{rank_shared}    const u32 block = blockIdx.x + blockIdx.y * gridDim.x;
     const u32 lid = threadIdx.x;
     const u32 row = block * {BLOCK}u + lid;
     bool kept = false;
     if (row < params[0]) {{ kept = {kept}; }}
-    wg_scan[lid] = kept ? 1u : 0u;
+{rank}    wg_scan[lid] = kept ? 1u : 0u;
     __syncthreads();
     for (u32 d = 1; d < {BLOCK}u; d <<= 1) {{
         const u32 add = lid >= d ? wg_scan[lid - d] : 0u;
@@ -86,8 +96,12 @@ extern \"C\" __global__ void kiln_emit(KILN_ARGS) {{
     }}
 }}
 ",
-        kept = if has_pred { "keep(KILN_PASS, row)" } else { "true" },
-        base = if has_pred {
+        kept = if program.predicate.is_some() {
+            "keep(KILN_PASS, row)"
+        } else {
+            "true"
+        },
+        base = if compacts {
             "blocks[nblocks(params) + block]"
         } else {
             "block * 256u"

@@ -202,6 +202,25 @@ impl Dialect {
         }
     }
 
+    /// `x` (of type `t`) as a `u64` whose unsigned order is the SQL order of
+    /// the values (floats in IEEE totalOrder, as Arrow sorts them).
+    fn order_key(self, t: Ty, x: &str) -> String {
+        let sign = self.u64_lit(1 << 63);
+        let flip = |signed_i64: String| match self {
+            Dialect::Wgsl => format!("(bitcast<u64>({signed_i64}) ^ {sign})"),
+            Dialect::Cuda => format!("(((unsigned long long)({signed_i64})) ^ {sign})"),
+        };
+        match t {
+            Ty::Bool => self.select(&self.u64_lit(0), &self.u64_lit(1), x),
+            Ty::U32 => self.convert(Ty::U64, x),
+            Ty::U64 => x.to_string(),
+            Ty::I32 => flip(self.sext(x)),
+            Ty::I64 | Ty::Decimal { .. } => flip(x.to_string()),
+            Ty::F32 => flip(self.sext(&format!("key32({x})"))),
+            Ty::F64 => flip(format!("key64({x})")),
+        }
+    }
+
     /// A math function of a float (`f32` or `f64`).
     fn math(self, name: &str, t: Ty, args: &[&str]) -> String {
         let name = match (self, t, name) {
@@ -228,6 +247,9 @@ pub struct Body {
     pub group: Option<ReduceCode>,
     /// How the dialect's module calls the predicate for `row`.
     pub keep_call: String,
+    /// For a program with a top-k: statements computing the sort key, then
+    /// its order key (a `u64`) and validity.
+    pub sort_key: Option<(String, String, String)>,
 }
 
 /// The per-row part of one reduction.
@@ -242,6 +264,86 @@ pub struct ReduceCode {
 }
 
 impl Body {
+    /// The `sort_key(row)` function of a program with a top-k: the row's
+    /// place in the ORDER BY as (`hi`, `lo`) compared lexicographically —
+    /// `hi` 0 for NULLs first, 1 for values, 2 for NULLs last; `lo` the
+    /// value's order key, negated for DESC.
+    pub fn sort_key_fn(&self, d: Dialect, topk: &super::ir::BlockTopK) -> String {
+        let Some((stmts, key, valid)) = &self.sort_key else {
+            return String::new();
+        };
+        let null_hi = if topk.nulls_first { 0 } else { 2 };
+        let zero = d.u64_lit(0);
+        match d {
+            Dialect::Wgsl => format!(
+                "struct SortKey {{ hi: u32, lo: u64 }}
+
+fn sort_key(row: u32) -> SortKey {{
+{stmts}    if (!({valid})) {{ return SortKey({null_hi}u, {zero}); }}
+    return SortKey(1u, {key});
+}}
+"
+            ),
+            Dialect::Cuda => format!(
+                "struct SortKey {{ u32 hi; u64 lo; }};
+
+__device__ SortKey sort_key(KILN_ARGS, u32 row) {{
+    SortKey s;
+{stmts}    if (!({valid})) {{ s.hi = {null_hi}u; s.lo = {zero}; return s; }}
+    s.hi = 1u;
+    s.lo = {key};
+    return s;
+}}
+"
+            ),
+        }
+    }
+
+    /// After `kept` is set in a `count` or `emit` kernel with a top-k: ranks
+    /// the kept rows of the block by sort key in shared memory (`wg_khi`,
+    /// `wg_klo`) and keeps only those with fewer than `k` rows strictly
+    /// before them.
+    pub fn block_rank(&self, d: Dialect, k: u32) -> String {
+        if self.sort_key.is_none() {
+            return String::new();
+        }
+        let (decl, call, barrier, lo_t, j_loop) = match d {
+            Dialect::Wgsl => (
+                format!("var key = SortKey(3u, {});", d.u64_lit(0)),
+                "sort_key(row)",
+                "workgroupBarrier();",
+                "u64",
+                "for (var j = 0u; j < 256u; j++)",
+            ),
+            Dialect::Cuda => (
+                format!("SortKey key; key.hi = 3u; key.lo = {};", d.u64_lit(0)),
+                "sort_key(KILN_PASS, row)",
+                "__syncthreads();",
+                "u64",
+                "for (u32 j = 0; j < 256u; j++)",
+            ),
+        };
+        let _ = lo_t;
+        format!(
+            "    {decl}
+    if (kept) {{ key = {call}; }}
+    wg_khi[lid] = key.hi;
+    wg_klo[lid] = key.lo;
+    {barrier}
+    {rank}
+    {j_loop} {{
+        {h}
+        {l}
+        if (h < key.hi || (h == key.hi && l < key.lo)) {{ rank = rank + 1u; }}
+    }}
+    kept = kept && rank < {k}u;
+",
+            rank = d.var("rank", Ty::U32, "0u").trim(),
+            h = d.let_("h", Ty::U32, "wg_khi[j]").trim(),
+            l = d.let_("l", Ty::U64, "wg_klo[j]").trim(),
+        )
+    }
+
     /// The statements of a `reduce` kernel, after the dialect's wrapper has
     /// declared `wgi` (the workgroup's index) and `lid` (the thread's) and
     /// the shared arrays `red_i`/`red_f` (i64/f64), `red_n` (non-NULL
@@ -536,6 +638,17 @@ pub fn body(program: &Program, dialect: Dialect, meta_out: usize) -> Result<Body
             valid: n,
         });
     }
+    let sort_key = match &program.topk {
+        Some(t) => {
+            let (v, n) = g.expr(&t.key)?;
+            let mut key = dialect.order_key(t.key.ty(), &v);
+            if t.descending {
+                key = format!("(~{key})");
+            }
+            Some((std::mem::take(&mut g.body), key, n))
+        }
+        None => None,
+    };
     let group = match &program.group {
         Some(e) => {
             let (v, n) = g.expr(e)?;
@@ -559,6 +672,7 @@ pub fn body(program: &Program, dialect: Dialect, meta_out: usize) -> Result<Body
             Dialect::Wgsl => "keep(row)".into(),
             Dialect::Cuda => "keep(KILN_PASS, row)".into(),
         },
+        sort_key,
     })
 }
 

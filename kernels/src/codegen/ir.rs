@@ -528,7 +528,26 @@ pub struct Program {
     /// group count (at most [`MAX_GROUPS`]); the reductions are folded per
     /// group. `None` folds all kept rows as one group.
     pub group: Option<Expr>,
+    /// Of the rows the predicate keeps, keep in each block of
+    /// [`super::wgsl::BLOCK`] rows only those that can be among the first
+    /// `k` by `key`: the rows with fewer than `k` kept rows of their block
+    /// strictly before them. The first `k` rows of the whole input by `key`
+    /// (and every row tied with them on `key`) are always among those kept.
+    pub topk: Option<BlockTopK>,
 }
+
+/// A per-block ORDER BY `key` LIMIT `k` filter (see [`Program::topk`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockTopK {
+    pub key: Expr,
+    pub descending: bool,
+    pub nulls_first: bool,
+    pub k: u32,
+}
+
+/// The largest `k` of a [`BlockTopK`]: beyond, most rows of a block would be
+/// kept anyway.
+pub const MAX_TOPK: u32 = 128;
 
 /// The most groups one launch of a grouped program folds: each thread of a
 /// 256-thread workgroup owns the running results of one group.
@@ -551,6 +570,15 @@ impl Program {
         for r in &self.reduce {
             r.arg.check(&self.inputs)?;
             r.supported()?;
+        }
+        if let Some(t) = &self.topk {
+            t.key.check(&self.inputs)?;
+            if !self.reduce.is_empty() {
+                return Err("a program has a top-k or reductions, not both".into());
+            }
+            if t.k == 0 || t.k > MAX_TOPK {
+                return Err(format!("top-{} (the device keeps 1 to {MAX_TOPK})", t.k));
+            }
         }
         if let Some(g) = &self.group {
             if self.reduce.is_empty() {
@@ -579,6 +607,11 @@ impl Program {
         self.outputs.iter().for_each(&mut walk);
         self.reduce.iter().for_each(|r| walk(&r.arg));
         self.group.iter().for_each(&mut walk);
+        self.topk.iter().for_each(|t| walk(&t.key));
+        // Sort keys compare as 64-bit words.
+        if self.topk.is_some() {
+            ints = true;
+        }
         // Reductions fold in i64 or f64 whatever their argument's width.
         for r in &self.reduce {
             if r.is_float() {
@@ -606,7 +639,14 @@ impl Program {
         self.outputs.iter().for_each(&mut walk);
         self.reduce.iter().for_each(|r| walk(&r.arg));
         self.group.iter().for_each(&mut walk);
+        self.topk.iter().for_each(|t| walk(&t.key));
         used
+    }
+
+    /// Whether the kernel drops rows (a predicate or a top-k), so the kept
+    /// rows are compacted and come back with their input indices.
+    pub fn compacts(&self) -> bool {
+        self.predicate.is_some() || self.topk.is_some()
     }
 
     /// A stable hash of the program, the key of the compiled-kernel cache.

@@ -11,7 +11,9 @@ pub mod emit;
 pub mod ir;
 pub mod wgsl;
 
-pub use ir::{BinOp, Expr, MAX_GROUPS, Program, Reduce, ReduceOp, Ty, UnOp, Value};
+pub use ir::{
+    BinOp, BlockTopK, Expr, MAX_GROUPS, MAX_TOPK, Program, Reduce, ReduceOp, Ty, UnOp, Value,
+};
 
 /// One input column of a fused launch, in the device layout of its [`Ty`]:
 /// 4 or 8 bytes per value (booleans as one 32-bit word each).

@@ -39,9 +39,17 @@ pub fn generate(program: &Program) -> Result<String, String> {
         return Ok(reduce_module(program, &code, out_base));
     }
     let index_off = out_base + 2 * program.outputs.len();
-    let has_pred = program.predicate.is_some();
+    let compacts = program.compacts();
     let emit_stmts = &code.emit_stmts;
     let mut src = head(program, &code);
+    let rank = match &program.topk {
+        Some(t) => {
+            src.push_str(&code.sort_key_fn(Dialect::Wgsl, t));
+            src.push_str("var<workgroup> wg_khi: array<u32, 256>;\nvar<workgroup> wg_klo: array<u64, 256>;\n");
+            code.block_rank(Dialect::Wgsl, t.k)
+        }
+        None => String::new(),
+    };
     let _ = write!(
         src,
         "
@@ -56,7 +64,7 @@ fn count(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let row = block * {BLOCK}u + lid;
     var kept = false;
     if (row < params[0]) {{ kept = keep(row); }}
-    if (lid == 0u) {{ atomicStore(&wg_count, 0u); }}
+{rank}    if (lid == 0u) {{ atomicStore(&wg_count, 0u); }}
     workgroupBarrier();
     if (kept) {{ atomicAdd(&wg_count, 1u); }}
     workgroupBarrier();
@@ -90,7 +98,7 @@ fn emit(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let row = block * {BLOCK}u + lid;
     var kept = false;
     if (row < params[0]) {{ kept = {kept}; }}
-    // Inclusive Hillis-Steele scan of the kept flags inside the block.
+{rank}    // Inclusive Hillis-Steele scan of the kept flags inside the block.
     wg_scan[lid] = select(0u, 1u, kept);
     workgroupBarrier();
     for (var d = 1u; d < {BLOCK}u; d = d << 1u) {{
@@ -106,8 +114,12 @@ fn emit(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     }}
 }}
 ",
-        kept = if has_pred { "keep(row)" } else { "true" },
-        base = if has_pred {
+        kept = if program.predicate.is_some() {
+            "keep(row)"
+        } else {
+            "true"
+        },
+        base = if compacts {
             "blocks[nblocks() + block]"
         } else {
             "block * 256u"

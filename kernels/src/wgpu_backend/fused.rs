@@ -222,7 +222,7 @@ impl WgpuDevice {
                 pass.set_bind_group(0, &group, &[]);
                 let passes: &[(usize, (u32, u32))] = if !program.reduce.is_empty() {
                     &[(0, (rx, ry))]
-                } else if program.predicate.is_some() {
+                } else if program.compacts() {
                     &[(0, (x, y)), (1, (1, 1)), (2, (x, y))]
                 } else {
                     &[(2, (x, y))]
@@ -251,7 +251,7 @@ impl WgpuDevice {
             out.needs_cpu = true;
             return Ok(out);
         }
-        let kept = if program.predicate.is_some() {
+        let kept = if program.compacts() {
             count as usize
         } else {
             rows

@@ -181,13 +181,14 @@ fn kitchen_sink() -> Vec<kiln_kernels::codegen::Program> {
     ];
     // The same reductions per group, the group index computed from a column.
     let group = Expr::binary(BinOp::Add, col(6), int(1, Ty::U32));
-    vec![
+    let mut programs = vec![
         Program {
             inputs: inputs.clone(),
             predicate: Some(predicate.clone()),
             outputs: Vec::new(),
             reduce: reductions.clone(),
             group: None,
+            topk: None,
         },
         Program {
             inputs: inputs.clone(),
@@ -195,22 +196,42 @@ fn kitchen_sink() -> Vec<kiln_kernels::codegen::Program> {
             outputs: Vec::new(),
             reduce: reductions,
             group: Some(group),
+            topk: None,
         },
         Program {
             inputs: inputs.clone(),
-            predicate: Some(predicate),
+            predicate: Some(predicate.clone()),
             outputs: outputs.clone(),
             reduce: Vec::new(),
             group: None,
+            topk: None,
         },
         Program {
-            inputs,
+            inputs: inputs.clone(),
             predicate: None,
-            outputs,
+            outputs: outputs.clone(),
             reduce: Vec::new(),
             group: None,
+            topk: None,
         },
-    ]
+    ];
+    // A per-block top-k on every key type, each direction and NULL place.
+    for (i, t) in inputs.iter().enumerate() {
+        programs.push(Program {
+            inputs: inputs.clone(),
+            predicate: (i % 2 == 0).then(|| predicate.clone()),
+            outputs: vec![col(i)],
+            reduce: Vec::new(),
+            group: None,
+            topk: Some(kiln_kernels::codegen::BlockTopK {
+                key: Expr::column(i, *t),
+                descending: i % 2 == 1,
+                nulls_first: i % 3 == 0,
+                k: 10,
+            }),
+        });
+    }
+    programs
 }
 
 #[test]
@@ -245,6 +266,7 @@ fn wgsl_refuses_what_vulkan_cannot_compute_exactly() {
         outputs: vec![Expr::unary(UnOp::Exp, Expr::column(0, Ty::F64))],
         reduce: Vec::new(),
         group: None,
+        topk: None,
     };
     let fmod = Program {
         inputs: vec![Ty::F32],
@@ -256,6 +278,7 @@ fn wgsl_refuses_what_vulkan_cannot_compute_exactly() {
         )],
         reduce: Vec::new(),
         group: None,
+        topk: None,
     };
     for p in [&f64_exp, &fmod] {
         assert!(kiln_kernels::codegen::wgsl::generate(p).is_err());

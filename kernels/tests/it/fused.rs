@@ -148,6 +148,7 @@ fn filter_and_projection_over_many_blocks() {
             ],
             reduce: Vec::new(),
             group: None,
+            topk: None,
         };
         let cols = [
             Col::i32s(&a, None),
@@ -200,6 +201,7 @@ fn three_valued_logic_and_null_tests() {
         ],
         reduce: Vec::new(),
         group: None,
+        topk: None,
     };
     let cols = [Col::bools(&x, Some(&xv)), Col::bools(&y, Some(&yv))];
     let out = run(&gpu, &program, pairs.len(), &cols);
@@ -261,6 +263,7 @@ fn floats_compare_in_total_order_and_round_half_away_from_zero() {
         ],
         reduce: Vec::new(),
         group: None,
+        topk: None,
     };
     let out = run(
         &gpu,
@@ -341,6 +344,7 @@ fn case_coalesce_and_in_list_follow_sql() {
         ],
         reduce: Vec::new(),
         group: None,
+        topk: None,
     };
     let out = run(
         &gpu,
@@ -407,6 +411,7 @@ fn decimals_scale_and_flag_what_the_device_cannot_compute() {
         )],
         reduce: Vec::new(),
         group: None,
+        topk: None,
     };
     let out = run(
         &gpu,
@@ -441,6 +446,7 @@ fn decimals_scale_and_flag_what_the_device_cannot_compute() {
         outputs: vec![Expr::binary(BinOp::Add, col(0, big), col(0, big))],
         reduce: Vec::new(),
         group: None,
+        topk: None,
     };
     let ok = run(
         &gpu,
@@ -468,6 +474,7 @@ fn decimals_scale_and_flag_what_the_device_cannot_compute() {
         )],
         reduce: Vec::new(),
         group: None,
+        topk: None,
     };
     let fits = run(&gpu, &narrow, 1, &[Col::i64s(&[999], None)]);
     assert_eq!(out64(&fits, 0), vec![Some(99_900)]);
@@ -488,6 +495,7 @@ fn decimals_scale_and_flag_what_the_device_cannot_compute() {
         ],
         reduce: Vec::new(),
         group: None,
+        topk: None,
     };
     let values = [1i64, -7, 123_456_789_012_345, 33, i64::MAX / 3];
     let out = run(
@@ -520,6 +528,7 @@ fn integer_division_matches_rust_and_division_by_zero_needs_the_cpu() {
         ],
         reduce: Vec::new(),
         group: None,
+        topk: None,
     };
     let out = run(
         &gpu,
@@ -566,6 +575,7 @@ fn programs_the_device_cannot_run_say_why() {
         outputs: vec![Expr::unary(UnOp::Exp, col(0, Ty::F64))],
         reduce: Vec::new(),
         group: None,
+        topk: None,
     };
     let err = gpu.fused_support(&exp64).unwrap_err();
     assert!(err.contains("exp of f64"), "{err}");
@@ -575,6 +585,7 @@ fn programs_the_device_cannot_run_say_why() {
         outputs: vec![],
         reduce: Vec::new(),
         group: None,
+        topk: None,
     };
     assert!(gpu.fused_support(&ill_typed).is_err());
     let cpu = Device::cpu();
@@ -584,6 +595,7 @@ fn programs_the_device_cannot_run_say_why() {
         outputs: vec![col(0, Ty::I32)],
         reduce: Vec::new(),
         group: None,
+        topk: None,
     };
     assert!(cpu.fused_support(&plain).is_err());
 }
@@ -621,6 +633,7 @@ fn signed_64_bit_arithmetic_matches_rust() {
         ],
         reduce: Vec::new(),
         group: None,
+        topk: None,
     };
     let out = run(&gpu, &program, a.len(), &[Col::i64s(&a, None)]);
     assert!(!out.needs_cpu);
@@ -661,6 +674,7 @@ fn abs_of_a_widened_column() {
         ],
         reduce: Vec::new(),
         group: None,
+        topk: None,
     };
     let out = run(&gpu, &program, a.len(), &[Col::i32s(&a, None)]);
     for (i, v) in a.iter().enumerate() {
@@ -706,6 +720,7 @@ fn reductions_over_kept_rows() {
                 ),
             ],
             group: None,
+            topk: None,
         };
         let cols = [
             Col::i32s(&a, Some(&valid)),
@@ -747,6 +762,7 @@ fn reductions_over_kept_rows() {
             arg: col(0, Ty::I64),
         }],
         group: None,
+        topk: None,
     };
     let out = run(&gpu, &big, 2, &[Col::i64s(&[i64::MAX, 1], None)]);
     assert!(out.needs_cpu);
@@ -769,6 +785,7 @@ fn grouped_reductions_fold_per_group() {
             reduce(ReduceOp::Count, col(0, Ty::I32)),
         ],
         group: Some(col(3, Ty::U32)),
+        topk: None,
     };
     // Group counts at the edges: one group, a few, not a power of two, the
     // most a launch takes; rows over several tiles per workgroup.
@@ -879,6 +896,141 @@ fn grouped_reductions_fold_per_group() {
 }
 
 #[test]
+fn block_top_k_keeps_every_row_that_can_be_first() {
+    use kiln_kernels::codegen::{BlockTopK, MAX_TOPK};
+    use std::cmp::Ordering;
+    let Some(gpu) = gpu() else { return };
+    let rows = 3000usize;
+    // Keys with NULLs, many ties, extreme values; floats with NaN, -0, inf.
+    let ints: Vec<i64> = (0..rows as i64)
+        .map(|i| match i % 11 {
+            0 => i64::MIN,
+            1 => i64::MAX,
+            _ => (i * 7919) % 23 - 11,
+        })
+        .collect();
+    let int_valid: Vec<bool> = (0..rows).map(|i| i % 9 != 4).collect();
+    let specials = [
+        f64::NAN,
+        -0.0,
+        0.0,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        -1.5,
+        2.25,
+    ];
+    let floats: Vec<f64> = (0..rows)
+        .map(|i| {
+            if i % 5 == 0 {
+                specials[i % 7]
+            } else {
+                ((i * 31) % 101) as f64 / 4.0 - 12.0
+            }
+        })
+        .collect();
+    let float_valid: Vec<bool> = (0..rows).map(|i| i % 13 != 6).collect();
+    let cols = [
+        Col::i64s(&ints, Some(&int_valid)),
+        Col::f64s(&floats, Some(&float_valid)),
+    ];
+    for (column, descending, nulls_first, k, filtered) in [
+        (0usize, false, false, 1u32, false),
+        (0, true, true, 10, true),
+        (1, false, true, 5, false),
+        (1, true, false, 37, true),
+        (0, false, true, MAX_TOPK, false),
+    ] {
+        let ty = [Ty::I64, Ty::F64][column];
+        // SQL order of two rows' keys: NULLs placed, values per direction.
+        let cmp = |a: usize, b: usize| -> Ordering {
+            let valid = |r: usize| {
+                if column == 0 {
+                    int_valid[r]
+                } else {
+                    float_valid[r]
+                }
+            };
+            match (valid(a), valid(b)) {
+                (false, false) => Ordering::Equal,
+                (false, true) => {
+                    if nulls_first {
+                        Ordering::Less
+                    } else {
+                        Ordering::Greater
+                    }
+                }
+                (true, false) => {
+                    if nulls_first {
+                        Ordering::Greater
+                    } else {
+                        Ordering::Less
+                    }
+                }
+                (true, true) => {
+                    let o = if column == 0 {
+                        ints[a].cmp(&ints[b])
+                    } else {
+                        floats[a].total_cmp(&floats[b])
+                    };
+                    if descending { o.reverse() } else { o }
+                }
+            }
+        };
+        let kept = |r: usize| !filtered || ints[r].rem_euclid(3) != 0 || !int_valid[r];
+        let program = Program {
+            inputs: vec![Ty::I64, Ty::F64],
+            predicate: filtered.then(|| {
+                Expr::binary(
+                    BinOp::Or,
+                    Expr::binary(
+                        BinOp::NotEq,
+                        Expr::binary(BinOp::Mod, col(0, Ty::I64), int(3, Ty::I64)),
+                        int(0, Ty::I64),
+                    ),
+                    Expr::unary(UnOp::IsNull, col(0, Ty::I64)),
+                )
+            }),
+            outputs: vec![col(column, ty)],
+            reduce: Vec::new(),
+            group: None,
+            topk: Some(BlockTopK {
+                key: col(column, ty),
+                descending,
+                nulls_first,
+                k,
+            }),
+        };
+        let out = run(&gpu, &program, rows, &cols);
+        assert!(!out.needs_cpu);
+        // Rows kept by the predicate with fewer than k kept rows of their
+        // block strictly before them.
+        let want: Vec<u32> = (0..rows)
+            .filter(|&r| {
+                let block = r / 256 * 256..((r / 256 + 1) * 256).min(rows);
+                // Rust's `%` truncates toward zero as SQL's does; the filter
+                // above matches only when the remainder is exactly 0.
+                kept(r)
+                    && block
+                        .filter(|&j| kept(j) && cmp(j, r) == Ordering::Less)
+                        .count()
+                        < k as usize
+            })
+            .map(|r| r as u32)
+            .collect();
+        assert_eq!(
+            out.indices, want,
+            "column {column} desc {descending} nulls_first {nulls_first} k {k}"
+        );
+        // The overall first k rows are all there.
+        let mut all: Vec<usize> = (0..rows).filter(|&r| kept(r)).collect();
+        all.sort_by(|&a, &b| cmp(a, b));
+        for r in all.iter().take(k as usize) {
+            assert!(out.indices.contains(&(*r as u32)));
+        }
+    }
+}
+
+#[test]
 fn year_month_day_of_dates() {
     let Some(gpu) = gpu() else { return };
     // (days since 1970-01-01, year, month, day), across leap rules and eras.
@@ -905,6 +1057,7 @@ fn year_month_day_of_dates() {
         ],
         reduce: Vec::new(),
         group: None,
+        topk: None,
     };
     let out = run(&gpu, &program, days.len(), &[Col::i32s(&days, None)]);
     assert!(!out.needs_cpu);

@@ -446,6 +446,7 @@ fn stage_plan(
             outputs: computed,
             reduce: Vec::new(),
             group: None,
+            topk: None,
         },
         outputs,
         original_ops: ops,
