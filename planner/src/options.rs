@@ -30,6 +30,8 @@ extensions_options! {
         /// Let partial aggregates (sum, count, min, max, avg, with or without
         /// GROUP BY) run in GPU stages.
         pub gpu_aggregate: bool, default = true
+        /// Let ORDER BY ... LIMIT k (k at most 128) run in GPU stages.
+        pub gpu_sort: bool, default = true
         /// A GROUP BY on the GPU folds at most this many distinct key
         /// combinations per device batch (1 to 256); a batch with more is
         /// aggregated on the CPU.

@@ -169,6 +169,13 @@ async fn switches_turn_gpu_operators_off() {
     let cpu = tpch_session(&["SET kiln.device = 'cpu'"]).await;
     let plan = explain(&cpu, &sql).await;
     assert!(plan.contains("cpu: kiln.device is cpu:0"), "{plan}");
+    let no_sort = tpch_session(&[GPU[0], GPU[1], "SET kiln.gpu_sort = false"]).await;
+    let plan = explain(
+        &no_sort,
+        "SELECT l_orderkey FROM lineitem ORDER BY l_extendedprice DESC LIMIT 3",
+    )
+    .await;
+    assert!(plan.contains("cpu: kiln.gpu_sort is off"), "{plan}");
     // The group bound is checked, and shown on the stage.
     let few = tpch_session(&[GPU[0], GPU[1], "SET kiln.gpu_max_groups = 4"]).await;
     assert!(explain(&few, &query(1)).await.contains("max_groups=4"));
@@ -246,6 +253,7 @@ fn random_table(rows: usize, seed: u64) -> RecordBatch {
     let k: Int64Array = (0..rows)
         .map(|_| (!null(&mut rng)).then(|| rng.below(10) as i64 * 1_000_000_007 - 3))
         .collect();
+    let id = Int64Array::from_iter_values(0..rows as i64);
     let schema = Schema::new(vec![
         Field::new("a", DataType::Int32, true),
         Field::new("b", DataType::Int64, true),
@@ -255,6 +263,7 @@ fn random_table(rows: usize, seed: u64) -> RecordBatch {
         Field::new("f", DataType::Date32, true),
         Field::new("g", DataType::Utf8, true),
         Field::new("k", DataType::Int64, true),
+        Field::new("id", DataType::Int64, false),
     ]);
     RecordBatch::try_new(
         Arc::new(schema),
@@ -267,6 +276,7 @@ fn random_table(rows: usize, seed: u64) -> RecordBatch {
             Arc::new(f),
             Arc::new(g),
             Arc::new(k),
+            Arc::new(id),
         ],
     )
     .unwrap()
@@ -732,6 +742,62 @@ async fn aggregates_with_group_by_match_the_cpu() {
     .await;
     assert!(
         plan.contains("is computed; the GPU groups by input columns only"),
+        "{plan}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_by_limit_matches_the_cpu() {
+    if !has_wgpu() {
+        return;
+    }
+    let table = random_table(20_000, 5);
+    let cpu = table_session(&table, 2, &["SET kiln.device = 'cpu'"]).await;
+    // Small device batches: the first rows are kept across launches.
+    let gpu = table_session(
+        &table,
+        2,
+        &[GPU[0], GPU[1], "SET kiln.gpu_batch_rows = 4096"],
+    )
+    .await;
+    // Orders ending in the unique id, so the first k rows are one set.
+    for (order, k) in [
+        ("c DESC NULLS LAST, id", 10),
+        ("a NULLS FIRST, id", 1),
+        ("e DESC, id DESC", 128),
+        ("f, id", 37),
+        ("a * 2 + k DESC NULLS FIRST, id", 5),
+        ("d, id", 20),  // booleans: ties broken by id on the host
+        ("g, id", 10),  // strings: no GPU key, the sort stays on the CPU
+        ("c, id", 129), // past the device's top-k: the CPU
+    ] {
+        for filter in ["TRUE", "a > 0 AND c < 100", "a > 100000"] {
+            let sql = format!(
+                "SELECT id, a, c, e, f, g, a * 2 + k AS x FROM t WHERE {filter} ORDER BY {order} LIMIT {k}"
+            );
+            let want = pretty_format_batches(&run_sql(&cpu, &sql).await)
+                .unwrap()
+                .to_string();
+            let got = pretty_format_batches(&run_sql(&gpu, &sql).await)
+                .unwrap()
+                .to_string();
+            assert_eq!(got, want, "{sql}");
+            let plan = explain(&gpu, &sql).await;
+            let on_device = plan
+                .lines()
+                .any(|l| l.contains("GpuStageExec") && l.contains("topk=["));
+            let expected = !order.starts_with('g') && k <= 128;
+            assert_eq!(on_device, expected, "{sql}\n{plan}");
+        }
+    }
+    let plan = explain(&gpu, "SELECT id FROM t ORDER BY c LIMIT 129").await;
+    assert!(
+        plan.contains("LIMIT 129: the GPU's top-k keeps 1 to 128 rows"),
+        "{plan}"
+    );
+    let plan = explain(&gpu, "SELECT id FROM t ORDER BY c").await;
+    assert!(
+        plan.contains("a sort without LIMIT stays on the CPU"),
         "{plan}"
     );
 }

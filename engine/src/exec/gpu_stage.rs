@@ -18,13 +18,15 @@ use std::fmt;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, RecordBatchOptions, UInt32Array};
-use datafusion::arrow::compute::{concat_batches, filter_record_batch, take};
+use datafusion::arrow::compute::{
+    SortColumn, concat_batches, filter_record_batch, lexsort_to_indices, take, take_record_batch,
+};
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result, Statistics, internal_err};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::TaskContext;
-use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::{LexOrdering, PhysicalExpr};
 use datafusion::physical_plan::collect;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::metrics::{
@@ -87,9 +89,21 @@ pub struct StagePlan {
     /// The aggregate's GROUP BY, when it has one: the program's last input
     /// is then each row's group index, computed on the host per batch.
     pub group_by: Option<StageGroupBy>,
+    /// A sort with a limit at the top of the stage (the last of
+    /// `original_ops`): the kernel keeps each block's candidates for the
+    /// first rows by the first sort key, and the host keeps the first
+    /// `fetch` rows of the candidates by the whole ordering.
+    pub topk: Option<StageTopK>,
     /// The cost model's estimates, for EXPLAIN.
     pub est_rows: Option<usize>,
     pub est_bytes_moved: Option<u64>,
+}
+
+/// The ORDER BY ... LIMIT of a stage.
+#[derive(Debug, Clone)]
+pub struct StageTopK {
+    pub ordering: LexOrdering,
+    pub fetch: usize,
 }
 
 /// The GROUP BY of a stage's partial aggregate.
@@ -127,8 +141,9 @@ impl GpuStageExec {
         properties: Arc<PlanProperties>,
     ) -> Result<Self> {
         let mut ops = plan.original_ops.as_slice();
-        if plan.aggregate.is_some() {
-            // The aggregate is evaluated by StageAggregate, not as a step.
+        if plan.aggregate.is_some() || plan.topk.is_some() {
+            // The aggregate or sort at the top is the stage's own, not a
+            // step of the CPU evaluation of a batch.
             ops = &ops[..ops.len().saturating_sub(1)];
         }
         let cpu_steps = ops
@@ -180,6 +195,9 @@ impl DisplayAs for GpuStageExec {
         )?;
         if let Some(p) = &plan.predicate {
             write!(f, ", predicate={p}")?;
+        }
+        if let Some(t) = &plan.topk {
+            write!(f, ", topk=[{}], fetch={}", t.ordering, t.fetch)?;
         }
         if let Some(g) = &plan.group_by {
             write!(
@@ -290,6 +308,24 @@ impl ExecutionPlan for GpuStageExec {
             metrics: StageMetrics::new(&self.metrics, partition),
             done: false,
         };
+        if self.plan.topk.is_some() {
+            // The partition's first rows, kept across launches.
+            let stream = futures::stream::once(async move {
+                let mut state = state;
+                let mut best: Option<RecordBatch> = None;
+                loop {
+                    let pending = state.gather().await?;
+                    if pending.iter().all(|b| b.num_rows() == 0) {
+                        break;
+                    }
+                    let candidates = state.compute(&pending)?;
+                    best = Some(state.keep_first(best, candidates)?);
+                }
+                let out = best.unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(&state.schema)));
+                Ok(out.record_output(&state.metrics.baseline))
+            });
+            return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)));
+        }
         if self.plan.group_by.is_some() {
             // One batch of partial states per launch: groups repeat across
             // launches, and the final aggregate merges them.
@@ -611,19 +647,53 @@ impl StageState {
     }
 
     fn run(&self, pending: &[RecordBatch]) -> Result<RecordBatch> {
+        let out = self.compute(pending)?;
+        Ok(out.record_output(&self.metrics.baseline))
+    }
+
+    /// The stage's rows of `pending` (for a top-k, its candidates).
+    fn compute(&self, pending: &[RecordBatch]) -> Result<RecordBatch> {
         let _timer = self.metrics.baseline.elapsed_compute().timer();
         let mut parts = Vec::new();
         for part in self.slices(pending)? {
             parts.push(self.launch(&part)?);
         }
-        let out = if parts.len() == 1 {
+        Ok(if parts.len() == 1 {
             parts
                 .pop()
                 .unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(&self.schema)))
         } else {
             concat_batches(&self.schema, &parts)?
+        })
+    }
+
+    /// The first `fetch` rows of `best` and `candidates` together, by the
+    /// stage's whole ordering, as DataFusion's sort orders them.
+    fn keep_first(
+        &self,
+        best: Option<RecordBatch>,
+        candidates: RecordBatch,
+    ) -> Result<RecordBatch> {
+        let _timer = self.metrics.baseline.elapsed_compute().timer();
+        let Some(topk) = &self.plan.topk else {
+            return internal_err!("GpuStageExec: top-k without an ordering");
         };
-        Ok(out.record_output(&self.metrics.baseline))
+        let batch = match best {
+            Some(best) => concat_batches(&self.schema, &[best, candidates])?,
+            None => candidates,
+        };
+        let columns = topk
+            .ordering
+            .iter()
+            .map(|e| {
+                Ok(SortColumn {
+                    values: e.expr.evaluate(&batch)?.into_array(batch.num_rows())?,
+                    options: Some(e.options),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let first = lexsort_to_indices(&columns, Some(topk.fetch))?;
+        Ok(take_record_batch(&batch, &first)?)
     }
 
     fn launch(&self, batch: &RecordBatch) -> Result<RecordBatch> {
@@ -634,8 +704,7 @@ impl StageState {
         let rows = out.rows();
         let indices = plan
             .program
-            .predicate
-            .is_some()
+            .compacts()
             .then(|| UInt32Array::from(out.indices));
         // Each kernel output feeds one column: move it, don't copy it.
         let mut computed: Vec<Option<OutColumn>> = out.columns.into_iter().map(Some).collect();

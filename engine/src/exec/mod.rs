@@ -11,7 +11,7 @@ pub mod vector_topk;
 
 pub use corpus::{SearchSpec, tile_rows_for_budget};
 pub use embed::EmbedExec;
-pub use gpu_stage::{CpuStep, GpuStageExec, StageGroupBy, StageOutput, StagePlan};
+pub use gpu_stage::{CpuStep, GpuStageExec, StageGroupBy, StageOutput, StagePlan, StageTopK};
 pub use knn_join::{KnnJoinExec, knn_join_schema};
 pub use stage_aggregate::{AggKind, StageAggregate};
 pub use vector_topk::{Unscored, VectorTopKExec};

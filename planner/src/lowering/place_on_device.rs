@@ -21,11 +21,16 @@ use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
 use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
 use kiln_engine::exec::device_columns::device_ty;
 use kiln_engine::exec::group_keys::key_type_supported;
-use kiln_engine::exec::{GpuStageExec, StageAggregate, StageGroupBy, StageOutput, StagePlan};
-use kiln_kernels::codegen::{BinOp, Expr, MAX_GROUPS, Program, Reduce, ReduceOp, Ty, Value};
+use kiln_engine::exec::{
+    GpuStageExec, StageAggregate, StageGroupBy, StageOutput, StagePlan, StageTopK,
+};
+use kiln_kernels::codegen::{
+    BinOp, BlockTopK, Expr, MAX_GROUPS, MAX_TOPK, Program, Reduce, ReduceOp, Ty, Value,
+};
 use kiln_kernels::{BackendKind, Device, DeviceInfo, DeviceRequest};
 
 use super::expr::{Source, Translator};
@@ -38,6 +43,7 @@ pub struct LoweringContext {
     pub filter: bool,
     pub projection: bool,
     pub aggregate: bool,
+    pub sort: bool,
     pub min_rows: usize,
     pub batch_rows: usize,
     pub max_groups: usize,
@@ -78,6 +84,7 @@ impl LoweringContext {
             filter: options.gpu_filter,
             projection: options.gpu_projection,
             aggregate: options.gpu_aggregate,
+            sort: options.gpu_sort,
             min_rows: options.gpu_min_rows,
             batch_rows: options.gpu_batch_rows,
             max_groups: options.gpu_max_groups,
@@ -240,8 +247,28 @@ pub fn lower(
     let is_filter = any.is::<FilterExec>();
     let is_projection = any.is::<ProjectionExec>();
     let aggregate = any.downcast_ref::<AggregateExec>();
-    if !is_filter && !is_projection && aggregate.is_none() {
+    let sort = any.downcast_ref::<SortExec>();
+    if !is_filter && !is_projection && aggregate.is_none() && sort.is_none() {
         return Err(no_kernel(op.as_ref()));
+    }
+    if let Some(sort) = sort {
+        if !ctx.sort {
+            return Err("kiln.gpu_sort is off".into());
+        }
+        match sort.fetch() {
+            None => {
+                return Err(
+                    "a sort without LIMIT stays on the CPU (the GPU runs ORDER BY ... LIMIT k)"
+                        .into(),
+                );
+            }
+            Some(k) if k == 0 || k > MAX_TOPK as usize => {
+                return Err(format!(
+                    "LIMIT {k}: the GPU's top-k keeps 1 to {MAX_TOPK} rows"
+                ));
+            }
+            Some(_) => {}
+        }
     }
     if aggregate.is_some() && !ctx.aggregate {
         return Err("kiln.gpu_aggregate is off".into());
@@ -258,9 +285,11 @@ pub fn lower(
         .map(|c| Arc::clone(*c))
         .ok_or("operator without input")?;
     let mut chain = match child.downcast_ref::<GpuStageExec>() {
-        // A stage that ends in an aggregate emits states, not rows: what
-        // follows it starts a new stage.
-        Some(stage) if stage.plan().aggregate.is_none() => Chain::of_stage(stage),
+        // A stage that ends in an aggregate emits states, and one that ends
+        // in a top-k its first rows: what follows them starts a new stage.
+        Some(stage) if stage.plan().aggregate.is_none() && stage.plan().topk.is_none() => {
+            Chain::of_stage(stage)
+        }
         _ => Chain::over(child),
     };
     let op_schema = op.children()[0].schema();
@@ -301,6 +330,24 @@ pub fn lower(
             });
         }
         chain.columns = columns;
+    }
+    let mut topk = None;
+    if let Some(sort) = sort {
+        let first = &sort.expr()[0];
+        let key = translator.translate(&first.expr)?;
+        let fetch = sort.fetch().unwrap_or(0);
+        topk = Some((
+            BlockTopK {
+                key,
+                descending: first.options.descending,
+                nulls_first: first.options.nulls_first,
+                k: fetch as u32,
+            },
+            StageTopK {
+                ordering: sort.expr().clone(),
+                fetch,
+            },
+        ));
     }
     let mut reductions = Vec::new();
     let mut stage_aggregate = None;
@@ -351,6 +398,10 @@ pub fn lower(
     );
     plan.program.reduce = reductions;
     plan.aggregate = stage_aggregate;
+    if let Some((kernel, stage)) = topk {
+        plan.program.topk = Some(kernel);
+        plan.topk = Some(stage);
+    }
     if let Some(g) = group_by {
         // The host computes each row's group index: the program's last input.
         plan.program.group = Some(Expr::column(plan.program.inputs.len(), Ty::U32));
@@ -453,6 +504,7 @@ fn stage_plan(
         predicate: (!predicate_text.is_empty()).then(|| predicate_text.join(" AND ")),
         aggregate: None,
         group_by: None,
+        topk: None,
         est_rows: None,
         est_bytes_moved: None,
     }
@@ -490,11 +542,7 @@ fn estimate(
         .iter()
         .map(|e| e.ty().width() as f64 + 4.0)
         .sum::<f64>()
-        + if program.predicate.is_some() {
-            4.0
-        } else {
-            0.0
-        };
+        + if program.compacts() { 4.0 } else { 0.0 };
     let bytes = rows_in as f64 * in_bytes + rows_out as f64 * out_bytes;
     (Some(rows_in), Some(bytes as u64))
 }
@@ -511,10 +559,11 @@ pub fn worth_it(stage: &GpuStageExec, ctx: &LoweringContext) -> std::result::Res
             ctx.min_rows
         ));
     }
-    if program.predicate.is_none() && program.outputs.is_empty() && program.reduce.is_empty() {
+    let filters = program.compacts() || !program.reduce.is_empty();
+    if !filters && program.outputs.is_empty() {
         return Err("only selects or renames columns: nothing to compute".into());
     }
-    if program.predicate.is_none() && program.reduce.is_empty() {
+    if !filters {
         let ops: usize = program.outputs.iter().map(operations).sum();
         if ops <= program.outputs.len() {
             return Err(format!(
