@@ -722,10 +722,16 @@ async fn aggregates_with_group_by_match_the_cpu() {
             );
         }
     }
-    // GROUP BY without aggregates, and a computed key (stays on the CPU).
+    // GROUP BY without aggregates; keys computed on the host (in the
+    // aggregate, or in a projection below it); a key whose evaluation fails
+    // on rows the filter drops (those batches go to the CPU).
     for sql in [
         "SELECT DISTINCT g, d FROM t WHERE a > 0 ORDER BY g, d",
-        "SELECT a % 7 AS m, count(*) AS n FROM t GROUP BY a % 7 ORDER BY m",
+        "SELECT a % 7 AS m, count(*) AS n, sum(b) AS s FROM t GROUP BY a % 7 ORDER BY m",
+        "SELECT y, count(*) AS n, max(e) AS hi FROM (SELECT extract(year FROM f) AS y, e FROM t WHERE a < 500) \
+         GROUP BY y ORDER BY y",
+        "SELECT CASE WHEN c > 0 THEN 'pos' ELSE upper(g) END AS s, avg(a) AS m FROM t GROUP BY 1 ORDER BY 1",
+        "SELECT 1000 / a AS q, count(*) AS n FROM t WHERE a > 990 GROUP BY 1000 / a ORDER BY q",
     ] {
         let want = pretty_format_batches(&run_sql(&cpu, sql).await)
             .unwrap()
@@ -734,14 +740,23 @@ async fn aggregates_with_group_by_match_the_cpu() {
             .unwrap()
             .to_string();
         assert_eq!(got, want, "{sql}");
+        let plan = explain(&gpu, sql).await;
+        assert!(plan.contains("group_by=["), "{sql}\n{plan}");
     }
-    let plan = explain(
-        &gpu,
-        "SELECT a % 7 AS m, count(*) AS n FROM t GROUP BY a % 7",
-    )
-    .await;
+    // A computed key folds on the device (a % 7 has 13 values and NULL).
+    let sql = "SELECT a % 7 AS m, count(*) AS n FROM t GROUP BY a % 7";
+    let analyzed = pretty_format_batches(&run_sql(&gpu, &format!("EXPLAIN ANALYZE {sql}")).await)
+        .unwrap()
+        .to_string();
+    let stage = analyzed
+        .lines()
+        .find(|l| l.contains("GpuStageExec"))
+        .unwrap();
+    assert!(stage.contains("cpu_fallback_batches=0"), "{stage}");
+    // Float keys stay on the CPU, and EXPLAIN says so.
+    let plan = explain(&gpu, "SELECT c, count(*) AS n FROM t GROUP BY c").await;
     assert!(
-        plan.contains("is computed; the GPU groups by input columns only"),
+        plan.contains("GROUP BY c of type Float64 has no GPU kernel"),
         "{plan}"
     );
 }

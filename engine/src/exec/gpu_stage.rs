@@ -82,6 +82,9 @@ pub struct StagePlan {
     pub original_ops: Vec<Arc<dyn ExecutionPlan>>,
     /// The predicate as DataFusion displays it, for EXPLAIN.
     pub predicate: Option<String>,
+    /// Each output column as a DataFusion expression over the stage's
+    /// input: how a stage built on top of this one computes its keys.
+    pub output_exprs: Vec<Arc<dyn PhysicalExpr>>,
     /// A partial aggregate without GROUP BY at the top of the stage (the
     /// last of `original_ops`): the program's reductions compute it and the
     /// stage emits one row of partial state per partition.
@@ -107,10 +110,11 @@ pub struct StageTopK {
 }
 
 /// The GROUP BY of a stage's partial aggregate.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct StageGroupBy {
-    /// The stage input columns that are the keys, in the aggregate's order.
-    pub keys: Vec<usize>,
+    /// The keys, in the aggregate's order, as expressions over the stage's
+    /// input (a column, or a key computed on the host).
+    pub keys: Vec<Arc<dyn PhysicalExpr>>,
     /// The keys' output names, for EXPLAIN.
     pub names: Vec<String>,
     /// A batch with more distinct key combinations is aggregated on the
@@ -588,11 +592,17 @@ impl StageState {
         let (Some(group_by), Some(agg)) = (&plan.group_by, &plan.aggregate) else {
             return internal_err!("GpuStageExec: grouped launch without GROUP BY");
         };
-        let keys: Vec<ArrayRef> = group_by
+        // Keys are evaluated over every row, also those the stage's filter
+        // drops; an error there (a division by zero DataFusion would not
+        // have met) sends the batch to the CPU path, which filters first.
+        let Ok(keys) = group_by
             .keys
             .iter()
-            .map(|i| Arc::clone(batch.column(*i)))
-            .collect();
+            .map(|k| k.evaluate(batch)?.into_array(batch.num_rows()))
+            .collect::<Result<Vec<ArrayRef>>>()
+        else {
+            return Ok(None);
+        };
         let max_groups = group_by.max_groups.clamp(1, MAX_GROUPS);
         let Some(index) = group_index(&keys, max_groups) else {
             return Ok(None);

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Result, plan_datafusion_err};
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{conjunction, split_conjunction};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
@@ -201,6 +202,9 @@ fn unwrap_stage(stage: &GpuStageExec) -> Result<Arc<dyn ExecutionPlan>> {
 struct Chain {
     input: Arc<dyn ExecutionPlan>,
     columns: Vec<Source>,
+    /// Each column as a DataFusion expression over the stage's input (what
+    /// the host evaluates for a computed GROUP BY key).
+    exprs: Vec<Arc<dyn PhysicalExpr>>,
     predicate: Option<Expr>,
     predicate_text: Vec<String>,
     ops: Vec<Arc<dyn ExecutionPlan>>,
@@ -208,8 +212,15 @@ struct Chain {
 
 impl Chain {
     fn over(input: Arc<dyn ExecutionPlan>) -> Chain {
-        let n = input.schema().fields().len();
+        let schema = input.schema();
+        let n = schema.fields().len();
         Chain {
+            exprs: schema
+                .fields()
+                .iter()
+                .enumerate()
+                .map(|(i, f)| Arc::new(Column::new(f.name(), i)) as Arc<dyn PhysicalExpr>)
+                .collect(),
             input,
             columns: (0..n).map(Source::Input).collect(),
             predicate: None,
@@ -230,6 +241,7 @@ impl Chain {
                     StageOutput::Device(k) => Source::Computed(plan.program.outputs[*k].clone()),
                 })
                 .collect(),
+            exprs: plan.output_exprs.clone(),
             predicate: plan.program.predicate.clone(),
             predicate_text: plan.predicate.iter().cloned().collect(),
             ops: plan.original_ops.clone(),
@@ -320,16 +332,23 @@ pub fn lower(
                 .iter()
                 .map(|i| chain.columns[*i].clone())
                 .collect();
+            chain.exprs = projection
+                .iter()
+                .map(|i| Arc::clone(&chain.exprs[*i]))
+                .collect();
         }
     } else if let Some(projection) = any.downcast_ref::<ProjectionExec>() {
         let mut columns = Vec::with_capacity(projection.expr().len());
+        let mut exprs = Vec::with_capacity(projection.expr().len());
         for p in projection.expr() {
             columns.push(match p.expr.downcast_ref::<Column>() {
                 Some(c) => chain.columns[c.index()].clone(),
                 None => Source::Computed(translator.translate(&p.expr)?),
             });
+            exprs.push(over_stage_input(&p.expr, &chain.exprs)?);
         }
         chain.columns = columns;
+        chain.exprs = exprs;
     }
     let mut topk = None;
     if let Some(sort) = sort {
@@ -360,7 +379,7 @@ pub fn lower(
             ));
         }
         if !agg.group_expr().is_empty() {
-            group_by = Some(group_keys(agg, &input_columns, &stage_inputs, ctx)?);
+            group_by = Some(group_keys(agg, &chain.exprs, ctx)?);
         }
         if agg.limit_options().is_some() {
             return Err("a partial aggregate with a row limit stays on the CPU".into());
@@ -391,6 +410,7 @@ pub fn lower(
     chain.ops.push(Arc::clone(op));
     let mut plan = stage_plan(
         chain.columns,
+        chain.exprs,
         chain.predicate,
         chain.predicate_text,
         chain.ops.clone(),
@@ -423,38 +443,30 @@ pub fn lower(
     Ok(Arc::new(stage))
 }
 
-/// The GROUP BY of a partial aggregate as a stage runs it: every key a
-/// column of the stage's input (the host codes it per batch), or the reason
-/// it stays on the CPU.
+/// The GROUP BY of a partial aggregate as a stage runs it: each key as an
+/// expression over the stage's input (`columns`: the aggregate's input
+/// columns so), which the host evaluates and numbers per batch, or the
+/// reason it stays on the CPU.
 fn group_keys(
     agg: &AggregateExec,
-    input_columns: &[Source],
-    stage_inputs: &datafusion::arrow::datatypes::Schema,
+    columns: &[Arc<dyn PhysicalExpr>],
     ctx: &LoweringContext,
 ) -> std::result::Result<StageGroupBy, String> {
     let group = agg.group_expr();
     if !group.is_single() {
         return Err("GROUPING SETS, CUBE and ROLLUP stay on the CPU".into());
     }
+    let input_schema = agg.input().schema();
     let mut keys = Vec::new();
     let mut names = Vec::new();
     for (expr, name) in group.expr() {
-        let source = expr
-            .downcast_ref::<Column>()
-            .and_then(|c| input_columns.get(c.index()));
-        let index = match source {
-            Some(Source::Input(i)) | Some(Source::Computed(Expr::Column { index: i, .. })) => *i,
-            _ => {
-                return Err(format!(
-                    "GROUP BY {expr} is computed; the GPU groups by input columns only"
-                ));
-            }
-        };
-        let dt = stage_inputs.field(index).data_type();
-        if !key_type_supported(dt) {
+        let dt = expr
+            .data_type(&input_schema)
+            .map_err(|e| format!("GROUP BY {name}: {e}"))?;
+        if !key_type_supported(&dt) {
             return Err(format!("GROUP BY {name} of type {dt} has no GPU kernel"));
         }
-        keys.push(index);
+        keys.push(over_stage_input(expr, columns).map_err(|e| format!("GROUP BY {name}: {e}"))?);
         names.push(name.clone());
     }
     Ok(StageGroupBy {
@@ -464,8 +476,34 @@ fn group_keys(
     })
 }
 
+/// `expr` (over an operator's input, whose columns are `columns` over the
+/// stage's input) as an expression over the stage's input.
+fn over_stage_input(
+    expr: &Arc<dyn PhysicalExpr>,
+    columns: &[Arc<dyn PhysicalExpr>],
+) -> std::result::Result<Arc<dyn PhysicalExpr>, String> {
+    Arc::clone(expr)
+        .transform_up(|e| {
+            Ok(match e.downcast_ref::<Column>() {
+                Some(c) => match columns.get(c.index()) {
+                    Some(x) => Transformed::yes(Arc::clone(x)),
+                    None => {
+                        return Err(plan_datafusion_err!(
+                            "column {} beyond the operator's input",
+                            c.index()
+                        ));
+                    }
+                },
+                None => Transformed::no(e),
+            })
+        })
+        .map(|t| t.data)
+        .map_err(|e| e.to_string())
+}
+
 fn stage_plan(
     columns: Vec<Source>,
+    exprs: Vec<Arc<dyn PhysicalExpr>>,
     predicate: Option<Expr>,
     predicate_text: Vec<String>,
     ops: Vec<Arc<dyn ExecutionPlan>>,
@@ -502,6 +540,7 @@ fn stage_plan(
         outputs,
         original_ops: ops,
         predicate: (!predicate_text.is_empty()).then(|| predicate_text.join(" AND ")),
+        output_exprs: exprs,
         aggregate: None,
         group_by: None,
         topk: None,
