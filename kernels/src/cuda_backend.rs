@@ -317,6 +317,8 @@ impl CudaDevice {
         } else {
             &[("kiln_emit", grid)]
         };
+        let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let started = self.stream.record_event(timing)?;
         for (entry, config) in passes {
             let function = module.load_function(entry)?;
             let mut launch = self.stream.launch_builder(&function);
@@ -333,9 +335,11 @@ impl CudaDevice {
             // block counters, one flag word), and the grid covers `nblocks`.
             unsafe { launch.launch(*config) }?;
         }
+        let ended = self.stream.record_event(timing)?;
         let head = self
             .stream
             .clone_dtoh(&blocks.slice(2 * nblocks..2 * nblocks + 1))?;
+        out.kernel_ns = Some((f64::from(started.elapsed_ms(&ended)?) * 1e6) as u64);
         let flagged = self.stream.clone_dtoh(&flag)?;
         out.bytes_up = ((layout.data_words + layout.params.len()) * 4) as u64;
         out.bytes_down = 8;

@@ -169,8 +169,12 @@ impl WgpuDevice {
         let limits = adapter.limits();
         // 64-bit shader types, where the adapter has them, let relational
         // kernels compute on Int64, Float64 and decimal columns.
-        let features =
-            adapter.features() & (wgpu::Features::SHADER_INT64 | wgpu::Features::SHADER_F64);
+        // Timestamps around compute passes time fused kernels for EXPLAIN
+        // ANALYZE.
+        let features = adapter.features()
+            & (wgpu::Features::SHADER_INT64
+                | wgpu::Features::SHADER_F64
+                | wgpu::Features::TIMESTAMP_QUERY);
         let (device, queue) =
             pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
                 label: Some("kiln"),

@@ -597,6 +597,12 @@ async fn batches_the_device_cannot_compute_fall_back_to_the_cpu() {
         .unwrap();
     assert!(stage.contains("cpu_fallback_batches=0"), "{stage}");
     assert!(!stage.contains("device_batches=0"), "{stage}");
+    // The kernels' own time, from timestamps around the compute pass
+    // (lavapipe has them).
+    assert!(
+        stage.contains("kernel_time=") && !stage.contains("kernel_time=0ns"),
+        "{stage}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -428,6 +428,7 @@ struct StageMetrics {
     device_batches: Count,
     cpu_batches: Count,
     device_time: Time,
+    kernel_time: Time,
 }
 
 impl StageMetrics {
@@ -439,6 +440,7 @@ impl StageMetrics {
             device_batches: MetricBuilder::new(metrics).counter("device_batches", partition),
             cpu_batches: MetricBuilder::new(metrics).counter("cpu_fallback_batches", partition),
             device_time: MetricBuilder::new(metrics).subset_time("device_time", partition),
+            kernel_time: MetricBuilder::new(metrics).subset_time("kernel_time", partition),
         }
     }
 }
@@ -551,6 +553,11 @@ impl StageState {
                 )
                 .map_err(|e| DataFusionError::External(Box::new(e)))?
         };
+        if let Some(ns) = out.kernel_ns {
+            self.metrics
+                .kernel_time
+                .add_duration(std::time::Duration::from_nanos(ns));
+        }
         self.metrics.bytes_to_device.add(out.bytes_up as usize);
         self.metrics.bytes_from_device.add(out.bytes_down as usize);
         if out.needs_cpu {

@@ -55,6 +55,9 @@ pub struct FusedOutput {
     /// Bytes copied host → device and device → host.
     pub bytes_up: u64,
     pub bytes_down: u64,
+    /// The kernels' own time on the device (timestamps around the compute
+    /// pass, CUDA events around the launches), where the device reports it.
+    pub kernel_ns: Option<u64>,
 }
 
 /// The result of one reduction over a launch's kept rows.

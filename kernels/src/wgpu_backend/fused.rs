@@ -214,10 +214,27 @@ impl WgpuDevice {
                 });
             let (x, y) = grid(nblocks as u64);
             let (rx, ry) = grid(layout.workgroups() as u64);
+            let timestamps = self
+                .device
+                .features()
+                .contains(wgpu::Features::TIMESTAMP_QUERY)
+                .then(|| {
+                    self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                        label: Some("fused time"),
+                        ty: wgpu::QueryType::Timestamp,
+                        count: 2,
+                    })
+                });
             {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("fused"),
-                    timestamp_writes: None,
+                    timestamp_writes: timestamps.as_ref().map(|query_set| {
+                        wgpu::ComputePassTimestampWrites {
+                            query_set,
+                            beginning_of_pass_write_index: Some(0),
+                            end_of_pass_write_index: Some(1),
+                        }
+                    }),
                 });
                 pass.set_bind_group(0, &group, &[]);
                 let passes: &[(usize, (u32, u32))] = if !program.reduce.is_empty() {
@@ -234,17 +251,38 @@ impl WgpuDevice {
             }
             let small = self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("fused count"),
-                size: 8,
+                size: 24,
                 usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             });
             encoder.copy_buffer_to_buffer(&blocks, (2 * nblocks * 4) as u64, &small, 0, 4);
             encoder.copy_buffer_to_buffer(&flag, 0, &small, 4, 4);
+            if let Some(query_set) = &timestamps {
+                let resolved = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("fused time"),
+                    size: 16,
+                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                });
+                encoder.resolve_query_set(query_set, 0..2, &resolved, 0);
+                encoder.copy_buffer_to_buffer(&resolved, 0, &small, 8, 16);
+            }
             self.queue.submit([encoder.finish()]);
             let head = self.map_words(&small)?;
             Ok((head, outw))
         })?;
-        let ([count, flag], outw) = ([total.0[0], total.0[1]], total.1);
+        let (head, outw) = total;
+        let (count, flag) = (head[0], head[1]);
+        if self
+            .device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+            && let [_, _, b0, b1, e0, e1, ..] = head[..]
+        {
+            let ticks = (u64::from(e0) | u64::from(e1) << 32)
+                .saturating_sub(u64::from(b0) | u64::from(b1) << 32);
+            out.kernel_ns = Some((ticks as f64 * f64::from(self.queue.get_timestamp_period())) as u64);
+        }
         out.bytes_up = (words * 4 + meta.len() * 4) as u64;
         out.bytes_down = 8;
         if flag != 0 {
