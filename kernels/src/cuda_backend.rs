@@ -11,12 +11,19 @@ use std::sync::{Arc, Mutex};
 use cudarc::driver::{CudaContext, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 
+mod search;
+
+pub use search::{CudaQueries, TOPK_MAX_K, cublas_present};
+
 use crate::backend::BackendDevice;
 use crate::device::{BackendKind, DeviceInfo, DeviceType};
 use crate::error::{KernelError, Result};
 
 /// Every CUDA source of Kiln, by file name. Tests compile each through NVRTC.
-pub const SOURCES: &[(&str, &str)] = &[("fma.cu", include_str!("cuda/fma.cu"))];
+pub const SOURCES: &[(&str, &str)] = &[
+    ("fma.cu", include_str!("cuda/fma.cu")),
+    ("topk.cu", include_str!("cuda/topk.cu")),
+];
 
 const BLOCK: u32 = 256;
 /// Grid cap for grid-stride kernels: enough blocks to fill any current GPU.
@@ -128,6 +135,10 @@ pub struct CudaDevice {
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     /// Generated fused relational kernels by program fingerprint.
     fused: Mutex<HashMap<u64, Arc<CudaModule>>>,
+    /// Vector-search selection kernels by K.
+    topk: Mutex<HashMap<u32, Arc<CudaModule>>>,
+    /// The cuBLAS handle, created on first use.
+    blas: Mutex<Option<Arc<cudarc::cublas::CudaBlas>>>,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -156,6 +167,8 @@ impl CudaDevice {
             arch,
             modules: Mutex::new(HashMap::new()),
             fused: Mutex::new(HashMap::new()),
+            topk: Mutex::new(HashMap::new()),
+            blas: Mutex::new(None),
         })
     }
 

@@ -10,9 +10,11 @@
 //!
 //! The CPU path scores up to [`FUSED_MAX_QUERIES`] queries with its own fused
 //! dot/norm loop over rayon, sub-tile by sub-tile so each sub-tile is still in
-//! cache when it is selected from, and more queries with the `gemm` crate. The wgpu path runs `shaders/gemm.wgsl` and the per-chunk
-//! selection of `shaders/topk.wgsl` on the device and merges the (few)
-//! candidates on the host.
+//! cache when it is selected from, and more queries with the `gemm` crate.
+//! The wgpu path runs `shaders/gemm.wgsl` and the per-chunk selection of
+//! `shaders/topk.wgsl` on the device; the CUDA path a cuBLAS SGEMM and
+//! `cuda/topk.cu` (written and compiled, not yet run on a GPU). Both merge
+//! the (few) candidates on the host.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -20,6 +22,7 @@ use std::collections::BinaryHeap;
 use rayon::prelude::*;
 
 use crate::backend::Device;
+use crate::cuda_backend::CudaQueries;
 use crate::error::{KernelError, Result};
 use crate::ops::vector::{Metric, exact_score, finite_norm2};
 use crate::wgpu_backend::WgpuQueries;
@@ -107,6 +110,8 @@ pub struct VectorSearch {
     kept: Vec<BinaryHeap<Kept>>,
     /// The queries uploaded once to a wgpu device.
     wgpu_queries: Option<WgpuQueries>,
+    /// The queries uploaded once to a CUDA device.
+    cuda_queries: Option<CudaQueries>,
     rows_seen: u64,
 }
 
@@ -171,6 +176,10 @@ impl VectorSearch {
             Device::Wgpu(d) if nq > 0 && k > 0 => Some(d.upload_queries(&prepared, dim)?),
             _ => None,
         };
+        let cuda_queries = match device {
+            Device::Cuda(d) if nq > 0 && k > 0 => Some(d.upload_queries(&prepared, dim)?),
+            _ => None,
+        };
         Ok(VectorSearch {
             device: device.clone(),
             metric,
@@ -181,6 +190,7 @@ impl VectorSearch {
             dead,
             kept: (0..nq).map(|_| BinaryHeap::with_capacity(k + 1)).collect(),
             wgpu_queries,
+            cuda_queries,
             rows_seen: 0,
         })
     }
@@ -235,7 +245,8 @@ impl VectorSearch {
         let device = self.device.clone();
         let chunk_rows = match &device {
             Device::Wgpu(d) => d.max_tile_rows(self.dim, self.queries()).max(1),
-            Device::Cpu(_) | Device::Cuda(_) => ids.len(),
+            Device::Cuda(d) => d.max_tile_rows(self.dim, self.queries()).max(1),
+            Device::Cpu(_) => ids.len(),
         };
         for (tile, ids) in tile
             .chunks(chunk_rows * self.dim)
@@ -249,8 +260,14 @@ impl VectorSearch {
                     let keys = self.tile_keys(tile, ids)?;
                     d.score_and_select(queries, tile, ids, &keys, self.k, &self.thresholds())?
                 }
-                // CUDA joins with its cuBLAS path; until then its searches run here.
-                Device::Cpu(_) | Device::Cuda(_) => self.cpu_select(tile, ids)?,
+                Device::Cuda(d) => {
+                    let queries = self.cuda_queries.as_ref().ok_or_else(|| {
+                        KernelError::Internal("vector search: queries not on the device".into())
+                    })?;
+                    let keys = self.tile_keys(tile, ids)?;
+                    d.score_and_select(queries, tile, ids, &keys, self.k, &self.thresholds())?
+                }
+                Device::Cpu(_) => self.cpu_select(tile, ids)?,
             };
             merge_into(
                 &mut self.kept,

@@ -281,7 +281,8 @@ impl WgpuDevice {
         {
             let ticks = (u64::from(e0) | u64::from(e1) << 32)
                 .saturating_sub(u64::from(b0) | u64::from(b1) << 32);
-            out.kernel_ns = Some((ticks as f64 * f64::from(self.queue.get_timestamp_period())) as u64);
+            out.kernel_ns =
+                Some((ticks as f64 * f64::from(self.queue.get_timestamp_period())) as u64);
         }
         out.bytes_up = (words * 4 + meta.len() * 4) as u64;
         out.bytes_down = 8;

@@ -33,6 +33,17 @@ fn every_cuda_source_compiles() {
     }
     let fma = compile_ptx("fma.cu", SOURCES[0].1, None).unwrap().to_src();
     assert!(fma.contains("fma_f32"), "fma_f32 missing from PTX");
+    // The vector-search selection kernel, for every K the search compiles.
+    let (_, topk) = SOURCES.iter().find(|(n, _)| *n == "topk.cu").unwrap();
+    let mut k = 8;
+    while k <= kiln_kernels::cuda_backend::TOPK_MAX_K {
+        let source = format!("#define KILN_K {k}\n{topk}");
+        let ptx = compile_ptx("topk.cu", &source, Some((9, 0)))
+            .unwrap_or_else(|e| panic!("topk.cu with K = {k}: {e}"))
+            .to_src();
+        assert!(ptx.contains("kiln_topk_select"), "K = {k}");
+        k *= 2;
+    }
 }
 
 #[test]
