@@ -22,21 +22,11 @@ pub fn discovered() -> &'static Discovery {
     FOUND.get_or_init(discover)
 }
 
-/// The device the embedding encoder actually runs on when `info` is asked
-/// for: itself, except CUDA, whose encoder is not written yet and runs on
-/// the CPU. Plans, EXPLAIN and summaries name this device, never one that
-/// does not do the work.
+/// The device Kiln's own kernels (embeddings, vector search) actually run
+/// on when `info` is asked for: itself, except CUDA without cuBLAS (its
+/// encoder and search need it), which runs them on the CPU. Plans, EXPLAIN
+/// and summaries name this device, never one that does not do the work.
 pub fn kernel_device(info: DeviceInfo) -> DeviceInfo {
-    match info.backend {
-        BackendKind::Cuda => kiln_kernels::cpu_backend::info(),
-        BackendKind::Cpu | BackendKind::Wgpu => info,
-    }
-}
-
-/// The device vector search runs on when `info` is asked for: itself,
-/// except CUDA without cuBLAS (its search needs it), which searches on the
-/// CPU.
-pub fn search_device(info: DeviceInfo) -> DeviceInfo {
     match info.backend {
         BackendKind::Cuda if !kiln_kernels::cuda_backend::cublas_present() => {
             kiln_kernels::cpu_backend::info()

@@ -11,8 +11,10 @@ use std::sync::{Arc, Mutex};
 use cudarc::driver::{CudaContext, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 
+mod encoder;
 mod search;
 
+pub use encoder::{CudaDense, CudaTensor, MAX_HEAD_DIM};
 pub use search::{CudaQueries, TOPK_MAX_K, cublas_present};
 
 use crate::backend::BackendDevice;
@@ -23,6 +25,7 @@ use crate::error::{KernelError, Result};
 pub const SOURCES: &[(&str, &str)] = &[
     ("fma.cu", include_str!("cuda/fma.cu")),
     ("topk.cu", include_str!("cuda/topk.cu")),
+    ("encoder.cu", include_str!("cuda/encoder.cu")),
 ];
 
 const BLOCK: u32 = 256;

@@ -80,7 +80,7 @@ impl SearchOptions {
             .parse()
             .map_err(|e| plan_datafusion_err!("kiln.device: {e}"))?;
         let device = kiln_engine::device::resolve(request)
-            .map(kiln_engine::device::search_device)
+            .map(kiln_engine::device::kernel_device)
             .map_err(|e| plan_datafusion_err!("kiln.device: {e}"))?;
         let budget_bytes = parse_bytes(&options.vector_memory_budget)
             .map_err(|e| plan_datafusion_err!("kiln.vector_memory_budget: {e}"))?;

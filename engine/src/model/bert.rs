@@ -8,6 +8,7 @@ use kiln_kernels::ops::norm::add_layer_norm_inplace;
 
 use kiln_kernels::KernelError;
 use kiln_kernels::backend::BackendDevice;
+use kiln_kernels::cuda_backend::{CudaDense, CudaDevice, CudaTensor};
 use kiln_kernels::ops::activation::Activation as DeviceActivation;
 use kiln_kernels::wgpu_backend::{WgpuBuffer, WgpuDevice};
 
@@ -203,4 +204,95 @@ pub fn forward_wgpu(
         x = gpu.add_layer_norm(&out, Some(&attended), h, g, b, eps)?;
     }
     gpu.download(&x)
+}
+
+/// The encoder's weights on one CUDA device, once per model: dense layers in
+/// half precision for the tensor cores, LayerNorm parameters in f32.
+pub struct CudaWeights {
+    embeddings_norm: (CudaTensor, CudaTensor),
+    layers: Vec<CudaLayer>,
+}
+
+struct CudaLayer {
+    query: CudaDense,
+    key: CudaDense,
+    value: CudaDense,
+    attention_out: CudaDense,
+    attention_norm: (CudaTensor, CudaTensor),
+    intermediate: CudaDense,
+    output: CudaDense,
+    output_norm: (CudaTensor, CudaTensor),
+}
+
+impl CudaWeights {
+    pub fn upload(gpu: &CudaDevice, weights: &BertWeights) -> Result<CudaWeights, KernelError> {
+        let dense = |(w, b): &(Tensor, Tensor)| -> Result<CudaDense, KernelError> {
+            let (out, inp) = (w.shape[0], *w.shape.get(1).unwrap_or(&1));
+            gpu.upload_dense(&w.data, &b.data, out, inp)
+        };
+        let norm = |(g, b): &(Tensor, Tensor)| -> Result<_, KernelError> {
+            Ok((gpu.upload_f32(&g.data)?, gpu.upload_f32(&b.data)?))
+        };
+        let mut layers = Vec::with_capacity(weights.layers.len());
+        for l in &weights.layers {
+            layers.push(CudaLayer {
+                query: dense(&l.query)?,
+                key: dense(&l.key)?,
+                value: dense(&l.value)?,
+                attention_out: dense(&l.attention_out)?,
+                attention_norm: norm(&l.attention_norm)?,
+                intermediate: dense(&l.intermediate)?,
+                output: dense(&l.output)?,
+                output_norm: norm(&l.output_norm)?,
+            });
+        }
+        Ok(CudaWeights {
+            embeddings_norm: norm(&weights.embeddings_norm)?,
+            layers,
+        })
+    }
+}
+
+/// [`forward`] on a CUDA device: the embedding lookup on the host; every
+/// dense layer a half-precision cuBLAS GEMM with the bias and activation
+/// fused after it, LayerNorm and attention in `cuda/encoder.cu`; one
+/// download at the end. Unverified on hardware (no GPU has run it yet).
+pub fn forward_cuda(
+    config: &BertConfig,
+    activation: Activation,
+    weights: &BertWeights,
+    device: &CudaWeights,
+    gpu: &CudaDevice,
+    batch: &RaggedBatch,
+) -> Result<Vec<f32>, KernelError> {
+    let h = config.hidden_size;
+    let t = batch.tokens();
+    let eps = config.layer_norm_eps as f32;
+    let act = match activation {
+        Activation::Gelu => DeviceActivation::Gelu,
+        Activation::GeluTanh => DeviceActivation::GeluTanh,
+        Activation::Relu => DeviceActivation::Relu,
+    };
+    let embedded = gpu.upload_f32(&embed_tokens(config, weights, batch))?;
+    let mut x = gpu.add_layer_norm(&embedded, None, t, h, &device.embeddings_norm, eps)?;
+    for layer in &device.layers {
+        let q = gpu.dense(&x, t, &layer.query, None)?;
+        let k = gpu.dense(&x, t, &layer.key, None)?;
+        let v = gpu.dense(&x, t, &layer.value, None)?;
+        let context = gpu.attention_ragged(
+            &q,
+            &k,
+            &v,
+            &batch.offsets,
+            config.num_attention_heads,
+            config.head_dim(),
+        )?;
+        let projected = gpu.dense(&context, t, &layer.attention_out, None)?;
+        let attended =
+            gpu.add_layer_norm(&projected, Some(&x), t, h, &layer.attention_norm, eps)?;
+        let inner = gpu.dense(&attended, t, &layer.intermediate, Some(act))?;
+        let out = gpu.dense(&inner, t, &layer.output, None)?;
+        x = gpu.add_layer_norm(&out, Some(&attended), t, h, &layer.output_norm, eps)?;
+    }
+    gpu.download_f32(&x)
 }

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use kiln_kernels::backend::BackendDevice;
+use kiln_kernels::cuda_backend::CudaDevice;
 use kiln_kernels::wgpu_backend::WgpuDevice;
 use kiln_kernels::{Device, KernelError};
 
@@ -25,7 +26,9 @@ use kiln_kernels::ops::pooling::pool_ragged;
 use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::error::{EngineError, Result};
-use crate::model::bert::{RaggedBatch, WgpuWeights, forward, forward_wgpu};
+use crate::model::bert::{
+    CudaWeights, RaggedBatch, WgpuWeights, forward, forward_cuda, forward_wgpu,
+};
 use crate::model::config::{Activation, BertConfig, SentenceConfig, read_json};
 use crate::model::weights::BertWeights;
 
@@ -69,6 +72,8 @@ pub struct EmbeddingModel {
     token_budget: usize,
     /// The weights uploaded to each wgpu device this model ran on.
     wgpu_weights: Mutex<HashMap<String, Arc<WgpuWeights>>>,
+    /// The weights uploaded to each CUDA device this model ran on.
+    cuda_weights: Mutex<HashMap<String, Arc<CudaWeights>>>,
 }
 
 impl std::fmt::Debug for EmbeddingModel {
@@ -105,6 +110,7 @@ impl EmbeddingModel {
             weights,
             token_budget: DEFAULT_TOKEN_BUDGET,
             wgpu_weights: Mutex::new(HashMap::new()),
+            cuda_weights: Mutex::new(HashMap::new()),
         })
     }
 
@@ -132,12 +138,17 @@ impl EmbeddingModel {
         self.embed_on(&Device::cpu(), texts)
     }
 
-    /// Embeds `texts` on `device`: the CPU, or a wgpu device (the encoder's
-    /// layers run there). CUDA runs on the CPU until its encoder is written.
+    /// Embeds `texts` on `device`: the CPU, a wgpu device or a CUDA device
+    /// (the encoder's layers run there; CUDA's path is unverified on
+    /// hardware).
     pub fn embed_on(&self, device: &Device, texts: &[&str]) -> Result<Embeddings> {
         let gpu = match device {
             Device::Wgpu(gpu) => Some((Arc::clone(gpu), self.wgpu_weights_for(gpu)?)),
             Device::Cpu(_) | Device::Cuda(_) => None,
+        };
+        let cuda = match device {
+            Device::Cuda(gpu) => Some((Arc::clone(gpu), self.cuda_weights_for(gpu)?)),
+            Device::Cpu(_) | Device::Wgpu(_) => None,
         };
         let dim = self.dim();
         let encodings = self
@@ -195,8 +206,8 @@ impl EmbeddingModel {
                 batch.offsets.push(batch.ids.len());
                 end += 1;
             }
-            let hidden = match &gpu {
-                Some((gpu, uploaded)) => forward_wgpu(
+            let hidden = match (&gpu, &cuda) {
+                (Some((gpu, uploaded)), _) => forward_wgpu(
                     &self.config,
                     self.activation,
                     &self.weights,
@@ -204,7 +215,15 @@ impl EmbeddingModel {
                     gpu,
                     &batch,
                 )?,
-                None => forward(&self.config, self.activation, &self.weights, &batch),
+                (_, Some((gpu, uploaded))) => forward_cuda(
+                    &self.config,
+                    self.activation,
+                    &self.weights,
+                    uploaded,
+                    gpu,
+                    &batch,
+                )?,
+                _ => forward(&self.config, self.activation, &self.weights, &batch),
             };
             let mut pooled = pool_ragged(&hidden, dim, &batch.offsets, self.sentence.pooling);
             if self.sentence.normalize {
@@ -232,6 +251,19 @@ impl EmbeddingModel {
 }
 
 impl EmbeddingModel {
+    fn cuda_weights_for(&self, gpu: &CudaDevice) -> Result<Arc<CudaWeights>> {
+        let id = gpu.info().id();
+        let mut cache = self.cuda_weights.lock().map_err(|_| {
+            EngineError::Kernel(KernelError::Internal("weights cache poisoned".into()))
+        })?;
+        if let Some(w) = cache.get(&id) {
+            return Ok(Arc::clone(w));
+        }
+        let uploaded = Arc::new(CudaWeights::upload(gpu, &self.weights)?);
+        cache.insert(id, Arc::clone(&uploaded));
+        Ok(uploaded)
+    }
+
     fn wgpu_weights_for(&self, gpu: &WgpuDevice) -> Result<Arc<WgpuWeights>> {
         let id = gpu.info().id();
         let mut cache = self.wgpu_weights.lock().map_err(|_| {

@@ -77,12 +77,11 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na * nb)
 }
 
-/// Every row within the f32 contract: cosine ≥ 0.9999 and |Δ| ≤ `max_abs`.
+/// Every row within the f32 contract (cosine ≥ 0.9999 and |Δ| ≤ `max_abs`)
+/// on the CPU and wgpu; on CUDA, whose dense layers run in half precision,
+/// within the f16 contract: cosine ≥ 0.999.
 fn assert_matches(model: &EmbeddingModel, reference: &[Vec<f32>], max_abs: f32) {
     for device in devices_under_test() {
-        if device.backend() == BackendKind::Cuda {
-            continue; // embeds on the CPU until the CUDA encoder exists
-        }
         eprintln!("{device:?}");
         assert_matches_on(&device, model, reference, max_abs);
     }
@@ -109,6 +108,11 @@ fn assert_matches_on(
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let got = model.embed_on(device, &refs).unwrap();
     assert_eq!(got.rows(), texts.len());
+    let (min_cos, max_abs) = if device.backend() == BackendKind::Cuda {
+        (0.999, f32::INFINITY)
+    } else {
+        (0.9999, max_abs)
+    };
     let mut worst_cos = 1.0f64;
     let mut worst_abs = 0.0f32;
     for (i, want) in reference.iter().enumerate() {
@@ -122,7 +126,7 @@ fn assert_matches_on(
         worst_cos = worst_cos.min(cos);
         worst_abs = worst_abs.max(abs);
         assert!(
-            cos >= 0.9999,
+            cos >= min_cos,
             "{device:?} text {i} {:?}: cosine {cos}",
             texts[i]
         );

@@ -59,7 +59,7 @@ impl CudaDevice {
             .min(MAX_TILE_ROWS)
     }
 
-    fn blas(&self) -> Result<Arc<CudaBlas>> {
+    pub(super) fn blas(&self) -> Result<Arc<CudaBlas>> {
         let mut slot = self
             .blas
             .lock()
