@@ -30,7 +30,7 @@ pub fn gelu_inplace(x: &mut [f32]) {
 /// Cody–Waite reduction by ln 2 and a degree-6 polynomial; relative error
 /// about 2e-7.
 #[inline(always)]
-fn exp_nonpositive<const FMA: bool>(x: f32) -> f32 {
+pub(crate) fn exp_nonpositive<const FMA: bool>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
