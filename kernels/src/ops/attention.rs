@@ -67,18 +67,24 @@ fn attend_body<const FMA: bool>(
             let q1 = &q[(start + i0 + pair - 1) * hidden + col..][..head_dim];
             let mut panel = 0;
             while panel < padded {
-                let mut acc = [[[0f32; 16]; 4]; 2];
+                let mut acc0 = [[0f32; 16]; 4];
+                let mut acc1 = [[0f32; 16]; 4];
                 for d in 0..head_dim {
                     let (a0, a1) = (q0[d] * scale, q1[d] * scale);
                     let row = &kt[d * padded + panel..][..64];
-                    for u in 0..4 {
+                    // One 16-lane vector operation per inner loop.
+                    for (u, acc) in acc0.iter_mut().enumerate() {
                         for l in 0..16 {
-                            acc[0][u][l] = madd::<FMA>(a0, row[16 * u + l], acc[0][u][l]);
-                            acc[1][u][l] = madd::<FMA>(a1, row[16 * u + l], acc[1][u][l]);
+                            acc[l] = madd::<FMA>(a0, row[16 * u + l], acc[l]);
+                        }
+                    }
+                    for (u, acc) in acc1.iter_mut().enumerate() {
+                        for l in 0..16 {
+                            acc[l] = madd::<FMA>(a1, row[16 * u + l], acc[l]);
                         }
                     }
                 }
-                for (p, a) in acc.iter().enumerate() {
+                for (p, a) in [acc0, acc1].iter().enumerate() {
                     for (u, lanes) in a.iter().enumerate() {
                         scores[p * padded + panel + 16 * u..][..16].copy_from_slice(lanes);
                     }
