@@ -61,20 +61,140 @@ fn linear_packed(
                 o.copy_from_slice(&gemm_nt(xs, rows, k, w, n, bias, Parallelism::None));
                 return;
             };
-            // Transpose in bands of 16 rows: each read of `t` is one cache
-            // line and the band's 16 output rows are written in order.
-            for r0 in (0..rows).step_by(16) {
-                let r1 = (r0 + 16).min(rows);
-                for j in 0..n {
-                    let b = bias.map_or(0.0, |b| b[j]);
-                    let src = &t[j * rows + r0..j * rows + r1];
-                    for (i, v) in src.iter().enumerate() {
-                        o[(r0 + i) * n + j] = v + b;
-                    }
-                }
-            }
+            transpose_add_bias(&t, rows, n, bias, o);
         });
     out
+}
+
+/// `out[r][j] = t[j][r] + bias[j]` (`t` output-major, `rows` wide): full
+/// 16 × 16 blocks transposed in AVX-512 registers where the CPU has it, the
+/// ragged edges (and other CPUs) element by element.
+fn transpose_add_bias(t: &[f32], rows: usize, n: usize, bias: Option<&[f32]>, out: &mut [f32]) {
+    assert_eq!(t.len(), rows * n);
+    assert_eq!(out.len(), rows * n);
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n);
+    }
+    let (full_rows, full_n) = (rows / 16 * 16, n / 16 * 16);
+    #[cfg(target_arch = "x86_64")]
+    let done = if crate::ops::simd_level() == crate::ops::SimdLevel::Avx512 {
+        // SAFETY: simd_level() reports AVX-512F only where the CPU has it;
+        // the blocks lie inside `t` and `out`, whose lengths are asserted.
+        unsafe { transpose16::blocks(t, rows, n, bias, out) };
+        true
+    } else {
+        false
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = false;
+    let element = |out: &mut [f32], r: usize, j: usize| {
+        out[r * n + j] = t[j * rows + r] + bias.map_or(0.0, |b| b[j]);
+    };
+    if done {
+        for r in 0..rows {
+            let js = if r < full_rows { full_n..n } else { 0..n };
+            for j in js {
+                element(out, r, j);
+            }
+        }
+    } else {
+        for r0 in (0..rows).step_by(16) {
+            for j in 0..n {
+                for r in r0..(r0 + 16).min(rows) {
+                    element(out, r, j);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod transpose16 {
+    use std::arch::x86_64::{
+        __m512, _mm512_add_ps, _mm512_castpd_ps, _mm512_castps_pd, _mm512_loadu_ps,
+        _mm512_setzero_ps, _mm512_shuffle_f32x4, _mm512_storeu_ps, _mm512_unpackhi_pd,
+        _mm512_unpackhi_ps, _mm512_unpacklo_pd, _mm512_unpacklo_ps,
+    };
+
+    /// Every full 16 × 16 block: 16 rows of `t` (16 outputs, 16 input rows
+    /// each) loaded, transposed with unpacks and 128-bit lane shuffles, the
+    /// bias added, 16 rows of `out` stored.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; `t` and `out` must hold `rows × n` values.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn blocks(
+        t: &[f32],
+        rows: usize,
+        n: usize,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+    ) {
+        for r0 in (0..rows / 16 * 16).step_by(16) {
+            for j0 in (0..n / 16 * 16).step_by(16) {
+                let mut x = [_mm512_setzero_ps(); 16];
+                for (j, v) in x.iter_mut().enumerate() {
+                    let src = &t[(j0 + j) * rows + r0..][..16];
+                    // SAFETY: `src` holds 16 values.
+                    *v = unsafe { _mm512_loadu_ps(src.as_ptr()) };
+                }
+                let y = transpose(x);
+                let b = match bias {
+                    // SAFETY: `b[j0..j0 + 16]` is inside the bias.
+                    Some(b) => unsafe { _mm512_loadu_ps(b[j0..j0 + 16].as_ptr()) },
+                    None => _mm512_setzero_ps(),
+                };
+                for (i, v) in y.iter().enumerate() {
+                    let dst = &mut out[(r0 + i) * n + j0..][..16];
+                    // SAFETY: `dst` holds 16 values.
+                    unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), _mm512_add_ps(*v, b)) };
+                }
+            }
+        }
+    }
+
+    /// Rows `r` of a 16 × 16 matrix to its columns.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn transpose(r: [__m512; 16]) -> [__m512; 16] {
+        // Pairs of rows interleaved, then pairs of pairs: in 128-bit lane k,
+        // u[4g + c] holds column 4k + c of rows 4g..4g+3.
+        let mut t = [_mm512_setzero_ps(); 16];
+        for p in 0..8 {
+            t[2 * p] = _mm512_unpacklo_ps(r[2 * p], r[2 * p + 1]);
+            t[2 * p + 1] = _mm512_unpackhi_ps(r[2 * p], r[2 * p + 1]);
+        }
+        let mut u = [_mm512_setzero_ps(); 16];
+        for g in 0..4 {
+            let (a0, a1, b0, b1) = (
+                _mm512_castps_pd(t[4 * g]),
+                _mm512_castps_pd(t[4 * g + 1]),
+                _mm512_castps_pd(t[4 * g + 2]),
+                _mm512_castps_pd(t[4 * g + 3]),
+            );
+            u[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, b0));
+            u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, b0));
+            u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, b1));
+            u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, b1));
+        }
+        // Lanes 0 and 2, and 1 and 3, of row groups 0|1 and 2|3 ...
+        let mut v = [_mm512_setzero_ps(); 16];
+        for c in 0..4 {
+            v[c] = _mm512_shuffle_f32x4::<0x88>(u[c], u[4 + c]);
+            v[4 + c] = _mm512_shuffle_f32x4::<0xdd>(u[c], u[4 + c]);
+            v[8 + c] = _mm512_shuffle_f32x4::<0x88>(u[8 + c], u[12 + c]);
+            v[12 + c] = _mm512_shuffle_f32x4::<0xdd>(u[8 + c], u[12 + c]);
+        }
+        // ... then gathered into whole columns.
+        let mut out = [_mm512_setzero_ps(); 16];
+        for c in 0..4 {
+            out[c] = _mm512_shuffle_f32x4::<0x88>(v[c], v[8 + c]);
+            out[8 + c] = _mm512_shuffle_f32x4::<0xdd>(v[c], v[8 + c]);
+            out[4 + c] = _mm512_shuffle_f32x4::<0x88>(v[4 + c], v[12 + c]);
+            out[12 + c] = _mm512_shuffle_f32x4::<0xdd>(v[4 + c], v[12 + c]);
+        }
+        out
+    }
 }
 
 fn gemm_nt(
@@ -148,6 +268,24 @@ mod tests {
             for j in 0..n {
                 let want: f32 = b[j] + (0..k).map(|t| x[i * k + t] * w[j * k + t]).sum::<f32>();
                 assert!((out[i * n + j] - want).abs() < 1e-4, "{i},{j}");
+            }
+        }
+    }
+
+    #[test]
+    fn transposes_with_and_without_bias() {
+        for (rows, n) in [(16, 16), (128, 48), (37, 53), (3, 5), (128, 1536)] {
+            let t: Vec<f32> = (0..rows * n).map(|i| i as f32).collect();
+            let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.5).collect();
+            for b in [None, Some(&bias[..])] {
+                let mut out = vec![f32::NAN; rows * n];
+                transpose_add_bias(&t, rows, n, b, &mut out);
+                for r in 0..rows {
+                    for j in 0..n {
+                        let want = t[j * rows + r] + b.map_or(0.0, |b| b[j]);
+                        assert_eq!(out[r * n + j], want, "{rows}x{n} at {r},{j}");
+                    }
+                }
             }
         }
     }
