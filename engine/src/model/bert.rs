@@ -34,11 +34,6 @@ impl RaggedBatch {
     }
 }
 
-fn dense(x: &[f32], rows: usize, layer: &(Tensor, Tensor)) -> Vec<f32> {
-    let (w, b) = layer;
-    linear(x, rows, w.shape[1], &w.data, w.shape[0], Some(&b.data))
-}
-
 /// Word + position (restarting per sequence) + token type embeddings of
 /// every token, before the embedding LayerNorm.
 fn embed_tokens(config: &BertConfig, weights: &BertWeights, batch: &RaggedBatch) -> Vec<f32> {
@@ -58,228 +53,125 @@ fn embed_tokens(config: &BertConfig, weights: &BertWeights, batch: &RaggedBatch)
     x
 }
 
-/// The last hidden state, `[tokens × hidden]`, of every token in `batch`.
-pub fn forward(
-    config: &BertConfig,
-    activation: Activation,
-    weights: &BertWeights,
-    batch: &RaggedBatch,
-) -> Vec<f32> {
-    let h = config.hidden_size;
-    let t = batch.tokens();
-    let eps = config.layer_norm_eps;
-    let mut x = embed_tokens(config, weights, batch);
-    let (g, b) = &weights.embeddings_norm;
-    add_layer_norm_inplace(&mut x, None, h, &g.data, &b.data, eps);
+/// What the encoder's forward pass asks of a device: its own tensor and
+/// parameter types and five operations. [`forward_on`] is written once
+/// against it; the CPU, wgpu and CUDA implement it.
+pub trait EncoderOps {
+    /// Activations, `[rows × cols]` row-major.
+    type Tensor;
+    /// A dense layer's weight `[out × in]` and bias, as the device keeps them.
+    type Dense;
+    /// A LayerNorm's gamma and beta.
+    type Norm;
 
-    for layer in &weights.layers {
-        let q = dense(&x, t, &layer.query);
-        let k = dense(&x, t, &layer.key);
-        let v = dense(&x, t, &layer.value);
-        let context = attention_ragged(
-            &q,
-            &k,
-            &v,
-            &batch.offsets,
-            config.num_attention_heads,
-            config.head_dim(),
-        );
-        let mut attended = dense(&context, t, &layer.attention_out);
-        let (g, b) = &layer.attention_norm;
-        add_layer_norm_inplace(&mut attended, Some(&x), h, &g.data, &b.data, eps);
-
-        let mut inner = dense(&attended, t, &layer.intermediate);
-        match activation {
-            Activation::Gelu => gelu_inplace(&mut inner),
-            Activation::GeluTanh => gelu_tanh_inplace(&mut inner),
-            Activation::Relu => relu_inplace(&mut inner),
-        }
-        let mut out = dense(&inner, t, &layer.output);
-        let (g, b) = &layer.output_norm;
-        add_layer_norm_inplace(&mut out, Some(&attended), h, &g.data, &b.data, eps);
-        x = out;
-    }
-    x
+    /// The embedded tokens, on the device.
+    fn input(&self, x: Vec<f32>) -> Result<Self::Tensor, KernelError>;
+    /// `act(x · weightᵀ + bias)` over `rows` rows.
+    fn dense(
+        &self,
+        x: &Self::Tensor,
+        rows: usize,
+        layer: &Self::Dense,
+        act: Option<DeviceActivation>,
+    ) -> Result<Self::Tensor, KernelError>;
+    /// `LayerNorm(x + residual)` over rows of `cols` (may reuse `x`).
+    fn add_layer_norm(
+        &self,
+        x: Self::Tensor,
+        residual: Option<&Self::Tensor>,
+        cols: usize,
+        norm: &Self::Norm,
+        eps: f64,
+    ) -> Result<Self::Tensor, KernelError>;
+    /// Multi-head self-attention of the ragged batch `offsets`.
+    fn attention(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        offsets: &[usize],
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<Self::Tensor, KernelError>;
+    /// The last hidden state, on the host.
+    fn output(&self, x: Self::Tensor) -> Result<Vec<f32>, KernelError>;
 }
 
-/// A layer's weight and bias on a wgpu device.
-type WgpuDense = (WgpuBuffer, WgpuBuffer);
-
-/// The encoder's weights uploaded to one wgpu device, once per model.
-pub struct WgpuWeights {
-    embeddings_norm: WgpuDense,
-    layers: Vec<[WgpuDense; 8]>,
-    /// `[out, in]` of the dense layers, in the order of `layers`' entries.
-    shapes: Vec<[[usize; 2]; 8]>,
+/// One encoder layer's parameters in a device's types.
+pub struct DeviceLayer<D, N> {
+    query: D,
+    key: D,
+    value: D,
+    attention_out: D,
+    attention_norm: N,
+    intermediate: D,
+    output: D,
+    output_norm: N,
 }
 
-impl WgpuWeights {
-    pub fn upload(gpu: &WgpuDevice, weights: &BertWeights) -> Result<WgpuWeights, KernelError> {
-        let pair = |(w, b): &(Tensor, Tensor)| -> Result<WgpuDense, KernelError> {
-            Ok((gpu.upload(&w.data)?, gpu.upload(&b.data)?))
-        };
-        let mut layers = Vec::with_capacity(weights.layers.len());
-        let mut shapes = Vec::with_capacity(weights.layers.len());
-        for l in &weights.layers {
-            let parts = [
-                &l.query,
-                &l.key,
-                &l.value,
-                &l.attention_out,
-                &l.attention_norm,
-                &l.intermediate,
-                &l.output,
-                &l.output_norm,
-            ];
-            let mut uploaded = Vec::with_capacity(8);
-            for p in parts {
-                uploaded.push(pair(p)?);
-            }
-            let shape = parts.map(|(w, _)| [w.shape[0], *w.shape.get(1).unwrap_or(&1)]);
-            layers.push(
-                uploaded
-                    .try_into()
-                    .map_err(|_| KernelError::Internal("eight tensors per layer".into()))?,
-            );
-            shapes.push(shape);
-        }
-        Ok(WgpuWeights {
-            embeddings_norm: pair(&weights.embeddings_norm)?,
-            layers,
-            shapes,
-        })
-    }
+/// The encoder's parameters in a device's types (the embedding tables stay
+/// on the host: the lookup runs there).
+pub struct DeviceWeights<D, N> {
+    embeddings_norm: N,
+    layers: Vec<DeviceLayer<D, N>>,
 }
 
-/// [`forward`] on a wgpu device: the embedding lookup on the host, every
-/// LayerNorm, dense layer, attention and GELU on the device, one download
-/// at the end.
-pub fn forward_wgpu(
-    config: &BertConfig,
-    activation: Activation,
-    weights: &BertWeights,
-    device: &WgpuWeights,
-    gpu: &WgpuDevice,
-    batch: &RaggedBatch,
-) -> Result<Vec<f32>, KernelError> {
-    let h = config.hidden_size;
-    let t = batch.tokens();
-    let eps = config.layer_norm_eps as f32;
-    let act = match activation {
-        Activation::Gelu => DeviceActivation::Gelu,
-        Activation::GeluTanh => DeviceActivation::GeluTanh,
-        Activation::Relu => DeviceActivation::Relu,
-    };
-    let dense = |x: &WgpuBuffer, (w, b): &WgpuDense, [n, k]: [usize; 2]| {
-        gpu.matmul_nt(x, [t, k, n], w, Some(b))
-    };
-    let (g, b) = &device.embeddings_norm;
-    let mut x = gpu.add_layer_norm(
-        &gpu.upload(&embed_tokens(config, weights, batch))?,
-        None,
-        h,
-        g,
-        b,
-        eps,
-    )?;
-    for (layer, shape) in device.layers.iter().zip(&device.shapes) {
-        let q = dense(&x, &layer[0], shape[0])?;
-        let k = dense(&x, &layer[1], shape[1])?;
-        let v = dense(&x, &layer[2], shape[2])?;
-        let context = gpu.attention_ragged(
-            &q,
-            &k,
-            &v,
-            &batch.offsets,
-            config.num_attention_heads,
-            config.head_dim(),
-        )?;
-        let projected = dense(&context, &layer[3], shape[3])?;
-        let (g, b) = &layer[4];
-        let attended = gpu.add_layer_norm(&projected, Some(&x), h, g, b, eps)?;
-        let inner = dense(&attended, &layer[5], shape[5])?;
-        gpu.activation_inplace(&inner, act)?;
-        let out = dense(&inner, &layer[6], shape[6])?;
-        let (g, b) = &layer[7];
-        x = gpu.add_layer_norm(&out, Some(&attended), h, g, b, eps)?;
-    }
-    gpu.download(&x)
-}
-
-/// The encoder's weights on one CUDA device, once per model: dense layers in
-/// half precision for the tensor cores, LayerNorm parameters in f32.
-pub struct CudaWeights {
-    embeddings_norm: (CudaTensor, CudaTensor),
-    layers: Vec<CudaLayer>,
-}
-
-struct CudaLayer {
-    query: CudaDense,
-    key: CudaDense,
-    value: CudaDense,
-    attention_out: CudaDense,
-    attention_norm: (CudaTensor, CudaTensor),
-    intermediate: CudaDense,
-    output: CudaDense,
-    output_norm: (CudaTensor, CudaTensor),
-}
-
-impl CudaWeights {
-    pub fn upload(gpu: &CudaDevice, weights: &BertWeights) -> Result<CudaWeights, KernelError> {
-        let dense = |(w, b): &(Tensor, Tensor)| -> Result<CudaDense, KernelError> {
-            let (out, inp) = (w.shape[0], *w.shape.get(1).unwrap_or(&1));
-            gpu.upload_dense(&w.data, &b.data, out, inp)
-        };
-        let norm = |(g, b): &(Tensor, Tensor)| -> Result<_, KernelError> {
-            Ok((gpu.upload_f32(&g.data)?, gpu.upload_f32(&b.data)?))
-        };
-        let mut layers = Vec::with_capacity(weights.layers.len());
-        for l in &weights.layers {
-            layers.push(CudaLayer {
-                query: dense(&l.query)?,
-                key: dense(&l.key)?,
-                value: dense(&l.value)?,
-                attention_out: dense(&l.attention_out)?,
-                attention_norm: norm(&l.attention_norm)?,
-                intermediate: dense(&l.intermediate)?,
-                output: dense(&l.output)?,
-                output_norm: norm(&l.output_norm)?,
-            });
-        }
-        Ok(CudaWeights {
+impl<D, N> DeviceWeights<D, N> {
+    /// Converts every dense layer with `dense` and every LayerNorm with `norm`.
+    pub fn convert<'w>(
+        weights: &'w BertWeights,
+        dense: impl Fn(&'w (Tensor, Tensor)) -> Result<D, KernelError>,
+        norm: impl Fn(&'w (Tensor, Tensor)) -> Result<N, KernelError>,
+    ) -> Result<Self, KernelError> {
+        let layers = weights
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(DeviceLayer {
+                    query: dense(&l.query)?,
+                    key: dense(&l.key)?,
+                    value: dense(&l.value)?,
+                    attention_out: dense(&l.attention_out)?,
+                    attention_norm: norm(&l.attention_norm)?,
+                    intermediate: dense(&l.intermediate)?,
+                    output: dense(&l.output)?,
+                    output_norm: norm(&l.output_norm)?,
+                })
+            })
+            .collect::<Result<_, KernelError>>()?;
+        Ok(DeviceWeights {
             embeddings_norm: norm(&weights.embeddings_norm)?,
             layers,
         })
     }
 }
 
-/// [`forward`] on a CUDA device: the embedding lookup on the host; every
-/// dense layer a half-precision cuBLAS GEMM with the bias and activation
-/// fused after it, LayerNorm and attention in `cuda/encoder.cu`; one
-/// download at the end. Unverified on hardware (no GPU has run it yet).
-pub fn forward_cuda(
+/// The last hidden state, `[tokens × hidden]`, of every token in `batch`,
+/// on the device `ops`: the embedding lookup on the host, then every
+/// LayerNorm, dense layer, attention and activation through `ops`.
+pub fn forward_on<E: EncoderOps>(
+    ops: &E,
     config: &BertConfig,
     activation: Activation,
     weights: &BertWeights,
-    device: &CudaWeights,
-    gpu: &CudaDevice,
+    device: &DeviceWeights<E::Dense, E::Norm>,
     batch: &RaggedBatch,
 ) -> Result<Vec<f32>, KernelError> {
     let h = config.hidden_size;
     let t = batch.tokens();
-    let eps = config.layer_norm_eps as f32;
+    let eps = config.layer_norm_eps;
     let act = match activation {
         Activation::Gelu => DeviceActivation::Gelu,
         Activation::GeluTanh => DeviceActivation::GeluTanh,
         Activation::Relu => DeviceActivation::Relu,
     };
-    let embedded = gpu.upload_f32(&embed_tokens(config, weights, batch))?;
-    let mut x = gpu.add_layer_norm(&embedded, None, t, h, &device.embeddings_norm, eps)?;
+    let embedded = ops.input(embed_tokens(config, weights, batch))?;
+    let mut x = ops.add_layer_norm(embedded, None, h, &device.embeddings_norm, eps)?;
     for layer in &device.layers {
-        let q = gpu.dense(&x, t, &layer.query, None)?;
-        let k = gpu.dense(&x, t, &layer.key, None)?;
-        let v = gpu.dense(&x, t, &layer.value, None)?;
-        let context = gpu.attention_ragged(
+        let q = ops.dense(&x, t, &layer.query, None)?;
+        let k = ops.dense(&x, t, &layer.key, None)?;
+        let v = ops.dense(&x, t, &layer.value, None)?;
+        let context = ops.attention(
             &q,
             &k,
             &v,
@@ -287,12 +179,222 @@ pub fn forward_cuda(
             config.num_attention_heads,
             config.head_dim(),
         )?;
-        let projected = gpu.dense(&context, t, &layer.attention_out, None)?;
-        let attended =
-            gpu.add_layer_norm(&projected, Some(&x), t, h, &layer.attention_norm, eps)?;
-        let inner = gpu.dense(&attended, t, &layer.intermediate, Some(act))?;
-        let out = gpu.dense(&inner, t, &layer.output, None)?;
-        x = gpu.add_layer_norm(&out, Some(&attended), t, h, &layer.output_norm, eps)?;
+        let projected = ops.dense(&context, t, &layer.attention_out, None)?;
+        let attended = ops.add_layer_norm(projected, Some(&x), h, &layer.attention_norm, eps)?;
+        let inner = ops.dense(&attended, t, &layer.intermediate, Some(act))?;
+        let out = ops.dense(&inner, t, &layer.output, None)?;
+        x = ops.add_layer_norm(out, Some(&attended), h, &layer.output_norm, eps)?;
     }
-    gpu.download_f32(&x)
+    ops.output(x)
+}
+
+/// The CPU: Kiln's own kernels over host vectors, weights borrowed.
+pub struct CpuEncoder;
+
+impl<'w> EncoderOps for &'w CpuEncoder {
+    type Tensor = Vec<f32>;
+    type Dense = &'w (Tensor, Tensor);
+    type Norm = &'w (Tensor, Tensor);
+
+    fn input(&self, x: Vec<f32>) -> Result<Vec<f32>, KernelError> {
+        Ok(x)
+    }
+
+    fn dense(
+        &self,
+        x: &Vec<f32>,
+        rows: usize,
+        (w, b): &Self::Dense,
+        act: Option<DeviceActivation>,
+    ) -> Result<Vec<f32>, KernelError> {
+        let mut y = linear(x, rows, w.shape[1], &w.data, w.shape[0], Some(&b.data));
+        match act {
+            Some(DeviceActivation::Gelu) => gelu_inplace(&mut y),
+            Some(DeviceActivation::GeluTanh) => gelu_tanh_inplace(&mut y),
+            Some(DeviceActivation::Relu) => relu_inplace(&mut y),
+            None => {}
+        }
+        Ok(y)
+    }
+
+    fn add_layer_norm(
+        &self,
+        mut x: Vec<f32>,
+        residual: Option<&Vec<f32>>,
+        cols: usize,
+        (g, b): &Self::Norm,
+        eps: f64,
+    ) -> Result<Vec<f32>, KernelError> {
+        add_layer_norm_inplace(
+            &mut x,
+            residual.map(Vec::as_slice),
+            cols,
+            &g.data,
+            &b.data,
+            eps,
+        );
+        Ok(x)
+    }
+
+    fn attention(
+        &self,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        offsets: &[usize],
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<Vec<f32>, KernelError> {
+        Ok(attention_ragged(q, k, v, offsets, heads, head_dim))
+    }
+
+    fn output(&self, x: Vec<f32>) -> Result<Vec<f32>, KernelError> {
+        Ok(x)
+    }
+}
+
+/// [`forward_on`] the CPU.
+pub fn forward(
+    config: &BertConfig,
+    activation: Activation,
+    weights: &BertWeights,
+    batch: &RaggedBatch,
+) -> Result<Vec<f32>, KernelError> {
+    let borrowed = DeviceWeights::convert(weights, Ok, Ok)?;
+    forward_on(&&CpuEncoder, config, activation, weights, &borrowed, batch)
+}
+
+/// A dense layer on a wgpu device: weight, bias and `[out, in]`.
+pub type WgpuDense = (WgpuBuffer, WgpuBuffer, [usize; 2]);
+/// The encoder's weights on one wgpu device, uploaded once per model.
+pub type WgpuWeights = DeviceWeights<WgpuDense, (WgpuBuffer, WgpuBuffer)>;
+
+/// Uploads the encoder's weights to `gpu`.
+pub fn upload_wgpu(gpu: &WgpuDevice, weights: &BertWeights) -> Result<WgpuWeights, KernelError> {
+    DeviceWeights::convert(
+        weights,
+        |(w, b)| {
+            let shape = [w.shape[0], *w.shape.get(1).unwrap_or(&1)];
+            Ok((gpu.upload(&w.data)?, gpu.upload(&b.data)?, shape))
+        },
+        |(g, b)| Ok((gpu.upload(&g.data)?, gpu.upload(&b.data)?)),
+    )
+}
+
+impl EncoderOps for WgpuDevice {
+    type Tensor = WgpuBuffer;
+    type Dense = WgpuDense;
+    type Norm = (WgpuBuffer, WgpuBuffer);
+
+    fn input(&self, x: Vec<f32>) -> Result<WgpuBuffer, KernelError> {
+        self.upload(&x)
+    }
+
+    fn dense(
+        &self,
+        x: &WgpuBuffer,
+        rows: usize,
+        (w, b, [n, k]): &WgpuDense,
+        act: Option<DeviceActivation>,
+    ) -> Result<WgpuBuffer, KernelError> {
+        let y = self.matmul_nt(x, [rows, *k, *n], w, Some(b))?;
+        if let Some(act) = act {
+            self.activation_inplace(&y, act)?;
+        }
+        Ok(y)
+    }
+
+    fn add_layer_norm(
+        &self,
+        x: WgpuBuffer,
+        residual: Option<&WgpuBuffer>,
+        cols: usize,
+        (g, b): &Self::Norm,
+        eps: f64,
+    ) -> Result<WgpuBuffer, KernelError> {
+        WgpuDevice::add_layer_norm(self, &x, residual, cols, g, b, eps as f32)
+    }
+
+    fn attention(
+        &self,
+        q: &WgpuBuffer,
+        k: &WgpuBuffer,
+        v: &WgpuBuffer,
+        offsets: &[usize],
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<WgpuBuffer, KernelError> {
+        self.attention_ragged(q, k, v, offsets, heads, head_dim)
+    }
+
+    fn output(&self, x: WgpuBuffer) -> Result<Vec<f32>, KernelError> {
+        self.download(&x)
+    }
+}
+
+/// The encoder's weights on one CUDA device, once per model: dense layers in
+/// half precision for the tensor cores, LayerNorm parameters in f32.
+pub type CudaWeights = DeviceWeights<CudaDense, (CudaTensor, CudaTensor)>;
+
+/// Uploads the encoder's weights to `gpu`.
+pub fn upload_cuda(gpu: &CudaDevice, weights: &BertWeights) -> Result<CudaWeights, KernelError> {
+    DeviceWeights::convert(
+        weights,
+        |(w, b)| {
+            let (out, inp) = (w.shape[0], *w.shape.get(1).unwrap_or(&1));
+            gpu.upload_dense(&w.data, &b.data, out, inp)
+        },
+        |(g, b)| Ok((gpu.upload_f32(&g.data)?, gpu.upload_f32(&b.data)?)),
+    )
+}
+
+/// CUDA: every dense layer a half-precision cuBLAS GEMM with the bias and
+/// activation fused after it, LayerNorm and attention in `cuda/encoder.cu`.
+/// Unverified on hardware (no GPU has run it yet).
+impl EncoderOps for CudaDevice {
+    type Tensor = CudaTensor;
+    type Dense = CudaDense;
+    type Norm = (CudaTensor, CudaTensor);
+
+    fn input(&self, x: Vec<f32>) -> Result<CudaTensor, KernelError> {
+        self.upload_f32(&x)
+    }
+
+    fn dense(
+        &self,
+        x: &CudaTensor,
+        rows: usize,
+        layer: &CudaDense,
+        act: Option<DeviceActivation>,
+    ) -> Result<CudaTensor, KernelError> {
+        CudaDevice::dense(self, x, rows, layer, act)
+    }
+
+    fn add_layer_norm(
+        &self,
+        x: CudaTensor,
+        residual: Option<&CudaTensor>,
+        cols: usize,
+        norm: &Self::Norm,
+        eps: f64,
+    ) -> Result<CudaTensor, KernelError> {
+        let rows = x.len() / cols.max(1);
+        CudaDevice::add_layer_norm(self, &x, residual, rows, cols, norm, eps as f32)
+    }
+
+    fn attention(
+        &self,
+        q: &CudaTensor,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        offsets: &[usize],
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<CudaTensor, KernelError> {
+        self.attention_ragged(q, k, v, offsets, heads, head_dim)
+    }
+
+    fn output(&self, x: CudaTensor) -> Result<Vec<f32>, KernelError> {
+        self.download_f32(&x)
+    }
 }

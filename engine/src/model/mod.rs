@@ -27,7 +27,7 @@ use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::error::{EngineError, Result};
 use crate::model::bert::{
-    CudaWeights, RaggedBatch, WgpuWeights, forward, forward_cuda, forward_wgpu,
+    CudaWeights, RaggedBatch, WgpuWeights, forward, forward_on, upload_cuda, upload_wgpu,
 };
 use crate::model::config::{Activation, BertConfig, SentenceConfig, read_json};
 use crate::model::weights::BertWeights;
@@ -206,24 +206,15 @@ impl EmbeddingModel {
                 batch.offsets.push(batch.ids.len());
                 end += 1;
             }
+            let (config, act, weights) = (&self.config, self.activation, &self.weights);
             let hidden = match (&gpu, &cuda) {
-                (Some((gpu, uploaded)), _) => forward_wgpu(
-                    &self.config,
-                    self.activation,
-                    &self.weights,
-                    uploaded,
-                    gpu,
-                    &batch,
-                )?,
-                (_, Some((gpu, uploaded))) => forward_cuda(
-                    &self.config,
-                    self.activation,
-                    &self.weights,
-                    uploaded,
-                    gpu,
-                    &batch,
-                )?,
-                _ => forward(&self.config, self.activation, &self.weights, &batch),
+                (Some((gpu, uploaded)), _) => {
+                    forward_on(gpu.as_ref(), config, act, weights, uploaded, &batch)?
+                }
+                (_, Some((gpu, uploaded))) => {
+                    forward_on(gpu.as_ref(), config, act, weights, uploaded, &batch)?
+                }
+                _ => forward(config, act, weights, &batch)?,
             };
             let mut pooled = pool_ragged(&hidden, dim, &batch.offsets, self.sentence.pooling);
             if self.sentence.normalize {
@@ -252,30 +243,33 @@ impl EmbeddingModel {
 
 impl EmbeddingModel {
     fn cuda_weights_for(&self, gpu: &CudaDevice) -> Result<Arc<CudaWeights>> {
-        let id = gpu.info().id();
-        let mut cache = self.cuda_weights.lock().map_err(|_| {
-            EngineError::Kernel(KernelError::Internal("weights cache poisoned".into()))
-        })?;
-        if let Some(w) = cache.get(&id) {
-            return Ok(Arc::clone(w));
-        }
-        let uploaded = Arc::new(CudaWeights::upload(gpu, &self.weights)?);
-        cache.insert(id, Arc::clone(&uploaded));
-        Ok(uploaded)
+        uploaded_once(&self.cuda_weights, &gpu.info().id(), || {
+            upload_cuda(gpu, &self.weights)
+        })
     }
 
     fn wgpu_weights_for(&self, gpu: &WgpuDevice) -> Result<Arc<WgpuWeights>> {
-        let id = gpu.info().id();
-        let mut cache = self.wgpu_weights.lock().map_err(|_| {
-            EngineError::Kernel(KernelError::Internal("weights cache poisoned".into()))
-        })?;
-        if let Some(w) = cache.get(&id) {
-            return Ok(Arc::clone(w));
-        }
-        let uploaded = Arc::new(WgpuWeights::upload(gpu, &self.weights)?);
-        cache.insert(id, Arc::clone(&uploaded));
-        Ok(uploaded)
+        uploaded_once(&self.wgpu_weights, &gpu.info().id(), || {
+            upload_wgpu(gpu, &self.weights)
+        })
     }
+}
+
+/// The weights cached for device `id`, uploaded by `upload` the first time.
+fn uploaded_once<W>(
+    cache: &Mutex<HashMap<String, Arc<W>>>,
+    id: &str,
+    upload: impl FnOnce() -> std::result::Result<W, KernelError>,
+) -> Result<Arc<W>> {
+    let mut cache = cache
+        .lock()
+        .map_err(|_| EngineError::Kernel(KernelError::Internal("weights cache poisoned".into())))?;
+    if let Some(w) = cache.get(id) {
+        return Ok(Arc::clone(w));
+    }
+    let uploaded = Arc::new(upload()?);
+    cache.insert(id.to_string(), Arc::clone(&uploaded));
+    Ok(uploaded)
 }
 
 /// What this process has embedded so far, for progress lines and job
