@@ -33,7 +33,6 @@ use datafusion::physical_plan::{
     ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties,
     ReplaceChildrenOptions, SendableRecordBatchStream,
 };
-use futures::StreamExt;
 use kiln_kernels::Device;
 
 use crate::functions::embed::{embedding_type, session_device};
@@ -327,23 +326,7 @@ impl EmbedState {
     /// Input batches up to `batch_rows` rows (one batch may overshoot);
     /// empty at the end.
     async fn gather(&mut self) -> Result<Vec<RecordBatch>> {
-        let mut pending = Vec::new();
-        let mut rows = 0;
-        while rows < self.batch_rows && !self.done {
-            match self.input.next().await {
-                Some(Ok(batch)) if batch.num_rows() == 0 => {}
-                Some(Ok(batch)) => {
-                    rows += batch.num_rows();
-                    pending.push(batch);
-                }
-                Some(Err(e)) => {
-                    self.done = true;
-                    return Err(e);
-                }
-                None => self.done = true,
-            }
-        }
-        Ok(pending)
+        super::gather_rows(&mut self.input, self.batch_rows, &mut self.done).await
     }
 
     fn embed(&self, pending: &[RecordBatch]) -> Result<RecordBatch> {

@@ -39,11 +39,11 @@ use datafusion::physical_plan::{
     ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties,
     ReplaceChildrenOptions, SendableRecordBatchStream,
 };
-use futures::StreamExt;
 use kiln_kernels::codegen::{ColumnData, FusedOutput, MAX_GROUPS, OutColumn, Program, Reduced, Ty};
 use kiln_kernels::{Device, DeviceInfo};
 
 use super::device_columns::{HostColumn, from_device, to_device};
+use super::gather_rows;
 use super::group_keys::{GroupIndex, group_index};
 use super::stage_aggregate::StageAggregate;
 use crate::device::open_shared;
@@ -319,7 +319,7 @@ impl ExecutionPlan for GpuStageExec {
                 let mut best: Option<RecordBatch> = None;
                 loop {
                     let pending = state.gather().await?;
-                    if pending.iter().all(|b| b.num_rows() == 0) {
+                    if pending.is_empty() {
                         break;
                     }
                     let candidates = state.compute(&pending)?;
@@ -330,29 +330,8 @@ impl ExecutionPlan for GpuStageExec {
             });
             return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)));
         }
-        if self.plan.group_by.is_some() {
-            // One batch of partial states per launch: groups repeat across
-            // launches, and the final aggregate merges them.
-            let stream = futures::stream::unfold(state, move |mut state| {
-                let context = Arc::clone(&context);
-                async move {
-                    let pending = match state.gather().await {
-                        Ok(pending) => pending,
-                        Err(e) => {
-                            state.done = true;
-                            return Some((Err(e), state));
-                        }
-                    };
-                    if pending.iter().all(|b| b.num_rows() == 0) {
-                        return None;
-                    }
-                    let out = state.run_grouped(&pending, &context).await;
-                    Some((out, state))
-                }
-            });
-            return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)));
-        }
-        if self.plan.aggregate.is_some() {
+        if self.plan.aggregate.is_some() && self.plan.group_by.is_none() {
+            // One row of partial state per partition.
             let stream = futures::stream::once(async move {
                 let mut state = state;
                 let mut acc = state
@@ -376,20 +355,29 @@ impl ExecutionPlan for GpuStageExec {
             });
             return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)));
         }
-        let stream = futures::stream::unfold(state, |mut state| async move {
-            let pending = match state.gather().await {
-                Ok(pending) => pending,
-                Err(e) => {
-                    state.done = true;
-                    return Some((Err(e), state));
+        // Rows, or (with a GROUP BY) one batch of partial states per launch:
+        // groups repeat across launches, and the final aggregate merges them.
+        let stream = futures::stream::unfold(state, move |mut state| {
+            let context = Arc::clone(&context);
+            async move {
+                let pending = match state.gather().await {
+                    Ok(pending) => pending,
+                    Err(e) => {
+                        state.done = true;
+                        return Some((Err(e), state));
+                    }
+                };
+                // gather() stops short of a launch's rows only at the end.
+                if pending.is_empty() {
+                    return None;
                 }
-            };
-            // gather() stops short of a launch's rows only at the end.
-            if pending.iter().all(|b| b.num_rows() == 0) {
-                return None;
+                let out = if state.plan.group_by.is_some() {
+                    state.run_grouped(&pending, &context).await
+                } else {
+                    state.run(&pending)
+                };
+                Some((out, state))
             }
-            let out = state.run(&pending);
-            Some((out, state))
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
@@ -460,22 +448,7 @@ struct StageState {
 impl StageState {
     /// The next input batches, up to one launch's rows; empty at the end.
     async fn gather(&mut self) -> Result<Vec<RecordBatch>> {
-        let mut pending = Vec::new();
-        let mut rows = 0;
-        while rows < self.launch_rows && !self.done {
-            match self.input.next().await {
-                Some(Ok(batch)) => {
-                    rows += batch.num_rows();
-                    pending.push(batch);
-                }
-                Some(Err(e)) => {
-                    self.done = true;
-                    return Err(e);
-                }
-                None => self.done = true,
-            }
-        }
-        Ok(pending)
+        gather_rows(&mut self.input, self.launch_rows, &mut self.done).await
     }
 
     /// `pending` cut into slices of at most one launch's rows. A single

@@ -15,3 +15,31 @@ pub use gpu_stage::{CpuStep, GpuStageExec, StageGroupBy, StageOutput, StagePlan,
 pub use knn_join::{KnnJoinExec, knn_join_schema};
 pub use stage_aggregate::{AggKind, StageAggregate};
 pub use vector_topk::{Unscored, VectorTopKExec};
+
+/// The next input batches of `input`, up to `rows` rows (the last batch may
+/// overshoot), empty batches skipped; empty once the input is done (`done`
+/// is set then, and after an error, which is returned).
+pub(crate) async fn gather_rows(
+    input: &mut datafusion::physical_plan::SendableRecordBatchStream,
+    rows: usize,
+    done: &mut bool,
+) -> datafusion::common::Result<Vec<datafusion::arrow::array::RecordBatch>> {
+    use futures::StreamExt;
+    let mut pending = Vec::new();
+    let mut gathered = 0;
+    while gathered < rows && !*done {
+        match input.next().await {
+            Some(Ok(batch)) if batch.num_rows() == 0 => {}
+            Some(Ok(batch)) => {
+                gathered += batch.num_rows();
+                pending.push(batch);
+            }
+            Some(Err(e)) => {
+                *done = true;
+                return Err(e);
+            }
+            None => *done = true,
+        }
+    }
+    Ok(pending)
+}
