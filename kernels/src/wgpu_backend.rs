@@ -15,7 +15,7 @@ use crate::backend::BackendDevice;
 use crate::device::{BackendKind, DeviceInfo, DeviceType};
 use crate::error::{KernelError, Result};
 use crate::ops::activation::Activation;
-use crate::ops::topk::{Candidate, TileKeys, select_row};
+use crate::ops::topk::{Candidate, TileKeys, candidates_from_words, select_row};
 
 mod fused;
 
@@ -420,22 +420,8 @@ impl WgpuDevice {
                     len: out_len,
                 })?;
                 let per_query = chunks as usize * kk as usize * 2;
-                Ok((0..nq)
-                    .map(|q| {
-                        words[q * per_query..(q + 1) * per_query]
-                            .chunks_exact(2)
-                            .filter(|pair| pair[1].to_bits() != u32::MAX)
-                            .map(|pair| {
-                                let row = pair[1].to_bits();
-                                Candidate {
-                                    key: f32::from_bits(pair[0].to_bits()),
-                                    id: ids[row as usize],
-                                    row,
-                                }
-                            })
-                            .collect()
-                    })
-                    .collect())
+                let words: Vec<u32> = words.iter().map(|w| w.to_bits()).collect();
+                Ok(candidates_from_words(&words, nq, per_query, ids))
             }
             _ => {
                 let scores = self.download(&WgpuBuffer {

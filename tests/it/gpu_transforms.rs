@@ -54,6 +54,23 @@ async fn explain(session: &Session, sql: &str) -> String {
     out
 }
 
+/// A query's result as a table.
+async fn text(session: &Session, sql: &str) -> String {
+    pretty_format_batches(&run_sql(session, sql).await)
+        .unwrap()
+        .to_string()
+}
+
+/// The GpuStageExec line of `EXPLAIN ANALYZE sql`, with its metrics.
+async fn analyzed_stage(session: &Session, sql: &str) -> String {
+    let analyzed = text(session, &format!("EXPLAIN ANALYZE {sql}")).await;
+    analyzed
+        .lines()
+        .find(|l| l.contains("GpuStageExec"))
+        .unwrap_or_else(|| panic!("no stage in\n{analyzed}"))
+        .to_string()
+}
+
 fn query(n: usize) -> String {
     let path = format!(
         "{}/benches/tpch/queries/q{n}.sql",
@@ -74,13 +91,9 @@ async fn tpch_results_are_the_same_with_the_gpu_on_and_off() {
     let mut lowered = 0;
     for n in 1..=22 {
         let sql = query(n);
-        let want = pretty_format_batches(&run_sql(&cpu, &sql).await)
-            .unwrap()
-            .to_string();
+        let want = text(&cpu, &sql).await;
         let plan = explain(&gpu, &sql).await;
-        let got = pretty_format_batches(&run_sql(&gpu, &sql).await)
-            .unwrap()
-            .to_string();
+        let got = text(&gpu, &sql).await;
         assert_eq!(got, want, "Q{n} differs with the GPU on; plan:\n{plan}");
         if plan.contains("GpuStageExec") {
             lowered += 1;
@@ -297,6 +310,20 @@ async fn table_session(table: &RecordBatch, partitions: usize, settings: &[&str]
         run_sql(&session, s).await;
     }
     session
+}
+
+/// A CPU session and a wgpu session in device batches of 4,096 rows over the
+/// same random table of 20,000 rows in two partitions.
+async fn small_batch_sessions(seed: u64) -> (Session, Session) {
+    let table = random_table(20_000, seed);
+    let cpu = table_session(&table, 2, &["SET kiln.device = 'cpu'"]).await;
+    let gpu = table_session(
+        &table,
+        2,
+        &[GPU[0], GPU[1], "SET kiln.gpu_batch_rows = 4096"],
+    )
+    .await;
+    (cpu, gpu)
 }
 
 /// Random SQL expressions of one type over the random table.
@@ -570,31 +597,15 @@ async fn batches_the_device_cannot_compute_fall_back_to_the_cpu() {
                FROM lineitem WHERE l_quantity < 5";
     let cpu = tpch_session(&["SET kiln.device = 'cpu'"]).await;
     let gpu = tpch_session(GPU).await;
-    let want = pretty_format_batches(&run_sql(&cpu, sql).await)
-        .unwrap()
-        .to_string();
-    let got = pretty_format_batches(&run_sql(&gpu, sql).await)
-        .unwrap()
-        .to_string();
+    let want = text(&cpu, sql).await;
+    let got = text(&gpu, sql).await;
     assert_eq!(got, want);
-    let analyzed = pretty_format_batches(&run_sql(&gpu, &format!("EXPLAIN ANALYZE {sql}")).await)
-        .unwrap()
-        .to_string();
-    let stage = analyzed
-        .lines()
-        .find(|l| l.contains("GpuStageExec"))
-        .unwrap_or_else(|| panic!("no stage in\n{analyzed}"));
+    let stage = analyzed_stage(&gpu, sql).await;
     assert!(stage.contains("bytes_to_device="), "{stage}");
     assert!(!stage.contains("cpu_fallback_batches=0"), "{stage}");
     // A query the device computes moves bytes and falls back nowhere.
     let fine = "SELECT l_orderkey, l_extendedprice * (1 - l_discount) AS net FROM lineitem WHERE l_quantity < 5";
-    let analyzed = pretty_format_batches(&run_sql(&gpu, &format!("EXPLAIN ANALYZE {fine}")).await)
-        .unwrap()
-        .to_string();
-    let stage = analyzed
-        .lines()
-        .find(|l| l.contains("GpuStageExec"))
-        .unwrap();
+    let stage = analyzed_stage(&gpu, fine).await;
     assert!(stage.contains("cpu_fallback_batches=0"), "{stage}");
     assert!(!stage.contains("device_batches=0"), "{stage}");
     // The kernels' own time, from timestamps around the compute pass
@@ -645,20 +656,10 @@ async fn aggregates_without_group_by_match_the_cpu() {
     // Block sums beyond 64 bits: the device flags them and DataFusion's own
     // accumulators take those batches.
     let sql = "SELECT sum(b * 1048576) AS s, count(*) AS n FROM t";
-    let want = pretty_format_batches(&run_sql(&cpu, sql).await)
-        .unwrap()
-        .to_string();
-    let got = pretty_format_batches(&run_sql(&gpu, sql).await)
-        .unwrap()
-        .to_string();
+    let want = text(&cpu, sql).await;
+    let got = text(&gpu, sql).await;
     assert_eq!(got, want);
-    let analyzed = pretty_format_batches(&run_sql(&gpu, &format!("EXPLAIN ANALYZE {sql}")).await)
-        .unwrap()
-        .to_string();
-    let stage = analyzed
-        .lines()
-        .find(|l| l.contains("GpuStageExec"))
-        .unwrap();
+    let stage = analyzed_stage(&gpu, sql).await;
     assert!(!stage.contains("cpu_fallback_batches=0"), "{stage}");
 }
 
@@ -667,16 +668,9 @@ async fn aggregates_with_group_by_match_the_cpu() {
     if !has_wgpu() {
         return;
     }
-    let table = random_table(20_000, 23);
-    let cpu = table_session(&table, 2, &["SET kiln.device = 'cpu'"]).await;
     // Small device batches: groups repeat across launches and the final
     // aggregate merges their states.
-    let gpu = table_session(
-        &table,
-        2,
-        &[GPU[0], GPU[1], "SET kiln.gpu_batch_rows = 4096"],
-    )
-    .await;
+    let (cpu, gpu) = small_batch_sessions(23).await;
     let aggregates = "sum(a) AS s_a, count(a) AS n_a, count(*) AS n, min(a) AS lo_a, max(b) AS hi_b, \
                       avg(e) AS avg_e, sum(c) AS s_c, avg(c) AS avg_c, min(f) AS lo_f, max(e) AS hi_e";
     // (keys, whether every batch folds on the device)
@@ -713,14 +707,7 @@ async fn aggregates_with_group_by_match_the_cpu() {
                     "{sql}: cpu {wr:?} gpu {gr:?}"
                 );
             }
-            let analyzed =
-                pretty_format_batches(&run_sql(&gpu, &format!("EXPLAIN ANALYZE {sql}")).await)
-                    .unwrap()
-                    .to_string();
-            let stage = analyzed
-                .lines()
-                .find(|l| l.contains("GpuStageExec"))
-                .unwrap();
+            let stage = analyzed_stage(&gpu, &sql).await;
             assert_eq!(
                 stage.contains("cpu_fallback_batches=0"),
                 on_device,
@@ -739,25 +726,15 @@ async fn aggregates_with_group_by_match_the_cpu() {
         "SELECT CASE WHEN c > 0 THEN 'pos' ELSE upper(g) END AS s, avg(a) AS m FROM t GROUP BY 1 ORDER BY 1",
         "SELECT 1000 / a AS q, count(*) AS n FROM t WHERE a > 990 GROUP BY 1000 / a ORDER BY q",
     ] {
-        let want = pretty_format_batches(&run_sql(&cpu, sql).await)
-            .unwrap()
-            .to_string();
-        let got = pretty_format_batches(&run_sql(&gpu, sql).await)
-            .unwrap()
-            .to_string();
+        let want = text(&cpu, sql).await;
+        let got = text(&gpu, sql).await;
         assert_eq!(got, want, "{sql}");
         let plan = explain(&gpu, sql).await;
         assert!(plan.contains("group_by=["), "{sql}\n{plan}");
     }
     // A computed key folds on the device (a % 7 has 13 values and NULL).
     let sql = "SELECT a % 7 AS m, count(*) AS n FROM t GROUP BY a % 7";
-    let analyzed = pretty_format_batches(&run_sql(&gpu, &format!("EXPLAIN ANALYZE {sql}")).await)
-        .unwrap()
-        .to_string();
-    let stage = analyzed
-        .lines()
-        .find(|l| l.contains("GpuStageExec"))
-        .unwrap();
+    let stage = analyzed_stage(&gpu, sql).await;
     assert!(stage.contains("cpu_fallback_batches=0"), "{stage}");
     // Float keys stay on the CPU, and EXPLAIN says so.
     let plan = explain(&gpu, "SELECT c, count(*) AS n FROM t GROUP BY c").await;
@@ -772,15 +749,8 @@ async fn order_by_limit_matches_the_cpu() {
     if !has_wgpu() {
         return;
     }
-    let table = random_table(20_000, 5);
-    let cpu = table_session(&table, 2, &["SET kiln.device = 'cpu'"]).await;
     // Small device batches: the first rows are kept across launches.
-    let gpu = table_session(
-        &table,
-        2,
-        &[GPU[0], GPU[1], "SET kiln.gpu_batch_rows = 4096"],
-    )
-    .await;
+    let (cpu, gpu) = small_batch_sessions(5).await;
     // Orders ending in the unique id, so the first k rows are one set.
     for (order, k) in [
         ("c DESC NULLS LAST, id", 10),
@@ -796,12 +766,8 @@ async fn order_by_limit_matches_the_cpu() {
             let sql = format!(
                 "SELECT id, a, c, e, f, g, a * 2 + k AS x FROM t WHERE {filter} ORDER BY {order} LIMIT {k}"
             );
-            let want = pretty_format_batches(&run_sql(&cpu, &sql).await)
-                .unwrap()
-                .to_string();
-            let got = pretty_format_batches(&run_sql(&gpu, &sql).await)
-                .unwrap()
-                .to_string();
+            let want = text(&cpu, &sql).await;
+            let got = text(&gpu, &sql).await;
             assert_eq!(got, want, "{sql}");
             let plan = explain(&gpu, &sql).await;
             let on_device = plan

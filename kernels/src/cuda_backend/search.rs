@@ -16,7 +16,7 @@ use cudarc::driver::{CudaModule, CudaSlice, LaunchConfig, PushKernelArg};
 
 use super::{CudaDevice, compile_ptx};
 use crate::error::{KernelError, Result};
-use crate::ops::topk::{Candidate, TileKeys, select_row};
+use crate::ops::topk::{Candidate, TileKeys, candidates_from_words, select_row};
 
 /// Threads per block of the selection kernel.
 const SELECT_BLOCK: u32 = 128;
@@ -183,18 +183,6 @@ impl CudaDevice {
         unsafe { launch.launch(launch_config) }?;
         let words = self.stream.clone_dtoh(&cands)?;
         let per_query = chunks as usize * kk as usize * 2;
-        Ok((0..nq)
-            .map(|q| {
-                words[q * per_query..(q + 1) * per_query]
-                    .chunks_exact(2)
-                    .filter(|pair| pair[1] != u32::MAX)
-                    .map(|pair| Candidate {
-                        key: f32::from_bits(pair[0]),
-                        id: ids[pair[1] as usize],
-                        row: pair[1],
-                    })
-                    .collect()
-            })
-            .collect())
+        Ok(candidates_from_words(&words, nq, per_query, ids))
     }
 }

@@ -516,6 +516,29 @@ fn merge_into(
 
 /// The best `k` of one query's scores over a tile, as candidates, keeping
 /// only those strictly closer than `threshold`.
+/// The candidates a device's selection kernel wrote: per query `per_query`
+/// words of (key bits, tile row) pairs, row `u32::MAX` for an empty slot.
+pub(crate) fn candidates_from_words(
+    words: &[u32],
+    queries: usize,
+    per_query: usize,
+    ids: &[u64],
+) -> Vec<Vec<Candidate>> {
+    (0..queries)
+        .map(|q| {
+            words[q * per_query..(q + 1) * per_query]
+                .chunks_exact(2)
+                .filter(|pair| pair[1] != u32::MAX)
+                .map(|pair| Candidate {
+                    key: f32::from_bits(pair[0]),
+                    id: ids[pair[1] as usize],
+                    row: pair[1],
+                })
+                .collect()
+        })
+        .collect()
+}
+
 pub(crate) fn select_row(
     scores: &[f32],
     keys: &TileKeys,
