@@ -311,6 +311,7 @@ impl ExecutionPlan for GpuStageExec {
             launch_rows,
             metrics: StageMetrics::new(&self.metrics, partition),
             done: false,
+            too_many_groups: 0,
         };
         if self.plan.topk.is_some() {
             // The partition's first rows, kept across launches.
@@ -443,7 +444,14 @@ struct StageState {
     launch_rows: usize,
     metrics: StageMetrics,
     done: bool,
+    /// Consecutive device batches of a grouped stage with too many key
+    /// combinations; past [`GIVE_UP_AFTER`] the partition's remaining
+    /// batches go straight to the CPU (high-cardinality keys).
+    too_many_groups: usize,
 }
+
+/// See [`StageState::too_many_groups`].
+const GIVE_UP_AFTER: usize = 2;
 
 impl StageState {
     /// The next input batches, up to one launch's rows; empty at the end.
@@ -548,8 +556,11 @@ impl StageState {
     ) -> Result<RecordBatch> {
         let mut parts = Vec::new();
         for part in self.slices(pending)? {
-            let on_device = {
-                let _timer = self.metrics.baseline.elapsed_compute().timer();
+            let on_device = if self.too_many_groups >= GIVE_UP_AFTER {
+                None
+            } else {
+                let time = self.metrics.baseline.elapsed_compute().clone();
+                let _timer = time.timer();
                 self.launch_grouped(&part)?
             };
             match on_device {
@@ -567,7 +578,7 @@ impl StageState {
 
     /// One launch of a grouped stage: `None` when the batch has more key
     /// combinations than the stage folds or the device flags it.
-    fn launch_grouped(&self, batch: &RecordBatch) -> Result<Option<RecordBatch>> {
+    fn launch_grouped(&mut self, batch: &RecordBatch) -> Result<Option<RecordBatch>> {
         let plan = &self.plan;
         let (Some(group_by), Some(agg)) = (&plan.group_by, &plan.aggregate) else {
             return internal_err!("GpuStageExec: grouped launch without GROUP BY");
@@ -585,8 +596,10 @@ impl StageState {
         };
         let max_groups = group_by.max_groups.clamp(1, MAX_GROUPS);
         let Some(index) = group_index(&keys, max_groups) else {
+            self.too_many_groups += 1;
             return Ok(None);
         };
+        self.too_many_groups = 0;
         let Some(out) = self.launch_device(batch, Some(&index))? else {
             return Ok(None);
         };
