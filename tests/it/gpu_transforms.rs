@@ -583,7 +583,10 @@ async fn explain_placement_snapshots() {
     // TPC-H Q1: filter, projection and the partial aggregate grouped by two
     // string keys in one stage; and Q3's ORDER BY ... LIMIT 10 as a top-k
     // stage above the joins.
-    snapshot("q1_group_by_wgpu", &normalize(explain(&gpu, &query(1)).await));
+    snapshot(
+        "q1_group_by_wgpu",
+        &normalize(explain(&gpu, &query(1)).await),
+    );
     snapshot("q3_topk_wgpu", &normalize(explain(&gpu, &query(3)).await));
     // One kept on the CPU by the cost model (the default kiln.gpu_min_rows).
     let costed = tpch_session(&["SET kiln.device = 'wgpu'"]).await;
