@@ -85,9 +85,10 @@ pub struct StagePlan {
     /// Each output column as a DataFusion expression over the stage's
     /// input: how a stage built on top of this one computes its keys.
     pub output_exprs: Vec<Arc<dyn PhysicalExpr>>,
-    /// A partial aggregate without GROUP BY at the top of the stage (the
-    /// last of `original_ops`): the program's reductions compute it and the
-    /// stage emits one row of partial state per partition.
+    /// A partial aggregate at the top of the stage (the last of
+    /// `original_ops`): the program's reductions compute it and the stage
+    /// emits a row of partial state per group and launch (one group without
+    /// GROUP BY).
     pub aggregate: Option<StageAggregate>,
     /// The aggregate's GROUP BY, when it has one: the program's last input
     /// is then each row's group index, computed on the host per batch.
@@ -331,32 +332,7 @@ impl ExecutionPlan for GpuStageExec {
             });
             return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)));
         }
-        if self.plan.aggregate.is_some() && self.plan.group_by.is_none() {
-            // One row of partial state per partition.
-            let stream = futures::stream::once(async move {
-                let mut state = state;
-                let mut acc = state
-                    .plan
-                    .aggregate
-                    .as_ref()
-                    .map(|a| a.start())
-                    .unwrap_or_default();
-                loop {
-                    let pending = state.gather().await?;
-                    if pending.is_empty() {
-                        break;
-                    }
-                    state.fold(&pending, &mut acc)?;
-                }
-                let Some(agg) = &state.plan.aggregate else {
-                    return internal_err!("GpuStageExec: aggregate mode without an aggregate");
-                };
-                let out = agg.finish(&acc, &state.schema)?;
-                Ok(out.record_output(&state.metrics.baseline))
-            });
-            return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)));
-        }
-        // Rows, or (with a GROUP BY) one batch of partial states per launch:
+        // Rows, or (with an aggregate) one batch of partial states per launch:
         // groups repeat across launches, and the final aggregate merges them.
         let stream = futures::stream::unfold(state, move |mut state| {
             let context = Arc::clone(&context);
@@ -372,8 +348,8 @@ impl ExecutionPlan for GpuStageExec {
                 if pending.is_empty() {
                     return None;
                 }
-                let out = if state.plan.group_by.is_some() {
-                    state.run_grouped(&pending, &context).await
+                let out = if state.plan.aggregate.is_some() {
+                    state.run_aggregate(&pending, &context).await
                 } else {
                     state.run(&pending)
                 };
@@ -473,25 +449,6 @@ impl StageState {
             .collect())
     }
 
-    /// Folds `pending` into the aggregate's running results.
-    fn fold(&self, pending: &[RecordBatch], acc: &mut [Reduced]) -> Result<()> {
-        let _timer = self.metrics.baseline.elapsed_compute().timer();
-        let Some(agg) = &self.plan.aggregate else {
-            return internal_err!("GpuStageExec: fold without an aggregate");
-        };
-        for part in self.slices(pending)? {
-            match self.launch_device(&part, None)? {
-                Some(out) => agg.merge(acc, &out.reduced),
-                None => {
-                    self.metrics.cpu_batches.add(1);
-                    let rows = run_on_cpu(&self.cpu_steps, part)?;
-                    agg.merge_on_cpu(acc, &rows)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Runs the program on the device: `None` when the batch needs the CPU.
     /// A grouped program's last input is `groups`' row indices.
     fn launch_device(
@@ -548,8 +505,9 @@ impl StageState {
         Ok(Some(out))
     }
 
-    /// The partial states of `pending`'s groups, one launch at a time.
-    async fn run_grouped(
+    /// The partial states of `pending`'s groups (one group without GROUP
+    /// BY), one launch at a time.
+    async fn run_aggregate(
         &mut self,
         pending: &[RecordBatch],
         context: &Arc<TaskContext>,
@@ -561,7 +519,7 @@ impl StageState {
             } else {
                 let time = self.metrics.baseline.elapsed_compute().clone();
                 let _timer = time.timer();
-                self.launch_grouped(&part)?
+                self.launch_aggregate(&part)?
             };
             match on_device {
                 Some(states) => parts.push(states),
@@ -576,49 +534,59 @@ impl StageState {
         Ok(out.record_output(&self.metrics.baseline))
     }
 
-    /// One launch of a grouped stage: `None` when the batch has more key
+    /// One launch of an aggregate stage: `None` when the batch has more key
     /// combinations than the stage folds or the device flags it.
-    fn launch_grouped(&mut self, batch: &RecordBatch) -> Result<Option<RecordBatch>> {
-        let plan = &self.plan;
-        let (Some(group_by), Some(agg)) = (&plan.group_by, &plan.aggregate) else {
-            return internal_err!("GpuStageExec: grouped launch without GROUP BY");
+    fn launch_aggregate(&mut self, batch: &RecordBatch) -> Result<Option<RecordBatch>> {
+        let plan = Arc::clone(&self.plan);
+        let Some(agg) = &plan.aggregate else {
+            return internal_err!("GpuStageExec: aggregate launch without an aggregate");
         };
-        // Keys are evaluated over every row, also those the stage's filter
-        // drops; an error there (a division by zero DataFusion would not
-        // have met) sends the batch to the CPU path, which filters first.
-        let Ok(keys) = group_by
-            .keys
-            .iter()
-            .map(|k| k.evaluate(batch)?.into_array(batch.num_rows()))
-            .collect::<Result<Vec<ArrayRef>>>()
-        else {
+        let (keys, index) = match &plan.group_by {
+            None => (Vec::new(), None),
+            Some(group_by) => {
+                // Keys are evaluated over every row, also those the stage's
+                // filter drops; an error there (a division by zero DataFusion
+                // would not have met) sends the batch to the CPU path, which
+                // filters first.
+                let Ok(keys) = group_by
+                    .keys
+                    .iter()
+                    .map(|k| k.evaluate(batch)?.into_array(batch.num_rows()))
+                    .collect::<Result<Vec<ArrayRef>>>()
+                else {
+                    return Ok(None);
+                };
+                let max_groups = group_by.max_groups.clamp(1, MAX_GROUPS);
+                let Some(index) = group_index(&keys, max_groups) else {
+                    self.too_many_groups += 1;
+                    return Ok(None);
+                };
+                self.too_many_groups = 0;
+                (keys, Some(index))
+            }
+        };
+        let Some(out) = self.launch_device(batch, index.as_ref())? else {
             return Ok(None);
         };
-        let max_groups = group_by.max_groups.clamp(1, MAX_GROUPS);
-        let Some(index) = group_index(&keys, max_groups) else {
-            self.too_many_groups += 1;
-            return Ok(None);
-        };
-        self.too_many_groups = 0;
-        let Some(out) = self.launch_device(batch, Some(&index))? else {
-            return Ok(None);
+        let groups = index.as_ref().map_or(1, |i| i.groups);
+        let present: Vec<usize> = (0..groups)
+            .filter(|&g| out.group_rows.get(g).is_some_and(|n| *n > 0))
+            .collect();
+        let key_columns = match &index {
+            None => Vec::new(),
+            Some(index) => {
+                let first = UInt32Array::from(
+                    present
+                        .iter()
+                        .map(|&g| index.first_row[g])
+                        .collect::<Vec<_>>(),
+                );
+                keys.iter()
+                    .map(|k| take(k.as_ref(), &first, None))
+                    .collect::<std::result::Result<Vec<_>, _>>()?
+            }
         };
         let per_group = plan.program.reduce.len();
-        let present: Vec<usize> = (0..index.groups)
-            .filter(|&g| {
-                out.group_rows.get(g).is_some_and(|n| *n > 0) && index.first_row[g] != u32::MAX
-            })
-            .collect();
-        let first = UInt32Array::from(
-            present
-                .iter()
-                .map(|&g| index.first_row[g])
-                .collect::<Vec<_>>(),
-        );
-        let key_columns = keys
-            .iter()
-            .map(|k| take(k.as_ref(), &first, None))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
         let states: Vec<&[Reduced]> = present
             .iter()
             .filter_map(|&g| out.reduced.get(g * per_group..(g + 1) * per_group))
@@ -627,14 +595,14 @@ impl StageState {
             .map(Some)
     }
 
-    /// The plan that aggregates a batch of a grouped stage on the CPU: the
+    /// The plan that aggregates a batch of an aggregate stage on the CPU: the
     /// replaced `AggregateExec` itself over the batch after the stage's
     /// filters and projections.
     fn aggregate_on_cpu(&self, batch: RecordBatch) -> Result<Arc<dyn ExecutionPlan>> {
         let _timer = self.metrics.baseline.elapsed_compute().timer();
         let rows = run_on_cpu(&self.cpu_steps, batch)?;
         let Some(aggregate) = self.plan.original_ops.last() else {
-            return internal_err!("GpuStageExec: grouped stage without its aggregate");
+            return internal_err!("GpuStageExec: aggregate stage without its aggregate");
         };
         let schema = aggregate.children()[0].schema();
         let rows = RecordBatch::try_new_with_options(

@@ -1,10 +1,9 @@
 //! The partial aggregate at the top of a GPU stage: `sum`, `count`, `min`,
-//! `max` and `avg` without GROUP BY, folded on the device (one reduction per
-//! aggregate) and emitted in DataFusion's partial-state layout, so the
-//! `AggregateExec` in final mode above the stage merges it unchanged.
-//!
-//! A batch the device flags is aggregated on the CPU by DataFusion's own
-//! accumulators, and their state is merged with the device's partials.
+//! `max` and `avg`, with or without GROUP BY, folded on the device (one
+//! reduction per aggregate and group) and emitted in DataFusion's
+//! partial-state layout, so the `AggregateExec` in final mode above the
+//! stage merges it unchanged. (A batch the device flags is aggregated by
+//! the replaced `AggregateExec` itself: see `GpuStageExec`.)
 
 use std::sync::Arc;
 
@@ -86,42 +85,6 @@ impl StageAggregate {
             kinds,
             functions: functions.to_vec(),
         })
-    }
-
-    /// Empty running results, one per aggregate.
-    pub fn start(&self) -> Vec<Reduced> {
-        vec![Reduced::default(); self.kinds.len()]
-    }
-
-    /// Folds device partials into `acc`.
-    pub fn merge(&self, acc: &mut [Reduced], partials: &[Reduced]) {
-        for ((a, p), k) in acc.iter_mut().zip(partials).zip(&self.kinds) {
-            a.merge(k.reduce_op(), p);
-        }
-    }
-
-    /// Aggregates `batch` (the stage's rows after its filters and
-    /// projections) with DataFusion's accumulators and folds their state
-    /// into `acc`.
-    pub fn merge_on_cpu(&self, acc: &mut [Reduced], batch: &RecordBatch) -> Result<()> {
-        for ((f, kind), a) in self.functions.iter().zip(&self.kinds).zip(acc.iter_mut()) {
-            let mut accumulator = f.create_accumulator()?;
-            let args = f
-                .expressions()
-                .iter()
-                .map(|e| e.evaluate(batch)?.into_array(batch.num_rows()))
-                .collect::<Result<Vec<_>>>()?;
-            accumulator.update_batch(&args)?;
-            let state = accumulator.state()?;
-            a.merge(kind.reduce_op(), &from_state(*kind, &state)?);
-        }
-        Ok(())
-    }
-
-    /// The one-row partial-state batch of `acc`, in `schema` (the replaced
-    /// `AggregateExec`'s output).
-    pub fn finish(&self, acc: &[Reduced], schema: &SchemaRef) -> Result<RecordBatch> {
-        self.finish_groups(Vec::new(), &[acc], schema)
     }
 
     /// The partial-state batch of a grouped aggregate: the group key
@@ -216,51 +179,5 @@ fn to_scalar(dt: &DataType, v: Option<i128>) -> Result<ScalarValue> {
         DataType::UInt64 => ScalarValue::UInt64(v.map(|v| v as u64)),
         DataType::Decimal128(p, s) => ScalarValue::Decimal128(v, *p, *s),
         other => return internal_err!("GpuStageExec: no aggregate state of type {other}"),
-    })
-}
-
-fn int_of(v: &ScalarValue) -> Result<Option<i128>> {
-    Ok(match v {
-        ScalarValue::Int32(x) | ScalarValue::Date32(x) => x.map(i128::from),
-        ScalarValue::Int64(x) => x.map(i128::from),
-        ScalarValue::UInt64(x) => x.map(i128::from),
-        ScalarValue::Decimal128(x, _, _) => *x,
-        other => return internal_err!("GpuStageExec: unexpected aggregate state {other:?}"),
-    })
-}
-
-/// A DataFusion accumulator's state as a device partial.
-fn from_state(kind: AggKind, state: &[ScalarValue]) -> Result<Reduced> {
-    let value = |v: &ScalarValue| -> Result<(Option<i128>, Option<f64>)> {
-        Ok(match v {
-            ScalarValue::Float64(f) => (None, *f),
-            other => (int_of(other)?, None),
-        })
-    };
-    Ok(match (kind, state) {
-        (AggKind::Count, [n]) => Reduced {
-            nonnull: int_of(n)?.unwrap_or(0) as u64,
-            int: None,
-            float: None,
-        },
-        (AggKind::Avg, [n, sum]) => {
-            let (int, float) = value(sum)?;
-            Reduced {
-                nonnull: int_of(n)?.unwrap_or(0) as u64,
-                int,
-                float,
-            }
-        }
-        (AggKind::Sum | AggKind::Min | AggKind::Max, [v]) => {
-            let (int, float) = value(v)?;
-            Reduced {
-                nonnull: u64::from(int.is_some() || float.is_some()),
-                int,
-                float,
-            }
-        }
-        (kind, state) => {
-            return internal_err!("GpuStageExec: {kind:?} state of {} values", state.len());
-        }
     })
 }
