@@ -280,68 +280,62 @@ impl<'a> Layout<'a> {
                 _ => params.extend([0, NO_VALIDITY]),
             }
         }
+        // Output regions: per value `w` words and a validity (or count) word,
+        // `n` entries each, then `n` words of row indices (or group rows).
+        // Rows: one entry per input row. Reductions: one per workgroup and
+        // group, a 64-bit partial and its count.
+        let (widths, n, reduce_slots): (Vec<usize>, usize, Option<(usize, usize)>) =
+            if program.reduce.is_empty() {
+                if groups != 1 {
+                    return Err(invalid(format!("{groups} groups for a program of rows")));
+                }
+                let widths = program.outputs.iter().map(|e| e.ty().width() / 4).collect();
+                (widths, rows, None)
+            } else {
+                if groups == 0 || groups > MAX_GROUPS || (program.group.is_none() && groups != 1) {
+                    return Err(invalid(format!(
+                        "{groups} groups for a program {} a group key (1 to {MAX_GROUPS})",
+                        if program.group.is_some() {
+                            "with"
+                        } else {
+                            "without"
+                        }
+                    )));
+                }
+                params[1] = groups as u32;
+                // Enough workgroups to fill a large GPU, few enough that the
+                // partials (workgroups x groups) stay small next to the input.
+                let tiles = rows.div_ceil(wgsl::BLOCK as usize).max(1);
+                let nw = tiles.min((16384 / groups).max(512));
+                (
+                    vec![2; program.reduce.len()],
+                    nw * groups,
+                    Some((nw, groups)),
+                )
+            };
         let mut out_words = 0usize;
         let mut regions = Vec::new();
-        if !program.reduce.is_empty() {
-            if groups == 0 || groups > MAX_GROUPS || (program.group.is_none() && groups != 1) {
-                return Err(invalid(format!(
-                    "{groups} groups for a program {} a group key (1 to {MAX_GROUPS})",
-                    if program.group.is_some() {
-                        "with"
-                    } else {
-                        "without"
-                    }
-                )));
-            }
-            params[1] = groups as u32;
-            // Enough workgroups to fill a large GPU, few enough that the
-            // partials (workgroups x groups) stay small next to the input.
-            let tiles = rows.div_ceil(wgsl::BLOCK as usize).max(1);
-            let nw = tiles.min((16384 / groups).max(512));
-            let slots = nw * groups;
-            for _ in &program.reduce {
-                params.push(out_words as u32);
-                params.push((out_words + 2 * slots) as u32);
-                regions.push((out_words, 2, out_words + 2 * slots));
-                out_words += 3 * slots;
-            }
+        for w in widths {
             params.push(out_words as u32);
-            let index_region = out_words;
-            out_words += slots;
-            params.push(nw as u32);
-            return Ok(Layout {
-                params,
-                placed,
-                data_words: words,
-                regions,
-                index_region,
-                out_words,
-                rows,
-                reduce_slots: Some((nw, groups)),
-            });
-        }
-        if groups != 1 {
-            return Err(invalid(format!("{groups} groups for a program of rows")));
-        }
-        for e in &program.outputs {
-            let w = e.ty().width() / 4;
-            params.push(out_words as u32);
-            params.push((out_words + rows * w) as u32);
-            regions.push((out_words, w, out_words + rows * w));
-            out_words += rows * (w + 1);
+            params.push((out_words + n * w) as u32);
+            regions.push((out_words, w, out_words + n * w));
+            out_words += n * (w + 1);
         }
         params.push(out_words as u32);
         let index_region = out_words;
-        out_words += rows;
+        out_words += n;
+        if let Some((nw, _)) = reduce_slots {
+            params.push(nw as u32);
+        }
         Ok(Layout {
             params,
             placed,
             data_words: words,
             regions,
             index_region,
-            out_words,
+            out_words: out_words.max(1),
             rows,
-            reduce_slots: None,
+            reduce_slots,
         })
     }
 

@@ -406,6 +406,7 @@ pub fn lower(
         }
         stage_aggregate = Some(functions);
         chain.columns.clear();
+        chain.exprs.clear();
     }
     chain.ops.push(Arc::clone(op));
     let mut plan = stage_plan(
