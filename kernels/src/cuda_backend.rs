@@ -15,7 +15,7 @@ mod encoder;
 mod search;
 
 pub use encoder::{CudaDense, CudaTensor, MAX_HEAD_DIM};
-pub use search::{CudaQueries, TOPK_MAX_K, cublas_present};
+pub use search::{CudaQueries, cublas_present};
 
 use crate::backend::BackendDevice;
 use crate::device::{BackendKind, DeviceInfo, DeviceType};

@@ -15,7 +15,7 @@ use crate::backend::BackendDevice;
 use crate::device::{BackendKind, DeviceInfo, DeviceType};
 use crate::error::{KernelError, Result};
 use crate::ops::activation::Activation;
-use crate::ops::topk::{Candidate, TileKeys, candidates_from_words, select_row};
+use crate::ops::topk::{Candidate, SelectShape, TileKeys, candidates_from_words, select_row};
 
 mod fused;
 
@@ -43,9 +43,6 @@ const ATTENTION_MAX_HEAD_DIM: usize = 128;
 const GEMM_TILE: u32 = 64;
 /// Threads per workgroup of `topk.wgsl`.
 const TOPK_WORKGROUP: u32 = 64;
-/// The largest k the on-device selection keeps per thread; beyond it the
-/// scores come back and the host selects.
-const TOPK_MAX_K: usize = 128;
 /// Most corpus rows scored per dispatch.
 const MAX_TILE_ROWS: usize = 16_384;
 
@@ -320,7 +317,7 @@ impl WgpuDevice {
 
     /// Scores `tile` against the queries with `gemm.wgsl`, then selects each
     /// query's best k keys per chunk of columns with `topk.wgsl` (or, for a k
-    /// beyond [`TOPK_MAX_K`], on the host from the downloaded scores).
+    /// beyond [`crate::ops::topk::DEVICE_TOPK_MAX_K`], on the host from the downloaded scores).
     pub(crate) fn score_and_select(
         &self,
         queries: &WgpuQueries,
@@ -333,10 +330,8 @@ impl WgpuDevice {
         let (nq, dim) = (queries.rows, queries.dim);
         let rows = tile.len() / dim;
         let scores = self.storage_buffer("kiln scores", nq * rows)?;
-        let on_device_k = (k <= TOPK_MAX_K).then(|| (k as u32).next_power_of_two().max(8));
-        let chunk = on_device_k.map_or(0, |kk| (8 * kk).max(256));
-        let chunks = (rows as u32).div_ceil(chunk.max(1));
-        let out_len = on_device_k.map_or(0, |kk| nq * chunks as usize * kk as usize * 2);
+        let shape = SelectShape::new(k, rows);
+        let out_len = shape.map_or(0, |s| nq * s.words_per_query());
         let out = self.scoped("vector search", || {
             let tile_buf = self.init_buffer(
                 "kiln corpus tile",
@@ -356,8 +351,12 @@ impl WgpuDevice {
                 None,
                 [nq as u32, rows as u32, dim as u32],
             );
-            let out = match on_device_k {
-                Some(kk) => {
+            let out = match shape {
+                Some(SelectShape {
+                    k: kk,
+                    chunk,
+                    chunks,
+                }) => {
                     let out = self.storage_buffer("kiln top-k candidates", out_len)?;
                     let usage = wgpu::BufferUsages::STORAGE;
                     let scale = self.init_buffer(
@@ -413,15 +412,19 @@ impl WgpuDevice {
             self.queue.submit([encoder.finish()]);
             Ok(out)
         })?;
-        match (out, on_device_k) {
-            (Some(out), Some(kk)) => {
+        match (out, shape) {
+            (Some(out), Some(shape)) => {
                 let words = self.download(&WgpuBuffer {
                     buffer: out,
                     len: out_len,
                 })?;
-                let per_query = chunks as usize * kk as usize * 2;
                 let words: Vec<u32> = words.iter().map(|w| w.to_bits()).collect();
-                Ok(candidates_from_words(&words, nq, per_query, ids))
+                Ok(candidates_from_words(
+                    &words,
+                    nq,
+                    shape.words_per_query(),
+                    ids,
+                ))
             }
             _ => {
                 let scores = self.download(&WgpuBuffer {

@@ -16,13 +16,10 @@ use cudarc::driver::{CudaModule, CudaSlice, LaunchConfig, PushKernelArg};
 
 use super::{CudaDevice, compile_ptx};
 use crate::error::{KernelError, Result};
-use crate::ops::topk::{Candidate, TileKeys, candidates_from_words, select_row};
+use crate::ops::topk::{Candidate, SelectShape, TileKeys, candidates_from_words, select_row};
 
 /// Threads per block of the selection kernel.
 const SELECT_BLOCK: u32 = 128;
-/// The largest k selected on the device; beyond, scores come back and the
-/// host selects.
-pub const TOPK_MAX_K: usize = 128;
 /// Corpus rows per call, at most.
 const MAX_TILE_ROWS: usize = 65_536;
 /// Score-matrix elements per call, at most (256 MiB of f32).
@@ -99,7 +96,7 @@ impl CudaDevice {
 
     /// Scores `tile` (rows of `dim` values) against the queries with cuBLAS,
     /// then selects each query's best keys per chunk of columns on the
-    /// device (or, for a k beyond [`TOPK_MAX_K`], on the host from the
+    /// device (or, for a k beyond [`crate::ops::topk::DEVICE_TOPK_MAX_K`], on the host from the
     /// downloaded scores): the candidates at or above each query's
     /// threshold.
     pub(crate) fn score_and_select(
@@ -139,18 +136,20 @@ impl CudaDevice {
         // (ldc = rows), the shapes the configuration names.
         unsafe { blas.gemm(config, &tile_dev, &queries.slice, &mut scores) }
             .map_err(|e| KernelError::Internal(format!("cuBLAS SGEMM: {e:?}")))?;
-        if k > TOPK_MAX_K {
+        let Some(shape) = SelectShape::new(k, rows) else {
             let scores = self.stream.clone_dtoh(&scores)?;
             return Ok(scores
                 .chunks(rows)
                 .zip(thresholds)
                 .map(|(row, t)| select_row(row, keys, ids, 0, k, *t))
                 .collect());
-        }
-        let kk = (k as u32).next_power_of_two().max(8);
-        let chunk = (8 * kk).max(256);
-        let chunks = (rows as u32).div_ceil(chunk);
-        let out_len = nq * chunks as usize * kk as usize * 2;
+        };
+        let SelectShape {
+            k: kk,
+            chunk,
+            chunks,
+        } = shape;
+        let out_len = nq * shape.words_per_query();
         let scale = self.stream.clone_htod(&keys.scale)?;
         let shift = self.stream.clone_htod(&keys.shift)?;
         let threshold = self.stream.clone_htod(thresholds)?;
@@ -182,7 +181,11 @@ impl CudaDevice {
         // kernel returns for thread indices past queries × chunks.
         unsafe { launch.launch(launch_config) }?;
         let words = self.stream.clone_dtoh(&cands)?;
-        let per_query = chunks as usize * kk as usize * 2;
-        Ok(candidates_from_words(&words, nq, per_query, ids))
+        Ok(candidates_from_words(
+            &words,
+            nq,
+            shape.words_per_query(),
+            ids,
+        ))
     }
 }

@@ -516,6 +516,41 @@ fn merge_into(
 
 /// The best `k` of one query's scores over a tile, as candidates, keeping
 /// only those strictly closer than `threshold`.
+/// The largest k a device's selection kernel keeps; beyond, scores come
+/// back and the host selects.
+pub const DEVICE_TOPK_MAX_K: usize = 128;
+
+/// How a device's selection kernel splits a tile: each thread keeps the
+/// best `k` (the asked k rounded up to a power of two, at least 8) of a
+/// chunk of `chunk` columns; `chunks` chunks per query.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SelectShape {
+    pub k: u32,
+    pub chunk: u32,
+    pub chunks: u32,
+}
+
+impl SelectShape {
+    /// The shape for keeping `k` of `cols` columns, or `None` past
+    /// [`DEVICE_TOPK_MAX_K`].
+    pub fn new(k: usize, cols: usize) -> Option<SelectShape> {
+        (k <= DEVICE_TOPK_MAX_K).then(|| {
+            let k = (k as u32).next_power_of_two().max(8);
+            let chunk = (8 * k).max(256);
+            SelectShape {
+                k,
+                chunk,
+                chunks: (cols as u32).div_ceil(chunk),
+            }
+        })
+    }
+
+    /// Words of candidates per query: (key, column) pairs.
+    pub fn words_per_query(&self) -> usize {
+        self.chunks as usize * self.k as usize * 2
+    }
+}
+
 /// The candidates a device's selection kernel wrote: per query `per_query`
 /// words of (key bits, tile row) pairs, row `u32::MAX` for an empty slot.
 pub(crate) fn candidates_from_words(
