@@ -469,7 +469,7 @@ pub fn cast_supported(from: Ty, to: Ty) -> bool {
 /// How a reduction folds the kept rows' non-NULL values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ReduceOp {
-    /// Integers and decimals sum in 64 bits per block (an overflow sends the
+    /// Integers and decimals sum in 64 bits per workgroup (an overflow sends the
     /// batch to the CPU) and 128 bits across blocks; floats in f64.
     Sum,
     Min,

@@ -7,7 +7,10 @@
 //! a workgroup prefix sum and writes every output expression, its validity
 //! and the row's input index at the compacted position — stream compaction on
 //! the device, one pass over the inputs per entry point. Without a predicate
-//! only `emit` runs and every row is kept in place.
+//! (or a per-block top-k, which ranks rows in both `count` and `emit`) only
+//! `emit` runs and every row is kept in place. A program of reductions has
+//! one `reduce` entry point instead, folding per group over tiles of rows
+//! (see [`super::emit::Body::reduce_kernel`]).
 //!
 //! Memory layout (all 32-bit words): `data` holds the input columns — values
 //! (64-bit values as two words, low first; booleans one word) and Arrow
@@ -15,7 +18,10 @@
 //! outputs likewise, validity as one word per row. `params[0]` is the row count,
 //! then for input `c` its value and validity offsets at `2 + 2c` and `3 + 2c`
 //! (validity `0xffffffff` when the column has no NULLs), then for output `o`
-//! its value and validity offsets, then the row-index region's offset.
+//! its value and validity offsets, then the row-index region's offset. For
+//! reductions `params[1]` is the group count and the regions hold per
+//! workgroup and group a partial and its count, then the group's rows, then
+//! the workgroup count.
 
 use std::fmt::Write as _;
 
