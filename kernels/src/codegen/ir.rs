@@ -470,7 +470,7 @@ pub fn cast_supported(from: Ty, to: Ty) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ReduceOp {
     /// Integers and decimals sum in 64 bits per workgroup (an overflow sends the
-    /// batch to the CPU) and 128 bits across blocks; floats in f64.
+    /// batch to the CPU) and 128 bits across workgroups; floats in f64.
     Sum,
     Min,
     Max,
