@@ -137,7 +137,7 @@ pub struct CudaDevice {
     arch: (i32, i32),
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     /// Generated fused relational kernels by program fingerprint.
-    fused: Mutex<HashMap<u64, Arc<CudaModule>>>,
+    fused: Mutex<HashMap<(u64, crate::codegen::GroupFold), Arc<CudaModule>>>,
     /// Vector-search selection kernels by K.
     topk: Mutex<HashMap<u32, Arc<CudaModule>>>,
     /// The cuBLAS handle, created on first use.
@@ -250,8 +250,12 @@ impl BackendDevice for CudaDevice {
 
 impl CudaDevice {
     /// The compiled module of a generated fused program, by fingerprint.
-    fn fused_module(&self, program: &crate::codegen::Program) -> Result<Arc<CudaModule>> {
-        let key = program.fingerprint();
+    fn fused_module(
+        &self,
+        program: &crate::codegen::Program,
+        fold: crate::codegen::GroupFold,
+    ) -> Result<Arc<CudaModule>> {
+        let key = (program.fingerprint(), fold);
         let mut cache = self
             .fused
             .lock()
@@ -259,13 +263,15 @@ impl CudaDevice {
         if let Some(m) = cache.get(&key) {
             return Ok(Arc::clone(m));
         }
-        let source = crate::codegen::cuda::generate(program).map_err(|detail| {
-            KernelError::InvalidInput {
-                kernel: "fused",
-                detail,
-            }
+        let source = match fold {
+            crate::codegen::GroupFold::Atomics => crate::codegen::cuda::generate_atomic(program),
+            crate::codegen::GroupFold::Tiles => crate::codegen::cuda::generate(program),
+        }
+        .map_err(|detail| KernelError::InvalidInput {
+            kernel: "fused",
+            detail,
         })?;
-        let name = format!("fused_{key:016x}.cu");
+        let name = format!("fused_{:016x}_{fold:?}.cu", key.0);
         let ptx = compile_ptx(&name, &source, Some(self.arch))?;
         let module = self.ctx.load_module(ptx)?;
         cache.insert(key, Arc::clone(&module));
@@ -277,7 +283,16 @@ impl CudaDevice {
         &self,
         program: &crate::codegen::Program,
     ) -> std::result::Result<(), String> {
-        self.fused_module(program)
+        self.fold_support(program, crate::codegen::GroupFold::Tiles)
+    }
+
+    /// [`Self::fused_support`] for the module of one grouped fold.
+    pub fn fold_support(
+        &self,
+        program: &crate::codegen::Program,
+        fold: crate::codegen::GroupFold,
+    ) -> std::result::Result<(), String> {
+        self.fused_module(program, fold)
             .map(|_| ())
             .map_err(KernelError::into_reason)
     }
@@ -289,11 +304,12 @@ impl CudaDevice {
         program: &crate::codegen::Program,
         rows: usize,
         groups: usize,
+        fold: crate::codegen::GroupFold,
         inputs: &[Option<crate::codegen::ColumnData<'_>>],
     ) -> Result<crate::codegen::FusedOutput> {
-        use crate::codegen::{FusedOutput, Layout, empty_output};
-        let module = self.fused_module(program)?;
-        let layout = Layout::new(program, rows, groups, inputs)?;
+        use crate::codegen::{FusedOutput, GroupFold, Layout, empty_output};
+        let module = self.fused_module(program, fold)?;
+        let layout = Layout::new(program, rows, groups, fold, inputs)?;
         if rows == 0 {
             return Ok(empty_output(program, groups));
         }
@@ -322,7 +338,10 @@ impl CudaDevice {
             ..grid
         };
         let has_predicate = program.compacts();
-        let passes: &[(&str, LaunchConfig)] = if !program.reduce.is_empty() {
+        let lo_pass = crate::codegen::wgsl::needs_lo_pass(program);
+        let passes: &[(&str, LaunchConfig)] = if fold == GroupFold::Atomics {
+            &[("kiln_scatter", grid), ("kiln_scatter_lo", grid)][..1 + usize::from(lo_pass)]
+        } else if !program.reduce.is_empty() {
             &[("kiln_reduce", reduce_grid)]
         } else if has_predicate {
             &[

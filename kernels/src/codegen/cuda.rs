@@ -133,6 +133,32 @@ extern \"C\" __global__ void kiln_reduce(KILN_ARGS) {{
     src
 }
 
+/// The module of a grouped program folded with atomics: `kiln_scatter`, and
+/// `kiln_scatter_lo` after it for minima and maxima (see
+/// [`Body::atomic_kernel`]). Float sums add with CUDA's f64 `atomicAdd`.
+pub fn generate_atomic(program: &Program) -> Result<String, String> {
+    super::wgsl::atomic_refusal_common(program)?;
+    let out_base = meta_output_base(program);
+    let code = body(program, Dialect::Cuda, out_base)?;
+    let mut src = head(program, &code);
+    for (entry, lo_pass) in [("kiln_scatter", false), ("kiln_scatter_lo", true)] {
+        if lo_pass && !super::wgsl::needs_lo_pass(program) {
+            continue;
+        }
+        let _ = write!(
+            src,
+            "
+extern \"C\" __global__ void {entry}(KILN_ARGS) {{
+    const u32 row = (blockIdx.x + blockIdx.y * gridDim.x) * {BLOCK}u + threadIdx.x;
+    if (row >= params[0]) {{ return; }}
+{body}}}
+",
+            body = code.atomic_kernel(Dialect::Cuda, out_base, lo_pass),
+        );
+    }
+    Ok(src)
+}
+
 /// What every module starts with: its origin, the helpers, the kernels'
 /// argument list and the predicate as `keep(..., row)`.
 fn head(program: &Program, code: &Body) -> String {
@@ -141,6 +167,7 @@ fn head(program: &Program, code: &Body) -> String {
 #define KILN_ARGS const u32* __restrict__ data, const u32* __restrict__ params, \\
     u32* __restrict__ outw, u32* __restrict__ blocks, u32* __restrict__ flag
 #define KILN_PASS data, params, outw, blocks, flag
+#define add96(i, a0, a1, a2) kiln_add96(outw, (i), (a0), (a1), (a2))
 
 __device__ bool keep(KILN_ARGS, u32 row) {{
 {}    return {};
@@ -175,6 +202,24 @@ __device__ __forceinline__ void kiln_st64(u32* outw, u32 off, u32 pos, u64 v) {
     const u32 i = off + 2u * pos;
     outw[i] = (u32)v;
     outw[i + 1u] = (u32)(v >> 32);
+}
+
+// Adds the 96-bit two's complement (a0, a1, a2), low word first, to the
+// accumulator at word i (see the WGSL module's add96).
+__device__ __forceinline__ void kiln_add96(u32* outw, u32 i, u32 a0, u32 a1, u32 a2) {
+    u32 c1 = 0u;
+    if (a0 != 0u) {
+        const u32 o = atomicAdd(&outw[i], a0);
+        if (o + a0 < o) { c1 = 1u; }
+    }
+    const u32 b1 = a1 + c1;
+    u32 c2 = b1 < a1 ? 1u : 0u;
+    if (b1 != 0u) {
+        const u32 o = atomicAdd(&outw[i + 1u], b1);
+        if (o + b1 < o) { c2 += 1u; }
+    }
+    const u32 b2 = a2 + c2;
+    if (b2 != 0u) { atomicAdd(&outw[i + 2u], b2); }
 }
 
 __device__ __forceinline__ bool kiln_is_valid(const u32* data, u32 off, u32 row) {

@@ -576,6 +576,112 @@ __device__ SortKey sort_key(KILN_ARGS, u32 row) {{
     }
 }
 
+impl Body {
+    /// The statements of an atomic grouped fold (see
+    /// [`super::GroupFold::Atomics`]), after the dialect's wrapper has
+    /// declared `row` and returned for rows past `params[0]`.
+    ///
+    /// One thread per row: a kept row with a valid group `gid` (below
+    /// `params[1]`; else the batch is flagged) adds 1 to its group's row
+    /// count and, per reduction with a non-NULL argument, 1 to the
+    /// reduction's count and its value to the group's accumulator, all with
+    /// 32-bit atomics on `outw`, which the host zeroed. Integer and decimal
+    /// sums are 96-bit two's complement over three words (`add96` carries
+    /// between them), exact for any 2^32 values of 64 bits. Minima and
+    /// maxima keep the largest 64-bit order key (the value's bits with the
+    /// sign flipped; complemented for a minimum) in two words: this pass
+    /// raises the high word, and a second pass (`lo_pass`), which runs after
+    /// it, raises the low word only for values whose high word won. Float
+    /// sums (CUDA only) add into an f64 with the hardware's atomic add.
+    pub fn atomic_kernel(&self, d: Dialect, meta_out: usize, lo_pass: bool) -> String {
+        let u = |i: usize| d.index(i);
+        let nred = self.reduce.len();
+        let mut out = String::new();
+        let _ = writeln!(out, "    if (!({})) {{ return; }}", self.keep_call);
+        let Some(g) = &self.group else {
+            return "    raise();\n".into();
+        };
+        out.push_str(&g.stmts);
+        out.push_str(&d.let_("gid", Ty::U32, &g.value));
+        let _ = writeln!(
+            out,
+            "    if (!({}) || gid >= params[1]) {{ {}return; }}",
+            g.valid,
+            if lo_pass { "" } else { "raise(); " }
+        );
+        if !lo_pass {
+            let _ = writeln!(
+                out,
+                "    atomicAdd(&outw[params[{}] + gid], 1u);",
+                u(meta_out + 2 * nred)
+            );
+        }
+        for (r, c) in self.reduce.iter().enumerate() {
+            let min_max = matches!(c.op, ReduceOp::Min | ReduceOp::Max);
+            if lo_pass && !min_max {
+                continue;
+            }
+            out.push_str(&c.stmts);
+            let _ = writeln!(out, "    if ({}) {{", c.valid);
+            let values = format!("params[{}]", u(meta_out + 2 * r));
+            if !lo_pass {
+                let _ = writeln!(
+                    out,
+                    "        atomicAdd(&outw[params[{}] + gid], 1u);",
+                    u(meta_out + 2 * r + 1)
+                );
+            }
+            let t = if c.float { Ty::F64 } else { Ty::I64 };
+            out.push_str(&d.let_(&format!("av{r}"), t, &c.value));
+            let v = format!("av{r}");
+            match (c.op, c.float) {
+                (ReduceOp::Count, _) => {}
+                (ReduceOp::Sum, true) => {
+                    // Only CUDA generates float sums (see `super::wgsl`).
+                    let _ = writeln!(
+                        out,
+                        "        atomicAdd((double*)&outw[{values} + 2u * gid], {v});"
+                    );
+                }
+                (ReduceOp::Sum, false) => {
+                    out.push_str(&d.let_(&format!("ab{r}"), Ty::U64, &d.to_bits64(Ty::I64, &v)));
+                    let lo = d.convert(Ty::U32, &format!("ab{r}"));
+                    let hi = d.convert(Ty::U32, &format!("(ab{r} >> {})", d.index(32)));
+                    let ext = d.select("0u", "0xffffffffu", &format!("{v} < {}", d.zero(Ty::I64)));
+                    let _ = writeln!(
+                        out,
+                        "        add96({values} + 3u * gid, {lo}, {hi}, {ext});"
+                    );
+                }
+                (ReduceOp::Min | ReduceOp::Max, _) => {
+                    let mut key = d.order_key(Ty::I64, &v);
+                    if c.op == ReduceOp::Min {
+                        key = format!("(~{key})");
+                    }
+                    out.push_str(&d.let_(&format!("ak{r}"), Ty::U64, &key));
+                    let hi = d.convert(Ty::U32, &format!("(ak{r} >> {})", d.index(32)));
+                    let at = format!("{values} + 2u * gid");
+                    if lo_pass {
+                        let current = match d {
+                            Dialect::Wgsl => format!("atomicLoad(&outw[{at} + 1u])"),
+                            Dialect::Cuda => format!("((volatile u32*)outw)[{at} + 1u]"),
+                        };
+                        let _ = writeln!(
+                            out,
+                            "        if ({hi} == {current}) {{ atomicMax(&outw[{at}], {}); }}",
+                            d.convert(Ty::U32, &format!("ak{r}"))
+                        );
+                    } else {
+                        let _ = writeln!(out, "        atomicMax(&outw[{at} + 1u], {hi});");
+                    }
+                }
+            }
+            out.push_str("    }\n");
+        }
+        out
+    }
+}
+
 /// Generates the per-row code of `program` in `dialect`; `meta_out` is the
 /// `params` index of the first output's value offset.
 pub fn body(program: &Program, dialect: Dialect, meta_out: usize) -> Result<Body, String> {

@@ -15,6 +15,21 @@ pub use ir::{
     BinOp, BlockTopK, Expr, MAX_GROUPS, MAX_TOPK, Program, Reduce, ReduceOp, Ty, UnOp, Value,
 };
 
+/// How a launch of a grouped program folds its reductions per group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GroupFold {
+    /// Per workgroup over tiles of rows, a tree per group present in the
+    /// tile (at most [`MAX_GROUPS`] groups a launch): deterministic, and
+    /// fastest for few groups, where atomics on one accumulator would
+    /// serialize.
+    Tiles,
+    /// One thread per row adds into its group's accumulators with 32-bit
+    /// atomics: any number of groups. Integer sums, minima and maxima are
+    /// exact; float sums exist on CUDA only (f64 atomics) and add in an
+    /// unspecified order.
+    Atomics,
+}
+
 /// One input column of a fused launch, in the device layout of its [`Ty`]:
 /// 4 or 8 bytes per value (booleans as one 32-bit word each).
 #[derive(Debug, Clone, Copy)]
@@ -133,22 +148,45 @@ impl crate::Device {
         rows: usize,
         inputs: &[Option<ColumnData<'_>>],
     ) -> crate::Result<FusedOutput> {
-        self.run_grouped(program, rows, 1, inputs)
+        self.run_grouped(program, rows, 1, GroupFold::Tiles, inputs)
+    }
+
+    /// Why this device has no [`GroupFold::Atomics`] for `program`, without
+    /// compiling it.
+    pub fn atomic_fold_check(&self, program: &Program) -> Result<(), String> {
+        match self {
+            crate::Device::Wgpu(d) => d
+                .fused_check(program)
+                .and_then(|()| wgsl::generate_atomic(program).map(|_| ())),
+            crate::Device::Cuda(_) => cuda::generate_atomic(program).map(|_| ()),
+            crate::Device::Cpu(_) => Err("the CPU runs DataFusion's own operators".into()),
+        }
+    }
+
+    /// Like [`crate::Device::atomic_fold_check`], compiling (and caching)
+    /// the kernel.
+    pub fn atomic_fold_support(&self, program: &Program) -> Result<(), String> {
+        match self {
+            crate::Device::Wgpu(d) => d.fold_support(program, GroupFold::Atomics),
+            crate::Device::Cuda(d) => d.fold_support(program, GroupFold::Atomics),
+            crate::Device::Cpu(_) => Err("the CPU runs DataFusion's own operators".into()),
+        }
     }
 
     /// Runs a grouped program of reductions whose group key takes values
-    /// below `groups` (at most [`MAX_GROUPS`]): [`FusedOutput::reduced`]
-    /// holds every reduction of every group.
+    /// below `groups` (at most [`MAX_GROUPS`] with [`GroupFold::Tiles`]):
+    /// [`FusedOutput::reduced`] holds every reduction of every group.
     pub fn run_grouped(
         &self,
         program: &Program,
         rows: usize,
         groups: usize,
+        fold: GroupFold,
         inputs: &[Option<ColumnData<'_>>],
     ) -> crate::Result<FusedOutput> {
         match self {
-            crate::Device::Wgpu(d) => d.run_fused(program, rows, groups, inputs),
-            crate::Device::Cuda(d) => d.run_fused(program, rows, groups, inputs),
+            crate::Device::Wgpu(d) => d.run_fused(program, rows, groups, fold, inputs),
+            crate::Device::Cuda(d) => d.run_fused(program, rows, groups, fold, inputs),
             crate::Device::Cpu(_) => Err(crate::KernelError::InvalidInput {
                 kernel: "fused",
                 detail: self
@@ -194,8 +232,20 @@ pub struct Layout<'a> {
     pub out_words: usize,
     pub rows: usize,
     /// For a program of reductions: (workgroups, groups); each workgroup
-    /// leaves one partial per group and reduction.
+    /// leaves one partial per group and reduction (no workgroups: one
+    /// accumulator per group, [`GroupFold::Atomics`]).
     reduce_slots: Option<(usize, usize)>,
+    fold: GroupFold,
+}
+
+/// Words of one group's accumulator of `r` in a [`GroupFold::Atomics`]
+/// launch: a 96-bit integer sum, an f64 sum, or a 64-bit order key.
+fn atomic_words(r: &Reduce) -> usize {
+    match r.op {
+        ReduceOp::Count => 0,
+        ReduceOp::Sum if !r.is_float() => 3,
+        _ => 2,
+    }
 }
 
 /// The most rows one launch of `program` takes when its input and output
@@ -229,6 +279,7 @@ impl<'a> Layout<'a> {
         program: &Program,
         rows: usize,
         groups: usize,
+        fold: GroupFold,
         inputs: &[Option<ColumnData<'a>>],
     ) -> crate::Result<Layout<'a>> {
         let invalid = |detail: String| crate::KernelError::InvalidInput {
@@ -291,6 +342,23 @@ impl<'a> Layout<'a> {
                 }
                 let widths = program.outputs.iter().map(|e| e.ty().width() / 4).collect();
                 (widths, rows, None)
+            } else if fold == GroupFold::Atomics {
+                if program.group.is_none() || groups == 0 || groups >= u32::MAX as usize {
+                    return Err(invalid(format!(
+                        "an atomic fold of {groups} groups for a program {} a group key",
+                        if program.group.is_some() {
+                            "with"
+                        } else {
+                            "without"
+                        }
+                    )));
+                }
+                params[1] = groups as u32;
+                (
+                    program.reduce.iter().map(atomic_words).collect(),
+                    groups,
+                    Some((0, groups)),
+                )
             } else {
                 if groups == 0 || groups > MAX_GROUPS || (program.group.is_none() && groups != 1) {
                     return Err(invalid(format!(
@@ -316,6 +384,8 @@ impl<'a> Layout<'a> {
         let mut out_words = 0usize;
         let mut regions = Vec::new();
         for w in widths {
+            // Even offsets: CUDA's f64 atomics need 8-byte alignment.
+            out_words += out_words % 2;
             params.push(out_words as u32);
             params.push((out_words + n * w) as u32);
             regions.push((out_words, w, out_words + n * w));
@@ -336,6 +406,7 @@ impl<'a> Layout<'a> {
             out_words: out_words.max(1),
             rows,
             reduce_slots,
+            fold,
         })
     }
 
@@ -348,9 +419,13 @@ impl<'a> Layout<'a> {
     /// reductions the (fewer) workgroups that take the blocks in turn.
     pub fn workgroups(&self) -> usize {
         match self.reduce_slots {
-            Some((nw, _)) => nw,
-            None => self.blocks(),
+            Some((nw, _)) if self.fold == GroupFold::Tiles => nw,
+            _ => self.blocks(),
         }
+    }
+
+    pub fn fold(&self) -> GroupFold {
+        self.fold
     }
 
     /// The `data` buffer's contents, assembled on the host.
@@ -423,9 +498,57 @@ impl<'a> Layout<'a> {
             let (columns, indices) = self.split(program, kept, words);
             out.columns = columns;
             out.indices = indices;
+        } else if self.fold == GroupFold::Atomics {
+            (out.reduced, out.group_rows) = self.accumulators(program, words);
         } else {
             (out.reduced, out.group_rows) = self.combine(program, words);
         }
+    }
+
+    /// The results of a [`GroupFold::Atomics`] launch: per group its row
+    /// count and each reduction's accumulator (see
+    /// [`emit::Body::atomic_kernel`]).
+    fn accumulators(&self, program: &Program, words: &[u32]) -> (Vec<Reduced>, Vec<u64>) {
+        let (_, groups) = self.reduce_slots.unwrap_or((0, 1));
+        let word = |i: usize| u64::from(words.get(i).copied().unwrap_or(0));
+        let group_rows = (0..groups).map(|g| word(self.index_region + g)).collect();
+        let nred = program.reduce.len();
+        let mut reduced = vec![Reduced::default(); groups * nred];
+        for (r, (red, &(values, _, counts))) in program.reduce.iter().zip(&self.regions).enumerate()
+        {
+            for g in 0..groups {
+                let nonnull = word(counts + g);
+                if nonnull == 0 {
+                    continue;
+                }
+                let pair = |at: usize| word(at) | (word(at + 1) << 32);
+                let (int, float) = match red.op {
+                    ReduceOp::Count => (None, None),
+                    ReduceOp::Sum if red.is_float() => {
+                        (None, Some(f64::from_bits(pair(values + 2 * g))))
+                    }
+                    ReduceOp::Sum => {
+                        let at = values + 3 * g;
+                        let bits = u128::from(pair(at)) | (u128::from(word(at + 2)) << 64);
+                        // Sign-extend from bit 95.
+                        (Some(((bits << 32) as i128) >> 32), None)
+                    }
+                    ReduceOp::Min | ReduceOp::Max => {
+                        let mut key = pair(values + 2 * g);
+                        if red.op == ReduceOp::Min {
+                            key = !key;
+                        }
+                        (Some(i128::from((key ^ (1 << 63)) as i64)), None)
+                    }
+                };
+                reduced[g * nred + r] = Reduced {
+                    nonnull,
+                    int,
+                    float,
+                };
+            }
+        }
+        (reduced, group_rows)
     }
 
     /// Splits the words of [`Layout::kept_ranges`], concatenated, into

@@ -13,26 +13,36 @@ use wgpu::util::DeviceExt;
 use super::{WgpuDevice, grid};
 use crate::codegen::ir::Program;
 use crate::codegen::wgsl;
-use crate::codegen::{ColumnData, FusedOutput, Layout, empty_output, max_launch_rows};
+use crate::codegen::{ColumnData, FusedOutput, GroupFold, Layout, empty_output, max_launch_rows};
 use crate::error::{KernelError, Result};
 
 /// The pipelines of one generated module.
 pub(super) struct FusedPipelines {
     layout: wgpu::BindGroupLayout,
     /// `count`, `scan`, `emit` for a program of rows; `reduce` alone for a
-    /// program of reductions.
+    /// program of reductions; `scatter` (and `scatter_lo`) for its atomic
+    /// grouped fold.
     passes: Vec<wgpu::ComputePipeline>,
 }
 
-/// Compiled fused modules by program fingerprint.
-pub(super) type FusedCache = Mutex<HashMap<u64, Arc<FusedPipelines>>>;
+/// Compiled fused modules by program fingerprint and grouped fold.
+pub(super) type FusedCache = Mutex<HashMap<(u64, GroupFold), Arc<FusedPipelines>>>;
 
 impl WgpuDevice {
     /// Why this device cannot run `program`, if it cannot: WGSL generation
     /// refused an expression, the adapter lacks 64-bit shader types, or the
     /// shader compiler rejected the module. Compiles and caches the kernel.
     pub fn fused_support(&self, program: &Program) -> std::result::Result<(), String> {
-        self.fused_pipelines(program)
+        self.fold_support(program, GroupFold::Tiles)
+    }
+
+    /// [`Self::fused_support`] for the module of one grouped fold.
+    pub fn fold_support(
+        &self,
+        program: &Program,
+        fold: GroupFold,
+    ) -> std::result::Result<(), String> {
+        self.fused_pipelines(program, fold)
             .map(|_| ())
             .map_err(KernelError::into_reason)
     }
@@ -69,8 +79,8 @@ impl WgpuDevice {
         max_launch_rows(program, binding)
     }
 
-    fn fused_pipelines(&self, program: &Program) -> Result<Arc<FusedPipelines>> {
-        let key = program.fingerprint();
+    fn fused_pipelines(&self, program: &Program, fold: GroupFold) -> Result<Arc<FusedPipelines>> {
+        let key = (program.fingerprint(), fold);
         let mut cache = self
             .fused
             .lock()
@@ -83,7 +93,11 @@ impl WgpuDevice {
                 kernel: "fused",
                 detail,
             })?;
-        let source = wgsl::generate(program).map_err(|detail| KernelError::InvalidInput {
+        let source = match fold {
+            GroupFold::Atomics => wgsl::generate_atomic(program),
+            GroupFold::Tiles => wgsl::generate(program),
+        }
+        .map_err(|detail| KernelError::InvalidInput {
             kernel: "fused",
             detail,
         })?;
@@ -137,6 +151,12 @@ impl WgpuDevice {
             Ok(FusedPipelines {
                 passes: if program.reduce.is_empty() {
                     vec![pipeline("count"), pipeline("scan"), pipeline("emit")]
+                } else if fold == GroupFold::Atomics {
+                    let mut passes = vec![pipeline("scatter")];
+                    if wgsl::needs_lo_pass(program) {
+                        passes.push(pipeline("scatter_lo"));
+                    }
+                    passes
                 } else {
                     vec![pipeline("reduce")]
                 },
@@ -156,6 +176,7 @@ impl WgpuDevice {
         program: &Program,
         rows: usize,
         groups: usize,
+        fold: GroupFold,
         inputs: &[Option<ColumnData<'_>>],
     ) -> Result<FusedOutput> {
         if rows > self.fused_max_rows(program) {
@@ -167,8 +188,8 @@ impl WgpuDevice {
                 ),
             });
         }
-        let pipelines = self.fused_pipelines(program)?;
-        let layout = Layout::new(program, rows, groups, inputs)?;
+        let pipelines = self.fused_pipelines(program, fold)?;
+        let layout = Layout::new(program, rows, groups, fold, inputs)?;
         if rows == 0 {
             return Ok(empty_output(program, groups));
         }
@@ -237,7 +258,9 @@ impl WgpuDevice {
                     }),
                 });
                 pass.set_bind_group(0, &group, &[]);
-                let passes: &[(usize, (u32, u32))] = if !program.reduce.is_empty() {
+                let passes: &[(usize, (u32, u32))] = if fold == GroupFold::Atomics {
+                    &[(0, (x, y)), (1, (x, y))][..pipelines.passes.len()]
+                } else if !program.reduce.is_empty() {
                     &[(0, (rx, ry))]
                 } else if program.compacts() {
                     &[(0, (x, y)), (1, (1, 1)), (2, (x, y))]

@@ -265,6 +265,20 @@ fn generated_fused_kernels_compile_for_cuda() {
                 assert!(text.contains(entry), "{entry} missing from PTX");
             }
         }
+        // A grouped program's atomic fold (float sums included: CUDA has
+        // f64 atomics).
+        if program.group.is_some() {
+            let source = kiln_kernels::codegen::cuda::generate_atomic(&program).unwrap();
+            for arch in [Some((8, 0)), Some((9, 0))] {
+                let ptx = compile_ptx("fused_atomic.cu", &source, arch)
+                    .unwrap_or_else(|e| panic!("{arch:?}: {e}\n{source}"));
+                let text = ptx.to_src();
+                for entry in ["kiln_scatter", "kiln_scatter_lo"] {
+                    assert!(text.contains(entry), "{entry} missing from PTX");
+                }
+                assert!(text.contains("atom.global.add.f64"), "no f64 atomic add");
+            }
+        }
     }
 }
 

@@ -2,7 +2,9 @@
 //! test computes with Rust's own arithmetic, SQL's NULL rules and Arrow's
 //! float ordering.
 
-use kiln_kernels::codegen::{BinOp, ColumnData, Expr, FusedOutput, Program, Ty, UnOp, Value};
+use kiln_kernels::codegen::{
+    BinOp, ColumnData, Expr, FusedOutput, GroupFold, Program, Ty, UnOp, Value,
+};
 use kiln_kernels::testing::devices_under_test;
 use kiln_kernels::{BackendKind, Device};
 
@@ -823,7 +825,9 @@ fn grouped_reductions_fold_per_group() {
         ];
         gpu.fused_support(&program).unwrap();
         let inputs: Vec<_> = cols.iter().map(|c| Some(c.data())).collect();
-        let out = gpu.run_grouped(&program, rows, groups, &inputs).unwrap();
+        let out = gpu
+            .run_grouped(&program, rows, groups, GroupFold::Tiles, &inputs)
+            .unwrap();
         assert!(!out.needs_cpu);
         assert_eq!(out.reduced.len(), groups * 5);
         assert_eq!(out.group_rows.len(), groups);
@@ -861,13 +865,7 @@ fn grouped_reductions_fold_per_group() {
         }
     }
     // A group index at or past the group count, or NULL, needs the CPU.
-    let key = |g: &[u32], valid: Option<&[bool]>| {
-        Col::new(
-            Ty::U32,
-            g.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            valid,
-        )
-    };
+    let key = group_col;
     let data = [
         Col::i32s(&[1, 2], None),
         Col::i64s(&[1, 2], None),
@@ -879,7 +877,7 @@ fn grouped_reductions_fold_per_group() {
     ] {
         let inputs: Vec<_> = data.iter().chain([&k]).map(|c| Some(c.data())).collect();
         assert!(
-            gpu.run_grouped(&program, 2, groups, &inputs)
+            gpu.run_grouped(&program, 2, groups, GroupFold::Tiles, &inputs)
                 .unwrap()
                 .needs_cpu
         );
@@ -889,10 +887,134 @@ fn grouped_reductions_fold_per_group() {
     let k = key(&[0, 1], None);
     let inputs: Vec<_> = data.iter().chain([&k]).map(|c| Some(c.data())).collect();
     let err = gpu
-        .run_grouped(&program, 2, MAX_GROUPS + 1, &inputs)
+        .run_grouped(&program, 2, MAX_GROUPS + 1, GroupFold::Tiles, &inputs)
         .unwrap_err()
         .to_string();
     assert!(err.contains("257 groups"), "{err}");
+}
+
+/// A group-index column in the device layout.
+fn group_col(g: &[u32], valid: Option<&[bool]>) -> Col {
+    Col::new(
+        Ty::U32,
+        g.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        valid,
+    )
+}
+
+#[test]
+fn atomic_grouped_fold_is_exact() {
+    use kiln_kernels::codegen::{Reduce, ReduceOp};
+    let Some(gpu) = gpu() else { return };
+    let reduce = |op, arg| Reduce { op, arg };
+    let program = Program {
+        inputs: vec![Ty::I64, Ty::I32, Ty::U32],
+        predicate: Some(Expr::binary(BinOp::NotEq, col(1, Ty::I32), int(7, Ty::I32))),
+        outputs: Vec::new(),
+        reduce: vec![
+            reduce(ReduceOp::Sum, col(0, Ty::I64)),
+            reduce(ReduceOp::Min, col(0, Ty::I64)),
+            reduce(ReduceOp::Max, col(0, Ty::I64)),
+            reduce(ReduceOp::Sum, col(1, Ty::I32)),
+            reduce(ReduceOp::Min, col(1, Ty::I32)),
+            reduce(ReduceOp::Max, col(1, Ty::I32)),
+            reduce(ReduceOp::Count, col(1, Ty::I32)),
+        ],
+        group: Some(col(2, Ty::U32)),
+        topk: None,
+    };
+    gpu.atomic_fold_support(&program).unwrap();
+    // One group (every row contends for the same words), a few, many with
+    // one or two rows each; rows over many blocks.
+    for (rows, groups) in [
+        (0usize, 1usize),
+        (1, 1),
+        (70_001, 1),
+        (5_000, 3),
+        (70_001, 1_000),
+        (70_001, 50_000),
+    ] {
+        // 64-bit values near both ends, so sums pass 2^63 both ways and the
+        // low words carry; extremes for min/max; NULLs in the i32 column.
+        let a: Vec<i64> = (0..rows as i64)
+            .map(|i| match i % 13 {
+                0 => i64::MAX,
+                1 => i64::MIN,
+                2 => i64::MAX - (i % 1000),
+                3 | 4 => -(i * 7_919_000_001),
+                5 => 0xffff_ffff,
+                _ => (i * 104_729 - 1) << 20,
+            })
+            .collect();
+        let b: Vec<i32> = (0..rows as i32)
+            .map(|i| match i % 7 {
+                0 => i32::MIN,
+                1 => i32::MAX,
+                _ => (i * 7919) % 2001 - 1000,
+            })
+            .collect();
+        let valid: Vec<bool> = (0..rows).map(|i| i % 9 != 4).collect();
+        let gid: Vec<u32> = (0..rows)
+            .map(|i| ((i * 7 + i / 3) % groups) as u32)
+            .collect();
+        let cols = [
+            Col::i64s(&a, None),
+            Col::i32s(&b, Some(&valid)),
+            group_col(&gid, None),
+        ];
+        let inputs: Vec<_> = cols.iter().map(|c| Some(c.data())).collect();
+        let out = gpu
+            .run_grouped(&program, rows, groups, GroupFold::Atomics, &inputs)
+            .unwrap();
+        assert!(!out.needs_cpu);
+        assert_eq!(out.reduced.len(), groups * 7);
+        let mut kept: Vec<Vec<usize>> = vec![Vec::new(); groups];
+        for i in 0..rows {
+            if valid[i] && b[i] != 7 {
+                kept[gid[i] as usize].push(i);
+            }
+        }
+        for (g, kept) in kept.iter().enumerate() {
+            let what = format!("rows={rows} groups={groups} g={g}");
+            let r = &out.reduced[g * 7..g * 7 + 7];
+            assert_eq!(out.group_rows[g], kept.len() as u64, "{what}");
+            let wide: Vec<i128> = kept.iter().map(|&i| i128::from(a[i])).collect();
+            let narrow: Vec<i128> = kept
+                .iter()
+                .filter(|&&i| valid[i])
+                .map(|&i| i128::from(b[i]))
+                .collect();
+            for (vals, first) in [(&wide, 0), (&narrow, 3)] {
+                let any = !vals.is_empty();
+                assert_eq!(r[first].nonnull, vals.len() as u64, "{what}");
+                assert_eq!(r[first].int, any.then(|| vals.iter().sum()), "{what}");
+                assert_eq!(r[first + 1].int, vals.iter().min().copied(), "{what}");
+                assert_eq!(r[first + 2].int, vals.iter().max().copied(), "{what}");
+            }
+            assert_eq!(r[6].nonnull, narrow.len() as u64, "{what}");
+        }
+    }
+    // A group index at or past the group count, or NULL, needs the CPU.
+    let data = [Col::i64s(&[1, 2], None), Col::i32s(&[1, 2], None)];
+    for (k, groups) in [
+        (group_col(&[0, 3], None), 3),
+        (group_col(&[0, 1], Some(&[true, false])), 3),
+    ] {
+        let inputs: Vec<_> = data.iter().chain([&k]).map(|c| Some(c.data())).collect();
+        let out = gpu
+            .run_grouped(&program, 2, groups, GroupFold::Atomics, &inputs)
+            .unwrap();
+        assert!(out.needs_cpu);
+    }
+    // WGSL has no float atomics: a float sum has no atomic fold there.
+    let floats = Program {
+        inputs: vec![Ty::F64, Ty::U32],
+        reduce: vec![reduce(ReduceOp::Sum, col(0, Ty::F64))],
+        group: Some(col(1, Ty::U32)),
+        ..Program::default()
+    };
+    let err = gpu.atomic_fold_check(&floats).unwrap_err();
+    assert!(err.contains("float atomics"), "{err}");
 }
 
 #[test]
