@@ -32,10 +32,16 @@ extensions_options! {
         pub gpu_aggregate: bool, default = true
         /// Let ORDER BY ... LIMIT k (k at most 128) run in GPU stages.
         pub gpu_sort: bool, default = true
-        /// A GROUP BY on the GPU folds at most this many distinct key
-        /// combinations per device batch (1 to 256); a batch with more is
-        /// aggregated on the CPU.
+        /// A GROUP BY on the GPU folds a device batch of at most this many
+        /// distinct key combinations (1 to 256) per tile of rows in shared
+        /// memory; a batch with more is folded with per-group atomics (see
+        /// kiln.gpu_group_atomics) or, where the device cannot, on the CPU.
         pub gpu_max_groups: usize, default = 64
+        /// Fold device batches with more GROUP BY key combinations than
+        /// kiln.gpu_max_groups with per-group atomics on the device (any
+        /// number of groups; float sums only on CUDA). Off: such batches are
+        /// aggregated on the CPU.
+        pub gpu_group_atomics: bool, default = true
         /// The cost model keeps a stage on the CPU when its input is estimated
         /// below this many rows (moving the data would cost more than it saves).
         pub gpu_min_rows: usize, default = 100_000

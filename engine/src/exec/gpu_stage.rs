@@ -39,7 +39,9 @@ use datafusion::physical_plan::{
     ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties,
     ReplaceChildrenOptions, SendableRecordBatchStream,
 };
-use kiln_kernels::codegen::{ColumnData, FusedOutput, MAX_GROUPS, OutColumn, Program, Reduced, Ty};
+use kiln_kernels::codegen::{
+    ColumnData, FusedOutput, GroupFold, MAX_GROUPS, OutColumn, Program, Reduced, Ty,
+};
 use kiln_kernels::{Device, DeviceInfo};
 
 use super::device_columns::{HostColumn, from_device, to_device};
@@ -118,9 +120,14 @@ pub struct StageGroupBy {
     pub keys: Vec<Arc<dyn PhysicalExpr>>,
     /// The keys' output names, for EXPLAIN.
     pub names: Vec<String>,
-    /// A batch with more distinct key combinations is aggregated on the
-    /// CPU (at most [`MAX_GROUPS`]).
+    /// A batch with at most this many distinct key combinations is folded
+    /// per tile ([`GroupFold::Tiles`], at most [`MAX_GROUPS`]); a batch
+    /// with more with per-group atomics, or on the CPU where `atomics`
+    /// says why not.
     pub max_groups: usize,
+    /// Whether the device folds batches of more groups with atomics
+    /// ([`GroupFold::Atomics`]), or why not.
+    pub atomics: std::result::Result<(), String>,
 }
 
 /// See the module documentation.
@@ -177,6 +184,24 @@ impl GpuStageExec {
     pub fn input(&self) -> &Arc<dyn ExecutionPlan> {
         &self.input
     }
+
+    /// This stage with batches of more groups than the tile fold takes
+    /// aggregated on the CPU, for `reason`.
+    pub fn without_group_atomics(&self, reason: String) -> GpuStageExec {
+        let mut plan = StagePlan::clone(&self.plan);
+        if let Some(g) = &mut plan.group_by {
+            g.atomics = Err(reason);
+        }
+        GpuStageExec {
+            input: Arc::clone(&self.input),
+            plan: Arc::new(plan),
+            cpu_steps: Arc::clone(&self.cpu_steps),
+            device: self.device.clone(),
+            batch_rows: self.batch_rows,
+            cache: Arc::clone(&self.cache),
+            metrics: ExecutionPlanMetricsSet::new(),
+        }
+    }
 }
 
 impl DisplayAs for GpuStageExec {
@@ -207,9 +232,13 @@ impl DisplayAs for GpuStageExec {
         if let Some(g) = &plan.group_by {
             write!(
                 f,
-                ", group_by=[{}], max_groups={}",
+                ", group_by=[{}], tile_groups={}, more_groups={}",
                 g.names.join(", "),
-                g.max_groups
+                g.max_groups,
+                match &g.atomics {
+                    Ok(()) => "atomics".to_string(),
+                    Err(reason) => format!("cpu ({reason})"),
+                }
             )?;
         }
         match &plan.aggregate {
@@ -392,6 +421,8 @@ struct StageMetrics {
     bytes_from_device: Count,
     device_batches: Count,
     cpu_batches: Count,
+    /// Device batches of a grouped stage folded with atomics.
+    atomic_batches: Count,
     device_time: Time,
     kernel_time: Time,
 }
@@ -404,6 +435,7 @@ impl StageMetrics {
             bytes_from_device: MetricBuilder::new(metrics).counter("bytes_from_device", partition),
             device_batches: MetricBuilder::new(metrics).counter("device_batches", partition),
             cpu_batches: MetricBuilder::new(metrics).counter("cpu_fallback_batches", partition),
+            atomic_batches: MetricBuilder::new(metrics).counter("atomic_fold_batches", partition),
             device_time: MetricBuilder::new(metrics).subset_time("device_time", partition),
             kernel_time: MetricBuilder::new(metrics).subset_time("kernel_time", partition),
         }
@@ -454,7 +486,7 @@ impl StageState {
     fn launch_device(
         &self,
         batch: &RecordBatch,
-        groups: Option<&GroupIndex>,
+        groups: Option<(&GroupIndex, GroupFold)>,
     ) -> Result<Option<FusedOutput>> {
         let plan = &self.plan;
         let used = plan.program.used_inputs();
@@ -473,7 +505,7 @@ impl StageState {
             .iter()
             .map(|h| h.as_ref().map(HostColumn::data))
             .collect();
-        if let Some(index) = groups {
+        if let Some((index, _)) = groups {
             inputs.push(Some(ColumnData {
                 ty: Ty::U32,
                 values: bytemuck::cast_slice(&index.gid),
@@ -486,7 +518,8 @@ impl StageState {
                 .run_grouped(
                     &plan.program,
                     batch.num_rows(),
-                    groups.map_or(1, |g| g.groups),
+                    groups.map_or(1, |(g, _)| g.groups),
+                    groups.map_or(GroupFold::Tiles, |(_, fold)| fold),
                     &inputs,
                 )
                 .map_err(|e| DataFusionError::External(Box::new(e)))?
@@ -535,7 +568,9 @@ impl StageState {
     }
 
     /// One launch of an aggregate stage: `None` when the batch has more key
-    /// combinations than the stage folds or the device flags it.
+    /// combinations than the stage folds or the device flags it. A batch
+    /// with more groups than the tile fold takes is folded with atomics
+    /// where the device has them for the program.
     fn launch_aggregate(&mut self, batch: &RecordBatch) -> Result<Option<RecordBatch>> {
         let plan = Arc::clone(&self.plan);
         let Some(agg) = &plan.aggregate else {
@@ -556,25 +591,39 @@ impl StageState {
                 else {
                     return Ok(None);
                 };
-                let max_groups = group_by.max_groups.clamp(1, MAX_GROUPS);
-                let Some(index) = group_index(&keys, max_groups) else {
+                let tile_groups = group_by.max_groups.clamp(1, MAX_GROUPS);
+                // With atomics every batch can be numbered: at most one
+                // group per row.
+                let limit = match group_by.atomics {
+                    Ok(()) => batch.num_rows().max(tile_groups),
+                    Err(_) => tile_groups,
+                };
+                let Some(index) = group_index(&keys, limit) else {
                     self.too_many_groups += 1;
                     return Ok(None);
                 };
                 self.too_many_groups = 0;
-                (keys, Some(index))
+                let fold = if index.groups <= tile_groups {
+                    GroupFold::Tiles
+                } else {
+                    GroupFold::Atomics
+                };
+                (keys, Some((index, fold)))
             }
         };
-        let Some(out) = self.launch_device(batch, index.as_ref())? else {
+        let Some(out) = self.launch_device(batch, index.as_ref().map(|(i, f)| (i, *f)))? else {
             return Ok(None);
         };
-        let groups = index.as_ref().map_or(1, |i| i.groups);
+        if matches!(index, Some((_, GroupFold::Atomics))) {
+            self.metrics.atomic_batches.add(1);
+        }
+        let groups = index.as_ref().map_or(1, |(i, _)| i.groups);
         let present: Vec<usize> = (0..groups)
             .filter(|&g| out.group_rows.get(g).is_some_and(|n| *n > 0))
             .collect();
         let key_columns = match &index {
             None => Vec::new(),
-            Some(index) => {
+            Some((index, _)) => {
                 let first = UInt32Array::from(
                     present
                         .iter()

@@ -8,8 +8,11 @@
 //! minimum when the range is small, else (and strings and binaries always)
 //! by the order of first appearance; dictionary arrays by their key; NULL is
 //! a code of its own, as SQL groups NULLs together — and the codes are then
-//! combined. A batch with more distinct key combinations than `max_groups`
-//! gets no index (`None`): the stage aggregates it on the CPU.
+//! combined. Direct codes (ranges, dictionary keys, products of the keys'
+//! domains) are used while they span at most `max_groups` and twice the
+//! batch's rows, so that few indices go unused. A batch with more distinct
+//! key combinations than `max_groups` gets no index (`None`): the stage
+//! aggregates it on the CPU.
 
 use std::hash::Hash;
 
@@ -68,12 +71,16 @@ pub fn key_type_supported(dt: &DataType) -> bool {
 pub fn group_index(keys: &[ArrayRef], max_groups: usize) -> Option<GroupIndex> {
     let rows = keys.first().map_or(0, |k| k.len());
     let max_groups = max_groups.max(1);
+    let bound = Bound {
+        direct: max_groups.min(rows.saturating_mul(2).max(64)),
+        distinct: max_groups,
+    };
     let mut gid = vec![0u32; rows];
     let mut groups: usize = 1;
     for key in keys {
-        let (codes, domain) = key_codes(key.as_ref(), max_groups)?;
+        let (codes, domain) = key_codes(key.as_ref(), bound)?;
         let next = groups.checked_mul(domain)?;
-        if next <= max_groups {
+        if next <= bound.direct {
             for (g, c) in gid.iter_mut().zip(&codes) {
                 *g = *g * domain as u32 + c;
             }
@@ -106,8 +113,17 @@ pub fn group_index(keys: &[ArrayRef], max_groups: usize) -> Option<GroupIndex> {
     })
 }
 
+/// How many codes a key may use.
+#[derive(Debug, Clone, Copy)]
+struct Bound {
+    /// The largest domain of direct codes (a range, a dictionary's keys).
+    direct: usize,
+    /// The most distinct values.
+    distinct: usize,
+}
+
 /// Per row a code below the returned domain size, equal for equal keys.
-fn key_codes(a: &dyn Array, max: usize) -> Option<(Vec<u32>, usize)> {
+fn key_codes(a: &dyn Array, max: Bound) -> Option<(Vec<u32>, usize)> {
     use DataType::*;
     match a.data_type() {
         Boolean => {
@@ -138,34 +154,49 @@ fn key_codes(a: &dyn Array, max: usize) -> Option<(Vec<u32>, usize)> {
         Timestamp(TimeUnit::Microsecond, _) => primitive::<TimestampMicrosecondType>(a, max),
         Timestamp(TimeUnit::Nanosecond, _) => primitive::<TimestampNanosecondType>(a, max),
         Decimal128(_, _) => primitive::<Decimal128Type>(a, max),
-        Utf8 => by_first_seen(a.as_any().downcast_ref::<StringArray>()?.iter(), max),
-        LargeUtf8 => by_first_seen(a.as_any().downcast_ref::<LargeStringArray>()?.iter(), max),
-        Utf8View => by_first_seen(a.as_any().downcast_ref::<StringViewArray>()?.iter(), max),
-        Binary => by_first_seen(a.as_any().downcast_ref::<BinaryArray>()?.iter(), max),
-        LargeBinary => by_first_seen(a.as_any().downcast_ref::<LargeBinaryArray>()?.iter(), max),
-        BinaryView => by_first_seen(a.as_any().downcast_ref::<BinaryViewArray>()?.iter(), max),
+        Utf8 => by_first_seen(
+            a.as_any().downcast_ref::<StringArray>()?.iter(),
+            max.distinct,
+        ),
+        LargeUtf8 => by_first_seen(
+            a.as_any().downcast_ref::<LargeStringArray>()?.iter(),
+            max.distinct,
+        ),
+        Utf8View => by_first_seen(
+            a.as_any().downcast_ref::<StringViewArray>()?.iter(),
+            max.distinct,
+        ),
+        Binary => by_first_seen(
+            a.as_any().downcast_ref::<BinaryArray>()?.iter(),
+            max.distinct,
+        ),
+        LargeBinary => by_first_seen(
+            a.as_any().downcast_ref::<LargeBinaryArray>()?.iter(),
+            max.distinct,
+        ),
+        BinaryView => by_first_seen(
+            a.as_any().downcast_ref::<BinaryViewArray>()?.iter(),
+            max.distinct,
+        ),
         Dictionary(_, _) => {
             // The dictionary's own keys; two entries of equal value give
             // two groups, which the final aggregate merges.
             let d = a.as_any_dictionary_opt()?;
             let values = d.values().len();
-            if values + 1 > max {
-                return None;
-            }
             let nulls = a.logical_nulls();
-            let codes = d
-                .normalized_keys()
-                .into_iter()
-                .enumerate()
-                .map(|(i, k)| {
-                    if nulls.as_ref().is_some_and(|n| n.is_null(i)) {
-                        values as u32
-                    } else {
-                        k as u32
-                    }
-                })
-                .collect();
-            Some((codes, values + 1))
+            let keys = d.normalized_keys().into_iter().enumerate().map(|(i, k)| {
+                if nulls.as_ref().is_some_and(|n| n.is_null(i)) {
+                    values as u32
+                } else {
+                    k as u32
+                }
+            });
+            if values < max.direct {
+                Some((keys.collect(), values + 1))
+            } else {
+                // A dictionary larger than the batch: number the keys used.
+                by_first_seen(keys.map(Some), max.distinct)
+            }
         }
         _ => None,
     }
@@ -173,7 +204,7 @@ fn key_codes(a: &dyn Array, max: usize) -> Option<(Vec<u32>, usize)> {
 
 /// Integer-like keys: the offset from the batch's minimum when the range
 /// fits, else numbered by first appearance.
-fn primitive<T>(a: &dyn Array, max: usize) -> Option<(Vec<u32>, usize)>
+fn primitive<T>(a: &dyn Array, max: Bound) -> Option<(Vec<u32>, usize)>
 where
     T: ArrowPrimitiveType,
     T::Native: Into<i128> + Hash + Eq,
@@ -189,7 +220,7 @@ where
         _ => return Some((vec![0; a.len()], 1)),
     };
     let range = hi - lo + 1;
-    if range + i128::from(has_null) <= max as i128 {
+    if range + i128::from(has_null) <= max.direct as i128 {
         let null_code = range as u32;
         let values = p.values();
         let codes = if has_null {
@@ -207,7 +238,7 @@ where
         };
         return Some((codes, range as usize + usize::from(has_null)));
     }
-    by_first_seen(p.iter(), max)
+    by_first_seen(p.iter(), max.distinct)
 }
 
 /// Codes in order of first appearance, NULL included; `None` past `max`.
@@ -314,6 +345,36 @@ mod tests {
         assert!(group_index(&all, 4).is_none());
         // The u8 range 0..=255 is too wide for 16 groups; three values fit.
         assert_eq!(group_index(&all[4..], 16).unwrap().groups, 3);
+    }
+
+    #[test]
+    fn wide_domains_are_numbered_not_indexed() {
+        // 100 values over a range of a million: with room for a million
+        // groups, range codes would leave almost every index unused.
+        let sparse: ArrayRef = Arc::new(Int64Array::from_iter_values(
+            (0..100).map(|i| i * 10_000 % 999_983),
+        ));
+        let index = group_index(std::slice::from_ref(&sparse), 1 << 20).unwrap();
+        check(std::slice::from_ref(&sparse), &index);
+        assert_eq!(index.groups, 100);
+        // A dictionary of 1,000 values of which a 6-row batch uses three:
+        // its keys are numbered, three groups.
+        let values: Vec<String> = (0..1000).map(|i| format!("v{i}")).collect();
+        let dict: ArrayRef = Arc::new(
+            DictionaryArray::<datafusion::arrow::datatypes::Int16Type>::try_new(
+                vec![0i16, 500, 999, 0, 500, 0].into(),
+                Arc::new(datafusion::arrow::array::StringArray::from(values)),
+            )
+            .unwrap(),
+        );
+        let index = group_index(std::slice::from_ref(&dict), 1 << 20).unwrap();
+        check(std::slice::from_ref(&dict), &index);
+        assert_eq!(index.groups, 3);
+        // Every row its own group, with room for them all.
+        let ids: ArrayRef = Arc::new(Int64Array::from_iter_values((0..5000).map(|i| i * 7)));
+        let index = group_index(std::slice::from_ref(&ids), 5000).unwrap();
+        assert_eq!(index.groups, 5000);
+        assert!(group_index(std::slice::from_ref(&ids), 4999).is_none());
     }
 
     #[test]

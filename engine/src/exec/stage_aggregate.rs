@@ -7,9 +7,12 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
-use datafusion::arrow::datatypes::{DataType, FieldRef, SchemaRef};
-use datafusion::common::{Result, ScalarValue, internal_err};
+use datafusion::arrow::array::{
+    ArrayRef, Date32Array, Decimal128Array, Float64Array, Int32Array, Int64Array, RecordBatch,
+    RecordBatchOptions, UInt64Array,
+};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::{Result, internal_err};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use kiln_kernels::codegen::{ReduceOp, Reduced};
 
@@ -89,7 +92,7 @@ impl StageAggregate {
 
     /// The partial-state batch of a grouped aggregate: the group key
     /// columns, then per group (row) the state of each aggregate's running
-    /// results in `accs`.
+    /// results in `accs`, built column by column.
     pub fn finish_groups(
         &self,
         keys: Vec<ArrayRef>,
@@ -98,28 +101,50 @@ impl StageAggregate {
     ) -> Result<RecordBatch> {
         let fields = schema.fields();
         let state_fields = &fields[keys.len().min(fields.len())..];
-        let mut states: Vec<Vec<ScalarValue>> =
-            vec![Vec::with_capacity(accs.len()); state_fields.len()];
-        for acc in accs {
-            let row = self.state_row(acc, state_fields)?;
-            if row.len() != state_fields.len() {
-                return internal_err!(
-                    "GpuStageExec: {} state columns for a schema of {}",
-                    row.len(),
-                    state_fields.len()
-                );
+        let field_type = |i: usize| -> Result<&DataType> {
+            match state_fields.get(i) {
+                Some(f) => Ok(f.data_type()),
+                None => internal_err!("GpuStageExec: more aggregate states than fields"),
             }
-            for (column, value) in states.iter_mut().zip(row) {
-                column.push(value);
+        };
+        let mut columns = keys;
+        let first_state = columns.len();
+        for (r, kind) in self.kinds.iter().enumerate() {
+            let reduced = || {
+                accs.iter()
+                    .map(move |acc| acc.get(r).copied().unwrap_or_default())
+            };
+            let counts = reduced().map(|x| x.nonnull);
+            match kind {
+                AggKind::Count => {
+                    columns.push(Arc::new(Int64Array::from_iter_values(
+                        counts.map(|n| n as i64),
+                    )));
+                }
+                AggKind::Avg => {
+                    // A group without values has a NULL count, as in
+                    // DataFusion's own partial state: the final avg takes a
+                    // non-NULL count as a group with values and divides.
+                    columns.push(Arc::new(
+                        counts
+                            .map(|n| (n > 0).then_some(n))
+                            .collect::<UInt64Array>(),
+                    ));
+                    let dt = field_type(columns.len() - first_state)?;
+                    columns.push(state_column(dt, reduced())?);
+                }
+                _ => {
+                    let dt = field_type(columns.len() - first_state)?;
+                    columns.push(state_column(dt, reduced())?);
+                }
             }
         }
-        let mut columns = keys;
-        for (values, field) in states.into_iter().zip(state_fields) {
-            columns.push(if values.is_empty() {
-                datafusion::arrow::array::new_empty_array(field.data_type())
-            } else {
-                ScalarValue::iter_to_array(values)?
-            });
+        if columns.len() != fields.len() {
+            return internal_err!(
+                "GpuStageExec: {} columns for a schema of {}",
+                columns.len(),
+                fields.len()
+            );
         }
         // Casts align nullability-free types exactly with the schema.
         let columns = columns
@@ -139,45 +164,45 @@ impl StageAggregate {
             &RecordBatchOptions::new().with_row_count(Some(accs.len())),
         )?)
     }
-
-    /// One group's aggregate states, in the order of `fields`.
-    fn state_row(&self, acc: &[Reduced], fields: &[FieldRef]) -> Result<Vec<ScalarValue>> {
-        let mut row = Vec::with_capacity(fields.len());
-        for (kind, r) in self.kinds.iter().zip(acc) {
-            let value = |dt: &DataType| -> Result<ScalarValue> {
-                let present = r.nonnull > 0;
-                Ok(match dt {
-                    DataType::Float64 => ScalarValue::Float64(r.float.filter(|_| present)),
-                    dt => to_scalar(dt, r.int.filter(|_| present))?,
-                })
-            };
-            let field_type = |i: usize| -> Result<&DataType> {
-                match fields.get(i) {
-                    Some(f) => Ok(f.data_type()),
-                    None => internal_err!("GpuStageExec: more aggregate states than fields"),
-                }
-            };
-            match kind {
-                AggKind::Count => row.push(ScalarValue::Int64(Some(r.nonnull as i64))),
-                AggKind::Avg => {
-                    row.push(ScalarValue::UInt64(Some(r.nonnull)));
-                    row.push(value(field_type(row.len())?)?);
-                }
-                _ => row.push(value(field_type(row.len())?)?),
-            }
-        }
-        Ok(row)
-    }
 }
 
-fn to_scalar(dt: &DataType, v: Option<i128>) -> Result<ScalarValue> {
+/// One aggregate's value state (a sum, minimum or maximum) over the groups
+/// as a column of type `dt`; NULL where the group folded no value.
+fn state_column(dt: &DataType, values: impl Iterator<Item = Reduced>) -> Result<ArrayRef> {
+    let int = |r: Reduced| r.int.filter(|_| r.nonnull > 0);
     Ok(match dt {
+        DataType::Float64 => Arc::new(
+            values
+                .map(|r| r.float.filter(|_| r.nonnull > 0))
+                .collect::<Float64Array>(),
+        ),
         // Integer sums wrap to 64 bits as DataFusion's do.
-        DataType::Int64 => ScalarValue::Int64(v.map(|v| v as i64)),
-        DataType::Int32 => ScalarValue::Int32(v.map(|v| v as i32)),
-        DataType::Date32 => ScalarValue::Date32(v.map(|v| v as i32)),
-        DataType::UInt64 => ScalarValue::UInt64(v.map(|v| v as u64)),
-        DataType::Decimal128(p, s) => ScalarValue::Decimal128(v, *p, *s),
+        DataType::Int64 => Arc::new(
+            values
+                .map(|r| int(r).map(|v| v as i64))
+                .collect::<Int64Array>(),
+        ),
+        DataType::Int32 => Arc::new(
+            values
+                .map(|r| int(r).map(|v| v as i32))
+                .collect::<Int32Array>(),
+        ),
+        DataType::Date32 => Arc::new(
+            values
+                .map(|r| int(r).map(|v| v as i32))
+                .collect::<Date32Array>(),
+        ),
+        DataType::UInt64 => Arc::new(
+            values
+                .map(|r| int(r).map(|v| v as u64))
+                .collect::<UInt64Array>(),
+        ),
+        DataType::Decimal128(p, s) => Arc::new(
+            values
+                .map(int)
+                .collect::<Decimal128Array>()
+                .with_precision_and_scale(*p, *s)?,
+        ),
         other => return internal_err!("GpuStageExec: no aggregate state of type {other}"),
     })
 }

@@ -48,6 +48,7 @@ pub struct LoweringContext {
     pub min_rows: usize,
     pub batch_rows: usize,
     pub max_groups: usize,
+    pub group_atomics: bool,
 }
 
 impl LoweringContext {
@@ -89,6 +90,7 @@ impl LoweringContext {
             min_rows: options.gpu_min_rows,
             batch_rows: options.gpu_batch_rows,
             max_groups: options.gpu_max_groups,
+            group_atomics: options.gpu_group_atomics,
         }))
     }
 }
@@ -122,10 +124,19 @@ impl PhysicalOptimizerRule for PlaceOnDevice {
                 };
                 let keep = worth_it(stage, &ctx)
                     .and_then(|()| ctx.device.fused_support(&stage.plan().program));
-                Ok(match keep {
-                    Ok(()) => Transformed::no(node),
-                    Err(_) => Transformed::yes(unwrap_stage(stage)?),
-                })
+                if keep.is_err() {
+                    return Ok(Transformed::yes(unwrap_stage(stage)?));
+                }
+                // Compile the atomic fold now too; a device that cannot
+                // leaves batches of many groups to the CPU.
+                if let Some(Ok(())) = stage.plan().group_by.as_ref().map(|g| &g.atomics)
+                    && let Err(reason) = ctx.device.atomic_fold_support(&stage.plan().program)
+                {
+                    let stage: Arc<dyn ExecutionPlan> =
+                        Arc::new(stage.without_group_atomics(reason));
+                    return Ok(Transformed::yes(stage));
+                }
+                Ok(Transformed::no(node))
             })?
             .data;
         Ok(placed)
@@ -423,10 +434,15 @@ pub fn lower(
         plan.program.topk = Some(kernel);
         plan.topk = Some(stage);
     }
-    if let Some(g) = group_by {
+    if let Some(mut g) = group_by {
         // The host computes each row's group index: the program's last input.
         plan.program.group = Some(Expr::column(plan.program.inputs.len(), Ty::U32));
         plan.program.inputs.push(Ty::U32);
+        g.atomics = if ctx.group_atomics {
+            ctx.device.atomic_fold_check(&plan.program)
+        } else {
+            Err("kiln.gpu_group_atomics is off".into())
+        };
         plan.group_by = Some(g);
     }
     ctx.device.fused_check(&plan.program)?;
@@ -474,6 +490,7 @@ fn group_keys(
         keys,
         names,
         max_groups: ctx.max_groups,
+        atomics: Ok(()),
     })
 }
 
