@@ -61,12 +61,13 @@ async fn text(session: &Session, sql: &str) -> String {
         .to_string()
 }
 
-/// The GpuStageExec line of `EXPLAIN ANALYZE sql`, with its metrics.
+/// The GpuStageExec line of `EXPLAIN ANALYZE sql`, with its metrics (the
+/// topmost but a final aggregate's).
 async fn analyzed_stage(session: &Session, sql: &str) -> String {
     let analyzed = text(session, &format!("EXPLAIN ANALYZE {sql}")).await;
     analyzed
         .lines()
-        .find(|l| l.contains("GpuStageExec"))
+        .find(|l| l.contains("GpuStageExec") && !l.contains("mode=final"))
         .unwrap_or_else(|| panic!("no stage in\n{analyzed}"))
         .to_string()
 }
@@ -116,7 +117,7 @@ async fn explain_shows_placement_and_reasons() {
     let q6 = explain(&gpu, &query(6)).await;
     let stage = q6
         .lines()
-        .find(|l| l.contains("GpuStageExec"))
+        .find(|l| l.contains("GpuStageExec") && !l.contains("mode=final"))
         .unwrap_or_else(|| panic!("no stage in\n{q6}"));
     assert!(stage.contains("device=wgpu:0"), "{stage}");
     assert!(stage.contains("ops=[FilterExec"), "{stage}");
@@ -130,13 +131,19 @@ async fn explain_shows_placement_and_reasons() {
     let q1 = explain(&gpu, &query(1)).await;
     let stage = q1
         .lines()
-        .find(|l| l.contains("GpuStageExec"))
+        .find(|l| l.contains("GpuStageExec") && !l.contains("mode=final"))
         .unwrap_or_else(|| panic!("no stage in\n{q1}"));
     assert!(
         stage.contains("ops=[FilterExec, ProjectionExec, AggregateExec]")
             && stage.contains("group_by=[l_returnflag, l_linestatus]"),
         "{stage}"
     );
+    // ... and its final aggregate above the exchange, merging the states.
+    let last = q1
+        .lines()
+        .find(|l| l.contains("GpuStageExec") && l.contains("mode=final"))
+        .unwrap_or_else(|| panic!("no final stage in\n{q1}"));
+    assert!(last.contains("ops=[AggregateExec]"), "{last}");
     // A string predicate stays on the CPU and says why.
     let strings = explain(
         &gpu,
@@ -815,6 +822,76 @@ async fn high_cardinality_group_by_folds_with_atomics() {
     let stage = analyzed_stage(&gpu, sql).await;
     assert!(stage.contains("more_groups=cpu (a float sum"), "{stage}");
     assert!(!stage.contains("cpu_fallback_batches=0"), "{stage}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn final_aggregates_merge_states_on_the_device() {
+    if !has_wgpu() {
+        return;
+    }
+    let (cpu, gpu) = small_batch_sessions(31).await;
+    // No float states (avg of an integer sums in f64): WGSL has no float
+    // atomics for the many-group cases.
+    let ints = "sum(a) AS s_a, count(a) AS n_a, count(*) AS n, min(a) AS lo_a, max(b) AS hi_b, \
+                sum(b) AS s_b, avg(e) AS avg_e, min(f) AS lo_f, max(e) AS hi_e";
+    // (query, whether every batch of the final stage merges on the device)
+    let cases = [
+        (
+            format!("SELECT g, {ints} FROM t GROUP BY g ORDER BY g"),
+            true,
+        ),
+        (
+            format!(
+                "SELECT g, sum(c) AS s_c, avg(c) AS m_c, avg(a) AS m_a, {ints} FROM t GROUP BY g ORDER BY g"
+            ),
+            true,
+        ),
+        (
+            format!("SELECT f, {ints} FROM t WHERE a > 0 GROUP BY f ORDER BY f"),
+            true,
+        ),
+        (
+            format!("SELECT id % 5000 AS m, {ints} FROM t GROUP BY id % 5000 ORDER BY m"),
+            true,
+        ),
+        (format!("SELECT {ints} FROM t WHERE b < 0"), true),
+        (
+            "SELECT DISTINCT g, k FROM t ORDER BY g, k".to_string(),
+            true,
+        ),
+        // A float sum over thousands of groups: no float atomics on WGSL.
+        (
+            "SELECT f, sum(c) AS s FROM t GROUP BY f ORDER BY f".to_string(),
+            false,
+        ),
+    ];
+    for (sql, on_device) in &cases {
+        assert_eq!(text(&gpu, sql).await, text(&cpu, sql).await, "{sql}");
+        let analyzed = text(&gpu, &format!("EXPLAIN ANALYZE {sql}")).await;
+        let stages: Vec<&str> = analyzed
+            .lines()
+            .filter(|l| l.contains("GpuStageExec"))
+            .collect();
+        let last = stages
+            .iter()
+            .find(|l| l.contains("mode=final"))
+            .unwrap_or_else(|| panic!("{sql}: no final stage in\n{analyzed}"));
+        assert!(
+            stages
+                .iter()
+                .any(|l| !l.contains("mode=final") && l.contains("AggregateExec")),
+            "{sql}: no partial stage in\n{analyzed}"
+        );
+        assert_eq!(
+            last.contains("cpu_fallback_batches=0"),
+            *on_device,
+            "{sql}: {last}"
+        );
+    }
+    // The cost model keeps a final aggregate over few states on the CPU.
+    let few = table_session(&random_table(20_000, 31), 2, &["SET kiln.device = 'wgpu'"]).await;
+    let plan = explain(&few, &format!("SELECT g, {ints} FROM t GROUP BY g")).await;
+    assert!(!plan.contains("mode=final"), "{plan}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,6 +47,29 @@ pub struct HostColumn {
 }
 
 impl HostColumn {
+    /// This column as the program's input type `want`: an unsigned 64-bit
+    /// column (a count state) is taken as signed when no valid value
+    /// reaches 2^63; `None` when it cannot be.
+    pub fn as_input(self, want: Ty) -> Option<HostColumn> {
+        if self.ty == want {
+            return Some(self);
+        }
+        if (self.ty, want) != (Ty::U64, Ty::I64) {
+            return None;
+        }
+        let valid = |i: usize| {
+            self.validity
+                .as_ref()
+                .is_none_or(|bits| bits[i / 32] >> (i % 32) & 1 == 1)
+        };
+        let fits = self
+            .values
+            .chunks_exact(8)
+            .enumerate()
+            .all(|(i, v)| v[7] < 0x80 || !valid(i));
+        fits.then_some(HostColumn { ty: want, ..self })
+    }
+
     pub fn data(&self) -> ColumnData<'_> {
         ColumnData {
             ty: self.ty,

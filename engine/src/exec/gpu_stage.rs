@@ -39,6 +39,7 @@ use datafusion::physical_plan::{
     ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties,
     ReplaceChildrenOptions, SendableRecordBatchStream,
 };
+use futures::TryStreamExt;
 use kiln_kernels::codegen::{
     ColumnData, FusedOutput, GroupFold, MAX_GROUPS, OutColumn, Program, Reduced, Ty,
 };
@@ -244,12 +245,17 @@ impl DisplayAs for GpuStageExec {
         match &plan.aggregate {
             Some(agg) => write!(
                 f,
-                ", aggregate=[{}], batch_rows={}",
+                ", aggregate=[{}]{}, batch_rows={}",
                 agg.functions
                     .iter()
                     .map(|a| a.name().to_string())
                     .collect::<Vec<_>>()
                     .join(", "),
+                if agg.merge {
+                    ", mode=final (states merged on the device, finished on the host)"
+                } else {
+                    ""
+                },
                 self.batch_rows
             )?,
             None => write!(
@@ -343,6 +349,25 @@ impl ExecutionPlan for GpuStageExec {
             done: false,
             too_many_groups: 0,
         };
+        if self.plan.aggregate.as_ref().is_some_and(|a| a.merge) {
+            // A final aggregate: the launches merge the partition's states
+            // on the device, the replaced aggregate finishes them.
+            let stream = futures::stream::once(async move {
+                let mut state = state;
+                let mut merged = Vec::new();
+                loop {
+                    let pending = state.gather().await?;
+                    if pending.is_empty() {
+                        break;
+                    }
+                    merged.push(state.run_aggregate(&pending, &context).await?);
+                }
+                let out = state.finish_merged(merged, &context).await?;
+                Ok::<_, DataFusionError>(futures::stream::iter(out.into_iter().map(Ok)))
+            })
+            .try_flatten();
+            return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)));
+        }
         if self.plan.topk.is_some() {
             // The partition's first rows, kept across launches.
             let stream = futures::stream::once(async move {
@@ -491,12 +516,12 @@ impl StageState {
         let plan = &self.plan;
         let used = plan.program.used_inputs();
         let mut host: Vec<Option<HostColumn>> = Vec::with_capacity(used.len());
-        for (column, used) in batch.columns().iter().zip(&used) {
+        for ((column, used), want) in batch.columns().iter().zip(&used).zip(&plan.program.inputs) {
             if !used {
                 host.push(None);
                 continue;
             }
-            match to_device(column.as_ref())? {
+            match to_device(column.as_ref())?.and_then(|h| h.as_input(*want)) {
                 Some(h) => host.push(Some(h)),
                 None => return Ok(None),
             }
@@ -556,6 +581,11 @@ impl StageState {
             };
             match on_device {
                 Some(states) => parts.push(states),
+                // States to merge stay as they are, for the final aggregate.
+                None if self.merges() => {
+                    self.metrics.cpu_batches.add(1);
+                    parts.push(part);
+                }
                 None => {
                     self.metrics.cpu_batches.add(1);
                     let plan = self.aggregate_on_cpu(part)?;
@@ -563,8 +593,51 @@ impl StageState {
                 }
             }
         }
-        let out = concat_batches(&self.schema, &parts)?;
+        let out = concat_batches(self.states_schema(), &parts)?;
+        if self.merges() {
+            return Ok(out);
+        }
         Ok(out.record_output(&self.metrics.baseline))
+    }
+
+    /// Whether the stage merges partial states (a final aggregate).
+    fn merges(&self) -> bool {
+        self.plan.aggregate.as_ref().is_some_and(|a| a.merge)
+    }
+
+    /// The schema of the states a launch emits: the stage's output, or for
+    /// a final aggregate its input (states merged, still states).
+    fn states_schema(&self) -> &SchemaRef {
+        if self.merges() {
+            &self.input_schema
+        } else {
+            &self.schema
+        }
+    }
+
+    /// A final aggregate's result: the replaced `AggregateExec` over the
+    /// states the launches merged (and the batches left to the CPU).
+    // `&mut self`: the future holds the state across an await, and the
+    // state is `Send`, not `Sync`.
+    async fn finish_merged(
+        &mut self,
+        states: Vec<RecordBatch>,
+        context: &Arc<TaskContext>,
+    ) -> Result<Vec<RecordBatch>> {
+        let Some(aggregate) = self.plan.original_ops.last() else {
+            return internal_err!("GpuStageExec: aggregate stage without its aggregate");
+        };
+        let source =
+            MemorySourceConfig::try_new_exec(&[states], Arc::clone(&self.input_schema), None)?;
+        let plan = Arc::clone(aggregate).replace_children(
+            vec![source],
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )?;
+        let out = collect(plan, Arc::clone(context)).await?;
+        Ok(out
+            .into_iter()
+            .map(|b| b.record_output(&self.metrics.baseline))
+            .collect())
     }
 
     /// One launch of an aggregate stage: `None` when the batch has more key
@@ -640,7 +713,7 @@ impl StageState {
             .iter()
             .filter_map(|&g| out.reduced.get(g * per_group..(g + 1) * per_group))
             .collect();
-        agg.finish_groups(key_columns, &states, &self.schema)
+        agg.finish_groups(key_columns, &states, self.states_schema())
             .map(Some)
     }
 

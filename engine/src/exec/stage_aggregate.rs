@@ -38,12 +38,18 @@ impl AggKind {
     }
 }
 
-/// The aggregates of a stage, in the replaced `AggregateExec`'s order;
-/// reduction `i` of the stage's program computes aggregate `i`.
+/// The aggregates of a stage, in the replaced `AggregateExec`'s order.
+/// Folding rows (a partial aggregate), reduction `i` of the stage's program
+/// computes aggregate `i`; merging states (a final aggregate), each state
+/// column has its reduction, in the input's order (see
+/// [`StageAggregate::merge_reductions`]).
 #[derive(Debug, Clone)]
 pub struct StageAggregate {
     pub kinds: Vec<AggKind>,
     pub functions: Vec<Arc<AggregateFunctionExpr>>,
+    /// The stage merges partial states (a final aggregate's input) into
+    /// states, which the replaced final aggregate then finishes on the host.
+    pub merge: bool,
 }
 
 fn state_type_ok(dt: &DataType) -> bool {
@@ -87,7 +93,23 @@ impl StageAggregate {
         Ok(StageAggregate {
             kinds,
             functions: functions.to_vec(),
+            merge: false,
         })
+    }
+
+    /// The reduction that merges each state column of the aggregates, in
+    /// order: sums and counts add, minima and maxima fold as themselves;
+    /// `avg`'s state is a count and a sum.
+    pub fn merge_reductions(&self) -> Vec<ReduceOp> {
+        self.kinds
+            .iter()
+            .flat_map(|kind| match kind {
+                AggKind::Sum | AggKind::Count => vec![ReduceOp::Sum],
+                AggKind::Avg => vec![ReduceOp::Sum, ReduceOp::Sum],
+                AggKind::Min => vec![ReduceOp::Min],
+                AggKind::Max => vec![ReduceOp::Max],
+            })
+            .collect()
     }
 
     /// The partial-state batch of a grouped aggregate: the group key
@@ -109,35 +131,52 @@ impl StageAggregate {
         };
         let mut columns = keys;
         let first_state = columns.len();
-        for (r, kind) in self.kinds.iter().enumerate() {
-            let reduced = || {
-                accs.iter()
-                    .map(move |acc| acc.get(r).copied().unwrap_or_default())
-            };
-            let counts = reduced().map(|x| x.nonnull);
+        let reduced = |r: usize| {
+            accs.iter()
+                .map(move |acc| acc.get(r).copied().unwrap_or_default())
+        };
+        // A count state: the kept values folded (or, merging, the sum of
+        // the counts merged).
+        let count = |r: usize| {
+            reduced(r).map(move |x| {
+                if self.merge {
+                    x.int.filter(|_| x.nonnull > 0).map(|n| n as u64)
+                } else {
+                    Some(x.nonnull)
+                }
+            })
+        };
+        let mut r = 0;
+        for kind in &self.kinds {
             match kind {
                 AggKind::Count => {
-                    columns.push(Arc::new(Int64Array::from_iter_values(
-                        counts.map(|n| n as i64),
-                    )));
+                    columns.push(Arc::new(
+                        count(r)
+                            .map(|n| n.unwrap_or(0) as i64)
+                            .collect::<Int64Array>(),
+                    ));
                 }
                 AggKind::Avg => {
                     // A group without values has a NULL count, as in
                     // DataFusion's own partial state: the final avg takes a
                     // non-NULL count as a group with values and divides.
                     columns.push(Arc::new(
-                        counts
-                            .map(|n| (n > 0).then_some(n))
+                        count(r)
+                            .map(|n| n.filter(|n| *n > 0))
                             .collect::<UInt64Array>(),
                     ));
+                    if self.merge {
+                        r += 1;
+                    }
                     let dt = field_type(columns.len() - first_state)?;
-                    columns.push(state_column(dt, reduced())?);
+                    columns.push(state_column(dt, reduced(r))?);
                 }
                 _ => {
                     let dt = field_type(columns.len() - first_state)?;
-                    columns.push(state_column(dt, reduced())?);
+                    columns.push(state_column(dt, reduced(r))?);
                 }
             }
+            r += 1;
         }
         if columns.len() != fields.len() {
             return internal_err!(

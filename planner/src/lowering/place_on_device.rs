@@ -382,12 +382,20 @@ pub fn lower(
     let mut reductions = Vec::new();
     let mut stage_aggregate = None;
     let mut group_by = None;
+    // Inputs a merge takes as another type (unsigned counts as signed).
+    let mut retyped = Vec::new();
     if let Some(agg) = aggregate {
-        if *agg.mode() != AggregateMode::Partial {
-            return Err(format!(
-                "only partial aggregates run on the GPU (this one is {:?})",
-                agg.mode()
-            ));
+        let merge = match agg.mode() {
+            AggregateMode::Partial => false,
+            AggregateMode::Final | AggregateMode::FinalPartitioned => true,
+            other => {
+                return Err(format!(
+                    "{other:?} aggregates stay on the CPU (the GPU runs partial and final ones)"
+                ));
+            }
+        };
+        if merge && !chain.ops.is_empty() {
+            return Err("a final aggregate merges states straight from its input".into());
         }
         if !agg.group_expr().is_empty() {
             group_by = Some(group_keys(agg, &chain.exprs, ctx)?);
@@ -406,14 +414,35 @@ pub fn lower(
                 arg: Expr::lit(Value::Bool(true), Ty::Bool),
             });
         }
-        let functions = StageAggregate::try_new(agg.aggr_expr())?;
-        for (f, kind) in agg.aggr_expr().iter().zip(&functions.kinds) {
-            let r = Reduce {
-                op: kind.reduce_op(),
-                arg: translator.translate(&f.expressions()[0])?,
-            };
-            r.supported().map_err(|e| format!("{}: {e}", f.name()))?;
-            reductions.push(r);
+        let mut functions = StageAggregate::try_new(agg.aggr_expr())?;
+        if merge {
+            // The input holds the group keys, then every aggregate's state
+            // columns in order; each merges with its own reduction.
+            let first = agg.group_expr().expr().len();
+            for (i, op) in functions.merge_reductions().into_iter().enumerate() {
+                let mut arg = translator.input_column(first + i)?;
+                if arg.ty() == Ty::U64 {
+                    // avg's count state: merged as i64 (a batch with a
+                    // count past 2^63 goes to the CPU).
+                    arg = Expr::column(first + i, Ty::I64);
+                    retyped.push((first + i, Ty::I64));
+                }
+                let r = Reduce { op, arg };
+                r.supported().map_err(|e| {
+                    format!("merging {}: {e}", stage_inputs.field(first + i).name())
+                })?;
+                reductions.push(r);
+            }
+            functions.merge = true;
+        } else {
+            for (f, kind) in agg.aggr_expr().iter().zip(&functions.kinds) {
+                let r = Reduce {
+                    op: kind.reduce_op(),
+                    arg: translator.translate(&f.expressions()[0])?,
+                };
+                r.supported().map_err(|e| format!("{}: {e}", f.name()))?;
+                reductions.push(r);
+            }
         }
         stage_aggregate = Some(functions);
         chain.columns.clear();
@@ -429,6 +458,9 @@ pub fn lower(
         &stage_inputs,
     );
     plan.program.reduce = reductions;
+    for (index, ty) in retyped {
+        plan.program.inputs[index] = ty;
+    }
     plan.aggregate = stage_aggregate;
     if let Some((kernel, stage)) = topk {
         plan.program.topk = Some(kernel);
