@@ -895,6 +895,42 @@ async fn final_aggregates_merge_states_on_the_device() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_step_aggregates_fold_on_the_device() {
+    if !has_wgpu() {
+        return;
+    }
+    // One partition: DataFusion plans each aggregate as one single-step
+    // operator, which the stage splits into device folds and a host finish.
+    let table = random_table(20_000, 37);
+    let cpu = table_session(&table, 1, &["SET kiln.device = 'cpu'"]).await;
+    let gpu = table_session(
+        &table,
+        1,
+        &[GPU[0], GPU[1], "SET kiln.gpu_batch_rows = 4096"],
+    )
+    .await;
+    let ints = "sum(a) AS s_a, count(a) AS n_a, count(*) AS n, min(a) AS lo_a, max(b) AS hi_b, \
+                avg(e) AS avg_e, min(f) AS lo_f, max(e) AS hi_e";
+    for sql in [
+        format!("SELECT g, {ints}, sum(c) AS s_c, avg(a) AS m_a FROM t GROUP BY g ORDER BY g"),
+        format!("SELECT f, {ints} FROM t WHERE a > 0 GROUP BY f ORDER BY f"),
+        format!("SELECT {ints} FROM t WHERE b < 0 AND a + 1 > 3"),
+        "SELECT DISTINCT g, d FROM t ORDER BY g, d".to_string(),
+    ] {
+        assert_eq!(text(&gpu, &sql).await, text(&cpu, &sql).await, "{sql}");
+        let stage = analyzed_stage(&gpu, &sql).await;
+        assert!(stage.contains("mode=single"), "{sql}: {stage}");
+        assert!(stage.contains("cpu_fallback_batches=0"), "{sql}: {stage}");
+    }
+    // A batch the device flags is folded by the partial half on the CPU
+    // (a sum beyond 64 bits in one workgroup), and still finishes right.
+    let sql = "SELECT g, sum(b * 1000000) AS s FROM t GROUP BY g ORDER BY g";
+    assert_eq!(text(&gpu, sql).await, text(&cpu, sql).await);
+    let stage = analyzed_stage(&gpu, sql).await;
+    assert!(!stage.contains("cpu_fallback_batches=0"), "{stage}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_by_limit_matches_the_cpu() {
     if !has_wgpu() {
         return;

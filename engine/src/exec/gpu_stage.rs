@@ -253,6 +253,8 @@ impl DisplayAs for GpuStageExec {
                     .join(", "),
                 if agg.merge {
                     ", mode=final (states merged on the device, finished on the host)"
+                } else if agg.single.is_some() {
+                    ", mode=single (rows folded into states on the device, finished on the host)"
                 } else {
                     ""
                 },
@@ -349,9 +351,11 @@ impl ExecutionPlan for GpuStageExec {
             done: false,
             too_many_groups: 0,
         };
-        if self.plan.aggregate.as_ref().is_some_and(|a| a.merge) {
+        if state.finishes() {
             // A final aggregate: the launches merge the partition's states
-            // on the device, the replaced aggregate finishes them.
+            // on the device, the replaced aggregate finishes them; a
+            // single-step one: the launches fold rows into states, its
+            // final half finishes them.
             let stream = futures::stream::once(async move {
                 let mut state = state;
                 let mut merged = Vec::new();
@@ -593,8 +597,8 @@ impl StageState {
                 }
             }
         }
-        let out = concat_batches(self.states_schema(), &parts)?;
-        if self.merges() {
+        let out = concat_batches(&self.states_schema(), &parts)?;
+        if self.finishes() {
             return Ok(out);
         }
         Ok(out.record_output(&self.metrics.baseline))
@@ -605,18 +609,31 @@ impl StageState {
         self.plan.aggregate.as_ref().is_some_and(|a| a.merge)
     }
 
-    /// The schema of the states a launch emits: the stage's output, or for
-    /// a final aggregate its input (states merged, still states).
-    fn states_schema(&self) -> &SchemaRef {
-        if self.merges() {
-            &self.input_schema
-        } else {
-            &self.schema
+    /// Whether the stage's states are finished on the host at the end of
+    /// the partition (a final or single-step aggregate).
+    fn finishes(&self) -> bool {
+        self.plan
+            .aggregate
+            .as_ref()
+            .is_some_and(|a| a.merge || a.single.is_some())
+    }
+
+    /// The schema of the states a launch emits: the stage's output (a
+    /// partial aggregate), a final aggregate's input (states merged, still
+    /// states), or a single-step aggregate's partial half's output.
+    fn states_schema(&self) -> SchemaRef {
+        match &self.plan.aggregate {
+            Some(a) if a.merge => Arc::clone(&self.input_schema),
+            Some(a) => match &a.single {
+                Some(split) => split.partial.schema(),
+                None => Arc::clone(&self.schema),
+            },
+            None => Arc::clone(&self.schema),
         }
     }
 
-    /// A final aggregate's result: the replaced `AggregateExec` over the
-    /// states the launches merged (and the batches left to the CPU).
+    /// A final or single-step aggregate's result: its final aggregate over
+    /// the states the launches emitted (and the batches left to the CPU).
     // `&mut self`: the future holds the state across an await, and the
     // state is `Send`, not `Sync`.
     async fn finish_merged(
@@ -624,11 +641,11 @@ impl StageState {
         states: Vec<RecordBatch>,
         context: &Arc<TaskContext>,
     ) -> Result<Vec<RecordBatch>> {
-        let Some(aggregate) = self.plan.original_ops.last() else {
+        let single = self.plan.aggregate.as_ref().and_then(|a| a.single.as_ref());
+        let Some(aggregate) = single.map(|s| &s.finish).or(self.plan.original_ops.last()) else {
             return internal_err!("GpuStageExec: aggregate stage without its aggregate");
         };
-        let source =
-            MemorySourceConfig::try_new_exec(&[states], Arc::clone(&self.input_schema), None)?;
+        let source = MemorySourceConfig::try_new_exec(&[states], self.states_schema(), None)?;
         let plan = Arc::clone(aggregate).replace_children(
             vec![source],
             ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
@@ -713,7 +730,7 @@ impl StageState {
             .iter()
             .filter_map(|&g| out.reduced.get(g * per_group..(g + 1) * per_group))
             .collect();
-        agg.finish_groups(key_columns, &states, self.states_schema())
+        agg.finish_groups(key_columns, &states, &self.states_schema())
             .map(Some)
     }
 
@@ -723,7 +740,8 @@ impl StageState {
     fn aggregate_on_cpu(&self, batch: RecordBatch) -> Result<Arc<dyn ExecutionPlan>> {
         let _timer = self.metrics.baseline.elapsed_compute().timer();
         let rows = run_on_cpu(&self.cpu_steps, batch)?;
-        let Some(aggregate) = self.plan.original_ops.last() else {
+        let single = self.plan.aggregate.as_ref().and_then(|a| a.single.as_ref());
+        let Some(aggregate) = single.map(|s| &s.partial).or(self.plan.original_ops.last()) else {
             return internal_err!("GpuStageExec: aggregate stage without its aggregate");
         };
         let schema = aggregate.children()[0].schema();

@@ -13,7 +13,7 @@ pub use corpus::{SearchSpec, tile_rows_for_budget};
 pub use embed::EmbedExec;
 pub use gpu_stage::{CpuStep, GpuStageExec, StageGroupBy, StageOutput, StagePlan, StageTopK};
 pub use knn_join::{KnnJoinExec, knn_join_schema};
-pub use stage_aggregate::{AggKind, StageAggregate};
+pub use stage_aggregate::{AggKind, SingleSplit, StageAggregate};
 pub use vector_topk::{Unscored, VectorTopKExec};
 
 /// The next input batches of `input`, up to `rows` rows (the last batch may

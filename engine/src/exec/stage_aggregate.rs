@@ -14,6 +14,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::{Result, internal_err};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_plan::ExecutionPlan;
 use kiln_kernels::codegen::{ReduceOp, Reduced};
 
 /// Which aggregate function one reduction serves.
@@ -50,6 +51,19 @@ pub struct StageAggregate {
     /// The stage merges partial states (a final aggregate's input) into
     /// states, which the replaced final aggregate then finishes on the host.
     pub merge: bool,
+    /// For a single-step aggregate (partial and final in one operator): the
+    /// partial aggregate that folds a batch on the CPU into the states the
+    /// launches emit, and the final aggregate that finishes them on the
+    /// host (its input a placeholder for the states).
+    pub single: Option<SingleSplit>,
+}
+
+/// A single-step `AggregateExec` split into its partial and final halves,
+/// as DataFusion's planner splits one.
+#[derive(Debug, Clone)]
+pub struct SingleSplit {
+    pub partial: Arc<dyn ExecutionPlan>,
+    pub finish: Arc<dyn ExecutionPlan>,
 }
 
 fn state_type_ok(dt: &DataType) -> bool {
@@ -94,6 +108,7 @@ impl StageAggregate {
             kinds,
             functions: functions.to_vec(),
             merge: false,
+            single: None,
         })
     }
 

@@ -19,6 +19,7 @@ use datafusion::physical_expr::{conjunction, split_conjunction};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
 use datafusion::physical_plan::projection::ProjectionExec;
@@ -27,7 +28,7 @@ use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
 use kiln_engine::exec::device_columns::device_ty;
 use kiln_engine::exec::group_keys::key_type_supported;
 use kiln_engine::exec::{
-    GpuStageExec, StageAggregate, StageGroupBy, StageOutput, StagePlan, StageTopK,
+    GpuStageExec, SingleSplit, StageAggregate, StageGroupBy, StageOutput, StagePlan, StageTopK,
 };
 use kiln_kernels::codegen::{
     BinOp, BlockTopK, Expr, MAX_GROUPS, MAX_TOPK, Program, Reduce, ReduceOp, Ty, Value,
@@ -385,13 +386,12 @@ pub fn lower(
     // Inputs a merge takes as another type (unsigned counts as signed).
     let mut retyped = Vec::new();
     if let Some(agg) = aggregate {
-        let merge = match agg.mode() {
-            AggregateMode::Partial => false,
-            AggregateMode::Final | AggregateMode::FinalPartitioned => true,
-            other => {
-                return Err(format!(
-                    "{other:?} aggregates stay on the CPU (the GPU runs partial and final ones)"
-                ));
+        let (merge, single) = match agg.mode() {
+            AggregateMode::Partial => (false, false),
+            AggregateMode::Final | AggregateMode::FinalPartitioned => (true, false),
+            AggregateMode::Single | AggregateMode::SinglePartitioned => (false, true),
+            AggregateMode::PartialReduce => {
+                return Err("PartialReduce aggregates stay on the CPU".into());
             }
         };
         if merge && !chain.ops.is_empty() {
@@ -435,6 +435,9 @@ pub fn lower(
             }
             functions.merge = true;
         } else {
+            if single {
+                functions.single = Some(split_single(agg)?);
+            }
             for (f, kind) in agg.aggr_expr().iter().zip(&functions.kinds) {
                 let r = Reduce {
                     op: kind.reduce_op(),
@@ -490,6 +493,38 @@ pub fn lower(
     )
     .map_err(|e| e.to_string())?;
     Ok(Arc::new(stage))
+}
+
+/// A single-step aggregate's partial and final halves, built as
+/// DataFusion's planner builds them.
+fn split_single(agg: &AggregateExec) -> std::result::Result<SingleSplit, String> {
+    let partial = AggregateExec::try_new(
+        AggregateMode::Partial,
+        agg.group_expr().clone(),
+        agg.aggr_expr().to_vec(),
+        agg.filter_expr().to_vec(),
+        Arc::clone(agg.input()),
+        agg.input_schema(),
+    )
+    .map_err(|e| format!("splitting the aggregate: {e}"))?;
+    // The final half's input stands for the states; the stage replaces it.
+    let states = Arc::new(EmptyExec::new(partial.schema()));
+    let finish = AggregateExec::try_new(
+        AggregateMode::Final,
+        agg.group_expr().as_final(),
+        agg.aggr_expr().to_vec(),
+        agg.filter_expr().to_vec(),
+        states,
+        agg.input_schema(),
+    )
+    .map_err(|e| format!("splitting the aggregate: {e}"))?;
+    if finish.schema().fields() != agg.schema().fields() {
+        return Err("splitting the aggregate changed its output schema".into());
+    }
+    Ok(SingleSplit {
+        partial: Arc::new(partial),
+        finish: Arc::new(finish),
+    })
 }
 
 /// The GROUP BY of a partial aggregate as a stage runs it: each key as an
