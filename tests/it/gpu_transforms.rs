@@ -888,6 +888,17 @@ async fn final_aggregates_merge_states_on_the_device() {
             "{sql}: {last}"
         );
     }
+    // An aggregate over sorted input promises sorted output, which a stage
+    // does not keep: it stays on the CPU and says so.
+    let sql = "SELECT k, count(*) AS n FROM (SELECT k FROM t ORDER BY k LIMIT 1000) GROUP BY k";
+    assert_eq!(text(&gpu, sql).await, text(&cpu, sql).await);
+    let plan = explain(&gpu, sql).await;
+    assert!(
+        plan.contains(
+            "an aggregate over sorted input (its output keeps the order) stays on the CPU"
+        ),
+        "{plan}"
+    );
     // The cost model keeps a final aggregate over few states on the CPU.
     let few = table_session(&random_table(20_000, 31), 2, &["SET kiln.device = 'wgpu'"]).await;
     let plan = explain(&few, &format!("SELECT g, {ints} FROM t GROUP BY g")).await;

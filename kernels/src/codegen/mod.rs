@@ -257,12 +257,23 @@ pub fn max_launch_rows(program: &Program, limit_bytes: usize) -> usize {
         .map(|t| t.width() + 1)
         .sum::<usize>()
         .max(1);
-    let out_bytes: usize = program
-        .outputs
-        .iter()
-        .map(|e| e.ty().width() + 4)
-        .sum::<usize>()
-        + 4;
+    // Rows: each output value, its validity word and the row index. A
+    // program of reductions: per group (at most one a row) its accumulators
+    // and counts under the atomic fold, and its row count.
+    let out_bytes: usize = if program.reduce.is_empty() {
+        program
+            .outputs
+            .iter()
+            .map(|e| e.ty().width() + 4)
+            .sum::<usize>()
+            + 4
+    } else {
+        4 * (1 + program
+            .reduce
+            .iter()
+            .map(|r| atomic_words(r) + 2)
+            .sum::<usize>())
+    };
     (limit_bytes / in_bytes)
         .min(limit_bytes / out_bytes)
         .min(1 << 24)

@@ -1006,6 +1006,26 @@ fn atomic_grouped_fold_is_exact() {
             .unwrap();
         assert!(out.needs_cpu);
     }
+    // The most rows a launch takes leave room for a group per row.
+    for limit in [1usize << 16, 1 << 20] {
+        let rows = kiln_kernels::codegen::max_launch_rows(&program, limit);
+        let zeros = vec![0u8; rows * 8];
+        let cols = [
+            Col::new(Ty::I64, zeros.clone(), None),
+            Col::new(Ty::I32, zeros[..rows * 4].to_vec(), None),
+            Col::new(Ty::U32, zeros[..rows * 4].to_vec(), None),
+        ];
+        let inputs: Vec<_> = cols.iter().map(|c| Some(c.data())).collect();
+        let layout =
+            kiln_kernels::codegen::Layout::new(&program, rows, rows, GroupFold::Atomics, &inputs)
+                .unwrap();
+        assert!(
+            layout.out_words * 4 <= limit,
+            "{rows} rows: {} words",
+            layout.out_words
+        );
+        assert!(layout.data_words * 4 <= limit);
+    }
     // WGSL has no float atomics: a float sum has no atomic fold there.
     let floats = Program {
         inputs: vec![Ty::F64, Ty::U32],

@@ -17,7 +17,6 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{conjunction, split_conjunction};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
-use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
@@ -25,6 +24,7 @@ use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
+use datafusion::physical_plan::{ExecutionPlan, InputOrderMode};
 use kiln_engine::exec::device_columns::device_ty;
 use kiln_engine::exec::group_keys::key_type_supported;
 use kiln_engine::exec::{
@@ -396,6 +396,15 @@ pub fn lower(
         };
         if merge && !chain.ops.is_empty() {
             return Err("a final aggregate merges states straight from its input".into());
+        }
+        if !matches!(agg.input_order_mode(), InputOrderMode::Linear)
+            || agg.properties().output_ordering().is_some()
+        {
+            // The stage emits groups in no particular order.
+            return Err(
+                "an aggregate over sorted input (its output keeps the order) stays on the CPU"
+                    .into(),
+            );
         }
         if !agg.group_expr().is_empty() {
             group_by = Some(group_keys(agg, &chain.exprs, ctx)?);
