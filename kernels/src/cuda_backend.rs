@@ -338,7 +338,7 @@ impl CudaDevice {
             ..grid
         };
         let has_predicate = program.compacts();
-        let lo_pass = crate::codegen::wgsl::needs_lo_pass(program);
+        let lo_pass = program.atomic_lo_pass();
         let passes: &[(&str, LaunchConfig)] = if fold == GroupFold::Atomics {
             &[("kiln_scatter", grid), ("kiln_scatter_lo", grid)][..1 + usize::from(lo_pass)]
         } else if !program.reduce.is_empty() {

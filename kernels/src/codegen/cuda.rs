@@ -137,12 +137,12 @@ extern \"C\" __global__ void kiln_reduce(KILN_ARGS) {{
 /// `kiln_scatter_lo` after it for minima and maxima (see
 /// [`Body::atomic_kernel`]). Float sums add with CUDA's f64 `atomicAdd`.
 pub fn generate_atomic(program: &Program) -> Result<String, String> {
-    super::wgsl::atomic_refusal_common(program)?;
+    program.atomic_fold_check()?;
     let out_base = meta_output_base(program);
     let code = body(program, Dialect::Cuda, out_base)?;
     let mut src = head(program, &code);
     for (entry, lo_pass) in [("kiln_scatter", false), ("kiln_scatter_lo", true)] {
-        if lo_pass && !super::wgsl::needs_lo_pass(program) {
+        if lo_pass && !program.atomic_lo_pass() {
             continue;
         }
         let _ = write!(

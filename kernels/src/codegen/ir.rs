@@ -591,6 +591,22 @@ impl Program {
         Ok(())
     }
 
+    /// Why the program has no atomic grouped fold in any dialect.
+    pub fn atomic_fold_check(&self) -> Result<(), String> {
+        if self.reduce.is_empty() || self.group.is_none() {
+            return Err("an atomic fold is for grouped reductions".into());
+        }
+        Ok(())
+    }
+
+    /// Whether the program's atomic fold has a second pass (for the low
+    /// words of minima and maxima).
+    pub fn atomic_lo_pass(&self) -> bool {
+        self.reduce
+            .iter()
+            .any(|r| matches!(r.op, ReduceOp::Min | ReduceOp::Max))
+    }
+
     /// Whether the program needs 64-bit integer or float shader arithmetic.
     pub fn uses_64bit(&self) -> (bool, bool) {
         let (mut ints, mut floats) = (false, false);

@@ -346,6 +346,11 @@ impl<'a> Layout<'a> {
         // `n` entries each, then `n` words of row indices (or group rows).
         // Rows: one entry per input row. Reductions: one per workgroup and
         // group, a 64-bit partial and its count.
+        let keyed = if program.group.is_some() {
+            "with"
+        } else {
+            "without"
+        };
         let (widths, n, reduce_slots): (Vec<usize>, usize, Option<(usize, usize)>) =
             if program.reduce.is_empty() {
                 if groups != 1 {
@@ -356,12 +361,7 @@ impl<'a> Layout<'a> {
             } else if fold == GroupFold::Atomics {
                 if program.group.is_none() || groups == 0 || groups >= u32::MAX as usize {
                     return Err(invalid(format!(
-                        "an atomic fold of {groups} groups for a program {} a group key",
-                        if program.group.is_some() {
-                            "with"
-                        } else {
-                            "without"
-                        }
+                        "an atomic fold of {groups} groups for a program {keyed} a group key"
                     )));
                 }
                 params[1] = groups as u32;
@@ -373,12 +373,7 @@ impl<'a> Layout<'a> {
             } else {
                 if groups == 0 || groups > MAX_GROUPS || (program.group.is_none() && groups != 1) {
                     return Err(invalid(format!(
-                        "{groups} groups for a program {} a group key (1 to {MAX_GROUPS})",
-                        if program.group.is_some() {
-                            "with"
-                        } else {
-                            "without"
-                        }
+                        "{groups} groups for a program {keyed} a group key (1 to {MAX_GROUPS})"
                     )));
                 }
                 params[1] = groups as u32;

@@ -26,7 +26,7 @@
 use std::fmt::Write as _;
 
 use super::emit::{Body, Dialect, body};
-use super::ir::{Program, ReduceOp};
+use super::ir::Program;
 
 /// Rows per workgroup; the generated `@workgroup_size`.
 pub const BLOCK: u32 = 256;
@@ -195,7 +195,7 @@ pub fn generate_atomic(program: &Program) -> Result<String, String> {
     let code = body(program, Dialect::Wgsl, out_base)?;
     let mut src = head_with(program, &code, ATOMIC_OUTPUTS);
     for (entry, lo_pass) in [("scatter", false), ("scatter_lo", true)] {
-        if lo_pass && !needs_lo_pass(program) {
+        if lo_pass && !program.atomic_lo_pass() {
             continue;
         }
         let _ = write!(
@@ -214,16 +214,8 @@ fn {entry}(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
     Ok(src)
 }
 
-/// Why `program` has no atomic grouped fold in any dialect.
-pub(super) fn atomic_refusal_common(program: &Program) -> Result<(), String> {
-    if program.reduce.is_empty() || program.group.is_none() {
-        return Err("an atomic fold is for grouped reductions".into());
-    }
-    Ok(())
-}
-
 fn atomic_refusal(program: &Program) -> Result<(), String> {
-    atomic_refusal_common(program)?;
+    program.atomic_fold_check()?;
     if program.reduce.iter().any(|r| r.is_float()) {
         return Err(
             "a float sum over more groups than the tile fold takes needs float atomics, \
@@ -232,15 +224,6 @@ fn atomic_refusal(program: &Program) -> Result<(), String> {
         );
     }
     Ok(())
-}
-
-/// Whether the atomic fold of `program` has a second pass (for the low
-/// words of minima and maxima).
-pub fn needs_lo_pass(program: &Program) -> bool {
-    program
-        .reduce
-        .iter()
-        .any(|r| matches!(r.op, ReduceOp::Min | ReduceOp::Max))
 }
 
 const PRELUDE: &str = "

@@ -153,7 +153,7 @@ impl WgpuDevice {
                     vec![pipeline("count"), pipeline("scan"), pipeline("emit")]
                 } else if fold == GroupFold::Atomics {
                     let mut passes = vec![pipeline("scatter")];
-                    if wgsl::needs_lo_pass(program) {
+                    if program.atomic_lo_pass() {
                         passes.push(pipeline("scatter_lo"));
                     }
                     passes
