@@ -21,6 +21,7 @@ use datafusion::arrow::array::{
     Array, ArrayRef, ArrowPrimitiveType, AsArray, BinaryArray, BinaryViewArray, LargeBinaryArray,
     LargeStringArray, StringArray, StringViewArray,
 };
+use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::datatypes::{
     DataType, Date32Type, Date64Type, Decimal128Type, Int8Type, Int16Type, Int32Type, Int64Type,
     TimeUnit, TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
@@ -162,10 +163,13 @@ fn key_codes(a: &dyn Array, max: Bound) -> Option<(Vec<u32>, usize)> {
             a.as_any().downcast_ref::<LargeStringArray>()?.iter(),
             max.distinct,
         ),
-        Utf8View => by_first_seen(
-            a.as_any().downcast_ref::<StringViewArray>()?.iter(),
-            max.distinct,
-        ),
+        Utf8View => {
+            let v = a.as_any().downcast_ref::<StringViewArray>()?;
+            match inline_views(v.views(), v.logical_nulls().as_ref(), max.distinct) {
+                Some(codes) => codes,
+                None => by_first_seen(v.iter(), max.distinct),
+            }
+        }
         Binary => by_first_seen(
             a.as_any().downcast_ref::<BinaryArray>()?.iter(),
             max.distinct,
@@ -174,10 +178,13 @@ fn key_codes(a: &dyn Array, max: Bound) -> Option<(Vec<u32>, usize)> {
             a.as_any().downcast_ref::<LargeBinaryArray>()?.iter(),
             max.distinct,
         ),
-        BinaryView => by_first_seen(
-            a.as_any().downcast_ref::<BinaryViewArray>()?.iter(),
-            max.distinct,
-        ),
+        BinaryView => {
+            let v = a.as_any().downcast_ref::<BinaryViewArray>()?;
+            match inline_views(v.views(), v.logical_nulls().as_ref(), max.distinct) {
+                Some(codes) => codes,
+                None => by_first_seen(v.iter(), max.distinct),
+            }
+        }
         Dictionary(_, _) => {
             // The dictionary's own keys; two entries of equal value give
             // two groups, which the final aggregate merges.
@@ -239,6 +246,119 @@ where
         return Some((codes, range as usize + usize::from(has_null)));
     }
     by_first_seen(p.iter(), max.distinct)
+}
+
+/// Codes in order of first appearance of a view array whose every value is
+/// inline (at most 12 bytes), where the 16-byte view — length and bytes —
+/// is the value: no hashing of strings, one multiply per row into an
+/// open-addressing table. `None` (use [`by_first_seen`]) when a value is
+/// longer; `Some(None)` past `max` distinct values.
+fn inline_views(
+    views: &[u128],
+    nulls: Option<&NullBuffer>,
+    max: usize,
+) -> Option<Option<(Vec<u32>, usize)>> {
+    if views.iter().any(|v| (*v as u32) > 12) {
+        return None;
+    }
+    let mut table = ViewTable::new();
+    let codes: Vec<u32> = match nulls.filter(|n| n.null_count() > 0) {
+        None => views.iter().map(|v| table.code(inline_key(*v))).collect(),
+        Some(nulls) => {
+            let mut null_code = None;
+            views
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    if nulls.is_null(i) {
+                        *null_code.get_or_insert_with(|| table.next_code())
+                    } else {
+                        table.code(inline_key(*v))
+                    }
+                })
+                .collect()
+        }
+    };
+    // (The table stops growing in memory only at the end: at most a slot
+    // pair per row.)
+    if table.distinct > max {
+        return Some(None);
+    }
+    Some(Some((codes, table.distinct.max(1))))
+}
+
+/// An inline view with the bytes past its length cleared (zero by the
+/// format; cleared all the same, so that equal values have equal keys).
+fn inline_key(v: u128) -> u128 {
+    let len = v as u32;
+    if len >= 12 {
+        v
+    } else {
+        v & ((1u128 << (32 + 8 * len)) - 1)
+    }
+}
+
+/// Codes of inline views, numbered as they first occur.
+struct ViewTable {
+    /// Open addressing, linear probing; a power of two, at most half full.
+    slots: Vec<(u128, u32)>,
+    distinct: usize,
+}
+
+impl ViewTable {
+    /// An empty slot: a length no inline view has.
+    const EMPTY: u128 = u128::MAX;
+
+    fn new() -> ViewTable {
+        ViewTable {
+            slots: vec![(Self::EMPTY, 0); 64],
+            distinct: 0,
+        }
+    }
+
+    fn next_code(&mut self) -> u32 {
+        self.distinct += 1;
+        self.distinct as u32 - 1
+    }
+
+    fn slot_of(k: u128, mask: usize) -> usize {
+        let h =
+            ((k as u64) ^ ((k >> 64) as u64).rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        (h >> 32) as usize & mask
+    }
+
+    fn code(&mut self, k: u128) -> u32 {
+        let mask = self.slots.len() - 1;
+        let mut at = Self::slot_of(k, mask);
+        loop {
+            let (sk, code) = self.slots[at];
+            if sk == k {
+                return code;
+            }
+            if sk == Self::EMPTY {
+                let code = self.next_code();
+                self.slots[at] = (k, code);
+                if 2 * self.distinct > self.slots.len() {
+                    self.grow();
+                }
+                return code;
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
+    fn grow(&mut self) {
+        let mut bigger = vec![(Self::EMPTY, 0); self.slots.len() * 2];
+        let mask = bigger.len() - 1;
+        for &(k, code) in self.slots.iter().filter(|s| s.0 != Self::EMPTY) {
+            let mut at = Self::slot_of(k, mask);
+            while bigger[at].0 != Self::EMPTY {
+                at = (at + 1) & mask;
+            }
+            bigger[at] = (k, code);
+        }
+        self.slots = bigger;
+    }
 }
 
 /// Codes in order of first appearance, NULL included; `None` past `max`.
@@ -375,6 +495,42 @@ mod tests {
         let index = group_index(std::slice::from_ref(&ids), 5000).unwrap();
         assert_eq!(index.groups, 5000);
         assert!(group_index(std::slice::from_ref(&ids), 4999).is_none());
+    }
+
+    #[test]
+    fn inline_views_are_numbered_by_their_bytes() {
+        use datafusion::arrow::array::BinaryViewArray;
+        // Values of every inline length, values equal but for length (a
+        // trailing NUL), NULLs, and enough distinct values to grow the table.
+        let mut values: Vec<Option<String>> = vec![
+            Some(String::new()),
+            Some("a".into()),
+            Some("a\0".into()),
+            Some("twelve bytes".into()),
+            None,
+            Some("a".into()),
+            Some("twelve bytez".into()),
+            Some("a\0".into()),
+            None,
+        ];
+        values.extend((0..300).map(|i| Some(format!("k{}", i % 150))));
+        let strings: ArrayRef = Arc::new(StringViewArray::from(
+            values.iter().map(|v| v.as_deref()).collect::<Vec<_>>(),
+        ));
+        let index = group_index(std::slice::from_ref(&strings), 1000).unwrap();
+        check(std::slice::from_ref(&strings), &index);
+        assert_eq!(index.groups, 6 + 150);
+        let binary: ArrayRef = Arc::new(BinaryViewArray::from(
+            values
+                .iter()
+                .map(|v| v.as_deref().map(str::as_bytes))
+                .collect::<Vec<_>>(),
+        ));
+        let index = group_index(std::slice::from_ref(&binary), 1000).unwrap();
+        check(std::slice::from_ref(&binary), &index);
+        assert_eq!(index.groups, 6 + 150);
+        // More distinct values than allowed: no index.
+        assert!(group_index(std::slice::from_ref(&strings), 100).is_none());
     }
 
     #[test]
