@@ -899,6 +899,29 @@ async fn final_aggregates_merge_states_on_the_device() {
         ),
         "{plan}"
     );
+    // The states a final stage holds count against the session's memory
+    // pool: past its limit the query fails with one clear error.
+    let tight = table_session(
+        &random_table(20_000, 31),
+        2,
+        &[
+            GPU[0],
+            GPU[1],
+            "SET kiln.gpu_batch_rows = 4096",
+            "SET datafusion.runtime.memory_limit = '64K'",
+        ],
+    )
+    .await;
+    let sql = format!("SELECT id, {ints} FROM t GROUP BY id");
+    let err = match tight.sql(&sql).await {
+        Ok(df) => df.collect().await.map(|_| ()).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+    .expect_err("a 64 KiB pool cannot hold 20,000 groups");
+    assert!(
+        err.contains("Resources exhausted") && err.contains("GpuStageExec"),
+        "{err}"
+    );
     // The cost model keeps a final aggregate over few states on the CPU.
     let few = table_session(&random_table(20_000, 31), 2, &["SET kiln.device = 'wgpu'"]).await;
     let plan = explain(&few, &format!("SELECT g, {ints} FROM t GROUP BY g")).await;

@@ -26,6 +26,7 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result, Statistics, internal_err};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::TaskContext;
+use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::physical_expr::{LexOrdering, PhysicalExpr};
 use datafusion::physical_plan::collect;
 use datafusion::physical_plan::filter::FilterExec;
@@ -356,6 +357,11 @@ impl ExecutionPlan for GpuStageExec {
             // on the device, the replaced aggregate finishes them; a
             // single-step one: the launches fold rows into states, its
             // final half finishes them.
+            // The states wait for the end of the partition in memory the
+            // session's pool accounts for: past its limit the query fails
+            // with DataFusion's "resources exhausted" error.
+            let reservation = MemoryConsumer::new(format!("GpuStageExec[{partition}]"))
+                .register(context.memory_pool());
             let stream = futures::stream::once(async move {
                 let mut state = state;
                 let mut merged = Vec::new();
@@ -364,9 +370,15 @@ impl ExecutionPlan for GpuStageExec {
                     if pending.is_empty() {
                         break;
                     }
-                    merged.push(state.run_aggregate(&pending, &context).await?);
+                    let states = state.run_aggregate(&pending, &context).await?;
+                    reservation.try_grow(states.get_array_memory_size())?;
+                    merged.push(states);
                 }
+                let time = state.metrics.finish_time.clone();
+                let timer = time.timer();
                 let out = state.finish_merged(merged, &context).await?;
+                timer.done();
+                reservation.free();
                 Ok::<_, DataFusionError>(futures::stream::iter(out.into_iter().map(Ok)))
             })
             .try_flatten();
@@ -454,6 +466,8 @@ struct StageMetrics {
     atomic_batches: Count,
     device_time: Time,
     kernel_time: Time,
+    /// A final or single-step aggregate's finish on the host.
+    finish_time: Time,
 }
 
 impl StageMetrics {
@@ -467,6 +481,7 @@ impl StageMetrics {
             atomic_batches: MetricBuilder::new(metrics).counter("atomic_fold_batches", partition),
             device_time: MetricBuilder::new(metrics).subset_time("device_time", partition),
             kernel_time: MetricBuilder::new(metrics).subset_time("kernel_time", partition),
+            finish_time: MetricBuilder::new(metrics).subset_time("host_finish_time", partition),
         }
     }
 }
