@@ -18,6 +18,7 @@ use crate::ops::activation::Activation;
 use crate::ops::topk::{Candidate, SelectShape, TileKeys, candidates_from_words, select_row};
 
 mod fused;
+mod numbering;
 
 /// Backends wgpu may use. GL is left out: it duplicates Vulkan adapters and
 /// has no compute shaders on many drivers.
@@ -140,6 +141,8 @@ pub struct WgpuDevice {
     topk: Mutex<HashMap<u32, wgpu::ComputePipeline>>,
     /// Generated fused relational kernels by program fingerprint.
     fused: fused::FusedCache,
+    /// Compiled numbering modules by key-program fingerprint.
+    numbering: Mutex<HashMap<u64, Arc<fused::FusedPipelines>>>,
     /// Errors that escaped every scope; reported by the next operation.
     uncaptured: Arc<Mutex<Option<String>>>,
 }
@@ -198,6 +201,7 @@ impl WgpuDevice {
             attention: OnceLock::new(),
             topk: Mutex::new(HashMap::new()),
             fused: Mutex::new(HashMap::new()),
+            numbering: Mutex::new(HashMap::new()),
             uncaptured,
         })
     }

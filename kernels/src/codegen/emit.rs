@@ -682,6 +682,110 @@ impl Body {
     }
 }
 
+/// The GROUP BY keys of a numbering module (see [`super::numbering`]):
+/// `keys_at(row)` evaluates every key of a row into a `Keys` struct (each
+/// key's bits widened to 64, zero when NULL, and its validity),
+/// `keys_eq(a, b)` compares two rows' keys (NULLs equal, as GROUP BY takes
+/// them) and `keys_hash(k)` mixes them into 32 bits.
+pub fn key_functions(keys: &[Expr], inputs: &[Ty], d: Dialect) -> Result<String, String> {
+    let mut g = Gen {
+        d,
+        body: String::new(),
+        next: 0,
+    };
+    let mut fields = Vec::new();
+    for e in keys {
+        let t = e.check(inputs)?;
+        let (v, n) = g.expr(e)?;
+        let bits = match t {
+            Ty::Bool => d.select(&d.u64_lit(0), &d.u64_lit(1), &v),
+            Ty::I32 => d.to_bits64(Ty::I64, &d.sext(&v)),
+            Ty::U32 => d.convert(Ty::U64, &v),
+            Ty::I64 | Ty::Decimal { .. } => d.to_bits64(Ty::I64, &v),
+            Ty::U64 => v,
+            Ty::F32 | Ty::F64 => return Err(format!("GROUP BY key of type {t}")),
+        };
+        fields.push((d.select(&d.u64_lit(0), &bits, &n), n));
+    }
+    let stmts = std::mem::take(&mut g.body);
+    let n = fields.len();
+    let mut out = String::new();
+    out.push_str("struct Keys {\n");
+    for i in 0..n {
+        match d {
+            Dialect::Wgsl => {
+                let _ = writeln!(out, "    b{i}: u64,\n    v{i}: bool,");
+            }
+            Dialect::Cuda => {
+                let _ = writeln!(out, "    u64 b{i};\n    bool v{i};");
+            }
+        }
+    }
+    out.push_str(match d {
+        Dialect::Wgsl => "}\n\n",
+        Dialect::Cuda => "};\n\n",
+    });
+    let _ = write!(
+        out,
+        "{} {{\n{stmts}",
+        match d {
+            Dialect::Wgsl => "fn keys_at(row: u32) -> Keys",
+            Dialect::Cuda => "__device__ Keys keys_at(KILN_ARGS, u32 row)",
+        }
+    );
+    out.push_str(match d {
+        Dialect::Wgsl => "    var k: Keys;\n",
+        Dialect::Cuda => "    Keys k;\n",
+    });
+    for (i, (bits, valid)) in fields.iter().enumerate() {
+        let _ = writeln!(out, "    k.b{i} = {bits};\n    k.v{i} = {valid};");
+    }
+    out.push_str("    return k;\n}\n\n");
+    let eq: Vec<String> = (0..n)
+        .map(|i| format!("a.v{i} == b.v{i} && a.b{i} == b.b{i}"))
+        .collect();
+    let eq = if eq.is_empty() {
+        "true".to_string()
+    } else {
+        eq.join(" && ")
+    };
+    let (eq_sig, hash_sig, h_var, shift) = match d {
+        Dialect::Wgsl => (
+            "fn keys_eq(a: Keys, b: Keys) -> bool",
+            "fn keys_hash(k: Keys) -> u32",
+            format!("var h: u64 = {};", d.u64_lit(0x9e37_79b9_7f4a_7c15)),
+            "u",
+        ),
+        Dialect::Cuda => (
+            "__device__ bool keys_eq(const Keys& a, const Keys& b)",
+            "__device__ u32 keys_hash(const Keys& k)",
+            format!("u64 h = {};", d.u64_lit(0x9e37_79b9_7f4a_7c15)),
+            "",
+        ),
+    };
+    let _ = writeln!(out, "{eq_sig} {{\n    return {eq};\n}}\n");
+    let _ = writeln!(out, "{hash_sig} {{\n    {h_var}");
+    for i in 0..n {
+        // A NULL key mixes in a constant of its own, not its zero bits.
+        let _ = writeln!(
+            out,
+            "    h = (h ^ k.b{i} ^ {}) * {};\n    h = h ^ (h >> 29{shift});",
+            d.select(
+                &d.u64_lit(0x5bd1_e995_5bd1_e995),
+                &d.u64_lit(0),
+                &format!("k.v{i}")
+            ),
+            d.u64_lit(0xff51_afd7_ed55_8ccd),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "    h = h ^ (h >> 32{shift});\n    return {};\n}}",
+        d.convert(Ty::U32, "h")
+    );
+    Ok(out)
+}
+
 /// Generates the per-row code of `program` in `dialect`; `meta_out` is the
 /// `params` index of the first output's value offset.
 pub fn body(program: &Program, dialect: Dialect, meta_out: usize) -> Result<Body, String> {

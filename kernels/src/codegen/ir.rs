@@ -670,13 +670,20 @@ impl Program {
         // FNV-1a over the Debug rendering: stable across runs and processes
         // (std's SipHash keys are not), and programs are small.
         let text = format!("{self:?}");
-        let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+        let mut h = Fnv::new();
         text.hash(&mut h);
         h.finish()
     }
 }
 
-struct Fnv(u64);
+/// FNV-1a: stable across runs and processes.
+pub(super) struct Fnv(u64);
+
+impl Fnv {
+    pub(super) fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
 
 impl Hasher for Fnv {
     fn finish(&self) -> u64 {

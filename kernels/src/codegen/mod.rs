@@ -9,6 +9,7 @@
 pub mod cuda;
 pub mod emit;
 pub mod ir;
+pub mod numbering;
 pub mod wgsl;
 
 pub use ir::{
@@ -173,6 +174,34 @@ impl crate::Device {
         }
     }
 
+    /// Why this device cannot number `program`'s keys, if it cannot
+    /// (compiles and caches the module).
+    pub fn numbering_support(&self, program: &numbering::KeyProgram) -> Result<(), String> {
+        match self {
+            crate::Device::Wgpu(d) => d.numbering_support(program),
+            crate::Device::Cuda(d) => d.numbering_support(program),
+            crate::Device::Cpu(_) => Err("the CPU numbers keys on the host".into()),
+        }
+    }
+
+    /// Numbers the GROUP BY keys of `rows` rows on the device (see
+    /// [`numbering`]).
+    pub fn number_groups(
+        &self,
+        program: &numbering::KeyProgram,
+        rows: usize,
+        inputs: &[Option<ColumnData<'_>>],
+    ) -> crate::Result<numbering::Numbering> {
+        match self {
+            crate::Device::Wgpu(d) => d.number_groups(program, rows, inputs),
+            crate::Device::Cuda(d) => d.number_groups(program, rows, inputs),
+            crate::Device::Cpu(_) => Err(crate::KernelError::InvalidInput {
+                kernel: "numbering",
+                detail: "the CPU numbers keys on the host".into(),
+            }),
+        }
+    }
+
     /// Runs a grouped program of reductions whose group key takes values
     /// below `groups` (at most [`MAX_GROUPS`] with [`GroupFold::Tiles`]):
     /// [`FusedOutput::reduced`] holds every reduction of every group.
@@ -283,6 +312,69 @@ pub fn max_launch_rows(program: &Program, limit_bytes: usize) -> usize {
 /// `params` value marking a column without NULLs.
 pub const NO_VALIDITY: u32 = u32::MAX;
 
+/// `params` (the row count, a word for the caller, then per input its
+/// value and validity offsets), the input bytes with the word offset each
+/// goes to in `data`, and the words of `data`: the input half of every
+/// generated module's layout.
+#[allow(clippy::type_complexity)]
+pub fn place_inputs<'a>(
+    types: &[Ty],
+    used: &[bool],
+    rows: usize,
+    inputs: &[Option<ColumnData<'a>>],
+) -> crate::Result<(Vec<u32>, Vec<(usize, &'a [u8])>, usize)> {
+    let invalid = |detail: String| crate::KernelError::InvalidInput {
+        kernel: "fused",
+        detail,
+    };
+    if inputs.len() != types.len() {
+        return Err(invalid(format!(
+            "{} input columns for a program of {}",
+            inputs.len(),
+            types.len()
+        )));
+    }
+    let mut params: Vec<u32> = vec![rows as u32, 0];
+    let mut words = 0usize;
+    let mut placed: Vec<(usize, &'a [u8])> = Vec::new();
+    for (c, (input, ty)) in inputs.iter().zip(types).enumerate() {
+        let used = used.get(c).copied().unwrap_or(false);
+        match input {
+            Some(col) if used => {
+                if col.ty != *ty || col.values.len() != rows * ty.width() {
+                    return Err(invalid(format!(
+                        "input {c}: {} bytes of {} for {rows} rows of {ty}",
+                        col.values.len(),
+                        col.ty
+                    )));
+                }
+                params.push(words as u32);
+                placed.push((words, col.values));
+                words += col.values.len() / 4;
+                match col.validity {
+                    Some(bits) if bits.len() >= rows.div_ceil(32) => {
+                        let bits = &bits[..rows.div_ceil(32)];
+                        params.push(words as u32);
+                        placed.push((words, bytemuck::cast_slice(bits)));
+                        words += bits.len();
+                    }
+                    Some(_) => {
+                        return Err(invalid(format!(
+                            "input {c}: validity shorter than {rows} rows"
+                        )));
+                    }
+                    None => params.push(NO_VALIDITY),
+                }
+            }
+            _ if used => {
+                return Err(invalid(format!("input {c} is read but was not given")));
+            }
+            _ => params.extend([0, NO_VALIDITY]),
+        }
+    }
+    Ok((params, placed, words))
+}
+
 impl<'a> Layout<'a> {
     /// Lays out `rows` rows of `inputs` (`None` for a column nothing reads).
     /// `groups` is 1 but for a grouped program of reductions.
@@ -297,51 +389,8 @@ impl<'a> Layout<'a> {
             kernel: "fused",
             detail,
         };
-        if inputs.len() != program.inputs.len() {
-            return Err(invalid(format!(
-                "{} input columns for a program of {}",
-                inputs.len(),
-                program.inputs.len()
-            )));
-        }
-        let mut params: Vec<u32> = vec![rows as u32, 0];
-        let mut words = 0usize;
-        let mut placed: Vec<(usize, &'a [u8])> = Vec::new();
-        let used = program.used_inputs();
-        for (c, (input, ty)) in inputs.iter().zip(&program.inputs).enumerate() {
-            match input {
-                Some(col) if used[c] => {
-                    if col.ty != *ty || col.values.len() != rows * ty.width() {
-                        return Err(invalid(format!(
-                            "input {c}: {} bytes of {} for {rows} rows of {ty}",
-                            col.values.len(),
-                            col.ty
-                        )));
-                    }
-                    params.push(words as u32);
-                    placed.push((words, col.values));
-                    words += col.values.len() / 4;
-                    match col.validity {
-                        Some(bits) if bits.len() >= rows.div_ceil(32) => {
-                            let bits = &bits[..rows.div_ceil(32)];
-                            params.push(words as u32);
-                            placed.push((words, bytemuck::cast_slice(bits)));
-                            words += bits.len();
-                        }
-                        Some(_) => {
-                            return Err(invalid(format!(
-                                "input {c}: validity shorter than {rows} rows"
-                            )));
-                        }
-                        None => params.push(NO_VALIDITY),
-                    }
-                }
-                _ if used[c] => {
-                    return Err(invalid(format!("input {c} is read but was not given")));
-                }
-                _ => params.extend([0, NO_VALIDITY]),
-            }
-        }
+        let (mut params, placed, words) =
+            place_inputs(&program.inputs, &program.used_inputs(), rows, inputs)?;
         // Output regions: per value `w` words and a validity (or count) word,
         // `n` entries each, then `n` words of row indices (or group rows).
         // Rows: one entry per input row. Reductions: one per workgroup and

@@ -226,7 +226,7 @@ fn atomic_refusal(program: &Program) -> Result<(), String> {
     Ok(())
 }
 
-const PRELUDE: &str = "
+pub(super) const PRELUDE: &str = "
 @group(0) @binding(0) var<storage, read> data: array<u32>;
 @group(0) @binding(1) var<storage, read> params: array<u32>;
 @group(0) @binding(3) var<storage, read_write> blocks: array<u32>;

@@ -18,11 +18,11 @@ use crate::error::{KernelError, Result};
 
 /// The pipelines of one generated module.
 pub(super) struct FusedPipelines {
-    layout: wgpu::BindGroupLayout,
+    pub(super) layout: wgpu::BindGroupLayout,
     /// `count`, `scan`, `emit` for a program of rows; `reduce` alone for a
     /// program of reductions; `scatter` (and `scatter_lo`) for its atomic
     /// grouped fold.
-    passes: Vec<wgpu::ComputePipeline>,
+    pub(super) passes: Vec<wgpu::ComputePipeline>,
 }
 
 /// Compiled fused modules by program fingerprint and grouped fold.
@@ -101,12 +101,37 @@ impl WgpuDevice {
             kernel: "fused",
             detail,
         })?;
-        let built = self.scoped("compile fused kernel", || {
+        let entries: Vec<&str> = if program.reduce.is_empty() {
+            vec!["count", "scan", "emit"]
+        } else if fold == GroupFold::Atomics {
+            let mut entries = vec!["scatter"];
+            if program.atomic_lo_pass() {
+                entries.push("scatter_lo");
+            }
+            entries
+        } else {
+            vec!["reduce"]
+        };
+        let built = self.module_pipelines(&source, &entries)?;
+        let built = Arc::new(built);
+        cache.insert(key, Arc::clone(&built));
+        Ok(built)
+    }
+
+    /// Compiles a generated module and one pipeline per entry point, over
+    /// the bind group every generated module declares: `data` and `params`
+    /// read-only, `outw`, `blocks` and `flag` read-write.
+    pub(super) fn module_pipelines(
+        &self,
+        source: &str,
+        entries: &[&str],
+    ) -> Result<FusedPipelines> {
+        self.scoped("compile fused kernel", || {
             let module = self
                 .device
                 .create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some("fused"),
-                    source: wgpu::ShaderSource::Wgsl(source.as_str().into()),
+                    source: wgpu::ShaderSource::Wgsl(source.into()),
                 });
             let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
                 binding,
@@ -137,35 +162,22 @@ impl WgpuDevice {
                         bind_group_layouts: &[Some(&layout)],
                         immediate_size: 0,
                     });
-            let pipeline = |entry: &str| {
-                self.device
-                    .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                        label: Some(entry),
-                        layout: Some(&pipeline_layout),
-                        module: &module,
-                        entry_point: Some(entry),
-                        compilation_options: Default::default(),
-                        cache: None,
-                    })
-            };
-            Ok(FusedPipelines {
-                passes: if program.reduce.is_empty() {
-                    vec![pipeline("count"), pipeline("scan"), pipeline("emit")]
-                } else if fold == GroupFold::Atomics {
-                    let mut passes = vec![pipeline("scatter")];
-                    if program.atomic_lo_pass() {
-                        passes.push(pipeline("scatter_lo"));
-                    }
-                    passes
-                } else {
-                    vec![pipeline("reduce")]
-                },
-                layout,
-            })
-        })?;
-        let built = Arc::new(built);
-        cache.insert(key, Arc::clone(&built));
-        Ok(built)
+            let passes = entries
+                .iter()
+                .map(|entry| {
+                    self.device
+                        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                            label: Some(entry),
+                            layout: Some(&pipeline_layout),
+                            module: &module,
+                            entry_point: Some(entry),
+                            compilation_options: Default::default(),
+                            cache: None,
+                        })
+                })
+                .collect();
+            Ok(FusedPipelines { passes, layout })
+        })
     }
 
     /// Runs `program` over `rows` rows of `inputs` (`None` for an input no
@@ -353,7 +365,7 @@ impl WgpuDevice {
     }
 
     /// Maps a `MAP_READ` buffer and copies its words out.
-    fn map_words(&self, buffer: &wgpu::Buffer) -> Result<Vec<u32>> {
+    pub(super) fn map_words(&self, buffer: &wgpu::Buffer) -> Result<Vec<u32>> {
         let slice = buffer.slice(..);
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {

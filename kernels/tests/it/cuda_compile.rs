@@ -283,6 +283,53 @@ fn generated_fused_kernels_compile_for_cuda() {
 }
 
 #[test]
+fn numbering_modules_compile_for_cuda() {
+    use kiln_kernels::codegen::numbering::{ENTRIES, KeyProgram, cuda};
+    use kiln_kernels::codegen::{BinOp, Expr, Ty, Value};
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let decimal = Ty::Decimal {
+        precision: 12,
+        scale: 2,
+    };
+    let inputs = vec![Ty::I64, Ty::I32, Ty::Bool, decimal];
+    let programs = [
+        KeyProgram {
+            inputs: inputs.clone(),
+            keys: vec![Expr::column(0, Ty::I64)],
+        },
+        KeyProgram {
+            inputs: inputs.clone(),
+            keys: vec![
+                Expr::column(1, Ty::I32),
+                Expr::column(2, Ty::Bool),
+                Expr::column(3, decimal),
+                Expr::binary(
+                    BinOp::Mod,
+                    Expr::column(1, Ty::I32),
+                    Expr::lit(Value::Int(7), Ty::I32),
+                ),
+            ],
+        },
+    ];
+    for program in &programs {
+        let source = cuda(program).unwrap();
+        for arch in [Some((8, 0)), Some((9, 0))] {
+            let ptx = compile_ptx("numbering.cu", &source, arch)
+                .unwrap_or_else(|e| panic!("{arch:?}: {e}\n{source}"));
+            let text = ptx.to_src();
+            for entry in ENTRIES {
+                assert!(
+                    text.contains(&format!("kiln_{entry}")),
+                    "{entry} missing from PTX"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn wgsl_refuses_what_vulkan_cannot_compute_exactly() {
     use kiln_kernels::codegen::{BinOp, Expr, Program, Ty, UnOp};
     let f64_exp = Program {

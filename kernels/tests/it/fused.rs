@@ -1038,6 +1038,137 @@ fn atomic_grouped_fold_is_exact() {
 }
 
 #[test]
+fn group_keys_are_numbered_on_the_device() {
+    use kiln_kernels::codegen::numbering::KeyProgram;
+    use std::collections::HashMap;
+    let Some(gpu) = gpu() else { return };
+    // Checks a numbering against the keys as the host sees them: equal keys
+    // share a group, different keys do not, groups are dense and each one's
+    // first row is the smallest row with its keys.
+    fn check(keys: &[Vec<Option<i128>>], gid: &[u32], first: &[u32], what: &str) {
+        let rows = gid.len();
+        let key = |r: usize| keys.iter().map(|k| k[r]).collect::<Vec<_>>();
+        let mut seen: HashMap<Vec<Option<i128>>, u32> = HashMap::new();
+        for r in 0..rows {
+            let g = gid[r];
+            assert!((g as usize) < first.len(), "{what}: row {r} group {g}");
+            match seen.get(&key(r)) {
+                Some(&h) => assert_eq!(g, h, "{what}: row {r}"),
+                None => {
+                    assert_eq!(first[g as usize] as usize, r, "{what}: first row of {g}");
+                    seen.insert(key(r), g);
+                }
+            }
+        }
+        assert_eq!(seen.len(), first.len(), "{what}: group count");
+    }
+    for rows in [0usize, 1, 257, 70_001] {
+        let a: Vec<i64> = (0..rows as i64)
+            .map(|i| match i % 5 {
+                0 => i64::MIN,
+                1 => i64::MAX,
+                _ => (i * 7919) % 1009,
+            })
+            .collect();
+        let a_valid: Vec<bool> = (0..rows).map(|i| i % 11 != 3).collect();
+        let b: Vec<i32> = (0..rows as i32).map(|i| (i * 31) % 7 - 3).collect();
+        let c: Vec<bool> = (0..rows).map(|i| i % 3 == 0).collect();
+        let cols = [
+            Col::i64s(&a, Some(&a_valid)),
+            Col::i32s(&b, None),
+            Col::bools(&c, None),
+        ];
+        let inputs: Vec<_> = cols.iter().map(|c| Some(c.data())).collect();
+        let inputs_ty = vec![Ty::I64, Ty::I32, Ty::Bool];
+        let ints_a: Vec<Option<i128>> = (0..rows)
+            .map(|i| a_valid[i].then(|| i128::from(a[i])))
+            .collect();
+        let ints_b: Vec<Option<i128>> = b.iter().map(|v| Some(i128::from(*v))).collect();
+        let bools_c: Vec<Option<i128>> = c.iter().map(|v| Some(i128::from(*v))).collect();
+        let every: Vec<Option<i128>> = (0..rows).map(|i| Some(i as i128)).collect();
+        let cases: Vec<(Vec<Expr>, Vec<Vec<Option<i128>>>, &str)> = vec![
+            (
+                vec![col(0, Ty::I64)],
+                vec![ints_a.clone()],
+                "a (NULLs, extremes)",
+            ),
+            (
+                vec![col(1, Ty::I32), col(2, Ty::Bool)],
+                vec![ints_b.clone(), bools_c.clone()],
+                "b, c",
+            ),
+            (
+                vec![col(0, Ty::I64), col(1, Ty::I32), col(2, Ty::Bool)],
+                vec![ints_a.clone(), ints_b.clone(), bools_c.clone()],
+                "a, b, c",
+            ),
+            (
+                // Computed: b % 2 (with b's sign), one group per value.
+                vec![Expr::binary(BinOp::Mod, col(1, Ty::I32), int(2, Ty::I32))],
+                vec![b.iter().map(|v| Some(i128::from(v % 2))).collect()],
+                "b % 2",
+            ),
+            (
+                vec![Expr::binary(
+                    BinOp::Add,
+                    Expr::cast(col(1, Ty::I32), Ty::I64),
+                    Expr::lit(Value::Int(0), Ty::I64),
+                )],
+                vec![ints_b.clone()],
+                "b + 0",
+            ),
+        ];
+        for (keys, host, what) in cases {
+            let program = KeyProgram {
+                inputs: inputs_ty.clone(),
+                keys,
+            };
+            gpu.numbering_support(&program).unwrap();
+            let out = gpu.number_groups(&program, rows, &inputs).unwrap();
+            assert!(!out.needs_cpu, "{what}");
+            assert_eq!(out.gid.len(), rows, "{what}");
+            check(
+                &host,
+                &out.gid,
+                &out.first_row,
+                &format!("{what}, {rows} rows"),
+            );
+        }
+        // Every row its own group: the table at its fullest.
+        let ids: Vec<i64> = (0..rows as i64).map(|i| i * 1_000_003).collect();
+        let id_col = [Col::i64s(&ids, None)];
+        let inputs: Vec<_> = id_col.iter().map(|c| Some(c.data())).collect();
+        let program = KeyProgram {
+            inputs: vec![Ty::I64],
+            keys: vec![col(0, Ty::I64)],
+        };
+        let out = gpu.number_groups(&program, rows, &inputs).unwrap();
+        check(
+            &[every],
+            &out.gid,
+            &out.first_row,
+            &format!("ids, {rows} rows"),
+        );
+    }
+    // A key the device cannot compute as the CPU would (a division by
+    // zero) leaves the batch to the host.
+    let zero = [Col::i32s(&[1, 0, 2], None)];
+    let inputs: Vec<_> = zero.iter().map(|c| Some(c.data())).collect();
+    let program = KeyProgram {
+        inputs: vec![Ty::I32],
+        keys: vec![Expr::binary(BinOp::Div, int(10, Ty::I32), col(0, Ty::I32))],
+    };
+    assert!(gpu.number_groups(&program, 3, &inputs).unwrap().needs_cpu);
+    // Float keys are refused.
+    let floats = KeyProgram {
+        inputs: vec![Ty::F64],
+        keys: vec![col(0, Ty::F64)],
+    };
+    let err = gpu.numbering_support(&floats).unwrap_err();
+    assert!(err.contains("GROUP BY key of type f64"), "{err}");
+}
+
+#[test]
 fn block_top_k_keeps_every_row_that_can_be_first() {
     use kiln_kernels::codegen::{BlockTopK, MAX_TOPK};
     use std::cmp::Ordering;

@@ -1,0 +1,197 @@
+//! Numbering GROUP BY keys on wgpu (see [`crate::codegen::numbering`]).
+
+use std::sync::Arc;
+
+use wgpu::util::DeviceExt;
+
+use super::fused::FusedPipelines;
+use super::{WgpuDevice, grid};
+use crate::codegen::numbering::{
+    self, ENTRIES, KeyProgram, Numbering, ROUNDS_PER_CHECK, STEP_CLAIM, STEP_FINALIZE,
+    STEP_FIRST_MIN, STEP_HASH_ROWS, STEP_RESET, STEP_SLOT_ASSIGN, STEP_SLOT_COUNT, STEP_SLOT_SCAN,
+    STEP_TALLY, STEP_VERIFY, WorkLayout,
+};
+use crate::codegen::{ColumnData, place_inputs};
+use crate::error::{KernelError, Result};
+
+/// Rounds of probing after which a batch is left to the host: with the
+/// table at most half full, probes this long do not happen.
+const MAX_ROUNDS: usize = 512;
+
+impl WgpuDevice {
+    fn numbering_pipelines(&self, program: &KeyProgram) -> Result<Arc<FusedPipelines>> {
+        let key = program.fingerprint();
+        let mut cache = self
+            .numbering
+            .lock()
+            .map_err(|_| KernelError::Internal("wgpu: numbering cache poisoned".into()))?;
+        if let Some(p) = cache.get(&key) {
+            return Ok(Arc::clone(p));
+        }
+        let invalid = |detail: String| KernelError::InvalidInput {
+            kernel: "numbering",
+            detail,
+        };
+        let features = self.device.features();
+        if !features.contains(wgpu::Features::SHADER_INT64) {
+            return Err(invalid(format!(
+                "{} has no 64-bit integers in shaders (SHADER_INT64)",
+                self.info.name
+            )));
+        }
+        if program.uses_f64() && !features.contains(wgpu::Features::SHADER_F64) {
+            return Err(invalid(format!(
+                "{} has no 64-bit floats in shaders (SHADER_F64)",
+                self.info.name
+            )));
+        }
+        let source = numbering::wgsl(program).map_err(invalid)?;
+        let built = Arc::new(self.module_pipelines(&source, &ENTRIES)?);
+        cache.insert(key, Arc::clone(&built));
+        Ok(built)
+    }
+
+    /// Whether this device numbers `program`'s keys (compiled once, cached).
+    pub fn numbering_support(&self, program: &KeyProgram) -> std::result::Result<(), String> {
+        self.numbering_pipelines(program)
+            .map(|_| ())
+            .map_err(KernelError::into_reason)
+    }
+
+    /// Numbers the keys of `rows` rows of `inputs` (`None` for a column no
+    /// key reads).
+    pub fn number_groups(
+        &self,
+        program: &KeyProgram,
+        rows: usize,
+        inputs: &[Option<ColumnData<'_>>],
+    ) -> Result<Numbering> {
+        let pipelines = self.numbering_pipelines(program)?;
+        let (mut params, placed, data_words) =
+            place_inputs(&program.inputs, &program.used_inputs(), rows, inputs)?;
+        let work = WorkLayout::new(rows);
+        params[1] = work.slots as u32;
+        params.extend(work.params());
+        let mut out = Numbering::default();
+        if rows == 0 {
+            return Ok(out);
+        }
+        let limit = self.limits.max_storage_buffer_binding_size as usize / 4;
+        if work.words > limit || data_words > limit {
+            return Err(KernelError::InvalidInput {
+                kernel: "numbering",
+                detail: format!("{rows} rows exceed a storage binding"),
+            });
+        }
+        let (rx, ry) = grid(rows.div_ceil(256) as u64);
+        let (sx, sy) = grid(work.slot_blocks() as u64);
+        self.scoped("numbering kernels", || {
+            let data = self.storage_buffer("numbering inputs", data_words.max(1))?;
+            for (at, bytes) in &placed {
+                self.queue.write_buffer(&data, (*at * 4) as u64, bytes);
+            }
+            let meta = self.init_buffer(
+                "numbering params",
+                bytemuck::cast_slice(&params),
+                wgpu::BufferUsages::STORAGE,
+            );
+            let outw = self.storage_buffer("numbering work", work.words)?;
+            let blocks = self.storage_buffer("numbering blocks", 2 * work.slot_blocks() + 1)?;
+            let flag = self
+                .device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("numbering flag"),
+                    contents: bytemuck::bytes_of(&0u32),
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+                });
+            let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("numbering"),
+                layout: &pipelines.layout,
+                entries: &[&data, &meta, &outw, &blocks, &flag]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| wgpu::BindGroupEntry {
+                        binding: i as u32,
+                        resource: b.as_entire_binding(),
+                    })
+                    .collect::<Vec<_>>(),
+            });
+            // Runs `steps` in one submission and reads back `words` words of
+            // `outw` from `at` and the flag (last).
+            let submit = |steps: &[(usize, (u32, u32))], at: usize, words: usize| {
+                let mut encoder =
+                    self.device
+                        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                            label: Some("numbering"),
+                        });
+                {
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("numbering"),
+                        timestamp_writes: None,
+                    });
+                    pass.set_bind_group(0, &group, &[]);
+                    for &(step, (x, y)) in steps {
+                        pass.set_pipeline(&pipelines.passes[step]);
+                        pass.dispatch_workgroups(x, y, 1);
+                    }
+                }
+                let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("numbering read-back"),
+                    size: ((words + 1) * 4) as u64,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                if words > 0 {
+                    encoder.copy_buffer_to_buffer(
+                        &outw,
+                        (at * 4) as u64,
+                        &staging,
+                        0,
+                        (words * 4) as u64,
+                    );
+                }
+                encoder.copy_buffer_to_buffer(&flag, 0, &staging, (words * 4) as u64, 4);
+                self.queue.submit([encoder.finish()]);
+                self.map_words(&staging)
+            };
+            let rounds: Vec<(usize, (u32, u32))> = (0..ROUNDS_PER_CHECK)
+                .flat_map(|_| [(STEP_CLAIM, (rx, ry)), (STEP_VERIFY, (rx, ry))])
+                .chain([(STEP_RESET, (1, 1)), (STEP_TALLY, (rx, ry))])
+                .collect();
+            let mut first = vec![(STEP_HASH_ROWS, (rx, ry))];
+            first.extend(&rounds);
+            let mut back = submit(&first, work.counters, 1)?;
+            let mut done_rounds = ROUNDS_PER_CHECK;
+            while back[0] != 0 && back[1] == 0 && done_rounds < MAX_ROUNDS {
+                back = submit(&rounds, work.counters, 1)?;
+                done_rounds += ROUNDS_PER_CHECK;
+            }
+            if back[1] != 0 || back[0] != 0 {
+                // A key the device cannot compute as the CPU would, or (not
+                // met in practice) probes past the bound.
+                out.needs_cpu = true;
+                return Ok(());
+            }
+            let back = submit(
+                &[
+                    (STEP_SLOT_COUNT, (sx, sy)),
+                    (STEP_SLOT_SCAN, (1, 1)),
+                    (STEP_SLOT_ASSIGN, (sx, sy)),
+                    (STEP_FINALIZE, (rx, ry)),
+                    (STEP_FIRST_MIN, (rx, ry)),
+                ],
+                work.counters + 1,
+                1,
+            )?;
+            let groups = back[0] as usize;
+            out.first_row = submit(&[], work.first, groups)?;
+            out.first_row.pop();
+            out.gid = submit(&[], work.gid, rows)?;
+            out.gid.pop();
+            Ok(())
+        })?;
+        out.bytes_up = ((data_words + params.len()) * 4) as u64;
+        out.bytes_down = ((out.gid.len() + out.first_row.len() + 8) * 4) as u64;
+        Ok(out)
+    }
+}
