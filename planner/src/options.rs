@@ -42,6 +42,10 @@ extensions_options! {
         /// number of groups; float sums only on CUDA). Off: such batches are
         /// aggregated on the CPU.
         pub gpu_group_atomics: bool, default = true
+        /// Number GROUP BY keys on the device (a hash table of row indices)
+        /// when the GPU computes every key; off, or for other keys
+        /// (strings, dictionaries), the host numbers each device batch's keys.
+        pub gpu_group_numbering: bool, default = true
         /// The cost model keeps a stage on the CPU when its input is estimated
         /// below this many rows (moving the data would cost more than it saves).
         pub gpu_min_rows: usize, default = 100_000

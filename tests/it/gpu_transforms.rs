@@ -771,16 +771,18 @@ async fn high_cardinality_group_by_folds_with_atomics() {
     // No float sums: WGSL has no float atomics.
     let aggregates = "sum(a) AS s_a, count(a) AS n_a, count(*) AS n, min(a) AS lo_a, max(b) AS hi_b, \
                       sum(b) AS s_b, avg(e) AS avg_e, min(f) AS lo_f, max(e) AS hi_e";
-    // (keys, whether some batch has more groups than the tile fold takes)
+    // (keys, whether some batch has more groups than the tile fold takes,
+    // whether the device numbers the keys)
     let cases = [
-        ("f", true),         // dates: thousands of groups, NULL among them
-        ("g, k", true),      // 66 combinations occur
-        ("id", true),        // every row its own group
-        ("b", true),         // sparse 64-bit keys: numbered
-        ("id % 3001", true), // a computed key, about a group per row
-        ("g", false),        // six groups: the tile fold
+        ("f", true, true),         // dates: thousands of groups, NULL among them
+        ("g, k", true, false),     // 66 combinations occur; strings: the host numbers
+        ("id", true, true),        // every row its own group
+        ("b", true, true),         // sparse 64-bit keys
+        ("id % 3001", true, true), // a computed key, about a group per row
+        ("g", false, false),       // six groups: the tile fold
+        ("d, k", false, true),     // booleans and sparse integers, NULLs in both
     ];
-    for (keys, many) in cases {
+    for (keys, many, numbered) in cases {
         for filter in ["TRUE", "a > 0 AND b < 0"] {
             let sql = format!(
                 "SELECT {keys}, {aggregates} FROM t WHERE {filter} GROUP BY {keys} ORDER BY {keys}"
@@ -794,8 +796,34 @@ async fn high_cardinality_group_by_folds_with_atomics() {
                 many,
                 "{sql}: {stage}"
             );
+            assert_eq!(
+                !stage.contains("device_numbered_batches=0"),
+                numbered,
+                "{sql}: {stage}"
+            );
+            assert_eq!(stage.contains("numbering=device"), numbered, "{stage}");
         }
     }
+    // Switched off, the host numbers every batch's keys.
+    let host = table_session(
+        &random_table(20_000, 29),
+        2,
+        &[
+            GPU[0],
+            GPU[1],
+            "SET kiln.gpu_batch_rows = 4096",
+            "SET kiln.gpu_group_numbering = false",
+        ],
+    )
+    .await;
+    let sql = format!("SELECT f, {aggregates} FROM t GROUP BY f ORDER BY f");
+    assert_eq!(text(&host, &sql).await, text(&cpu, &sql).await);
+    let stage = analyzed_stage(&host, &sql).await;
+    assert!(
+        stage.contains("numbering=host (kiln.gpu_group_numbering is off)")
+            && stage.contains("device_numbered_batches=0"),
+        "{stage}"
+    );
     // Switched off, batches of many groups are aggregated on the CPU.
     let off = table_session(
         &random_table(20_000, 29),

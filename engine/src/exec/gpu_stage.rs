@@ -41,6 +41,7 @@ use datafusion::physical_plan::{
     ReplaceChildrenOptions, SendableRecordBatchStream,
 };
 use futures::TryStreamExt;
+use kiln_kernels::codegen::numbering::KeyProgram;
 use kiln_kernels::codegen::{
     ColumnData, FusedOutput, GroupFold, MAX_GROUPS, OutColumn, Program, Reduced, Ty,
 };
@@ -130,6 +131,9 @@ pub struct StageGroupBy {
     /// Whether the device folds batches of more groups with atomics
     /// ([`GroupFold::Atomics`]), or why not.
     pub atomics: std::result::Result<(), String>,
+    /// The keys as the device numbers them (see
+    /// [`kiln_kernels::codegen::numbering`]), or why the host numbers them.
+    pub device_keys: std::result::Result<KeyProgram, String>,
 }
 
 /// See the module documentation.
@@ -187,12 +191,17 @@ impl GpuStageExec {
         &self.input
     }
 
-    /// This stage with batches of more groups than the tile fold takes
-    /// aggregated on the CPU, for `reason`.
-    pub fn without_group_atomics(&self, reason: String) -> GpuStageExec {
+    /// This stage with what the device turned out to support of its GROUP
+    /// BY: the atomic fold, the numbering of its keys.
+    pub fn with_group_support(
+        &self,
+        atomics: std::result::Result<(), String>,
+        device_keys: std::result::Result<KeyProgram, String>,
+    ) -> GpuStageExec {
         let mut plan = StagePlan::clone(&self.plan);
         if let Some(g) = &mut plan.group_by {
-            g.atomics = Err(reason);
+            g.atomics = atomics;
+            g.device_keys = device_keys;
         }
         GpuStageExec {
             input: Arc::clone(&self.input),
@@ -234,8 +243,12 @@ impl DisplayAs for GpuStageExec {
         if let Some(g) = &plan.group_by {
             write!(
                 f,
-                ", group_by=[{}], tile_groups={}, more_groups={}",
+                ", group_by=[{}], numbering={}, tile_groups={}, more_groups={}",
                 g.names.join(", "),
+                match &g.device_keys {
+                    Ok(_) => "device".to_string(),
+                    Err(reason) => format!("host ({reason})"),
+                },
                 g.max_groups,
                 match &g.atomics {
                     Ok(()) => "atomics".to_string(),
@@ -464,6 +477,8 @@ struct StageMetrics {
     cpu_batches: Count,
     /// Device batches of a grouped stage folded with atomics.
     atomic_batches: Count,
+    /// Device batches whose keys the device numbered.
+    numbered_batches: Count,
     device_time: Time,
     kernel_time: Time,
     /// A final or single-step aggregate's finish on the host.
@@ -479,6 +494,8 @@ impl StageMetrics {
             device_batches: MetricBuilder::new(metrics).counter("device_batches", partition),
             cpu_batches: MetricBuilder::new(metrics).counter("cpu_fallback_batches", partition),
             atomic_batches: MetricBuilder::new(metrics).counter("atomic_fold_batches", partition),
+            numbered_batches: MetricBuilder::new(metrics)
+                .counter("device_numbered_batches", partition),
             device_time: MetricBuilder::new(metrics).subset_time("device_time", partition),
             kernel_time: MetricBuilder::new(metrics).subset_time("kernel_time", partition),
             finish_time: MetricBuilder::new(metrics).subset_time("host_finish_time", partition),
@@ -682,20 +699,8 @@ impl StageState {
             return internal_err!("GpuStageExec: aggregate launch without an aggregate");
         };
         let (keys, index) = match &plan.group_by {
-            None => (Vec::new(), None),
+            None => (None, None),
             Some(group_by) => {
-                // Keys are evaluated over every row, also those the stage's
-                // filter drops; an error there (a division by zero DataFusion
-                // would not have met) sends the batch to the CPU path, which
-                // filters first.
-                let Ok(keys) = group_by
-                    .keys
-                    .iter()
-                    .map(|k| k.evaluate(batch)?.into_array(batch.num_rows()))
-                    .collect::<Result<Vec<ArrayRef>>>()
-                else {
-                    return Ok(None);
-                };
                 let tile_groups = group_by.max_groups.clamp(1, MAX_GROUPS);
                 // With atomics every batch can be numbered: at most one
                 // group per row.
@@ -703,9 +708,37 @@ impl StageState {
                     Ok(()) => batch.num_rows().max(tile_groups),
                     Err(_) => tile_groups,
                 };
-                let Some(index) = group_index(&keys, limit) else {
-                    self.too_many_groups += 1;
-                    return Ok(None);
+                let numbered = match &group_by.device_keys {
+                    Ok(program) => self.number_on_device(program, batch)?,
+                    Err(_) => None,
+                };
+                let (keys, index) = match numbered {
+                    // The host evaluates the keys of each group's first row
+                    // only, after the launch.
+                    Some(index) if index.groups <= limit => (None, index),
+                    Some(_) => {
+                        self.too_many_groups += 1;
+                        return Ok(None);
+                    }
+                    None => {
+                        // Keys are evaluated over every row, also those the
+                        // stage's filter drops; an error there (a division by
+                        // zero DataFusion would not have met) sends the batch
+                        // to the CPU path, which filters first.
+                        let Ok(keys) = group_by
+                            .keys
+                            .iter()
+                            .map(|k| k.evaluate(batch)?.into_array(batch.num_rows()))
+                            .collect::<Result<Vec<ArrayRef>>>()
+                        else {
+                            return Ok(None);
+                        };
+                        let Some(index) = group_index(&keys, limit) else {
+                            self.too_many_groups += 1;
+                            return Ok(None);
+                        };
+                        (Some(keys), index)
+                    }
                 };
                 self.too_many_groups = 0;
                 let fold = if index.groups <= tile_groups {
@@ -726,19 +759,30 @@ impl StageState {
         let present: Vec<usize> = (0..groups)
             .filter(|&g| out.group_rows.get(g).is_some_and(|n| *n > 0))
             .collect();
-        let key_columns = match &index {
-            None => Vec::new(),
-            Some((index, _)) => {
+        let key_columns = match (&index, &plan.group_by) {
+            (Some((index, _)), Some(group_by)) => {
                 let first = UInt32Array::from(
                     present
                         .iter()
                         .map(|&g| index.first_row[g])
                         .collect::<Vec<_>>(),
                 );
-                keys.iter()
-                    .map(|k| take(k.as_ref(), &first, None))
-                    .collect::<std::result::Result<Vec<_>, _>>()?
+                match keys {
+                    Some(keys) => keys
+                        .iter()
+                        .map(|k| take(k.as_ref(), &first, None))
+                        .collect::<std::result::Result<Vec<_>, _>>()?,
+                    None => {
+                        let rows = take_record_batch(batch, &first)?;
+                        group_by
+                            .keys
+                            .iter()
+                            .map(|k| k.evaluate(&rows)?.into_array(rows.num_rows()))
+                            .collect::<Result<Vec<ArrayRef>>>()?
+                    }
+                }
             }
+            _ => Vec::new(),
         };
         let per_group = plan.program.reduce.len();
         let states: Vec<&[Reduced]> = present
@@ -747,6 +791,49 @@ impl StageState {
             .collect();
         agg.finish_groups(key_columns, &states, &self.states_schema())
             .map(Some)
+    }
+
+    /// The batch's group index from the device's numbering of its keys:
+    /// `None` when a key column does not convert or the device flags the
+    /// batch (the host numbers it then).
+    fn number_on_device(
+        &self,
+        program: &KeyProgram,
+        batch: &RecordBatch,
+    ) -> Result<Option<GroupIndex>> {
+        let used = program.used_inputs();
+        let mut host: Vec<Option<HostColumn>> = Vec::with_capacity(used.len());
+        for ((column, used), want) in batch.columns().iter().zip(&used).zip(&program.inputs) {
+            if !used {
+                host.push(None);
+                continue;
+            }
+            match to_device(column.as_ref())?.and_then(|h| h.as_input(*want)) {
+                Some(h) => host.push(Some(h)),
+                None => return Ok(None),
+            }
+        }
+        let inputs: Vec<_> = host
+            .iter()
+            .map(|h| h.as_ref().map(HostColumn::data))
+            .collect();
+        let out = {
+            let _t = self.metrics.device_time.timer();
+            self.device
+                .number_groups(program, batch.num_rows(), &inputs)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?
+        };
+        self.metrics.bytes_to_device.add(out.bytes_up as usize);
+        self.metrics.bytes_from_device.add(out.bytes_down as usize);
+        if out.needs_cpu {
+            return Ok(None);
+        }
+        self.metrics.numbered_batches.add(1);
+        Ok(Some(GroupIndex {
+            groups: out.groups().max(1),
+            gid: out.gid,
+            first_row: out.first_row,
+        }))
     }
 
     /// The plan that aggregates a batch of an aggregate stage on the CPU: the

@@ -30,6 +30,7 @@ use kiln_engine::exec::group_keys::key_type_supported;
 use kiln_engine::exec::{
     GpuStageExec, SingleSplit, StageAggregate, StageGroupBy, StageOutput, StagePlan, StageTopK,
 };
+use kiln_kernels::codegen::numbering::KeyProgram;
 use kiln_kernels::codegen::{
     BinOp, BlockTopK, Expr, MAX_GROUPS, MAX_TOPK, Program, Reduce, ReduceOp, Ty, Value,
 };
@@ -50,6 +51,7 @@ pub struct LoweringContext {
     pub batch_rows: usize,
     pub max_groups: usize,
     pub group_atomics: bool,
+    pub group_numbering: bool,
 }
 
 impl LoweringContext {
@@ -92,6 +94,7 @@ impl LoweringContext {
             batch_rows: options.gpu_batch_rows,
             max_groups: options.gpu_max_groups,
             group_atomics: options.gpu_group_atomics,
+            group_numbering: options.gpu_group_numbering,
         }))
     }
 }
@@ -128,16 +131,27 @@ impl PhysicalOptimizerRule for PlaceOnDevice {
                 if keep.is_err() {
                     return Ok(Transformed::yes(unwrap_stage(stage)?));
                 }
-                // Compile the atomic fold now too; a device that cannot
-                // leaves batches of many groups to the CPU.
-                if let Some(Ok(())) = stage.plan().group_by.as_ref().map(|g| &g.atomics)
-                    && let Err(reason) = ctx.device.atomic_fold_support(&stage.plan().program)
+                // Compile the atomic fold and the key numbering now too; a
+                // device that cannot leaves batches of many groups to the
+                // CPU, and the keys to the host.
+                let Some(group_by) = &stage.plan().group_by else {
+                    return Ok(Transformed::no(node));
+                };
+                let atomics = match &group_by.atomics {
+                    Ok(()) => ctx.device.atomic_fold_support(&stage.plan().program),
+                    Err(reason) => Err(reason.clone()),
+                };
+                let numbering = match &group_by.device_keys {
+                    Ok(keys) => ctx.device.numbering_support(keys).map(|()| keys.clone()),
+                    Err(reason) => Err(reason.clone()),
+                };
+                if atomics == group_by.atomics && numbering.is_ok() == group_by.device_keys.is_ok()
                 {
-                    let stage: Arc<dyn ExecutionPlan> =
-                        Arc::new(stage.without_group_atomics(reason));
-                    return Ok(Transformed::yes(stage));
+                    return Ok(Transformed::no(node));
                 }
-                Ok(Transformed::no(node))
+                let stage: Arc<dyn ExecutionPlan> =
+                    Arc::new(stage.with_group_support(atomics, numbering));
+                Ok(Transformed::yes(stage))
             })?
             .data;
         Ok(placed)
@@ -407,7 +421,9 @@ pub fn lower(
             );
         }
         if !agg.group_expr().is_empty() {
-            group_by = Some(group_keys(agg, &chain.exprs, ctx)?);
+            let mut keys = group_keys(agg, &chain.exprs, ctx)?;
+            keys.device_keys = device_keys(agg, &translator, &stage_inputs, ctx);
+            group_by = Some(keys);
         }
         if agg.limit_options().is_some() {
             return Err("a partial aggregate with a row limit stays on the CPU".into());
@@ -504,6 +520,36 @@ pub fn lower(
     Ok(Arc::new(stage))
 }
 
+/// The GROUP BY keys as the device numbers them, or why the host does.
+fn device_keys(
+    agg: &AggregateExec,
+    translator: &Translator<'_>,
+    stage_inputs: &datafusion::arrow::datatypes::Schema,
+    ctx: &LoweringContext,
+) -> std::result::Result<KeyProgram, String> {
+    if !ctx.group_numbering {
+        return Err("kiln.gpu_group_numbering is off".into());
+    }
+    let mut keys = Vec::new();
+    for (expr, name) in agg.group_expr().expr() {
+        let key = translator
+            .translate(expr)
+            .map_err(|e| format!("{name}: {e}"))?;
+        if key.ty().is_float() {
+            return Err(format!("{name} is a float"));
+        }
+        keys.push(key);
+    }
+    let inputs = stage_inputs
+        .fields()
+        .iter()
+        .map(|f| device_ty(f.data_type()).unwrap_or(Ty::U32))
+        .collect();
+    let program = KeyProgram { inputs, keys };
+    program.check()?;
+    Ok(program)
+}
+
 /// A single-step aggregate's partial and final halves, built as
 /// DataFusion's planner builds them.
 fn split_single(agg: &AggregateExec) -> std::result::Result<SingleSplit, String> {
@@ -567,6 +613,7 @@ fn group_keys(
         names,
         max_groups: ctx.max_groups,
         atomics: Ok(()),
+        device_keys: Err(String::new()),
     })
 }
 
