@@ -804,6 +804,34 @@ async fn high_cardinality_group_by_folds_with_atomics() {
             assert_eq!(stage.contains("numbering=device"), numbered, "{stage}");
         }
     }
+    // String views of at most 12 bytes are numbered on the device by their
+    // views' words; a batch holding a longer value goes to the host.
+    for (view, numbered) in [
+        ("CASE WHEN length(g) > 12 THEN 'long' ELSE g END", true),
+        ("g", false),
+    ] {
+        for session in [&cpu, &gpu] {
+            run_sql(session, "DROP TABLE IF EXISTS tv").await;
+            run_sql(
+                session,
+                &format!("CREATE TABLE tv AS SELECT arrow_cast({view}, 'Utf8View') AS v, * FROM t"),
+            )
+            .await;
+        }
+        for keys in ["v", "v, k", "v, d"] {
+            let sql = format!(
+                "SELECT {keys}, {aggregates} FROM tv WHERE a > -900 GROUP BY {keys} ORDER BY {keys}"
+            );
+            assert_eq!(text(&gpu, &sql).await, text(&cpu, &sql).await, "{sql}");
+            let stage = analyzed_stage(&gpu, &sql).await;
+            assert!(stage.contains("numbering=device"), "{stage}");
+            assert_eq!(
+                !stage.contains("device_numbered_batches=0"),
+                numbered,
+                "{view}: {sql}: {stage}"
+            );
+        }
+    }
     // Switched off, the host numbers every batch's keys.
     let host = table_session(
         &random_table(20_000, 29),

@@ -151,6 +151,42 @@ pub fn to_device(array: &dyn Array) -> Result<Option<HostColumn>> {
     }))
 }
 
+/// A string or binary view column whose values are all inline (at most 12
+/// bytes) as two 64-bit device columns, the low and high words of each
+/// value's view with the bytes past its length cleared: equal words for
+/// equal values, so the device can number them as integer keys. `None` for
+/// a longer value or another type.
+pub fn inline_view_words(array: &dyn Array) -> Option<[HostColumn; 2]> {
+    let views: &[u128] = match array.data_type() {
+        DataType::Utf8View => array.as_string_view_opt()?.views(),
+        DataType::BinaryView => array.as_binary_view_opt()?.views(),
+        _ => return None,
+    };
+    if views.iter().any(|v| (*v as u32) > 12) {
+        return None;
+    }
+    let validity = array.logical_nulls().map(|n| validity_words(n.inner()));
+    let mut lo = Vec::with_capacity(views.len() * 8);
+    let mut hi = Vec::with_capacity(views.len() * 8);
+    for v in views {
+        let k = super::group_keys::inline_key(*v);
+        lo.extend_from_slice(&(k as u64).to_le_bytes());
+        hi.extend_from_slice(&((k >> 64) as u64).to_le_bytes());
+    }
+    Some([
+        HostColumn {
+            ty: Ty::U64,
+            values: lo,
+            validity: validity.clone(),
+        },
+        HostColumn {
+            ty: Ty::U64,
+            values: hi,
+            validity,
+        },
+    ])
+}
+
 /// Arrow validity bits re-based to bit 0 of word 0.
 fn validity_words(bits: &BooleanBuffer) -> Vec<u32> {
     let chunks = bits.bit_chunks();

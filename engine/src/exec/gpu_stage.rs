@@ -47,7 +47,7 @@ use kiln_kernels::codegen::{
 };
 use kiln_kernels::{Device, DeviceInfo};
 
-use super::device_columns::{HostColumn, from_device, to_device};
+use super::device_columns::{HostColumn, from_device, inline_view_words, to_device};
 use super::gather_rows;
 use super::group_keys::{GroupIndex, group_index};
 use super::stage_aggregate::StageAggregate;
@@ -133,7 +133,13 @@ pub struct StageGroupBy {
     pub atomics: std::result::Result<(), String>,
     /// The keys as the device numbers them (see
     /// [`kiln_kernels::codegen::numbering`]), or why the host numbers them.
+    /// The program's inputs are the stage's, then two 64-bit words per
+    /// column of `key_views`.
     pub device_keys: std::result::Result<KeyProgram, String>,
+    /// Stage input columns of strings or binaries (views) the device numbers
+    /// by their inline views' words (see
+    /// [`super::device_columns::inline_view_words`]).
+    pub key_views: Vec<usize>,
 }
 
 /// See the module documentation.
@@ -812,6 +818,18 @@ impl StageState {
                 Some(h) => host.push(Some(h)),
                 None => return Ok(None),
             }
+        }
+        let views = self.plan.group_by.iter().flat_map(|g| &g.key_views);
+        for &column in views {
+            // A value past 12 bytes: the host numbers the batch.
+            let Some(words) = batch
+                .columns()
+                .get(column)
+                .and_then(|c| inline_view_words(c.as_ref()))
+            else {
+                return Ok(None);
+            };
+            host.extend(words.map(Some));
         }
         let inputs: Vec<_> = host
             .iter()

@@ -289,7 +289,7 @@ fn inline_views(
 
 /// An inline view with the bytes past its length cleared (zero by the
 /// format; cleared all the same, so that equal values have equal keys).
-fn inline_key(v: u128) -> u128 {
+pub(crate) fn inline_key(v: u128) -> u128 {
     let len = v as u32;
     if len >= 12 {
         v

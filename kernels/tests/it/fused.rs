@@ -1046,11 +1046,9 @@ fn group_keys_are_numbered_on_the_device() {
     // share a group, different keys do not, groups are dense and each one's
     // first row is the smallest row with its keys.
     fn check(keys: &[Vec<Option<i128>>], gid: &[u32], first: &[u32], what: &str) {
-        let rows = gid.len();
         let key = |r: usize| keys.iter().map(|k| k[r]).collect::<Vec<_>>();
         let mut seen: HashMap<Vec<Option<i128>>, u32> = HashMap::new();
-        for r in 0..rows {
-            let g = gid[r];
+        for (r, &g) in gid.iter().enumerate() {
             assert!((g as usize) < first.len(), "{what}: row {r} group {g}");
             match seen.get(&key(r)) {
                 Some(&h) => assert_eq!(g, h, "{what}: row {r}"),
@@ -1086,7 +1084,9 @@ fn group_keys_are_numbered_on_the_device() {
         let ints_b: Vec<Option<i128>> = b.iter().map(|v| Some(i128::from(*v))).collect();
         let bools_c: Vec<Option<i128>> = c.iter().map(|v| Some(i128::from(*v))).collect();
         let every: Vec<Option<i128>> = (0..rows).map(|i| Some(i as i128)).collect();
-        let cases: Vec<(Vec<Expr>, Vec<Vec<Option<i128>>>, &str)> = vec![
+        // (keys, their values as the host sees them, what they are)
+        type Case<'a> = (Vec<Expr>, Vec<Vec<Option<i128>>>, &'a str);
+        let cases: Vec<Case> = vec![
             (
                 vec![col(0, Ty::I64)],
                 vec![ints_a.clone()],

@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use datafusion::arrow::datatypes::DataType;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Result, plan_datafusion_err};
@@ -422,7 +423,13 @@ pub fn lower(
         }
         if !agg.group_expr().is_empty() {
             let mut keys = group_keys(agg, &chain.exprs, ctx)?;
-            keys.device_keys = device_keys(agg, &translator, &stage_inputs, ctx);
+            match device_keys(agg, &translator, &stage_inputs, ctx) {
+                Ok((program, views)) => {
+                    keys.device_keys = Ok(program);
+                    keys.key_views = views;
+                }
+                Err(reason) => keys.device_keys = Err(reason),
+            }
             group_by = Some(keys);
         }
         if agg.limit_options().is_some() {
@@ -520,34 +527,57 @@ pub fn lower(
     Ok(Arc::new(stage))
 }
 
-/// The GROUP BY keys as the device numbers them, or why the host does.
+/// The GROUP BY keys as the device numbers them, and the stage input
+/// columns of string keys it numbers by their inline views (two 64-bit key
+/// words each, inputs after the stage's), or why the host numbers them.
 fn device_keys(
     agg: &AggregateExec,
     translator: &Translator<'_>,
     stage_inputs: &datafusion::arrow::datatypes::Schema,
     ctx: &LoweringContext,
-) -> std::result::Result<KeyProgram, String> {
+) -> std::result::Result<(KeyProgram, Vec<usize>), String> {
     if !ctx.group_numbering {
         return Err("kiln.gpu_group_numbering is off".into());
     }
-    let mut keys = Vec::new();
-    for (expr, name) in agg.group_expr().expr() {
-        let key = translator
-            .translate(expr)
-            .map_err(|e| format!("{name}: {e}"))?;
-        if key.ty().is_float() {
-            return Err(format!("{name} is a float"));
-        }
-        keys.push(key);
-    }
-    let inputs = stage_inputs
+    let mut inputs: Vec<Ty> = stage_inputs
         .fields()
         .iter()
         .map(|f| device_ty(f.data_type()).unwrap_or(Ty::U32))
         .collect();
+    let mut keys = Vec::new();
+    let mut views = Vec::new();
+    for (expr, name) in agg.group_expr().expr() {
+        match translator.translate(expr) {
+            Ok(key) if key.ty().is_float() => return Err(format!("{name} is a float")),
+            Ok(key) => keys.push(key),
+            Err(reason) => {
+                // A string or binary column: numbered by its views' words
+                // (a batch with a value past 12 bytes goes to the host).
+                let column = expr
+                    .downcast_ref::<Column>()
+                    .and_then(|c| translator.columns.get(c.index()))
+                    .and_then(|source| match source {
+                        Source::Input(i) => Some(*i),
+                        Source::Computed(_) => None,
+                    })
+                    .filter(|i| {
+                        matches!(
+                            stage_inputs.field(*i).data_type(),
+                            DataType::Utf8View | DataType::BinaryView
+                        )
+                    })
+                    .ok_or(format!("{name}: {reason}"))?;
+                views.push(column);
+                for _ in 0..2 {
+                    keys.push(Expr::column(inputs.len(), Ty::U64));
+                    inputs.push(Ty::U64);
+                }
+            }
+        }
+    }
     let program = KeyProgram { inputs, keys };
     program.check()?;
-    Ok(program)
+    Ok((program, views))
 }
 
 /// A single-step aggregate's partial and final halves, built as
@@ -614,6 +644,7 @@ fn group_keys(
         max_groups: ctx.max_groups,
         atomics: Ok(()),
         device_keys: Err(String::new()),
+        key_views: Vec::new(),
     })
 }
 
