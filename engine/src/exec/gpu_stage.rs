@@ -556,18 +556,10 @@ impl StageState {
         groups: Option<(&GroupIndex, GroupFold)>,
     ) -> Result<Option<FusedOutput>> {
         let plan = &self.plan;
-        let used = plan.program.used_inputs();
-        let mut host: Vec<Option<HostColumn>> = Vec::with_capacity(used.len());
-        for ((column, used), want) in batch.columns().iter().zip(&used).zip(&plan.program.inputs) {
-            if !used {
-                host.push(None);
-                continue;
-            }
-            match to_device(column.as_ref())?.and_then(|h| h.as_input(*want)) {
-                Some(h) => host.push(Some(h)),
-                None => return Ok(None),
-            }
-        }
+        let Some(host) = host_columns(batch, &plan.program.inputs, &plan.program.used_inputs())?
+        else {
+            return Ok(None);
+        };
         let mut inputs: Vec<_> = host
             .iter()
             .map(|h| h.as_ref().map(HostColumn::data))
@@ -807,18 +799,9 @@ impl StageState {
         program: &KeyProgram,
         batch: &RecordBatch,
     ) -> Result<Option<GroupIndex>> {
-        let used = program.used_inputs();
-        let mut host: Vec<Option<HostColumn>> = Vec::with_capacity(used.len());
-        for ((column, used), want) in batch.columns().iter().zip(&used).zip(&program.inputs) {
-            if !used {
-                host.push(None);
-                continue;
-            }
-            match to_device(column.as_ref())?.and_then(|h| h.as_input(*want)) {
-                Some(h) => host.push(Some(h)),
-                None => return Ok(None),
-            }
-        }
+        let Some(mut host) = host_columns(batch, &program.inputs, &program.used_inputs())? else {
+            return Ok(None);
+        };
         let views = self.plan.group_by.iter().flat_map(|g| &g.key_views);
         for &column in views {
             // A value past 12 bytes: the host numbers the batch.
@@ -975,6 +958,28 @@ impl StageState {
 }
 
 /// The CPU evaluation of one replaced operator.
+/// The columns of `batch` a launch reads (`used`), in the device layout of
+/// the program's input types: `None` when one does not convert (a decimal
+/// beyond 64 bits, a count past 2^63), and the batch takes the CPU path.
+fn host_columns(
+    batch: &RecordBatch,
+    types: &[Ty],
+    used: &[bool],
+) -> Result<Option<Vec<Option<HostColumn>>>> {
+    let mut host = Vec::with_capacity(used.len());
+    for ((column, used), want) in batch.columns().iter().zip(used).zip(types) {
+        if !used {
+            host.push(None);
+            continue;
+        }
+        match to_device(column.as_ref())?.and_then(|h| h.as_input(*want)) {
+            Some(h) => host.push(Some(h)),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(host))
+}
+
 fn cpu_step(op: &dyn ExecutionPlan) -> Result<CpuStep> {
     let any = op;
     if let Some(f) = any.downcast_ref::<FilterExec>() {

@@ -25,6 +25,15 @@ pub(super) struct FusedPipelines {
     pub(super) passes: Vec<wgpu::ComputePipeline>,
 }
 
+/// The buffers of one launch a caller reads (see
+/// [`WgpuDevice::launch_buffers`]); the bind group holds the inputs alive.
+pub(super) struct LaunchBuffers {
+    pub outw: wgpu::Buffer,
+    pub blocks: wgpu::Buffer,
+    pub flag: wgpu::Buffer,
+    pub group: wgpu::BindGroup,
+}
+
 /// Compiled fused modules by program fingerprint and grouped fold.
 pub(super) type FusedCache = Mutex<HashMap<(u64, GroupFold), Arc<FusedPipelines>>>;
 
@@ -210,36 +219,19 @@ impl WgpuDevice {
         let (meta, placed) = (&layout.params, &layout.placed);
 
         let total = self.scoped("fused kernel", || {
-            let data = self.storage_buffer("fused inputs", words.max(1))?;
-            for (at, bytes) in placed {
-                self.queue.write_buffer(&data, (*at * 4) as u64, bytes);
-            }
-            let meta_buf = self.init_buffer(
-                "fused meta",
-                bytemuck::cast_slice(meta),
-                wgpu::BufferUsages::STORAGE,
-            );
-            let outw = self.storage_buffer("fused outputs", out_words)?;
-            let blocks = self.storage_buffer("fused blocks", 2 * nblocks + 1)?;
-            let flag = self
-                .device
-                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("fused flag"),
-                    contents: bytemuck::bytes_of(&0u32),
-                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-                });
-            let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("fused"),
-                layout: &pipelines.layout,
-                entries: &[&data, &meta_buf, &outw, &blocks, &flag]
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| wgpu::BindGroupEntry {
-                        binding: i as u32,
-                        resource: b.as_entire_binding(),
-                    })
-                    .collect::<Vec<_>>(),
-            });
+            let LaunchBuffers {
+                outw,
+                blocks,
+                flag,
+                group,
+                ..
+            } = self.launch_buffers(
+                &pipelines,
+                (words, placed),
+                meta,
+                out_words,
+                2 * nblocks + 1,
+            )?;
             let mut encoder = self
                 .device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -364,7 +356,56 @@ impl WgpuDevice {
         Ok(out)
     }
 
-    /// Maps a `MAP_READ` buffer and copies its words out.
+    /// The buffers and bind group of one launch of a generated module:
+    /// `data` holding the placed inputs, `params`, `outw` and `blocks`
+    /// zeroed, and the fallback flag.
+    pub(super) fn launch_buffers(
+        &self,
+        pipelines: &FusedPipelines,
+        (data_words, placed): (usize, &[(usize, &[u8])]),
+        params: &[u32],
+        out_words: usize,
+        block_words: usize,
+    ) -> Result<LaunchBuffers> {
+        let data = self.storage_buffer("fused inputs", data_words.max(1))?;
+        for (at, bytes) in placed {
+            self.queue.write_buffer(&data, (*at * 4) as u64, bytes);
+        }
+        let meta = self.init_buffer(
+            "fused params",
+            bytemuck::cast_slice(params),
+            wgpu::BufferUsages::STORAGE,
+        );
+        let outw = self.storage_buffer("fused outputs", out_words)?;
+        let blocks = self.storage_buffer("fused blocks", block_words)?;
+        let flag = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("fused flag"),
+                contents: bytemuck::bytes_of(&0u32),
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            });
+        let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("fused"),
+            layout: &pipelines.layout,
+            entries: &[&data, &meta, &outw, &blocks, &flag]
+                .iter()
+                .enumerate()
+                .map(|(i, b)| wgpu::BindGroupEntry {
+                    binding: i as u32,
+                    resource: b.as_entire_binding(),
+                })
+                .collect::<Vec<_>>(),
+        });
+        Ok(LaunchBuffers {
+            outw,
+            blocks,
+            flag,
+            group,
+        })
+    }
+
+    /// Maps a `MAP_READ` buffer and copies its words out.    /// Maps a `MAP_READ` buffer and copies its words out.
     pub(super) fn map_words(&self, buffer: &wgpu::Buffer) -> Result<Vec<u32>> {
         let slice = buffer.slice(..);
         let (tx, rx) = std::sync::mpsc::channel();

@@ -2,9 +2,7 @@
 
 use std::sync::Arc;
 
-use wgpu::util::DeviceExt;
-
-use super::fused::FusedPipelines;
+use super::fused::{FusedPipelines, LaunchBuffers};
 use super::{WgpuDevice, grid};
 use crate::codegen::numbering::{
     self, ENTRIES, KeyProgram, Numbering, ROUNDS_PER_CHECK, STEP_CLAIM, STEP_FINALIZE,
@@ -86,36 +84,15 @@ impl WgpuDevice {
         let (rx, ry) = grid(rows.div_ceil(256) as u64);
         let (sx, sy) = grid(work.slot_blocks() as u64);
         self.scoped("numbering kernels", || {
-            let data = self.storage_buffer("numbering inputs", data_words.max(1))?;
-            for (at, bytes) in &placed {
-                self.queue.write_buffer(&data, (*at * 4) as u64, bytes);
-            }
-            let meta = self.init_buffer(
-                "numbering params",
-                bytemuck::cast_slice(&params),
-                wgpu::BufferUsages::STORAGE,
-            );
-            let outw = self.storage_buffer("numbering work", work.words)?;
-            let blocks = self.storage_buffer("numbering blocks", 2 * work.slot_blocks() + 1)?;
-            let flag = self
-                .device
-                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("numbering flag"),
-                    contents: bytemuck::bytes_of(&0u32),
-                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-                });
-            let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("numbering"),
-                layout: &pipelines.layout,
-                entries: &[&data, &meta, &outw, &blocks, &flag]
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| wgpu::BindGroupEntry {
-                        binding: i as u32,
-                        resource: b.as_entire_binding(),
-                    })
-                    .collect::<Vec<_>>(),
-            });
+            let LaunchBuffers {
+                outw, flag, group, ..
+            } = self.launch_buffers(
+                &pipelines,
+                (data_words, &placed),
+                &params,
+                work.words,
+                2 * work.slot_blocks() + 1,
+            )?;
             // Runs `steps` in one submission and reads back `words` words of
             // `outw` from `at` and the flag (last).
             let submit = |steps: &[(usize, (u32, u32))], at: usize, words: usize| {
