@@ -57,7 +57,8 @@ impl WgpuDevice {
     }
 
     /// Numbers the keys of `rows` rows of `inputs` (`None` for a column no
-    /// key reads).
+    /// key reads); `needs_cpu` when a key flags a row or the table would
+    /// not fit one storage binding.
     pub fn number_groups(
         &self,
         program: &KeyProgram,
@@ -76,10 +77,9 @@ impl WgpuDevice {
         }
         let limit = self.limits.max_storage_buffer_binding_size as usize / 4;
         if work.words > limit || data_words > limit {
-            return Err(KernelError::InvalidInput {
-                kernel: "numbering",
-                detail: format!("{rows} rows exceed a storage binding"),
-            });
+            // The table would not fit one binding: the host numbers.
+            out.needs_cpu = true;
+            return Ok(out);
         }
         let (rx, ry) = grid(rows.div_ceil(256) as u64);
         let (sx, sy) = grid(work.slot_blocks() as u64);
