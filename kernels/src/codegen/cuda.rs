@@ -54,27 +54,7 @@ extern \"C\" __global__ void kiln_count(KILN_ARGS) {{
     if (lid == 0 && block < nblocks(params)) {{ blocks[block] = wg_count; }}
 }}
 
-extern \"C\" __global__ void kiln_scan(KILN_ARGS) {{
-    __shared__ u32 wg_scan[{BLOCK}];
-    const u32 lid = threadIdx.x;
-    const u32 nb = nblocks(params);
-    const u32 per = (nb + {BLOCK}u - 1u) / {BLOCK}u;
-    const u32 lo = min(lid * per, nb);
-    const u32 hi = min(lo + per, nb);
-    u32 sum = 0;
-    for (u32 b = lo; b < hi; b++) {{ sum += blocks[b]; }}
-    wg_scan[lid] = sum;
-    __syncthreads();
-    if (lid == 0) {{
-        u32 acc = 0;
-        for (u32 t = 0; t < {BLOCK}u; t++) {{ const u32 s = wg_scan[t]; wg_scan[t] = acc; acc += s; }}
-        blocks[2u * nb] = acc;
-    }}
-    __syncthreads();
-    u32 acc = wg_scan[lid];
-    for (u32 b = lo; b < hi; b++) {{ blocks[nb + b] = acc; acc += blocks[b]; }}
-}}
-
+{scan}
 extern \"C\" __global__ void kiln_emit(KILN_ARGS) {{
     __shared__ u32 wg_scan[{BLOCK}];
 {rank_shared}    const u32 block = blockIdx.x + blockIdx.y * gridDim.x;
@@ -96,6 +76,7 @@ extern \"C\" __global__ void kiln_emit(KILN_ARGS) {{
     }}
 }}
 ",
+        scan = scan_entry("kiln_scan", "nblocks(params)", ""),
         kept = if program.predicate.is_some() {
             "keep(KILN_PASS, row)"
         } else {
@@ -108,6 +89,34 @@ extern \"C\" __global__ void kiln_emit(KILN_ARGS) {{
         },
     );
     Ok(src)
+}
+
+/// The CUDA form of [`super::wgsl::scan_entry`].
+pub(super) fn scan_entry(name: &str, blocks_expr: &str, on_total: &str) -> String {
+    format!(
+        "
+extern \"C\" __global__ void {name}(KILN_ARGS) {{
+    __shared__ u32 wg_scan[{BLOCK}];
+    const u32 lid = threadIdx.x;
+    const u32 nb = {blocks_expr};
+    const u32 per = (nb + {BLOCK}u - 1u) / {BLOCK}u;
+    const u32 lo = min(lid * per, nb);
+    const u32 hi = min(lo + per, nb);
+    u32 sum = 0;
+    for (u32 b = lo; b < hi; b++) {{ sum += blocks[b]; }}
+    wg_scan[lid] = sum;
+    __syncthreads();
+    if (lid == 0) {{
+        u32 acc = 0;
+        for (u32 t = 0; t < {BLOCK}u; t++) {{ const u32 s = wg_scan[t]; wg_scan[t] = acc; acc += s; }}
+        blocks[2u * nb] = acc;
+{on_total}    }}
+    __syncthreads();
+    u32 acc = wg_scan[lid];
+    for (u32 b = lo; b < hi; b++) {{ blocks[nb + b] = acc; acc += blocks[b]; }}
+}}
+"
+    )
 }
 
 /// The module of a program with reductions: one `kiln_reduce` kernel that

@@ -177,6 +177,11 @@ fn {name}(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
         "    atomicMin(&outw[w(4u) + atomicLoad(&outw[w(1u) + row])], row);
 ",
     ));
+    let slot_scan = super::wgsl::scan_entry(
+        "slot_scan",
+        "slot_blocks()",
+        "        atomicStore(&outw[w(5u) + 1u], acc);\n",
+    );
     let _ = write!(
         src,
         "
@@ -197,27 +202,7 @@ fn slot_count(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     if (lid == 0u && block < slot_blocks()) {{ blocks[block] = atomicLoad(&wg_count); }}
 }}
 
-@compute @workgroup_size(256)
-fn slot_scan(@builtin(local_invocation_index) lid: u32) {{
-    let nb = slot_blocks();
-    let per = (nb + 255u) / 256u;
-    let lo = min(lid * per, nb);
-    let hi = min(lo + per, nb);
-    var sum = 0u;
-    for (var b = lo; b < hi; b++) {{ sum += blocks[b]; }}
-    wg_scan[lid] = sum;
-    workgroupBarrier();
-    if (lid == 0u) {{
-        var acc = 0u;
-        for (var t = 0u; t < 256u; t++) {{ let x = wg_scan[t]; wg_scan[t] = acc; acc += x; }}
-        blocks[2u * nb] = acc;
-        atomicStore(&outw[w(5u) + 1u], acc);
-    }}
-    workgroupBarrier();
-    var acc = wg_scan[lid];
-    for (var b = lo; b < hi; b++) {{ blocks[nb + b] = acc; acc += blocks[b]; }}
-}}
-
+{slot_scan}
 @compute @workgroup_size(256)
 fn slot_assign(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {{
@@ -313,6 +298,11 @@ extern \"C\" __global__ void kiln_{name}(KILN_ARGS) {{
         "    atomicMin(&outw[W(4) + outw[W(1) + row]], row);
 ",
     ));
+    src.push_str(&super::cuda::scan_entry(
+        "kiln_slot_scan",
+        "SLOT_BLOCKS",
+        "        outw[W(5) + 1u] = acc;\n",
+    ));
     src.push_str(
         "
 extern \"C\" __global__ void kiln_reset(KILN_ARGS) { outw[W(5)] = 0u; }
@@ -328,28 +318,6 @@ extern \"C\" __global__ void kiln_slot_count(KILN_ARGS) {
     if (used) { atomicAdd(&wg_count, 1u); }
     __syncthreads();
     if (lid == 0 && block < SLOT_BLOCKS) { blocks[block] = wg_count; }
-}
-
-extern \"C\" __global__ void kiln_slot_scan(KILN_ARGS) {
-    __shared__ u32 wg_scan[256];
-    const u32 lid = threadIdx.x;
-    const u32 nb = SLOT_BLOCKS;
-    const u32 per = (nb + 255u) / 256u;
-    const u32 lo = min(lid * per, nb);
-    const u32 hi = min(lo + per, nb);
-    u32 sum = 0;
-    for (u32 b = lo; b < hi; b++) { sum += blocks[b]; }
-    wg_scan[lid] = sum;
-    __syncthreads();
-    if (lid == 0) {
-        u32 acc = 0;
-        for (u32 t = 0; t < 256u; t++) { const u32 x = wg_scan[t]; wg_scan[t] = acc; acc += x; }
-        blocks[2u * nb] = acc;
-        outw[W(5) + 1u] = acc;
-    }
-    __syncthreads();
-    u32 acc = wg_scan[lid];
-    for (u32 b = lo; b < hi; b++) { blocks[nb + b] = acc; acc += blocks[b]; }
 }
 
 extern \"C\" __global__ void kiln_slot_assign(KILN_ARGS) {

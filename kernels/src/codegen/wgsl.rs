@@ -77,26 +77,7 @@ fn count(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (lid == 0u && block < nblocks()) {{ blocks[block] = atomicLoad(&wg_count); }}
 }}
 
-@compute @workgroup_size({BLOCK})
-fn scan(@builtin(local_invocation_index) lid: u32) {{
-    let nb = nblocks();
-    let per = (nb + {BLOCK}u - 1u) / {BLOCK}u;
-    let lo = min(lid * per, nb);
-    let hi = min(lo + per, nb);
-    var sum = 0u;
-    for (var b = lo; b < hi; b++) {{ sum += blocks[b]; }}
-    wg_scan[lid] = sum;
-    workgroupBarrier();
-    if (lid == 0u) {{
-        var acc = 0u;
-        for (var t = 0u; t < {BLOCK}u; t++) {{ let s = wg_scan[t]; wg_scan[t] = acc; acc += s; }}
-        blocks[2u * nb] = acc;
-    }}
-    workgroupBarrier();
-    var acc = wg_scan[lid];
-    for (var b = lo; b < hi; b++) {{ blocks[nb + b] = acc; acc += blocks[b]; }}
-}}
-
+{scan}
 @compute @workgroup_size({BLOCK})
 fn emit(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {{
@@ -120,6 +101,7 @@ fn emit(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     }}
 }}
 ",
+        scan = scan_entry("scan", "nblocks()", ""),
         kept = if program.predicate.is_some() {
             "keep(row)"
         } else {
@@ -132,6 +114,36 @@ fn emit(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         },
     );
     Ok(src)
+}
+
+/// A one-workgroup entry point `name` that turns the per-block counts in
+/// `blocks[0..nb]` (`nb` the expression `blocks_expr`) into exclusive
+/// offsets at `blocks[nb..2nb]` and their total at `blocks[2nb]`, running
+/// `on_total` (statements that see the total as `acc`) once.
+pub(super) fn scan_entry(name: &str, blocks_expr: &str, on_total: &str) -> String {
+    format!(
+        "
+@compute @workgroup_size({BLOCK})
+fn {name}(@builtin(local_invocation_index) lid: u32) {{
+    let nb = {blocks_expr};
+    let per = (nb + {BLOCK}u - 1u) / {BLOCK}u;
+    let lo = min(lid * per, nb);
+    let hi = min(lo + per, nb);
+    var sum = 0u;
+    for (var b = lo; b < hi; b++) {{ sum += blocks[b]; }}
+    wg_scan[lid] = sum;
+    workgroupBarrier();
+    if (lid == 0u) {{
+        var acc = 0u;
+        for (var t = 0u; t < {BLOCK}u; t++) {{ let s = wg_scan[t]; wg_scan[t] = acc; acc += s; }}
+        blocks[2u * nb] = acc;
+{on_total}    }}
+    workgroupBarrier();
+    var acc = wg_scan[lid];
+    for (var b = lo; b < hi; b++) {{ blocks[nb + b] = acc; acc += blocks[b]; }}
+}}
+"
+    )
 }
 
 /// The module of a program with reductions: one `reduce` entry point that
