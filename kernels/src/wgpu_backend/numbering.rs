@@ -93,15 +93,15 @@ impl WgpuDevice {
                 work.words,
                 2 * work.slot_blocks() + 1,
             )?;
-            // Runs `steps` in one submission and reads back `words` words of
-            // `outw` from `at` and the flag (last).
-            let submit = |steps: &[(usize, (u32, u32))], at: usize, words: usize| {
+            // Runs `steps` in one submission and reads back the `(at, words)`
+            // ranges of `outw`, one after another, then the flag (last).
+            let submit = |steps: &[(usize, (u32, u32))], ranges: &[(usize, usize)]| {
                 let mut encoder =
                     self.device
                         .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                             label: Some("numbering"),
                         });
-                {
+                if !steps.is_empty() {
                     let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                         label: Some("numbering"),
                         timestamp_writes: None,
@@ -112,20 +112,23 @@ impl WgpuDevice {
                         pass.dispatch_workgroups(x, y, 1);
                     }
                 }
+                let words: usize = ranges.iter().map(|r| r.1).sum();
                 let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("numbering read-back"),
                     size: ((words + 1) * 4) as u64,
                     usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                     mapped_at_creation: false,
                 });
-                if words > 0 {
+                let mut to = 0;
+                for &(at, len) in ranges.iter().filter(|r| r.1 > 0) {
                     encoder.copy_buffer_to_buffer(
                         &outw,
                         (at * 4) as u64,
                         &staging,
-                        0,
-                        (words * 4) as u64,
+                        (to * 4) as u64,
+                        (len * 4) as u64,
                     );
+                    to += len;
                 }
                 encoder.copy_buffer_to_buffer(&flag, 0, &staging, (words * 4) as u64, 4);
                 self.queue.submit([encoder.finish()]);
@@ -137,10 +140,10 @@ impl WgpuDevice {
                 .collect();
             let mut first = vec![(STEP_HASH_ROWS, (rx, ry))];
             first.extend(&rounds);
-            let mut back = submit(&first, work.counters, 1)?;
+            let mut back = submit(&first, &[(work.counters, 1)])?;
             let mut done_rounds = ROUNDS_PER_CHECK;
             while back[0] != 0 && back[1] == 0 && done_rounds < MAX_ROUNDS {
-                back = submit(&rounds, work.counters, 1)?;
+                back = submit(&rounds, &[(work.counters, 1)])?;
                 done_rounds += ROUNDS_PER_CHECK;
             }
             if back[1] != 0 || back[0] != 0 {
@@ -149,7 +152,9 @@ impl WgpuDevice {
                 out.needs_cpu = true;
                 return Ok(());
             }
-            let back = submit(
+            // The group count and every row's group in one read-back, then
+            // the groups' first rows.
+            let mut back = submit(
                 &[
                     (STEP_SLOT_COUNT, (sx, sy)),
                     (STEP_SLOT_SCAN, (1, 1)),
@@ -157,14 +162,13 @@ impl WgpuDevice {
                     (STEP_FINALIZE, (rx, ry)),
                     (STEP_FIRST_MIN, (rx, ry)),
                 ],
-                work.counters + 1,
-                1,
+                &[(work.counters + 1, 1), (work.gid, rows)],
             )?;
             let groups = back[0] as usize;
-            out.first_row = submit(&[], work.first, groups)?;
+            out.gid = back.split_off(1);
+            out.gid.truncate(rows);
+            out.first_row = submit(&[], &[(work.first, groups)])?;
             out.first_row.pop();
-            out.gid = submit(&[], work.gid, rows)?;
-            out.gid.pop();
             Ok(())
         })?;
         out.bytes_up = ((data_words + params.len()) * 4) as u64;
