@@ -17,7 +17,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, RecordBatchOptions, UInt32Array};
+use datafusion::arrow::array::{
+    ArrayRef, AsArray, RecordBatch, RecordBatchOptions, UInt32Array, new_null_array,
+};
 use datafusion::arrow::compute::{
     SortColumn, concat_batches, filter_record_batch, lexsort_to_indices, take, take_record_batch,
 };
@@ -27,6 +29,7 @@ use datafusion::common::{DataFusionError, Result, Statistics, internal_err};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::TaskContext;
 use datafusion::execution::memory_pool::MemoryConsumer;
+use datafusion::physical_expr::utils::collect_columns;
 use datafusion::physical_expr::{LexOrdering, PhysicalExpr};
 use datafusion::physical_plan::collect;
 use datafusion::physical_plan::filter::FilterExec;
@@ -771,7 +774,7 @@ impl StageState {
                         .map(|k| take(k.as_ref(), &first, None))
                         .collect::<std::result::Result<Vec<_>, _>>()?,
                     None => {
-                        let rows = take_record_batch(batch, &first)?;
+                        let rows = key_rows(batch, &group_by.keys, &first)?;
                         group_by
                             .keys
                             .iter()
@@ -958,6 +961,47 @@ impl StageState {
 }
 
 /// The CPU evaluation of one replaced operator.
+/// The `rows` of `batch` the GROUP BY `keys` are evaluated over: the
+/// columns they read taken, the others all NULL (the schema made nullable
+/// to allow it), so a group's keys cost no copy of the columns they do not
+/// read — a batch of many groups would otherwise copy every input column.
+fn key_rows(
+    batch: &RecordBatch,
+    keys: &[Arc<dyn PhysicalExpr>],
+    rows: &UInt32Array,
+) -> Result<RecordBatch> {
+    let read: std::collections::HashSet<usize> = keys
+        .iter()
+        .flat_map(collect_columns)
+        .map(|c| c.index())
+        .collect();
+    let schema = Schema::new(
+        batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    );
+    let columns = batch
+        .columns()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            if read.contains(&i) {
+                Ok(take(c.as_ref(), rows, None)?)
+            } else {
+                Ok(new_null_array(c.data_type(), rows.len()))
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RecordBatch::try_new_with_options(
+        Arc::new(schema),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(rows.len())),
+    )?)
+}
+
 /// The columns of `batch` a launch reads (`used`), in the device layout of
 /// the program's input types: `None` when one does not convert (a decimal
 /// beyond 64 bits, a count past 2^63), and the batch takes the CPU path.
