@@ -54,6 +54,22 @@ pub enum KilnError {
         source: object_store::Error,
     },
 
+    /// A cluster's scheduler did not accept a connection.
+    #[error("cannot reach the Kiln scheduler at {url}: {reason}")]
+    SchedulerUnreachable { url: String, reason: String },
+
+    /// A cluster role could not listen on its address.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Ballista's scheduler or executor failed.
+    #[error("cluster: {0}")]
+    Cluster(#[from] ballista_core::error::BallistaError),
+
     /// A statement of a multi-statement script failed.
     #[error("statement {index} of {total}: {source}")]
     Statement {

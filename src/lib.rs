@@ -15,6 +15,7 @@
 //! ```
 
 pub mod cli;
+pub mod cluster;
 pub mod dataframe;
 pub mod datagen;
 pub mod error;

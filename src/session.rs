@@ -19,6 +19,7 @@ use datafusion::sql::sqlparser::dialect::dialect_from_str;
 use kiln_engine::io::{KilnObjectStoreRegistry, is_store_option, redact};
 use kiln_kernels::{DeviceInfo, DeviceRequest};
 
+use crate::cluster::ClusterUrl;
 use crate::error::{KilnError, Result};
 
 /// Builds a [`Session`] with non-default settings.
@@ -26,6 +27,7 @@ use crate::error::{KilnError, Result};
 pub struct SessionBuilder {
     device: Option<DeviceRequest>,
     target_partitions: Option<usize>,
+    cluster: Option<String>,
 }
 
 impl SessionBuilder {
@@ -38,6 +40,16 @@ impl SessionBuilder {
     /// DataFusion's partition count; default: the number of cores.
     pub fn target_partitions(mut self, n: usize) -> Self {
         self.target_partitions = Some(n);
+        self
+    }
+
+    /// Runs the session's queries on the Kiln cluster whose scheduler is at
+    /// `url` (`df://host:50050`) instead of in this process; default:
+    /// `KILN_CLUSTER` if set. Statements are planned by the scheduler and
+    /// run by its executors, each on its own device (the session's device
+    /// is not used there). `build` fails if the scheduler does not answer.
+    pub fn cluster(mut self, url: impl Into<String>) -> Self {
+        self.cluster = Some(url.into());
         self
     }
 
@@ -56,16 +68,32 @@ impl SessionBuilder {
         let runtime = RuntimeEnvBuilder::new()
             .with_object_store_registry(Arc::clone(&registry) as _)
             .build_arc()?;
-        let mut config = kiln_planner::session_config(device);
+        let cluster = match self.cluster {
+            Some(url) => Some(url),
+            None => std::env::var("KILN_CLUSTER")
+                .ok()
+                .filter(|u| !u.trim().is_empty()),
+        };
+        let cluster = cluster.map(|u| u.parse::<ClusterUrl>()).transpose()?;
+        let mut config = match &cluster {
+            Some(_) => crate::cluster::node_config(device),
+            None => kiln_planner::session_config(device),
+        };
         if let Some(n) = self.target_partitions {
             config = config.with_target_partitions(n);
         }
-        let state = kiln_planner::install(
-            SessionStateBuilder::new()
-                .with_config(config)
-                .with_runtime_env(runtime),
-        )
-        .build();
+        let state = match &cluster {
+            Some(url) => {
+                url.check_reachable()?;
+                crate::cluster::client_state(url, config, runtime)?
+            }
+            None => kiln_planner::install(
+                SessionStateBuilder::new()
+                    .with_config(config)
+                    .with_runtime_env(runtime),
+            )
+            .build(),
+        };
         let ctx = SessionContext::new_with_state(state).enable_url_table();
         kiln_planner::register_functions(&ctx);
         Ok(Session {
@@ -73,6 +101,7 @@ impl SessionBuilder {
             registry,
             device,
             device_info,
+            cluster,
         })
     }
 }
@@ -102,6 +131,7 @@ pub struct Session {
     registry: Arc<KilnObjectStoreRegistry>,
     device: DeviceRequest,
     device_info: Option<DeviceInfo>,
+    cluster: Option<ClusterUrl>,
 }
 
 impl std::fmt::Debug for Session {
@@ -126,6 +156,11 @@ impl Session {
     /// The DataFusion context underneath, for anything Kiln does not wrap.
     pub fn context(&self) -> &SessionContext {
         &self.ctx
+    }
+
+    /// The cluster this session runs on, if any.
+    pub fn cluster(&self) -> Option<&ClusterUrl> {
+        self.cluster.as_ref()
     }
 
     /// The device this session was asked to use.

@@ -9,6 +9,34 @@ use kiln_kernels::{
     BackendKind, Device, DeviceInfo, DeviceRequest, Discovery, KernelError, discover,
 };
 
+/// The device a cluster role pinned this process to, if any.
+static PINNED: OnceLock<DeviceRequest> = OnceLock::new();
+
+/// Pins this process to one device: from now on every `kiln.device` this
+/// process reads resolves to `request`, whatever the session says. A Kiln
+/// executor owns one device (`kiln executor --device`) and runs tasks of
+/// sessions planned elsewhere, whose options name the client's device; a
+/// scheduler pins the CPU, as it plans but runs no kernels. Fails if the
+/// process is already pinned to another device.
+pub fn pin_process_device(request: DeviceRequest) -> Result<(), KernelError> {
+    let pinned = *PINNED.get_or_init(|| request);
+    if pinned != request {
+        return Err(KernelError::Internal(format!(
+            "this process is pinned to {pinned}, not {request}"
+        )));
+    }
+    Ok(())
+}
+
+/// The device a session's `kiln.device` value asks for in this process:
+/// the pinned device where a cluster role pinned one, else the value parsed.
+pub fn requested(option: &str) -> Result<DeviceRequest, KernelError> {
+    match PINNED.get() {
+        Some(pinned) => Ok(*pinned),
+        None => option.parse(),
+    }
+}
+
 /// The device `request` resolves to on this machine, without opening it
 /// (for plans and EXPLAIN).
 pub fn resolve(request: DeviceRequest) -> Result<DeviceInfo, KernelError> {

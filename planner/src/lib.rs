@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::ScalarUDF;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use kiln_engine::functions::{EmbedUdf, VectorOp, VectorUdf};
 use kiln_kernels::DeviceRequest;
@@ -24,23 +25,50 @@ use kiln_kernels::DeviceRequest;
 /// DataFusion's session configuration with Kiln's options added; `device` is
 /// the device Kiln's operators are asked to run on.
 pub fn session_config(device: DeviceRequest) -> SessionConfig {
+    with_kiln_options(SessionConfig::new(), device)
+}
+
+/// `config` with Kiln's options added (and the information schema on).
+pub fn with_kiln_options(config: SessionConfig, device: DeviceRequest) -> SessionConfig {
     let options = KilnOptions {
         device: device.to_string(),
         ..Default::default()
     };
-    SessionConfig::new()
+    config
         .with_information_schema(true)
         .with_option_extension(options)
 }
 
-/// Installs Kiln's planning extensions on a session being built.
+/// Installs Kiln's planning extensions on a session being built: the
+/// logical planning of [`install_logical`] and the physical rules of
+/// [`physical_rules`].
 pub fn install(builder: SessionStateBuilder) -> SessionStateBuilder {
+    physical_rules()
+        .into_iter()
+        .fold(install_logical(builder), |b, rule| {
+            b.with_physical_optimizer_rule(rule)
+        })
+}
+
+/// Kiln's logical rules and its query planner (its nodes planned into its
+/// operators), without the physical rules that place operators on a
+/// device: what a cluster's scheduler plans with.
+pub fn install_logical(builder: SessionStateBuilder) -> SessionStateBuilder {
     builder
         .with_default_features()
         .with_query_planner(Arc::new(query_planner::KilnQueryPlanner))
         .with_optimizer_rule(Arc::new(vector_topk::VectorTopKRule))
-        .with_physical_optimizer_rule(Arc::new(gather_embeddings::GatherEmbeddings))
-        .with_physical_optimizer_rule(Arc::new(lowering::PlaceOnDevice))
+}
+
+/// The physical rules that depend on the device a plan runs on, in order:
+/// embeddings gathered into `EmbedExec`, then operators lowered onto the
+/// device. A local session runs them when it plans; a cluster executor runs
+/// them on each stage it is given, with its own device.
+pub fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
+    vec![
+        Arc::new(gather_embeddings::GatherEmbeddings),
+        Arc::new(lowering::PlaceOnDevice),
+    ]
 }
 
 /// Kiln's SQL functions, as DataFusion UDFs.

@@ -1,12 +1,16 @@
 //! The `kiln.*` session options, settable with `SET kiln.device = 'cpu'` and
 //! read by Kiln's rules and operators.
 
-use datafusion::common::config::ConfigExtension;
-use datafusion::common::{Result, extensions_options, plan_datafusion_err};
-use datafusion::execution::SessionState;
-use kiln_kernels::{DeviceInfo, DeviceRequest};
+use std::any::Any;
 
-extensions_options! {
+use datafusion::common::config::{
+    ConfigEntry, ConfigExtension, ConfigField, ExtensionOptions, Visit,
+};
+use datafusion::common::{Result, config_namespace, plan_datafusion_err};
+use datafusion::execution::SessionState;
+use kiln_kernels::DeviceInfo;
+
+config_namespace! {
     /// Kiln's session options.
     pub struct KilnOptions {
         /// The device Kiln's operators run on: auto, cpu, wgpu, wgpu:N, cuda or cuda:N.
@@ -61,6 +65,58 @@ impl ConfigExtension for KilnOptions {
     const PREFIX: &'static str = "kiln";
 }
 
+/// Written by hand rather than by `extensions_options!`, whose entries carry
+/// no prefix (`device`, not `kiln.device`): a Ballista client ships a
+/// session's options to the scheduler and executors as `entries()`, which
+/// they `set` back by key, so an unprefixed key would be dropped there and
+/// every `SET kiln.*` lost on a cluster.
+impl ExtensionOptions for KilnOptions {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+
+    fn cloned(&self) -> Box<dyn ExtensionOptions> {
+        Box::new(self.clone())
+    }
+
+    fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        ConfigField::set(self, key, value)
+    }
+
+    fn entries(&self) -> Vec<ConfigEntry> {
+        struct Entries(Vec<ConfigEntry>);
+        impl Visit for Entries {
+            fn some<V: std::fmt::Display>(
+                &mut self,
+                key: &str,
+                value: V,
+                description: &'static str,
+            ) {
+                self.0.push(ConfigEntry {
+                    key: key.to_string(),
+                    value: Some(value.to_string()),
+                    description,
+                });
+            }
+
+            fn none(&mut self, key: &str, description: &'static str) {
+                self.0.push(ConfigEntry {
+                    key: key.to_string(),
+                    value: None,
+                    description,
+                });
+            }
+        }
+        let mut entries = Entries(Vec::new());
+        ConfigField::visit(self, &mut entries, Self::PREFIX, "");
+        entries.0
+    }
+}
+
 impl KilnOptions {
     /// The options of a session (the defaults if it has none).
     pub fn of(state: &SessionState) -> KilnOptions {
@@ -85,9 +141,7 @@ pub struct SearchOptions {
 impl SearchOptions {
     pub fn from_state(state: &SessionState) -> Result<SearchOptions> {
         let options = KilnOptions::of(state);
-        let request: DeviceRequest = options
-            .device
-            .parse()
+        let request = kiln_engine::device::requested(&options.device)
             .map_err(|e| plan_datafusion_err!("kiln.device: {e}"))?;
         let device = kiln_engine::device::resolve(request)
             .map(kiln_engine::device::kernel_device)
@@ -156,6 +210,30 @@ mod tests {
         let search = SearchOptions::from_state(&state).unwrap();
         assert_eq!(search.budget_bytes, 1 << 20);
         assert_eq!(search.device.id(), "cpu:0");
+    }
+
+    /// Every entry names its key in full, and setting it back through a
+    /// fresh config (as a Ballista scheduler or executor does) keeps it.
+    #[test]
+    fn entries_round_trip_by_full_key() {
+        let mut options = KilnOptions::default();
+        options.device = "cpu".into();
+        options.gpu_max_groups = 7;
+        let entries = options.entries();
+        assert!(
+            entries.iter().all(|e| e.key.starts_with("kiln.")),
+            "{entries:?}"
+        );
+        let mut config = crate::session_config(kiln_kernels::DeviceRequest::Auto);
+        for e in &entries {
+            config
+                .options_mut()
+                .set(&e.key, e.value.as_deref().unwrap_or_default())
+                .unwrap();
+        }
+        let back = config.options().extensions.get::<KilnOptions>().unwrap();
+        assert_eq!(back.device, "cpu");
+        assert_eq!(back.gpu_max_groups, 7);
     }
 
     #[test]

@@ -18,20 +18,26 @@ use datafusion::arrow::array::{RecordBatch, RecordBatchOptions};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::{
-    DFSchema, Result, ScalarValue, TableReference, plan_datafusion_err, plan_err,
+    Column, DFSchema, DFSchemaRef, Result, ScalarValue, TableReference, plan_datafusion_err,
+    plan_err,
 };
 use datafusion::datasource::TableType;
+use datafusion::datasource::provider_as_source;
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::Expr;
+use datafusion::logical_expr::{
+    Extension, LogicalPlan, LogicalPlanBuilder, UserDefinedLogicalNodeCore,
+};
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::expressions::Column as ColumnExpr;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::projection::ProjectionExec;
-use kiln_engine::exec::{KnnJoinExec, SearchSpec, Unscored, VectorTopKExec, knn_join_schema};
+use kiln_engine::exec::{KnnJoinExec, SearchSpec, Unscored, knn_join_schema};
 use kiln_engine::functions::{first_vector, is_vector_type};
 use kiln_kernels::ops::vector::Metric;
 
 use crate::options::SearchOptions;
+use crate::vector_topk::VectorTopKNode;
 
 /// `vector_search(table, column, query, k [, metric])`.
 #[derive(Debug, Default)]
@@ -186,27 +192,29 @@ impl TableFunctionImpl for VectorSearchFunction {
         }
         let k = k_arg(state, &exprs[3], F)?;
         let metric = metric_arg(exprs, 4, F)?;
-        let options = SearchOptions::from_state(state)?;
+        // Checked now, so a bad option fails the statement that names it.
+        SearchOptions::from_state(state)?;
         let corpus_schema = corpus.schema();
-        let mut fields: Vec<Arc<Field>> = corpus_schema.fields().iter().cloned().collect();
         let score = unique_name(&corpus_schema, "score", "vector_");
-        fields.push(Arc::new(Field::new(&score, DataType::Float32, true)));
-        Ok(Arc::new(VectorSearchTable {
-            corpus,
-            spec: SearchSpec {
-                column: index,
-                column_name: column,
-                dim: query.len(),
-                metric,
-                k,
-                budget_bytes: options.budget_bytes,
-                keep_unscored: 0,
+        let reference = TableReference::from(table_name.as_str());
+        let input = LogicalPlanBuilder::scan(reference.clone(), provider_as_source(corpus), None)?
+            .build()?;
+        let column = Column::new(Some(reference), field.name());
+        debug_assert_eq!(input.schema().index_of_column(&column).ok(), Some(index));
+        let node = VectorTopKNode::try_new(
+            input,
+            column,
+            &query,
+            metric,
+            k,
+            Unscored::Skip,
+            Some(score),
+        )?;
+        Ok(Arc::new(PlannedTable::new(LogicalPlan::Extension(
+            Extension {
+                node: Arc::new(node),
             },
-            query,
-            score,
-            options,
-            schema: Arc::new(Schema::new(fields)),
-        }))
+        ))))
     }
 }
 
@@ -243,24 +251,232 @@ impl TableFunctionImpl for KnnJoinFunction {
         };
         let k = k_arg(state, &exprs[4], F)?;
         let metric = metric_arg(exprs, 5, F)?;
-        let options = SearchOptions::from_state(state)?;
-        let schema = knn_join_schema(&queries.schema(), &corpus.schema());
-        Ok(Arc::new(KnnJoinTable {
+        SearchOptions::from_state(state)?;
+        let scan = |name: &str, provider| -> Result<LogicalPlan> {
+            LogicalPlanBuilder::scan(name, provider_as_source(provider), None)?.build()
+        };
+        let node = KnnJoinNode::try_new(
+            scan(&query_table, queries)?,
+            query_index,
+            scan(&corpus_table, corpus)?,
+            corpus_index,
+            dim,
+            metric,
+            k,
+        )?;
+        Ok(Arc::new(PlannedTable::new(LogicalPlan::Extension(
+            Extension {
+                node: Arc::new(node),
+            },
+        ))))
+    }
+}
+
+/// The logical kNN join: for every row of `queries`, its `k` nearest rows
+/// of `corpus` by the vector columns `query_index` and `corpus_index`.
+/// Planned as the engine's `KnnJoinExec`; its search options (device,
+/// memory budget, queries per pass) are read when it is planned, so on a
+/// cluster they are the options of the node that plans it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KnnJoinNode {
+    queries: LogicalPlan,
+    query_index: usize,
+    corpus: LogicalPlan,
+    corpus_index: usize,
+    /// Components per vector; 0 when both columns are variable-length
+    /// lists (the first query decides).
+    dim: usize,
+    metric: Metric,
+    k: usize,
+    schema: DFSchemaRef,
+}
+
+impl PartialOrd for KnnJoinNode {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        let key = |n: &Self| {
+            (
+                n.queries.clone(),
+                n.query_index,
+                n.corpus.clone(),
+                n.corpus_index,
+                n.dim,
+                n.metric,
+                n.k,
+            )
+        };
+        key(self).partial_cmp(&key(other))
+    }
+}
+
+impl KnnJoinNode {
+    pub fn try_new(
+        queries: LogicalPlan,
+        query_index: usize,
+        corpus: LogicalPlan,
+        corpus_index: usize,
+        dim: usize,
+        metric: Metric,
+        k: usize,
+    ) -> Result<Self> {
+        for (plan, index, what) in [
+            (&queries, query_index, "query"),
+            (&corpus, corpus_index, "corpus"),
+        ] {
+            if index >= plan.schema().fields().len() {
+                return plan_err!("knn_join: {what} column {index} is out of range");
+            }
+        }
+        let schema = knn_join_schema(queries.schema().as_arrow(), corpus.schema().as_arrow());
+        let schema = Arc::new(DFSchema::try_from(Arc::unwrap_or_clone(schema))?);
+        Ok(KnnJoinNode {
             queries,
             query_index,
             corpus,
-            spec: SearchSpec {
-                column: corpus_index,
-                column_name: corpus_column,
-                dim,
-                metric,
-                k,
-                budget_bytes: options.budget_bytes,
-                keep_unscored: 0,
-            },
-            options,
+            corpus_index,
+            dim,
+            metric,
+            k,
             schema,
-        }))
+        })
+    }
+
+    pub fn query_index(&self) -> usize {
+        self.query_index
+    }
+
+    pub fn corpus_index(&self) -> usize {
+        self.corpus_index
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub fn metric(&self) -> Metric {
+        self.metric
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// The physical operator over the planned inputs (queries, corpus).
+    pub fn plan(
+        &self,
+        inputs: &[Arc<dyn ExecutionPlan>],
+        state: &SessionState,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let [queries, corpus] = inputs else {
+            return plan_err!("KnnJoin takes two inputs, got {}", inputs.len());
+        };
+        let options = SearchOptions::from_state(state)?;
+        let corpus_schema = corpus.schema();
+        let spec = SearchSpec {
+            column: self.corpus_index,
+            column_name: corpus_schema.field(self.corpus_index).name().clone(),
+            dim: self.dim,
+            metric: self.metric,
+            k: self.k,
+            budget_bytes: options.budget_bytes,
+            keep_unscored: 0,
+        };
+        Ok(Arc::new(KnnJoinExec::try_new(
+            Arc::clone(queries),
+            self.query_index,
+            Arc::clone(corpus),
+            spec,
+            options.query_batch,
+            options.device,
+        )?))
+    }
+}
+
+impl UserDefinedLogicalNodeCore for KnnJoinNode {
+    fn name(&self) -> &str {
+        "KnnJoin"
+    }
+
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.queries, &self.corpus]
+    }
+
+    fn schema(&self) -> &DFSchemaRef {
+        &self.schema
+    }
+
+    fn expressions(&self) -> Vec<Expr> {
+        vec![]
+    }
+
+    fn fmt_for_explain(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "KnnJoin: query_column={}, corpus_column={}, metric={}, k={}, dim={}",
+            self.queries.schema().field(self.query_index).name(),
+            self.corpus.schema().field(self.corpus_index).name(),
+            self.metric,
+            self.k,
+            self.dim
+        )
+    }
+
+    fn with_exprs_and_inputs(&self, _exprs: Vec<Expr>, inputs: Vec<LogicalPlan>) -> Result<Self> {
+        let [queries, corpus]: [LogicalPlan; 2] = inputs
+            .try_into()
+            .map_err(|_| plan_datafusion_err!("KnnJoin takes two inputs"))?;
+        KnnJoinNode::try_new(
+            queries,
+            self.query_index,
+            corpus,
+            self.corpus_index,
+            self.dim,
+            self.metric,
+            self.k,
+        )
+    }
+}
+
+/// What a table function returns: a logical plan of Kiln's nodes, which the
+/// SQL planner inlines where the function is called (as it inlines a view).
+/// Planning through logical nodes rather than a custom table provider lets
+/// a statement travel to a cluster's scheduler as a plan, with the tables it
+/// reads as ordinary scans.
+#[derive(Debug)]
+struct PlannedTable {
+    plan: LogicalPlan,
+    schema: SchemaRef,
+}
+
+impl PlannedTable {
+    fn new(plan: LogicalPlan) -> Self {
+        let schema = Arc::new(plan.schema().as_arrow().clone());
+        PlannedTable { plan, schema }
+    }
+}
+
+#[async_trait]
+impl TableProvider for PlannedTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    fn get_logical_plan(&self) -> Option<std::borrow::Cow<'_, LogicalPlan>> {
+        Some(std::borrow::Cow::Borrowed(&self.plan))
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let plan = state.create_physical_plan(&self.plan).await?;
+        project(plan, projection)
     }
 }
 
@@ -278,91 +494,10 @@ fn project(
         .map(|&i| {
             let name = schema.field(i).name().clone();
             (
-                Arc::new(Column::new(&name, i)) as Arc<dyn PhysicalExpr>,
+                Arc::new(ColumnExpr::new(&name, i)) as Arc<dyn PhysicalExpr>,
                 name,
             )
         })
         .collect();
     Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
-}
-
-#[derive(Debug)]
-struct VectorSearchTable {
-    corpus: Arc<dyn TableProvider>,
-    spec: SearchSpec,
-    query: Vec<f32>,
-    score: String,
-    options: SearchOptions,
-    schema: SchemaRef,
-}
-
-#[async_trait]
-impl TableProvider for VectorSearchTable {
-    fn schema(&self) -> SchemaRef {
-        Arc::clone(&self.schema)
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Temporary
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let input = self.corpus.scan(state, None, &[], None).await?;
-        let exec = VectorTopKExec::try_new(
-            input,
-            self.spec.clone(),
-            self.query.clone(),
-            Unscored::Skip,
-            Some(self.score.clone()),
-            self.options.device.clone(),
-        )?;
-        project(Arc::new(exec), projection)
-    }
-}
-
-#[derive(Debug)]
-struct KnnJoinTable {
-    queries: Arc<dyn TableProvider>,
-    query_index: usize,
-    corpus: Arc<dyn TableProvider>,
-    spec: SearchSpec,
-    options: SearchOptions,
-    schema: SchemaRef,
-}
-
-#[async_trait]
-impl TableProvider for KnnJoinTable {
-    fn schema(&self) -> SchemaRef {
-        Arc::clone(&self.schema)
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Temporary
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let queries = self.queries.scan(state, None, &[], None).await?;
-        let corpus = self.corpus.scan(state, None, &[], None).await?;
-        let exec = KnnJoinExec::try_new(
-            queries,
-            self.query_index,
-            corpus,
-            self.spec.clone(),
-            self.options.query_batch,
-            self.options.device.clone(),
-        )?;
-        project(Arc::new(exec), projection)
-    }
 }

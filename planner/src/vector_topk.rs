@@ -10,9 +10,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::catalog::Session;
 use datafusion::common::tree_node::Transformed;
-use datafusion::common::{Column, DFSchemaRef, Result, ScalarValue, plan_datafusion_err};
+use datafusion::common::{Column, DFSchema, DFSchemaRef, Result, ScalarValue, plan_datafusion_err};
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::expr::{ScalarFunction, Sort as SortExpr};
 use datafusion::logical_expr::logical_plan::{Extension, Projection, Sort};
@@ -29,10 +30,12 @@ use kiln_engine::functions::first_vector;
 use kiln_kernels::ops::vector::Metric;
 
 use crate::options::{KilnOptions, SearchOptions};
+use crate::vector_search::KnnJoinNode;
 
 /// The logical vector top-k: the `k` rows of `input` closest to `query` in
-/// `column`, closest first; the input's schema.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd)]
+/// `column`, closest first; the input's schema, plus a score column when
+/// `score` names one (`vector_search`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct VectorTopKNode {
     input: LogicalPlan,
     column: Column,
@@ -41,11 +44,89 @@ pub struct VectorTopKNode {
     metric: Metric,
     k: usize,
     unscored: Unscored,
+    score: Option<String>,
+    schema: DFSchemaRef,
+}
+
+impl PartialOrd for VectorTopKNode {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        let key = |n: &Self| {
+            (
+                n.input.clone(),
+                n.column.clone(),
+                n.query_bits.clone(),
+                n.metric,
+                n.k,
+                n.unscored,
+                n.score.clone(),
+            )
+        };
+        key(self).partial_cmp(&key(other))
+    }
 }
 
 impl VectorTopKNode {
+    /// `column` must name a column of `input`; `score`, if given, is the
+    /// name of an appended Float32 score column.
+    pub fn try_new(
+        input: LogicalPlan,
+        column: Column,
+        query: &[f32],
+        metric: Metric,
+        k: usize,
+        unscored: Unscored,
+        score: Option<String>,
+    ) -> Result<Self> {
+        input.schema().index_of_column(&column)?;
+        let schema = match &score {
+            None => Arc::clone(input.schema()),
+            Some(name) => {
+                let extra = DFSchema::try_from(Schema::new(vec![Field::new(
+                    name,
+                    DataType::Float32,
+                    true,
+                )]))?;
+                Arc::new(input.schema().join(&extra)?)
+            }
+        };
+        Ok(VectorTopKNode {
+            input,
+            column,
+            query_bits: query.iter().map(|v| v.to_bits()).collect(),
+            metric,
+            k,
+            unscored,
+            score,
+            schema,
+        })
+    }
+
     pub fn query(&self) -> Vec<f32> {
         self.query_bits.iter().map(|b| f32::from_bits(*b)).collect()
+    }
+
+    pub fn input(&self) -> &LogicalPlan {
+        &self.input
+    }
+
+    pub fn column(&self) -> &Column {
+        &self.column
+    }
+
+    pub fn metric(&self) -> Metric {
+        self.metric
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    pub fn unscored(&self) -> Unscored {
+        self.unscored
+    }
+
+    pub fn score(&self) -> Option<&str> {
+        self.score.as_deref()
     }
 }
 
@@ -59,7 +140,7 @@ impl UserDefinedLogicalNodeCore for VectorTopKNode {
     }
 
     fn schema(&self) -> &DFSchemaRef {
-        self.input.schema()
+        &self.schema
     }
 
     fn expressions(&self) -> Vec<Expr> {
@@ -79,7 +160,11 @@ impl UserDefinedLogicalNodeCore for VectorTopKNode {
                 Unscored::Last => "last",
                 Unscored::Skip => "skip",
             }
-        )
+        )?;
+        match &self.score {
+            Some(score) => write!(f, ", score={score}"),
+            None => Ok(()),
+        }
     }
 
     fn with_exprs_and_inputs(
@@ -94,11 +179,15 @@ impl UserDefinedLogicalNodeCore for VectorTopKNode {
         let input = inputs
             .pop()
             .ok_or_else(|| plan_datafusion_err!("VectorTopK takes one input"))?;
-        Ok(VectorTopKNode {
+        VectorTopKNode::try_new(
             input,
             column,
-            ..self.clone()
-        })
+            &self.query(),
+            self.metric,
+            self.k,
+            self.unscored,
+            self.score.clone(),
+        )
     }
 }
 
@@ -145,21 +234,16 @@ impl VectorTopKRule {
         (column, query, metric): (Column, Vec<f32>, Metric),
         k: usize,
         nulls_first: bool,
-    ) -> LogicalPlan {
-        LogicalPlan::Extension(Extension {
-            node: Arc::new(VectorTopKNode {
-                input,
-                column,
-                query_bits: query.iter().map(|v| v.to_bits()).collect(),
-                metric,
-                k,
-                unscored: if nulls_first {
-                    Unscored::First
-                } else {
-                    Unscored::Last
-                },
-            }),
-        })
+    ) -> Result<LogicalPlan> {
+        let unscored = if nulls_first {
+            Unscored::First
+        } else {
+            Unscored::Last
+        };
+        let node = VectorTopKNode::try_new(input, column, &query, metric, k, unscored, None)?;
+        Ok(LogicalPlan::Extension(Extension {
+            node: Arc::new(node),
+        }))
     }
 
     /// The rewrite of one `Sort`, if it matches.
@@ -173,7 +257,7 @@ impl VectorTopKRule {
                 return Ok(None);
             }
             let input = Arc::unwrap_or_clone(Arc::clone(&sort.input));
-            return Ok(Some(Self::node(input, call, k, sort_expr.nulls_first)));
+            return Ok(Some(Self::node(input, call, k, sort_expr.nulls_first)?));
         }
         // ORDER BY an alias of the SELECT list: the top-k goes below the
         // projection, which then scores only the k rows.
@@ -195,7 +279,7 @@ impl VectorTopKRule {
             return Ok(None);
         }
         let inner = Arc::unwrap_or_clone(Arc::clone(&projection.input));
-        let topk = Self::node(inner, call, k, sort_expr.nulls_first);
+        let topk = Self::node(inner, call, k, sort_expr.nulls_first)?;
         Ok(Some(LogicalPlan::Projection(Projection::try_new(
             projection.expr.clone(),
             Arc::new(topk),
@@ -254,13 +338,18 @@ impl ExtensionPlanner for KilnExtensionPlanner {
         session: &dyn Session,
         _planning_ctx: &PhysicalPlanningContext,
     ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
-        let Some(node) = node.as_any().downcast_ref::<VectorTopKNode>() else {
-            return Ok(None);
-        };
         let state = session
             .as_any()
             .downcast_ref::<SessionState>()
-            .ok_or_else(|| plan_datafusion_err!("vector top-k needs a DataFusion SessionState"))?;
+            .ok_or_else(|| {
+                plan_datafusion_err!("Kiln's operators need a DataFusion SessionState")
+            })?;
+        if let Some(node) = node.as_any().downcast_ref::<KnnJoinNode>() {
+            return node.plan(physical_inputs, state).map(Some);
+        }
+        let Some(node) = node.as_any().downcast_ref::<VectorTopKNode>() else {
+            return Ok(None);
+        };
         let options = SearchOptions::from_state(state)?;
         let (Some(logical), Some(physical)) = (logical_inputs.first(), physical_inputs.first())
         else {
@@ -277,13 +366,13 @@ impl ExtensionPlanner for KilnExtensionPlanner {
             budget_bytes: options.budget_bytes,
             keep_unscored: 0,
         };
-        Ok(Some(Arc::new(VectorTopKExec::try_new(
+        Ok(Some(VectorTopKExec::plan(
             Arc::clone(physical),
             spec,
             query,
             node.unscored,
-            None,
+            node.score.clone(),
             options.device,
-        )?)))
+        )?))
     }
 }

@@ -1,4 +1,5 @@
-//! The `kiln` command line: `sql`, `explain`, `devices` and `datagen`.
+//! The `kiln` command line: `sql`, `explain`, `embed`, `devices`, `datagen`,
+//! and the cluster roles `scheduler`, `executor` and `cluster local`.
 //!
 //! Every failure ends as one line on stderr (`error: ...`, credentials
 //! redacted) and a non-zero exit: 2 for a bad command line, 1 for anything
@@ -28,6 +29,11 @@ pub struct Cli {
     /// [env: KILN_DEVICE]
     #[arg(long, global = true)]
     device: Option<String>,
+
+    /// Run statements on the Kiln cluster whose scheduler is at URL
+    /// (df://host:50050) instead of in this process [env: KILN_CLUSTER]
+    #[arg(long, global = true, value_name = "URL")]
+    cluster: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -90,6 +96,57 @@ enum Command {
         #[arg(long = "as", default_value = "embedding")]
         as_name: String,
     },
+    /// Run a cluster scheduler: Apache DataFusion Ballista's, planning with Kiln.
+    Scheduler {
+        /// Address to listen on (port 0: a free one).
+        #[arg(long, default_value = "0.0.0.0:50050")]
+        bind: String,
+        /// Host name executors and clients reach this scheduler by
+        /// (default: the bind address, or this machine's name for 0.0.0.0).
+        #[arg(long)]
+        external_host: Option<String>,
+        /// Seconds without a heartbeat before an executor is taken for dead
+        /// and its work is run again elsewhere.
+        #[arg(long, default_value_t = 30)]
+        executor_timeout: u64,
+        #[arg(long, hide = true)]
+        exit_with_parent: bool,
+    },
+    /// Run a cluster executor that owns one device (--device; start one per GPU).
+    Executor {
+        /// The scheduler: df://host:port or host:port.
+        #[arg(long)]
+        scheduler: String,
+        /// Directory for shuffle files (default: a temporary directory).
+        #[arg(long)]
+        work_dir: Option<std::path::PathBuf>,
+        /// Interface to listen on.
+        #[arg(long, default_value = "0.0.0.0")]
+        bind_host: String,
+        /// Host name the scheduler and other executors reach this one by
+        /// (default: the address it connects to the scheduler from).
+        #[arg(long)]
+        external_host: Option<String>,
+        /// Arrow Flight port for shuffle reads (default: a free port).
+        #[arg(long)]
+        port: Option<u16>,
+        /// gRPC port for tasks from the scheduler (default: a free port).
+        #[arg(long)]
+        grpc_port: Option<u16>,
+        /// Tasks run at once (default: the number of cores).
+        #[arg(long)]
+        slots: Option<usize>,
+        /// Seconds between heartbeats to the scheduler.
+        #[arg(long, default_value_t = 5)]
+        heartbeat: u64,
+        #[arg(long, hide = true)]
+        exit_with_parent: bool,
+    },
+    /// Clusters on this machine.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
     /// Manage embedding models.
     Model {
         #[command(subcommand)]
@@ -106,6 +163,32 @@ enum Command {
 enum DevicesFormat {
     Table,
     Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterAction {
+    /// Start a scheduler and executors on this machine (one executor per
+    /// GPU, or two without a GPU), print the address, run until Ctrl-C.
+    Local {
+        /// Executors to start (default: one per GPU, or 2).
+        #[arg(long)]
+        executors: Option<usize>,
+        /// The scheduler's port (0: a free one).
+        #[arg(long, default_value_t = crate::cluster::DEFAULT_SCHEDULER_PORT)]
+        port: u16,
+        /// Parent directory of the executors' work directories (default: temporary).
+        #[arg(long)]
+        work_dir: Option<std::path::PathBuf>,
+        /// Tasks each executor runs at once (default: the number of cores).
+        #[arg(long)]
+        slots: Option<usize>,
+        /// Seconds between executor heartbeats.
+        #[arg(long, default_value_t = 5)]
+        heartbeat: u64,
+        /// Seconds without a heartbeat before an executor is taken for dead.
+        #[arg(long, default_value_t = 30)]
+        executor_timeout: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -225,9 +308,110 @@ fn device_request(cli_device: Option<&str>) -> Result<DeviceRequest> {
     }
 }
 
+/// A session builder for the command line's device and cluster.
+fn session(device: DeviceRequest, cluster: Option<&str>) -> crate::session::SessionBuilder {
+    let builder = Session::builder().device(device);
+    match cluster {
+        Some(url) => builder.cluster(url),
+        None => builder,
+    }
+}
+
+/// Prints one line on stdout at once (a role's readiness, for scripts).
+fn announce(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
 async fn run(cli: Cli) -> Result<()> {
     let device = device_request(cli.device.as_deref())?;
+    let cluster = cli.cluster.as_deref();
     match cli.command {
+        Command::Scheduler {
+            bind,
+            external_host,
+            executor_timeout,
+            exit_with_parent,
+        } => {
+            if exit_with_parent {
+                crate::cluster::local::exit_with_parent();
+            }
+            crate::cluster::init_logging();
+            let options = crate::cluster::scheduler::SchedulerOptions {
+                bind,
+                external_host,
+                executor_timeout_secs: executor_timeout,
+            };
+            crate::cluster::scheduler::run(options, |addr| {
+                announce(&format!("kiln scheduler listening on {addr}"));
+            })
+            .await
+        }
+        Command::Executor {
+            scheduler,
+            work_dir,
+            bind_host,
+            external_host,
+            port,
+            grpc_port,
+            slots,
+            heartbeat,
+            exit_with_parent,
+        } => {
+            if exit_with_parent {
+                crate::cluster::local::exit_with_parent();
+            }
+            crate::cluster::init_logging();
+            let url = if scheduler.starts_with("df://") {
+                scheduler
+            } else {
+                format!("df://{scheduler}")
+            };
+            let options = crate::cluster::executor::ExecutorOptions {
+                scheduler: url.parse()?,
+                device,
+                work_dir,
+                bind_host,
+                external_host,
+                port,
+                grpc_port,
+                slots,
+                heartbeat_secs: heartbeat,
+            };
+            crate::cluster::executor::run(options, announce).await
+        }
+        Command::Cluster {
+            action:
+                ClusterAction::Local {
+                    executors,
+                    port,
+                    work_dir,
+                    slots,
+                    heartbeat,
+                    executor_timeout,
+                },
+        } => {
+            let options = crate::cluster::local::LocalOptions {
+                executors,
+                port,
+                device: cli.device.is_some().then_some(device),
+                work_dir,
+                slots,
+                heartbeat_secs: heartbeat,
+                executor_timeout_secs: executor_timeout,
+            };
+            crate::cluster::local::run(options, |url, devices| {
+                let devices: Vec<String> = devices.iter().map(|d| d.to_string()).collect();
+                announce(&format!("{url}"));
+                eprintln!(
+                    "kiln cluster local: scheduler at {url}, {} executors ({}); Ctrl-C stops it",
+                    devices.len(),
+                    devices.join(", ")
+                );
+            })
+            .await
+        }
         Command::Devices { format } => {
             let discovery = discover();
             // A device asked for by name must be there, even here.
@@ -257,7 +441,7 @@ async fn run(cli: Cli) -> Result<()> {
             model,
             as_name,
         } => {
-            let session = Session::builder().device(device).build()?;
+            let session = session(device, cluster).build()?;
             embed(
                 &session,
                 &input,
@@ -269,14 +453,14 @@ async fn run(cli: Cli) -> Result<()> {
             .await
         }
         Command::Sql { input, format } => {
-            let session = open_session(device, &input).await?;
+            let session = open_session(session(device, cluster), &input).await?;
             match read_sql(&input)? {
                 Some(sql) => run_script(&session, &sql, format).await,
                 None => interactive(&session, format).await,
             }
         }
         Command::Explain { input, verbose } => {
-            let session = open_session(device, &input).await?;
+            let session = open_session(session(device, cluster), &input).await?;
             let sql = read_sql(&input)?.ok_or_else(|| {
                 KilnError::Usage("explain needs SQL: -c \"...\", -f FILE or stdin".to_string())
             })?;
@@ -285,8 +469,11 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-async fn open_session(device: DeviceRequest, input: &SqlInput) -> Result<Session> {
-    let session = Session::builder().device(device).build()?;
+async fn open_session(
+    builder: crate::session::SessionBuilder,
+    input: &SqlInput,
+) -> Result<Session> {
+    let session = builder.build()?;
     for spec in &input.tables {
         let (name, location) = spec
             .split_once('=')
@@ -556,9 +743,12 @@ async fn embed(
     let frame = frame.embed(column, model, as_name)?;
     let single_file = output.ends_with(".parquet");
     let options = crate::DataFrameWriteOptions::new().with_single_file_output(single_file);
-    let device = kiln_engine::device::resolve(session.device())
-        .map(kiln_engine::device::kernel_device)?
-        .id();
+    let device = match session.cluster() {
+        Some(url) => format!("the cluster at {url}"),
+        None => kiln_engine::device::resolve(session.device())
+            .map(kiln_engine::device::kernel_device)?
+            .id(),
+    };
     let before = kiln_engine::model::embed_totals();
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ticker = {
@@ -597,6 +787,14 @@ async fn embed(
         })
         .sum();
     let secs = started.elapsed().as_secs_f64().max(1e-9);
+    if session.cluster().is_some() {
+        // Tokens and truncations are counted by the executors' encoders.
+        println!(
+            "embedded {rows} rows of {input}:{column} into {output}:{as_name} on {device} in {secs:.1}s ({:.0} rows/s)",
+            rows as f64 / secs
+        );
+        return Ok(());
+    }
     println!(
         "embedded {rows} rows of {input}:{column} into {output}:{as_name} on {device} in {secs:.1}s \
          ({:.0} rows/s, {:.0} tokens/s; {} texts truncated to the model's max_seq_length)",

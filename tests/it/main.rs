@@ -3,6 +3,7 @@
 
 mod cli_errors;
 mod cli_sql;
+mod cluster;
 mod common;
 mod devices;
 mod embed;

@@ -15,6 +15,7 @@ use datafusion::arrow::compute::{interleave, take_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::{DataFusionError, Result, exec_err};
 use datafusion::execution::TaskContext;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder, Time};
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
@@ -190,10 +191,55 @@ struct Tile {
     batches: Vec<(RecordBatch, Vec<(u32, u64)>)>,
 }
 
-/// Searches every partition of `corpus` for `queries` (row-major, `dim`
+/// `context` with file-scan work stealing off. Row ids, and so the order
+/// of ties, come from the partition a row was read in; with stealing, a
+/// partition that runs out of files reads its siblings' files, and which
+/// partition reads a file would depend on timing (and, on a cluster, differ
+/// from a local run).
+fn in_plan_order(context: &Arc<TaskContext>) -> Arc<TaskContext> {
+    if !context
+        .session_config()
+        .options()
+        .execution
+        .enable_file_stream_work_stealing
+    {
+        return Arc::clone(context);
+    }
+    let config = context.session_config().clone().set_bool(
+        "datafusion.execution.enable_file_stream_work_stealing",
+        false,
+    );
+    Arc::new(TaskContext::new(
+        context.task_id(),
+        context.session_id(),
+        config,
+        context.scalar_functions().clone(),
+        context.higher_order_functions().clone(),
+        context.aggregate_functions().clone(),
+        context.window_functions().clone(),
+        context.runtime_env(),
+    ))
+}
+
+/// The input below a `CoalescePartitionsExec`, else `plan` itself. Kiln's
+/// search operators read every partition of the corpus in one pass, so
+/// they ask for a single partition (on a Ballista cluster, that makes the
+/// corpus a stage of its own whose whole output each search task reads),
+/// and read the partitions under the merge one by one, in their order:
+/// ids (and ties) follow partitions, not the order a merge interleaves them.
+pub fn unmerged(plan: &Arc<dyn ExecutionPlan>) -> &Arc<dyn ExecutionPlan> {
+    match plan.downcast_ref::<CoalescePartitionsExec>() {
+        Some(merge) => merge.input(),
+        None => plan,
+    }
+}
+
+/// Searches every partition of `corpus` (or only partition `only`) for `queries` (row-major, `dim`
 /// wide) on `device`.
+#[allow(clippy::too_many_arguments)]
 pub async fn search_corpus(
     corpus: &Arc<dyn ExecutionPlan>,
+    only: Option<usize>,
     context: &Arc<TaskContext>,
     spec: &SearchSpec,
     device: &Device,
@@ -204,9 +250,15 @@ pub async fn search_corpus(
         .map_err(|e| DataFusionError::External(Box::new(e)))?;
     // A scan keeps state across executions (DataFusion's file scans share a
     // work queue between partitions): each pass runs a fresh copy.
-    let corpus = reset_plan_states(Arc::clone(corpus))?;
+    let corpus = reset_plan_states(Arc::clone(unmerged(corpus)))?;
+    let context = &in_plan_order(context);
     let partitions = corpus.output_partitioning().partition_count();
-    let streams = (0..partitions)
+    let chosen: Vec<usize> = match only {
+        Some(p) => vec![p],
+        None => (0..partitions).collect(),
+    };
+    let streams = chosen
+        .into_iter()
         .map(|p| {
             let stream = corpus.execute(p, Arc::clone(context))?;
             Ok(stream.map(move |batch| batch.map(|b| (p, b))).boxed())

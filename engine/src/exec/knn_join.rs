@@ -6,7 +6,10 @@
 //!
 //! Output: the query's columns, the corpus's columns (a name that clashes
 //! with a query column is prefixed `corpus_`), `rank` (1..k) and `score`.
-//! Query rows keep their input order; a query with a NULL vector (or a zero
+//! Output partition p joins the queries of input partition p (so the
+//! queries' partitions run in parallel, on a cluster as separate tasks,
+//! each streaming the whole corpus); query rows keep their order within a
+//! partition; a query with a NULL vector (or a zero
 //! vector under cosine) has no matches and yields no rows, as in an inner join.
 
 use std::collections::HashSet;
@@ -19,7 +22,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result, exec_err, internal_err};
 use datafusion::execution::TaskContext;
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_expr::{Distribution, EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -27,7 +30,7 @@ use datafusion::physical_plan::{
     ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties,
     Partitioning, PlanProperties, ReplaceChildrenOptions, SendableRecordBatchStream,
 };
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use kiln_kernels::{Device, DeviceInfo};
 
 use super::corpus::{SearchMetrics, SearchSpec, search_corpus};
@@ -89,9 +92,10 @@ impl KnnJoinExec {
         device: DeviceInfo,
     ) -> Result<Self> {
         let schema = knn_join_schema(&queries.schema(), &corpus.schema());
+        let partitions = queries.output_partitioning().partition_count().max(1);
         let cache = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(Arc::clone(&schema)),
-            Partitioning::UnknownPartitioning(1),
+            Partitioning::UnknownPartitioning(partitions),
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
@@ -106,6 +110,25 @@ impl KnnJoinExec {
             cache,
             metrics: ExecutionPlanMetricsSet::new(),
         })
+    }
+
+    /// The search; `column` indexes the corpus schema.
+    pub fn spec(&self) -> &SearchSpec {
+        &self.spec
+    }
+
+    /// The vector column of the queries.
+    pub fn query_column(&self) -> usize {
+        self.query_column
+    }
+
+    /// Queries per pass over the corpus.
+    pub fn query_batch(&self) -> usize {
+        self.query_batch
+    }
+
+    pub fn device(&self) -> &DeviceInfo {
+        &self.device
     }
 }
 
@@ -141,6 +164,24 @@ impl ExecutionPlan for KnnJoinExec {
 
     fn properties(&self) -> &Arc<PlanProperties> {
         &self.cache
+    }
+
+    /// The inputs are read in order, partition after partition: ties break
+    /// by that order, so no repartitioning may be put below (a round-robin
+    /// exchange would deal rows out in an order that differs between runs,
+    /// and between a local run and a cluster).
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false; 2]
+    }
+
+    /// Each partition of the queries is joined against the whole corpus
+    /// (through a merge, read partition by partition): on a cluster the
+    /// queries' partitions are separate tasks, each streaming the corpus.
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        vec![
+            Distribution::UnspecifiedDistribution,
+            Distribution::SinglePartition,
+        ]
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
@@ -187,18 +228,18 @@ impl ExecutionPlan for KnnJoinExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        if partition != 0 {
-            return internal_err!("KnnJoinExec has one partition, asked for {partition}");
+        let partitions = self.properties().output_partitioning().partition_count();
+        if partition >= partitions {
+            return internal_err!("KnnJoinExec has {partitions} partitions, asked for {partition}");
         }
-        // Query partitions are read one after another, so output follows
-        // the query input order.
-        let query_plan = Arc::clone(&self.queries);
-        let query_ctx = Arc::clone(&context);
-        let partitions = query_plan.output_partitioning().partition_count();
-        let queries = futures::stream::iter(0..partitions)
-            .map(move |p| query_plan.execute(p, Arc::clone(&query_ctx)))
-            .try_flatten()
-            .boxed();
+        // Output partition p joins query partition p, in its row order.
+        let queries = if self.queries.output_partitioning().partition_count() == 0 {
+            futures::stream::empty().boxed()
+        } else {
+            self.queries
+                .execute(partition, Arc::clone(&context))?
+                .boxed()
+        };
         let pass = Arc::new(Pass {
             corpus: Arc::clone(&self.corpus),
             context,
@@ -323,6 +364,7 @@ impl Pass {
         let device = self.device()?;
         let outcome = search_corpus(
             &self.corpus,
+            None,
             &self.context,
             &spec,
             &device,

@@ -14,7 +14,7 @@ pub use embed::EmbedExec;
 pub use gpu_stage::{CpuStep, GpuStageExec, StageGroupBy, StageOutput, StagePlan, StageTopK};
 pub use knn_join::{KnnJoinExec, knn_join_schema};
 pub use stage_aggregate::{AggKind, SingleSplit, StageAggregate};
-pub use vector_topk::{Unscored, VectorTopKExec};
+pub use vector_topk::{TopKMode, Unscored, VectorTopKExec};
 
 /// The next input batches of `input`, up to `rows` rows (the last batch may
 /// overshoot), empty batches skipped; empty once the input is done (`done`

@@ -18,7 +18,7 @@ use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, TypeSignature,
     Volatility,
 };
-use kiln_kernels::{Device, DeviceRequest, KernelError};
+use kiln_kernels::{Device, KernelError};
 
 use crate::exec::embed::embed_array;
 use crate::model::{DEFAULT_MODEL, EmbeddingModel, shared_model};
@@ -138,7 +138,7 @@ pub fn session_device(options: &ConfigOptions) -> Result<Device> {
         .and_then(|e| e.value)
         .unwrap_or_else(|| "cpu".to_string());
     let external = |e: KernelError| DataFusionError::External(Box::new(e));
-    let request: DeviceRequest = value.parse().map_err(external)?;
+    let request = crate::device::requested(&value).map_err(external)?;
     let info = crate::device::resolve(request)
         .map(crate::device::kernel_device)
         .map_err(external)?;

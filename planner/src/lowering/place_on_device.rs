@@ -35,7 +35,7 @@ use kiln_kernels::codegen::numbering::KeyProgram;
 use kiln_kernels::codegen::{
     BinOp, BlockTopK, Expr, MAX_GROUPS, MAX_TOPK, Program, Reduce, ReduceOp, Ty, Value,
 };
-use kiln_kernels::{BackendKind, Device, DeviceInfo, DeviceRequest};
+use kiln_kernels::{BackendKind, Device, DeviceInfo};
 
 use super::expr::{Source, Translator};
 use crate::KilnOptions;
@@ -67,9 +67,7 @@ impl LoweringContext {
         if !options.gpu_transforms {
             return Ok(Err("kiln.gpu_transforms is off".into()));
         }
-        let request: DeviceRequest = options
-            .device
-            .parse()
+        let request = kiln_engine::device::requested(&options.device)
             .map_err(|e| plan_datafusion_err!("kiln.device: {e}"))?;
         let info = kiln_engine::device::resolve(request)
             .map_err(|e| plan_datafusion_err!("kiln.device: {e}"))?;

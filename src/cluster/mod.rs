@@ -1,0 +1,229 @@
+//! Kiln on an Apache DataFusion Ballista cluster.
+//!
+//! Ballista schedules; Kiln adds what its nodes need to run Kiln's plans:
+//! the `kiln.*` options registered on every node (so a client's `SET
+//! kiln.x` reaches the executors), Kiln's functions and object stores,
+//! codecs for Kiln's logical nodes and operators ([`codec`]), and device
+//! placement on the executors ([`executor`]): the scheduler plans
+//! device-neutral stages, and each executor lowers the stage it runs onto
+//! its own device, so one plan runs on a mix of GPU and CPU executors and no
+//! GPU program crosses the wire.
+//!
+//! - [`scheduler`]: `kiln scheduler`, Ballista's scheduler with Kiln's session.
+//! - [`executor`]: `kiln executor`, Ballista's executor owning one device.
+//! - [`local`]: `kiln cluster local`, a scheduler and executors on this machine.
+//! - [`ClusterUrl`] and [`client_state`]: what a [`crate::Session`] on a
+//!   cluster is built from.
+
+pub mod codec;
+pub mod executor;
+pub mod local;
+pub mod scheduler;
+
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ballista_core::extension::{SessionConfigExt, SessionStateExt};
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::prelude::SessionConfig;
+use kiln_engine::io::KilnObjectStoreRegistry;
+use kiln_kernels::DeviceRequest;
+
+use crate::error::{KilnError, Result};
+
+/// How tasks reach executors: executors poll the scheduler for work.
+pub const SCHEDULING: ballista_core::config::TaskSchedulingPolicy =
+    ballista_core::config::TaskSchedulingPolicy::PullStaged;
+
+/// The port a scheduler listens on unless told otherwise (Ballista's).
+pub const DEFAULT_SCHEDULER_PORT: u16 = 50050;
+
+/// How long a client or executor waits for a scheduler to answer a
+/// connection before it gives up with an error.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A scheduler's address as users write it: `df://host:port` (the port
+/// defaults to 50050).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterUrl {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::str::FromStr for ClusterUrl {
+    type Err = KilnError;
+
+    fn from_str(text: &str) -> Result<Self> {
+        let bad = || {
+            KilnError::Usage(format!(
+                "a cluster address looks like df://host:{DEFAULT_SCHEDULER_PORT}, not '{text}'"
+            ))
+        };
+        let rest = text.trim().strip_prefix("df://").ok_or_else(bad)?;
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((host, port)) => (host, port.parse::<u16>().map_err(|_| bad())?),
+            None => (rest, DEFAULT_SCHEDULER_PORT),
+        };
+        if host.is_empty() || host.contains('/') || port == 0 {
+            return Err(bad());
+        }
+        Ok(ClusterUrl {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl std::fmt::Display for ClusterUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "df://{}:{}", self.host, self.port)
+    }
+}
+
+impl ClusterUrl {
+    /// Fails, within [`CONNECT_TIMEOUT`], unless something accepts
+    /// connections at the scheduler's address. Ballista itself connects only
+    /// when the first query runs, and then reports a refused connection as
+    /// a transport error dump; a session checks first.
+    pub fn check_reachable(&self) -> Result<()> {
+        let unreachable = |reason: String| KilnError::SchedulerUnreachable {
+            url: self.to_string(),
+            reason,
+        };
+        let addrs: Vec<_> = (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(|e| unreachable(e.to_string()))?
+            .collect();
+        let mut last = "the host has no address".to_string();
+        for addr in addrs {
+            match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+                Ok(_) => return Ok(()),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(unreachable(last))
+    }
+}
+
+/// The session configuration every node of a Kiln cluster, and a client
+/// of one, starts from: Ballista's (its options registered, so `ballista.*`
+/// keys survive), Kiln's options, and Kiln's codecs.
+///
+/// File-scan work stealing is off: DataFusion's scans let a partition that
+/// runs out of files read its siblings' files, which in one process keeps
+/// every partition busy; a Ballista task runs one partition of a stage and
+/// its siblings run as other tasks, so a task would read the files of
+/// partitions that other tasks read too (and ties in vector search, which
+/// break by input order, would follow whichever task stole first).
+/// DataFusion's own documentation of the option says as much; Ballista
+/// 55.0.0 leaves it on.
+pub fn node_config(device: DeviceRequest) -> SessionConfig {
+    kiln_planner::with_kiln_options(SessionConfig::new_with_ballista(), device)
+        .set_bool(WORK_STEALING, false)
+        .with_ballista_logical_extension_codec(Arc::new(codec::KilnLogicalCodec::default()))
+        .with_ballista_physical_extension_codec(Arc::new(codec::KilnPhysicalCodec::default()))
+}
+
+/// The option that lets file scans rebalance files between partitions.
+pub const WORK_STEALING: &str = "datafusion.execution.enable_file_stream_work_stealing";
+
+/// A runtime whose object stores are Kiln's (S3, GCS, Azure, HTTP, with
+/// credentials from the node's environment), as in a local session.
+pub fn runtime() -> datafusion::common::Result<Arc<RuntimeEnv>> {
+    RuntimeEnvBuilder::new()
+        .with_object_store_registry(Arc::new(KilnObjectStoreRegistry::new()))
+        .build_arc()
+}
+
+/// The state of a client session on the cluster at `url` (`config` from
+/// [`node_config`]): Kiln's logical rules and functions, with queries
+/// planned and run by the cluster.
+pub fn client_state(
+    url: &ClusterUrl,
+    config: SessionConfig,
+    runtime: Arc<RuntimeEnv>,
+) -> Result<datafusion::execution::SessionState> {
+    let state = kiln_planner::install(
+        SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime),
+    )
+    .build();
+    Ok(state.upgrade_for_ballista(format!("http://{}:{}", url.host, url.port))?)
+}
+
+/// Sends the log lines of a cluster role (Ballista's scheduler and
+/// executor log through the `log` crate) to stderr, at the level named by
+/// `KILN_LOG` (`error`, `warn`, `info`, `debug`, `trace`; default `warn`).
+pub fn init_logging() {
+    struct Stderr;
+    impl log::Log for Stderr {
+        fn enabled(&self, metadata: &log::Metadata) -> bool {
+            metadata.level() <= log::max_level()
+        }
+
+        fn log(&self, record: &log::Record) {
+            if self.enabled(record.metadata()) {
+                eprintln!(
+                    "[{} {}] {}",
+                    record.level(),
+                    record.target(),
+                    kiln_engine::io::redact(&record.args().to_string())
+                );
+            }
+        }
+
+        fn flush(&self) {}
+    }
+    let level = std::env::var("KILN_LOG")
+        .ok()
+        .and_then(|l| l.parse::<log::LevelFilter>().ok())
+        .unwrap_or(log::LevelFilter::Warn);
+    static LOGGER: Stderr = Stderr;
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+/// A free TCP port on `host`, for a role started without one. The port is
+/// released before the role binds it; a clash is reported by the role.
+pub fn free_port(host: &str) -> Result<u16> {
+    std::net::TcpListener::bind((host, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|source| KilnError::File {
+            path: format!("a free port on {host}"),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let u: ClusterUrl = "df://sched-host:50060".parse().unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("sched-host", 50060));
+        let u: ClusterUrl = "df://10.0.0.1".parse().unwrap();
+        assert_eq!(u.port, DEFAULT_SCHEDULER_PORT);
+        assert_eq!(u.to_string(), "df://10.0.0.1:50050");
+        for bad in ["sched:50050", "df://", "df://h:x", "df://h:0", "http://h:1"] {
+            let e = bad.parse::<ClusterUrl>().unwrap_err();
+            assert!(e.is_usage(), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn unreachable_scheduler_is_one_error_quickly() {
+        let port = free_port("127.0.0.1").unwrap();
+        let url: ClusterUrl = format!("df://127.0.0.1:{port}").parse().unwrap();
+        let started = std::time::Instant::now();
+        let e = url.check_reachable().unwrap_err();
+        assert!(started.elapsed() < CONNECT_TIMEOUT + Duration::from_secs(1));
+        assert!(e.to_string().contains(&url.to_string()), "{e}");
+    }
+}

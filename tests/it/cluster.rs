@@ -1,0 +1,504 @@
+//! Kiln on a cluster: a scheduler and executors started as child processes
+//! on loopback (free ports, separate work dirs, short heartbeats), checked
+//! against the same statements run locally.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{
+    Array, FixedSizeListArray, Float32Array, Int64Array, RecordBatch, StringArray,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::parquet::arrow::ArrowWriter;
+
+use crate::common::*;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, child: &mut Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited before listening: {status}");
+        }
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A scheduler and executors on loopback; all killed when dropped.
+pub struct Cluster {
+    pub url: String,
+    scheduler: Child,
+    executors: Vec<Child>,
+    _work: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// One executor per entry of `devices`, each with `env` set.
+    pub fn start(devices: &[&str], env: &[(&str, &str)]) -> Cluster {
+        let work = tempdir();
+        let port = free_port();
+        let url = format!("df://127.0.0.1:{port}");
+        let mut scheduler = kiln()
+            .args(["scheduler", "--bind", &format!("127.0.0.1:{port}")])
+            .args(["--executor-timeout", "4", "--exit-with-parent"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn scheduler");
+        wait_for_port(port, &mut scheduler, "the scheduler");
+        let mut executors = Vec::new();
+        for (i, device) in devices.iter().enumerate() {
+            let grpc = free_port();
+            let mut cmd = kiln();
+            cmd.args(["--device", device, "executor", "--scheduler", &url])
+                .args(["--bind-host", "127.0.0.1", "--grpc-port", &grpc.to_string()])
+                .args(["--slots", "2", "--heartbeat", "1", "--exit-with-parent"])
+                .arg("--work-dir")
+                .arg(work.path().join(format!("executor-{i}")))
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit());
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            let mut child = cmd.spawn().expect("spawn executor");
+            wait_for_port(grpc, &mut child, "an executor");
+            executors.push(child);
+        }
+        // Registration follows the gRPC server's start; give it a moment.
+        std::thread::sleep(Duration::from_millis(500));
+        Cluster {
+            url,
+            scheduler,
+            executors,
+            _work: work,
+        }
+    }
+
+    /// SIGKILL, as a machine that dies.
+    pub fn kill_executor(&mut self, i: usize) {
+        self.executors[i].kill().unwrap();
+        self.executors[i].wait().unwrap();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.executors.iter_mut().chain([&mut self.scheduler]) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The cluster the comparison tests share: two CPU executors.
+fn shared() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| Cluster::start(&["cpu", "cpu"], &[]))
+}
+
+/// `kiln sql --format csv -f script` locally, or on the cluster at `url`.
+fn sql_csv(script: &Path, cluster: Option<&str>) -> Run {
+    let mut cmd = kiln();
+    if let Some(url) = cluster {
+        cmd.args(["--cluster", url]);
+    }
+    run(cmd.args(["sql", "--format", "csv", "-f"]).arg(script))
+}
+
+/// Whether two CSV outputs hold the same rows, floats equal to a relative
+/// 1e-9 (a cluster adds partial sums in another order).
+fn same_rows(a: &str, b: &str) -> bool {
+    let (la, lb): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
+    la.len() == lb.len()
+        && la.iter().zip(&lb).all(|(x, y)| {
+            let (cx, cy): (Vec<&str>, Vec<&str>) = (x.split(',').collect(), y.split(',').collect());
+            cx.len() == cy.len()
+                && cx.iter().zip(&cy).all(|(p, q)| {
+                    p == q
+                        || match (p.parse::<f64>(), q.parse::<f64>()) {
+                            (Ok(u), Ok(v)) => (u - v).abs() <= 1e-9 * u.abs().max(v.abs()).max(1.0),
+                            _ => false,
+                        }
+                })
+        })
+}
+
+fn tpch_ddl() -> String {
+    [
+        "lineitem", "orders", "customer", "part", "partsupp", "supplier", "nation", "region",
+    ]
+    .iter()
+    .map(|t| {
+        format!(
+            "CREATE EXTERNAL TABLE {t} STORED AS PARQUET LOCATION '{}/';\n",
+            tpch().join(t).display()
+        )
+    })
+    .collect()
+}
+
+fn tpch_query(i: usize) -> String {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("benches/tpch/queries/q{i}.sql"));
+    std::fs::read_to_string(path).unwrap()
+}
+
+/// Settings of the local runs: the partitioning decides the input order
+/// (and so the order of ties) of a scan, so both sides use the same.
+const LOCAL_SETTINGS: &str = "SET datafusion.execution.target_partitions = 3;\n";
+
+/// Settings for cluster runs: a few partitions (tasks) per stage, and every
+/// shuffle read through Arrow Flight, as if each partition lived on another
+/// executor.
+const CLUSTER_SETTINGS: &str = "SET datafusion.execution.target_partitions = 3;\n\
+     SET ballista.shuffle.force_remote_read = true;\n";
+
+/// Runs TPC-H query `i` locally and on `url`; fails the test on a difference.
+fn compare_tpch(i: usize, url: &str, dir: &Path) {
+    let local = dir.join(format!("q{i}-local.sql"));
+    let remote = dir.join(format!("q{i}-cluster.sql"));
+    std::fs::write(
+        &local,
+        format!("{LOCAL_SETTINGS}{}{}", tpch_ddl(), tpch_query(i)),
+    )
+    .unwrap();
+    std::fs::write(
+        &remote,
+        format!("{CLUSTER_SETTINGS}{}{}", tpch_ddl(), tpch_query(i)),
+    )
+    .unwrap();
+    let want = sql_csv(&local, None);
+    assert_eq!(want.code, 0, "q{i} locally: {}", want.stderr);
+    let got = sql_csv(&remote, Some(url));
+    assert_eq!(got.code, 0, "q{i} on the cluster: {}", got.stderr);
+    assert!(
+        want.stdout.lines().count() > 1 || i == 15 || i == 20,
+        "q{i} printed no rows"
+    );
+    assert!(
+        same_rows(&want.stdout, &got.stdout),
+        "q{i} differs on the cluster:\nlocal:\n{}\ncluster:\n{}",
+        want.stdout,
+        got.stdout
+    );
+}
+
+#[test]
+fn tpch_queries_give_the_same_results_on_a_cluster() {
+    let cluster = shared();
+    let dir = tempdir();
+    for i in 1..=22 {
+        compare_tpch(i, &cluster.url, dir.path());
+    }
+}
+
+/// A small corpus of 8-dimensional vectors in quarter steps (exact dot
+/// products, so ties are real ties), 3 files of 300 rows; 12 queries.
+fn vectors(dir: &Path) {
+    let mut state = 11u64;
+    let mut next = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 33) % 17) as f32 / 4.0 - 2.0
+    };
+    let batch = |ids: std::ops::Range<i64>, values: Vec<f32>| {
+        let item = Arc::new(Field::new_list_field(DataType::Float32, false));
+        let v = FixedSizeListArray::try_new(item, 8, Arc::new(Float32Array::from(values)), None)
+            .unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("v", v.data_type().clone(), true),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![Arc::new(Int64Array::from_iter_values(ids)), Arc::new(v)],
+        )
+        .unwrap()
+    };
+    let write = |path: PathBuf, b: RecordBatch| {
+        let mut w =
+            ArrowWriter::try_new(std::fs::File::create(path).unwrap(), b.schema(), None).unwrap();
+        w.write(&b).unwrap();
+        w.close().unwrap();
+    };
+    std::fs::create_dir_all(dir.join("corpus")).unwrap();
+    for f in 0..3i64 {
+        let values: Vec<f32> = (0..300 * 8).map(|_| next()).collect();
+        write(
+            dir.join(format!("corpus/part-{f}.parquet")),
+            batch(f * 300..(f + 1) * 300, values),
+        );
+    }
+    let values: Vec<f32> = (0..12 * 8).map(|_| next()).collect();
+    write(dir.join("queries.parquet"), batch(0..12, values));
+}
+
+#[test]
+fn vector_search_and_knn_join_give_the_same_results_on_a_cluster() {
+    let cluster = shared();
+    let dir = tempdir();
+    vectors(dir.path());
+    let ddl = format!(
+        "CREATE EXTERNAL TABLE corpus STORED AS PARQUET LOCATION '{}/';\n\
+         CREATE EXTERNAL TABLE queries STORED AS PARQUET LOCATION '{}';\n",
+        dir.path().join("corpus").display(),
+        dir.path().join("queries.parquet").display()
+    );
+    let statements = [
+        "SELECT id, corpus_id, rank, score FROM knn_join('queries', 'v', 'corpus', 'v', 5) ORDER BY id, rank",
+        "SELECT id, corpus_id, rank FROM knn_join(queries, v, corpus, v, 3, 'l2') ORDER BY id, rank",
+        "SELECT id, score FROM vector_search('corpus', 'v', [1.0, 0.5, 0, 0, -1, 0, 0.25, 2], 7)",
+        "SELECT id FROM corpus ORDER BY cosine_similarity(v, [1.0, 0.5, 0, 0, -1, 0, 0.25, 2]) DESC LIMIT 9",
+    ];
+    for (n, statement) in statements.iter().enumerate() {
+        let local = dir.path().join(format!("s{n}-local.sql"));
+        let remote = dir.path().join(format!("s{n}-cluster.sql"));
+        std::fs::write(&local, format!("{LOCAL_SETTINGS}{ddl}{statement};")).unwrap();
+        std::fs::write(&remote, format!("{CLUSTER_SETTINGS}{ddl}{statement};")).unwrap();
+        let want = sql_csv(&local, None);
+        assert_eq!(want.code, 0, "{statement} locally: {}", want.stderr);
+        let got = sql_csv(&remote, Some(&cluster.url));
+        assert_eq!(got.code, 0, "{statement} on the cluster: {}", got.stderr);
+        assert!(want.stdout.lines().count() > 5, "{}", want.stdout);
+        assert_eq!(want.stdout, got.stdout, "{statement}");
+    }
+}
+
+#[test]
+fn an_embedding_job_gives_the_same_values_on_a_cluster() {
+    let cluster = shared();
+    let dir = tempdir();
+    let texts: Vec<String> = (0..200)
+        .map(|i| {
+            format!(
+                "document {i} about {} rivers",
+                ["quiet", "wide", "frozen", "old"][i % 4]
+            )
+        })
+        .collect();
+    std::fs::create_dir_all(dir.path().join("docs")).unwrap();
+    for part in 0..2 {
+        let rows = &texts[part * 100..(part + 1) * 100];
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("body", DataType::Utf8, false),
+        ]));
+        let b = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(Int64Array::from_iter_values(
+                    (part * 100) as i64..((part + 1) * 100) as i64,
+                )),
+                Arc::new(StringArray::from_iter_values(rows)),
+            ],
+        )
+        .unwrap();
+        let path = dir.path().join(format!("docs/part-{part}.parquet"));
+        let mut w =
+            ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None).unwrap();
+        w.write(&b).unwrap();
+        w.close().unwrap();
+    }
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("engine/tests/fixtures/tiny-bert");
+    let input = s(&dir.path().join("docs"));
+    let embed = |out: &str, cluster: Option<&str>| {
+        let mut cmd = kiln();
+        if let Some(url) = cluster {
+            cmd.args(["--cluster", url]);
+        }
+        let r = run(cmd
+            .args(["embed", &input, out, "--column", "body", "--model"])
+            .arg(&model));
+        assert_eq!(r.code, 0, "embed: {}", r.stderr);
+        assert!(r.stdout.contains("embedded 200 rows"), "{}", r.stdout);
+        r.stdout
+    };
+    let local_out = s(&dir.path().join("local"));
+    let cluster_out = s(&dir.path().join("cluster"));
+    embed(&local_out, None);
+    let summary = embed(&cluster_out, Some(&cluster.url));
+    assert!(
+        summary.contains(&format!("on the cluster at {}", cluster.url)),
+        "{summary}"
+    );
+    // Every value equal within f32 rounding (batches differ between runs).
+    let check = dir.path().join("check.sql");
+    std::fs::write(
+        &check,
+        format!(
+            "CREATE EXTERNAL TABLE a STORED AS PARQUET LOCATION '{local_out}/';\n\
+             CREATE EXTERNAL TABLE b STORED AS PARQUET LOCATION '{cluster_out}/';\n\
+             SELECT count(*) AS n, max(abs(a.embedding[k] - b.embedding[k])) AS worst \
+             FROM a JOIN b ON a.id = b.id AND a.body = b.body \
+             CROSS JOIN (SELECT unnest(range(1, 33)) AS k) ks;"
+        ),
+    )
+    .unwrap();
+    let r = sql_csv(&check, None);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let line = r.stdout.lines().nth(1).unwrap().to_string();
+    let (n, worst) = line.split_once(',').unwrap();
+    assert_eq!(n, (200 * 32).to_string(), "{line}");
+    assert!(worst.parse::<f64>().unwrap() < 1e-5, "{line}");
+}
+
+#[test]
+fn a_query_survives_an_executor_killed_mid_query() {
+    // Tasks wait 300 ms each, so the query is surely running when one
+    // executor dies; the scheduler gives up on it after 4 s of silence.
+    let mut cluster = Cluster::start(&["cpu", "cpu"], &[("KILN_INJECT_TASK_DELAY_MS", "300")]);
+    let dir = tempdir();
+    let script = dir.path().join("q.sql");
+    let i = 3;
+    std::fs::write(
+        &script,
+        format!("{CLUSTER_SETTINGS}{}{}", tpch_ddl(), tpch_query(i)),
+    )
+    .unwrap();
+    let local = dir.path().join("local.sql");
+    std::fs::write(
+        &local,
+        format!("{LOCAL_SETTINGS}{}{}", tpch_ddl(), tpch_query(i)),
+    )
+    .unwrap();
+    let want = sql_csv(&local, None);
+    assert_eq!(want.code, 0, "{}", want.stderr);
+    let child = kiln()
+        .args(["--cluster", &cluster.url, "sql", "--format", "csv", "-f"])
+        .arg(&script)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    cluster.kill_executor(1);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the query failed after the kill: {stderr}"
+    );
+    let got = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        same_rows(&want.stdout, &got),
+        "local:\n{}\ncluster:\n{got}",
+        want.stdout
+    );
+}
+
+#[test]
+fn injected_device_errors_are_retried_with_the_same_result() {
+    let cluster = Cluster::start(&["cpu"], &[("KILN_INJECT_DEVICE_ERRORS", "2")]);
+    let dir = tempdir();
+    let i = 1;
+    let local = dir.path().join("local.sql");
+    let remote = dir.path().join("remote.sql");
+    std::fs::write(
+        &local,
+        format!("{LOCAL_SETTINGS}{}{}", tpch_ddl(), tpch_query(i)),
+    )
+    .unwrap();
+    std::fs::write(
+        &remote,
+        format!("{CLUSTER_SETTINGS}{}{}", tpch_ddl(), tpch_query(i)),
+    )
+    .unwrap();
+    let want = sql_csv(&local, None);
+    let got = sql_csv(&remote, Some(&cluster.url));
+    assert_eq!(got.code, 0, "{}", got.stderr);
+    assert!(
+        same_rows(&want.stdout, &got.stdout),
+        "{}\n{}",
+        want.stdout,
+        got.stdout
+    );
+}
+
+#[test]
+fn a_gpu_executor_and_a_cpu_executor_run_a_lowered_query() {
+    if !has_wgpu() {
+        return;
+    }
+    let cluster = Cluster::start(&["wgpu", "cpu"], &[]);
+    let dir = tempdir();
+    // Small thresholds so the GPU executor lowers the scan's stage.
+    let settings = "SET kiln.gpu_min_rows = 0;\n";
+    for i in [1, 6] {
+        let local = dir.path().join(format!("q{i}-local.sql"));
+        let remote = dir.path().join(format!("q{i}-cluster.sql"));
+        std::fs::write(
+            &local,
+            format!("{LOCAL_SETTINGS}{}{}", tpch_ddl(), tpch_query(i)),
+        )
+        .unwrap();
+        std::fs::write(
+            &remote,
+            format!(
+                "{CLUSTER_SETTINGS}{settings}{}{}",
+                tpch_ddl(),
+                tpch_query(i)
+            ),
+        )
+        .unwrap();
+        let want = sql_csv(&local, None);
+        let got = sql_csv(&remote, Some(&cluster.url));
+        assert_eq!(got.code, 0, "q{i}: {}", got.stderr);
+        assert!(
+            same_rows(&want.stdout, &got.stdout),
+            "q{i}\n{}\n{}",
+            want.stdout,
+            got.stdout
+        );
+    }
+    // The wgpu executor ran device stages: EXPLAIN ANALYZE's merged metrics
+    // count device batches.
+    let analyze = dir.path().join("analyze.sql");
+    std::fs::write(
+        &analyze,
+        format!(
+            "{CLUSTER_SETTINGS}{settings}{}EXPLAIN ANALYZE {}",
+            tpch_ddl(),
+            tpch_query(6)
+        ),
+    )
+    .unwrap();
+    let r = sql_csv(&analyze, Some(&cluster.url));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("device_batches="), "{}", r.stdout);
+}
+
+#[test]
+fn an_unreachable_scheduler_is_one_line_within_seconds() {
+    let url = format!("df://127.0.0.1:{}", free_port());
+    let r = run(kiln().args(["--cluster", &url, "sql", "-c", "SELECT 1"]));
+    assert_one_line_error(&r, &["cannot reach the Kiln scheduler", &url]);
+    assert!(r.elapsed < Duration::from_secs(30));
+    let r = run(kiln().args(["executor", "--scheduler", &url]));
+    assert_one_line_error(&r, &["cannot reach the Kiln scheduler", &url]);
+    let r = run(kiln().args(["--cluster", "sched:50050", "sql", "-c", "SELECT 1"]));
+    assert_one_line_error(&r, &["df://host:50050"]);
+    assert_eq!(r.code, 2);
+}
+
+#[test]
+fn an_executor_refuses_a_device_it_cannot_open() {
+    let r = run(kiln().args([
+        "--device",
+        "cuda:7",
+        "executor",
+        "--scheduler",
+        "127.0.0.1:1",
+    ]));
+    assert_one_line_error(&r, &["cuda"]);
+}
