@@ -216,9 +216,11 @@ mod tests {
     /// fresh config (as a Ballista scheduler or executor does) keeps it.
     #[test]
     fn entries_round_trip_by_full_key() {
-        let mut options = KilnOptions::default();
-        options.device = "cpu".into();
-        options.gpu_max_groups = 7;
+        let options = KilnOptions {
+            device: "cpu".into(),
+            gpu_max_groups: 7,
+            ..Default::default()
+        };
         let entries = options.entries();
         assert!(
             entries.iter().all(|e| e.key.starts_with("kiln.")),

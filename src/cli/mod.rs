@@ -130,7 +130,7 @@ enum Command {
         /// Arrow Flight port for shuffle reads (default: a free port).
         #[arg(long)]
         port: Option<u16>,
-        /// gRPC port for tasks from the scheduler (default: a free port).
+        /// gRPC port (unused while executors pull their tasks; default: a free port).
         #[arg(long)]
         grpc_port: Option<u16>,
         /// Tasks run at once (default: the number of cores).

@@ -10,21 +10,27 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use std::collections::HashSet;
+
 use ballista_core::JobId;
+use ballista_core::execution_plans::ShuffleReaderExec;
 use ballista_core::registry::BallistaFunctionRegistry;
 use ballista_core::serde::protobuf::{
     RuntimeStatsReport, ShuffleWritePartition, TaskColumnStats, WindowStateReport,
 };
+use ballista_core::serde::scheduler::PartitionLocation;
 use ballista_executor::execution_engine::{
     DefaultExecutionEngine, ExecutionEngine, QueryStageExecutor,
 };
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Result as DfResult, internal_err};
 use datafusion::config::ConfigOptions;
 use datafusion::execution::{SessionStateBuilder, TaskContext};
-use datafusion::physical_plan::metrics::MetricsSet;
+use datafusion::physical_plan::metrics::{Count, Metric, MetricValue, MetricsSet};
 use datafusion::physical_plan::{ChildrenPropertiesMode, ExecutionPlan, ReplaceChildrenOptions};
 use datafusion::prelude::{SessionConfig, SessionContext};
+use kiln_engine::exec::{TopKMode, VectorTopKExec};
 use kiln_kernels::DeviceRequest;
 
 use super::codec::{KilnLogicalCodec, KilnPhysicalCodec};
@@ -110,15 +116,23 @@ pub async fn run(options: ExecutorOptions, ready: impl FnOnce(&str)) -> Result<(
     if let Some(slots) = options.slots {
         config.vcores = slots.max(1);
     }
+    let device_id = kiln_engine::device::kernel_device(info).id();
+    let host = options
+        .external_host
+        .clone()
+        .unwrap_or_else(|| options.bind_host.clone());
+    let _ = TASK_LABEL.set(format!("tasks_on_{device_id}_at_{host}:{port}"));
     ready(&format!(
-        "kiln executor {} on {}: flight port {port}, grpc port {grpc_port}, scheduler {}",
-        config.executor_id,
-        kiln_engine::device::kernel_device(info).id(),
-        options.scheduler
+        "kiln executor {} on {device_id}: flight port {port}, grpc port {grpc_port}, scheduler {}",
+        config.executor_id, options.scheduler
     ));
     start_executor_process(Arc::new(config)).await?;
     Ok(())
 }
+
+/// The name of the metric that counts this executor's tasks in a stage:
+/// `tasks_on_<device>_at_<host:port>`.
+static TASK_LABEL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// Ballista's execution engine, with each stage lowered onto this
 /// executor's device first.
@@ -127,12 +141,82 @@ pub struct KilnExecutionEngine {
     inner: DefaultExecutionEngine,
 }
 
-/// `stage` (a shuffle writer over the stage's operators) with Kiln's device
-/// rules applied to the operators.
+/// `reader` reading each map partition of its input stage once: where a
+/// partition is listed more than once, the location added last.
+///
+/// Ballista 55.0.0 can list a map partition twice after an executor is
+/// lost: when a stage it had rerun is rolled back and run again whole, the
+/// next stage keeps the locations of the first run's tasks on surviving
+/// executors and gains the new run's, and reads those partitions twice (a
+/// wrong result, seen as doubled TPC-H Q3 revenues after an executor was
+/// killed). Locations are appended as tasks finish, so the last one of a
+/// map partition is from its latest run.
+fn read_each_map_partition_once(
+    reader: &ShuffleReaderExec,
+) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
+    let mut changed = false;
+    let partition: Vec<Vec<PartitionLocation>> = reader
+        .partition
+        .iter()
+        .map(|locations| {
+            let mut seen = HashSet::new();
+            let mut kept: Vec<PartitionLocation> = locations
+                .iter()
+                .rev()
+                .filter(|l| seen.insert(l.map_partition_id))
+                .cloned()
+                .collect();
+            kept.reverse();
+            changed |= kept.len() != locations.len();
+            kept
+        })
+        .collect();
+    if !changed {
+        return Ok(None);
+    }
+    log::warn!(
+        "stage {}: a map partition was listed more than once; reading each once (its latest run)",
+        reader.stage_id
+    );
+    Ok(Some(Arc::new(ShuffleReaderExec::try_new(
+        reader.stage_id,
+        partition,
+        reader.schema(),
+        reader.properties().output_partitioning().clone(),
+    )?)))
+}
+
+/// `stage` (a shuffle writer over the stage's operators) with each map
+/// partition read once and Kiln's device rules applied to the operators.
 pub fn lower_stage(
     stage: &Arc<dyn ExecutionPlan>,
+    global_partitions: &[usize],
     options: &ConfigOptions,
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let stage = &Arc::clone(stage)
+        .transform_up(|node| {
+            if let Some(reader) = node.downcast_ref::<ShuffleReaderExec>() {
+                return Ok(match read_each_map_partition_once(reader)? {
+                    Some(new) => Transformed::yes(new),
+                    None => Transformed::no(node),
+                });
+            }
+            // A partial vector top-k heads its stage (a merge follows it),
+            // so its partitions are the task's: number its row ids by their
+            // place in the whole input, as a local run does.
+            if let Some(topk) = node.downcast_ref::<VectorTopKExec>()
+                && topk.mode() == TopKMode::Partial
+                && topk.properties().output_partitioning().partition_count()
+                    == global_partitions.len()
+            {
+                let numbered = topk.with_global_partitions(global_partitions.to_vec())?;
+                return Ok(Transformed::yes(
+                    Arc::new(numbered) as Arc<dyn ExecutionPlan>
+                ));
+            }
+            Ok(Transformed::no(node))
+        })?
+        .data;
     let [child] = stage.children()[..] else {
         return internal_err!(
             "a stage's writer has one input, {} has {}",
@@ -164,7 +248,8 @@ impl ExecutionEngine for KilnExecutionEngine {
         work_dir: &str,
         config: &SessionConfig,
     ) -> DfResult<Arc<dyn QueryStageExecutor>> {
-        let lowered = lower_stage(&plan, config.options())?;
+        let slot = task_slot(format!("{}/{stage_id}/{task_id}", job_id.as_str()));
+        let lowered = lower_stage(&plan, &global_output_partition_ids, config.options())?;
         let (mut planned, mut lowered_names) = (Vec::new(), Vec::new());
         metric_names(&plan, &mut planned);
         metric_names(&lowered, &mut lowered_names);
@@ -181,6 +266,7 @@ impl ExecutionEngine for KilnExecutionEngine {
             inner,
             planned,
             lowered: lowered_names,
+            slot,
         }))
     }
 }
@@ -195,6 +281,36 @@ struct LoweredStage {
     /// planned stage and of the one that runs.
     planned: Vec<String>,
     lowered: Vec<String>,
+    /// Held while the task runs; see [`task_slot`].
+    slot: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// The lock of one (job, stage, task id) in this process.
+///
+/// Ballista names a task's shuffle files by job, stage and task id, and
+/// numbers a stage's tasks from 0 again when it reruns the stage after an
+/// executor was lost; in pull scheduling it cannot cancel the tasks of the
+/// earlier attempt that still run on surviving executors. Such a stale task
+/// and the rerun's task of the same id write the same files, and if the
+/// stale one writes last the next stage reads another partition's rows (a
+/// wrong result, seen as doubled TPC-H Q3 revenues after an executor was
+/// killed). Running them one after the other, the rerun's last, leaves the
+/// files the scheduler expects.
+fn task_slot(key: String) -> Arc<tokio::sync::Mutex<()>> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock, Weak};
+    static SLOTS: OnceLock<Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>> = OnceLock::new();
+    let mut slots = SLOTS
+        .get_or_init(|| Mutex::new(HashMap::new()))
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    slots.retain(|_, slot| slot.strong_count() > 0);
+    if let Some(slot) = slots.get(&key).and_then(Weak::upgrade) {
+        return slot;
+    }
+    let slot = Arc::new(tokio::sync::Mutex::new(()));
+    slots.insert(key, Arc::downgrade(&slot));
+    slot
 }
 
 impl fmt::Debug for LoweredStage {
@@ -267,16 +383,31 @@ impl QueryStageExecutor for LoweredStage {
         task_id: usize,
         context: Arc<TaskContext>,
     ) -> DfResult<Vec<ShuffleWritePartition>> {
+        let _running = self.slot.lock().await;
         inject::before_task().await?;
         self.inner.execute_query_stage(task_id, context).await
     }
 
     fn collect_plan_metrics(&self) -> Vec<MetricsSet> {
-        reshape_metrics(
+        let mut metrics = reshape_metrics(
             &self.planned,
             &self.lowered,
             self.inner.collect_plan_metrics(),
-        )
+        );
+        // The stage's writer counts the tasks each executor (and device)
+        // ran, so the stage's line in EXPLAIN ANALYZE says where it ran.
+        if let (Some(writer), Some(label)) = (metrics.first_mut(), TASK_LABEL.get()) {
+            let count = Count::new();
+            count.add(1);
+            writer.push(Arc::new(Metric::new(
+                MetricValue::Count {
+                    name: label.clone().into(),
+                    count,
+                },
+                None,
+            )));
+        }
+        metrics
     }
 
     fn collect_runtime_stats_reports(&self) -> Vec<RuntimeStatsReport> {
@@ -295,7 +426,6 @@ impl QueryStageExecutor for LoweredStage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::physical_plan::metrics::{Count, Metric, MetricValue};
 
     fn set(name: &'static str, n: usize) -> MetricsSet {
         let mut s = MetricsSet::new();

@@ -174,9 +174,10 @@ pub async fn run(
         host: "127.0.0.1".into(),
         port,
     };
-    let mut grpc_ports = Vec::new();
+    // Executors pull their tasks; the port they serve is Arrow Flight's.
+    let mut flight_ports = Vec::new();
     for (i, device) in devices.iter().enumerate() {
-        let grpc_port = free_port("127.0.0.1")?;
+        let flight_port = free_port("127.0.0.1")?;
         let mut args = vec![
             "executor".to_string(),
             "--scheduler".into(),
@@ -185,8 +186,8 @@ pub async fn run(
             device.to_string(),
             "--work-dir".into(),
             path_arg(&work.join(format!("executor-{i}"))),
-            "--grpc-port".into(),
-            grpc_port.to_string(),
+            "--port".into(),
+            flight_port.to_string(),
             "--heartbeat".into(),
             options.heartbeat_secs.to_string(),
         ];
@@ -194,9 +195,9 @@ pub async fn run(
             args.extend(["--slots".into(), slots.to_string()]);
         }
         spawn(format!("executor {i} ({device})"), &args, &mut children)?;
-        grpc_ports.push(grpc_port);
+        flight_ports.push(flight_port);
     }
-    for p in grpc_ports {
+    for p in flight_ports {
         wait_for(p, &mut children, Duration::from_secs(60))?;
     }
     ready(&url, &devices);

@@ -33,7 +33,10 @@ use kiln_kernels::DeviceRequest;
 
 use crate::error::{KilnError, Result};
 
-/// How tasks reach executors: executors poll the scheduler for work.
+/// How tasks reach executors: executors poll the scheduler for work. In
+/// Ballista 55.0.0 push scheduling can leave a job waiting forever after an
+/// executor is lost (the rolled-back stages' tasks are never offered
+/// again); executors that ask for work find them.
 pub const SCHEDULING: ballista_core::config::TaskSchedulingPolicy =
     ballista_core::config::TaskSchedulingPolicy::PullStaged;
 
@@ -123,9 +126,17 @@ impl ClusterUrl {
 pub fn node_config(device: DeviceRequest) -> SessionConfig {
     kiln_planner::with_kiln_options(SessionConfig::new_with_ballista(), device)
         .set_bool(WORK_STEALING, false)
+        .set_bool(ADAPTIVE_PLANNER, false)
         .with_ballista_logical_extension_codec(Arc::new(codec::KilnLogicalCodec::default()))
         .with_ballista_physical_extension_codec(Arc::new(codec::KilnPhysicalCodec::default()))
 }
+
+/// Ballista's adaptive planner, off on Kiln clusters: in Ballista 55.0.0 it
+/// cannot recover from a lost executor (the rerun stage's outputs are not
+/// found, "Can't find active stage to update stage outputs", and the job
+/// hangs), which the static planner does. `SET
+/// ballista.planner.adaptive.enabled = true` turns it back on for a session.
+pub const ADAPTIVE_PLANNER: &str = "ballista.planner.adaptive.enabled";
 
 /// The option that lets file scans rebalance files between partitions.
 pub const WORK_STEALING: &str = "datafusion.execution.enable_file_stream_work_stealing";

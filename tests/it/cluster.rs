@@ -58,10 +58,12 @@ impl Cluster {
         wait_for_port(port, &mut scheduler, "the scheduler");
         let mut executors = Vec::new();
         for (i, device) in devices.iter().enumerate() {
-            let grpc = free_port();
+            // Executors pull tasks: the Flight port (shuffle reads) is the
+            // one they serve.
+            let flight = free_port();
             let mut cmd = kiln();
             cmd.args(["--device", device, "executor", "--scheduler", &url])
-                .args(["--bind-host", "127.0.0.1", "--grpc-port", &grpc.to_string()])
+                .args(["--bind-host", "127.0.0.1", "--port", &flight.to_string()])
                 .args(["--slots", "2", "--heartbeat", "1", "--exit-with-parent"])
                 .arg("--work-dir")
                 .arg(work.path().join(format!("executor-{i}")))
@@ -71,10 +73,10 @@ impl Cluster {
                 cmd.env(k, v);
             }
             let mut child = cmd.spawn().expect("spawn executor");
-            wait_for_port(grpc, &mut child, "an executor");
+            wait_for_port(flight, &mut child, "an executor");
             executors.push(child);
         }
-        // Registration follows the gRPC server's start; give it a moment.
+        // Registration comes with the first poll for work; give it a moment.
         std::thread::sleep(Duration::from_millis(500));
         Cluster {
             url,
@@ -203,7 +205,8 @@ fn tpch_queries_give_the_same_results_on_a_cluster() {
 }
 
 /// A small corpus of 8-dimensional vectors in quarter steps (exact dot
-/// products, so ties are real ties), 3 files of 300 rows; 12 queries.
+/// products, so ties are real ties), 3 files of 300 rows, the third a copy
+/// of the first; 12 queries.
 fn vectors(dir: &Path) {
     let mut state = 11u64;
     let mut next = || {
@@ -353,48 +356,58 @@ fn an_embedding_job_gives_the_same_values_on_a_cluster() {
     assert!(worst.parse::<f64>().unwrap() < 1e-5, "{line}");
 }
 
+/// Waits for `child` at most `limit`; kills it and fails the test past that.
+fn wait_with_limit(mut child: Child, limit: Duration) -> std::process::Output {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the query did not finish within {}s", limit.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
 #[test]
-fn a_query_survives_an_executor_killed_mid_query() {
-    // Tasks wait 300 ms each, so the query is surely running when one
-    // executor dies; the scheduler gives up on it after 4 s of silence.
-    let mut cluster = Cluster::start(&["cpu", "cpu"], &[("KILN_INJECT_TASK_DELAY_MS", "300")]);
+fn queries_survive_an_executor_killed_mid_query() {
+    // Tasks wait 700 ms each, so a query is surely running when one
+    // executor dies; the scheduler gives up on it after 4 s of silence and
+    // runs its work (and the shuffle output it held) on the other.
     let dir = tempdir();
-    let script = dir.path().join("q.sql");
-    let i = 3;
-    std::fs::write(
-        &script,
-        format!("{CLUSTER_SETTINGS}{}{}", tpch_ddl(), tpch_query(i)),
-    )
-    .unwrap();
-    let local = dir.path().join("local.sql");
-    std::fs::write(
-        &local,
-        format!("{LOCAL_SETTINGS}{}{}", tpch_ddl(), tpch_query(i)),
-    )
-    .unwrap();
-    let want = sql_csv(&local, None);
-    assert_eq!(want.code, 0, "{}", want.stderr);
-    let child = kiln()
-        .args(["--cluster", &cluster.url, "sql", "--format", "csv", "-f"])
-        .arg(&script)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+    for (i, kill_after_ms) in [(3, 1500), (3, 2600), (9, 2000)] {
+        let mut cluster = Cluster::start(&["cpu", "cpu"], &[("KILN_INJECT_TASK_DELAY_MS", "700")]);
+        let script = dir.path().join(format!("q{i}.sql"));
+        std::fs::write(
+            &script,
+            format!("{LOCAL_SETTINGS}{}{}", tpch_ddl(), tpch_query(i)),
+        )
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    cluster.kill_executor(1);
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the query failed after the kill: {stderr}"
-    );
-    let got = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        same_rows(&want.stdout, &got),
-        "local:\n{}\ncluster:\n{got}",
-        want.stdout
-    );
+        let want = sql_csv(&script, None);
+        assert_eq!(want.code, 0, "{}", want.stderr);
+        let mut child = kiln()
+            .args(["--cluster", &cluster.url, "sql", "--format", "csv", "-f"])
+            .arg(&script)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(kill_after_ms));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "q{i} finished before the executor was killed; the test proves nothing"
+        );
+        cluster.kill_executor(1);
+        let out = wait_with_limit(child, Duration::from_secs(120));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "q{i} failed after the kill: {stderr}");
+        let got = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            same_rows(&want.stdout, &got),
+            "q{i} after a kill at {kill_after_ms} ms:\nlocal:\n{}\ncluster:\n{got}",
+            want.stdout
+        );
+    }
 }
 
 #[test]
@@ -476,6 +489,17 @@ fn a_gpu_executor_and_a_cpu_executor_run_a_lowered_query() {
     let r = sql_csv(&analyze, Some(&cluster.url));
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("device_batches="), "{}", r.stdout);
+    // Each stage says which executors, on which devices, ran its tasks.
+    assert!(
+        r.stdout.contains("tasks_on_wgpu:0_at_127.0.0.1:"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("tasks_on_cpu:0_at_127.0.0.1:"),
+        "{}",
+        r.stdout
+    );
 }
 
 #[test]
@@ -501,4 +525,93 @@ fn an_executor_refuses_a_device_it_cannot_open() {
         "127.0.0.1:1",
     ]));
     assert_one_line_error(&r, &["cuda"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rust_session_api_runs_on_a_cluster() {
+    let cluster = shared();
+    let dir = tempdir();
+    let people = dir.path().join("people.parquet");
+    write_people(&people);
+    let session = kiln::Session::builder()
+        .cluster(&cluster.url)
+        .build()
+        .unwrap();
+    assert_eq!(
+        session.cluster().map(|u| u.to_string()).as_deref(),
+        Some(cluster.url.as_str())
+    );
+    session
+        .register_parquet("people", &s(&people))
+        .await
+        .unwrap();
+    // A kiln.* option set on the client reaches the executors.
+    session
+        .sql("SET kiln.gpu_transforms = false")
+        .await
+        .unwrap();
+    let batches = session
+        .sql("SELECT count(*) AS n, sum(id) AS s FROM people WHERE score IS NOT NULL")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    assert!(text.contains("| 3 | 8 |"), "{text}");
+}
+
+#[test]
+fn cluster_local_starts_a_working_cluster_and_stops_with_its_children() {
+    let mut child = kiln()
+        .args([
+            "cluster",
+            "local",
+            "--port",
+            "0",
+            "--executors",
+            "2",
+            "--heartbeat",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut url = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut url).unwrap();
+    let url = url.trim().to_string();
+    assert!(url.starts_with("df://127.0.0.1:"), "{url}");
+    let out = ok(&[
+        "--cluster",
+        &url,
+        "sql",
+        "--format",
+        "csv",
+        "-c",
+        "SELECT 40 + 2 AS x",
+    ]);
+    assert_eq!(out, "x\n42\n");
+    // SIGTERM ends it, and its scheduler with it.
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let status = std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "kiln cluster local did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the scheduler outlived kiln cluster local"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -234,12 +234,22 @@ pub fn unmerged(plan: &Arc<dyn ExecutionPlan>) -> &Arc<dyn ExecutionPlan> {
     }
 }
 
+/// Which partition of a corpus one search reads.
+#[derive(Debug, Clone, Copy)]
+pub struct OnePartition {
+    /// The partition of the corpus plan to execute.
+    pub partition: usize,
+    /// Its number in the whole input, for row ids: on a cluster a task runs
+    /// a plan cut down to its own partitions, numbered from 0 there.
+    pub global: usize,
+}
+
 /// Searches every partition of `corpus` (or only partition `only`) for `queries` (row-major, `dim`
 /// wide) on `device`.
 #[allow(clippy::too_many_arguments)]
 pub async fn search_corpus(
     corpus: &Arc<dyn ExecutionPlan>,
-    only: Option<usize>,
+    only: Option<OnePartition>,
     context: &Arc<TaskContext>,
     spec: &SearchSpec,
     device: &Device,
@@ -253,19 +263,21 @@ pub async fn search_corpus(
     let corpus = reset_plan_states(Arc::clone(unmerged(corpus)))?;
     let context = &in_plan_order(context);
     let partitions = corpus.output_partitioning().partition_count();
-    let chosen: Vec<usize> = match only {
-        Some(p) => vec![p],
-        None => (0..partitions).collect(),
+    // (partition executed, its number for row ids)
+    let chosen: Vec<(usize, usize)> = match only {
+        Some(one) => vec![(one.partition, one.global)],
+        None => (0..partitions).map(|p| (p, p)).collect(),
     };
+    let numbers = chosen.iter().map(|(_, g)| *g + 1).max().unwrap_or(0);
     let streams = chosen
         .into_iter()
-        .map(|p| {
+        .map(|(p, global)| {
             let stream = corpus.execute(p, Arc::clone(context))?;
-            Ok(stream.map(move |batch| batch.map(|b| (p, b))).boxed())
+            Ok(stream.map(move |batch| batch.map(|b| (global, b))).boxed())
         })
         .collect::<Result<Vec<_>>>()?;
     let mut merged = futures::stream::select_all(streams);
-    let mut offsets = vec![0u64; partitions];
+    let mut offsets = vec![0u64; numbers];
     let mut rows = RetainedRows::new(corpus.schema());
     let mut unscored: BTreeSet<u64> = BTreeSet::new();
     let mut tile = Tile::default();

@@ -37,7 +37,7 @@ use datafusion::physical_plan::{
 use futures::StreamExt;
 use kiln_kernels::DeviceInfo;
 
-use super::corpus::{SearchMetrics, SearchSpec, search_corpus, unmerged};
+use super::corpus::{OnePartition, SearchMetrics, SearchSpec, search_corpus, unmerged};
 use crate::device::open_shared;
 
 /// Where rows without a score (NULL vectors, zero vectors under cosine) go.
@@ -79,6 +79,9 @@ pub struct VectorTopKExec {
     unscored: Unscored,
     /// Name of an appended score column, if any.
     score: Option<String>,
+    /// A partial step's partitions' numbers in the whole input (row ids
+    /// count from them); `None`: their own indices.
+    global_partitions: Option<Vec<usize>>,
     device: DeviceInfo,
     schema: SchemaRef,
     cache: Arc<PlanProperties>,
@@ -209,11 +212,36 @@ impl VectorTopKExec {
             query,
             unscored,
             score,
+            global_partitions: None,
             device,
             schema,
             cache,
             metrics: ExecutionPlanMetricsSet::new(),
         })
+    }
+
+    /// This partial step running as partitions `global` of the whole input
+    /// (a cluster task runs a plan cut down to its own partitions, numbered
+    /// from 0 there); row ids, and so the order of ties, count from them.
+    pub fn with_global_partitions(&self, global: Vec<usize>) -> Result<Self> {
+        let partitions = self.cache.output_partitioning().partition_count();
+        if self.mode != TopKMode::Partial || global.len() != partitions {
+            return internal_err!(
+                "global partition numbers ({}) are for a partial vector top-k of as many partitions ({partitions})",
+                global.len()
+            );
+        }
+        let mut exec = Self::with_mode(
+            Arc::clone(&self.input),
+            self.mode,
+            self.spec.clone(),
+            self.query.clone(),
+            self.unscored,
+            self.score.clone(),
+            self.device.clone(),
+        )?;
+        exec.global_partitions = Some(global);
+        Ok(exec)
     }
 
     pub fn spec(&self) -> &SearchSpec {
@@ -313,7 +341,7 @@ impl ExecutionPlan for VectorTopKExec {
         let (Some(input), true) = (children.pop(), children.is_empty()) else {
             return internal_err!("VectorTopKExec takes exactly one child");
         };
-        Ok(Arc::new(VectorTopKExec::with_mode(
+        let mut exec = VectorTopKExec::with_mode(
             input,
             self.mode,
             self.spec.clone(),
@@ -321,7 +349,9 @@ impl ExecutionPlan for VectorTopKExec {
             self.unscored,
             self.score.clone(),
             self.device.clone(),
-        )?))
+        )?;
+        exec.global_partitions = self.global_partitions.clone();
+        Ok(Arc::new(exec))
     }
 
     fn with_new_children(
@@ -356,6 +386,7 @@ impl ExecutionPlan for VectorTopKExec {
         let search_metrics = SearchMetrics::new(&self.metrics, partition);
         let baseline = BaselineMetrics::new(&self.metrics, partition);
         let out_schema = Arc::clone(&schema);
+        let global = self.global_partitions.clone();
         let once = futures::stream::once(async move {
             if mode == TopKMode::Final {
                 let batch =
@@ -366,7 +397,10 @@ impl ExecutionPlan for VectorTopKExec {
             }
             let device =
                 open_shared(&device).map_err(|e| DataFusionError::External(Box::new(e)))?;
-            let only = (mode == TopKMode::Partial).then_some(partition);
+            let only = (mode == TopKMode::Partial).then(|| OnePartition {
+                partition,
+                global: global.map_or(partition, |g| g[partition]),
+            });
             let outcome = search_corpus(
                 &input,
                 only,
