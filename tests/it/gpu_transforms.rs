@@ -1067,3 +1067,41 @@ async fn order_by_limit_matches_the_cpu() {
         "{plan}"
     );
 }
+
+/// round, floor and ceil of doubles far past 2^31 (and halves) match the CPU
+/// on wgpu: lavapipe's own f64 trunc returns such values unchanged, so the
+/// shaders clear the fraction's bits themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_doubles_round_floor_and_ceil_as_on_the_cpu() {
+    if !has_wgpu() {
+        return;
+    }
+    let table = random_table(3000, 42);
+    let cpu = table_session(&table, 1, &["SET kiln.device = 'cpu'"]).await;
+    let gpu = table_session(&table, 1, GPU).await;
+    let sql = "SELECT b, round(CAST(b AS DOUBLE) + 0.5) AS r1, round(-0.5 - CAST(b AS DOUBLE)) AS r2, \
+               round(CAST(b AS DOUBLE) * 1.25) AS r3, floor(CAST(b AS DOUBLE) - 0.25) AS f, \
+               ceil(CAST(b AS DOUBLE) / 3.0) AS c, round(CAST(b AS DOUBLE) / 1e6) AS r4 \
+               FROM t WHERE b IS NOT NULL AND f < DATE '2000-01-01'";
+    let text = |batches: &[RecordBatch]| {
+        datafusion::arrow::util::pretty::pretty_format_batches(batches)
+            .unwrap()
+            .to_string()
+    };
+    let want = cpu.sql(sql).await.unwrap().collect().await.unwrap();
+    let got = gpu.sql(sql).await.unwrap().collect().await.unwrap();
+    assert!(want.iter().map(|b| b.num_rows()).sum::<usize>() > 100);
+    assert_eq!(text(&want), text(&got));
+    let plan = gpu
+        .sql(&format!("EXPLAIN {sql}"))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert!(
+        text(&plan).contains("GpuStageExec: device=wgpu"),
+        "{}",
+        text(&plan)
+    );
+}

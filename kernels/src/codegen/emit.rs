@@ -227,6 +227,8 @@ impl Dialect {
             (Dialect::Cuda, Ty::F32, "abs") => "fabsf".to_string(),
             (Dialect::Cuda, Ty::F64, "abs") => "fabs".to_string(),
             (Dialect::Cuda, Ty::F32, n) => format!("{n}f"),
+            // The WGSL prelude's own, in f64 (see `trunc64` there).
+            (Dialect::Wgsl, Ty::F64, n @ ("trunc" | "floor" | "ceil")) => format!("{n}64"),
             (_, _, n) => n.to_string(),
         };
         format!("{name}({})", args.join(", "))

@@ -269,6 +269,28 @@ fn key64(x: f64) -> i64 {
     let b = bitcast<i64>(x);
     return b ^ ((b >> 63u) & bitcast<i64>((u64(0x7fffffffu) << 32u) | u64(0xffffffffu)));
 }
+
+// f64 trunc, floor and ceil on the bits: Mesa's lavapipe (22.3, Debian 12)
+// returns an f64 of magnitude past 2^31 unchanged from the built-in trunc
+// (so round(-134903388952.5) came back as itself), and folds a conversion
+// to i64 and back into that same trunc. Clearing the fraction's bits is
+// exact; from 2^52 on every f64 is an integer (NaN and infinities too).
+fn trunc64(x: f64) -> f64 {
+    let b = bitcast<u64>(x);
+    let e = i32((b >> 52u) & u64(0x7ffu)) - 1023;
+    if (e >= 52) { return x; }
+    if (e < 0) { return bitcast<f64>(b & (u64(0x80000000u) << 32u)); }
+    let fraction = (u64(1u) << u32(52 - e)) - u64(1u);
+    return bitcast<f64>(b & ~fraction);
+}
+fn floor64(x: f64) -> f64 {
+    let t = trunc64(x);
+    return select(t, t - bitcast<f64>(u64(0x3ff00000u) << 32u), x < t);
+}
+fn ceil64(x: f64) -> f64 {
+    let t = trunc64(x);
+    return select(t, t + bitcast<f64>(u64(0x3ff00000u) << 32u), x > t);
+}
 ";
 
 /// `outw` of the modules that store rows or per-workgroup partials.
