@@ -61,12 +61,13 @@ pub fn executor_devices(
         .collect()
 }
 
-/// The children; killed when dropped.
+/// The children; killed when dropped, the executors before the scheduler
+/// (an executor that outlives its scheduler logs its failed polls).
 struct Children(Vec<(String, Child)>);
 
 impl Drop for Children {
     fn drop(&mut self) {
-        for (_, child) in &mut self.0 {
+        for (_, child) in self.0.iter_mut().rev() {
             let _ = child.kill();
             let _ = child.wait();
         }
