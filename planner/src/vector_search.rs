@@ -26,7 +26,7 @@ use datafusion::datasource::provider_as_source;
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::Expr;
 use datafusion::logical_expr::{
-    Extension, LogicalPlan, LogicalPlanBuilder, UserDefinedLogicalNodeCore,
+    Extension, LogicalPlan, LogicalPlanBuilder, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
 };
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Column as ColumnExpr;
@@ -210,11 +210,7 @@ impl TableFunctionImpl for VectorSearchFunction {
             Unscored::Skip,
             Some(score),
         )?;
-        Ok(Arc::new(PlannedTable::new(LogicalPlan::Extension(
-            Extension {
-                node: Arc::new(node),
-            },
-        ))))
+        Ok(PlannedTable::of(node))
     }
 }
 
@@ -264,11 +260,7 @@ impl TableFunctionImpl for KnnJoinFunction {
             metric,
             k,
         )?;
-        Ok(Arc::new(PlannedTable::new(LogicalPlan::Extension(
-            Extension {
-                node: Arc::new(node),
-            },
-        ))))
+        Ok(PlannedTable::of(node))
     }
 }
 
@@ -448,9 +440,13 @@ struct PlannedTable {
 }
 
 impl PlannedTable {
-    fn new(plan: LogicalPlan) -> Self {
+    /// The table of one of Kiln's logical nodes.
+    fn of(node: impl UserDefinedLogicalNode + 'static) -> Arc<dyn TableProvider> {
+        let plan = LogicalPlan::Extension(Extension {
+            node: Arc::new(node),
+        });
         let schema = Arc::new(plan.schema().as_arrow().clone());
-        PlannedTable { plan, schema }
+        Arc::new(PlannedTable { plan, schema })
     }
 }
 

@@ -317,6 +317,15 @@ fn session(device: DeviceRequest, cluster: Option<&str>) -> crate::session::Sess
     }
 }
 
+/// What a cluster role does first: logs to stderr, and ends with the
+/// command that started it when asked (`--exit-with-parent`).
+fn start_role(exit_with_parent: bool) {
+    if exit_with_parent {
+        crate::cluster::local::exit_with_parent();
+    }
+    crate::cluster::init_logging();
+}
+
 /// Prints one line on stdout at once (a role's readiness, for scripts).
 fn announce(line: &str) {
     let mut out = std::io::stdout().lock();
@@ -334,10 +343,7 @@ async fn run(cli: Cli) -> Result<()> {
             executor_timeout,
             exit_with_parent,
         } => {
-            if exit_with_parent {
-                crate::cluster::local::exit_with_parent();
-            }
-            crate::cluster::init_logging();
+            start_role(exit_with_parent);
             let options = crate::cluster::scheduler::SchedulerOptions {
                 bind,
                 external_host,
@@ -359,10 +365,7 @@ async fn run(cli: Cli) -> Result<()> {
             heartbeat,
             exit_with_parent,
         } => {
-            if exit_with_parent {
-                crate::cluster::local::exit_with_parent();
-            }
-            crate::cluster::init_logging();
+            start_role(exit_with_parent);
             let url = if scheduler.starts_with("df://") {
                 scheduler
             } else {

@@ -165,20 +165,23 @@ const LOCAL_SETTINGS: &str = "SET datafusion.execution.target_partitions = 3;\n"
 const CLUSTER_SETTINGS: &str = "SET datafusion.execution.target_partitions = 3;\n\
      SET ballista.shuffle.force_remote_read = true;\n";
 
+/// Writes `body` as a script for a local run and one for a cluster run,
+/// each after its settings.
+fn scripts(dir: &Path, name: &str, body: &str) -> (PathBuf, PathBuf) {
+    let local = dir.join(format!("{name}-local.sql"));
+    let remote = dir.join(format!("{name}-cluster.sql"));
+    std::fs::write(&local, format!("{LOCAL_SETTINGS}{body}")).unwrap();
+    std::fs::write(&remote, format!("{CLUSTER_SETTINGS}{body}")).unwrap();
+    (local, remote)
+}
+
 /// Runs TPC-H query `i` locally and on `url`; fails the test on a difference.
 fn compare_tpch(i: usize, url: &str, dir: &Path) {
-    let local = dir.join(format!("q{i}-local.sql"));
-    let remote = dir.join(format!("q{i}-cluster.sql"));
-    std::fs::write(
-        &local,
-        format!("{LOCAL_SETTINGS}{}{}", tpch_ddl(), tpch_query(i)),
-    )
-    .unwrap();
-    std::fs::write(
-        &remote,
-        format!("{CLUSTER_SETTINGS}{}{}", tpch_ddl(), tpch_query(i)),
-    )
-    .unwrap();
+    let (local, remote) = scripts(
+        dir,
+        &format!("q{i}"),
+        &format!("{}{}", tpch_ddl(), tpch_query(i)),
+    );
     let want = sql_csv(&local, None);
     assert_eq!(want.code, 0, "q{i} locally: {}", want.stderr);
     let got = sql_csv(&remote, Some(url));
@@ -265,10 +268,7 @@ fn vector_search_and_knn_join_give_the_same_results_on_a_cluster() {
         "SELECT id FROM corpus ORDER BY cosine_similarity(v, [1.0, 0.5, 0, 0, -1, 0, 0.25, 2]) DESC LIMIT 9",
     ];
     for (n, statement) in statements.iter().enumerate() {
-        let local = dir.path().join(format!("s{n}-local.sql"));
-        let remote = dir.path().join(format!("s{n}-cluster.sql"));
-        std::fs::write(&local, format!("{LOCAL_SETTINGS}{ddl}{statement};")).unwrap();
-        std::fs::write(&remote, format!("{CLUSTER_SETTINGS}{ddl}{statement};")).unwrap();
+        let (local, remote) = scripts(dir.path(), &format!("s{n}"), &format!("{ddl}{statement};"));
         let want = sql_csv(&local, None);
         assert_eq!(want.code, 0, "{statement} locally: {}", want.stderr);
         let got = sql_csv(&remote, Some(&cluster.url));
@@ -414,19 +414,11 @@ fn queries_survive_an_executor_killed_mid_query() {
 fn injected_device_errors_are_retried_with_the_same_result() {
     let cluster = Cluster::start(&["cpu"], &[("KILN_INJECT_DEVICE_ERRORS", "2")]);
     let dir = tempdir();
-    let i = 1;
-    let local = dir.path().join("local.sql");
-    let remote = dir.path().join("remote.sql");
-    std::fs::write(
-        &local,
-        format!("{LOCAL_SETTINGS}{}{}", tpch_ddl(), tpch_query(i)),
-    )
-    .unwrap();
-    std::fs::write(
-        &remote,
-        format!("{CLUSTER_SETTINGS}{}{}", tpch_ddl(), tpch_query(i)),
-    )
-    .unwrap();
+    let (local, remote) = scripts(
+        dir.path(),
+        "q1",
+        &format!("{}{}", tpch_ddl(), tpch_query(1)),
+    );
     let want = sql_csv(&local, None);
     let got = sql_csv(&remote, Some(&cluster.url));
     assert_eq!(got.code, 0, "{}", got.stderr);
@@ -448,22 +440,8 @@ fn a_gpu_executor_and_a_cpu_executor_run_a_lowered_query() {
     // Small thresholds so the GPU executor lowers the scan's stage.
     let settings = "SET kiln.gpu_min_rows = 0;\n";
     for i in [1, 6] {
-        let local = dir.path().join(format!("q{i}-local.sql"));
-        let remote = dir.path().join(format!("q{i}-cluster.sql"));
-        std::fs::write(
-            &local,
-            format!("{LOCAL_SETTINGS}{}{}", tpch_ddl(), tpch_query(i)),
-        )
-        .unwrap();
-        std::fs::write(
-            &remote,
-            format!(
-                "{CLUSTER_SETTINGS}{settings}{}{}",
-                tpch_ddl(),
-                tpch_query(i)
-            ),
-        )
-        .unwrap();
+        let body = format!("{settings}{}{}", tpch_ddl(), tpch_query(i));
+        let (local, remote) = scripts(dir.path(), &format!("q{i}"), &body);
         let want = sql_csv(&local, None);
         let got = sql_csv(&remote, Some(&cluster.url));
         assert_eq!(got.code, 0, "q{i}: {}", got.stderr);

@@ -231,8 +231,15 @@ impl VectorTopKExec {
                 global.len()
             );
         }
+        let mut exec = self.over(Arc::clone(&self.input))?;
+        exec.global_partitions = Some(global);
+        Ok(exec)
+    }
+
+    /// This operator, as it is, over another input.
+    fn over(&self, input: Arc<dyn ExecutionPlan>) -> Result<Self> {
         let mut exec = Self::with_mode(
-            Arc::clone(&self.input),
+            input,
             self.mode,
             self.spec.clone(),
             self.query.clone(),
@@ -240,7 +247,7 @@ impl VectorTopKExec {
             self.score.clone(),
             self.device.clone(),
         )?;
-        exec.global_partitions = Some(global);
+        exec.global_partitions = self.global_partitions.clone();
         Ok(exec)
     }
 
@@ -341,17 +348,7 @@ impl ExecutionPlan for VectorTopKExec {
         let (Some(input), true) = (children.pop(), children.is_empty()) else {
             return internal_err!("VectorTopKExec takes exactly one child");
         };
-        let mut exec = VectorTopKExec::with_mode(
-            input,
-            self.mode,
-            self.spec.clone(),
-            self.query.clone(),
-            self.unscored,
-            self.score.clone(),
-            self.device.clone(),
-        )?;
-        exec.global_partitions = self.global_partitions.clone();
-        Ok(Arc::new(exec))
+        Ok(Arc::new(self.over(input)?))
     }
 
     fn with_new_children(
