@@ -117,10 +117,12 @@ pub async fn run(options: ExecutorOptions, ready: impl FnOnce(&str)) -> Result<(
         config.vcores = slots.max(1);
     }
     let device_id = kiln_engine::device::kernel_device(info).id();
-    let host = options
-        .external_host
-        .clone()
-        .unwrap_or_else(|| options.bind_host.clone());
+    let host = options.external_host.clone().unwrap_or_else(|| {
+        match options.bind_host.parse::<std::net::IpAddr>() {
+            Ok(ip) if ip.is_unspecified() => super::scheduler::host_name(),
+            _ => options.bind_host.clone(),
+        }
+    });
     let _ = TASK_LABEL.set(format!("tasks_on_{device_id}_at_{host}:{port}"));
     ready(&format!(
         "kiln executor {} on {device_id}: flight port {port}, grpc port {grpc_port}, scheduler {}",
