@@ -16,6 +16,13 @@ pub enum KilnError {
     #[error("{0}")]
     Usage(String),
 
+    /// A statement nested beyond `kiln.max_expression_depth`.
+    #[error(
+        "the statement nests expressions or set operations more than {limit} deep (reached {depth}); \
+         write long chains as IN (...) lists or tables, or raise SET kiln.max_expression_depth"
+    )]
+    TooDeep { depth: usize, limit: usize },
+
     /// A SQL script with no statement in it.
     #[error("no SQL statement given")]
     EmptySql,
@@ -70,6 +77,14 @@ pub enum KilnError {
     #[error("cluster: {0}")]
     Cluster(#[from] ballista_core::error::BallistaError),
 
+    /// A `--table NAME=LOCATION` could not be registered.
+    #[error("--table {name}: {source}")]
+    Table {
+        name: String,
+        #[source]
+        source: Box<KilnError>,
+    },
+
     /// A statement of a multi-statement script failed.
     #[error("statement {index} of {total}: {source}")]
     Statement {
@@ -79,7 +94,19 @@ pub enum KilnError {
         source: Box<KilnError>,
     },
 
+    /// The statement ran past `kiln.statement_timeout` and was cancelled.
+    #[error("cancelled after {}: the statement ran past kiln.statement_timeout", humantime(*.0))]
+    Timeout(std::time::Duration),
+
+    /// Ctrl-C cancelled the statement.
+    #[error("cancelled (Ctrl-C)")]
+    Cancelled,
+
     // --- Kiln itself ---
+    /// A panic in Kiln or a library it uses, caught at the statement.
+    #[error("internal error: {0} (a bug in Kiln or a library it uses; please report it)")]
+    Panic(String),
+
     /// A broken invariant or a crashed worker task.
     #[error("internal error: {0}")]
     Internal(String),
@@ -99,6 +126,7 @@ impl KilnError {
                 total,
                 source,
             } => format!("statement {index} of {total}: {}", source.one_line()),
+            KilnError::Table { name, source } => format!("--table {name}: {}", source.one_line()),
             other => other.to_string(),
         };
         let flat = text
@@ -110,6 +138,34 @@ impl KilnError {
         kiln_engine::io::redact(&flat)
     }
 
+    /// The process's exit code for this error: 2 for a bad command line,
+    /// 130 for Ctrl-C (as a shell reports an interrupted command), 1 for
+    /// everything that went wrong while running.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            e if e.is_usage() => 2,
+            KilnError::Cancelled => 130,
+            KilnError::Statement { source, .. } if matches!(**source, KilnError::Cancelled) => 130,
+            _ => 1,
+        }
+    }
+
+    /// Whether the error is a closed standard output (the reader, such as
+    /// `head`, has what it wanted): a normal end, not a failure.
+    pub fn is_broken_pipe(&self) -> bool {
+        let io_kind = |e: &std::io::Error| e.kind() == std::io::ErrorKind::BrokenPipe;
+        match self {
+            KilnError::File { source, .. } => io_kind(source),
+            KilnError::Arrow(datafusion::arrow::error::ArrowError::IoError(_, e)) => io_kind(e),
+            KilnError::DataFusion(DataFusionError::ArrowError(e, _)) => {
+                matches!(&**e, datafusion::arrow::error::ArrowError::IoError(_, e) if io_kind(e))
+            }
+            KilnError::DataFusion(DataFusionError::IoError(e)) => io_kind(e),
+            KilnError::Statement { source, .. } => source.is_broken_pipe(),
+            _ => false,
+        }
+    }
+
     /// Whether the user's input (rather than the environment) is at fault.
     pub fn is_usage(&self) -> bool {
         match self {
@@ -118,6 +174,15 @@ impl KilnError {
             _ => false,
         }
     }
+}
+
+/// A duration as a person writes it: 250ms, 2s, 1.5s.
+fn humantime(d: std::time::Duration) -> String {
+    if d < std::time::Duration::from_secs(1) {
+        return format!("{}ms", d.as_millis());
+    }
+    let secs = format!("{:.3}", d.as_secs_f64());
+    format!("{}s", secs.trim_end_matches('0').trim_end_matches('.'))
 }
 
 /// DataFusion's message, with its wrapper prefixes ("External error: ",

@@ -20,6 +20,7 @@ pub mod dataframe;
 pub mod datagen;
 pub mod error;
 pub mod session;
+mod statement_depth;
 
 pub use dataframe::KilnDataFrameExt;
 pub use datafusion::dataframe::{DataFrame, DataFrameWriteOptions};

@@ -180,6 +180,21 @@ impl Session {
             .unwrap_or_default()
     }
 
+    /// Sets one session option, as `SET key = 'value'` does; the value is
+    /// checked now.
+    pub fn set_option(&self, key: &str, value: &str) -> Result<()> {
+        let state = self.ctx.state_ref();
+        let mut state = state.write();
+        state.config_mut().options_mut().set(key, value)?;
+        Ok(())
+    }
+
+    /// `kiln.statement_timeout`: how long a statement may run (`None`: no
+    /// limit). The CLI and [`Session::run_script`] cancel statements past it.
+    pub fn statement_timeout(&self) -> Result<Option<std::time::Duration>> {
+        Ok(self.kiln_options().statement_timeout()?)
+    }
+
     /// The device a named request resolved to (`None` for auto).
     pub fn device_info(&self) -> Option<&DeviceInfo> {
         self.device_info.as_ref()
@@ -213,7 +228,8 @@ impl Session {
         }
     }
 
-    /// Runs every statement of a script in order, each one to completion
+    /// Runs every statement of a script in order (each under
+    /// `kiln.statement_timeout`, if set), each one to completion
     /// before the next starts (so a query sees the tables as the script left
     /// them at that point); statements after a failing one do not run.
     /// To stream a large result instead, use [`Session::parse`] and
@@ -226,9 +242,18 @@ impl Session {
         let mut out = Vec::with_capacity(statements.len());
         for statement in statements {
             let sql = statement.to_string();
-            let frame = self.execute_statement(statement).await?;
-            let schema = Arc::new(frame.schema().as_arrow().clone());
-            let batches = frame.collect().await?;
+            let run = async {
+                let frame = self.execute_statement(statement).await?;
+                let schema = Arc::new(frame.schema().as_arrow().clone());
+                let batches = frame.collect().await?;
+                Ok::<_, KilnError>((schema, batches))
+            };
+            let (schema, batches) = match self.statement_timeout()? {
+                Some(limit) => tokio::time::timeout(limit, run)
+                    .await
+                    .map_err(|_| KilnError::Timeout(limit))??,
+                None => run.await?,
+            };
             out.push(StatementOutput {
                 sql,
                 schema,
@@ -247,7 +272,13 @@ impl Session {
 
     /// The logical plan of one parsed statement, with the storage options of
     /// a `CREATE EXTERNAL TABLE` applied to its store and removed from it.
+    /// A statement nested deeper than `kiln.max_expression_depth` is
+    /// refused here, before DataFusion plans it.
     pub async fn plan_statement(&self, statement: Statement) -> Result<LogicalPlan> {
+        let limit = self.kiln_options().max_expression_depth;
+        if let Some(depth) = crate::statement_depth::exceeds(&statement, limit) {
+            return Err(KilnError::TooDeep { depth, limit });
+        }
         let plan = self.ctx.state().statement_to_plan(statement).await?;
         self.apply_store_options(plan)
     }

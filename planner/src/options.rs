@@ -9,6 +9,7 @@ use datafusion::common::config::{
 use datafusion::common::{Result, config_namespace, plan_datafusion_err};
 use datafusion::execution::SessionState;
 use kiln_kernels::DeviceInfo;
+use kiln_kernels::codegen::MAX_GROUPS;
 
 config_namespace! {
     /// Kiln's session options.
@@ -58,6 +59,14 @@ config_namespace! {
         /// Rows embed() in a projection gathers across input batches before
         /// the encoder runs (grouped by length into token-budget batches).
         pub embed_batch_rows: usize, default = 16_384
+        /// The deepest nesting of expressions (`1+1+...`, `a AND b AND ...`)
+        /// and set operations (`UNION ALL` chains) a statement may have;
+        /// deeper statements are refused before planning, whose time grows
+        /// with the square of the depth.
+        pub max_expression_depth: usize, default = 2_000
+        /// Cancel a statement that runs longer than this (e.g. 30s, 5min,
+        /// 1h); 0 or empty: no limit.
+        pub statement_timeout: String, default = "0".to_string()
     }
 }
 
@@ -83,8 +92,14 @@ impl ExtensionOptions for KilnOptions {
         Box::new(self.clone())
     }
 
+    /// Sets one option and checks it at once, so a bad value is refused by
+    /// the `SET` that gives it rather than by a later statement.
     fn set(&mut self, key: &str, value: &str) -> Result<()> {
-        ConfigField::set(self, key, value)
+        let mut next = self.clone();
+        ConfigField::set(&mut next, key, value)?;
+        next.validate()?;
+        *self = next;
+        Ok(())
     }
 
     fn entries(&self) -> Vec<ConfigEntry> {
@@ -117,7 +132,65 @@ impl ExtensionOptions for KilnOptions {
     }
 }
 
+/// The range `kiln.gpu_batch_rows` may take: below, every device launch
+/// carries a few rows and the transfers dominate.
+pub const GPU_BATCH_ROWS: std::ops::RangeInclusive<usize> = 1024..=(1 << 30);
+
+/// The largest size `kiln.vector_memory_budget` takes (1 PiB).
+const MAX_BUDGET_BYTES: u64 = 1 << 50;
+
 impl KilnOptions {
+    /// Checks every option's value; the error names the option.
+    pub fn validate(&self) -> Result<()> {
+        kiln_engine::device::requested(&self.device)
+            .map_err(|e| plan_datafusion_err!("kiln.device: {e}"))?;
+        parse_bytes(&self.vector_memory_budget)
+            .and_then(|b| {
+                if b > MAX_BUDGET_BYTES {
+                    Err(format!(
+                        "'{}' is more than the 1PiB Kiln accepts",
+                        self.vector_memory_budget
+                    ))
+                } else {
+                    Ok(b)
+                }
+            })
+            .map_err(|e| plan_datafusion_err!("kiln.vector_memory_budget: {e}"))?;
+        parse_duration(&self.statement_timeout)
+            .map_err(|e| plan_datafusion_err!("kiln.statement_timeout: {e}"))?;
+        let at_least_one = [
+            ("kiln.knn_query_batch", self.knn_query_batch),
+            ("kiln.embed_batch_rows", self.embed_batch_rows),
+            ("kiln.max_expression_depth", self.max_expression_depth),
+        ];
+        for (name, value) in at_least_one {
+            if value == 0 {
+                return Err(plan_datafusion_err!("{name} must be at least 1, not 0"));
+            }
+        }
+        if !GPU_BATCH_ROWS.contains(&self.gpu_batch_rows) {
+            return Err(plan_datafusion_err!(
+                "kiln.gpu_batch_rows must be between {} and {}, not {}",
+                GPU_BATCH_ROWS.start(),
+                GPU_BATCH_ROWS.end(),
+                self.gpu_batch_rows
+            ));
+        }
+        if self.gpu_max_groups == 0 || self.gpu_max_groups > MAX_GROUPS {
+            return Err(plan_datafusion_err!(
+                "kiln.gpu_max_groups must be between 1 and {MAX_GROUPS}, not {}",
+                self.gpu_max_groups
+            ));
+        }
+        Ok(())
+    }
+
+    /// `kiln.statement_timeout` as a duration; `None` for no limit.
+    pub fn statement_timeout(&self) -> Result<Option<std::time::Duration>> {
+        parse_duration(&self.statement_timeout)
+            .map_err(|e| plan_datafusion_err!("kiln.statement_timeout: {e}"))
+    }
+
     /// The options of a session (the defaults if it has none).
     pub fn of(state: &SessionState) -> KilnOptions {
         state
@@ -191,6 +264,42 @@ pub fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
     Ok(bytes as u64)
 }
 
+/// Parses a duration: a number with a unit (ms, s, min, h; `s` if none,
+/// as PostgreSQL's `statement_timeout` takes milliseconds only when asked);
+/// `0` or empty means none.
+pub fn parse_duration(text: &str) -> std::result::Result<Option<std::time::Duration>, String> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Ok(None);
+    }
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration such as 30s, 5min or 1h"))?;
+    let secs = match unit.trim().to_ascii_lowercase().as_str() {
+        "ms" => number / 1e3,
+        "" | "s" | "sec" | "secs" => number,
+        "m" | "min" | "mins" => number * 60.0,
+        "h" | "hour" | "hours" => number * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' in '{text}' (use ms, s, min or h)"
+            ));
+        }
+    };
+    if secs == 0.0 {
+        return Ok(None);
+    }
+    // A year is far beyond any batch statement; beyond, the value is a typo.
+    if !(secs.is_finite() && secs <= 366.0 * 86400.0) {
+        return Err(format!("'{text}' is longer than a year"));
+    }
+    Ok(Some(std::time::Duration::from_secs_f64(secs)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,5 +355,64 @@ mod tests {
         assert!(parse_bytes("lots").is_err());
         assert!(parse_bytes("3 parsecs").is_err());
         assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("1.2.3").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("0"), Ok(None));
+        assert_eq!(parse_duration(""), Ok(None));
+        assert_eq!(parse_duration("30"), Ok(Some(Duration::from_secs(30))));
+        assert_eq!(
+            parse_duration("250ms"),
+            Ok(Some(Duration::from_millis(250)))
+        );
+        assert_eq!(parse_duration("5 min"), Ok(Some(Duration::from_secs(300))));
+        assert_eq!(parse_duration("1h"), Ok(Some(Duration::from_secs(3600))));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("3 fortnights").is_err());
+        assert!(parse_duration("100000h").is_err());
+    }
+
+    /// Each bad value is refused by the SET that gives it, naming the
+    /// option, and leaves the option as it was.
+    #[tokio::test]
+    async fn bad_values_are_refused_when_set() {
+        let config = crate::session_config(kiln_kernels::DeviceRequest::Auto);
+        let ctx = SessionContext::new_with_config(config);
+        for (sql, names) in [
+            (
+                "SET kiln.vector_memory_budget = 'abc'",
+                "kiln.vector_memory_budget",
+            ),
+            (
+                "SET kiln.vector_memory_budget = '99999999999999999999TiB'",
+                "kiln.vector_memory_budget",
+            ),
+            ("SET kiln.gpu_batch_rows = 0", "kiln.gpu_batch_rows"),
+            ("SET kiln.gpu_max_groups = 1000", "kiln.gpu_max_groups"),
+            ("SET kiln.knn_query_batch = 0", "kiln.knn_query_batch"),
+            ("SET kiln.device = 'tpu'", "kiln.device"),
+            (
+                "SET kiln.statement_timeout = 'soon'",
+                "kiln.statement_timeout",
+            ),
+            (
+                "SET kiln.max_expression_depth = 0",
+                "kiln.max_expression_depth",
+            ),
+        ] {
+            let err = ctx.sql(sql).await.expect_err(sql).to_string();
+            assert!(err.contains(names), "{sql}: {err}");
+        }
+        let opts = KilnOptions::of(&ctx.state());
+        assert_eq!(opts.vector_memory_budget, "256MiB");
+        assert_eq!(opts.gpu_batch_rows, 1_048_576);
+        ctx.sql("SET kiln.statement_timeout = '2s'").await.unwrap();
+        assert_eq!(
+            KilnOptions::of(&ctx.state()).statement_timeout().unwrap(),
+            Some(std::time::Duration::from_secs(2))
+        );
     }
 }

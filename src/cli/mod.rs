@@ -5,11 +5,13 @@
 //! redacted) and a non-zero exit: 2 for a bad command line, 1 for anything
 //! that went wrong while running.
 
+mod guard;
 pub mod model;
 pub mod output;
 pub mod progress;
+mod prompt;
 
-use std::io::{BufRead, IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -42,7 +44,12 @@ pub struct Cli {
 #[derive(Debug, clap::Args)]
 struct SqlInput {
     /// SQL to run (several statements separated by ';').
-    #[arg(short = 'c', long = "command", conflicts_with = "file")]
+    #[arg(
+        short = 'c',
+        long = "command",
+        conflicts_with = "file",
+        allow_hyphen_values = true
+    )]
     command: Option<String>,
 
     /// File of SQL statements, run in order.
@@ -52,6 +59,11 @@ struct SqlInput {
     /// Register Parquet at LOCATION as table NAME before the statements run (repeatable).
     #[arg(long = "table", value_name = "NAME=LOCATION")]
     tables: Vec<String>,
+
+    /// Cancel any statement that runs longer than this (30s, 5min, 1h);
+    /// sets kiln.statement_timeout.
+    #[arg(long, value_name = "DURATION")]
+    timeout: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -73,6 +85,11 @@ enum Command {
         /// Include every intermediate plan.
         #[arg(long)]
         verbose: bool,
+
+        /// Run the statement and show what each operator did (rows, time,
+        /// device batches), as EXPLAIN ANALYZE.
+        #[arg(long)]
+        analyze: bool,
     },
     /// List the devices of this machine, and why any backend is absent.
     Devices {
@@ -218,10 +235,36 @@ enum Dataset {
     },
 }
 
+/// Stack of the thread that parses and plans statements. DataFusion plans
+/// recursively; a statement as deep as `kiln.max_expression_depth` allows
+/// (and ten times the default) needs far more than a main thread's 8 MiB.
+/// Only the pages touched are ever committed.
+const PLANNING_STACK_BYTES: usize = 1 << 30;
+
+/// Stack of the async runtime's workers, which evaluate the (as deep)
+/// physical expressions.
+const WORKER_STACK_BYTES: usize = 256 << 20;
+
 /// Parses the command line and runs it; the exit code says how it went.
 pub fn main() -> ExitCode {
-    install_panic_hook();
+    guard::install_panic_hook();
     quiet_vulkan_device_select();
+    let planner = std::thread::Builder::new()
+        .name("kiln".into())
+        .stack_size(PLANNING_STACK_BYTES)
+        .spawn(main_on_planning_stack);
+    match planner.map(std::thread::JoinHandle::join) {
+        Ok(Ok(code)) => code,
+        // The panic hook has said what happened, on one line.
+        Ok(Err(_)) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: cannot start the planning thread: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main_on_planning_stack() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -234,17 +277,13 @@ pub fn main() -> ExitCode {
                 let _ = e.print();
                 return ExitCode::from(2);
             }
-            // clap's first line says what is wrong; the usage that follows is
-            // one `--help` away.
-            let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("error: {first} (see kiln --help)");
+            eprintln!("error: {} (see kiln --help)", clap_one_line(&e));
             return ExitCode::from(2);
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(WORKER_STACK_BYTES)
         .build()
     {
         Ok(rt) => rt,
@@ -255,14 +294,32 @@ pub fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        // A reader that stopped reading (`kiln sql ... | head`) is a normal end.
+        Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", e.one_line());
-            if e.is_usage() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::FAILURE
-            }
+            ExitCode::from(e.exit_code())
         }
+    }
+}
+
+/// clap's message on one line: what is wrong, with the names of missing
+/// arguments that clap lists on the lines after it; the usage is one
+/// `--help` away.
+fn clap_one_line(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    let mut lines = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let rest: Vec<&str> = lines.filter(|l| !l.starts_with("tip:")).collect();
+    if rest.is_empty() {
+        first.to_string()
+    } else {
+        format!("{first} {}", rest.join(", "))
     }
 }
 
@@ -277,24 +334,6 @@ fn quiet_vulkan_device_select() {
         // concurrently.
         unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
     }
-}
-
-/// A panic is a bug in Kiln; still, the user gets one line, not a backtrace.
-fn install_panic_hook() {
-    std::panic::set_hook(Box::new(|info| {
-        let msg = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".to_string());
-        let at = info
-            .location()
-            .map(|l| format!(" at {}:{}", l.file(), l.line()))
-            .unwrap_or_default();
-        let line = kiln_engine::io::redact(&msg.replace('\n', " "));
-        eprintln!("error: internal error: {line}{at} (a bug in Kiln; please report it)");
-    }));
 }
 
 fn device_request(cli_device: Option<&str>) -> Result<DeviceRequest> {
@@ -462,12 +501,16 @@ async fn run(cli: Cli) -> Result<()> {
                 None => interactive(&session, format).await,
             }
         }
-        Command::Explain { input, verbose } => {
+        Command::Explain {
+            input,
+            verbose,
+            analyze,
+        } => {
             let session = open_session(session(device, cluster), &input).await?;
             let sql = read_sql(&input)?.ok_or_else(|| {
                 KilnError::Usage("explain needs SQL: -c \"...\", -f FILE or stdin".to_string())
             })?;
-            explain(&session, &sql, verbose).await
+            explain(&session, &sql, verbose, analyze).await
         }
     }
 }
@@ -477,6 +520,11 @@ async fn open_session(
     input: &SqlInput,
 ) -> Result<Session> {
     let session = builder.build()?;
+    if let Some(timeout) = &input.timeout {
+        kiln_planner::options::parse_duration(timeout)
+            .map_err(|e| KilnError::Usage(format!("--timeout: {e}")))?;
+        session.set_option("kiln.statement_timeout", timeout)?;
+    }
     for spec in &input.tables {
         let (name, location) = spec
             .split_once('=')
@@ -484,10 +532,15 @@ async fn open_session(
             .ok_or_else(|| {
                 KilnError::Usage(format!("--table expects NAME=LOCATION, got '{spec}'"))
             })?;
+        // A location that cannot be read is the data's fault (exit 1), not
+        // the command line's.
         session
             .register_parquet(name.trim(), location.trim())
             .await
-            .map_err(|e| KilnError::Usage(format!("--table {}: {}", name.trim(), e.one_line())))?;
+            .map_err(|e| KilnError::Table {
+                name: name.trim().to_string(),
+                source: Box::new(e),
+            })?;
     }
     Ok(session)
 }
@@ -518,136 +571,129 @@ fn read_sql(input: &SqlInput) -> Result<Option<String>> {
     Ok(Some(sql))
 }
 
-/// Runs each statement in order, printing the rows of those that return rows.
+/// Runs each statement in order, printing the rows of those that return
+/// rows; the first failure (or Ctrl-C, or the statement timeout) ends it.
 async fn run_script(session: &Session, sql: &str, format: Format) -> Result<()> {
     let statements = session.parse(sql)?;
     if statements.is_empty() {
         return Err(KilnError::EmptySql);
     }
     let total = statements.len();
-    let mut stdout = std::io::stdout().lock();
     let mut printed = 0;
     for (i, statement) in statements.into_iter().enumerate() {
-        let result: Result<()> = async {
-            let frame = session.execute_statement(statement).await?;
-            if frame.schema().fields().is_empty() {
-                return Ok(());
-            }
-            if printed > 0 && format == Format::Table {
-                writeln!(stdout).map_err(|e| KilnError::File {
-                    path: "<stdout>".into(),
-                    source: e,
-                })?;
-            }
-            print_frame(frame, format, &mut stdout).await?;
-            printed += 1;
-            Ok(())
-        }
+        let result = guard::guarded(
+            run_statement(session, statement, format, printed > 0),
+            session.statement_timeout()?,
+        )
         .await;
-        // In a script, say which statement failed.
-        result.map_err(|e| match total {
-            1 => e,
-            _ => KilnError::Statement {
-                index: i + 1,
-                total,
-                source: Box::new(e),
-            },
-        })?;
+        match result {
+            Ok(true) => printed += 1,
+            Ok(false) => {}
+            // In a script, say which statement failed.
+            Err(e) if total > 1 => {
+                return Err(KilnError::Statement {
+                    index: i + 1,
+                    total,
+                    source: Box::new(e),
+                });
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
 }
 
-/// A prompt: statements end with ';'. Errors are printed and the prompt
-/// goes on; `\q`, `quit` or end of input leaves.
+/// Runs one statement and prints its rows, if it has any (then `true`).
+async fn run_statement(
+    session: &Session,
+    statement: datafusion::sql::parser::Statement,
+    format: Format,
+    gap: bool,
+) -> Result<bool> {
+    let frame = session.execute_statement(statement).await?;
+    if frame.schema().fields().is_empty() {
+        return Ok(false);
+    }
+    let mut stdout = std::io::stdout().lock();
+    if gap && format == Format::Table {
+        writeln!(stdout).map_err(|e| KilnError::File {
+            path: "<stdout>".into(),
+            source: e,
+        })?;
+    }
+    print_frame(frame, format, &mut stdout).await?;
+    Ok(true)
+}
+
+/// The interactive prompt (see [`prompt`]): statements end with ';', errors
+/// are printed and the prompt goes on, Ctrl-C cancels the running statement.
 async fn interactive(session: &Session, format: Format) -> Result<()> {
-    let stdin = std::io::stdin();
-    let mut buffer = String::new();
-    let mut lines = stdin.lock().lines();
-    loop {
-        let prompt = if buffer.trim().is_empty() {
-            "kiln> "
-        } else {
-            "  ..> "
-        };
-        print!("{prompt}");
-        let _ = std::io::stdout().flush();
-        let Some(line) = lines.next() else {
-            println!();
-            break;
-        };
-        let line = line.map_err(|source| KilnError::File {
-            path: "<stdin>".into(),
-            source,
-        })?;
-        let trimmed = line.trim();
-        if buffer.trim().is_empty()
-            && matches!(trimmed, "\\q" | "quit" | "exit" | "quit;" | "exit;")
-        {
-            break;
-        }
-        buffer.push_str(&line);
-        buffer.push('\n');
-        if !trimmed.ends_with(';') {
-            continue;
-        }
-        let sql = std::mem::take(&mut buffer);
-        if let Err(e) = run_script(session, &sql, format).await {
-            eprintln!("error: {}", e.one_line());
+    let mut prompt = prompt::Prompt::open()?;
+    while let Some(sql) = prompt.next_statement()? {
+        match run_script(session, &sql, format).await {
+            Ok(()) => {}
+            Err(e) if e.is_broken_pipe() => {}
+            Err(e) => eprintln!("error: {}", e.one_line()),
         }
     }
     Ok(())
 }
 
-/// Prints the plan of the last statement after running the ones before it.
-async fn explain(session: &Session, sql: &str, verbose: bool) -> Result<()> {
+/// Prints the plan of the last statement after running the ones before it;
+/// with `analyze`, runs it and prints the plan with what each operator did.
+async fn explain(session: &Session, sql: &str, verbose: bool, analyze: bool) -> Result<()> {
     let mut statements = session.parse(sql)?;
     let last = statements.pop().ok_or(KilnError::EmptySql)?;
+    let timeout = session.statement_timeout()?;
     for statement in statements {
         // Earlier statements set the stage (tables, options); their rows,
         // if any, are not what was asked for.
-        session
-            .execute_statement(statement)
-            .await?
-            .collect()
-            .await?;
+        guard::guarded(
+            async {
+                session
+                    .execute_statement(statement)
+                    .await?
+                    .collect()
+                    .await?;
+                Ok(())
+            },
+            timeout,
+        )
+        .await?;
     }
-    let plan = session.plan_statement(last).await?;
-    let frame = if matches!(plan, datafusion::logical_expr::LogicalPlan::Explain(_)) {
-        session.context().execute_logical_plan(plan).await?
-    } else if matches!(plan, datafusion::logical_expr::LogicalPlan::Ddl(_))
-        || matches!(plan, datafusion::logical_expr::LogicalPlan::Statement(_))
-    {
-        return Err(KilnError::Usage(
-            "explain needs a query (SELECT, COPY, INSERT, ...) as its last statement".to_string(),
-        ));
-    } else {
-        session
-            .context()
-            .execute_logical_plan(plan)
-            .await?
-            .explain(verbose, false)?
-    };
-    let batches = frame.collect().await?;
-    let mut stdout = std::io::stdout().lock();
-    let mut text = String::new();
-    for batch in &batches {
-        let kinds = batch.column(0);
-        let plans = batch.column(1);
-        let kinds = datafusion::arrow::array::as_string_array(kinds);
-        let plans = datafusion::arrow::array::as_string_array(plans);
-        for i in 0..batch.num_rows() {
-            text.push_str(&format!(
-                "== {} ==\n{}\n",
-                kinds.value(i),
-                plans.value(i).trim_end()
-            ));
-        }
-    }
-    write!(stdout, "{}", kiln_engine::io::redact(&text)).map_err(|e| KilnError::File {
-        path: "<stdout>".into(),
-        source: e,
-    })?;
-    Ok(())
+    let text = guard::guarded(
+        async {
+            let plan = session.plan_statement(last).await?;
+            let frame = match plan {
+                datafusion::logical_expr::LogicalPlan::Explain(_)
+                | datafusion::logical_expr::LogicalPlan::Analyze(_) => {
+                    session.context().execute_logical_plan(plan).await?
+                }
+                datafusion::logical_expr::LogicalPlan::Ddl(_)
+                | datafusion::logical_expr::LogicalPlan::Statement(_) => {
+                    return Err(KilnError::Usage(
+                        "explain needs a query (SELECT, COPY, INSERT, ...) as its last statement"
+                            .to_string(),
+                    ));
+                }
+                plan => session
+                    .context()
+                    .execute_logical_plan(plan)
+                    .await?
+                    .explain(verbose, analyze)?,
+            };
+            output::plan_text(frame.collect().await?)
+        },
+        timeout,
+    )
+    .await?;
+    std::io::stdout()
+        .lock()
+        .write_all(kiln_engine::io::redact(&text).as_bytes())
+        .map_err(|e| KilnError::File {
+            path: "<stdout>".into(),
+            source: e,
+        })
 }
 
 fn print_devices(discovery: &Discovery, format: DevicesFormat) -> Result<()> {

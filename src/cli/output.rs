@@ -34,11 +34,54 @@ fn write_err(e: std::io::Error) -> KilnError {
     }
 }
 
+/// Whether a result is a plan (EXPLAIN's `plan_type`, `plan` columns).
+fn is_plan(schema: &datafusion::arrow::datatypes::Schema) -> bool {
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    names == ["plan_type", "plan"]
+}
+
+/// EXPLAIN's rows as text: each plan under a `== kind ==` heading, its
+/// lines as they are (a table would squeeze them into one cell).
+pub fn plan_text(batches: Vec<RecordBatch>) -> Result<String> {
+    let mut text = String::new();
+    for batch in &batches {
+        let kinds = datafusion::arrow::compute::cast(
+            batch.column(0),
+            &datafusion::arrow::datatypes::DataType::Utf8,
+        )?;
+        let plans = datafusion::arrow::compute::cast(
+            batch.column(1),
+            &datafusion::arrow::datatypes::DataType::Utf8,
+        )?;
+        let kinds = datafusion::arrow::array::as_string_array(&kinds);
+        let plans = datafusion::arrow::array::as_string_array(&plans);
+        for i in 0..batch.num_rows() {
+            text.push_str(&format!(
+                "== {} ==\n{}\n",
+                kinds.value(i),
+                plans.value(i).trim_end()
+            ));
+        }
+    }
+    Ok(text)
+}
+
 /// Executes `frame` and prints its rows to `out`; returns the row count.
 pub async fn print_frame(frame: DataFrame, format: Format, out: &mut dyn Write) -> Result<u64> {
     let mut progress = Progress::stderr();
     let mut stream = frame.execute_stream().await?;
     let schema = stream.schema();
+    if format == Format::Table && is_plan(&schema) {
+        let mut batches = Vec::new();
+        while let Some(batch) = stream.next().await {
+            batches.push(batch?);
+        }
+        let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+        let text = kiln_engine::io::redact(&plan_text(batches)?);
+        out.write_all(text.as_bytes()).map_err(write_err)?;
+        out.flush().map_err(write_err)?;
+        return Ok(rows);
+    }
     let mut rows = 0u64;
     let mut bytes = 0u64;
     let mut tick = |batch: &RecordBatch, progress: &mut Progress| {

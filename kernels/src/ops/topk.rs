@@ -188,7 +188,9 @@ impl VectorSearch {
             raw: queries.to_vec(),
             prepared,
             dead,
-            kept: (0..nq).map(|_| BinaryHeap::with_capacity(k + 1)).collect(),
+            // Heaps grow with the rows pushed: k is the user's number and may
+            // be far beyond the corpus, so nothing is reserved from it.
+            kept: (0..nq).map(|_| BinaryHeap::new()).collect(),
             wgpu_queries,
             cuda_queries,
             rows_seen: 0,

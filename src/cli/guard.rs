@@ -1,0 +1,151 @@
+//! Runs one statement of the command line under its guards: the statement
+//! timeout and Ctrl-C cancel it (dropping its streams stops every task it
+//! started), and a panic anywhere below it (in Kiln or in a library it
+//! uses) becomes that statement's one-line error instead of a crash.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::FutureExt;
+
+use crate::error::{KilnError, Result};
+
+/// Guarded statements running now: while there is one, a panic is kept
+/// for it to report rather than printed.
+static GUARDS: AtomicUsize = AtomicUsize::new(0);
+
+/// The last panic's message, for the guard that catches it.
+static LAST_PANIC: Mutex<Option<String>> = Mutex::new(None);
+
+/// Installs the process's panic hook: one line, never a backtrace. Inside a
+/// guard the line becomes the statement's error; elsewhere it is printed.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_string());
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", short_path(l.file()), l.line()))
+            .unwrap_or_default();
+        let line = kiln_engine::io::redact(&format!("{}{at}", msg.replace('\n', " ")));
+        if GUARDS.load(Ordering::SeqCst) > 0 {
+            if let Ok(mut last) = LAST_PANIC.lock() {
+                *last = Some(line);
+                return;
+            }
+        }
+        eprintln!("error: internal error: {line} (a bug in Kiln; please report it)");
+    }));
+}
+
+/// A dependency's source path from its registry directory on: the crate
+/// and version are what a report needs.
+fn short_path(file: &str) -> &str {
+    file.rfind("/registry/src/")
+        .and_then(|i| file[i + "/registry/src/".len()..].split_once('/'))
+        .map_or(file, |(_, rest)| rest)
+}
+
+/// Why a guarded statement did not finish.
+struct Scope;
+
+impl Scope {
+    fn enter() -> Scope {
+        GUARDS.fetch_add(1, Ordering::SeqCst);
+        Scope
+    }
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        GUARDS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Runs `work` to its end, or until `timeout` passes or Ctrl-C is pressed
+/// (then `work` is dropped, which cancels it). A panic inside it comes back
+/// as [`KilnError::Panic`].
+pub async fn guarded<T>(
+    work: impl Future<Output = Result<T>>,
+    timeout: Option<Duration>,
+) -> Result<T> {
+    let _scope = Scope::enter();
+    let work = AssertUnwindSafe(work).catch_unwind();
+    let expired = async {
+        match timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        done = work => done.unwrap_or_else(|payload| {
+            let caught = LAST_PANIC.lock().ok().and_then(|mut last| last.take());
+            let message = caught.unwrap_or_else(|| {
+                payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_string())
+            });
+            Err(KilnError::Panic(message))
+        }),
+        () = expired => Err(KilnError::Timeout(timeout.unwrap_or_default())),
+        _ = tokio::signal::ctrl_c() => Err(KilnError::Cancelled),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dependency_paths_keep_crate_and_file() {
+        assert_eq!(
+            short_path(
+                "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/parquet-59.3.2/src/file/metadata/push_decoder.rs"
+            ),
+            "parquet-59.3.2/src/file/metadata/push_decoder.rs"
+        );
+        assert_eq!(short_path("src/cli/mod.rs"), "src/cli/mod.rs");
+    }
+
+    #[tokio::test]
+    async fn a_panic_becomes_the_statements_error() {
+        install_panic_hook();
+        let err = guarded(
+            async {
+                let v: Vec<u8> = Vec::new();
+                let i = v.len() + 3;
+                Ok(v[i])
+            },
+            None,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&err, KilnError::Panic(m) if m.contains("index out of bounds")),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_timeout_cancels() {
+        let err = guarded(
+            async {
+                std::future::pending::<()>().await;
+                Ok(())
+            },
+            Some(Duration::from_millis(50)),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, KilnError::Timeout(_)), "{err}");
+    }
+}
