@@ -16,6 +16,7 @@
 
 pub mod cli;
 pub mod cluster;
+mod commit;
 pub mod dataframe;
 pub mod datagen;
 pub mod error;

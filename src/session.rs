@@ -106,6 +106,19 @@ impl SessionBuilder {
     }
 }
 
+/// The sum of a `COPY`'s `count` column.
+pub(crate) fn row_count(batches: &[RecordBatch]) -> u64 {
+    batches
+        .iter()
+        .filter_map(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::UInt64Array>()
+                .map(|a| a.values().iter().sum::<u64>())
+        })
+        .sum()
+}
+
 /// What one statement of a script produced.
 #[derive(Debug, Clone)]
 pub struct StatementOutput {
@@ -265,9 +278,47 @@ impl Session {
 
     /// Plans one parsed statement, applies Kiln's handling of store options,
     /// and executes it (lazily, for queries).
+    /// A `COPY` runs now, through Kiln's output commit (see
+    /// [`Session::write_parquet`]); its frame holds the row count.
     pub async fn execute_statement(&self, statement: Statement) -> Result<DataFrame> {
         let plan = self.plan_statement(statement).await?;
+        if let LogicalPlan::Copy(copy) = plan {
+            let counts = crate::commit::copy(&self.ctx, copy).await?;
+            return Ok(self.ctx.read_batches(counts)?);
+        }
         Ok(self.ctx.execute_logical_plan(plan).await?)
+    }
+
+    /// Writes `frame` as Parquet at `location`, replacing what is there:
+    /// one file when `single_file` (default: when `location` names a file
+    /// with an extension), else a directory of files. The rows go to a
+    /// hidden staging location first and are moved into place only when
+    /// all are written, so a failure leaves the previous output untouched.
+    /// Returns the number of rows written.
+    pub async fn write_parquet(
+        &self,
+        frame: DataFrame,
+        location: &str,
+        single_file: Option<bool>,
+    ) -> Result<u64> {
+        use datafusion::datasource::file_format::format_as_file_type;
+        use datafusion::datasource::file_format::parquet::ParquetFormatFactory;
+        let options = single_file
+            .map(|s| [("single_file_output".to_string(), s.to_string())].into())
+            .unwrap_or_default();
+        let plan = datafusion::logical_expr::LogicalPlanBuilder::copy_to(
+            frame.into_unoptimized_plan(),
+            location.to_string(),
+            format_as_file_type(Arc::new(ParquetFormatFactory::new())),
+            options,
+            vec![],
+        )?
+        .build()?;
+        let LogicalPlan::Copy(copy) = plan else {
+            return Err(KilnError::Internal("copy_to built no COPY plan".into()));
+        };
+        let counts = crate::commit::copy(&self.ctx, copy).await?;
+        Ok(row_count(&counts))
     }
 
     /// The logical plan of one parsed statement, with the storage options of

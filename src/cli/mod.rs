@@ -790,8 +790,8 @@ async fn embed(
         )));
     }
     let frame = frame.embed(column, model, as_name)?;
+    refuse_output_inside_input(input, output)?;
     let single_file = output.ends_with(".parquet");
-    let options = crate::DataFrameWriteOptions::new().with_single_file_output(single_file);
     let device = match session.cluster() {
         Some(url) => format!("the cluster at {url}"),
         None => kiln_engine::device::resolve(session.device())
@@ -821,20 +821,13 @@ async fn embed(
             progress.finish();
         })
     };
-    let written = frame.write_parquet(output, options, None).await;
+    let written = session
+        .write_parquet(frame, output, Some(single_file))
+        .await;
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = ticker.await;
-    let written = written?;
+    let rows = written?;
     let totals = kiln_engine::model::embed_totals() - before;
-    let rows: u64 = written
-        .iter()
-        .filter_map(|b| {
-            b.column(0)
-                .as_any()
-                .downcast_ref::<datafusion::arrow::array::UInt64Array>()
-                .map(|a| a.values().iter().sum::<u64>())
-        })
-        .sum();
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     if session.cluster().is_some() {
         // Tokens and truncations are counted by the executors' encoders.
@@ -851,6 +844,23 @@ async fn embed(
         totals.tokens as f64 / secs,
         totals.truncated
     );
+    Ok(())
+}
+
+/// `kiln embed IN OUT` with OUT equal to IN or inside it would replace its
+/// own input, or be read back as input next time.
+fn refuse_output_inside_input(input: &str, output: &str) -> Result<()> {
+    let url = |s: &str| {
+        datafusion::datasource::listing::ListingTableUrl::parse(s)
+            .map(|u| u.as_str().trim_end_matches('/').to_string())
+    };
+    let (i, o) = (url(input)?, url(output)?);
+    if o == i || o.starts_with(&format!("{i}/")) {
+        return Err(KilnError::Usage(format!(
+            "the output {output} is {} the input {input}; write it elsewhere",
+            if o == i { "the same as" } else { "inside" }
+        )));
+    }
     Ok(())
 }
 

@@ -67,7 +67,52 @@ pub fn plan_text(batches: Vec<RecordBatch>) -> Result<String> {
 }
 
 /// Executes `frame` and prints its rows to `out`; returns the row count.
+/// Arrow's CSV and JSON writers turn an I/O error into text; this keeps
+/// whether the reader went away, which is a normal end (see
+/// [`KilnError::is_broken_pipe`]) rather than a failure.
+struct PipeWatch<'a> {
+    inner: &'a mut dyn Write,
+    closed: bool,
+}
+
+impl PipeWatch<'_> {
+    fn note(&mut self, result: std::io::Result<usize>) -> std::io::Result<usize> {
+        if let Err(e) = &result {
+            self.closed |= e.kind() == std::io::ErrorKind::BrokenPipe;
+        }
+        result
+    }
+}
+
+impl Write for PipeWatch<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let r = self.inner.write(buf);
+        self.note(r)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let r = self.inner.flush().map(|()| 0);
+        self.note(r).map(|_| ())
+    }
+}
+
+/// Executes `frame` and prints its rows to `out`; returns the row count.
 pub async fn print_frame(frame: DataFrame, format: Format, out: &mut dyn Write) -> Result<u64> {
+    let mut watch = PipeWatch {
+        inner: out,
+        closed: false,
+    };
+    let printed = print_rows(frame, format, &mut watch).await;
+    match printed {
+        Err(_) if watch.closed => Err(KilnError::File {
+            path: "<stdout>".into(),
+            source: std::io::ErrorKind::BrokenPipe.into(),
+        }),
+        other => other,
+    }
+}
+
+async fn print_rows(frame: DataFrame, format: Format, out: &mut dyn Write) -> Result<u64> {
     let mut progress = Progress::stderr();
     let mut stream = frame.execute_stream().await?;
     let schema = stream.schema();

@@ -9,6 +9,7 @@ mod devices;
 mod embed;
 mod explain;
 mod gpu_transforms;
+mod hardening;
 mod s3;
 mod session_api;
 mod vector_functions;

@@ -1,0 +1,394 @@
+//! Regression tests of the hardening classes: nothing a user types or
+//! points Kiln at crashes it, loses a file or leaves partial output, and
+//! errors and exit codes say what happened.
+
+use std::io::Read;
+use std::process::Stdio;
+use std::time::Duration;
+
+use datafusion::prelude::{col, lit};
+use kiln::{DeviceRequest, Session};
+
+use crate::common::*;
+
+fn sql(args: &[&str]) -> Run {
+    run(kiln().env("KILN_DEVICE", "cpu").arg("sql").args(args))
+}
+
+fn vectors(dir: &std::path::Path) -> String {
+    let path = dir.join("vecs.parquet");
+    ok(&[
+        "sql",
+        "-c",
+        &format!(
+            "COPY (SELECT i AS id, [CAST(i AS FLOAT), 1.0, 2.0] AS v \
+             FROM generate_series(1, 1000) t(i)) TO '{}'",
+            s(&path)
+        ),
+    ]);
+    s(&path)
+}
+
+/// A k far beyond the rows (the user's number) reserves nothing: the
+/// result is every row, as for any k at least the row count.
+#[test]
+fn a_huge_k_is_bounded_by_the_rows() {
+    let dir = tempdir();
+    let path = vectors(dir.path());
+    let table = format!("CREATE EXTERNAL TABLE vecs STORED AS PARQUET LOCATION '{path}';");
+    for (query, rows) in [
+        (
+            "SELECT count(*) FROM vector_search('vecs', 'v', [1.0, 2.0, 3.0], 1000000000)",
+            "1000",
+        ),
+        (
+            "SELECT count(*) FROM (SELECT id FROM vecs \
+             ORDER BY cosine_similarity(v, [1.0, 2.0, 3.0]) DESC LIMIT 1000000000)",
+            "1000",
+        ),
+        (
+            "SELECT count(*) FROM knn_join('vecs', 'v', 'vecs', 'v', 1000000000)",
+            "1000000",
+        ),
+    ] {
+        let r = sql(&["--format", "csv", "-c", &format!("{table} {query}")]);
+        assert_eq!(r.code, 0, "{query}: {}", r.stderr);
+        assert_eq!(r.stdout, format!("count(*)\n{rows}\n"), "{query}");
+    }
+}
+
+/// A statement deeper than kiln.max_expression_depth is refused with one
+/// line naming the setting; below it, a statement too deep for a main
+/// thread's stack (which aborted Kiln before) plans on Kiln's own.
+#[test]
+fn deep_statements_are_refused_or_planned_never_a_crash() {
+    let sum = format!("SELECT {}", vec!["1"; 2001].join(" + "));
+    let r = sql(&["-c", &sum]);
+    assert_one_line_error(&r, &["more than 2000 deep", "kiln.max_expression_depth"]);
+    assert_eq!(r.code, 1);
+    let union = vec!["SELECT 1"; 40].join(" UNION ALL ");
+    let r = sql(&[
+        "-c",
+        &format!("SET kiln.max_expression_depth = 30; {union}"),
+    ]);
+    assert_one_line_error(&r, &["more than 30 deep"]);
+    let ors = (0..40).map(|i| format!("x = {i}")).collect::<Vec<_>>();
+    let r = sql(&[
+        "-c",
+        &format!(
+            "SET kiln.max_expression_depth = 30; SELECT * FROM (VALUES (1)) t(x) WHERE {}",
+            ors.join(" OR ")
+        ),
+    ]);
+    assert_one_line_error(&r, &["more than 30 deep"]);
+
+    // 5,000 levels overflowed the 8 MiB main stack (abort); now the
+    // statement plans as deep as the bad column at its bottom.
+    let deep = format!(
+        "SET kiln.max_expression_depth = 100000; SELECT nope{}",
+        "+1".repeat(5000)
+    );
+    let r = sql(&["-c", &deep]);
+    assert_one_line_error(&r, &["nope"]);
+    // And a deep expression that is fine runs (within the default limit).
+    let r = sql(&[
+        "--format",
+        "csv",
+        "-c",
+        &format!("SELECT {} AS n", vec!["1"; 300].join("+")),
+    ]);
+    assert_eq!(r.stdout, "n\n300\n", "{}", r.stderr);
+}
+
+/// A Parquet footer whose length field points before the file's start
+/// made the parquet crate panic (a subtraction overflow in its metadata
+/// decoder): now one line, exit 1, naming the library's file — never an
+/// abort or a backtrace.
+#[test]
+fn a_lying_parquet_footer_is_an_error_not_a_crash() {
+    let dir = tempdir();
+    let good = dir.path().join("good.parquet");
+    write_people(&good);
+    let mut bytes = std::fs::read(&good).unwrap();
+    let n = bytes.len();
+    bytes[n - 8..n - 4].copy_from_slice(&0x7fff_ffffu32.to_le_bytes());
+    let bad = dir.path().join("bad.parquet");
+    std::fs::write(&bad, &bytes).unwrap();
+    for args in [
+        vec![
+            "-c".to_string(),
+            format!("SELECT count(*) FROM '{}'", s(&bad)),
+        ],
+        vec![
+            "--table".to_string(),
+            format!("t={}", s(&bad)),
+            "-c".to_string(),
+            "SELECT 1".to_string(),
+        ],
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = sql(&args);
+        assert_eq!(r.code, 1, "{args:?}: {}", r.stderr);
+        let lines: Vec<&str> = r.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{}", r.stderr);
+        assert!(lines[0].starts_with("error: "), "{}", lines[0]);
+        assert!(lines[0].contains("parquet"), "{}", lines[0]);
+        assert!(!r.stderr.contains("backtrace"), "{}", r.stderr);
+    }
+}
+
+/// A failed COPY leaves the previous output as it was and no new file or
+/// staging debris; a COPY that succeeds replaces the output whole.
+#[test]
+fn a_failed_write_leaves_the_previous_output_untouched() {
+    let dir = tempdir();
+    let file = s(&dir.path().join("out.parquet"));
+    let out_dir = s(&dir.path().join("outdir"));
+    ok(&["sql", "-c", &format!("COPY (SELECT 1 AS a) TO '{file}'")]);
+    ok(&[
+        "sql",
+        "-c",
+        &format!("COPY (SELECT 7 AS a) TO '{out_dir}/' STORED AS PARQUET"),
+    ]);
+    let failing = "SELECT i, 10 / (i - 5) AS d FROM generate_series(1, 10) t(i)";
+    let r = sql(&["-c", &format!("COPY ({failing}) TO '{file}'")]);
+    assert_one_line_error(&r, &["Divide by zero"]);
+    let r = sql(&[
+        "-c",
+        &format!("COPY ({failing}) TO '{out_dir}/' STORED AS PARQUET"),
+    ]);
+    assert_one_line_error(&r, &["Divide by zero"]);
+    // A type CSV cannot hold: no 0-byte file that reads as 0 rows.
+    let csv = dir.path().join("x.csv");
+    let r = sql(&["-c", &format!("COPY (SELECT [1, 2] AS l) TO '{}'", s(&csv))]);
+    assert_one_line_error(&r, &["CSV"]);
+    assert!(!csv.exists());
+
+    let read = |q: &str| ok(&["sql", "--format", "csv", "-c", q]);
+    assert_eq!(read(&format!("SELECT a FROM '{file}'")), "a\n1\n");
+    assert_eq!(read(&format!("SELECT a FROM '{out_dir}/'")), "a\n7\n");
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.contains("kiln-staging")),
+        "{names:?}"
+    );
+
+    // COPY replaces (it used to add files, doubling the count); INSERT
+    // INTO a table over the directory adds.
+    for _ in 0..2 {
+        ok(&[
+            "sql",
+            "-c",
+            &format!(
+                "COPY (SELECT * FROM generate_series(1, 10) t(i)) TO '{out_dir}/' STORED AS PARQUET"
+            ),
+        ]);
+    }
+    assert_eq!(
+        read(&format!("SELECT count(*) AS n FROM '{out_dir}/'")),
+        "n\n10\n"
+    );
+    let appended = read(&format!(
+        "CREATE EXTERNAL TABLE t (i BIGINT) STORED AS PARQUET LOCATION '{out_dir}/'; \
+         INSERT INTO t VALUES (11); SELECT count(*) AS n FROM t"
+    ));
+    assert!(appended.ends_with("n\n11\n"), "{appended}");
+}
+
+/// The library's write goes through the same commit: a failing frame
+/// leaves the file that was there.
+#[tokio::test]
+async fn session_write_parquet_commits_or_leaves_nothing() {
+    let dir = tempdir();
+    let input = dir.path().join("people.parquet");
+    write_people(&input);
+    let out = s(&dir.path().join("scores.parquet"));
+    let session = Session::builder()
+        .device("cpu".parse::<DeviceRequest>().unwrap())
+        .build()
+        .unwrap();
+    let rows = session
+        .write_parquet(session.read_parquet(&s(&input)).await.unwrap(), &out, None)
+        .await
+        .unwrap();
+    assert_eq!(rows, 4);
+    let failing = session
+        .read_parquet(&s(&input))
+        .await
+        .unwrap()
+        .select(vec![(lit(1) / (col("id") - lit(3))).alias("x")])
+        .unwrap();
+    assert!(session.write_parquet(failing, &out, None).await.is_err());
+    let back = session
+        .read_parquet(&out)
+        .await
+        .unwrap()
+        .count()
+        .await
+        .unwrap();
+    assert_eq!(back, 4);
+}
+
+/// Files Kiln writes carry Utf8, not DataFusion's in-memory Utf8View, so a
+/// directory of Kiln's and another writer's files reads as one table.
+#[test]
+fn written_files_carry_standard_types_and_mix_with_other_writers() {
+    let dir = tempdir();
+    let mixed = dir.path().join("mixed");
+    std::fs::create_dir(&mixed).unwrap();
+    let kiln_file = mixed.join("kiln.parquet");
+    ok(&[
+        "sql",
+        "-c",
+        &format!(
+            "COPY (SELECT 5 AS id, 'zed' AS name, 0.5 AS score) TO '{}'",
+            s(&kiln_file)
+        ),
+    ]);
+    let file = std::fs::File::open(&kiln_file).unwrap();
+    let meta =
+        parquet::arrow::arrow_reader::ArrowReaderMetadata::load(&file, Default::default()).unwrap();
+    let name = meta.schema().field_with_name("name").unwrap();
+    assert_eq!(
+        name.data_type(),
+        &datafusion::arrow::datatypes::DataType::Utf8
+    );
+    // Another writer's file (arrow-rs, as pyarrow and Spark: Utf8).
+    write_people(&mixed.join("people.parquet"));
+    let out = ok(&[
+        "sql",
+        "--format",
+        "csv",
+        "-c",
+        &format!("SELECT count(*) AS n, max(name) AS m FROM '{}/'", s(&mixed)),
+    ]);
+    assert_eq!(out, "n,m\n5,陈\n");
+}
+
+#[test]
+fn embed_refuses_to_write_into_its_input() {
+    let dir = tempdir();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    write_people(&input.join("p.parquet"));
+    let i = format!("{}/", s(&input));
+    for out in [i.clone(), s(&input), format!("{i}sub/")] {
+        let r = run(kiln().args(["embed", &i, &out, "--column", "name"]));
+        assert_one_line_error(&r, &["the input"]);
+        assert_eq!(r.code, 2);
+    }
+    assert_eq!(std::fs::read_dir(&input).unwrap().count(), 1);
+}
+
+/// Options are checked by the SET that gives them.
+#[test]
+fn bad_settings_are_refused_when_set() {
+    for (set, needle) in [
+        (
+            "SET kiln.vector_memory_budget = 'abc'",
+            "kiln.vector_memory_budget",
+        ),
+        (
+            "SET kiln.vector_memory_budget = '99999999999999999999TiB'",
+            "1PiB",
+        ),
+        ("SET kiln.gpu_batch_rows = 0", "kiln.gpu_batch_rows"),
+        (
+            "SET kiln.statement_timeout = 'soon'",
+            "kiln.statement_timeout",
+        ),
+    ] {
+        let r = sql(&["-c", &format!("{set}; SELECT 1")]);
+        assert_one_line_error(&r, &["statement 1 of 2", needle]);
+    }
+    let r = sql(&["--timeout", "soon", "-c", "SELECT 1"]);
+    assert_one_line_error(&r, &["--timeout", "soon"]);
+    assert_eq!(r.code, 2);
+}
+
+/// A statement that never ends is cancelled by the timeout; Ctrl-C stops a
+/// script with exit 130 and one line.
+#[test]
+fn timeouts_and_ctrl_c_cancel_cleanly() {
+    let forever = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) \
+                   SELECT count(*) FROM r";
+    let r = sql(&["--timeout", "1s", "-c", forever]);
+    assert_one_line_error(&r, &["cancelled after 1s", "kiln.statement_timeout"]);
+    assert!(r.elapsed < Duration::from_secs(30), "{:?}", r.elapsed);
+    let r = sql(&[
+        "-c",
+        &format!("SET kiln.statement_timeout = '500ms'; {forever}"),
+    ]);
+    assert_one_line_error(&r, &["statement 2 of 2", "cancelled after 500ms"]);
+
+    let child = kiln()
+        .env("KILN_DEVICE", "cpu")
+        .args(["sql", "-c", forever])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert_eq!(stderr.trim(), "error: cancelled (Ctrl-C)");
+}
+
+/// Command-line details: missing arguments are named, SQL starting with
+/// '-' is SQL, a closed pipe is a normal end, EXPLAIN ANALYZE reads as a
+/// plan and `--table` failures are data errors (exit 1).
+#[test]
+fn command_line_errors_and_exit_codes() {
+    let r = run(kiln().args(["embed", "in", "out"]));
+    assert_one_line_error(&r, &["--column"]);
+    assert_eq!(r.code, 2);
+    let r = run(kiln().args(["datagen", "tpch", "--scale", "0.001"]));
+    assert_one_line_error(&r, &["--output"]);
+    let out = ok(&["sql", "--format", "csv", "-c", "-- a note\nSELECT 1 AS x"]);
+    assert_eq!(out, "x\n1\n");
+
+    let r = sql(&["--table", "t=/nonexistent/kiln.parquet", "-c", "SELECT 1"]);
+    assert_one_line_error(&r, &["--table t"]);
+    assert_eq!(r.code, 1);
+
+    for args in [
+        vec!["explain", "-c", "EXPLAIN ANALYZE SELECT 1"],
+        vec!["explain", "--analyze", "-c", "SELECT 1"],
+        vec!["sql", "-c", "EXPLAIN ANALYZE SELECT 1"],
+    ] {
+        let out = ok(&args);
+        assert!(
+            out.starts_with("== Plan with Metrics =="),
+            "{args:?}: {out}"
+        );
+        assert!(out.contains("output_rows=1"), "{out}");
+    }
+
+    // `kiln sql ... | head -1`: the reader leaves early.
+    let mut child = kiln()
+        .args([
+            "sql",
+            "--format",
+            "csv",
+            "-c",
+            "SELECT * FROM generate_series(1, 5000000)",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+}
