@@ -23,6 +23,10 @@ pub enum KilnError {
     )]
     TooDeep { depth: usize, limit: usize },
 
+    /// A file named in a query whose extension names no format.
+    #[error("{0}")]
+    UnknownFormat(String),
+
     /// A SQL script with no statement in it.
     #[error("no SQL statement given")]
     EmptySql,
@@ -128,6 +132,17 @@ impl KilnError {
             } => format!("statement {index} of {total}: {}", source.one_line()),
             KilnError::Table { name, source } => format!("--table {name}: {}", source.one_line()),
             other => other.to_string(),
+        };
+        // The last link of the AWS credential chain is the instance
+        // metadata endpoint; its refusal says nothing to a user without one.
+        let text = if text.contains("169.254.169.254") {
+            format!(
+                "{text} (no AWS credentials found: set AWS_ACCESS_KEY_ID and \
+                 AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or OPTIONS ('aws.access_key_id' ...); \
+                 instance metadata is not available here)"
+            )
+        } else {
+            text
         };
         let flat = text
             .lines()

@@ -106,6 +106,31 @@ impl SessionBuilder {
     }
 }
 
+/// Whether a table name in a query is a location (`FROM 'data/x.parquet'`,
+/// `FROM 's3://bucket/prefix/'`) rather than a catalog name.
+fn looks_like_location(name: &str) -> bool {
+    name.contains('/')
+        || name.contains("://")
+        || name.rsplit_once('.').is_some_and(|(_, e)| !e.is_empty())
+}
+
+/// The file extensions `FROM '<file>'` reads.
+const READABLE_EXTENSIONS: [&str; 5] = ["parquet", "csv", "json", "avro", "arrow"];
+
+/// An error for a file whose extension names no format Kiln reads.
+fn unknown_extension(location: &str) -> Option<KilnError> {
+    let name = location.rsplit('/').next().unwrap_or(location);
+    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+    match ext {
+        Some(e) if READABLE_EXTENSIONS.contains(&e.as_str()) => None,
+        _ => Some(KilnError::UnknownFormat(format!(
+            "{location}: the file's extension names no format Kiln reads ({}); \
+             use CREATE EXTERNAL TABLE ... STORED AS PARQUET|CSV|JSON LOCATION '{location}'",
+            READABLE_EXTENSIONS.map(|e| format!(".{e}")).join(", ")
+        ))),
+    }
+}
+
 /// The sum of a `COPY`'s `count` column.
 pub(crate) fn row_count(batches: &[RecordBatch]) -> u64 {
     batches
@@ -330,8 +355,80 @@ impl Session {
         if let Some(depth) = crate::statement_depth::exceeds(&statement, limit) {
             return Err(KilnError::TooDeep { depth, limit });
         }
-        let plan = self.ctx.state().statement_to_plan(statement).await?;
+        let state = self.ctx.state();
+        // `FROM '<path>'` that cannot be read plans as "table not found";
+        // the locations are kept to find the real cause.
+        let locations: Vec<String> = state
+            .resolve_table_references(&statement)
+            .unwrap_or_default()
+            .iter()
+            .map(|t| t.table().to_string())
+            .filter(|t| looks_like_location(t))
+            .collect();
+        let plan = match state.statement_to_plan(statement).await {
+            Ok(plan) => plan,
+            Err(e) => {
+                if e.to_string().contains("not found") {
+                    for location in &locations {
+                        if let Some(cause) = self.why_unreadable(location).await {
+                            return Err(cause);
+                        }
+                    }
+                }
+                return Err(e.into());
+            }
+        };
         self.apply_store_options(plan)
+    }
+
+    /// Why `location` (a file, directory or prefix named in a query) cannot
+    /// be read as a table, if a reason can be found: it is missing, not
+    /// permitted, a symlink loop, its store refuses (credentials, an
+    /// unreachable endpoint), or its extension names no format.
+    async fn why_unreadable(&self, location: &str) -> Option<KilnError> {
+        let url = match ListingTableUrl::parse(location) {
+            Ok(url) => url,
+            Err(e) => return Some(e.into()),
+        };
+        let as_url: &url::Url = url.as_ref();
+        if as_url.scheme() == "file" {
+            let path = as_url.to_file_path().ok()?;
+            let checked = std::fs::metadata(&path).and_then(|m| {
+                if m.is_dir() {
+                    std::fs::read_dir(&path).map(|_| m)
+                } else {
+                    std::fs::File::open(&path).map(|_| m)
+                }
+            });
+            return match checked {
+                Err(source) => Some(KilnError::File {
+                    path: location.to_string(),
+                    source,
+                }),
+                Ok(m) if m.is_file() => unknown_extension(location),
+                Ok(_) => None,
+            };
+        }
+        let store = match self.ctx.runtime_env().object_store(url.object_store()) {
+            Ok(store) => store,
+            Err(e) => return Some(e.into()),
+        };
+        let mut listing = store.list(Some(url.prefix()));
+        match futures::StreamExt::next(&mut listing).await {
+            Some(Err(source)) => Some(KilnError::ObjectStore {
+                location: location.to_string(),
+                source,
+            }),
+            None => Some(KilnError::ObjectStore {
+                location: location.to_string(),
+                source: object_store::Error::NotFound {
+                    path: url.prefix().to_string(),
+                    source: "no object has this name or prefix".into(),
+                },
+            }),
+            Some(Ok(_)) if !url.is_collection() => unknown_extension(location),
+            Some(Ok(_)) => None,
+        }
     }
 
     /// `CREATE EXTERNAL TABLE ... OPTIONS ('aws.region' 'eu-west-1', ...)`:

@@ -107,7 +107,24 @@ fn k_arg(state: &SessionState, expr: &Expr, func: &str) -> Result<usize> {
         ScalarValue::UInt16(Some(k)) => Ok(k as usize),
         ScalarValue::UInt32(Some(k)) => Ok(k as usize),
         ScalarValue::UInt64(Some(k)) => Ok(k as usize),
-        other => plan_err!("{func}: k must be a non-negative integer, got {other}"),
+        other => plan_err!(
+            "{func}: k must be a non-negative integer, got {}",
+            describe_value(&other)
+        ),
+    }
+}
+
+/// A constant as an error shows it: a string quoted and called one (so
+/// that '3' does not read as the integer 3), NULL, or the value and its type.
+fn describe_value(value: &ScalarValue) -> String {
+    match value {
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::Utf8View(Some(s))
+        | ScalarValue::LargeUtf8(Some(s)) => {
+            format!("the string '{s}'")
+        }
+        v if v.is_null() => "NULL".to_string(),
+        v => format!("{v} ({})", v.data_type()),
     }
 }
 

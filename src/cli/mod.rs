@@ -76,6 +76,11 @@ enum Command {
         /// How rows are printed.
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
+
+        /// In the table format, cut cells longer than this many characters
+        /// (ending them with '…'); 0 prints every cell whole.
+        #[arg(long, default_value_t = output::DEFAULT_MAX_WIDTH, value_name = "CHARS")]
+        max_width: usize,
     },
     /// Show the plan of a statement (the last one of a script, after running the others).
     Explain {
@@ -456,11 +461,13 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Devices { format } => {
             let discovery = discover();
-            // A device asked for by name must be there, even here.
+            print_devices(&discovery, format)?;
+            // A device asked for by name must be there: said after the list,
+            // which shows what is.
             if device != DeviceRequest::Auto {
                 device.resolve(&discovery)?;
             }
-            print_devices(&discovery, format)
+            Ok(())
         }
         Command::Datagen {
             dataset: Dataset::Tpch { scale, output },
@@ -494,8 +501,13 @@ async fn run(cli: Cli) -> Result<()> {
             )
             .await
         }
-        Command::Sql { input, format } => {
+        Command::Sql {
+            input,
+            format,
+            max_width,
+        } => {
             let session = open_session(session(device, cluster), &input).await?;
+            let format = output::Printer { format, max_width };
             match read_sql(&input)? {
                 Some(sql) => run_script(&session, &sql, format).await,
                 None => interactive(&session, format).await,
@@ -573,7 +585,7 @@ fn read_sql(input: &SqlInput) -> Result<Option<String>> {
 
 /// Runs each statement in order, printing the rows of those that return
 /// rows; the first failure (or Ctrl-C, or the statement timeout) ends it.
-async fn run_script(session: &Session, sql: &str, format: Format) -> Result<()> {
+async fn run_script(session: &Session, sql: &str, format: output::Printer) -> Result<()> {
     let statements = session.parse(sql)?;
     if statements.is_empty() {
         return Err(KilnError::EmptySql);
@@ -607,7 +619,7 @@ async fn run_script(session: &Session, sql: &str, format: Format) -> Result<()> 
 async fn run_statement(
     session: &Session,
     statement: datafusion::sql::parser::Statement,
-    format: Format,
+    format: output::Printer,
     gap: bool,
 ) -> Result<bool> {
     let frame = session.execute_statement(statement).await?;
@@ -615,7 +627,7 @@ async fn run_statement(
         return Ok(false);
     }
     let mut stdout = std::io::stdout().lock();
-    if gap && format == Format::Table {
+    if gap && format.format == Format::Table {
         writeln!(stdout).map_err(|e| KilnError::File {
             path: "<stdout>".into(),
             source: e,
@@ -627,7 +639,7 @@ async fn run_statement(
 
 /// The interactive prompt (see [`prompt`]): statements end with ';', errors
 /// are printed and the prompt goes on, Ctrl-C cancels the running statement.
-async fn interactive(session: &Session, format: Format) -> Result<()> {
+async fn interactive(session: &Session, format: output::Printer) -> Result<()> {
     let mut prompt = prompt::Prompt::open()?;
     while let Some(sql) = prompt.next_statement()? {
         match run_script(session, &sql, format).await {

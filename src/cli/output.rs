@@ -4,6 +4,7 @@
 //! columns.
 
 use std::io::Write;
+use std::sync::Arc;
 
 use crate::DataFrame;
 use crate::error::{KilnError, Result};
@@ -32,6 +33,78 @@ fn write_err(e: std::io::Error) -> KilnError {
         path: "<stdout>".to_string(),
         source: e,
     }
+}
+
+/// Cells of the table format longer than this are cut (`--max-width`).
+pub const DEFAULT_MAX_WIDTH: usize = 100;
+
+/// A format and its settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Printer {
+    pub format: Format,
+    /// Table cells are cut to this many characters; 0: never.
+    pub max_width: usize,
+}
+
+/// `batch` with the columns a format cannot show as they are turned into
+/// text: nested values (lists such as embeddings, structs, maps) for CSV,
+/// which Arrow's CSV writer refuses, written as `[0.1, 0.2, ...]`; and for
+/// the table, text longer than `max_width` cut with '…'.
+fn printable(batch: &RecordBatch, format: Format, max_width: usize) -> Result<RecordBatch> {
+    use datafusion::arrow::array::{ArrayRef, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+    let needs_text = |t: &DataType| match format {
+        Format::Csv => t.is_nested(),
+        Format::Table => {
+            max_width > 0
+                && (t.is_nested()
+                    || matches!(
+                        t,
+                        DataType::Utf8
+                            | DataType::LargeUtf8
+                            | DataType::Utf8View
+                            | DataType::Binary
+                            | DataType::LargeBinary
+                            | DataType::BinaryView
+                    ))
+        }
+        Format::Json => false,
+    };
+    let schema = batch.schema();
+    if !schema.fields().iter().any(|f| needs_text(f.data_type())) {
+        return Ok(batch.clone());
+    }
+    let options = FormatOptions::default().with_null("");
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for (field, column) in schema.fields().iter().zip(batch.columns()) {
+        if !needs_text(field.data_type()) {
+            fields.push(Arc::clone(field));
+            columns.push(Arc::clone(column));
+            continue;
+        }
+        let formatter = ArrayFormatter::try_new(column.as_ref(), &options)?;
+        let text: StringArray = (0..column.len())
+            .map(|i| {
+                if column.is_null(i) {
+                    return None;
+                }
+                let mut cell = formatter.value(i).to_string();
+                if format == Format::Table && cell.chars().count() > max_width {
+                    cell = cell.chars().take(max_width.saturating_sub(1)).collect();
+                    cell.push('…');
+                }
+                Some(cell)
+            })
+            .collect();
+        fields.push(Arc::new(Field::new(field.name(), DataType::Utf8, true)));
+        columns.push(Arc::new(text));
+    }
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
 }
 
 /// Whether a result is a plan (EXPLAIN's `plan_type`, `plan` columns).
@@ -97,12 +170,12 @@ impl Write for PipeWatch<'_> {
 }
 
 /// Executes `frame` and prints its rows to `out`; returns the row count.
-pub async fn print_frame(frame: DataFrame, format: Format, out: &mut dyn Write) -> Result<u64> {
+pub async fn print_frame(frame: DataFrame, printer: Printer, out: &mut dyn Write) -> Result<u64> {
     let mut watch = PipeWatch {
         inner: out,
         closed: false,
     };
-    let printed = print_rows(frame, format, &mut watch).await;
+    let printed = print_rows(frame, printer, &mut watch).await;
     match printed {
         Err(_) if watch.closed => Err(KilnError::File {
             path: "<stdout>".into(),
@@ -112,7 +185,8 @@ pub async fn print_frame(frame: DataFrame, format: Format, out: &mut dyn Write) 
     }
 }
 
-async fn print_rows(frame: DataFrame, format: Format, out: &mut dyn Write) -> Result<u64> {
+async fn print_rows(frame: DataFrame, printer: Printer, out: &mut dyn Write) -> Result<u64> {
+    let Printer { format, max_width } = printer;
     let mut progress = Progress::stderr();
     let mut stream = frame.execute_stream().await?;
     let schema = stream.schema();
@@ -149,9 +223,10 @@ async fn print_rows(frame: DataFrame, format: Format, out: &mut dyn Write) -> Re
             while let Some(batch) = stream.next().await {
                 let batch = batch?;
                 total = tick(&batch, &mut progress);
-                batches.push(batch);
+                batches.push(printable(&batch, format, max_width)?);
             }
             progress.finish();
+            let schema = printable(&RecordBatch::new_empty(schema), format, max_width)?.schema();
             let table = pretty_format_batches_with_schema(schema, &batches)?;
             writeln!(out, "{table}").map_err(write_err)?;
             total
@@ -166,12 +241,16 @@ async fn print_rows(frame: DataFrame, format: Format, out: &mut dyn Write) -> Re
                     continue;
                 }
                 total = tick(&batch, &mut progress);
-                writer.write(&batch)?;
+                writer.write(&printable(&batch, format, max_width)?)?;
                 wrote = true;
             }
             if !wrote {
                 // The header alone, so an empty result is still valid CSV.
-                writer.write(&RecordBatch::new_empty(schema))?;
+                writer.write(&printable(
+                    &RecordBatch::new_empty(schema),
+                    format,
+                    max_width,
+                )?)?;
             }
             total
         }

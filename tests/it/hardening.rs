@@ -392,3 +392,97 @@ fn command_line_errors_and_exit_codes() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(String::from_utf8_lossy(&out.stderr), "");
 }
+
+/// `FROM '<path>'` names the real cause when the path cannot be read,
+/// rather than "table not found".
+#[test]
+fn unreadable_locations_name_their_cause() {
+    let dir = tempdir();
+    let missing = s(&dir.path().join("missing.parquet"));
+    let r = sql(&["-c", &format!("SELECT * FROM '{missing}'")]);
+    assert_one_line_error(&r, &[&missing, "No such file"]);
+    let missing_dir = format!("{}/", s(&dir.path().join("nodir")));
+    let r = sql(&["-c", &format!("SELECT * FROM '{missing_dir}'")]);
+    assert_one_line_error(&r, &["nodir", "No such file"]);
+    let notes = dir.path().join("notes.xyz");
+    std::fs::write(&notes, "x\n").unwrap();
+    let r = sql(&["-c", &format!("SELECT * FROM '{}'", s(&notes))]);
+    assert_one_line_error(&r, &["notes.xyz", "extension", "STORED AS"]);
+    assert_eq!(r.code, 1);
+    let a = dir.path().join("loop_a.parquet");
+    let b = dir.path().join("loop_b.parquet");
+    std::os::unix::fs::symlink(&b, &a).unwrap();
+    std::os::unix::fs::symlink(&a, &b).unwrap();
+    let r = sql(&["-c", &format!("SELECT * FROM '{}'", s(&a))]);
+    assert_one_line_error(&r, &["loop_a.parquet", "symbolic links"]);
+}
+
+/// An http:// endpoint allows plain HTTP by itself (it failed with
+/// "builder error"), and S3 without credentials says so.
+#[test]
+fn s3_endpoints_and_missing_credentials() {
+    for var in ["AWS_ENDPOINT_URL", "AWS_ENDPOINT"] {
+        let r = run(kiln()
+            .env(var, "http://127.0.0.1:1")
+            .env("AWS_ACCESS_KEY_ID", "x")
+            .env("AWS_SECRET_ACCESS_KEY", "y")
+            .args(["sql", "-c", "SELECT * FROM 's3://bucket/x.parquet'"]));
+        assert_one_line_error(&r, &["127.0.0.1:1"]);
+        assert!(!r.stderr.contains("builder error"), "{var}: {}", r.stderr);
+    }
+    // No credentials anywhere: the chain ends at the instance metadata
+    // endpoint, whose refusal is explained.
+    let r = run(kiln().args(["sql", "-c", "SELECT * FROM 's3://bucket/x.parquet'"]));
+    assert_one_line_error(&r, &["s3://bucket/x.parquet"]);
+    if r.stderr.contains("169.254.169.254") {
+        assert!(
+            r.stderr.contains("no AWS credentials found"),
+            "{}",
+            r.stderr
+        );
+    }
+}
+
+/// Output: list columns print in CSV, long table cells are cut (and
+/// `--max-width 0` keeps them), `kiln devices` lists the devices even when
+/// KILN_DEVICE names one that is not there, k given as a string says so.
+#[test]
+fn output_of_lists_long_cells_and_devices() {
+    let out = ok(&[
+        "sql",
+        "--format",
+        "csv",
+        "-c",
+        "SELECT 1 AS id, [0.5, 1.5] AS v",
+    ]);
+    assert_eq!(out, "id,v\n1,\"[0.5, 1.5]\"\n");
+    let out = ok(&["sql", "-c", "SELECT repeat('x', 300) AS t"]);
+    assert!(out.contains(&format!("{}…", "x".repeat(99))), "{out}");
+    assert!(!out.contains(&"x".repeat(101)), "{out}");
+    let out = ok(&[
+        "sql",
+        "--max-width",
+        "0",
+        "-c",
+        "SELECT repeat('x', 300) AS t",
+    ]);
+    assert!(out.contains(&"x".repeat(300)), "{out}");
+
+    let r = run(kiln().env("KILN_DEVICE", "wgpu:9").arg("devices"));
+    assert!(r.stdout.starts_with("DEVICE"), "{}", r.stdout);
+    assert!(r.stdout.contains("cpu:0"), "{}", r.stdout);
+    assert_one_line_error(&r, &["wgpu:9"]);
+    let json = ok(&["devices", "--format", "json"]);
+    assert!(json.ends_with("}\n"), "{json:?}");
+
+    let dir = tempdir();
+    let path = vectors(dir.path());
+    let r = sql(&[
+        "-c",
+        &format!(
+            "CREATE EXTERNAL TABLE vecs STORED AS PARQUET LOCATION '{path}'; \
+             SELECT * FROM vector_search('vecs', 'v', [1.0, 2.0, 3.0], '3')"
+        ),
+    ]);
+    assert_one_line_error(&r, &["k must be a non-negative integer", "the string '3'"]);
+}

@@ -95,7 +95,7 @@ fn scores_between_columns_and_row_level_mismatch() {
     ));
     assert_eq!(out, "id,dot,l2\n1,2.0,3.0\n2,,\n3,0.0,5.0\n");
     let r = run(kiln().args(["sql", "-c", &format!("SELECT dot_product(v, w) FROM '{p}'")]));
-    assert_one_line_error(&r, &["dimension mismatch in row 3", "3 components", "2"]);
+    assert_one_line_error(&r, &["dimension mismatch in row 4", "3 components", "2"]);
 }
 
 #[test]

@@ -300,8 +300,8 @@ pub async fn search_corpus(
                             "vector search: column '{}' has a vector of {} components (row {} of input partition {}), the query has {}",
                             spec.column_name,
                             x.len(),
-                            id - ((partition as u64) << PARTITION_SHIFT),
-                            partition,
+                            id - ((partition as u64) << PARTITION_SHIFT) + 1,
+                            partition + 1,
                             spec.dim
                         );
                     }

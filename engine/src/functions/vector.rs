@@ -272,7 +272,8 @@ impl ScalarUDFImpl for VectorUdf {
                 (Some(x), Some(y)) => {
                     if x.len() != y.len() {
                         return exec_err!(
-                            "{name}: dimension mismatch in row {i}: the first vector has {} components, the second {}",
+                            "{name}: dimension mismatch in row {} of its batch: the first vector has {} components, the second {}",
+                            i + 1,
                             x.len(),
                             y.len()
                         );

@@ -192,19 +192,20 @@ fn build_store(url: &Url, options: &[(String, String)]) -> Result<Arc<dyn Object
             let mut b = AmazonS3Builder::new()
                 .with_client_options(client_options())
                 .with_retry(retry_config());
+            let allow_http = AmazonS3ConfigKey::Client(object_store::ClientConfigKey::AllowHttp);
+            let mut http_said = false;
             for (k, value) in config_pairs::<AmazonS3ConfigKey>(cloud, "AWS_", options, &location)?
             {
+                http_said |= k == allow_http;
                 b = b.with_config(k, value);
             }
             // An http:// endpoint (MinIO, moto, a local gateway) is only
             // reachable with plain HTTP allowed; asking for the endpoint is
-            // asking for that.
+            // asking for that, unless AWS_ALLOW_HTTP says otherwise. (The
+            // builder always has a value for it, from the client options.)
             if b.get_config_value(&AmazonS3ConfigKey::Endpoint)
                 .is_some_and(|e| e.starts_with("http://"))
-                && b.get_config_value(&AmazonS3ConfigKey::Client(
-                    object_store::ClientConfigKey::AllowHttp,
-                ))
-                .is_none()
+                && !http_said
             {
                 b = b.with_allow_http(true);
             }
