@@ -87,12 +87,16 @@ impl SessionBuilder {
                 url.check_reachable()?;
                 crate::cluster::client_state(url, config, runtime)?
             }
-            None => kiln_planner::install(
-                SessionStateBuilder::new()
-                    .with_config(config)
-                    .with_runtime_env(runtime),
-            )
-            .build(),
+            None => {
+                let mut state = kiln_planner::install(
+                    SessionStateBuilder::new()
+                        .with_config(config)
+                        .with_runtime_env(runtime),
+                )
+                .build();
+                state.register_file_format(Arc::new(NdjsonFormatFactory::default()), false)?;
+                state
+            }
         };
         let ctx = SessionContext::new_with_state(state).enable_url_table();
         kiln_planner::register_functions(&ctx);
@@ -106,6 +110,31 @@ impl SessionBuilder {
     }
 }
 
+/// `FROM 'events.ndjson'`: newline-delimited JSON under its other common
+/// extension, read as DataFusion reads `.json`.
+#[derive(Debug, Default)]
+struct NdjsonFormatFactory(datafusion::datasource::file_format::json::JsonFormatFactory);
+
+impl datafusion::common::GetExt for NdjsonFormatFactory {
+    fn get_ext(&self) -> String {
+        "ndjson".to_string()
+    }
+}
+
+impl datafusion::datasource::file_format::FileFormatFactory for NdjsonFormatFactory {
+    fn create(
+        &self,
+        state: &dyn datafusion::catalog::Session,
+        format_options: &std::collections::HashMap<String, String>,
+    ) -> datafusion::error::Result<Arc<dyn datafusion::datasource::file_format::FileFormat>> {
+        self.0.create(state, format_options)
+    }
+
+    fn default(&self) -> Arc<dyn datafusion::datasource::file_format::FileFormat> {
+        self.0.default()
+    }
+}
+
 /// Whether a table name in a query is a location (`FROM 'data/x.parquet'`,
 /// `FROM 's3://bucket/prefix/'`) rather than a catalog name.
 fn looks_like_location(name: &str) -> bool {
@@ -114,8 +143,29 @@ fn looks_like_location(name: &str) -> bool {
         || name.rsplit_once('.').is_some_and(|(_, e)| !e.is_empty())
 }
 
+/// A local file of 0 bytes named as a table is no table: DataFusion skips
+/// empty files (markers) in a listing, which would make it read as 0 rows.
+fn refuse_empty_file(location: &str) -> Result<()> {
+    let Ok(url) = ListingTableUrl::parse(location) else {
+        return Ok(());
+    };
+    let as_url: &url::Url = url.as_ref();
+    if as_url.scheme() != "file" || url.is_collection() {
+        return Ok(());
+    }
+    let Some(path) = as_url.to_file_path().ok() else {
+        return Ok(());
+    };
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() && m.len() == 0 => Err(KilnError::UnknownFormat(format!(
+            "{location}: the file is empty (0 bytes), not a table"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The file extensions `FROM '<file>'` reads.
-const READABLE_EXTENSIONS: [&str; 5] = ["parquet", "csv", "json", "avro", "arrow"];
+const READABLE_EXTENSIONS: [&str; 6] = ["parquet", "csv", "json", "ndjson", "avro", "arrow"];
 
 /// An error for a file whose extension names no format Kiln reads.
 fn unknown_extension(location: &str) -> Option<KilnError> {
@@ -365,6 +415,9 @@ impl Session {
             .map(|t| t.table().to_string())
             .filter(|t| looks_like_location(t))
             .collect();
+        for location in &locations {
+            refuse_empty_file(location)?;
+        }
         let plan = match state.statement_to_plan(statement).await {
             Ok(plan) => plan,
             Err(e) => {
@@ -458,18 +511,43 @@ impl Session {
 
     /// A lazy DataFrame over Parquet at `location` (a file, a directory or a
     /// prefix, in any supported store).
+    /// A directory's Hive partitions (`year=2024/`) become columns, as with
+    /// `FROM 'dir/'`.
     pub async fn read_parquet(&self, location: &str) -> Result<DataFrame> {
-        Ok(self
-            .ctx
-            .read_parquet(location, ParquetReadOptions::default())
-            .await?)
+        refuse_empty_file(location)?;
+        let options = self.parquet_options(location).await?;
+        Ok(self.ctx.read_parquet(location, options).await?)
+    }
+
+    /// Reading options for Parquet at `location`, with the partition
+    /// columns its directory layout names.
+    async fn parquet_options(&self, location: &str) -> Result<ParquetReadOptions<'static>> {
+        use datafusion::arrow::datatypes::DataType;
+        use datafusion::datasource::file_format::parquet::ParquetFormat;
+        use datafusion::datasource::listing::ListingOptions;
+        let url = ListingTableUrl::parse(location)?;
+        if !url.is_collection() {
+            return Ok(ParquetReadOptions::default());
+        }
+        let state = self.ctx.state();
+        let partitions = ListingOptions::new(Arc::new(ParquetFormat::default()))
+            .with_file_extension(".parquet")
+            .infer_partitions(&state, &url)
+            .await?;
+        let dictionary = DataType::Dictionary(Box::new(DataType::UInt16), Box::new(DataType::Utf8));
+        Ok(ParquetReadOptions::default().table_partition_cols(
+            partitions
+                .into_iter()
+                .map(|name| (name, dictionary.clone()))
+                .collect(),
+        ))
     }
 
     /// Registers Parquet at `location` as table `name`.
     pub async fn register_parquet(&self, name: &str, location: &str) -> Result<()> {
-        self.ctx
-            .register_parquet(name, location, ParquetReadOptions::default())
-            .await?;
+        refuse_empty_file(location)?;
+        let options = self.parquet_options(location).await?;
+        self.ctx.register_parquet(name, location, options).await?;
         Ok(())
     }
 

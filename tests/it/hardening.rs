@@ -486,3 +486,54 @@ fn output_of_lists_long_cells_and_devices() {
     ]);
     assert_one_line_error(&r, &["k must be a non-negative integer", "the string '3'"]);
 }
+
+/// An empty file named as a table is an error (it read as 0 rows); a
+/// partitioned directory keeps its partition columns under `--table`;
+/// `.ndjson` reads as JSON.
+#[test]
+fn empty_files_partitions_and_ndjson() {
+    let dir = tempdir();
+    let empty = s(&dir.path().join("empty.parquet"));
+    std::fs::write(&empty, b"").unwrap();
+    let r = sql(&["-c", &format!("SELECT count(*) FROM '{empty}'")]);
+    assert_one_line_error(&r, &["empty.parquet", "empty (0 bytes)"]);
+    let r = sql(&["--table", &format!("e={empty}"), "-c", "SELECT 1"]);
+    assert_one_line_error(&r, &["--table e", "empty (0 bytes)"]);
+
+    let parts = s(&dir.path().join("parts"));
+    ok(&[
+        "sql",
+        "-c",
+        &format!(
+            "COPY (SELECT i, i % 2 AS p FROM generate_series(1, 10) t(i)) TO '{parts}/' \
+             STORED AS PARQUET PARTITIONED BY (p)"
+        ),
+    ]);
+    for location in [parts.clone(), format!("{parts}/")] {
+        let out = ok(&[
+            "sql",
+            "--format",
+            "csv",
+            "--table",
+            &format!("t={location}"),
+            "-c",
+            "SELECT p, count(*) AS n FROM t GROUP BY p ORDER BY p",
+        ]);
+        assert_eq!(out, "p,n\n0,5\n1,5\n", "{location}");
+    }
+
+    let events = dir.path().join("events.ndjson");
+    std::fs::write(
+        &events,
+        "{\"a\": 1, \"b\": \"x\"}\n{\"a\": 2, \"b\": \"y\"}\n",
+    )
+    .unwrap();
+    let out = ok(&[
+        "sql",
+        "--format",
+        "csv",
+        "-c",
+        &format!("SELECT sum(a) AS s, max(b) AS m FROM '{}'", s(&events)),
+    ]);
+    assert_eq!(out, "s,m\n3,y\n");
+}
