@@ -537,3 +537,73 @@ fn empty_files_partitions_and_ndjson() {
     ]);
     assert_eq!(out, "s,m\n3,y\n");
 }
+
+/// The prompt on a terminal (`script` gives it one): multi-line statements,
+/// help, history, Ctrl-C cancelling the running statement and the prompt
+/// going on, and a warning when Ctrl-D drops an unfinished statement. Lines
+/// are typed one at a time, as a person does (a line editor drops what is
+/// typed ahead of its prompt).
+#[test]
+fn the_interactive_prompt() {
+    let dir = tempdir();
+    let history = dir.path().join("history");
+    let typed = [
+        "SELECT 1 AS one;",
+        "SELECT",
+        " 2 AS two;",
+        "\\?",
+        "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT count(*) FROM r;",
+        "\\003",
+        "SELECT 4 AS four;",
+        "SELECT 5",
+        "\\004",
+    ];
+    let feed: String = typed
+        .iter()
+        .map(|line| {
+            let line = if line.starts_with("\\0") {
+                format!("printf '{line}'")
+            } else {
+                format!("printf '%s\\n' '{line}'")
+            };
+            format!("sleep 1.5; {line}; ")
+        })
+        .collect();
+    let script = format!(
+        "({feed} sleep 1) | script -qec '{} sql' /dev/null",
+        env!("CARGO_BIN_EXE_kiln")
+    );
+    let r = run(std::process::Command::new("sh")
+        .args(["-c", &script])
+        .env("KILN_HISTORY", &history)
+        .env("KILN_DEVICE", "cpu")
+        .env("NODEVICE_SELECT", "1"));
+    let out: String = {
+        // The terminal's escape sequences and carriage returns aside.
+        let mut text = String::new();
+        let mut chars = r.stdout.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '\x1b' {
+                chars.next();
+                while chars.next_if(|c| !c.is_ascii_alphabetic()).is_some() {}
+                chars.next();
+            } else if c != '\r' {
+                text.push(c);
+            }
+        }
+        text
+    };
+    for expected in [
+        "| one |",
+        "  ..>  2 AS two;",
+        "| two |",
+        "Statements end with ';'",
+        "cancelled (Ctrl-C)",
+        "| four |",
+        "warning: the unfinished statement was not run (end it with ';'): SELECT 5",
+    ] {
+        assert!(out.contains(expected), "'{expected}' missing from:\n{out}");
+    }
+    let saved = std::fs::read_to_string(&history).unwrap();
+    assert!(saved.contains("SELECT 4 AS four;"), "{saved}");
+}
