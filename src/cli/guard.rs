@@ -35,11 +35,11 @@ pub fn install_panic_hook() {
             .map(|l| format!(" at {}:{}", short_path(l.file()), l.line()))
             .unwrap_or_default();
         let line = kiln_engine::io::redact(&format!("{}{at}", msg.replace('\n', " ")));
-        if GUARDS.load(Ordering::SeqCst) > 0 {
-            if let Ok(mut last) = LAST_PANIC.lock() {
-                *last = Some(line);
-                return;
-            }
+        if GUARDS.load(Ordering::SeqCst) > 0
+            && let Ok(mut last) = LAST_PANIC.lock()
+        {
+            *last = Some(line);
+            return;
         }
         eprintln!("error: internal error: {line} (a bug in Kiln; please report it)");
     }));
