@@ -801,8 +801,10 @@ async fn embed(
             "{input} already has a column '{as_name}'; choose another name with --as"
         )));
     }
-    let frame = frame.embed(column, model, as_name)?;
     refuse_output_inside_input(input, output)?;
+    // Parquet footers hold the row count: the total costs no scan.
+    let total_rows = frame.clone().count().await? as u64;
+    let frame = frame.embed(column, model, as_name)?;
     let single_file = output.ends_with(".parquet");
     let device = match session.cluster() {
         Some(url) => format!("the cluster at {url}"),
@@ -822,10 +824,18 @@ async fn embed(
                 let now = kiln_engine::model::embed_totals() - before;
                 progress.update(|t| {
                     let secs = t.as_secs_f64().max(1e-9);
+                    let rate = now.rows as f64 / secs;
+                    let eta = match total_rows.checked_sub(now.rows) {
+                        Some(left) if rate > 0.0 => {
+                            format!(", ETA {:.0}s", left as f64 / rate)
+                        }
+                        _ => String::new(),
+                    };
                     format!(
-                        "embedding on {device}: {} rows, {:.0} rows/s, {:.0} tokens/s",
+                        "embedding on {device}: {}/{total_rows} rows ({:.0}%), {rate:.0} rows/s, \
+                         {:.0} tokens/s{eta}",
                         now.rows,
-                        now.rows as f64 / secs,
+                        100.0 * now.rows as f64 / total_rows.max(1) as f64,
                         now.tokens as f64 / secs
                     )
                 });

@@ -223,12 +223,15 @@ impl EmbeddingModel {
             for (row, &i) in order[start..end].iter().enumerate() {
                 values[i * dim..(i + 1) * dim].copy_from_slice(&pooled[row * dim..(row + 1) * dim]);
             }
+            // Counted per encoder batch, so progress moves within one call.
+            COUNTERS
+                .rows
+                .fetch_add((end - start) as u64, Ordering::Relaxed);
+            COUNTERS
+                .tokens
+                .fetch_add(batch.tokens() as u64, Ordering::Relaxed);
             start = end;
         }
-        COUNTERS
-            .rows
-            .fetch_add(texts.len() as u64, Ordering::Relaxed);
-        COUNTERS.tokens.fetch_add(tokens as u64, Ordering::Relaxed);
         COUNTERS
             .truncated
             .fetch_add(truncated as u64, Ordering::Relaxed);
