@@ -156,20 +156,8 @@ impl Staged {
         if self.single_file {
             return self.store.rename(from, to).await.map_err(store_err(to));
         }
-        let old: Vec<Path> = self
-            .store
-            .list(Some(to))
-            .map_ok(|m| m.location)
-            .try_collect()
-            .await
-            .map_err(store_err(to))?;
-        let staged: Vec<Path> = self
-            .store
-            .list(Some(from))
-            .map_ok(|m| m.location)
-            .try_collect()
-            .await
-            .map_err(store_err(from))?;
+        let old = self.list(to).await.map_err(store_err(to))?;
+        let staged = self.list(from).await.map_err(store_err(from))?;
         let mut written = std::collections::HashSet::new();
         for path in staged {
             let dest = path
@@ -189,6 +177,15 @@ impl Staged {
         Ok(())
     }
 
+    /// The objects under `prefix`.
+    async fn list(&self, prefix: &Path) -> object_store::Result<Vec<Path>> {
+        self.store
+            .list(Some(prefix))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+    }
+
     /// Deletes whatever was staged.
     async fn discard(&mut self) {
         self.done = true;
@@ -197,13 +194,7 @@ impl Staged {
             return;
         }
         let prefix = self.url.prefix().clone();
-        let paths: Vec<Path> = self
-            .store
-            .list(Some(&prefix))
-            .map_ok(|m| m.location)
-            .try_collect()
-            .await
-            .unwrap_or_default();
+        let paths = self.list(&prefix).await.unwrap_or_default();
         for path in paths {
             // Best effort: what cannot be deleted now is hidden and named as staging.
             let _ = self.store.delete(&path).await;

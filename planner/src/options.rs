@@ -234,18 +234,24 @@ impl SearchOptions {
     }
 }
 
-/// Parses a byte size: a number with an optional unit (B, KB, KiB, MB, MiB,
-/// GB, GiB, TB, TiB; case-insensitive).
-pub fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
+/// `text` as a number and the unit after it (`"1.5 GB"`: 1.5 and `"gb"`).
+fn number_and_unit(text: &str, what: &str) -> std::result::Result<(f64, String), String> {
     let t = text.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
-    let number: f64 = number
+    let number = number
         .parse()
-        .map_err(|_| format!("'{text}' is not a size such as 256MiB"))?;
-    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        .map_err(|_| format!("'{text}' is not {what}"))?;
+    Ok((number, unit.trim().to_ascii_lowercase()))
+}
+
+/// Parses a byte size: a number with an optional unit (B, KB, KiB, MB, MiB,
+/// GB, GiB, TB, TiB; case-insensitive).
+pub fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
+    let (number, unit) = number_and_unit(text, "a size such as 256MiB")?;
+    let scale: f64 = match unit.as_str() {
         "" | "b" => 1.0,
         "kb" => 1e3,
         "kib" | "k" => 1024.0,
@@ -272,14 +278,8 @@ pub fn parse_duration(text: &str) -> std::result::Result<Option<std::time::Durat
     if t.is_empty() {
         return Ok(None);
     }
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration such as 30s, 5min or 1h"))?;
-    let secs = match unit.trim().to_ascii_lowercase().as_str() {
+    let (number, unit) = number_and_unit(text, "a duration such as 30s, 5min or 1h")?;
+    let secs = match unit.as_str() {
         "ms" => number / 1e3,
         "" | "s" | "sec" | "secs" => number,
         "m" | "min" | "mins" => number * 60.0,
