@@ -20,6 +20,8 @@ mod commit;
 pub mod dataframe;
 pub mod datagen;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod session;
 mod statement_depth;
 

@@ -8,6 +8,7 @@ mod common;
 mod devices;
 mod embed;
 mod explain;
+mod fuzz_corpus;
 mod gpu_transforms;
 mod hardening;
 mod s3;

@@ -1,0 +1,1 @@
+SELECT * FROM vector_search('t', 'v', [1.0, 2.0], 3)

@@ -1,0 +1,1 @@
+SELECT a, row_number() OVER (PARTITION BY a % 2 ORDER BY a) FROM (VALUES (1), (2), (3)) t(a)

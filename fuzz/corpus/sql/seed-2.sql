@@ -1,0 +1,1 @@
+SELECT i, i % 3 AS g FROM generate_series(1, 100) t(i) WHERE i > 5 ORDER BY g DESC, i LIMIT 7

@@ -1,0 +1,1 @@
+SELECT g, count(*), sum(x), avg(x), min(s), max(s) FROM (VALUES (1, 1.5, 'x'), (2, NULL, 'y'), (1, 3.0, NULL)) t(g, x, s) GROUP BY g

@@ -1,0 +1,1 @@
+SELECT cosine_similarity([1.0, 2.0], [2.0, 1.0]), dot_product([1.0], [2.0]), l2_distance([0.0, 0.0], [3.0, 4.0])

@@ -1,0 +1,1 @@
+SET kiln.vector_memory_budget = '1MiB'; SELECT 1

@@ -1,0 +1,1 @@
+SELECT CASE WHEN x > 1 THEN 'big' ELSE 'small' END, coalesce(NULL, x), x IN (1, 2, 3) FROM (VALUES (1), (2)) t(x)

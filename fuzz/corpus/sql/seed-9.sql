@@ -1,0 +1,1 @@
+SELECT cast('2024-02-29' AS DATE) + INTERVAL '1 year', extract(year FROM DATE '2024-01-01'), round(2.5), floor(-1.5)
