@@ -15,7 +15,11 @@ use datafusion::sql::sqlparser::ast::{Expr, Query, SetExpr, Visit, Visitor};
 /// The first depth found beyond `limit`, if any. The walk stops there, so a
 /// huge statement costs no more than its first `limit` levels.
 pub fn exceeds(statement: &Statement, limit: usize) -> Option<usize> {
-    let mut walk = Depth { depth: 0, limit };
+    let mut walk = Depth {
+        depth: 0,
+        limit,
+        queries: Vec::new(),
+    };
     let flow = match statement {
         Statement::Statement(s) => s.visit(&mut walk),
         Statement::CopyTo(copy) => match &copy.source {
@@ -34,6 +38,8 @@ pub fn exceeds(statement: &Statement, limit: usize) -> Option<usize> {
 struct Depth {
     depth: usize,
     limit: usize,
+    /// The set-operation depth each open query added, to take off again.
+    queries: Vec<usize>,
 }
 
 impl Depth {
@@ -60,11 +66,13 @@ impl Visitor for Depth {
     }
 
     fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<usize> {
-        self.enter(set_operation_depth(&query.body))
+        let levels = set_operation_depth(&query.body);
+        self.queries.push(levels);
+        self.enter(levels)
     }
 
-    fn post_visit_query(&mut self, query: &Query) -> ControlFlow<usize> {
-        self.depth -= set_operation_depth(&query.body);
+    fn post_visit_query(&mut self, _: &Query) -> ControlFlow<usize> {
+        self.depth -= self.queries.pop().unwrap_or(0);
         ControlFlow::Continue(())
     }
 }

@@ -53,7 +53,7 @@ fn short_path(file: &str) -> &str {
         .map_or(file, |(_, rest)| rest)
 }
 
-/// Why a guarded statement did not finish.
+/// One guarded statement running: counted in [`GUARDS`] while alive.
 struct Scope;
 
 impl Scope {
