@@ -1105,3 +1105,31 @@ async fn large_doubles_round_floor_and_ceil_as_on_the_cpu() {
         text(&plan)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn casts_to_decimal_scales_beyond_64_bits_match_the_cpu() {
+    // Found by the codegen fuzz target: a cast to a decimal scale above 18
+    // multiplies by a power of ten that leaves i64 (the generator computed
+    // it with an overflowing `pow`). Zeros stay on the device; any other
+    // value overflows 64 bits and sends its batch to the CPU.
+    if !has_wgpu() {
+        return;
+    }
+    let table = random_table(3000, 7);
+    let cpu = table_session(&table, 1, &["SET kiln.device = 'cpu'"]).await;
+    let gpu = table_session(&table, 1, GPU).await;
+    for sql in [
+        "SELECT id, CAST(a AS DECIMAL(38, 20)) AS w, CAST(e AS DECIMAL(38, 25)) AS v FROM t \
+         WHERE a = 0 OR a IS NULL ORDER BY id",
+        "SELECT id, CAST(a AS DECIMAL(38, 19)) AS w FROM t WHERE a > 990 ORDER BY id",
+    ] {
+        let want = text(&cpu, sql).await;
+        assert_eq!(text(&gpu, sql).await, want, "{sql}");
+        assert!(want.lines().count() > 5, "{want}");
+        assert!(
+            explain(&gpu, sql).await.contains("GpuStageExec"),
+            "{}",
+            explain(&gpu, sql).await
+        );
+    }
+}

@@ -1,6 +1,8 @@
-//! I/O for execution: object stores and credential redaction.
+//! I/O for execution: object stores (with Parquet footers checked on the
+//! way out) and credential redaction.
 
 pub mod object_store_registry;
+pub mod parquet_footer;
 pub mod redact;
 
 pub use object_store_registry::{KilnObjectStoreRegistry, is_store_option, store_url_key};

@@ -7,6 +7,9 @@
 //! `AZURE_*`), or from the options of a `CREATE EXTERNAL TABLE`, which take
 //! precedence for that bucket. Stores are cached per `scheme://authority`.
 //!
+//! Every store is wrapped in [`FooterCheckedStore`]: a Parquet file whose
+//! footer lies about its length is an error, not a panic in the reader.
+//!
 //! Network stores get bounded timeouts and retries, so an unreachable
 //! endpoint is an error within seconds rather than a hang.
 
@@ -26,6 +29,7 @@ use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 use url::Url;
 
 use crate::error::{EngineError, Result};
+use crate::io::parquet_footer::FooterCheckedStore;
 use crate::io::redact::{is_sensitive_name, register_env_secrets, register_secret};
 
 /// Time allowed to open a connection to a store.
@@ -271,7 +275,10 @@ impl KilnObjectStoreRegistry {
     pub fn new() -> Self {
         register_env_secrets();
         let mut stores: HashMap<String, Arc<dyn ObjectStore>> = HashMap::new();
-        stores.insert("file://".to_string(), Arc::new(LocalFileSystem::new()));
+        stores.insert(
+            "file://".to_string(),
+            FooterCheckedStore::wrap(Arc::new(LocalFileSystem::new())),
+        );
         KilnObjectStoreRegistry {
             stores: RwLock::new(stores),
         }
@@ -285,7 +292,9 @@ impl KilnObjectStoreRegistry {
         Ok(())
     }
 
+    /// Caches `store` for `url`'s bucket, behind the Parquet footer check.
     fn insert(&self, url: &Url, store: Arc<dyn ObjectStore>) -> Option<Arc<dyn ObjectStore>> {
+        let store = FooterCheckedStore::wrap(store);
         let mut stores = self.stores.write().unwrap_or_else(|p| p.into_inner());
         stores.insert(store_url_key(url), store)
     }
@@ -323,6 +332,7 @@ impl ObjectStoreRegistry for KilnObjectStoreRegistry {
             return Ok(Arc::clone(store));
         }
         let store = build_store(url, &[]).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let store = FooterCheckedStore::wrap(store);
         stores.insert(key, Arc::clone(&store));
         Ok(store)
     }

@@ -1263,6 +1263,12 @@ impl Gen {
         let s = format!("s{id}");
         if up == 0 {
             self.line(&d.let_(&s, Ty::I64, a));
+        } else if up > 18 {
+            // 10^up leaves i64 (a cast to a scale above 18): every value but
+            // 0 overflows.
+            let zero = d.literal(Value::Int(0), Ty::I64);
+            self.raise_if(&format!("{valid} && {a} != {zero}"));
+            self.line(&d.let_(&s, Ty::I64, &zero));
         } else {
             let m = pow10(up);
             let magnitude = d.math("abs", Ty::F64, &[&d.convert(Ty::F64, a)]);

@@ -8,6 +8,7 @@
 
 pub mod cuda;
 pub mod emit;
+pub mod fuzz;
 pub mod ir;
 pub mod numbering;
 pub mod wgsl;

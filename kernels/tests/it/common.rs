@@ -23,3 +23,33 @@ pub fn quantized(n: usize, seed: u64) -> Vec<f32> {
         .map(|v| (v * 4.0).round() / 4.0)
         .collect()
 }
+
+/// The codegen fuzz target's committed inputs (`kernels/fuzz/corpus/codegen`
+/// and the minimized crashers in `kernels/fuzz/regressions/codegen`), then
+/// `extra` pseudo-random inputs of 64 bytes.
+pub fn codegen_fuzz_inputs(extra: usize) -> Vec<Vec<u8>> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let mut inputs = Vec::new();
+    for dir in ["corpus/codegen", "regressions/codegen"] {
+        let mut paths: Vec<_> = std::fs::read_dir(root.join(dir))
+            .unwrap_or_else(|e| panic!("{dir}: {e}"))
+            .map(|e| e.unwrap().path())
+            .collect();
+        paths.sort();
+        inputs.extend(paths.iter().map(|p| std::fs::read(p).unwrap()));
+    }
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    for _ in 0..extra {
+        inputs.push(
+            (0..64)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect(),
+        );
+    }
+    inputs
+}

@@ -357,3 +357,28 @@ fn wgsl_refuses_what_vulkan_cannot_compute_exactly() {
         assert!(kiln_kernels::codegen::cuda::generate(p).is_ok());
     }
 }
+
+/// The codegen fuzz target's inputs and a fixed stream of pseudo-random
+/// ones: every CUDA module generated for them compiles (the fuzz target
+/// validates the WGSL modules with naga but does not run NVRTC, too slow for
+/// a fuzzer).
+#[test]
+fn generated_cuda_modules_of_fuzz_programs_compile() {
+    use kiln_kernels::codegen::fuzz::{decode, modules};
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let mut compiled = 0;
+    for data in crate::common::codegen_fuzz_inputs(24) {
+        let case = decode(&data);
+        for (name, wgsl, source) in modules(&case) {
+            if wgsl {
+                continue;
+            }
+            compile_ptx(name, &source, Some((9, 0)))
+                .unwrap_or_else(|e| panic!("the {name} module of {case:?}: {e}\n{source}"));
+            compiled += 1;
+        }
+    }
+    assert!(compiled >= 20, "only {compiled} modules compiled");
+}

@@ -5,4 +5,5 @@ mod common;
 mod cuda_compile;
 mod discovery;
 mod fused;
+mod fuzz_corpus;
 mod topk;

@@ -1,0 +1,310 @@
+//! A store wrapper that checks the footer of every Parquet file read through
+//! it before a reader slices with it.
+//!
+//! A Parquet file ends with the length of its metadata (4 bytes, little
+//! endian) and the magic `PAR1`. The `parquet` crate (59) subtracts that
+//! length from the file's size without checking it, so a file whose footer
+//! claims more metadata than the file holds panics inside the reader
+//! ("attempt to subtract with overflow", or "range start must not be greater
+//! than end") instead of failing — issue 14, item 3, found by a user's
+//! truncated file and again by the Parquet fuzz target. Every reader of the
+//! footer (schema inference, statistics, the scan's metadata; DataFusion
+//! fetches them with `get_ranges`, others with `get_range`) first fetches
+//! the tail of the object, through Kiln's registry on every store and every
+//! cluster node; this wrapper checks what it hands back and answers a lying
+//! footer with an error naming the file.
+//!
+//! Only objects named `*.parquet` (any case, also `*.parq` and `*.pq`) are
+//! checked. A fetched range that ends with the magic and a length that fits
+//! before the range's end is fine whatever the file's size; only when the
+//! length reaches further back does the wrapper learn the size (a `head`),
+//! so valid files cost nothing.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta,
+    ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+    RenameOptions, Result,
+};
+
+/// The longest tail read checked (readers prefetch the footer with a hint
+/// of some hundred KiB; a longer read is a data read).
+pub const MAX_CHECKED_TAIL: u64 = 16 << 20;
+
+/// Length field and magic at the end of every Parquet file.
+const FOOTER_LEN: u64 = 8;
+
+/// Why a Parquet file's footer cannot be believed.
+#[derive(Debug)]
+pub struct BadFooter {
+    pub location: Path,
+    pub metadata_len: u64,
+    pub file_len: u64,
+}
+
+impl fmt::Display for BadFooter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "'{}' is not a valid Parquet file: its footer gives {} bytes of metadata, \
+             the file has {} bytes (truncated or corrupt)",
+            self.location, self.metadata_len, self.file_len
+        )
+    }
+}
+
+impl std::error::Error for BadFooter {}
+
+impl BadFooter {
+    fn into_store_error(self) -> object_store::Error {
+        object_store::Error::Generic {
+            store: "Parquet",
+            source: Box::new(self),
+        }
+    }
+}
+
+/// Whether `location` names a Parquet file.
+fn is_parquet(location: &Path) -> bool {
+    location.extension().is_some_and(|e| {
+        e.eq_ignore_ascii_case("parquet")
+            || e.eq_ignore_ascii_case("parq")
+            || e.eq_ignore_ascii_case("pq")
+    })
+}
+
+/// Checks `tail`, the last bytes of a Parquet file of `file_len` bytes: a
+/// footer (plain `PAR1` or encrypted `PARE`) must not claim more metadata
+/// than precedes it. A tail without either magic is left to the reader,
+/// which names it as not Parquet.
+pub fn check_footer(location: &Path, tail: &[u8], file_len: u64) -> Result<(), BadFooter> {
+    let Some(footer) = tail
+        .len()
+        .checked_sub(FOOTER_LEN as usize)
+        .map(|at| &tail[at..])
+    else {
+        return Ok(());
+    };
+    if &footer[4..] != b"PAR1" && &footer[4..] != b"PARE" {
+        return Ok(());
+    }
+    let metadata_len = u64::from(u32::from_le_bytes([
+        footer[0], footer[1], footer[2], footer[3],
+    ]));
+    if metadata_len + FOOTER_LEN > file_len {
+        return Err(BadFooter {
+            location: location.clone(),
+            metadata_len,
+            file_len,
+        });
+    }
+    Ok(())
+}
+
+/// An [`ObjectStore`] that checks Parquet footers on the way out (see the
+/// module's doc) and passes everything else through.
+#[derive(Debug)]
+pub struct FooterCheckedStore {
+    inner: Arc<dyn ObjectStore>,
+}
+
+impl FooterCheckedStore {
+    pub fn wrap(inner: Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> {
+        Arc::new(FooterCheckedStore { inner })
+    }
+}
+
+impl fmt::Display for FooterCheckedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.inner)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for FooterCheckedStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Result<PutResult> {
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        let head = options.head;
+        let result = self.inner.get_opts(location, options).await?;
+        let tail = result.range.end == result.meta.size
+            && !result.range.is_empty()
+            && result.range.end - result.range.start <= MAX_CHECKED_TAIL;
+        if head || !tail || !is_parquet(location) {
+            return Ok(result);
+        }
+        let GetResult {
+            meta,
+            range,
+            attributes,
+            payload,
+        } = result;
+        let bytes = GetResult {
+            payload,
+            meta: meta.clone(),
+            range: range.clone(),
+            attributes: attributes.clone(),
+        }
+        .bytes()
+        .await?;
+        check_footer(location, &bytes, meta.size).map_err(BadFooter::into_store_error)?;
+        let once = futures::stream::once(async move { Ok::<Bytes, object_store::Error>(bytes) });
+        Ok(GetResult {
+            payload: GetResultPayload::Stream(once.boxed()),
+            meta,
+            range,
+            attributes,
+        })
+    }
+
+    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+        let fetched = self.inner.get_ranges(location, ranges).await?;
+        if is_parquet(location) {
+            for (range, bytes) in ranges.iter().zip(&fetched) {
+                // Within the range, the footer cannot lie: it could only
+                // if the range is the file's tail and reaches back less far
+                // than the footer says, which takes the file's size to tell.
+                if check_footer(location, bytes, range.end).is_err() {
+                    let size = self.inner.head(location).await?.size;
+                    if range.end == size {
+                        check_footer(location, bytes, size).map_err(BadFooter::into_store_error)?;
+                    }
+                }
+            }
+        }
+        Ok(fetched)
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, Result<Path>>,
+    ) -> BoxStream<'static, Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, Result<ObjectMeta>> {
+        self.inner.list_with_offset(prefix, offset)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+
+    async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> Result<()> {
+        self.inner.rename_opts(from, to, options).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    fn file(metadata_len: u32, body: usize) -> Vec<u8> {
+        let mut f = b"PAR1".to_vec();
+        f.resize(4 + body, 0);
+        f.extend_from_slice(&metadata_len.to_le_bytes());
+        f.extend_from_slice(b"PAR1");
+        f
+    }
+
+    #[tokio::test]
+    async fn a_lying_footer_is_an_error_naming_the_file() {
+        let store = FooterCheckedStore::wrap(Arc::new(InMemory::new()));
+        let bad = Path::from("dir/bad.parquet");
+        let good = Path::from("dir/good.parquet");
+        let other = Path::from("dir/bad.csv");
+        store
+            .put(&bad, file(0x7fff_ffff, 100).into())
+            .await
+            .unwrap();
+        store.put(&good, file(100, 100).into()).await.unwrap();
+        store
+            .put(&other, file(0x7fff_ffff, 100).into())
+            .await
+            .unwrap();
+        let size = 4 + 100 + 8;
+        let err = store.get_range(&bad, size - 8..size).await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("'dir/bad.parquet' is not a valid Parquet file")
+                && text.contains("2147483647 bytes of metadata")
+                && text.contains("112 bytes"),
+            "{text}"
+        );
+        // A whole-file read of a small file is a tail read too.
+        assert!(store.get(&bad).await.is_err());
+        // Footers that fit, other names, and reads short of the end pass.
+        let tail = store.get_range(&good, size - 8..size).await.unwrap();
+        assert_eq!(&tail[4..], b"PAR1");
+        assert!(store.get_range(&other, size - 8..size).await.is_ok());
+        assert!(store.get_range(&bad, 0..8).await.is_ok());
+        assert!(store.head(&bad).await.is_ok());
+        // As DataFusion fetches footers: get_ranges, the size unknown.
+        let err = store
+            .get_ranges(&bad, &[0..4, size - 8..size])
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("2147483647 bytes of metadata"),
+            "{err}"
+        );
+        assert!(store.get_ranges(&good, &[0..size]).await.is_ok());
+        // A range inside the file that happens to end like a footer is
+        // not the footer.
+        let inner = Path::from("dir/inner.parquet");
+        let mut f = file(0x7fff_ffff, 100);
+        f.extend(file(4, 100));
+        store.put(&inner, f.into()).await.unwrap();
+        assert!(store.get_ranges(&inner, &[size - 8..size]).await.is_ok());
+    }
+
+    #[test]
+    fn the_footer_arithmetic() {
+        let p = Path::from("x.parquet");
+        // Metadata filling everything but the footer is fine; one more is not.
+        assert!(check_footer(&p, &file(4, 0)[..], 16).is_ok());
+        assert!(check_footer(&p, &file(9, 0)[..], 16).is_err());
+        // Not Parquet, or too short to tell: the reader's business.
+        assert!(check_footer(&p, b"hello, world", 12).is_ok());
+        assert!(check_footer(&p, b"PAR1", 4).is_ok());
+        let mut encrypted = file(1000, 0);
+        encrypted[8..].copy_from_slice(b"PARE");
+        assert!(check_footer(&p, &encrypted, 16).is_err());
+    }
+}
