@@ -330,7 +330,21 @@ fn load_tokenizer(dir: &Path, max_seq_length: usize) -> Result<Tokenizer> {
             reason: "no tokenizer.json".to_string(),
         });
     }
-    let mut tokenizer = Tokenizer::from_file(&path).map_err(|source| EngineError::Tokenizer {
+    let text = std::fs::read(&path).map_err(|source| EngineError::File {
+        path: shown.clone(),
+        source,
+    })?;
+    // The JSON's syntax first: tokenizers 0.22 panics (an `expect` in its
+    // decoder's deserializer) on a syntax error inside the `decoder` field,
+    // where any well-formed JSON is an error or a decoder. Found by the
+    // model-directory fuzz smoke.
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&text) {
+        return Err(EngineError::Tokenizer {
+            path: shown,
+            source: format!("not valid JSON: {e}").into(),
+        });
+    }
+    let mut tokenizer = Tokenizer::from_bytes(&text).map_err(|source| EngineError::Tokenizer {
         path: shown.clone(),
         source,
     })?;

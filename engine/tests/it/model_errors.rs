@@ -111,6 +111,29 @@ fn missing_tokenizer() {
     assert!(err.contains("tokenizer.json"), "{err}");
 }
 
+/// A syntax error inside tokenizer.json's `decoder` made tokenizers 0.22
+/// panic (an `expect` in its deserializer); now an error naming the file
+/// and the place.
+#[test]
+fn malformed_tokenizer_json() {
+    let dir = copy_tiny();
+    let path = dir.path().join("tokenizer.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let at = text
+        .find("\"decoder\"")
+        .expect("the tiny model has a decoder");
+    let broken = format!(
+        "{}\"decoder\": {{\"type\": \"WordPiece\", \"prefix\": }}}}",
+        &text[..at]
+    );
+    std::fs::write(&path, broken).unwrap();
+    let err = load_err(dir.path());
+    assert!(
+        err.contains("tokenizer.json") && err.contains("not valid JSON"),
+        "{err}"
+    );
+}
+
 #[test]
 fn unknown_names_say_where_they_looked() {
     let err = resolve_model("no-such-model-kiln").unwrap_err().to_string();
