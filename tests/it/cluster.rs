@@ -432,10 +432,10 @@ fn injected_device_errors_are_retried_with_the_same_result() {
 
 #[test]
 fn a_gpu_executor_and_a_cpu_executor_run_a_lowered_query() {
-    if !has_wgpu() {
+    if !has_gpu() {
         return;
     }
-    let cluster = Cluster::start(&["wgpu", "cpu"], &[]);
+    let cluster = Cluster::start(&[test_gpu(), "cpu"], &[]);
     let dir = tempdir();
     // Small thresholds so the GPU executor lowers the scan's stage.
     let settings = "SET kiln.gpu_min_rows = 0;\n";
@@ -452,7 +452,7 @@ fn a_gpu_executor_and_a_cpu_executor_run_a_lowered_query() {
             got.stdout
         );
     }
-    // The wgpu executor ran device stages: EXPLAIN ANALYZE's merged metrics
+    // The GPU executor ran device stages: EXPLAIN ANALYZE's merged metrics
     // count device batches.
     let analyze = dir.path().join("analyze.sql");
     std::fs::write(
@@ -469,7 +469,8 @@ fn a_gpu_executor_and_a_cpu_executor_run_a_lowered_query() {
     assert!(r.stdout.contains("device_batches="), "{}", r.stdout);
     // Each stage says which executors, on which devices, ran its tasks.
     assert!(
-        r.stdout.contains("tasks_on_wgpu:0_at_127.0.0.1:"),
+        r.stdout
+            .contains(&format!("tasks_on_{}:0_at_127.0.0.1:", test_gpu())),
         "{}",
         r.stdout
     );

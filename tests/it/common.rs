@@ -267,17 +267,40 @@ pub fn s(p: &Path) -> String {
     p.to_str().unwrap().to_string()
 }
 
-/// Whether a wgpu adapter is present; fails the test instead when
-/// KILN_TEST_REQUIRE names wgpu (as CI does) and none is.
-pub fn has_wgpu() -> bool {
+/// The GPU backend the GPU tests run on: `KILN_TEST_GPU` — `wgpu` (the
+/// default; lavapipe in CI) or `cuda` (an NVIDIA GPU: the whole SQL, vector
+/// and embedding suite on CUDA, as the first-GPU check runs it).
+pub fn test_gpu() -> &'static str {
+    match std::env::var("KILN_TEST_GPU").as_deref() {
+        Err(_) | Ok("") | Ok("wgpu") => "wgpu",
+        Ok("cuda") => "cuda",
+        Ok(other) => panic!("KILN_TEST_GPU: '{other}' is neither wgpu nor cuda"),
+    }
+}
+
+/// `SET kiln.device` to the test GPU ([`test_gpu`]).
+pub fn set_gpu() -> String {
+    format!("SET kiln.device = '{}'", test_gpu())
+}
+
+/// Whether the test GPU ([`test_gpu`]) is present; fails the test instead
+/// when KILN_TEST_REQUIRE names its backend (as CI does for wgpu) and none
+/// is.
+pub fn has_gpu() -> bool {
     use kiln_kernels::testing::required_backends;
     use kiln_kernels::{BackendKind, discover};
-    if discover().of(BackendKind::Wgpu).next().is_some() {
+    let kind = match test_gpu() {
+        "cuda" => BackendKind::Cuda,
+        _ => BackendKind::Wgpu,
+    };
+    if discover().of(kind).next().is_some() {
         return true;
     }
     assert!(
-        !required_backends().contains(&BackendKind::Wgpu),
-        "KILN_TEST_REQUIRE names wgpu, but no adapter was found"
+        !required_backends().contains(&kind),
+        "KILN_TEST_REQUIRE names {}, but no such device was found",
+        test_gpu()
     );
+    eprintln!("skipping: no {} device", test_gpu());
     false
 }

@@ -203,17 +203,16 @@ fn model_fetch_installs_a_loadable_model() {
     assert!(again.contains("is installed in"), "{again}");
 }
 
-/// `SET kiln.device = 'wgpu'` runs embed() on the wgpu encoder (lavapipe in
-/// CI): the same embeddings as the CPU within the f32 contract.
+/// `SET kiln.device = '<test GPU>'` runs embed() on that device's encoder
+/// (wgpu on lavapipe in CI): the same embeddings as the CPU within the f32 contract.
 #[tokio::test]
-async fn sql_embed_runs_on_wgpu_when_the_session_says_so() {
-    if !has_wgpu() {
-        eprintln!("skipping: no wgpu adapter");
+async fn sql_embed_runs_on_the_gpu_when_the_session_says_so() {
+    if !has_gpu() {
         return;
     }
     let session = Session::new().unwrap();
     session
-        .sql("SET kiln.device = 'wgpu'")
+        .sql(&set_gpu())
         .await
         .unwrap()
         .collect()
@@ -250,9 +249,9 @@ async fn sql_embed_runs_on_wgpu_when_the_session_says_so() {
         "--model",
         tiny().to_str().unwrap(),
         "--device",
-        "wgpu",
+        test_gpu(),
     ]);
-    assert!(out.contains(" on wgpu:0 in "), "{out}");
+    assert!(out.contains(&format!(" on {}:0 in ", test_gpu())), "{out}");
 }
 
 /// embed() in a projection runs as EmbedExec, which gathers the scan's small

@@ -12,7 +12,7 @@ const TABLES: [&str; 8] = [
 ];
 
 /// A session over TPC-H SF 0.01 with `settings` applied.
-async fn tpch_session(settings: &[&str]) -> Session {
+async fn tpch_session<S: AsRef<str>>(settings: &[S]) -> Session {
     let session = Session::builder()
         .device("cpu".parse::<DeviceRequest>().unwrap())
         .target_partitions(2)
@@ -26,7 +26,7 @@ async fn tpch_session(settings: &[&str]) -> Session {
             .unwrap();
     }
     for s in settings {
-        run_sql(&session, s).await;
+        run_sql(&session, s.as_ref()).await;
     }
     session
 }
@@ -80,15 +80,21 @@ fn query(n: usize) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-const GPU: &[&str] = &["SET kiln.device = 'wgpu'", "SET kiln.gpu_min_rows = 0"];
+/// The settings that put a session on the test GPU ([`test_gpu`]) with the
+/// cost model's row threshold off, then `extra`.
+fn on_gpu(extra: &[&str]) -> Vec<String> {
+    let mut settings = vec![set_gpu(), "SET kiln.gpu_min_rows = 0".to_string()];
+    settings.extend(extra.iter().map(|s| s.to_string()));
+    settings
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tpch_results_are_the_same_with_the_gpu_on_and_off() {
-    if !has_wgpu() {
+    if !has_gpu() {
         return;
     }
     let cpu = tpch_session(&["SET kiln.device = 'cpu'"]).await;
-    let gpu = tpch_session(GPU).await;
+    let gpu = tpch_session(&on_gpu(&[])).await;
     let mut lowered = 0;
     for n in 1..=22 {
         let sql = query(n);
@@ -109,19 +115,25 @@ async fn tpch_results_are_the_same_with_the_gpu_on_and_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_shows_placement_and_reasons() {
-    if !has_wgpu() {
+    if !has_gpu() {
         return;
     }
-    let gpu = tpch_session(GPU).await;
+    let gpu = tpch_session(&on_gpu(&[])).await;
     // Fully on the GPU: Q6's filter and its product.
     let q6 = explain(&gpu, &query(6)).await;
     let stage = q6
         .lines()
         .find(|l| l.contains("GpuStageExec") && !l.contains("mode=final"))
         .unwrap_or_else(|| panic!("no stage in\n{q6}"));
-    assert!(stage.contains("device=wgpu:0"), "{stage}");
+    assert!(
+        stage.contains(&format!("device={}:0", test_gpu())),
+        "{stage}"
+    );
     assert!(stage.contains("ops=[FilterExec"), "{stage}");
-    assert!(stage.contains("-- on wgpu:0"), "{stage}");
+    assert!(
+        stage.contains(&format!("-- on {}:0", test_gpu())),
+        "{stage}"
+    );
     assert!(
         !q6.contains("FilterExec:"),
         "the filter should be in the stage:\n{q6}"
@@ -159,7 +171,7 @@ async fn explain_shows_placement_and_reasons() {
         "{filter}"
     );
     // The cost model keeps a small input on the CPU.
-    let small = tpch_session(&["SET kiln.device = 'wgpu'"]).await;
+    let small = tpch_session(&[set_gpu()]).await;
     let plan = explain(
         &small,
         "SELECT n_nationkey + 1 FROM nation WHERE n_regionkey > 1",
@@ -175,21 +187,21 @@ async fn explain_shows_placement_and_reasons() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switches_turn_gpu_operators_off() {
-    if !has_wgpu() {
+    if !has_gpu() {
         return;
     }
     let sql = query(6);
-    let off = tpch_session(&[GPU[0], GPU[1], "SET kiln.gpu_transforms = false"]).await;
+    let off = tpch_session(&on_gpu(&["SET kiln.gpu_transforms = false"])).await;
     let plan = explain(&off, &sql).await;
     assert!(!plan.contains("GpuStageExec"), "{plan}");
     assert!(plan.contains("cpu: kiln.gpu_transforms is off"), "{plan}");
-    let no_filter = tpch_session(&[GPU[0], GPU[1], "SET kiln.gpu_filter = false"]).await;
+    let no_filter = tpch_session(&on_gpu(&["SET kiln.gpu_filter = false"])).await;
     let plan = explain(&no_filter, &sql).await;
     assert!(plan.contains("cpu: kiln.gpu_filter is off"), "{plan}");
     let cpu = tpch_session(&["SET kiln.device = 'cpu'"]).await;
     let plan = explain(&cpu, &sql).await;
     assert!(plan.contains("cpu: kiln.device is cpu:0"), "{plan}");
-    let no_sort = tpch_session(&[GPU[0], GPU[1], "SET kiln.gpu_sort = false"]).await;
+    let no_sort = tpch_session(&on_gpu(&["SET kiln.gpu_sort = false"])).await;
     let plan = explain(
         &no_sort,
         "SELECT l_orderkey FROM lineitem ORDER BY l_extendedprice DESC LIMIT 3",
@@ -197,9 +209,9 @@ async fn switches_turn_gpu_operators_off() {
     .await;
     assert!(plan.contains("cpu: kiln.gpu_sort is off"), "{plan}");
     // The group bound is checked, and shown on the stage.
-    let few = tpch_session(&[GPU[0], GPU[1], "SET kiln.gpu_max_groups = 4"]).await;
+    let few = tpch_session(&on_gpu(&["SET kiln.gpu_max_groups = 4"])).await;
     assert!(explain(&few, &query(1)).await.contains("tile_groups=4"));
-    let bad = tpch_session(GPU).await;
+    let bad = tpch_session(&on_gpu(&[])).await;
     let err = match bad.sql("SET kiln.gpu_max_groups = 257").await {
         Ok(df) => df.collect().await.err().map(|e| e.to_string()),
         Err(e) => Some(e.to_string()),
@@ -303,7 +315,11 @@ fn random_table(rows: usize, seed: u64) -> RecordBatch {
 }
 
 /// A session over `table` registered as `t`, with `settings` applied.
-async fn table_session(table: &RecordBatch, partitions: usize, settings: &[&str]) -> Session {
+async fn table_session<S: AsRef<str>>(
+    table: &RecordBatch,
+    partitions: usize,
+    settings: &[S],
+) -> Session {
     let session = Session::builder()
         .device("cpu".parse::<DeviceRequest>().unwrap())
         .target_partitions(partitions)
@@ -314,7 +330,7 @@ async fn table_session(table: &RecordBatch, partitions: usize, settings: &[&str]
         .register_batch("t", table.clone())
         .unwrap();
     for s in settings {
-        run_sql(&session, s).await;
+        run_sql(&session, s.as_ref()).await;
     }
     session
 }
@@ -324,12 +340,7 @@ async fn table_session(table: &RecordBatch, partitions: usize, settings: &[&str]
 async fn small_batch_sessions(seed: u64) -> (Session, Session) {
     let table = random_table(20_000, seed);
     let cpu = table_session(&table, 2, &["SET kiln.device = 'cpu'"]).await;
-    let gpu = table_session(
-        &table,
-        2,
-        &[GPU[0], GPU[1], "SET kiln.gpu_batch_rows = 4096"],
-    )
-    .await;
+    let gpu = table_session(&table, 2, &on_gpu(&["SET kiln.gpu_batch_rows = 4096"])).await;
     (cpu, gpu)
 }
 
@@ -485,12 +496,12 @@ fn same(a: &Result<f64, String>, b: &Result<f64, String>) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_expressions_match_datafusion_on_the_cpu() {
-    if !has_wgpu() {
+    if !has_gpu() {
         return;
     }
     let table = random_table(3000, 42);
     let cpu = table_session(&table, 1, &["SET kiln.device = 'cpu'"]).await;
-    let gpu = table_session(&table, 1, GPU).await;
+    let gpu = table_session(&table, 1, &on_gpu(&[])).await;
     let mut exprs = ExprGen(Rng(7));
     let (mut lowered, mut errors, total) = (0, 0, 120);
     for i in 0..total {
@@ -540,9 +551,13 @@ async fn random_expressions_match_datafusion_on_the_cpu() {
     );
 }
 
-/// Compares `text` with the golden file `tests/it/snapshots/NAME.txt`;
-/// `KILN_UPDATE_SNAPSHOTS=1` rewrites the file instead.
+/// Compares `text` with the golden file `tests/it/snapshots/NAME_<gpu>.txt`
+/// (the test GPU's: placement differs by backend); `KILN_UPDATE_SNAPSHOTS=1`
+/// rewrites the file instead. A backend without golden files yet (CUDA
+/// until a first GPU run records them) has its plans written to the target
+/// directory's `tmp/snapshots/` and printed, to be reviewed and committed.
 fn snapshot(name: &str, text: &str) {
+    let name = format!("{name}_{}", test_gpu());
     let path = format!(
         "{}/tests/it/snapshots/{name}.txt",
         env!("CARGO_MANIFEST_DIR")
@@ -551,14 +566,24 @@ fn snapshot(name: &str, text: &str) {
         std::fs::write(&path, text).unwrap();
         return;
     }
-    let want = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{path}: {e} (KILN_UPDATE_SNAPSHOTS=1 writes it)"));
+    let Ok(want) = std::fs::read_to_string(&path) else {
+        assert_ne!(
+            test_gpu(),
+            "wgpu",
+            "{path} is missing (KILN_UPDATE_SNAPSHOTS=1 writes it)"
+        );
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("snapshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.txt")), text).unwrap();
+        eprintln!("no golden file {path} yet; this run's plan:\n{text}");
+        return;
+    };
     assert_eq!(text, want, "EXPLAIN differs from {path}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_placement_snapshots() {
-    if !has_wgpu() {
+    if !has_gpu() {
         return;
     }
     // The data directory differs per run; the plan's text otherwise not.
@@ -575,35 +600,29 @@ async fn explain_placement_snapshots() {
         }
         plan
     };
-    let gpu = tpch_session(GPU).await;
+    let gpu = tpch_session(&on_gpu(&[])).await;
     // One on the GPU up to the final merge: TPC-H Q6, its filter, product and
     // partial sum in one stage.
-    snapshot("q6_wgpu", &normalize(explain(&gpu, &query(6)).await));
+    snapshot("q6", &normalize(explain(&gpu, &query(6)).await));
     // One with a string fallback: the filter splits, its numeric conjunct on
     // the GPU, its string conjunct on the CPU, the arithmetic above on the GPU.
     let mixed = "SELECT l_orderkey, l_extendedprice * (1 - l_discount) * (1 + l_tax) AS charge \
                  FROM lineitem WHERE l_shipmode = 'MAIL' AND l_quantity < 10";
-    snapshot(
-        "string_fallback_wgpu",
-        &normalize(explain(&gpu, mixed).await),
-    );
+    snapshot("string_fallback", &normalize(explain(&gpu, mixed).await));
     // TPC-H Q1: filter, projection and the partial aggregate grouped by two
     // string keys in one stage; and Q3's ORDER BY ... LIMIT 10 as a top-k
     // stage above the joins.
-    snapshot(
-        "q1_group_by_wgpu",
-        &normalize(explain(&gpu, &query(1)).await),
-    );
-    snapshot("q3_topk_wgpu", &normalize(explain(&gpu, &query(3)).await));
+    snapshot("q1_group_by", &normalize(explain(&gpu, &query(1)).await));
+    snapshot("q3_topk", &normalize(explain(&gpu, &query(3)).await));
     // One kept on the CPU by the cost model (the default kiln.gpu_min_rows).
-    let costed = tpch_session(&["SET kiln.device = 'wgpu'"]).await;
+    let costed = tpch_session(&[set_gpu()]).await;
     let small = "SELECT n_nationkey * 2 + n_regionkey AS x FROM nation WHERE n_regionkey > 1";
     snapshot("cost_model_cpu", &normalize(explain(&costed, small).await));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_the_device_cannot_compute_fall_back_to_the_cpu() {
-    if !has_wgpu() {
+    if !has_gpu() {
         return;
     }
     // Prices to the fourth power leave 64 bits: the kernel flags every batch
@@ -611,7 +630,7 @@ async fn batches_the_device_cannot_compute_fall_back_to_the_cpu() {
     let sql = "SELECT l_orderkey, l_extendedprice * l_extendedprice * l_extendedprice * l_extendedprice AS p4 \
                FROM lineitem WHERE l_quantity < 5";
     let cpu = tpch_session(&["SET kiln.device = 'cpu'"]).await;
-    let gpu = tpch_session(GPU).await;
+    let gpu = tpch_session(&on_gpu(&[])).await;
     let want = text(&cpu, sql).await;
     let got = text(&gpu, sql).await;
     assert_eq!(got, want);
@@ -633,13 +652,13 @@ async fn batches_the_device_cannot_compute_fall_back_to_the_cpu() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aggregates_without_group_by_match_the_cpu() {
-    if !has_wgpu() {
+    if !has_gpu() {
         return;
     }
     let table = random_table(20_000, 11);
     // Two partitions: DataFusion aggregates in a partial and a final step.
     let cpu = table_session(&table, 2, &["SET kiln.device = 'cpu'"]).await;
-    let gpu = table_session(&table, 2, GPU).await;
+    let gpu = table_session(&table, 2, &on_gpu(&[])).await;
     let aggregates = "sum(a) AS s_a, count(a) AS n_a, count(*) AS n, min(a) AS lo_a, max(b) AS hi_b, \
                       avg(e) AS avg_e, sum(c) AS s_c, avg(c) AS avg_c, min(f) AS lo_f, max(e) AS hi_e, \
                       sum(e * e) AS s_e2, avg(a) AS avg_a";
@@ -680,7 +699,7 @@ async fn aggregates_without_group_by_match_the_cpu() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aggregates_with_group_by_match_the_cpu() {
-    if !has_wgpu() {
+    if !has_gpu() {
         return;
     }
     // Small device batches: groups repeat across launches and the final
@@ -764,7 +783,7 @@ async fn aggregates_with_group_by_match_the_cpu() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn high_cardinality_group_by_folds_with_atomics() {
-    if !has_wgpu() {
+    if !has_gpu() {
         return;
     }
     let (cpu, gpu) = small_batch_sessions(29).await;
@@ -836,12 +855,10 @@ async fn high_cardinality_group_by_folds_with_atomics() {
     let host = table_session(
         &random_table(20_000, 29),
         2,
-        &[
-            GPU[0],
-            GPU[1],
+        &on_gpu(&[
             "SET kiln.gpu_batch_rows = 4096",
             "SET kiln.gpu_group_numbering = false",
-        ],
+        ]),
     )
     .await;
     let sql = format!("SELECT f, {aggregates} FROM t GROUP BY f ORDER BY f");
@@ -856,12 +873,10 @@ async fn high_cardinality_group_by_folds_with_atomics() {
     let off = table_session(
         &random_table(20_000, 29),
         2,
-        &[
-            GPU[0],
-            GPU[1],
+        &on_gpu(&[
             "SET kiln.gpu_batch_rows = 4096",
             "SET kiln.gpu_group_atomics = false",
-        ],
+        ]),
     )
     .await;
     let sql = format!("SELECT f, {aggregates} FROM t GROUP BY f ORDER BY f");
@@ -882,7 +897,7 @@ async fn high_cardinality_group_by_folds_with_atomics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn final_aggregates_merge_states_on_the_device() {
-    if !has_wgpu() {
+    if !has_gpu() {
         return;
     }
     let (cpu, gpu) = small_batch_sessions(31).await;
@@ -961,12 +976,10 @@ async fn final_aggregates_merge_states_on_the_device() {
     let tight = table_session(
         &random_table(20_000, 31),
         2,
-        &[
-            GPU[0],
-            GPU[1],
+        &on_gpu(&[
             "SET kiln.gpu_batch_rows = 4096",
             "SET datafusion.runtime.memory_limit = '64K'",
-        ],
+        ]),
     )
     .await;
     let sql = format!("SELECT id, {ints} FROM t GROUP BY id");
@@ -980,26 +993,21 @@ async fn final_aggregates_merge_states_on_the_device() {
         "{err}"
     );
     // The cost model keeps a final aggregate over few states on the CPU.
-    let few = table_session(&random_table(20_000, 31), 2, &["SET kiln.device = 'wgpu'"]).await;
+    let few = table_session(&random_table(20_000, 31), 2, &[set_gpu()]).await;
     let plan = explain(&few, &format!("SELECT g, {ints} FROM t GROUP BY g")).await;
     assert!(!plan.contains("mode=final"), "{plan}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_step_aggregates_fold_on_the_device() {
-    if !has_wgpu() {
+    if !has_gpu() {
         return;
     }
     // One partition: DataFusion plans each aggregate as one single-step
     // operator, which the stage splits into device folds and a host finish.
     let table = random_table(20_000, 37);
     let cpu = table_session(&table, 1, &["SET kiln.device = 'cpu'"]).await;
-    let gpu = table_session(
-        &table,
-        1,
-        &[GPU[0], GPU[1], "SET kiln.gpu_batch_rows = 4096"],
-    )
-    .await;
+    let gpu = table_session(&table, 1, &on_gpu(&["SET kiln.gpu_batch_rows = 4096"])).await;
     let ints = "sum(a) AS s_a, count(a) AS n_a, count(*) AS n, min(a) AS lo_a, max(b) AS hi_b, \
                 avg(e) AS avg_e, min(f) AS lo_f, max(e) AS hi_e";
     for sql in [
@@ -1025,7 +1033,7 @@ async fn single_step_aggregates_fold_on_the_device() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_by_limit_matches_the_cpu() {
-    if !has_wgpu() {
+    if !has_gpu() {
         return;
     }
     // Small device batches: the first rows are kept across launches.
@@ -1073,12 +1081,12 @@ async fn order_by_limit_matches_the_cpu() {
 /// shaders clear the fraction's bits themselves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_doubles_round_floor_and_ceil_as_on_the_cpu() {
-    if !has_wgpu() {
+    if !has_gpu() {
         return;
     }
     let table = random_table(3000, 42);
     let cpu = table_session(&table, 1, &["SET kiln.device = 'cpu'"]).await;
-    let gpu = table_session(&table, 1, GPU).await;
+    let gpu = table_session(&table, 1, &on_gpu(&[])).await;
     let sql = "SELECT b, round(CAST(b AS DOUBLE) + 0.5) AS r1, round(-0.5 - CAST(b AS DOUBLE)) AS r2, \
                round(CAST(b AS DOUBLE) * 1.25) AS r3, floor(CAST(b AS DOUBLE) - 0.25) AS f, \
                ceil(CAST(b AS DOUBLE) / 3.0) AS c, round(CAST(b AS DOUBLE) / 1e6) AS r4 \
@@ -1100,7 +1108,7 @@ async fn large_doubles_round_floor_and_ceil_as_on_the_cpu() {
         .await
         .unwrap();
     assert!(
-        text(&plan).contains("GpuStageExec: device=wgpu"),
+        text(&plan).contains(&format!("GpuStageExec: device={}", test_gpu())),
         "{}",
         text(&plan)
     );
@@ -1112,12 +1120,12 @@ async fn casts_to_decimal_scales_beyond_64_bits_match_the_cpu() {
     // multiplies by a power of ten that leaves i64 (the generator computed
     // it with an overflowing `pow`). Zeros stay on the device; any other
     // value overflows 64 bits and sends its batch to the CPU.
-    if !has_wgpu() {
+    if !has_gpu() {
         return;
     }
     let table = random_table(3000, 7);
     let cpu = table_session(&table, 1, &["SET kiln.device = 'cpu'"]).await;
-    let gpu = table_session(&table, 1, GPU).await;
+    let gpu = table_session(&table, 1, &on_gpu(&[])).await;
     for sql in [
         "SELECT id, CAST(a AS DECIMAL(38, 20)) AS w, CAST(e AS DECIMAL(38, 25)) AS v FROM t \
          WHERE a = 0 OR a IS NULL ORDER BY id",

@@ -92,12 +92,13 @@ fn corpus(dir: &std::path::Path) {
     );
 }
 
-/// The devices to run on: the CPU, and wgpu where an adapter exists (lavapipe
-/// in CI, where KILN_TEST_REQUIRE=wgpu makes its absence a failure).
+/// The devices to run on: the CPU, and the test GPU where it exists
+/// (lavapipe in CI, where KILN_TEST_REQUIRE=wgpu makes its absence a
+/// failure).
 fn devices() -> Vec<&'static str> {
     let mut out = vec!["cpu"];
-    if has_wgpu() {
-        out.push("wgpu");
+    if has_gpu() {
+        out.push(test_gpu());
     }
     out
 }
