@@ -7,6 +7,7 @@
 pub mod gather_embeddings;
 pub mod lowering;
 pub mod options;
+pub mod parquet_checks;
 pub mod query_planner;
 pub mod vector_search;
 pub mod vector_topk;
@@ -60,12 +61,14 @@ pub fn install_logical(builder: SessionStateBuilder) -> SessionStateBuilder {
         .with_optimizer_rule(Arc::new(vector_topk::VectorTopKRule))
 }
 
-/// The physical rules that depend on the device a plan runs on, in order:
-/// embeddings gathered into `EmbedExec`, then operators lowered onto the
-/// device. A local session runs them when it plans; a cluster executor runs
-/// them on each stage it is given, with its own device.
+/// The physical rules Kiln adds, in order: Parquet scans' metadata checked
+/// before the reader trusts it, then the rules that depend on the device a
+/// plan runs on — embeddings gathered into `EmbedExec`, operators lowered
+/// onto the device. A local session runs them when it plans; a cluster
+/// executor runs them on each stage it is given, with its own device.
 pub fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
     vec![
+        Arc::new(parquet_checks::CheckParquetMetadata),
         Arc::new(gather_embeddings::GatherEmbeddings),
         Arc::new(lowering::PlaceOnDevice),
     ]

@@ -90,6 +90,17 @@ pub fn is_store_option(key: &str) -> bool {
 
 /// The cache key of a URL's store: `scheme://authority`, as DataFusion's own
 /// registry keys them.
+/// How a user wrote an object of the store at `store_key` (a
+/// [`store_url_key`]): a local path with its leading `/`, anything else as
+/// its URL.
+pub fn shown_location(store_key: &str, location: &object_store::path::Path) -> String {
+    if store_key.starts_with("file:") {
+        format!("/{location}")
+    } else {
+        format!("{}/{location}", store_key.trim_end_matches('/'))
+    }
+}
+
 pub fn store_url_key(url: &Url) -> String {
     format!(
         "{}://{}",
@@ -277,7 +288,7 @@ impl KilnObjectStoreRegistry {
         let mut stores: HashMap<String, Arc<dyn ObjectStore>> = HashMap::new();
         stores.insert(
             "file://".to_string(),
-            FooterCheckedStore::wrap(Arc::new(LocalFileSystem::new())),
+            FooterCheckedStore::wrap(Arc::new(LocalFileSystem::new()), "file://"),
         );
         KilnObjectStoreRegistry {
             stores: RwLock::new(stores),
@@ -294,9 +305,10 @@ impl KilnObjectStoreRegistry {
 
     /// Caches `store` for `url`'s bucket, behind the Parquet footer check.
     fn insert(&self, url: &Url, store: Arc<dyn ObjectStore>) -> Option<Arc<dyn ObjectStore>> {
-        let store = FooterCheckedStore::wrap(store);
+        let key = store_url_key(url);
+        let store = FooterCheckedStore::wrap(store, &key);
         let mut stores = self.stores.write().unwrap_or_else(|p| p.into_inner());
-        stores.insert(store_url_key(url), store)
+        stores.insert(key, store)
     }
 }
 
@@ -332,7 +344,7 @@ impl ObjectStoreRegistry for KilnObjectStoreRegistry {
             return Ok(Arc::clone(store));
         }
         let store = build_store(url, &[]).map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let store = FooterCheckedStore::wrap(store);
+        let store = FooterCheckedStore::wrap(store, &key);
         stores.insert(key, Arc::clone(&store));
         Ok(store)
     }

@@ -45,7 +45,8 @@ const FOOTER_LEN: u64 = 8;
 /// Why a Parquet file's footer cannot be believed.
 #[derive(Debug)]
 pub struct BadFooter {
-    pub location: Path,
+    /// As the user wrote it ([`super::shown_location`]).
+    pub location: String,
     pub metadata_len: u64,
     pub file_len: u64,
 }
@@ -85,7 +86,7 @@ fn is_parquet(location: &Path) -> bool {
 /// footer (plain `PAR1` or encrypted `PARE`) must not claim more metadata
 /// than precedes it. A tail without either magic is left to the reader,
 /// which names it as not Parquet.
-pub fn check_footer(location: &Path, tail: &[u8], file_len: u64) -> Result<(), BadFooter> {
+pub fn check_footer(location: &str, tail: &[u8], file_len: u64) -> Result<(), BadFooter> {
     let Some(footer) = tail
         .len()
         .checked_sub(FOOTER_LEN as usize)
@@ -101,7 +102,7 @@ pub fn check_footer(location: &Path, tail: &[u8], file_len: u64) -> Result<(), B
     ]));
     if metadata_len + FOOTER_LEN > file_len {
         return Err(BadFooter {
-            location: location.clone(),
+            location: location.to_string(),
             metadata_len,
             file_len,
         });
@@ -114,11 +115,20 @@ pub fn check_footer(location: &Path, tail: &[u8], file_len: u64) -> Result<(), B
 #[derive(Debug)]
 pub struct FooterCheckedStore {
     inner: Arc<dyn ObjectStore>,
+    /// The store's `scheme://authority`, to name files in errors.
+    store_key: String,
 }
 
 impl FooterCheckedStore {
-    pub fn wrap(inner: Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> {
-        Arc::new(FooterCheckedStore { inner })
+    pub fn wrap(inner: Arc<dyn ObjectStore>, store_key: &str) -> Arc<dyn ObjectStore> {
+        Arc::new(FooterCheckedStore {
+            inner,
+            store_key: store_key.to_string(),
+        })
+    }
+
+    fn shown(&self, location: &Path) -> String {
+        super::shown_location(&self.store_key, location)
     }
 }
 
@@ -170,7 +180,8 @@ impl ObjectStore for FooterCheckedStore {
         }
         .bytes()
         .await?;
-        check_footer(location, &bytes, meta.size).map_err(BadFooter::into_store_error)?;
+        check_footer(&self.shown(location), &bytes, meta.size)
+            .map_err(BadFooter::into_store_error)?;
         let once = futures::stream::once(async move { Ok::<Bytes, object_store::Error>(bytes) });
         Ok(GetResult {
             payload: GetResultPayload::Stream(once.boxed()),
@@ -187,10 +198,11 @@ impl ObjectStore for FooterCheckedStore {
                 // Within the range, the footer cannot lie: it could only
                 // if the range is the file's tail and reaches back less far
                 // than the footer says, which takes the file's size to tell.
-                if check_footer(location, bytes, range.end).is_err() {
+                let shown = self.shown(location);
+                if check_footer(&shown, bytes, range.end).is_err() {
                     let size = self.inner.head(location).await?.size;
                     if range.end == size {
-                        check_footer(location, bytes, size).map_err(BadFooter::into_store_error)?;
+                        check_footer(&shown, bytes, size).map_err(BadFooter::into_store_error)?;
                     }
                 }
             }
@@ -245,7 +257,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lying_footer_is_an_error_naming_the_file() {
-        let store = FooterCheckedStore::wrap(Arc::new(InMemory::new()));
+        let store = FooterCheckedStore::wrap(Arc::new(InMemory::new()), "memory://");
         let bad = Path::from("dir/bad.parquet");
         let good = Path::from("dir/good.parquet");
         let other = Path::from("dir/bad.csv");
@@ -262,7 +274,7 @@ mod tests {
         let err = store.get_range(&bad, size - 8..size).await.unwrap_err();
         let text = err.to_string();
         assert!(
-            text.contains("'dir/bad.parquet' is not a valid Parquet file")
+            text.contains("'memory:/dir/bad.parquet' is not a valid Parquet file")
                 && text.contains("2147483647 bytes of metadata")
                 && text.contains("112 bytes"),
             "{text}"
@@ -306,15 +318,15 @@ mod tests {
 
     #[test]
     fn the_footer_arithmetic() {
-        let p = Path::from("x.parquet");
+        let p = "x.parquet";
         // Metadata filling everything but the footer is fine; one more is not.
-        assert!(check_footer(&p, &file(4, 0)[..], 16).is_ok());
-        assert!(check_footer(&p, &file(9, 0)[..], 16).is_err());
+        assert!(check_footer(p, &file(4, 0)[..], 16).is_ok());
+        assert!(check_footer(p, &file(9, 0)[..], 16).is_err());
         // Not Parquet, or too short to tell: the reader's business.
-        assert!(check_footer(&p, b"hello, world", 12).is_ok());
-        assert!(check_footer(&p, b"PAR1", 4).is_ok());
+        assert!(check_footer(p, b"hello, world", 12).is_ok());
+        assert!(check_footer(p, b"PAR1", 4).is_ok());
         let mut encrypted = file(1000, 0);
         encrypted[8..].copy_from_slice(b"PARE");
-        assert!(check_footer(&p, &encrypted, 16).is_err());
+        assert!(check_footer(p, &encrypted, 16).is_err());
     }
 }

@@ -1,0 +1,176 @@
+//! Parquet metadata checked before a scan slices with it.
+//!
+//! The `parquet` crate (59) trusts the offsets and sizes a file's metadata
+//! gives: a column chunk with a negative start or length panics ("column
+//! start and length should not be negative"), a page location before its
+//! column chunk underflows in the page reader, a page beyond the chunk's
+//! bytes is sliced out of range. The Parquet fuzz target found each (issue
+//! 14, item 3). [`CheckedReaderFactory`] wraps the reader factory of a
+//! Parquet scan: the metadata its readers return is checked against the
+//! file's size ([`check_metadata`]) and a lie is an error naming the file
+//! and the column chunk.
+//!
+//! What it covers: every column chunk's byte range, and the page locations
+//! of the offset index when the metadata comes with it. The planner's rule
+//! `CheckParquetMetadata` installs it on every Parquet scan whose factory
+//! DataFusion set (every scan a local session plans). Not covered: a page
+//! index DataFusion loads later on its own (for page pruning), and the
+//! Arrow schema a file embeds (`ARROW:schema`, decoded before any scan).
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::ParquetFileReaderFactory;
+use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
+use datafusion::parquet::arrow::async_reader::AsyncFileReader;
+use datafusion::parquet::errors::ParquetError;
+use datafusion::parquet::file::metadata::ParquetMetaData;
+use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+
+/// Checks that every column chunk of `metadata` lies within a file of
+/// `file_len` bytes, and every page the offset index (when loaded) locates
+/// lies within its column chunk.
+pub fn check_metadata(metadata: &ParquetMetaData, file_len: u64) -> Result<(), String> {
+    let offset_index = metadata.offset_index();
+    for (g, group) in metadata.row_groups().iter().enumerate() {
+        for (c, column) in group.columns().iter().enumerate() {
+            let name = || format!("row group {g}, column {}", column.column_path());
+            let start = column
+                .dictionary_page_offset()
+                .unwrap_or(column.data_page_offset());
+            let len = column.compressed_size();
+            let end = u64::try_from(start)
+                .ok()
+                .zip(u64::try_from(len).ok())
+                .and_then(|(s, l)| s.checked_add(l))
+                .filter(|end| *end <= file_len);
+            let Some(end) = end else {
+                return Err(format!(
+                    "{}: its data is said to be {len} bytes at offset {start}, \
+                     the file has {file_len} bytes",
+                    name()
+                ));
+            };
+            let start = start as u64;
+            let Some(pages) = offset_index.and_then(|i| i.get(g)).and_then(|i| i.get(c)) else {
+                continue;
+            };
+            for page in pages.page_locations() {
+                let page_end = u64::try_from(page.offset)
+                    .ok()
+                    .zip(u64::try_from(page.compressed_page_size).ok())
+                    .and_then(|(o, s)| o.checked_add(s));
+                let inside = page_end.is_some_and(|e| page.offset as u64 >= start && e <= end);
+                if !inside {
+                    return Err(format!(
+                        "{}: its offset index puts a page of {} bytes at offset {}, \
+                         outside the column's bytes {start}..{end}",
+                        name(),
+                        page.compressed_page_size,
+                        page.offset
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A [`ParquetFileReaderFactory`] whose readers check the metadata they
+/// return (see the module's doc).
+#[derive(Debug)]
+pub struct CheckedReaderFactory {
+    inner: Arc<dyn ParquetFileReaderFactory>,
+    /// The scan's store, `scheme://authority`, to name files in errors.
+    store_key: String,
+}
+
+impl CheckedReaderFactory {
+    /// Wraps `inner`, the factory of a scan over the store `store_url`
+    /// (the scan's `ObjectStoreUrl`, e.g. `file:///` or `s3://bucket/`).
+    pub fn new(inner: Arc<dyn ParquetFileReaderFactory>, store_url: &str) -> Self {
+        CheckedReaderFactory {
+            inner,
+            store_key: store_url.trim_end_matches('/').to_string(),
+        }
+    }
+}
+
+impl ParquetFileReaderFactory for CheckedReaderFactory {
+    fn create_reader(
+        &self,
+        partition_index: usize,
+        partitioned_file: PartitionedFile,
+        metadata_size_hint: Option<usize>,
+        metrics: &ExecutionPlanMetricsSet,
+    ) -> datafusion::common::Result<Box<dyn AsyncFileReader + Send>> {
+        let file = FileShown {
+            location: super::shown_location(
+                &self.store_key,
+                &partitioned_file.object_meta.location,
+            ),
+            len: partitioned_file.object_meta.size,
+        };
+        let inner = self.inner.create_reader(
+            partition_index,
+            partitioned_file,
+            metadata_size_hint,
+            metrics,
+        )?;
+        Ok(Box::new(CheckedReader { inner, file }))
+    }
+}
+
+struct FileShown {
+    location: String,
+    len: u64,
+}
+
+impl fmt::Display for FileShown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "'{}'", self.location)
+    }
+}
+
+struct CheckedReader {
+    inner: Box<dyn AsyncFileReader + Send>,
+    file: FileShown,
+}
+
+impl AsyncFileReader for CheckedReader {
+    fn get_bytes(
+        &mut self,
+        range: Range<u64>,
+    ) -> BoxFuture<'_, datafusion::parquet::errors::Result<Bytes>> {
+        self.inner.get_bytes(range)
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, datafusion::parquet::errors::Result<Vec<Bytes>>> {
+        self.inner.get_byte_ranges(ranges)
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, datafusion::parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let metadata = self.inner.get_metadata(options).await?;
+            check_metadata(&metadata, self.file.len).map_err(|reason| {
+                ParquetError::General(format!(
+                    "{} is not a valid Parquet file: {reason}",
+                    self.file
+                ))
+            })?;
+            Ok(metadata)
+        }
+        .boxed()
+    }
+}

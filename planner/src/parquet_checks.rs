@@ -1,0 +1,68 @@
+//! `CheckParquetMetadata`: the physical rule that puts
+//! [`CheckedReaderFactory`] on every Parquet scan, so the metadata a file
+//! gives is checked against its size before the `parquet` crate slices with
+//! it (see `kiln_engine::io::parquet_metadata`).
+//!
+//! It wraps the reader factory DataFusion gave the scan (its metadata cache
+//! included); a scan without one (a plan decoded on a cluster executor)
+//! keeps DataFusion's default readers.
+
+use std::sync::Arc;
+
+use datafusion::common::Result;
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::datasource::physical_plan::{FileScanConfig, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::ExecutionPlan;
+use kiln_engine::io::parquet_metadata::CheckedReaderFactory;
+
+/// See the module documentation.
+#[derive(Debug, Default)]
+pub struct CheckParquetMetadata;
+
+impl PhysicalOptimizerRule for CheckParquetMetadata {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        plan.transform_up(|node| {
+            let Some(scan) = node.downcast_ref::<DataSourceExec>() else {
+                return Ok(Transformed::no(node));
+            };
+            let Some(config) = scan.data_source().downcast_ref::<FileScanConfig>() else {
+                return Ok(Transformed::no(node));
+            };
+            let Some(parquet) = config.file_source().downcast_ref::<ParquetSource>() else {
+                return Ok(Transformed::no(node));
+            };
+            let Some(factory) = parquet.parquet_file_reader_factory() else {
+                return Ok(Transformed::no(node));
+            };
+            // Once per scan, however often the rule runs.
+            if format!("{factory:?}").starts_with("CheckedReaderFactory") {
+                return Ok(Transformed::no(node));
+            }
+            let checked = parquet.clone().with_parquet_file_reader_factory(Arc::new(
+                CheckedReaderFactory::new(Arc::clone(factory), config.object_store_url.as_str()),
+            ));
+            let config = FileScanConfigBuilder::from(config.clone())
+                .with_source(Arc::new(checked))
+                .build();
+            Ok(Transformed::yes(
+                DataSourceExec::from_data_source(config) as Arc<dyn ExecutionPlan>
+            ))
+        })
+        .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "check_parquet_metadata"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
