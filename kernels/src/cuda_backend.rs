@@ -448,7 +448,7 @@ impl CudaDevice {
         rows: usize,
         inputs: &[Option<crate::codegen::ColumnData<'_>>],
     ) -> Result<crate::codegen::numbering::Numbering> {
-        use crate::codegen::numbering::{Numbering, ROUNDS_PER_CHECK, WorkLayout};
+        use crate::codegen::numbering::{Numbering, WorkLayout};
         let module = self.numbering_module(program)?;
         let (mut params, placed, data_words) =
             crate::codegen::place_inputs(&program.inputs, &program.used_inputs(), rows, inputs)?;
@@ -489,9 +489,12 @@ impl CudaDevice {
             grid_dim: (1, 1, 1),
             ..over_rows
         };
-        use crate::codegen::numbering::{
-            STEP_CLAIM, STEP_FINALIZE, STEP_FIRST_MIN, STEP_HASH_ROWS, STEP_RESET,
-            STEP_SLOT_ASSIGN, STEP_SLOT_COUNT, STEP_SLOT_SCAN, STEP_TALLY, STEP_VERIFY,
+        use crate::codegen::numbering::{Next, Schedule, StepGrid, step_grid};
+        let grid = |step: usize| match step_grid(step) {
+            StepGrid::Rows => over_rows,
+            StepGrid::Slots => over_slots,
+            StepGrid::OneBlock => single,
+            StepGrid::OneThread => one,
         };
         let mut buffers = NumberingBuffers {
             data: &data,
@@ -500,39 +503,30 @@ impl CudaDevice {
             blocks: &mut blocks,
             flag: &mut flag,
         };
-        let mut steps = vec![(STEP_HASH_ROWS, over_rows)];
-        let mut rounds = 0;
+        let mut schedule = Schedule::default();
+        let mut steps = Schedule::first();
         loop {
-            for _ in 0..ROUNDS_PER_CHECK {
-                steps.push((STEP_CLAIM, over_rows));
-                steps.push((STEP_VERIFY, over_rows));
+            for step in steps {
+                self.numbering_step(&module, step, grid(step), &mut buffers)?;
             }
-            steps.push((STEP_RESET, one));
-            steps.push((STEP_TALLY, over_rows));
-            for (step, config) in steps.drain(..) {
-                self.numbering_step(&module, step, config, &mut buffers)?;
-            }
-            rounds += ROUNDS_PER_CHECK;
             let flagged = self.stream.clone_dtoh(&*buffers.flag)?;
             let unplaced = self
                 .stream
                 .clone_dtoh(&buffers.outw.slice(work.counters..work.counters + 1))?;
-            if flagged.first().copied().unwrap_or(0) != 0 || rounds >= MAX_NUMBERING_ROUNDS {
-                out.needs_cpu = true;
-                return Ok(out);
-            }
-            if unplaced.first().copied().unwrap_or(0) == 0 {
-                break;
+            match schedule.after_check(
+                flagged.first().copied().unwrap_or(0) != 0,
+                unplaced.first().copied().unwrap_or(0),
+            ) {
+                Next::MoreRounds => steps = Schedule::rounds(),
+                Next::Finish => break,
+                Next::Cpu => {
+                    out.needs_cpu = true;
+                    return Ok(out);
+                }
             }
         }
-        for (step, config) in [
-            (STEP_SLOT_COUNT, over_slots),
-            (STEP_SLOT_SCAN, single),
-            (STEP_SLOT_ASSIGN, over_slots),
-            (STEP_FINALIZE, over_rows),
-            (STEP_FIRST_MIN, over_rows),
-        ] {
-            self.numbering_step(&module, step, config, &mut buffers)?;
+        for step in Schedule::FINISH {
+            self.numbering_step(&module, step, grid(step), &mut buffers)?;
         }
         let outw = &*buffers.outw;
         let groups = self
@@ -548,7 +542,7 @@ impl CudaDevice {
             .stream
             .clone_dtoh(&outw.slice(work.gid..work.gid + rows))?;
         out.bytes_up = ((data_words + params.len()) * 4) as u64;
-        out.bytes_down = ((rows + groups + 3) * 4) as u64;
+        out.bytes_down = schedule.bytes_down(rows, groups);
         Ok(out)
     }
 
@@ -588,6 +582,3 @@ struct NumberingBuffers<'a> {
     blocks: &'a mut CudaSlice<u32>,
     flag: &'a mut CudaSlice<u32>,
 }
-
-/// Rounds of probing after which a batch is left to the host.
-const MAX_NUMBERING_ROUNDS: usize = 512;

@@ -371,6 +371,103 @@ pub const STEP_SLOT_ASSIGN: usize = 7;
 pub const STEP_FINALIZE: usize = 8;
 pub const STEP_FIRST_MIN: usize = 9;
 
+/// How a step of the numbering is launched: over every row, over every
+/// slot of the table, or as one workgroup (a scan) or one thread (a reset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepGrid {
+    Rows,
+    Slots,
+    OneBlock,
+    OneThread,
+}
+
+/// The launch grid of step `step` (a `STEP_*`).
+pub fn step_grid(step: usize) -> StepGrid {
+    match step {
+        STEP_SLOT_COUNT | STEP_SLOT_ASSIGN => StepGrid::Slots,
+        STEP_SLOT_SCAN => StepGrid::OneBlock,
+        STEP_RESET => StepGrid::OneThread,
+        _ => StepGrid::Rows,
+    }
+}
+
+/// Rounds of probing after which a batch is left to the host: with the
+/// table at most half full, probes this long do not happen.
+pub const MAX_ROUNDS: usize = 512;
+
+/// What the host does after a check (see [`Schedule`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Rows are still unplaced: run [`Schedule::rounds`] and check again.
+    MoreRounds,
+    /// Every row is placed: run [`Schedule::FINISH`] and read the result.
+    Finish,
+    /// A key flagged a row, or rows are unplaced after [`MAX_ROUNDS`]: the
+    /// host numbers the batch.
+    Cpu,
+}
+
+/// The launch schedule of a numbering, the same for every backend: a first
+/// submission hashes the rows and runs one check's rounds of claim and
+/// verify; after each check the host reads the flag and the count of
+/// unplaced rows ([`Schedule::after_check`]) and either runs more rounds,
+/// finishes, or leaves the batch to the CPU.
+#[derive(Debug, Default)]
+pub struct Schedule {
+    rounds: usize,
+    checks: usize,
+}
+
+impl Schedule {
+    /// The steps that number the placed rows and find each group's first row.
+    pub const FINISH: [usize; 5] = [
+        STEP_SLOT_COUNT,
+        STEP_SLOT_SCAN,
+        STEP_SLOT_ASSIGN,
+        STEP_FINALIZE,
+        STEP_FIRST_MIN,
+    ];
+
+    /// The steps of one check: [`ROUNDS_PER_CHECK`] rounds of claim and
+    /// verify, then the count of unplaced rows (reset, tally).
+    pub fn rounds() -> Vec<usize> {
+        (0..ROUNDS_PER_CHECK)
+            .flat_map(|_| [STEP_CLAIM, STEP_VERIFY])
+            .chain([STEP_RESET, STEP_TALLY])
+            .collect()
+    }
+
+    /// The steps of the first submission: the rows' hashes, then a check.
+    pub fn first() -> Vec<usize> {
+        let mut steps = vec![STEP_HASH_ROWS];
+        steps.extend(Self::rounds());
+        steps
+    }
+
+    /// Decides after a check's read-back: `flagged` (the flag word is not
+    /// 0) and `unplaced` (the rows still without a slot).
+    pub fn after_check(&mut self, flagged: bool, unplaced: u32) -> Next {
+        self.rounds += ROUNDS_PER_CHECK;
+        self.checks += 1;
+        if flagged {
+            Next::Cpu
+        } else if unplaced == 0 {
+            Next::Finish
+        } else if self.rounds >= MAX_ROUNDS {
+            Next::Cpu
+        } else {
+            Next::MoreRounds
+        }
+    }
+
+    /// Bytes the host reads back over the numbering of `rows` rows into
+    /// `groups` groups: the flag and the unplaced count at each check, the
+    /// group count, every row's group and every group's first row.
+    pub fn bytes_down(&self, rows: usize, groups: usize) -> u64 {
+        ((2 * self.checks + 1 + rows + groups) * 4) as u64
+    }
+}
+
 /// The work words of a numbering launch over `rows` rows.
 #[derive(Debug, Clone, Copy)]
 pub struct WorkLayout {
@@ -445,5 +542,46 @@ pub struct Numbering {
 impl Numbering {
     pub fn groups(&self) -> usize {
         self.first_row.len()
+    }
+}
+
+#[cfg(test)]
+mod schedule_tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_placed_at_the_last_check_is_numbered_on_the_device() {
+        let mut s = Schedule::default();
+        for _ in 0..MAX_ROUNDS / ROUNDS_PER_CHECK - 1 {
+            assert_eq!(s.after_check(false, 3), Next::MoreRounds);
+        }
+        // Placed at exactly the bound: the device finishes (CUDA's launcher
+        // once sent this batch to the CPU, wgpu's did not).
+        assert_eq!(s.after_check(false, 0), Next::Finish);
+        let mut s = Schedule::default();
+        for _ in 0..MAX_ROUNDS / ROUNDS_PER_CHECK - 1 {
+            s.after_check(false, 3);
+        }
+        assert_eq!(s.after_check(false, 1), Next::Cpu);
+    }
+
+    #[test]
+    fn a_flag_sends_the_batch_to_the_cpu_even_when_placed() {
+        assert_eq!(Schedule::default().after_check(true, 0), Next::Cpu);
+    }
+
+    #[test]
+    fn the_steps_and_their_grids() {
+        let first = Schedule::first();
+        assert_eq!(first[0], STEP_HASH_ROWS);
+        assert_eq!(first.len(), 1 + 2 * ROUNDS_PER_CHECK + 2);
+        assert_eq!(&first[first.len() - 2..], &[STEP_RESET, STEP_TALLY]);
+        assert_eq!(step_grid(STEP_RESET), StepGrid::OneThread);
+        assert_eq!(step_grid(STEP_SLOT_SCAN), StepGrid::OneBlock);
+        assert_eq!(step_grid(STEP_SLOT_ASSIGN), StepGrid::Slots);
+        assert_eq!(step_grid(STEP_CLAIM), StepGrid::Rows);
+        let mut s = Schedule::default();
+        s.after_check(false, 0);
+        assert_eq!(s.bytes_down(10, 4), (2 + 1 + 10 + 4) * 4);
     }
 }

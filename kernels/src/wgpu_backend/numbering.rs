@@ -5,16 +5,10 @@ use std::sync::Arc;
 use super::fused::{FusedPipelines, LaunchBuffers};
 use super::{WgpuDevice, grid};
 use crate::codegen::numbering::{
-    self, ENTRIES, KeyProgram, Numbering, ROUNDS_PER_CHECK, STEP_CLAIM, STEP_FINALIZE,
-    STEP_FIRST_MIN, STEP_HASH_ROWS, STEP_RESET, STEP_SLOT_ASSIGN, STEP_SLOT_COUNT, STEP_SLOT_SCAN,
-    STEP_TALLY, STEP_VERIFY, WorkLayout,
+    self, ENTRIES, KeyProgram, Next, Numbering, Schedule, StepGrid, WorkLayout, step_grid,
 };
 use crate::codegen::{ColumnData, place_inputs};
 use crate::error::{KernelError, Result};
-
-/// Rounds of probing after which a batch is left to the host: with the
-/// table at most half full, probes this long do not happen.
-const MAX_ROUNDS: usize = 512;
 
 impl WgpuDevice {
     fn numbering_pipelines(&self, program: &KeyProgram) -> Result<Arc<FusedPipelines>> {
@@ -83,6 +77,7 @@ impl WgpuDevice {
         }
         let (rx, ry) = grid(rows.div_ceil(256) as u64);
         let (sx, sy) = grid(work.slot_blocks() as u64);
+        let mut schedule = Schedule::default();
         self.scoped("numbering kernels", || {
             let LaunchBuffers {
                 outw, flag, group, ..
@@ -134,34 +129,30 @@ impl WgpuDevice {
                 self.queue.submit([encoder.finish()]);
                 self.map_words(&staging)
             };
-            let rounds: Vec<(usize, (u32, u32))> = (0..ROUNDS_PER_CHECK)
-                .flat_map(|_| [(STEP_CLAIM, (rx, ry)), (STEP_VERIFY, (rx, ry))])
-                .chain([(STEP_RESET, (1, 1)), (STEP_TALLY, (rx, ry))])
-                .collect();
-            let mut first = vec![(STEP_HASH_ROWS, (rx, ry))];
-            first.extend(&rounds);
-            let mut back = submit(&first, &[(work.counters, 1)])?;
-            let mut done_rounds = ROUNDS_PER_CHECK;
-            while back[0] != 0 && back[1] == 0 && done_rounds < MAX_ROUNDS {
-                back = submit(&rounds, &[(work.counters, 1)])?;
-                done_rounds += ROUNDS_PER_CHECK;
-            }
-            if back[1] != 0 || back[0] != 0 {
-                // A key the device cannot compute as the CPU would, or (not
-                // met in practice) probes past the bound.
-                out.needs_cpu = true;
-                return Ok(());
+            let grid_of = |step: usize| match step_grid(step) {
+                StepGrid::Rows => (rx, ry),
+                StepGrid::Slots => (sx, sy),
+                StepGrid::OneBlock | StepGrid::OneThread => (1, 1),
+            };
+            let dispatches = |steps: &[usize]| -> Vec<(usize, (u32, u32))> {
+                steps.iter().map(|&step| (step, grid_of(step))).collect()
+            };
+            let mut steps = Schedule::first();
+            loop {
+                let back = submit(&dispatches(&steps), &[(work.counters, 1)])?;
+                match schedule.after_check(back[1] != 0, back[0]) {
+                    Next::MoreRounds => steps = Schedule::rounds(),
+                    Next::Finish => break,
+                    Next::Cpu => {
+                        out.needs_cpu = true;
+                        return Ok(());
+                    }
+                }
             }
             // The group count and every row's group in one read-back, then
             // the groups' first rows.
             let mut back = submit(
-                &[
-                    (STEP_SLOT_COUNT, (sx, sy)),
-                    (STEP_SLOT_SCAN, (1, 1)),
-                    (STEP_SLOT_ASSIGN, (sx, sy)),
-                    (STEP_FINALIZE, (rx, ry)),
-                    (STEP_FIRST_MIN, (rx, ry)),
-                ],
+                &dispatches(&Schedule::FINISH),
                 &[(work.counters + 1, 1), (work.gid, rows)],
             )?;
             let groups = back[0] as usize;
@@ -172,7 +163,7 @@ impl WgpuDevice {
             Ok(())
         })?;
         out.bytes_up = ((data_words + params.len()) * 4) as u64;
-        out.bytes_down = ((out.gid.len() + out.first_row.len() + 8) * 4) as u64;
+        out.bytes_down = schedule.bytes_down(out.gid.len(), out.first_row.len());
         Ok(out)
     }
 }
