@@ -521,6 +521,8 @@ impl CudaDevice {
                 Next::Finish => break,
                 Next::Cpu => {
                     out.needs_cpu = true;
+                    out.bytes_up = ((data_words + params.len()) * 4) as u64;
+                    out.bytes_down = schedule.bytes_checked();
                     return Ok(out);
                 }
             }

@@ -42,7 +42,7 @@ impl PhysicalOptimizerRule for CheckParquetMetadata {
                 return Ok(Transformed::no(node));
             };
             // Once per scan, however often the rule runs.
-            if format!("{factory:?}").starts_with("CheckedReaderFactory") {
+            if format!("{factory:?}") == "CheckedReaderFactory" {
                 return Ok(Transformed::no(node));
             }
             let checked = parquet.clone().with_parquet_file_reader_factory(Arc::new(

@@ -3,10 +3,12 @@
 //! `cargo fuzz` runs (`kiln::fuzzing`): every input must return, without a
 //! panic other than the known, reported ones (`kiln::fuzzing::KNOWN_PANICS`).
 //! Then a short smoke of each target in every CI run: mutations of the
-//! corpus (bit flips, byte changes, cuts, splices) from a fixed seed, for
-//! `KILN_FUZZ_SMOKE_SECS` seconds a target (default 15). The input being run
-//! is kept at `<target dir>/tmp/fuzz-smoke-<target>`, so a crash leaves what
-//! caused it. (The codegen target's smoke is kiln-kernels' test.)
+//! corpus (bit flips, byte changes, cuts, splices) from a fixed seed:
+//! `KILN_FUZZ_SMOKE_RUNS` mutations a target (default 3,000; the same ones
+//! on every machine), cut short after `KILN_FUZZ_SMOKE_SECS` seconds
+//! (default 15). The input being run is kept at
+//! `<target dir>/tmp/fuzz-smoke-<target>`, so a crash leaves what caused it.
+//! (The codegen target's smoke is kiln-kernels' test.)
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -69,15 +71,19 @@ fn replay_and_smoke(target: &str, run: fn(&[u8])) {
     for data in &inputs {
         run(data);
     }
-    let secs = std::env::var("KILN_FUZZ_SMOKE_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(15);
+    let setting = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    };
+    let secs = setting("KILN_FUZZ_SMOKE_SECS", 15);
+    let max_runs = setting("KILN_FUZZ_SMOKE_RUNS", 3000);
     let kept = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fuzz-smoke-{target}"));
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut rng = Rng(0x5eed ^ target.len() as u64);
     let mut runs = 0;
-    while Instant::now() < deadline {
+    while runs < max_runs && Instant::now() < deadline {
         let input = &inputs[rng.below(inputs.len())];
         let other = &inputs[rng.below(inputs.len())];
         let data = mutate(&mut rng, input, other);

@@ -244,22 +244,28 @@ impl ExecutionPlan for EmbedExec {
             done: false,
         };
         let schema = self.schema();
-        let stream = futures::stream::unfold(state, |mut state| async move {
+        let stream = futures::stream::unfold(Some(state), |state| async move {
+            let mut state = state?;
             let pending = match state.gather().await {
                 Ok(pending) => pending,
                 Err(e) => {
                     state.done = true;
-                    return Some((Err(e), state));
+                    return Some((Err(e), Some(state)));
                 }
             };
             if pending.is_empty() {
                 return None;
             }
-            let out = state.embed(&pending);
-            if out.is_err() {
-                state.done = true;
+            // The forward pass runs off the async workers.
+            match super::off_async(state, move |s| s.embed(&pending)).await {
+                Ok((mut state, out)) => {
+                    if out.is_err() {
+                        state.done = true;
+                    }
+                    Some((out, Some(state)))
+                }
+                Err(e) => Some((Err(e), None)),
             }
-            Some((out, state))
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }

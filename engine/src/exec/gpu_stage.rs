@@ -416,8 +416,11 @@ impl ExecutionPlan for GpuStageExec {
                     if pending.is_empty() {
                         break;
                     }
-                    let candidates = state.compute(&pending)?;
-                    best = Some(state.keep_first(best, candidates)?);
+                    // Launches (and their waits) off the async workers.
+                    let (back, candidates) =
+                        super::off_async(state, move |s| s.compute(&pending)).await?;
+                    state = back;
+                    best = Some(state.keep_first(best, candidates?)?);
                 }
                 let out = best.unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(&state.schema)));
                 Ok(out.record_output(&state.metrics.baseline))
@@ -426,26 +429,30 @@ impl ExecutionPlan for GpuStageExec {
         }
         // Rows, or (with an aggregate) one batch of partial states per launch:
         // groups repeat across launches, and the final aggregate merges them.
-        let stream = futures::stream::unfold(state, move |mut state| {
+        let stream = futures::stream::unfold(Some(state), move |state| {
             let context = Arc::clone(&context);
             async move {
+                let mut state = state?;
                 let pending = match state.gather().await {
                     Ok(pending) => pending,
                     Err(e) => {
                         state.done = true;
-                        return Some((Err(e), state));
+                        return Some((Err(e), Some(state)));
                     }
                 };
                 // gather() stops short of a launch's rows only at the end.
                 if pending.is_empty() {
                     return None;
                 }
-                let out = if state.plan.aggregate.is_some() {
-                    state.run_aggregate(&pending, &context).await
-                } else {
-                    state.run(&pending)
-                };
-                Some((out, state))
+                if state.plan.aggregate.is_some() {
+                    let out = state.run_aggregate(&pending, &context).await;
+                    return Some((out, Some(state)));
+                }
+                // Launches (and their waits) off the async workers.
+                match super::off_async(state, move |s| s.run(&pending)).await {
+                    Ok((state, out)) => Some((out, Some(state))),
+                    Err(e) => Some((Err(e), None)),
+                }
             }
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))

@@ -43,3 +43,32 @@ pub(crate) async fn gather_rows(
     }
     Ok(pending)
 }
+
+/// Runs `work` on `state` on tokio's blocking pool — device launches and
+/// their waits, the encoder's forward pass — so it does not hold the async
+/// worker that polls the stream (issue 15), and gives the state back. Without
+/// a tokio runtime (a stream polled by some other executor) it runs in
+/// place. A panic in `work` goes on unwinding in the caller, as it would have
+/// in place.
+pub(crate) async fn off_async<S, T>(
+    state: S,
+    work: impl FnOnce(&mut S) -> T + Send + 'static,
+) -> datafusion::common::Result<(S, T)>
+where
+    S: Send + 'static,
+    T: Send + 'static,
+{
+    let run = move || {
+        let mut state = state;
+        let out = work(&mut state);
+        (state, out)
+    };
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return Ok(run());
+    };
+    match runtime.spawn_blocking(run).await {
+        Ok(done) => Ok(done),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(datafusion::common::DataFusionError::External(Box::new(e))),
+    }
+}

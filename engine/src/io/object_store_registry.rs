@@ -88,8 +88,6 @@ pub fn is_store_option(key: &str) -> bool {
         .any(|p| key.starts_with(p))
 }
 
-/// The cache key of a URL's store: `scheme://authority`, as DataFusion's own
-/// registry keys them.
 /// How a user wrote an object of the store at `store_key` (a
 /// [`store_url_key`]): a local path with its leading `/`, anything else as
 /// its URL.
@@ -101,6 +99,8 @@ pub fn shown_location(store_key: &str, location: &object_store::path::Path) -> S
     }
 }
 
+/// The cache key of a URL's store: `scheme://authority`, as DataFusion's own
+/// registry keys them.
 pub fn store_url_key(url: &Url) -> String {
     format!(
         "{}://{}",

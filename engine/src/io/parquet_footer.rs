@@ -15,7 +15,7 @@
 //! footer with an error naming the file.
 //!
 //! Only objects named `*.parquet` (any case, also `*.parq` and `*.pq`) are
-//! checked. A fetched range that ends with the magic and a length that fits
+//! checked: part files without an extension (Hive's `000000_0`) are not. A fetched range that ends with the magic and a length that fits
 //! before the range's end is fine whatever the file's size; only when the
 //! length reaches further back does the wrapper learn the size (a `head`),
 //! so valid files cost nothing.
@@ -35,9 +35,11 @@ use object_store::{
     RenameOptions, Result,
 };
 
-/// The longest tail read checked (readers prefetch the footer with a hint
-/// of some hundred KiB; a longer read is a data read).
-pub const MAX_CHECKED_TAIL: u64 = 16 << 20;
+/// The longest tail read `get_opts` checks (buffering it first): readers
+/// prefetch a footer with a hint of some hundred KiB (DataFusion's default
+/// is 512 KiB, fetched with `get_ranges`, which returns bytes anyway); a
+/// longer read is a data read and streams through unchecked.
+pub const MAX_CHECKED_TAIL: u64 = 1 << 20;
 
 /// Length field and magic at the end of every Parquet file.
 const FOOTER_LEN: u64 = 8;
@@ -120,7 +122,12 @@ pub struct FooterCheckedStore {
 }
 
 impl FooterCheckedStore {
+    /// `inner` behind the check; a store already behind it (one taken from
+    /// Kiln's registry and registered again) as it is.
     pub fn wrap(inner: Arc<dyn ObjectStore>, store_key: &str) -> Arc<dyn ObjectStore> {
+        if inner.to_string().starts_with("FooterChecked(") {
+            return inner;
+        }
         Arc::new(FooterCheckedStore {
             inner,
             store_key: store_key.to_string(),
@@ -134,7 +141,7 @@ impl FooterCheckedStore {
 
 impl fmt::Display for FooterCheckedStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.inner)
+        write!(f, "FooterChecked({})", self.inner)
     }
 }
 

@@ -318,6 +318,11 @@ pub fn embed_totals() -> EmbedTotals {
     }
 }
 
+/// A tokenizer.json whose syntax is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("not valid JSON: {0}")]
+struct NotJson(#[source] serde_json::Error);
+
 /// tokenizer.json, set up as sentence-transformers uses it: truncation at
 /// max_seq_length (special tokens included) and no padding (batches are
 /// ragged).
@@ -341,7 +346,7 @@ fn load_tokenizer(dir: &Path, max_seq_length: usize) -> Result<Tokenizer> {
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&text) {
         return Err(EngineError::Tokenizer {
             path: shown,
-            source: format!("not valid JSON: {e}").into(),
+            source: Box::new(NotJson(e)),
         });
     }
     let mut tokenizer = Tokenizer::from_bytes(&text).map_err(|source| EngineError::Tokenizer {

@@ -1,5 +1,5 @@
 //! Programs made from arbitrary bytes, for the codegen fuzz target
-//! (`fuzz/fuzz_targets/codegen.rs`, body in `kiln::fuzzing::codegen`).
+//! (`kernels/fuzz/fuzz_targets/codegen.rs`, whose body is [`exercise`]).
 //!
 //! The bytes are read as choices, not as a serialized program: each byte
 //! picks a constructor among those that give the type the parent wants, so

@@ -460,11 +460,19 @@ impl Schedule {
         }
     }
 
-    /// Bytes the host reads back over the numbering of `rows` rows into
+    /// Bytes the schedule reads back over the numbering of `rows` rows into
     /// `groups` groups: the flag and the unplaced count at each check, the
-    /// group count, every row's group and every group's first row.
+    /// group count, every row's group and every group's first row. (A
+    /// backend that copies a word more with each read-back, as wgpu does
+    /// the flag, does not count it.)
     pub fn bytes_down(&self, rows: usize, groups: usize) -> u64 {
-        ((2 * self.checks + 1 + rows + groups) * 4) as u64
+        self.bytes_checked() + ((1 + rows + groups) * 4) as u64
+    }
+
+    /// Bytes read back by the checks alone: all a batch left to the CPU
+    /// costs.
+    pub fn bytes_checked(&self) -> u64 {
+        (2 * self.checks * 4) as u64
     }
 }
 

@@ -163,7 +163,11 @@ impl WgpuDevice {
             Ok(())
         })?;
         out.bytes_up = ((data_words + params.len()) * 4) as u64;
-        out.bytes_down = schedule.bytes_down(out.gid.len(), out.first_row.len());
+        out.bytes_down = if out.needs_cpu {
+            schedule.bytes_checked()
+        } else {
+            schedule.bytes_down(out.gid.len(), out.first_row.len())
+        };
         Ok(out)
     }
 }

@@ -25,8 +25,8 @@ pub fn quantized(n: usize, seed: u64) -> Vec<f32> {
 }
 
 /// The codegen fuzz target's committed inputs (`kernels/fuzz/corpus/codegen`
-/// and the minimized crashers in `kernels/fuzz/regressions/codegen`), then
-/// `extra` pseudo-random inputs of 64 bytes.
+/// and the minimized crashers in `kernels/fuzz/regressions/codegen`, at
+/// least one of each), then `extra` pseudo-random inputs of 64 bytes.
 pub fn codegen_fuzz_inputs(extra: usize) -> Vec<Vec<u8>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
     let mut inputs = Vec::new();
@@ -36,6 +36,7 @@ pub fn codegen_fuzz_inputs(extra: usize) -> Vec<Vec<u8>> {
             .map(|e| e.unwrap().path())
             .collect();
         paths.sort();
+        assert!(!paths.is_empty(), "no inputs in kernels/fuzz/{dir}");
         inputs.extend(paths.iter().map(|p| std::fs::read(p).unwrap()));
     }
     let mut state = 0x2545_f491_4f6c_dd1d_u64;
