@@ -455,14 +455,12 @@ pub fn exercise(data: &[u8]) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A fixed stream of pseudo-random inputs of 64 bytes.
-    fn inputs(n: usize) -> impl Iterator<Item = Vec<u8>> {
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        (0..n).map(move |_| {
+/// `n` inputs of 64 bytes from a fixed xorshift stream seeded by `seed`:
+/// a smoke of the target without libFuzzer, the same on every machine.
+pub fn pseudo_random_inputs(n: usize, seed: u64) -> Vec<Vec<u8>> {
+    let mut state = seed.max(1);
+    (0..n)
+        .map(|_| {
             (0..64)
                 .map(|_| {
                     state ^= state << 13;
@@ -472,6 +470,15 @@ mod tests {
                 })
                 .collect()
         })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs(n: usize) -> impl Iterator<Item = Vec<u8>> {
+        pseudo_random_inputs(n, 0x9e37_79b9_7f4a_7c15).into_iter()
     }
 
     #[test]

@@ -39,18 +39,9 @@ pub fn codegen_fuzz_inputs(extra: usize) -> Vec<Vec<u8>> {
         assert!(!paths.is_empty(), "no inputs in kernels/fuzz/{dir}");
         inputs.extend(paths.iter().map(|p| std::fs::read(p).unwrap()));
     }
-    let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    for _ in 0..extra {
-        inputs.push(
-            (0..64)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    state as u8
-                })
-                .collect(),
-        );
-    }
+    inputs.extend(kiln_kernels::codegen::fuzz::pseudo_random_inputs(
+        extra,
+        0x2545_f491_4f6c_dd1d,
+    ));
     inputs
 }
