@@ -5,9 +5,12 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
+use datafusion::common::config::ConfigOptions;
 use kiln_kernels::{
     BackendKind, Device, DeviceInfo, DeviceRequest, Discovery, KernelError, discover,
 };
+
+use crate::options::KilnOptions;
 
 /// The device a cluster role pinned this process to, if any.
 static PINNED: OnceLock<DeviceRequest> = OnceLock::new();
@@ -35,6 +38,30 @@ pub fn requested(option: &str) -> Result<DeviceRequest, KernelError> {
         Some(pinned) => Ok(*pinned),
         None => option.parse(),
     }
+}
+
+/// The device a session's options ask for (`kiln.device`; the default,
+/// `auto`, for a session without Kiln's options), resolved on this machine
+/// without opening it: the one place Kiln reads the option for planning,
+/// operators and cluster codecs alike. A pinned process answers with its
+/// own device ([`requested`]).
+pub fn session_info(options: &ConfigOptions) -> Result<DeviceInfo, KernelError> {
+    let value = match options.extensions.get::<KilnOptions>() {
+        Some(kiln) => requested(&kiln.device)?,
+        None => requested(&KilnOptions::default().device)?,
+    };
+    resolve(value)
+}
+
+/// The device Kiln's own kernels (embeddings, vector search) run on for a
+/// session: [`session_info`] through [`kernel_device`].
+pub fn session_kernel_info(options: &ConfigOptions) -> Result<DeviceInfo, KernelError> {
+    session_info(options).map(kernel_device)
+}
+
+/// [`session_kernel_info`], opened (once per process).
+pub fn session_kernel_device(options: &ConfigOptions) -> Result<Device, KernelError> {
+    open_shared(&session_kernel_info(options)?)
 }
 
 /// The device `request` resolves to on this machine, without opening it

@@ -12,5 +12,6 @@ pub mod exec;
 pub mod functions;
 pub mod io;
 pub mod model;
+pub mod options;
 
 pub use error::{EngineError, Result};

@@ -283,18 +283,8 @@ pub struct KilnPhysicalCodec {
 /// `kiln.device` asks for in this process (an executor's own device, as
 /// the executor pins it).
 fn decoding_device(ctx: &TaskContext) -> Result<DeviceInfo> {
-    let requested = ctx
-        .session_config()
-        .options()
-        .extensions
-        .get::<kiln_planner::KilnOptions>()
-        .map(|o| o.device.clone())
-        .unwrap_or_else(|| "auto".to_string());
-    let external = |e: kiln_kernels::KernelError| DataFusionError::External(Box::new(e));
-    let request = kiln_engine::device::requested(&requested).map_err(external)?;
-    kiln_engine::device::resolve(request)
-        .map(kiln_engine::device::kernel_device)
-        .map_err(external)
+    kiln_engine::device::session_kernel_info(ctx.session_config().options())
+        .map_err(|e| DataFusionError::External(Box::new(e)))
 }
 
 fn spec_json(spec: &SearchSpec) -> Value {

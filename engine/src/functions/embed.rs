@@ -128,19 +128,9 @@ impl ScalarUDFImpl for EmbedUdf {
     }
 }
 
-/// The device `kiln.device` names in the session's options (the CPU when the
-/// option is absent), opened once per process.
+/// The device Kiln's encoder runs on for the session's options (see
+/// [`crate::device::session_kernel_device`]), opened once per process.
 pub fn session_device(options: &ConfigOptions) -> Result<Device> {
-    let value = options
-        .entries()
-        .into_iter()
-        .find(|e| e.key == "kiln.device")
-        .and_then(|e| e.value)
-        .unwrap_or_else(|| "cpu".to_string());
-    let external = |e: KernelError| DataFusionError::External(Box::new(e));
-    let request = crate::device::requested(&value).map_err(external)?;
-    let info = crate::device::resolve(request)
-        .map(crate::device::kernel_device)
-        .map_err(external)?;
-    crate::device::open_shared(&info).map_err(external)
+    crate::device::session_kernel_device(options)
+        .map_err(|e: KernelError| DataFusionError::External(Box::new(e)))
 }

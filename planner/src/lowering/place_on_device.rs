@@ -67,9 +67,7 @@ impl LoweringContext {
         if !options.gpu_transforms {
             return Ok(Err("kiln.gpu_transforms is off".into()));
         }
-        let request = kiln_engine::device::requested(&options.device)
-            .map_err(|e| plan_datafusion_err!("kiln.device: {e}"))?;
-        let info = kiln_engine::device::resolve(request)
+        let info = kiln_engine::device::session_info(config)
             .map_err(|e| plan_datafusion_err!("kiln.device: {e}"))?;
         if options.gpu_max_groups == 0 || options.gpu_max_groups > MAX_GROUPS {
             return Err(plan_datafusion_err!(
