@@ -392,7 +392,8 @@ impl ExecutionPlan for GpuStageExec {
                     if pending.is_empty() {
                         break;
                     }
-                    let states = state.run_aggregate(&pending, &context).await?;
+                    let (back, states) = state.run_aggregate(&pending, &context).await?;
+                    state = back;
                     reservation.try_grow(states.get_array_memory_size())?;
                     merged.push(states);
                 }
@@ -445,8 +446,10 @@ impl ExecutionPlan for GpuStageExec {
                     return None;
                 }
                 if state.plan.aggregate.is_some() {
-                    let out = state.run_aggregate(&pending, &context).await;
-                    return Some((out, Some(state)));
+                    return match state.run_aggregate(&pending, &context).await {
+                        Ok((state, out)) => Some((Ok(out), Some(state))),
+                        Err(e) => Some((Err(e), None)),
+                    };
                 }
                 // Launches (and their waits) off the async workers.
                 match super::off_async(state, move |s| s.run(&pending)).await {
@@ -608,20 +611,28 @@ impl StageState {
     }
 
     /// The partial states of `pending`'s groups (one group without GROUP
-    /// BY), one launch at a time.
+    /// BY), one launch at a time. Each launch runs off the async workers
+    /// (the state goes to the blocking pool and back, hence `self` by
+    /// value); the CPU fallback's plan runs on them as any plan does.
     async fn run_aggregate(
-        &mut self,
+        mut self,
         pending: &[RecordBatch],
         context: &Arc<TaskContext>,
-    ) -> Result<RecordBatch> {
+    ) -> Result<(Self, RecordBatch)> {
         let mut parts = Vec::new();
         for part in self.slices(pending)? {
             let on_device = if self.too_many_groups >= GIVE_UP_AFTER {
                 None
             } else {
-                let time = self.metrics.baseline.elapsed_compute().clone();
-                let _timer = time.timer();
-                self.launch_aggregate(&part)?
+                let launched = part.clone();
+                let (back, out) = super::off_async(self, move |s| {
+                    let time = s.metrics.baseline.elapsed_compute().clone();
+                    let _timer = time.timer();
+                    s.launch_aggregate(&launched)
+                })
+                .await?;
+                self = back;
+                out?
             };
             match on_device {
                 Some(states) => parts.push(states),
@@ -639,9 +650,10 @@ impl StageState {
         }
         let out = concat_batches(&self.states_schema(), &parts)?;
         if self.finishes() {
-            return Ok(out);
+            return Ok((self, out));
         }
-        Ok(out.record_output(&self.metrics.baseline))
+        let out = out.record_output(&self.metrics.baseline);
+        Ok((self, out))
     }
 
     /// Whether the stage merges partial states (a final aggregate).
