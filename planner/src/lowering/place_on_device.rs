@@ -96,6 +96,44 @@ impl LoweringContext {
     }
 }
 
+/// Why an operator is not lowered: a reason it stays on the CPU (an
+/// expression the kernels lack, a switch, the cost model), or a DataFusion
+/// error met while lowering it — a planning bug, which fails the query
+/// instead of passing for a reason to run on the CPU.
+#[derive(Debug)]
+pub enum Refusal {
+    Cpu(String),
+    Failed(datafusion::error::DataFusionError),
+}
+
+impl From<String> for Refusal {
+    fn from(reason: String) -> Self {
+        Refusal::Cpu(reason)
+    }
+}
+
+impl From<&str> for Refusal {
+    fn from(reason: &str) -> Self {
+        Refusal::Cpu(reason.to_string())
+    }
+}
+
+impl From<datafusion::error::DataFusionError> for Refusal {
+    fn from(e: datafusion::error::DataFusionError) -> Self {
+        Refusal::Failed(e)
+    }
+}
+
+impl Refusal {
+    /// A CPU reason prefixed with `what` (an error passes as it is).
+    fn about(self, what: &str) -> Refusal {
+        match self {
+            Refusal::Cpu(reason) => Refusal::Cpu(format!("{what}: {reason}")),
+            failed => failed,
+        }
+    }
+}
+
 /// See the module documentation.
 #[derive(Debug, Default)]
 pub struct PlaceOnDevice;
@@ -114,7 +152,8 @@ impl PhysicalOptimizerRule for PlaceOnDevice {
             .transform_up(|node| {
                 Ok(match lower(&node, &ctx) {
                     Ok(stage) => Transformed::yes(stage),
-                    Err(_) => Transformed::no(node),
+                    Err(Refusal::Cpu(_)) => Transformed::no(node),
+                    Err(Refusal::Failed(e)) => return Err(e),
                 })
             })?
             .data;
@@ -277,14 +316,14 @@ impl Chain {
 pub fn lower(
     op: &Arc<dyn ExecutionPlan>,
     ctx: &LoweringContext,
-) -> std::result::Result<Arc<dyn ExecutionPlan>, String> {
+) -> std::result::Result<Arc<dyn ExecutionPlan>, Refusal> {
     let any = op;
     let is_filter = any.is::<FilterExec>();
     let is_projection = any.is::<ProjectionExec>();
     let aggregate = any.downcast_ref::<AggregateExec>();
     let sort = any.downcast_ref::<SortExec>();
     if !is_filter && !is_projection && aggregate.is_none() && sort.is_none() {
-        return Err(no_kernel(op.as_ref()));
+        return Err(no_kernel(op.as_ref()).into());
     }
     if let Some(sort) = sort {
         if !ctx.sort {
@@ -298,9 +337,9 @@ pub fn lower(
                 );
             }
             Some(k) if k == 0 || k > MAX_TOPK as usize => {
-                return Err(format!(
-                    "LIMIT {k}: the GPU's top-k keeps 1 to {MAX_TOPK} rows"
-                ));
+                return Err(
+                    format!("LIMIT {k}: the GPU's top-k keeps 1 to {MAX_TOPK} rows").into(),
+                );
             }
             Some(_) => {}
         }
@@ -343,7 +382,7 @@ pub fn lower(
         }
         let p = translator.translate(filter.predicate())?;
         if p.ty() != Ty::Bool {
-            return Err(format!("predicate {} is not boolean", filter.predicate()));
+            return Err(format!("predicate {} is not boolean", filter.predicate()).into());
         }
         chain.predicate = Some(match chain.predicate.take() {
             Some(q) => Expr::binary(BinOp::And, q, p),
@@ -518,8 +557,7 @@ pub fn lower(
         ctx.info.clone(),
         ctx.batch_rows,
         Arc::clone(op.properties()),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     Ok(Arc::new(stage))
 }
 
@@ -578,7 +616,7 @@ fn device_keys(
 
 /// A single-step aggregate's partial and final halves, built as
 /// DataFusion's planner builds them.
-fn split_single(agg: &AggregateExec) -> std::result::Result<SingleSplit, String> {
+fn split_single(agg: &AggregateExec) -> std::result::Result<SingleSplit, Refusal> {
     let partial = AggregateExec::try_new(
         AggregateMode::Partial,
         agg.group_expr().clone(),
@@ -586,8 +624,7 @@ fn split_single(agg: &AggregateExec) -> std::result::Result<SingleSplit, String>
         agg.filter_expr().to_vec(),
         Arc::clone(agg.input()),
         agg.input_schema(),
-    )
-    .map_err(|e| format!("splitting the aggregate: {e}"))?;
+    )?;
     // The final half's input stands for the states; the stage replaces it.
     let states = Arc::new(EmptyExec::new(partial.schema()));
     let finish = AggregateExec::try_new(
@@ -597,8 +634,7 @@ fn split_single(agg: &AggregateExec) -> std::result::Result<SingleSplit, String>
         agg.filter_expr().to_vec(),
         states,
         agg.input_schema(),
-    )
-    .map_err(|e| format!("splitting the aggregate: {e}"))?;
+    )?;
     if finish.schema().fields() != agg.schema().fields() {
         return Err("splitting the aggregate changed its output schema".into());
     }
@@ -616,7 +652,7 @@ fn group_keys(
     agg: &AggregateExec,
     columns: &[Arc<dyn PhysicalExpr>],
     ctx: &LoweringContext,
-) -> std::result::Result<StageGroupBy, String> {
+) -> std::result::Result<StageGroupBy, Refusal> {
     let group = agg.group_expr();
     if !group.is_single() {
         return Err("GROUPING SETS, CUBE and ROLLUP stay on the CPU".into());
@@ -625,13 +661,14 @@ fn group_keys(
     let mut keys = Vec::new();
     let mut names = Vec::new();
     for (expr, name) in group.expr() {
-        let dt = expr
-            .data_type(&input_schema)
-            .map_err(|e| format!("GROUP BY {name}: {e}"))?;
+        let dt = expr.data_type(&input_schema)?;
         if !key_type_supported(&dt) {
-            return Err(format!("GROUP BY {name} of type {dt} has no GPU kernel"));
+            return Err(format!("GROUP BY {name} of type {dt} has no GPU kernel").into());
         }
-        keys.push(over_stage_input(expr, columns).map_err(|e| format!("GROUP BY {name}: {e}"))?);
+        keys.push(
+            over_stage_input(expr, columns)
+                .map_err(|e| Refusal::from(e).about(&format!("GROUP BY {name}")))?,
+        );
         names.push(name.clone());
     }
     Ok(StageGroupBy {
@@ -649,7 +686,7 @@ fn group_keys(
 fn over_stage_input(
     expr: &Arc<dyn PhysicalExpr>,
     columns: &[Arc<dyn PhysicalExpr>],
-) -> std::result::Result<Arc<dyn PhysicalExpr>, String> {
+) -> Result<Arc<dyn PhysicalExpr>> {
     Arc::clone(expr)
         .transform_up(|e| {
             Ok(match e.downcast_ref::<Column>() {
@@ -666,7 +703,6 @@ fn over_stage_input(
             })
         })
         .map(|t| t.data)
-        .map_err(|e| e.to_string())
 }
 
 fn stage_plan(
@@ -809,7 +845,8 @@ pub fn no_kernel(op: &dyn ExecutionPlan) -> String {
 /// Why `op` runs on the CPU under `ctx`, as the rule decided it.
 pub fn cpu_reason(op: &Arc<dyn ExecutionPlan>, ctx: &LoweringContext) -> String {
     match lower(op, ctx) {
-        Err(reason) => reason,
+        Err(Refusal::Cpu(reason)) => reason,
+        Err(Refusal::Failed(e)) => format!("lowering failed: {e}"),
         Ok(stage) => {
             let Some(stage) = stage.downcast_ref::<GpuStageExec>() else {
                 return "internal: lowering returned no stage".into();
