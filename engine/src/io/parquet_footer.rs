@@ -14,8 +14,15 @@
 //! cluster node; this wrapper checks what it hands back and answers a lying
 //! footer with an error naming the file.
 //!
+//! It also refuses a read of more than [`LARGE_RANGE`] bytes that reaches
+//! past the object's end (learning the size with a `head` first): object
+//! stores allocate the range before reading (the local store's
+//! `Vec::with_capacity(range.len())`), so a column chunk or page index whose
+//! metadata claims terabytes aborted the process ("memory allocation of
+//! 48530143925601 bytes failed", found by the Parquet fuzz target).
+//!
 //! Only objects named `*.parquet` (any case, also `*.parq` and `*.pq`) are
-//! checked: part files without an extension (Hive's `000000_0`) are not. A fetched range that ends with the magic and a length that fits
+//! footer-checked: part files without an extension (Hive's `000000_0`) are not. A fetched range that ends with the magic and a length that fits
 //! before the range's end is fine whatever the file's size; only when the
 //! length reaches further back does the wrapper learn the size (a `head`),
 //! so valid files cost nothing.
@@ -41,6 +48,10 @@ use object_store::{
 /// longer read is a data read and streams through unchecked.
 pub const MAX_CHECKED_TAIL: u64 = 1 << 20;
 
+/// Reads longer than this are checked against the object's size before the
+/// store allocates them (a `head` each: next to a read this large, cheap).
+pub const LARGE_RANGE: u64 = 16 << 20;
+
 /// Length field and magic at the end of every Parquet file.
 const FOOTER_LEN: u64 = 8;
 
@@ -65,6 +76,27 @@ impl fmt::Display for BadFooter {
 }
 
 impl std::error::Error for BadFooter {}
+
+/// A read that reaches past the object's end.
+#[derive(Debug)]
+pub struct RangeBeyondObject {
+    pub location: String,
+    pub range: Range<u64>,
+    pub size: u64,
+}
+
+impl fmt::Display for RangeBeyondObject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "'{}': asked for bytes {}..{} of an object of {} bytes (a file whose \
+             metadata gives offsets or sizes beyond it is corrupt)",
+            self.location, self.range.start, self.range.end, self.size
+        )
+    }
+}
+
+impl std::error::Error for RangeBeyondObject {}
 
 impl BadFooter {
     fn into_store_error(self) -> object_store::Error {
@@ -137,6 +169,29 @@ impl FooterCheckedStore {
     fn shown(&self, location: &Path) -> String {
         super::shown_location(&self.store_key, location)
     }
+
+    /// Refuses `ranges` of `location` when one is longer than
+    /// [`LARGE_RANGE`] and reaches past the object's end.
+    async fn check_large(&self, location: &Path, ranges: &[Range<u64>]) -> Result<()> {
+        let large = ranges
+            .iter()
+            .any(|r| r.end.saturating_sub(r.start) > LARGE_RANGE);
+        if !large {
+            return Ok(());
+        }
+        let size = self.inner.head(location).await?.size;
+        match ranges.iter().find(|r| r.end > size) {
+            Some(range) => Err(object_store::Error::Generic {
+                store: "Kiln",
+                source: Box::new(RangeBeyondObject {
+                    location: self.shown(location),
+                    range: range.clone(),
+                    size,
+                }),
+            }),
+            None => Ok(()),
+        }
+    }
 }
 
 impl fmt::Display for FooterCheckedStore {
@@ -165,6 +220,10 @@ impl ObjectStore for FooterCheckedStore {
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        if let Some(object_store::GetRange::Bounded(range)) = &options.range {
+            self.check_large(location, std::slice::from_ref(range))
+                .await?;
+        }
         let head = options.head;
         let result = self.inner.get_opts(location, options).await?;
         let tail = result.range.end == result.meta.size
@@ -199,6 +258,7 @@ impl ObjectStore for FooterCheckedStore {
     }
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+        self.check_large(location, ranges).await?;
         let fetched = self.inner.get_ranges(location, ranges).await?;
         if is_parquet(location) {
             for (range, bytes) in ranges.iter().zip(&fetched) {
@@ -321,6 +381,17 @@ mod tests {
                 .await
                 .is_ok()
         );
+        // A huge range past the end is refused before any store allocates it.
+        let huge = 0..(48 << 40);
+        let err = store
+            .get_ranges(&good, std::slice::from_ref(&huge))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("of an object of 112 bytes"),
+            "{err}"
+        );
+        assert!(store.get_range(&good, huge).await.is_err());
     }
 
     #[test]
