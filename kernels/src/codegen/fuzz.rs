@@ -268,14 +268,7 @@ impl Choices<'_> {
             unary.extend([UnOp::Neg, UnOp::Abs]);
         }
         if want.is_float() {
-            unary.extend([
-                UnOp::Floor,
-                UnOp::Ceil,
-                UnOp::Round,
-                UnOp::Sqrt,
-                UnOp::Exp,
-                UnOp::Ln,
-            ]);
+            unary.extend(UnOp::FLOAT_MATH);
         }
         if want == Ty::I32 {
             unary.extend([UnOp::Year, UnOp::Month, UnOp::Day]);

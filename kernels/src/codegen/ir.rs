@@ -153,6 +153,18 @@ pub enum UnOp {
     Day,
 }
 
+impl UnOp {
+    /// The operators on floats alone (a float in, the same float type out).
+    pub const FLOAT_MATH: [UnOp; 6] = [
+        UnOp::Floor,
+        UnOp::Ceil,
+        UnOp::Round,
+        UnOp::Sqrt,
+        UnOp::Exp,
+        UnOp::Ln,
+    ];
+}
+
 /// One node of an expression over the stage's input columns.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Expr {

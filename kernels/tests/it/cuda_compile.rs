@@ -106,14 +106,7 @@ fn kitchen_sink() -> Vec<kiln_kernels::codegen::Program> {
         }
     }
     for f in [2, 3] {
-        for op in [
-            UnOp::Floor,
-            UnOp::Ceil,
-            UnOp::Round,
-            UnOp::Sqrt,
-            UnOp::Exp,
-            UnOp::Ln,
-        ] {
+        for op in UnOp::FLOAT_MATH {
             outputs.push(Expr::unary(op, col(f)));
         }
         outputs.push(Expr::binary(BinOp::Pow, col(f), col(f)));
