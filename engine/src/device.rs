@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
+use datafusion::common::DataFusionError;
 use datafusion::common::config::ConfigOptions;
 use kiln_kernels::{
     BackendKind, Device, DeviceInfo, DeviceRequest, Discovery, KernelError, discover,
@@ -59,9 +60,26 @@ pub fn session_kernel_info(options: &ConfigOptions) -> Result<DeviceInfo, Kernel
     session_info(options).map(kernel_device)
 }
 
-/// [`session_kernel_info`], opened (once per process).
-pub fn session_kernel_device(options: &ConfigOptions) -> Result<Device, KernelError> {
-    open_shared(&session_kernel_info(options)?)
+/// [`session_kernel_info`], opened (once per process) with the session's
+/// memory limit.
+pub fn session_kernel_device(options: &ConfigOptions) -> Result<Device, DataFusionError> {
+    let info = session_kernel_info(options).map_err(|e| DataFusionError::External(Box::new(e)))?;
+    open_for_session(&info, options)
+}
+
+/// The open device for `info` (see [`open_shared`]), its memory budget
+/// limited as the session's `kiln.device_memory_limit` says.
+pub fn open_for_session(
+    info: &DeviceInfo,
+    options: &ConfigOptions,
+) -> Result<Device, DataFusionError> {
+    let device = open_shared(info).map_err(|e| DataFusionError::External(Box::new(e)))?;
+    let limit = match options.extensions.get::<KilnOptions>() {
+        Some(kiln) => kiln.device_memory_limit(info)?,
+        None => KilnOptions::default().device_memory_limit(info)?,
+    };
+    device.memory().set_limit(limit);
+    Ok(device)
 }
 
 /// The device `request` resolves to on this machine, without opening it

@@ -21,6 +21,15 @@ config_namespace! {
         /// its score matrix), e.g. 256MiB or 1GiB. The corpus streams through
         /// tiles of this size, so it may be far larger than the budget.
         pub vector_memory_budget: String, default = "256MiB".to_string()
+        /// The device memory Kiln's allocations on a device may take
+        /// together (model weights, encoder activations, stage buffers,
+        /// search tiles): auto (90% of a GPU's memory where the device
+        /// reports it, as CUDA does; no limit for wgpu, which does not, and
+        /// for the CPU), none, a share such as 75%, or a size such as 20GiB.
+        /// A batch that does not fit is split and retried, then run on the
+        /// CPU. One budget per device and process: the last session to use
+        /// a device sets it.
+        pub device_memory_limit: String, default = "auto".to_string()
         /// Queries scored per pass over the corpus in knn_join.
         pub knn_query_batch: usize, default = 1024
         /// Rewrite ORDER BY <similarity>(column, <constant>) LIMIT k into one
@@ -159,6 +168,8 @@ impl KilnOptions {
             .map_err(|e| plan_datafusion_err!("kiln.vector_memory_budget: {e}"))?;
         parse_duration(&self.statement_timeout)
             .map_err(|e| plan_datafusion_err!("kiln.statement_timeout: {e}"))?;
+        parse_memory_limit(&self.device_memory_limit)
+            .map_err(|e| plan_datafusion_err!("kiln.device_memory_limit: {e}"))?;
         let at_least_one = [
             ("kiln.knn_query_batch", self.knn_query_batch),
             ("kiln.embed_batch_rows", self.embed_batch_rows),
@@ -184,6 +195,22 @@ impl KilnOptions {
             ));
         }
         Ok(())
+    }
+
+    /// `kiln.device_memory_limit` for the device `info`: its budget in
+    /// bytes, `None` for no limit.
+    pub fn device_memory_limit(&self, info: &kiln_kernels::DeviceInfo) -> Result<Option<u64>> {
+        let limit = parse_memory_limit(&self.device_memory_limit)
+            .map_err(|e| plan_datafusion_err!("kiln.device_memory_limit: {e}"))?;
+        Ok(match limit {
+            MemoryLimit::Auto if info.backend == kiln_kernels::BackendKind::Cpu => None,
+            MemoryLimit::Auto => {
+                kiln_kernels::memory::MemoryBudget::default_limit(info.memory_bytes)
+            }
+            MemoryLimit::None => None,
+            MemoryLimit::Share(share) => info.memory_bytes.map(|m| (m as f64 * share) as u64),
+            MemoryLimit::Bytes(bytes) => Some(bytes),
+        })
     }
 
     /// `kiln.statement_timeout` as a duration; `None` for no limit.
@@ -238,6 +265,37 @@ pub fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
         return Err(format!("'{text}' is less than one byte"));
     }
     Ok(bytes as u64)
+}
+
+/// A value of `kiln.device_memory_limit`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MemoryLimit {
+    Auto,
+    None,
+    /// A share of the device's memory, in (0, 1].
+    Share(f64),
+    Bytes(u64),
+}
+
+/// Parses `auto`, `none`, a percentage (`75%`) or a size (`20GiB`).
+pub fn parse_memory_limit(text: &str) -> std::result::Result<MemoryLimit, String> {
+    let t = text.trim();
+    match t.to_ascii_lowercase().as_str() {
+        "" | "auto" => return Ok(MemoryLimit::Auto),
+        "none" => return Ok(MemoryLimit::None),
+        _ => {}
+    }
+    if let Some(percent) = t.strip_suffix('%') {
+        return match percent.trim().parse::<f64>() {
+            Ok(p) if p > 0.0 && p <= 100.0 => Ok(MemoryLimit::Share(p / 100.0)),
+            _ => Err(format!(
+                "'{text}' is not a share between 0% and 100% (expected auto, none, a share such as 75% or a size such as 20GiB)"
+            )),
+        };
+    }
+    parse_bytes(t).map(MemoryLimit::Bytes).map_err(|e| {
+        format!("{e} (expected auto, none, a share such as 75% or a size such as 20GiB)")
+    })
 }
 
 /// Parses a duration: a number with a unit (ms, s, min, h; `s` if none,

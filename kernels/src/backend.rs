@@ -8,6 +8,7 @@ use crate::cpu_backend::CpuDevice;
 use crate::cuda_backend::{CudaBuffer, CudaDevice};
 use crate::device::{BackendKind, DeviceInfo, DeviceRequest, discover};
 use crate::error::{KernelError, Result};
+use crate::memory::MemoryBudget;
 use crate::wgpu_backend::{WgpuBuffer, WgpuDevice};
 
 /// What every backend provides. Buffers are f32 vectors for now; typed columns
@@ -101,15 +102,27 @@ impl Device {
     /// Opens a device that discovery found.
     pub fn open_info(info: &DeviceInfo) -> Result<Device> {
         Ok(match info.backend {
-            BackendKind::Cpu => Device::Cpu(Arc::new(CpuDevice::new(info.clone()))),
+            BackendKind::Cpu => Device::Cpu(Arc::new(CpuDevice::new(info.clone())?)),
             BackendKind::Wgpu => Device::Wgpu(Arc::new(WgpuDevice::open(info)?)),
             BackendKind::Cuda => Device::Cuda(Arc::new(CudaDevice::open(info)?)),
         })
     }
 
-    /// The host CPU; always available.
-    pub fn cpu() -> Device {
-        Device::Cpu(Arc::new(CpuDevice::new(crate::cpu_backend::info())))
+    /// The host CPU; always available (an error only for a bad
+    /// `KILN_INJECT_OOM`).
+    pub fn cpu() -> Result<Device> {
+        Ok(Device::Cpu(Arc::new(CpuDevice::new(
+            crate::cpu_backend::info(),
+        )?)))
+    }
+
+    /// This device's memory budget: every allocation on it reserves here.
+    pub fn memory(&self) -> &Arc<MemoryBudget> {
+        match self {
+            Device::Cpu(d) => d.memory(),
+            Device::Wgpu(d) => d.memory(),
+            Device::Cuda(d) => d.memory(),
+        }
     }
 
     pub fn info(&self) -> &DeviceInfo {

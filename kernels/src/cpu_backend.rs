@@ -5,6 +5,8 @@ use rayon::prelude::*;
 use crate::backend::BackendDevice;
 use crate::device::{BackendKind, DeviceInfo, DeviceType};
 use crate::error::Result;
+use crate::memory::MemoryBudget;
+use std::sync::Arc;
 
 /// Elements per rayon task: large enough that scheduling costs nothing.
 const CHUNK: usize = 64 * 1024;
@@ -13,11 +15,21 @@ const CHUNK: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct CpuDevice {
     info: DeviceInfo,
+    /// Kiln's own kernels (the encoder, vector search) reserve their working
+    /// memory here too. No limit by default: host memory is DataFusion's
+    /// pool's to manage; the budget is there so a limit or injected
+    /// failures (`KILN_INJECT_OOM`) apply to every device alike.
+    memory: Arc<MemoryBudget>,
 }
 
 impl CpuDevice {
-    pub fn new(info: DeviceInfo) -> Self {
-        CpuDevice { info }
+    pub fn new(info: DeviceInfo) -> Result<Self> {
+        let memory = MemoryBudget::new(info.id(), None)?;
+        Ok(CpuDevice { info, memory })
+    }
+
+    pub fn memory(&self) -> &Arc<MemoryBudget> {
+        &self.memory
     }
 }
 

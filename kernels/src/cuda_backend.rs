@@ -8,7 +8,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaContext, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
+    ValidAsZeroBits,
+};
 use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 
 mod encoder;
@@ -20,6 +23,7 @@ pub use search::{CudaQueries, cublas_present};
 use crate::backend::BackendDevice;
 use crate::device::{BackendKind, DeviceInfo, DeviceType};
 use crate::error::{KernelError, Result};
+use crate::memory::{Held, MemoryBudget, Reservation};
 
 /// Every CUDA source of Kiln, by file name. Tests compile each through NVRTC.
 pub const SOURCES: &[(&str, &str)] = &[
@@ -116,7 +120,7 @@ pub fn compile_ptx(kernel: &str, source: &str, arch: Option<(i32, i32)>) -> Resu
 /// empty buffer holds no allocation.
 #[derive(Debug)]
 pub struct CudaBuffer {
-    slice: Option<CudaSlice<f32>>,
+    slice: Option<Held<CudaSlice<f32>>>,
 }
 
 impl CudaBuffer {
@@ -135,6 +139,8 @@ pub struct CudaDevice {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     arch: (i32, i32),
+    /// Every allocation on this device reserves its bytes here first.
+    memory: Arc<MemoryBudget>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     /// Generated fused relational kernels by program fingerprint.
     fused: Mutex<HashMap<(u64, crate::codegen::GroupFold), Arc<CudaModule>>>,
@@ -165,17 +171,49 @@ impl CudaDevice {
         let ctx = CudaContext::new(info.index)?;
         let arch = ctx.compute_capability()?;
         let stream = ctx.default_stream();
+        let memory = MemoryBudget::new(info.id(), MemoryBudget::default_limit(info.memory_bytes))?;
         Ok(CudaDevice {
             info: info.clone(),
             ctx,
             stream,
             arch,
+            memory,
             modules: Mutex::new(HashMap::new()),
             fused: Mutex::new(HashMap::new()),
             numbering: Mutex::new(HashMap::new()),
             topk: Mutex::new(HashMap::new()),
             blas: Mutex::new(None),
         })
+    }
+
+    /// This device's memory budget.
+    pub fn memory(&self) -> &Arc<MemoryBudget> {
+        &self.memory
+    }
+
+    /// Reserves `bytes` for `what` in the budget.
+    fn reserve(&self, bytes: u64, what: &'static str) -> Result<Reservation> {
+        self.memory.reserve(bytes, what)
+    }
+
+    /// A copy of `data` on the device, with its reservation.
+    pub(crate) fn held_htod<T: DeviceRepr>(
+        &self,
+        data: &[T],
+        what: &'static str,
+    ) -> Result<Held<CudaSlice<T>>> {
+        let reservation = self.reserve(std::mem::size_of_val(data) as u64, what)?;
+        Ok(Held::new(self.stream.clone_htod(data)?, reservation))
+    }
+
+    /// `n` zeroed values on the device, with their reservation.
+    pub(crate) fn held_zeros<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        n: usize,
+        what: &'static str,
+    ) -> Result<Held<CudaSlice<T>>> {
+        let reservation = self.reserve((n * std::mem::size_of::<T>()) as u64, what)?;
+        Ok(Held::new(self.stream.alloc_zeros::<T>(n)?, reservation))
     }
 
     /// The module compiled from `SOURCES[file]`, compiled and loaded once.
@@ -214,14 +252,14 @@ impl BackendDevice for CudaDevice {
             return Ok(CudaBuffer { slice: None });
         }
         Ok(CudaBuffer {
-            slice: Some(self.stream.clone_htod(data)?),
+            slice: Some(self.held_htod(data, "upload")?),
         })
     }
 
     fn download(&self, buffer: &CudaBuffer) -> Result<Vec<f32>> {
         match &buffer.slice {
             None => Ok(Vec::new()),
-            Some(slice) => Ok(self.stream.clone_dtoh(slice)?),
+            Some(slice) => Ok(self.stream.clone_dtoh(&**slice)?),
         }
     }
 
@@ -231,7 +269,7 @@ impl BackendDevice for CudaDevice {
         };
         let n = a.len();
         let function = self.module("fma.cu")?.load_function("fma_f32")?;
-        let mut out = self.stream.alloc_zeros::<f32>(n)?;
+        let mut out = self.held_zeros::<f32>(n, "fma out")?;
         let blocks = (n as u64)
             .div_ceil(u64::from(BLOCK))
             .min(u64::from(MAX_BLOCKS)) as u32;
@@ -242,7 +280,12 @@ impl BackendDevice for CudaDevice {
         };
         let len = n as u64;
         let mut launch = self.stream.launch_builder(&function);
-        launch.arg(a).arg(b).arg(c).arg(&mut out).arg(&len);
+        launch
+            .arg(&**a)
+            .arg(&**b)
+            .arg(&**c)
+            .arg(&mut *out)
+            .arg(&len);
         // SAFETY: fma_f32 takes (const float*, const float*, const float*,
         // float*, unsigned long long), matching the arguments pushed above; all
         // four buffers hold `n` elements and the kernel touches indices < n only.
@@ -318,6 +361,12 @@ impl CudaDevice {
         }
         let mut out = FusedOutput::default();
         let nblocks = layout.blocks();
+        // The launch's buffers, reserved together for its duration.
+        let _launch = self.reserve(
+            ((layout.data_words + layout.params.len() + layout.out_words.max(1) + 2 * nblocks + 2)
+                * 4) as u64,
+            "fused launch",
+        )?;
         let data = self.stream.clone_htod(&layout.data())?;
         let params = self.stream.clone_htod(&layout.params)?;
         let mut outw = self.stream.alloc_zeros::<u32>(layout.out_words.max(1))?;
@@ -464,6 +513,11 @@ impl CudaDevice {
             let words: &[u32] = bytemuck::cast_slice(bytes);
             host[*at..*at + words.len()].copy_from_slice(words);
         }
+        // The launch's buffers, reserved together for its duration.
+        let _launch = self.reserve(
+            ((host.len() + params.len() + work.words + 2 * work.slot_blocks() + 2) * 4) as u64,
+            "numbering launch",
+        )?;
         let data = self.stream.clone_htod(&host)?;
         let meta = self.stream.clone_htod(&params)?;
         let mut outw = self.stream.alloc_zeros::<u32>(work.words)?;

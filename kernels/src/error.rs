@@ -40,7 +40,26 @@ pub enum KernelError {
         found: BackendKind,
     },
 
+    /// A setting (an environment variable) whose value does not parse.
+    #[error("{name}='{value}': expected {expected}")]
+    InvalidSetting {
+        name: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+
     // --- the machine's resources ---
+    /// A device allocation that does not fit the device's memory budget (or
+    /// failed on purpose, `KILN_INJECT_OOM`). Callers split the batch and
+    /// retry, then run it on the CPU (see [`crate::memory`]).
+    #[error("{device}: out of device memory for {what} ({requested} bytes): {detail}")]
+    OutOfMemory {
+        device: String,
+        what: &'static str,
+        requested: u64,
+        detail: String,
+    },
+
     /// The requested backend is not available on this machine.
     #[error("{backend} device not available: {reason}")]
     DeviceNotFound {
@@ -83,6 +102,16 @@ pub enum KernelError {
 }
 
 impl KernelError {
+    /// Whether the device ran out of memory: its budget refused an
+    /// allocation, or its driver did. Such an error is retried smaller.
+    pub fn is_out_of_memory(&self) -> bool {
+        match self {
+            KernelError::OutOfMemory { .. } => true,
+            KernelError::Cuda(e) => e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY,
+            _ => false,
+        }
+    }
+
     /// The error as a reason for EXPLAIN: a refused kernel input gives just
     /// its detail ("decimal division"), anything else its whole message.
     pub fn into_reason(self) -> String {

@@ -15,6 +15,7 @@ pub mod cpu_backend;
 pub mod cuda_backend;
 pub mod device;
 pub mod error;
+pub mod memory;
 pub mod ops;
 pub mod testing;
 pub mod wgpu_backend;

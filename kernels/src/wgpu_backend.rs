@@ -14,6 +14,7 @@ use wgpu::util::DeviceExt;
 use crate::backend::BackendDevice;
 use crate::device::{BackendKind, DeviceInfo, DeviceType};
 use crate::error::{KernelError, Result};
+use crate::memory::{Held, MemoryBudget};
 use crate::ops::activation::Activation;
 use crate::ops::topk::{Candidate, SelectShape, TileKeys, candidates_from_words, select_row};
 
@@ -112,7 +113,7 @@ pub fn discover() -> std::result::Result<Vec<DeviceInfo>, String> {
 /// buffer still owns 4 bytes; `len` is the element count that matters.
 #[derive(Debug)]
 pub struct WgpuBuffer {
-    buffer: wgpu::Buffer,
+    buffer: Held<wgpu::Buffer>,
     len: usize,
 }
 
@@ -132,6 +133,8 @@ pub struct WgpuDevice {
     device: wgpu::Device,
     queue: wgpu::Queue,
     limits: wgpu::Limits,
+    /// Every buffer this device allocates reserves its bytes here first.
+    memory: Arc<MemoryBudget>,
     fma: OnceLock<wgpu::ComputePipeline>,
     gemm: OnceLock<wgpu::ComputePipeline>,
     layer_norm: OnceLock<wgpu::ComputePipeline>,
@@ -182,6 +185,8 @@ impl WgpuDevice {
                 required_limits: limits.clone(),
                 ..Default::default()
             }))?;
+        // wgpu reports no memory size: no limit unless the session sets one.
+        let memory = MemoryBudget::new(info.id(), None)?;
         let uncaptured = Arc::new(Mutex::new(None));
         let slot = Arc::clone(&uncaptured);
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
@@ -194,6 +199,7 @@ impl WgpuDevice {
             device,
             queue,
             limits,
+            memory,
             fma: OnceLock::new(),
             gemm: OnceLock::new(),
             layer_norm: OnceLock::new(),
@@ -206,16 +212,30 @@ impl WgpuDevice {
         })
     }
 
+    /// This device's memory budget.
+    pub fn memory(&self) -> &Arc<MemoryBudget> {
+        &self.memory
+    }
+
     /// Runs `f` inside validation and out-of-memory error scopes and turns
-    /// whatever they caught into an error.
-    fn scoped<T>(&self, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    /// whatever they caught into an error: the driver's out-of-memory into
+    /// [`KernelError::OutOfMemory`], which callers retry smaller.
+    fn scoped<T>(&self, what: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let out = f();
         let validation = pollster::block_on(validation.pop());
         let oom = pollster::block_on(oom.pop());
-        if let Some(e) = validation.or(oom) {
+        if let Some(e) = validation {
             return Err(KernelError::WgpuRuntime(format!("{what}: {e}")));
+        }
+        if let Some(e) = oom {
+            return Err(KernelError::OutOfMemory {
+                device: self.info.id(),
+                what,
+                requested: 0,
+                detail: format!("the driver: {e}"),
+            });
         }
         if let Some(e) = self.uncaptured.lock().ok().and_then(|mut s| s.take()) {
             return Err(KernelError::WgpuRuntime(format!("{what}: {e}")));
@@ -277,7 +297,28 @@ impl WgpuDevice {
             .clone())
     }
 
-    fn init_buffer(&self, label: &str, contents: &[u8], usage: wgpu::BufferUsages) -> wgpu::Buffer {
+    /// A buffer holding `contents`, its bytes reserved in the budget.
+    fn init_buffer(
+        &self,
+        label: &'static str,
+        contents: &[u8],
+        usage: wgpu::BufferUsages,
+    ) -> Result<Held<wgpu::Buffer>> {
+        let reservation = self.memory.reserve(contents.len().max(4) as u64, label)?;
+        Ok(Held::new(
+            self.small_buffer(label, contents, usage),
+            reservation,
+        ))
+    }
+
+    /// A buffer of a few parameter words (or an unused binding's
+    /// placeholder): too small to count in the budget.
+    fn small_buffer(
+        &self,
+        label: &str,
+        contents: &[u8],
+        usage: wgpu::BufferUsages,
+    ) -> wgpu::Buffer {
         let contents: &[u8] = if contents.is_empty() {
             &[0u8; 4]
         } else {
@@ -291,16 +332,34 @@ impl WgpuDevice {
             })
     }
 
-    fn storage_buffer(&self, label: &str, elems: usize) -> Result<wgpu::Buffer> {
+    /// A zeroed storage buffer of `elems` words, reserved in the budget.
+    fn storage_buffer(&self, label: &'static str, elems: usize) -> Result<Held<wgpu::Buffer>> {
         let size = self.check_size(elems)?;
-        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
+        self.new_buffer(
+            label,
             size,
-            usage: wgpu::BufferUsages::STORAGE
+            wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_SRC
                 | wgpu::BufferUsages::COPY_DST,
+        )
+    }
+
+    /// A buffer of `size` bytes with `usage` (a read-back's staging buffer),
+    /// reserved in the budget.
+    pub(crate) fn new_buffer(
+        &self,
+        label: &'static str,
+        size: u64,
+        usage: wgpu::BufferUsages,
+    ) -> Result<Held<wgpu::Buffer>> {
+        let reservation = self.memory.reserve(size, label)?;
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage,
             mapped_at_creation: false,
-        }))
+        });
+        Ok(Held::new(buffer, reservation))
     }
 
     /// Uploads a search's prepared queries (row-major, `dim` wide) once.
@@ -341,7 +400,7 @@ impl WgpuDevice {
                 "kiln corpus tile",
                 bytemuck::cast_slice(tile),
                 wgpu::BufferUsages::STORAGE,
-            );
+            )?;
             let mut encoder = self
                 .device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -367,18 +426,18 @@ impl WgpuDevice {
                         "kiln key scale",
                         bytemuck::cast_slice(&keys.scale),
                         usage,
-                    );
+                    )?;
                     let shift = self.init_buffer(
                         "kiln key shift",
                         bytemuck::cast_slice(&keys.shift),
                         usage,
-                    );
+                    )?;
                     let threshold = self.init_buffer(
                         "kiln thresholds",
                         bytemuck::cast_slice(thresholds),
                         usage,
-                    );
-                    let params = self.init_buffer(
+                    )?;
+                    let params = self.small_buffer(
                         "top-k params",
                         bytemuck::bytes_of(&[nq as u32, rows as u32, chunk, chunks]),
                         wgpu::BufferUsages::UNIFORM,
@@ -493,7 +552,7 @@ impl WgpuDevice {
                     &a.buffer,
                     &b.buffer,
                     &out,
-                    bias.map(|x| &x.buffer),
+                    bias.map(|x| &*x.buffer),
                     [m32, n32, k32],
                 );
                 self.queue.submit([encoder.finish()]);
@@ -540,13 +599,13 @@ impl WgpuDevice {
             let residual_buf = match residual {
                 Some(r) => &r.buffer,
                 None => {
-                    dummy = self.init_buffer("no residual", &[], wgpu::BufferUsages::STORAGE);
+                    dummy = self.small_buffer("no residual", &[], wgpu::BufferUsages::STORAGE);
                     &dummy
                 }
             };
             let mut params = [rows as u32, cols as u32, u32::from(residual.is_some()), 0];
             params[3] = eps.to_bits();
-            let params = self.init_buffer(
+            let params = self.small_buffer(
                 "layer norm params",
                 bytemuck::bytes_of(&params),
                 wgpu::BufferUsages::UNIFORM,
@@ -622,9 +681,9 @@ impl WgpuDevice {
                 "attention bounds",
                 bytemuck::cast_slice(&bounds),
                 wgpu::BufferUsages::STORAGE,
-            );
+            )?;
             let scale = (1.0 / (head_dim as f32).sqrt()).to_bits();
-            let params = self.init_buffer(
+            let params = self.small_buffer(
                 "attention params",
                 bytemuck::bytes_of(&[tokens as u32, heads as u32, head_dim as u32, scale]),
                 wgpu::BufferUsages::UNIFORM,
@@ -663,7 +722,7 @@ impl WgpuDevice {
             detail: format!("{} elements exceed u32", x.len),
         })?;
         self.scoped("gelu", || {
-            let params = self.init_buffer(
+            let params = self.small_buffer(
                 "gelu params",
                 bytemuck::bytes_of(&[n, act as u32, 0, 0]),
                 wgpu::BufferUsages::UNIFORM,
@@ -736,11 +795,11 @@ impl WgpuDevice {
         let bias = match bias {
             Some(b) => b,
             None => {
-                dummy = self.init_buffer("no bias", &[], wgpu::BufferUsages::STORAGE);
+                dummy = self.small_buffer("no bias", &[], wgpu::BufferUsages::STORAGE);
                 &dummy
             }
         };
-        let params = self.init_buffer(
+        let params = self.small_buffer(
             "gemm params",
             bytemuck::bytes_of(&[m, n, k, flags]),
             wgpu::BufferUsages::UNIFORM,
@@ -809,20 +868,13 @@ impl BackendDevice for WgpuDevice {
     fn upload(&self, data: &[f32]) -> Result<WgpuBuffer> {
         self.check_size(data.len())?;
         self.scoped("upload", || {
-            let contents: &[u8] = if data.is_empty() {
-                &[0u8; 4]
-            } else {
-                bytemuck::cast_slice(data)
-            };
-            let buffer = self
-                .device
-                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("kiln upload"),
-                    contents,
-                    usage: wgpu::BufferUsages::STORAGE
-                        | wgpu::BufferUsages::COPY_SRC
-                        | wgpu::BufferUsages::COPY_DST,
-                });
+            let buffer = self.init_buffer(
+                "kiln upload",
+                bytemuck::cast_slice(data),
+                wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+            )?;
             Ok(WgpuBuffer {
                 buffer,
                 len: data.len(),
@@ -836,12 +888,11 @@ impl BackendDevice for WgpuDevice {
         }
         let bytes = src.len as u64 * 4;
         let staging = self.scoped("download", || {
-            let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("kiln download"),
-                size: bytes,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
+            let staging = self.new_buffer(
+                "kiln download",
+                bytes,
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            )?;
             let mut encoder = self
                 .device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
@@ -874,14 +925,13 @@ impl BackendDevice for WgpuDevice {
         let n = a.len;
         let size = self.check_size(n)?;
         self.scoped("fma", || {
-            let out = self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("kiln fma out"),
+            let out = self.new_buffer(
+                "kiln fma out",
                 size,
-                usage: wgpu::BufferUsages::STORAGE
+                wgpu::BufferUsages::STORAGE
                     | wgpu::BufferUsages::COPY_SRC
                     | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
+            )?;
             let pipeline = self.fma_pipeline();
             let layout = pipeline.get_bind_group_layout(0);
             let mut encoder = self
@@ -891,13 +941,11 @@ impl BackendDevice for WgpuDevice {
             let mut start = 0;
             while start < n {
                 let len = chunk.min(n - start);
-                let params = self
-                    .device
-                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                        label: Some("fma params"),
-                        contents: bytemuck::bytes_of(&[len as u32, 0, 0, 0]),
-                        usage: wgpu::BufferUsages::UNIFORM,
-                    });
+                let params = self.small_buffer(
+                    "fma params",
+                    bytemuck::bytes_of(&[len as u32, 0, 0, 0]),
+                    wgpu::BufferUsages::UNIFORM,
+                );
                 let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
                     label: Some("fma"),
                     layout: &layout,

@@ -65,6 +65,7 @@ pub struct SearchMetrics {
     pub corpus_rows: Count,
     pub tiles: Count,
     pub search_time: Time,
+    oom: super::OomMetrics,
 }
 
 impl SearchMetrics {
@@ -73,6 +74,7 @@ impl SearchMetrics {
             corpus_rows: MetricBuilder::new(set).counter("corpus_rows", partition),
             tiles: MetricBuilder::new(set).counter("tiles", partition),
             search_time: MetricBuilder::new(set).subset_time("search_time", partition),
+            oom: super::OomMetrics::new(set, partition),
         }
     }
 }
@@ -339,6 +341,7 @@ pub async fn search_corpus(
     if !tile.batches.is_empty() {
         push_tile(&mut search, tile, tile_rows, &mut rows, &unscored, metrics)?;
     }
+    metrics.oom.add(search.oom_counts());
     Ok(SearchOutcome {
         hits: search.finish(),
         unscored: unscored.into_iter().collect(),

@@ -302,6 +302,7 @@ struct EmbedMetrics {
     tokens: Count,
     truncated_rows: Count,
     embed_batches: Count,
+    oom: super::OomMetrics,
 }
 
 impl EmbedMetrics {
@@ -312,6 +313,7 @@ impl EmbedMetrics {
             tokens: MetricBuilder::new(metrics).counter("tokens", partition),
             truncated_rows: MetricBuilder::new(metrics).counter("truncated_rows", partition),
             embed_batches: MetricBuilder::new(metrics).counter("embed_batches", partition),
+            oom: super::OomMetrics::new(metrics, partition),
         }
     }
 }
@@ -347,6 +349,7 @@ impl EmbedState {
         self.metrics.tokens.add(counted.tokens);
         self.metrics.truncated_rows.add(counted.truncated);
         self.metrics.embed_batches.add(1);
+        self.metrics.oom.add(counted.oom);
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
         columns.push(embedded);
         let out = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;

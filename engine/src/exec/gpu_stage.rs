@@ -48,13 +48,14 @@ use kiln_kernels::codegen::numbering::KeyProgram;
 use kiln_kernels::codegen::{
     ColumnData, FusedOutput, GroupFold, MAX_GROUPS, OutColumn, Program, Reduced, Ty,
 };
-use kiln_kernels::{Device, DeviceInfo};
+use kiln_kernels::memory::{OomCounts, split_and_retry};
+use kiln_kernels::{Device, DeviceInfo, KernelError};
 
 use super::device_columns::{HostColumn, from_device, inline_view_words, to_device};
 use super::gather_rows;
 use super::group_keys::{GroupIndex, group_index};
 use super::stage_aggregate::StageAggregate;
-use crate::device::open_shared;
+use crate::device::open_for_session;
 
 /// Where one output column of a stage comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -355,8 +356,7 @@ impl ExecutionPlan for GpuStageExec {
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let input = self.input.execute(partition, Arc::clone(&context))?;
-        let device =
-            open_shared(&self.device).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let device = open_for_session(&self.device, context.session_config().options())?;
         let schema = self.schema();
         let launch_rows = self
             .batch_rows
@@ -502,6 +502,7 @@ struct StageMetrics {
     kernel_time: Time,
     /// A final or single-step aggregate's finish on the host.
     finish_time: Time,
+    oom: super::OomMetrics,
 }
 
 impl StageMetrics {
@@ -518,6 +519,7 @@ impl StageMetrics {
             device_time: MetricBuilder::new(metrics).subset_time("device_time", partition),
             kernel_time: MetricBuilder::new(metrics).subset_time("kernel_time", partition),
             finish_time: MetricBuilder::new(metrics).subset_time("host_finish_time", partition),
+            oom: super::OomMetrics::new(metrics, partition),
         }
     }
 }
@@ -540,6 +542,21 @@ struct StageState {
 
 /// See [`StageState::too_many_groups`].
 const GIVE_UP_AFTER: usize = 2;
+
+/// The fewest rows split-and-retry cuts a launch to before it runs the rest
+/// of an out-of-memory launch on the CPU.
+const OOM_FLOOR_ROWS: usize = 1024;
+
+/// Whether `e` is the device running out of memory (its budget or its
+/// driver), which a smaller launch may avoid.
+fn out_of_memory(e: &DataFusionError) -> bool {
+    match e {
+        DataFusionError::External(inner) => inner
+            .downcast_ref::<KernelError>()
+            .is_some_and(KernelError::is_out_of_memory),
+        _ => false,
+    }
+}
 
 impl StageState {
     /// The next input batches, up to one launch's rows; empty at the end.
@@ -621,30 +638,33 @@ impl StageState {
     ) -> Result<(Self, RecordBatch)> {
         let mut parts = Vec::new();
         for part in self.slices(pending)? {
-            let on_device = if self.too_many_groups >= GIVE_UP_AFTER {
-                None
+            let pieces = if self.too_many_groups >= GIVE_UP_AFTER {
+                vec![(0..part.num_rows(), None)]
             } else {
                 let launched = part.clone();
                 let (back, out) = super::off_async(self, move |s| {
                     let time = s.metrics.baseline.elapsed_compute().clone();
                     let _timer = time.timer();
-                    s.launch_aggregate(&launched)
+                    s.launch_aggregate_split(&launched)
                 })
                 .await?;
                 self = back;
                 out?
             };
-            match on_device {
-                Some(states) => parts.push(states),
-                // States to merge stay as they are, for the final aggregate.
-                None if self.merges() => {
-                    self.metrics.cpu_batches.add(1);
-                    parts.push(part);
-                }
-                None => {
-                    self.metrics.cpu_batches.add(1);
-                    let plan = self.aggregate_on_cpu(part)?;
-                    parts.extend(collect(plan, Arc::clone(context)).await?);
+            for (rows, on_device) in pieces {
+                let piece = part.slice(rows.start, rows.len());
+                match on_device {
+                    Some(states) => parts.push(states),
+                    // States to merge stay as they are, for the final aggregate.
+                    None if self.merges() => {
+                        self.metrics.cpu_batches.add(1);
+                        parts.push(piece);
+                    }
+                    None => {
+                        self.metrics.cpu_batches.add(1);
+                        let plan = self.aggregate_on_cpu(piece)?;
+                        parts.extend(collect(plan, Arc::clone(context)).await?);
+                    }
                 }
             }
         }
@@ -707,6 +727,27 @@ impl StageState {
             .into_iter()
             .map(|b| b.record_output(&self.metrics.baseline))
             .collect())
+    }
+
+    /// [`Self::launch_aggregate`] with split-and-retry: a launch that runs
+    /// out of device memory is halved and its halves launched, down to
+    /// [`OOM_FLOOR_ROWS`]; each piece's states, or `None` for a piece the
+    /// CPU aggregates.
+    fn launch_aggregate_split(
+        &mut self,
+        batch: &RecordBatch,
+    ) -> Result<Vec<(std::ops::Range<usize>, Option<RecordBatch>)>> {
+        let mut oom = OomCounts::default();
+        let pieces = split_and_retry(
+            batch.num_rows(),
+            OOM_FLOOR_ROWS,
+            &mut oom,
+            |r| self.launch_aggregate(&batch.slice(r.start, r.len())),
+            |_| Ok(None),
+            out_of_memory,
+        );
+        self.metrics.oom.add(oom);
+        pieces
     }
 
     /// One launch of an aggregate stage: `None` when the batch has more key
@@ -892,7 +933,20 @@ impl StageState {
         let _timer = self.metrics.baseline.elapsed_compute().timer();
         let mut parts = Vec::new();
         for part in self.slices(pending)? {
-            parts.push(self.launch(&part)?);
+            // A launch that runs out of device memory is halved and its
+            // halves launched, down to OOM_FLOOR_ROWS; the rest runs on the
+            // CPU.
+            let mut oom = OomCounts::default();
+            let pieces = split_and_retry(
+                part.num_rows(),
+                OOM_FLOOR_ROWS,
+                &mut oom,
+                |r| self.launch(&part.slice(r.start, r.len())),
+                |r| self.on_cpu(&part.slice(r.start, r.len())),
+                out_of_memory,
+            );
+            self.metrics.oom.add(oom);
+            parts.extend(pieces?.into_iter().map(|(_, rows)| rows));
         }
         Ok(if parts.len() == 1 {
             parts

@@ -34,7 +34,7 @@ use futures::StreamExt;
 use kiln_kernels::{Device, DeviceInfo};
 
 use super::corpus::{SearchMetrics, SearchSpec, search_corpus};
-use crate::device::open_shared;
+use crate::device::open_for_session;
 use crate::functions::vector::vectors;
 
 /// The k nearest corpus rows of every query row.
@@ -330,7 +330,7 @@ impl Pass {
     }
 
     fn device(&self) -> Result<Device> {
-        open_shared(&self.device).map_err(|e| DataFusionError::External(Box::new(e)))
+        open_for_session(&self.device, self.context.session_config().options())
     }
 
     /// Searches the corpus for the queries of `batch` and joins the results.

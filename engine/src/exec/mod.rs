@@ -16,6 +16,37 @@ pub use knn_join::{KnnJoinExec, knn_join_schema};
 pub use stage_aggregate::{AggKind, SingleSplit, StageAggregate};
 pub use vector_topk::{TopKMode, Unscored, VectorTopKExec};
 
+/// What running out of device memory cost an operator, as EXPLAIN ANALYZE
+/// shows it: `oom_retries` (device runs of a piece after an out-of-memory),
+/// `oom_splits` (pieces halved) and `oom_cpu_fallbacks` (pieces run on the
+/// CPU). See [`kiln_kernels::memory`].
+#[derive(Debug, Clone)]
+pub(crate) struct OomMetrics {
+    retries: datafusion::physical_plan::metrics::Count,
+    splits: datafusion::physical_plan::metrics::Count,
+    cpu_fallbacks: datafusion::physical_plan::metrics::Count,
+}
+
+impl OomMetrics {
+    pub(crate) fn new(
+        metrics: &datafusion::physical_plan::metrics::ExecutionPlanMetricsSet,
+        partition: usize,
+    ) -> Self {
+        use datafusion::physical_plan::metrics::MetricBuilder;
+        OomMetrics {
+            retries: MetricBuilder::new(metrics).counter("oom_retries", partition),
+            splits: MetricBuilder::new(metrics).counter("oom_splits", partition),
+            cpu_fallbacks: MetricBuilder::new(metrics).counter("oom_cpu_fallbacks", partition),
+        }
+    }
+
+    pub(crate) fn add(&self, counts: kiln_kernels::memory::OomCounts) {
+        self.retries.add(counts.retries as usize);
+        self.splits.add(counts.splits as usize);
+        self.cpu_fallbacks.add(counts.cpu_fallbacks as usize);
+    }
+}
+
 /// The next input batches of `input`, up to `rows` rows (the last batch may
 /// overshoot), empty batches skipped; empty once the input is done (`done`
 /// is set then, and after an error, which is returned).

@@ -22,7 +22,7 @@ use datafusion::arrow::compute::{concat_batches, take};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::datatypes::{Float32Type, UInt64Type};
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{DataFusionError, Result, internal_err};
+use datafusion::common::{Result, internal_err};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::Distribution;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
@@ -38,7 +38,7 @@ use futures::StreamExt;
 use kiln_kernels::DeviceInfo;
 
 use super::corpus::{OnePartition, SearchMetrics, SearchSpec, search_corpus, unmerged};
-use crate::device::open_shared;
+use crate::device::open_for_session;
 
 /// Where rows without a score (NULL vectors, zero vectors under cosine) go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd)]
@@ -392,8 +392,7 @@ impl ExecutionPlan for VectorTopKExec {
                 baseline.record_output(batch.num_rows());
                 return Ok(batch);
             }
-            let device =
-                open_shared(&device).map_err(|e| DataFusionError::External(Box::new(e)))?;
+            let device = open_for_session(&device, context.session_config().options())?;
             let only = (mode == TopKMode::Partial).then(|| OnePartition {
                 partition,
                 global: global.map_or(partition, |g| g[partition]),

@@ -18,7 +18,7 @@ use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, TypeSignature,
     Volatility,
 };
-use kiln_kernels::{Device, KernelError};
+use kiln_kernels::Device;
 
 use crate::exec::embed::embed_array;
 use crate::model::{DEFAULT_MODEL, EmbeddingModel, shared_model};
@@ -132,5 +132,4 @@ impl ScalarUDFImpl for EmbedUdf {
 /// [`crate::device::session_kernel_device`]), opened once per process.
 pub fn session_device(options: &ConfigOptions) -> Result<Device> {
     crate::device::session_kernel_device(options)
-        .map_err(|e: KernelError| DataFusionError::External(Box::new(e)))
 }

@@ -51,6 +51,15 @@ fn default_eps() -> f64 {
 }
 
 impl BertConfig {
+    /// The activations one encoder layer keeps alive at once for `tokens`
+    /// tokens (the input, q, k, v, the attention's context and output, the
+    /// intermediate layer), in bytes of f32: what a batch reserves.
+    pub fn activation_bytes(&self, tokens: usize) -> u64 {
+        (tokens as u64)
+            .saturating_mul((6 * self.hidden_size + self.intermediate_size) as u64)
+            .saturating_mul(4)
+    }
+
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
     }

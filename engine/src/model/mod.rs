@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use kiln_kernels::backend::BackendDevice;
 use kiln_kernels::cuda_backend::CudaDevice;
+use kiln_kernels::memory::{Evict, MemoryBudget, OomCounts, split_and_retry};
 use kiln_kernels::wgpu_backend::WgpuDevice;
 use kiln_kernels::{Device, KernelError};
 
@@ -49,6 +50,8 @@ pub struct Embeddings {
     pub truncated: usize,
     /// Tokens encoded, special tokens included.
     pub tokens: usize,
+    /// Encoder batches split or moved to the CPU for want of device memory.
+    pub oom: OomCounts,
 }
 
 impl Embeddings {
@@ -71,10 +74,43 @@ pub struct EmbeddingModel {
     weights: BertWeights,
     token_budget: usize,
     /// The weights uploaded to each wgpu device this model ran on.
-    wgpu_weights: Mutex<HashMap<String, Arc<WgpuWeights>>>,
+    wgpu_weights: Mutex<HashMap<String, Arc<Resident<WgpuWeights>>>>,
     /// The weights uploaded to each CUDA device this model ran on.
-    cuda_weights: Mutex<HashMap<String, Arc<CudaWeights>>>,
+    cuda_weights: Mutex<HashMap<String, Arc<Resident<CudaWeights>>>>,
 }
+
+/// Weights uploaded to one device: they stay there across batches and
+/// calls, and the device's memory budget evicts them only under pressure
+/// while no batch uses them (the next batch uploads them again).
+struct Resident<W> {
+    slot: Mutex<Option<Arc<W>>>,
+}
+
+impl<W: Send + Sync> Evict for Resident<W> {
+    fn evict(&self) -> bool {
+        // `try_lock`: an upload into this slot may be what asked for room.
+        let Ok(mut slot) = self.slot.try_lock() else {
+            return false;
+        };
+        match &*slot {
+            Some(w) if Arc::strong_count(w) == 1 => slot.take().is_some(),
+            _ => false,
+        }
+    }
+}
+
+/// Where an encoder batch runs: a device with the model's weights there,
+/// or the host outside every budget (the last resort of split-and-retry).
+enum Encoder<'a> {
+    Host,
+    Cpu(&'a Arc<MemoryBudget>),
+    Wgpu(&'a WgpuDevice, Arc<WgpuWeights>),
+    Cuda(&'a CudaDevice, Arc<CudaWeights>),
+}
+
+/// The fewest sequences split-and-retry cuts an encoder batch to: one
+/// sequence that does not fit the device is encoded on the CPU.
+const OOM_FLOOR_SEQUENCES: usize = 1;
 
 impl std::fmt::Debug for EmbeddingModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -135,21 +171,29 @@ impl EmbeddingModel {
     /// Embeds `texts` on the CPU; row `i` of the result is the embedding of
     /// `texts[i]`.
     pub fn embed(&self, texts: &[&str]) -> Result<Embeddings> {
-        self.embed_on(&Device::cpu(), texts)
+        self.embed_on(&Device::cpu()?, texts)
     }
 
     /// Embeds `texts` on `device`: the CPU, a wgpu device or a CUDA device
     /// (the encoder's layers run there; CUDA's path is unverified on
     /// hardware).
     pub fn embed_on(&self, device: &Device, texts: &[&str]) -> Result<Embeddings> {
-        let gpu = match device {
-            Device::Wgpu(gpu) => Some((Arc::clone(gpu), self.wgpu_weights_for(gpu)?)),
-            Device::Cpu(_) | Device::Cuda(_) => None,
+        let mut oom = OomCounts::default();
+        // Weights that do not fit the device: the whole call runs on the CPU.
+        let encoder = match device {
+            Device::Cpu(cpu) => Encoder::Cpu(cpu.memory()),
+            Device::Wgpu(gpu) => match fits(self.wgpu_weights_for(gpu))? {
+                Some(w) => Encoder::Wgpu(gpu.as_ref(), w),
+                None => Encoder::Host,
+            },
+            Device::Cuda(gpu) => match fits(self.cuda_weights_for(gpu))? {
+                Some(w) => Encoder::Cuda(gpu.as_ref(), w),
+                None => Encoder::Host,
+            },
         };
-        let cuda = match device {
-            Device::Cuda(gpu) => Some((Arc::clone(gpu), self.cuda_weights_for(gpu)?)),
-            Device::Cpu(_) | Device::Wgpu(_) => None,
-        };
+        if matches!(encoder, Encoder::Host) {
+            oom.cpu_fallbacks += 1;
+        }
         let dim = self.dim();
         let encodings = self
             .tokenizer
@@ -187,41 +231,32 @@ impl EmbeddingModel {
         let mut values = vec![0f32; texts.len() * dim];
         let mut start = 0;
         while start < order.len() {
-            let mut batch = RaggedBatch {
-                offsets: vec![0],
-                ..Default::default()
-            };
             let mut end = start;
+            let mut batch_tokens = 0;
             while end < order.len() {
-                let e = &encodings[order[end]];
-                if end > start && batch.tokens() + e.get_ids().len() > self.token_budget {
+                let n = encodings[order[end]].get_ids().len();
+                if end > start && batch_tokens + n > self.token_budget {
                     break;
                 }
-                batch.ids.extend_from_slice(e.get_ids());
-                batch.type_ids.extend(
-                    e.get_type_ids()
-                        .iter()
-                        .map(|&t| t.min(self.config.type_vocab_size as u32 - 1)),
-                );
-                batch.offsets.push(batch.ids.len());
+                batch_tokens += n;
                 end += 1;
             }
-            let (config, act, weights) = (&self.config, self.activation, &self.weights);
-            let hidden = match (&gpu, &cuda) {
-                (Some((gpu, uploaded)), _) => {
-                    forward_on(gpu.as_ref(), config, act, weights, uploaded, &batch)?
+            let seqs = &order[start..end];
+            // A batch that runs out of device memory is halved and retried;
+            // a sequence that still does not fit is encoded on the CPU.
+            let pieces = split_and_retry(
+                seqs.len(),
+                OOM_FLOOR_SEQUENCES,
+                &mut oom,
+                |r| self.encode(&encoder, &encodings, &seqs[r]),
+                |r| self.encode(&Encoder::Host, &encodings, &seqs[r]),
+                KernelError::is_out_of_memory,
+            )?;
+            for (r, pooled) in pieces {
+                for (row, &i) in seqs[r].iter().enumerate() {
+                    values[i * dim..(i + 1) * dim]
+                        .copy_from_slice(&pooled[row * dim..(row + 1) * dim]);
                 }
-                (_, Some((gpu, uploaded))) => {
-                    forward_on(gpu.as_ref(), config, act, weights, uploaded, &batch)?
-                }
-                _ => forward(config, act, weights, &batch)?,
-            };
-            let mut pooled = pool_ragged(&hidden, dim, &batch.offsets, self.sentence.pooling);
-            if self.sentence.normalize {
-                l2_normalize_rows_inplace(&mut pooled, dim);
-            }
-            for (row, &i) in order[start..end].iter().enumerate() {
-                values[i * dim..(i + 1) * dim].copy_from_slice(&pooled[row * dim..(row + 1) * dim]);
             }
             // Counted per encoder batch, so progress moves within one call.
             COUNTERS
@@ -229,7 +264,7 @@ impl EmbeddingModel {
                 .fetch_add((end - start) as u64, Ordering::Relaxed);
             COUNTERS
                 .tokens
-                .fetch_add(batch.tokens() as u64, Ordering::Relaxed);
+                .fetch_add(batch_tokens as u64, Ordering::Relaxed);
             start = end;
         }
         COUNTERS
@@ -240,38 +275,110 @@ impl EmbeddingModel {
             values,
             truncated,
             tokens,
+            oom,
         })
+    }
+
+    /// The pooled (and, as the model says, normalized) embeddings of the
+    /// sequences `seqs` (indices into `encodings`), as one ragged batch on
+    /// `encoder`.
+    fn encode(
+        &self,
+        encoder: &Encoder<'_>,
+        encodings: &[tokenizers::Encoding],
+        seqs: &[usize],
+    ) -> std::result::Result<Vec<f32>, KernelError> {
+        let mut batch = RaggedBatch {
+            offsets: vec![0],
+            ..Default::default()
+        };
+        for &i in seqs {
+            let e = &encodings[i];
+            batch.ids.extend_from_slice(e.get_ids());
+            batch.type_ids.extend(
+                e.get_type_ids()
+                    .iter()
+                    .map(|&t| t.min(self.config.type_vocab_size as u32 - 1)),
+            );
+            batch.offsets.push(batch.ids.len());
+        }
+        let (config, act, weights) = (&self.config, self.activation, &self.weights);
+        let hidden = match encoder {
+            Encoder::Wgpu(gpu, uploaded) => {
+                forward_on(*gpu, config, act, weights, uploaded, &batch)?
+            }
+            Encoder::Cuda(gpu, uploaded) => {
+                forward_on(*gpu, config, act, weights, uploaded, &batch)?
+            }
+            Encoder::Cpu(memory) => {
+                // The CPU's activations, reserved so that a limit or an
+                // injected failure applies to the CPU device too.
+                let _activations = memory.reserve(
+                    config.activation_bytes(batch.tokens()),
+                    "encoder activations",
+                )?;
+                forward(config, act, weights, &batch)?
+            }
+            Encoder::Host => forward(config, act, weights, &batch)?,
+        };
+        let dim = self.dim();
+        let mut pooled = pool_ragged(&hidden, dim, &batch.offsets, self.sentence.pooling);
+        if self.sentence.normalize {
+            l2_normalize_rows_inplace(&mut pooled, dim);
+        }
+        Ok(pooled)
+    }
+}
+
+/// `Some` weights, or `None` when they do not fit the device.
+fn fits<W>(uploaded: Result<W>) -> Result<Option<W>> {
+    match uploaded {
+        Ok(w) => Ok(Some(w)),
+        Err(EngineError::Kernel(e)) if e.is_out_of_memory() => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
 impl EmbeddingModel {
     fn cuda_weights_for(&self, gpu: &CudaDevice) -> Result<Arc<CudaWeights>> {
-        uploaded_once(&self.cuda_weights, &gpu.info().id(), || {
+        resident(&self.cuda_weights, gpu.info().id(), gpu.memory(), || {
             upload_cuda(gpu, &self.weights)
         })
     }
 
     fn wgpu_weights_for(&self, gpu: &WgpuDevice) -> Result<Arc<WgpuWeights>> {
-        uploaded_once(&self.wgpu_weights, &gpu.info().id(), || {
+        resident(&self.wgpu_weights, gpu.info().id(), gpu.memory(), || {
             upload_wgpu(gpu, &self.weights)
         })
     }
 }
 
-/// The weights cached for device `id`, uploaded by `upload` the first time.
-fn uploaded_once<W>(
-    cache: &Mutex<HashMap<String, Arc<W>>>,
-    id: &str,
+/// The weights resident on device `id`, uploaded by `upload` when they are
+/// not (the first time, or after the device's budget evicted them).
+fn resident<W: Send + Sync + 'static>(
+    cache: &Mutex<HashMap<String, Arc<Resident<W>>>>,
+    id: String,
+    memory: &MemoryBudget,
     upload: impl FnOnce() -> std::result::Result<W, KernelError>,
 ) -> Result<Arc<W>> {
-    let mut cache = cache
-        .lock()
-        .map_err(|_| EngineError::Kernel(KernelError::Internal("weights cache poisoned".into())))?;
-    if let Some(w) = cache.get(id) {
+    let poisoned = || EngineError::Kernel(KernelError::Internal("weights cache poisoned".into()));
+    let holder = {
+        let mut cache = cache.lock().map_err(|_| poisoned())?;
+        Arc::clone(cache.entry(id).or_insert_with(|| {
+            let holder = Arc::new(Resident {
+                slot: Mutex::new(None),
+            });
+            let evictable: Arc<dyn Evict> = holder.clone();
+            memory.register_evictable(Arc::downgrade(&evictable));
+            holder
+        }))
+    };
+    let mut slot = holder.slot.lock().map_err(|_| poisoned())?;
+    if let Some(w) = &*slot {
         return Ok(Arc::clone(w));
     }
     let uploaded = Arc::new(upload()?);
-    cache.insert(id.to_string(), Arc::clone(&uploaded));
+    *slot = Some(Arc::clone(&uploaded));
     Ok(uploaded)
 }
 

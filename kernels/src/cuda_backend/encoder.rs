@@ -16,6 +16,7 @@ use cudarc::driver::{CudaModule, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfi
 
 use super::CudaDevice;
 use crate::error::{KernelError, Result};
+use crate::memory::Held;
 use crate::ops::activation::Activation;
 
 const BLOCK: u32 = 256;
@@ -24,7 +25,7 @@ const MAX_BLOCKS: u32 = 65_535;
 pub const MAX_HEAD_DIM: usize = 128;
 
 /// f32 values on a CUDA device: activations, LayerNorm parameters.
-pub struct CudaTensor(CudaSlice<f32>);
+pub struct CudaTensor(Held<CudaSlice<f32>>);
 
 impl CudaTensor {
     pub fn len(&self) -> usize {
@@ -45,8 +46,8 @@ impl std::fmt::Debug for CudaTensor {
 /// A dense layer on the device: `weight` `[out × in]` as IEEE half bits,
 /// `bias` `[out]` in f32.
 pub struct CudaDense {
-    weight: CudaSlice<u16>,
-    bias: CudaSlice<f32>,
+    weight: Held<CudaSlice<u16>>,
+    bias: Held<CudaSlice<f32>>,
     out: usize,
     inp: usize,
 }
@@ -75,12 +76,12 @@ impl CudaDevice {
 
     /// Uploads f32 values.
     pub fn upload_f32(&self, x: &[f32]) -> Result<CudaTensor> {
-        Ok(CudaTensor(self.stream.clone_htod(x)?))
+        Ok(CudaTensor(self.held_htod(x, "encoder activations")?))
     }
 
     /// Downloads f32 values.
     pub fn download_f32(&self, x: &CudaTensor) -> Result<Vec<f32>> {
-        Ok(self.stream.clone_dtoh(&x.0)?)
+        Ok(self.stream.clone_dtoh(&*x.0)?)
     }
 
     /// Uploads a PyTorch `Linear` layer (`weight` `[out × in]` row-major),
@@ -107,8 +108,8 @@ impl CudaDevice {
             .map(|w| half::f16::from_f32(*w).to_bits())
             .collect();
         Ok(CudaDense {
-            weight: self.stream.clone_htod(&half)?,
-            bias: self.stream.clone_htod(bias)?,
+            weight: self.held_htod(&half, "encoder weights")?,
+            bias: self.held_htod(bias, "encoder weights")?,
             out,
             inp,
         })
@@ -124,7 +125,7 @@ impl CudaDevice {
         layer: &CudaDense,
         act: Option<Activation>,
     ) -> Result<CudaTensor> {
-        let x = &x.0;
+        let x = &*x.0;
         let (out, inp) = (layer.out, layer.inp);
         if x.len() != rows * inp {
             return Err(KernelError::LengthMismatch {
@@ -134,15 +135,15 @@ impl CudaDevice {
         }
         let module = self.encoder_module()?;
         let n_in = (rows * inp) as u64;
-        let mut half = self.stream.alloc_zeros::<u16>(rows * inp)?;
+        let mut half = self.held_zeros::<u16>(rows * inp, "encoder activations")?;
         let to_half = module.load_function("kiln_to_half")?;
         let mut launch = self.stream.launch_builder(&to_half);
-        launch.arg(x).arg(&mut half).arg(&n_in);
+        launch.arg(x).arg(&mut *half).arg(&n_in);
         // SAFETY: kiln_to_half(const float*, unsigned short*, unsigned long
         // long n): both buffers hold n elements.
         unsafe { launch.launch(grid_stride(rows * inp)) }?;
 
-        let mut y = self.stream.alloc_zeros::<f32>(rows * out)?;
+        let mut y = self.held_zeros::<f32>(rows * out, "encoder activations")?;
         let blas = self.blas()?;
         let (alpha, beta) = (1.0f32, 0.0f32);
         {
@@ -193,8 +194,8 @@ impl CudaDevice {
         let bias_act = module.load_function("kiln_bias_act")?;
         let mut launch = self.stream.launch_builder(&bias_act);
         launch
-            .arg(&mut y)
-            .arg(&layer.bias)
+            .arg(&mut *y)
+            .arg(&*layer.bias)
             .arg(&n_out)
             .arg(&cols)
             .arg(&mode);
@@ -216,7 +217,7 @@ impl CudaDevice {
         (gamma, beta): &(CudaTensor, CudaTensor),
         eps: f32,
     ) -> Result<CudaTensor> {
-        let (x, residual, gamma, beta) = (&x.0, residual.map(|r| &r.0), &gamma.0, &beta.0);
+        let (x, residual, gamma, beta) = (&*x.0, residual.map(|r| &*r.0), &*gamma.0, &*beta.0);
         if x.len() != rows * cols
             || residual.is_some_and(|r| r.len() != x.len())
             || gamma.len() != cols
@@ -227,7 +228,7 @@ impl CudaDevice {
                 detail: format!("{} values for {rows} rows of {cols}", x.len()),
             });
         }
-        let mut out = self.stream.alloc_zeros::<f32>(rows * cols)?;
+        let mut out = self.held_zeros::<f32>(rows * cols, "encoder activations")?;
         let function = self
             .encoder_module()?
             .load_function("kiln_add_layer_norm")?;
@@ -250,7 +251,7 @@ impl CudaDevice {
         launch
             .arg(gamma)
             .arg(beta)
-            .arg(&mut out)
+            .arg(&mut *out)
             .arg(&rows32)
             .arg(&cols32)
             .arg(&eps);
@@ -275,7 +276,7 @@ impl CudaDevice {
         heads: usize,
         head_dim: usize,
     ) -> Result<CudaTensor> {
-        let (q, k, v) = (&q.0, &k.0, &v.0);
+        let (q, k, v) = (&*q.0, &*k.0, &*v.0);
         let tokens = offsets.last().copied().unwrap_or(0);
         let hidden = heads * head_dim;
         if head_dim == 0 || head_dim > MAX_HEAD_DIM {
@@ -297,8 +298,8 @@ impl CudaDevice {
                 bounds[2 * t + 1] = w[1] as u32;
             }
         }
-        let bounds = self.stream.clone_htod(&bounds)?;
-        let mut out = self.stream.alloc_zeros::<f32>(tokens * hidden)?;
+        let bounds = self.held_htod(&bounds, "attention bounds")?;
+        let mut out = self.held_zeros::<f32>(tokens * hidden, "encoder activations")?;
         let function = self.encoder_module()?.load_function("kiln_attention")?;
         let threads = (tokens * heads) as u64;
         let config = LaunchConfig {
@@ -313,8 +314,8 @@ impl CudaDevice {
             .arg(q)
             .arg(k)
             .arg(v)
-            .arg(&bounds)
-            .arg(&mut out)
+            .arg(&*bounds)
+            .arg(&mut *out)
             .arg(&t32)
             .arg(&h32)
             .arg(&d32)

@@ -16,6 +16,7 @@ use cudarc::driver::{CudaModule, CudaSlice, LaunchConfig, PushKernelArg};
 
 use super::{CudaDevice, compile_ptx};
 use crate::error::{KernelError, Result};
+use crate::memory::Held;
 use crate::ops::topk::{Candidate, SelectShape, TileKeys, candidates_from_words, select_row};
 
 /// Threads per block of the selection kernel.
@@ -34,7 +35,7 @@ pub fn cublas_present() -> bool {
 /// A search's queries on the device, uploaded once.
 #[derive(Debug)]
 pub struct CudaQueries {
-    slice: CudaSlice<f32>,
+    slice: Held<CudaSlice<f32>>,
     rows: usize,
     dim: usize,
 }
@@ -43,7 +44,7 @@ impl CudaDevice {
     /// Uploads a search's prepared queries (row-major, `dim` wide) once.
     pub fn upload_queries(&self, prepared: &[f32], dim: usize) -> Result<CudaQueries> {
         Ok(CudaQueries {
-            slice: self.stream.clone_htod(prepared)?,
+            slice: self.held_htod(prepared, "search queries")?,
             rows: prepared.len() / dim.max(1),
             dim,
         })
@@ -113,6 +114,13 @@ impl CudaDevice {
         if rows == 0 || nq == 0 {
             return Ok(vec![Vec::new(); nq]);
         }
+        // The tile, its scores and the selection's buffers, reserved together.
+        let shape = SelectShape::new(k, rows);
+        let select_words = shape.map_or(0, |s| nq * s.words_per_query() + 3 * nq);
+        let _launch = self.reserve(
+            ((tile.len() + nq * rows + select_words) * 4) as u64,
+            "vector search tile",
+        )?;
         let tile_dev = self.stream.clone_htod(tile)?;
         let mut scores = self.stream.alloc_zeros::<f32>(nq * rows)?;
         // Row-major scores[q][r] = queries[q] · tile[r] is, column-major, the
@@ -134,9 +142,9 @@ impl CudaDevice {
         // SAFETY: `tile_dev` holds rows × dim values (lda = dim, op T),
         // `queries.slice` nq × dim (ldb = dim, op N) and `scores` rows × nq
         // (ldc = rows), the shapes the configuration names.
-        unsafe { blas.gemm(config, &tile_dev, &queries.slice, &mut scores) }
+        unsafe { blas.gemm(config, &tile_dev, &*queries.slice, &mut scores) }
             .map_err(|e| KernelError::Internal(format!("cuBLAS SGEMM: {e:?}")))?;
-        let Some(shape) = SelectShape::new(k, rows) else {
+        let Some(shape) = shape else {
             let scores = self.stream.clone_dtoh(&scores)?;
             return Ok(scores
                 .chunks(rows)

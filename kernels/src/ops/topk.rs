@@ -24,6 +24,7 @@ use rayon::prelude::*;
 use crate::backend::Device;
 use crate::cuda_backend::CudaQueries;
 use crate::error::{KernelError, Result};
+use crate::memory::{OomCounts, split_and_retry};
 use crate::ops::vector::{Metric, exact_score, finite_norm2};
 use crate::wgpu_backend::WgpuQueries;
 
@@ -112,8 +113,24 @@ pub struct VectorSearch {
     wgpu_queries: Option<WgpuQueries>,
     /// The queries uploaded once to a CUDA device.
     cuda_queries: Option<CudaQueries>,
+    /// The queries did not fit the device: every tile is scored on the CPU.
+    queries_on_host: bool,
+    oom: OomCounts,
     rows_seen: u64,
 }
+
+/// `Some` allocation, or `None` when the device has no memory for it.
+fn fits<T>(allocated: Result<T>) -> Result<Option<T>> {
+    match allocated {
+        Ok(value) => Ok(Some(value)),
+        Err(e) if e.is_out_of_memory() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The fewest corpus rows split-and-retry cuts a tile to before it scores
+/// the rest of an out-of-memory tile on the CPU.
+pub const OOM_FLOOR_ROWS: usize = 256;
 
 impl std::fmt::Debug for VectorSearch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -172,13 +189,23 @@ impl VectorSearch {
                 }
             }
         }
+        // Queries that do not fit the device leave every tile to the CPU.
         let wgpu_queries = match device {
-            Device::Wgpu(d) if nq > 0 && k > 0 => Some(d.upload_queries(&prepared, dim)?),
+            Device::Wgpu(d) if nq > 0 && k > 0 => fits(d.upload_queries(&prepared, dim))?,
             _ => None,
         };
         let cuda_queries = match device {
-            Device::Cuda(d) if nq > 0 && k > 0 => Some(d.upload_queries(&prepared, dim)?),
+            Device::Cuda(d) if nq > 0 && k > 0 => fits(d.upload_queries(&prepared, dim))?,
             _ => None,
+        };
+        let queries_on_host = match device {
+            Device::Wgpu(_) => nq > 0 && k > 0 && wgpu_queries.is_none(),
+            Device::Cuda(_) => nq > 0 && k > 0 && cuda_queries.is_none(),
+            Device::Cpu(_) => false,
+        };
+        let oom = OomCounts {
+            cpu_fallbacks: u64::from(queries_on_host),
+            ..OomCounts::default()
         };
         Ok(VectorSearch {
             device: device.clone(),
@@ -193,6 +220,8 @@ impl VectorSearch {
             kept: (0..nq).map(|_| BinaryHeap::new()).collect(),
             wgpu_queries,
             cuda_queries,
+            queries_on_host,
+            oom,
             rows_seen: 0,
         })
     }
@@ -223,6 +252,12 @@ impl VectorSearch {
         self.rows_seen
     }
 
+    /// What running out of device memory has cost so far: tiles split and
+    /// retried, pieces scored on the CPU.
+    pub fn oom_counts(&self) -> OomCounts {
+        self.oom
+    }
+
     /// Scores one corpus tile (`ids.len()` rows of `dim` values) and merges
     /// it into every query's running top-k. Ties go to the smaller id; ids
     /// must be unique and increase within a tile, but tiles may come in any
@@ -250,38 +285,56 @@ impl VectorSearch {
             Device::Cuda(d) => d.max_tile_rows(self.dim, self.queries()).max(1),
             Device::Cpu(_) => ids.len(),
         };
-        for (tile, ids) in tile
-            .chunks(chunk_rows * self.dim)
-            .zip(ids.chunks(chunk_rows))
-        {
-            let cands = match &device {
-                Device::Wgpu(d) => {
-                    let queries = self.wgpu_queries.as_ref().ok_or_else(|| {
-                        KernelError::Internal("vector search: queries not on the device".into())
-                    })?;
-                    let keys = self.tile_keys(tile, ids)?;
-                    d.score_and_select(queries, tile, ids, &keys, self.k, &self.thresholds())?
-                }
-                Device::Cuda(d) => {
-                    let queries = self.cuda_queries.as_ref().ok_or_else(|| {
-                        KernelError::Internal("vector search: queries not on the device".into())
-                    })?;
-                    let keys = self.tile_keys(tile, ids)?;
-                    d.score_and_select(queries, tile, ids, &keys, self.k, &self.thresholds())?
-                }
-                Device::Cpu(_) => self.cpu_select(tile, ids)?,
-            };
-            merge_into(
-                &mut self.kept,
-                &self.dead,
-                self.dim,
-                self.k,
-                tile,
-                ids,
-                cands,
+        let dim = self.dim;
+        for (tile, ids) in tile.chunks(chunk_rows * dim).zip(ids.chunks(chunk_rows)) {
+            if self.queries_on_host {
+                let cands = self.cpu_select(tile, ids)?;
+                self.oom.cpu_fallbacks += 1;
+                merge_into(&mut self.kept, &self.dead, dim, self.k, tile, ids, cands);
+                continue;
+            }
+            // A tile that runs out of device memory is halved and retried;
+            // what still does not fit is scored on the CPU.
+            let mut oom = OomCounts::default();
+            let pieces = split_and_retry(
+                ids.len(),
+                OOM_FLOOR_ROWS,
+                &mut oom,
+                |r| self.device_select(&tile[r.start * dim..r.end * dim], &ids[r]),
+                |r| self.cpu_select(&tile[r.start * dim..r.end * dim], &ids[r]),
+                KernelError::is_out_of_memory,
             );
+            self.oom.add(oom);
+            for (r, cands) in pieces? {
+                let (tile, ids) = (&tile[r.start * dim..r.end * dim], &ids[r]);
+                merge_into(&mut self.kept, &self.dead, dim, self.k, tile, ids, cands);
+            }
         }
         Ok(())
+    }
+
+    /// Each query's candidates in one tile, selected on the search's device.
+    /// On the CPU device the score matrix's bytes are reserved in its budget
+    /// too, so a limit or an injected failure applies there as well.
+    fn device_select(&self, tile: &[f32], ids: &[u64]) -> Result<Vec<Vec<Candidate>>> {
+        let missing = || KernelError::Internal("vector search: queries not on the device".into());
+        match &self.device {
+            Device::Wgpu(d) => {
+                let queries = self.wgpu_queries.as_ref().ok_or_else(missing)?;
+                let keys = self.tile_keys(tile, ids)?;
+                d.score_and_select(queries, tile, ids, &keys, self.k, &self.thresholds())
+            }
+            Device::Cuda(d) => {
+                let queries = self.cuda_queries.as_ref().ok_or_else(missing)?;
+                let keys = self.tile_keys(tile, ids)?;
+                d.score_and_select(queries, tile, ids, &keys, self.k, &self.thresholds())
+            }
+            Device::Cpu(d) => {
+                let bytes = (ids.len() * self.queries() * 4) as u64;
+                let _scores = d.memory().reserve(bytes, "vector search tile")?;
+                self.cpu_select(tile, ids)
+            }
+        }
     }
 
     /// The closest `k` (or fewer) hits of each query, closest first; ties in

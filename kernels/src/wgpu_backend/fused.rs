@@ -15,6 +15,7 @@ use crate::codegen::ir::Program;
 use crate::codegen::wgsl;
 use crate::codegen::{ColumnData, FusedOutput, GroupFold, Layout, empty_output, max_launch_rows};
 use crate::error::{KernelError, Result};
+use crate::memory::Held;
 
 /// The pipelines of one generated module.
 pub(super) struct FusedPipelines {
@@ -28,10 +29,13 @@ pub(super) struct FusedPipelines {
 /// The buffers of one launch a caller reads (see
 /// [`WgpuDevice::launch_buffers`]); the bind group holds the inputs alive.
 pub(super) struct LaunchBuffers {
-    pub outw: wgpu::Buffer,
-    pub blocks: wgpu::Buffer,
+    pub outw: Held<wgpu::Buffer>,
+    pub blocks: Held<wgpu::Buffer>,
     pub flag: wgpu::Buffer,
     pub group: wgpu::BindGroup,
+    /// The inputs and parameters the group binds, reserved until the launch
+    /// is done with them.
+    pub inputs: [Held<wgpu::Buffer>; 2],
 }
 
 /// Compiled fused modules by program fingerprint and grouped fold.
@@ -224,7 +228,7 @@ impl WgpuDevice {
                 blocks,
                 flag,
                 group,
-                ..
+                inputs: _inputs,
             } = self.launch_buffers(
                 &pipelines,
                 (words, placed),
@@ -327,12 +331,11 @@ impl WgpuDevice {
         let copies = layout.kept_ranges(kept);
         let all: usize = copies.iter().map(|c| c.1).sum();
         let words_back = self.scoped("fused read-back", || {
-            let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("fused read-back"),
-                size: (all.max(1) * 4) as u64,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
+            let staging = self.new_buffer(
+                "fused read-back",
+                (all.max(1) * 4) as u64,
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            )?;
             let mut encoder = self
                 .device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
@@ -375,7 +378,7 @@ impl WgpuDevice {
             "fused params",
             bytemuck::cast_slice(params),
             wgpu::BufferUsages::STORAGE,
-        );
+        )?;
         let outw = self.storage_buffer("fused outputs", out_words)?;
         let blocks = self.storage_buffer("fused blocks", block_words)?;
         let flag = self
@@ -388,8 +391,8 @@ impl WgpuDevice {
         let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("fused"),
             layout: &pipelines.layout,
-            entries: &[&data, &meta, &outw, &blocks, &flag]
-                .iter()
+            entries: &[&*data, &*meta, &*outw, &*blocks, &flag]
+                .into_iter()
                 .enumerate()
                 .map(|(i, b)| wgpu::BindGroupEntry {
                     binding: i as u32,
@@ -402,10 +405,11 @@ impl WgpuDevice {
             blocks,
             flag,
             group,
+            inputs: [data, meta],
         })
     }
 
-    /// Maps a `MAP_READ` buffer and copies its words out.    /// Maps a `MAP_READ` buffer and copies its words out.
+    /// Maps a `MAP_READ` buffer and copies its words out.
     pub(super) fn map_words(&self, buffer: &wgpu::Buffer) -> Result<Vec<u32>> {
         let slice = buffer.slice(..);
         let (tx, rx) = std::sync::mpsc::channel();

@@ -80,7 +80,11 @@ impl WgpuDevice {
         let mut schedule = Schedule::default();
         self.scoped("numbering kernels", || {
             let LaunchBuffers {
-                outw, flag, group, ..
+                outw,
+                flag,
+                group,
+                blocks: _blocks,
+                inputs: _inputs,
             } = self.launch_buffers(
                 &pipelines,
                 (data_words, &placed),
@@ -108,12 +112,11 @@ impl WgpuDevice {
                     }
                 }
                 let words: usize = ranges.iter().map(|r| r.1).sum();
-                let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("numbering read-back"),
-                    size: ((words + 1) * 4) as u64,
-                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                });
+                let staging = self.new_buffer(
+                    "numbering read-back",
+                    ((words + 1) * 4) as u64,
+                    wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                )?;
                 let mut to = 0;
                 for &(at, len) in ranges.iter().filter(|r| r.1 > 0) {
                     encoder.copy_buffer_to_buffer(

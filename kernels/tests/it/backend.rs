@@ -80,7 +80,7 @@ fn fma_rejects_mismatched_lengths() {
 #[test]
 fn buffers_do_not_cross_devices() {
     let devices = devices_under_test();
-    let cpu = Device::cpu();
+    let cpu = Device::cpu().unwrap();
     for device in devices.iter().filter(|d| d.backend() != BackendKind::Cpu) {
         let foreign = cpu.upload(&[1.0]).unwrap();
         let own = device.upload(&[1.0]).unwrap();

@@ -590,7 +590,7 @@ fn programs_the_device_cannot_run_say_why() {
         topk: None,
     };
     assert!(gpu.fused_support(&ill_typed).is_err());
-    let cpu = Device::cpu();
+    let cpu = Device::cpu().unwrap();
     let plain = Program {
         inputs: vec![Ty::I32],
         predicate: None,

@@ -2,6 +2,7 @@
 //! and adversarial data (duplicates, exact ties, zero vectors, k beyond the
 //! corpus, k = 0, an empty corpus, NaN), tiles pushed one by one.
 
+use kiln_kernels::memory::Injection;
 use kiln_kernels::ops::topk::{Hit, VectorSearch};
 use kiln_kernels::ops::vector::{Metric, exact_score};
 use kiln_kernels::testing::devices_under_test;
@@ -113,6 +114,60 @@ fn random_data_matches_brute_force_on_every_device() {
     }
 }
 
+/// Out of device memory, a search splits its tiles and retries them, then
+/// scores what still does not fit on the CPU: the hits stay exact.
+#[test]
+fn memory_pressure_splits_tiles_and_keeps_hits_exact_on_every_device() {
+    let (nq, dim, rows, k) = (3, 16, 5000, 7);
+    let queries = values(nq * dim, 5);
+    let corpus = values(rows * dim, 6);
+    let ids: Vec<u64> = (0..rows as u64).collect();
+    for device in devices_under_test() {
+        let want = brute_force(Metric::Cosine, dim, &queries, &corpus, k);
+        let run = |what: &str| {
+            let mut s = VectorSearch::new(&device, Metric::Cosine, dim, &queries, k).unwrap();
+            for (tile, ids) in corpus.chunks(2000 * dim).zip(ids.chunks(2000)) {
+                s.push(tile, ids).unwrap();
+            }
+            let counts = s.oom_counts();
+            assert_close(&s.finish(), &want, what);
+            counts
+        };
+        // A limit that takes tiles of 500 rows, not 2000: split, retried,
+        // all on the device (the CPU's score matrix fits it whole).
+        device
+            .memory()
+            .set_limit(Some((nq * dim * 4 + 40_000) as u64));
+        let counts = run(&format!("{device:?} limited"));
+        if device.backend() != kiln_kernels::BackendKind::Cpu {
+            assert!(
+                counts.splits > 0 && counts.retries > 0,
+                "{device:?}: {counts:?}"
+            );
+            assert_eq!(counts.cpu_fallbacks, 0, "{device:?}: {counts:?}");
+        }
+        // Most allocations failing, reproducibly: some pieces end on
+        // the CPU, every hit is still exact.
+        device.memory().set_limit(None);
+        device
+            .memory()
+            .set_injection(Some(Injection::Probability { p: 0.8, seed: 9 }));
+        let counts = run(&format!("{device:?} injected"));
+        assert!(counts.cpu_fallbacks > 0, "{device:?}: {counts:?}");
+        // Nothing fits: the queries stay on the host and every tile runs on
+        // the CPU.
+        device.memory().set_injection(Some(Injection::Every(1)));
+        let counts = run(&format!("{device:?} nothing fits"));
+        assert!(counts.cpu_fallbacks >= 3, "{device:?}: {counts:?}");
+        device.memory().set_injection(None);
+        assert_eq!(
+            device.memory().used(),
+            0,
+            "{device:?}: every reservation given back"
+        );
+    }
+}
+
 #[test]
 fn exact_ties_break_by_id_on_every_device() {
     // Twenty distinct vectors, each repeated 15 times, interleaved: every
@@ -215,7 +270,7 @@ fn nan_and_infinite_components_are_errors() {
 
 #[test]
 fn mismatched_tile_is_an_error() {
-    let device = Device::cpu();
+    let device = Device::cpu().unwrap();
     let mut s = VectorSearch::new(&device, Metric::Dot, 4, &[1.0; 4], 1).unwrap();
     assert!(matches!(
         s.push(&[1.0; 7], &[0, 1]),
