@@ -379,6 +379,8 @@ fn announce(line: &str) {
 
 async fn run(cli: Cli) -> Result<()> {
     let device = device_request(cli.device.as_deref())?;
+    // Read when a device opens, which may be late in a run: checked first.
+    kiln_kernels::memory::Injection::from_env().map_err(|e| KilnError::Usage(e.to_string()))?;
     let cluster = cli.cluster.as_deref();
     match cli.command {
         Command::Scheduler {

@@ -304,3 +304,15 @@ pub fn has_gpu() -> bool {
     eprintln!("skipping: no {} device", test_gpu());
     false
 }
+
+/// Under `KILN_INJECT_OOM` (the out-of-memory suite, `oom.rs`, re-runs
+/// tests so) prints how many device allocations failed on purpose in this
+/// process, for the parent to check that the injection took effect.
+pub fn report_injection() {
+    if std::env::var_os("KILN_INJECT_OOM").is_some() {
+        eprintln!(
+            "kiln-injected-oom={}",
+            kiln_kernels::memory::totals().injected
+        );
+    }
+}

@@ -252,6 +252,7 @@ async fn sql_embed_runs_on_the_gpu_when_the_session_says_so() {
         test_gpu(),
     ]);
     assert!(out.contains(&format!(" on {}:0 in ", test_gpu())), "{out}");
+    report_injection();
 }
 
 /// embed() in a projection runs as EmbedExec, which gathers the scan's small

@@ -107,6 +107,7 @@ async fn tpch_results_are_the_same_with_the_gpu_on_and_off() {
         }
     }
     eprintln!("{lowered} of 22 TPC-H queries had a GPU stage");
+    report_injection();
     assert!(
         lowered >= 21,
         "only {lowered} of 22 queries had a GPU stage"

@@ -11,6 +11,7 @@ mod explain;
 mod fuzz_corpus;
 mod gpu_transforms;
 mod hardening;
+mod oom;
 mod s3;
 mod session_api;
 mod vector_functions;

@@ -363,6 +363,7 @@ async fn knn_join_matches_a_window_function_reference_on_every_device() {
             }
         }
     }
+    report_injection();
 }
 
 #[tokio::test]
