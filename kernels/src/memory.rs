@@ -525,7 +525,7 @@ mod tests {
     fn pressure_evicts_idle_holders_first() {
         let budget = MemoryBudget::with_injection("t".into(), Some(100), None);
         let weights = Arc::new(Weights(Mutex::new(Some(budget.reserve(80, "w").unwrap()))));
-        let holder: Arc<dyn Evict> = weights.clone();
+        let holder: Arc<dyn Evict> = Arc::<Weights>::clone(&weights);
         budget.register_evictable(Arc::downgrade(&holder));
         let batch = budget.reserve(50, "batch").unwrap();
         assert!(weights.0.lock().unwrap().is_none(), "weights evicted");

@@ -328,18 +328,19 @@ pub async fn search_corpus(
         }
         tile.batches.push((batch, scored));
         if tile.ids.len() >= tile_rows {
-            push_tile(
-                &mut search,
+            search = push_tile(
+                search,
                 std::mem::take(&mut tile),
                 tile_rows,
                 &mut rows,
                 &unscored,
                 metrics,
-            )?;
+            )
+            .await?;
         }
     }
     if !tile.batches.is_empty() {
-        push_tile(&mut search, tile, tile_rows, &mut rows, &unscored, metrics)?;
+        search = push_tile(search, tile, tile_rows, &mut rows, &unscored, metrics).await?;
     }
     metrics.oom.add(search.oom_counts());
     Ok(SearchOutcome {
@@ -349,26 +350,37 @@ pub async fn search_corpus(
     })
 }
 
-fn push_tile(
-    search: &mut VectorSearch,
+/// Scores `tile` into `search` — on tokio's blocking pool, as device
+/// launches and their waits (or the CPU's scoring) must not hold an async
+/// worker — then keeps the rows some query still holds.
+async fn push_tile(
+    search: VectorSearch,
     tile: Tile,
     tile_rows: usize,
     rows: &mut RetainedRows,
     unscored: &BTreeSet<u64>,
     metrics: &SearchMetrics,
-) -> Result<()> {
-    let dim = tile.values.len() / tile.ids.len().max(1);
-    for (values, ids) in tile
-        .values
-        .chunks(tile_rows * dim.max(1))
-        .zip(tile.ids.chunks(tile_rows))
-    {
-        let _timer = metrics.search_time.timer();
-        search
-            .push(values, ids)
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        metrics.tiles.add(1);
-    }
+) -> Result<VectorSearch> {
+    let (time, tiles) = (metrics.search_time.clone(), metrics.tiles.clone());
+    let (search, (tile, pushed)) = super::off_async(search, move |search| {
+        let dim = tile.values.len() / tile.ids.len().max(1);
+        let mut pushed = Ok(());
+        for (values, ids) in tile
+            .values
+            .chunks(tile_rows * dim.max(1))
+            .zip(tile.ids.chunks(tile_rows))
+        {
+            let _timer = time.timer();
+            pushed = search.push(values, ids);
+            if pushed.is_err() {
+                break;
+            }
+            tiles.add(1);
+        }
+        (tile, pushed)
+    })
+    .await?;
+    pushed.map_err(|e| DataFusionError::External(Box::new(e)))?;
     let mut keep = search.kept_ids();
     keep.extend(unscored.iter().copied());
     for (batch, scored) in &tile.batches {
@@ -379,5 +391,5 @@ fn push_tile(
     if rows.len() > 2 * keep.len() + 4096 {
         rows.compact(&keep)?;
     }
-    Ok(())
+    Ok(search)
 }

@@ -368,7 +368,7 @@ fn resident<W: Send + Sync + 'static>(
             let holder = Arc::new(Resident {
                 slot: Mutex::new(None),
             });
-            let evictable: Arc<dyn Evict> = holder.clone();
+            let evictable: Arc<dyn Evict> = Arc::<Resident<W>>::clone(&holder);
             memory.register_evictable(Arc::downgrade(&evictable));
             holder
         }))
