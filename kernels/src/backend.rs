@@ -1,34 +1,22 @@
-//! The backend abstraction: one trait that every backend implements, and one
-//! enum ([`Device`], [`Buffer`]) that callers hold, so that no caller needs a
-//! `cfg` or a generic parameter to run on CUDA, wgpu or the CPU.
+//! The backend abstraction: one trait that every backend implements
+//! ([`BackendDevice`], in `backend_device.rs`), and one enum ([`Device`],
+//! with [`Buffer`] and [`Queries`]) that callers hold and that dispatches
+//! each operation once, so that no caller needs a `cfg`, a generic parameter
+//! or a backend's own type to run on CUDA, wgpu or the CPU.
 
 use std::sync::Arc;
 
+use crate::codegen::numbering::{KeyProgram, Numbering};
+use crate::codegen::{ColumnData, FusedOutput, GroupFold, Program};
 use crate::cpu_backend::CpuDevice;
-use crate::cuda_backend::{CudaBuffer, CudaDevice};
+use crate::cuda_backend::{CudaBuffer, CudaDevice, CudaQueries};
 use crate::device::{BackendKind, DeviceInfo, DeviceRequest, discover};
 use crate::error::{KernelError, Result};
 use crate::memory::MemoryBudget;
-use crate::wgpu_backend::{WgpuBuffer, WgpuDevice};
+use crate::ops::select::{Candidate, TileKeys};
+use crate::wgpu_backend::{WgpuBuffer, WgpuDevice, WgpuQueries};
 
-/// What every backend provides. Buffers are f32 vectors for now; typed columns
-/// (Arrow layouts with validity) join them with the transforms work.
-pub trait BackendDevice {
-    /// A buffer in this backend's memory.
-    type Buffer;
-
-    /// What discovery said about this device.
-    fn info(&self) -> &DeviceInfo;
-
-    /// Copies host data into a new device buffer.
-    fn upload(&self, data: &[f32]) -> Result<Self::Buffer>;
-
-    /// Copies a device buffer back to the host.
-    fn download(&self, buffer: &Self::Buffer) -> Result<Vec<f32>>;
-
-    /// `out[i] = a[i] * b[i] + c[i]`, computed on the device.
-    fn fma(&self, a: &Self::Buffer, b: &Self::Buffer, c: &Self::Buffer) -> Result<Self::Buffer>;
-}
+pub use crate::backend_device::BackendDevice;
 
 /// An open device of any backend. Cheap to clone.
 #[derive(Clone)]
@@ -67,6 +55,35 @@ impl Buffer {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// A search's queries, uploaded once to the device that will score them.
+#[derive(Debug)]
+pub enum Queries {
+    Cpu(()),
+    Wgpu(WgpuQueries),
+    Cuda(CudaQueries),
+}
+
+impl Queries {
+    pub fn backend(&self) -> BackendKind {
+        match self {
+            Queries::Cpu(_) => BackendKind::Cpu,
+            Queries::Wgpu(_) => BackendKind::Wgpu,
+            Queries::Cuda(_) => BackendKind::Cuda,
+        }
+    }
+}
+
+/// Runs `$body` with `$d` bound to whichever backend `$device` is.
+macro_rules! dispatch {
+    ($device:expr, $d:ident => $body:expr) => {
+        match $device {
+            Device::Cpu($d) => $body,
+            Device::Wgpu($d) => $body,
+            Device::Cuda($d) => $body,
+        }
+    };
 }
 
 impl std::fmt::Debug for Device {
@@ -118,19 +135,11 @@ impl Device {
 
     /// This device's memory budget: every allocation on it reserves here.
     pub fn memory(&self) -> &Arc<MemoryBudget> {
-        match self {
-            Device::Cpu(d) => d.memory(),
-            Device::Wgpu(d) => d.memory(),
-            Device::Cuda(d) => d.memory(),
-        }
+        dispatch!(self, d => d.memory())
     }
 
     pub fn info(&self) -> &DeviceInfo {
-        match self {
-            Device::Cpu(d) => d.info(),
-            Device::Wgpu(d) => d.info(),
-            Device::Cuda(d) => d.info(),
-        }
+        dispatch!(self, d => d.info())
     }
 
     pub fn backend(&self) -> BackendKind {
@@ -175,5 +184,124 @@ impl Device {
                 Buffer::Cuda(d.fma(a, b, c)?)
             }
         })
+    }
+
+    /// Why this device cannot run `program` as one fused kernel, if it
+    /// cannot (compiles and caches the kernel).
+    pub fn fused_support(&self, program: &Program) -> Result<(), String> {
+        self.fold_support(program, GroupFold::Tiles)
+    }
+
+    /// Whether the module of `program` with `fold` compiles here.
+    pub fn fold_support(&self, program: &Program, fold: GroupFold) -> Result<(), String> {
+        dispatch!(self, d => d.fold_support(program, fold))
+    }
+
+    /// Like [`Device::fused_support`] without compiling: whether the code
+    /// generator and the device's features take `program`.
+    pub fn fused_check(&self, program: &Program) -> Result<(), String> {
+        dispatch!(self, d => d.fused_check(program))
+    }
+
+    /// The most rows one [`Device::run_fused`] launch takes.
+    pub fn fused_max_rows(&self, program: &Program) -> usize {
+        dispatch!(self, d => d.fused_max_rows(program))
+    }
+
+    /// Runs `program` over `rows` rows of `inputs` on this device.
+    pub fn run_fused(
+        &self,
+        program: &Program,
+        rows: usize,
+        inputs: &[Option<ColumnData<'_>>],
+    ) -> Result<FusedOutput> {
+        self.run_grouped(program, rows, 1, GroupFold::Tiles, inputs)
+    }
+
+    /// Why this device has no [`GroupFold::Atomics`] for `program`, without
+    /// compiling it.
+    pub fn atomic_fold_check(&self, program: &Program) -> Result<(), String> {
+        dispatch!(self, d => d.atomic_fold_check(program))
+    }
+
+    /// Like [`Device::atomic_fold_check`], compiling (and caching) the kernel.
+    pub fn atomic_fold_support(&self, program: &Program) -> Result<(), String> {
+        self.fold_support(program, GroupFold::Atomics)
+    }
+
+    /// Why this device cannot number `program`'s keys, if it cannot
+    /// (compiles and caches the module).
+    pub fn numbering_support(&self, program: &KeyProgram) -> Result<(), String> {
+        dispatch!(self, d => d.numbering_support(program))
+    }
+
+    /// Numbers the GROUP BY keys of `rows` rows on the device (see
+    /// [`crate::codegen::numbering`]).
+    pub fn number_groups(
+        &self,
+        program: &KeyProgram,
+        rows: usize,
+        inputs: &[Option<ColumnData<'_>>],
+    ) -> Result<Numbering> {
+        dispatch!(self, d => d.number_groups(program, rows, inputs))
+    }
+
+    /// Runs a grouped program of reductions whose group key takes values
+    /// below `groups` (at most [`crate::codegen::MAX_GROUPS`] with
+    /// [`GroupFold::Tiles`]): [`FusedOutput::reduced`] holds every reduction
+    /// of every group.
+    pub fn run_grouped(
+        &self,
+        program: &Program,
+        rows: usize,
+        groups: usize,
+        fold: GroupFold,
+        inputs: &[Option<ColumnData<'_>>],
+    ) -> Result<FusedOutput> {
+        dispatch!(self, d => d.run_fused(program, rows, groups, fold, inputs))
+    }
+
+    /// Uploads a search's prepared queries (row-major, `dim` wide) once.
+    pub fn upload_queries(&self, prepared: &[f32], dim: usize) -> Result<Queries> {
+        Ok(match self {
+            Device::Cpu(d) => Queries::Cpu(d.upload_queries(prepared, dim)?),
+            Device::Wgpu(d) => Queries::Wgpu(d.upload_queries(prepared, dim)?),
+            Device::Cuda(d) => Queries::Cuda(d.upload_queries(prepared, dim)?),
+        })
+    }
+
+    /// The most corpus rows one [`Device::score_and_select`] takes.
+    pub fn max_tile_rows(&self, dim: usize, queries: usize) -> usize {
+        dispatch!(self, d => d.max_tile_rows(dim, queries))
+    }
+
+    /// Scores `tile` against `queries` on this device and selects each
+    /// query's candidates at or above its threshold.
+    pub fn score_and_select(
+        &self,
+        queries: &Queries,
+        tile: &[f32],
+        ids: &[u64],
+        keys: &TileKeys,
+        k: usize,
+        thresholds: &[f32],
+    ) -> Result<Vec<Vec<Candidate>>> {
+        let wrong = |found: BackendKind| KernelError::WrongDevice {
+            kernel: "vector search",
+            expected: self.backend(),
+            found,
+        };
+        match (self, queries) {
+            (Device::Cpu(d), Queries::Cpu(q)) => {
+                d.score_and_select(q, tile, ids, keys, k, thresholds)
+            }
+            (Device::Wgpu(d), Queries::Wgpu(q)) => {
+                d.score_and_select(q, tile, ids, keys, k, thresholds)
+            }
+            (Device::Cuda(d), Queries::Cuda(q)) => {
+                d.score_and_select(q, tile, ids, keys, k, thresholds)
+            }
+            (_, other) => Err(wrong(other.backend())),
+        }
     }
 }

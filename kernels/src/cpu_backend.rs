@@ -2,10 +2,14 @@
 
 use rayon::prelude::*;
 
-use crate::backend::BackendDevice;
+use crate::backend_device::{BackendDevice, CPU_RUNS_DATAFUSION};
+use crate::codegen::numbering::{KeyProgram, Numbering};
+use crate::codegen::{ColumnData, FusedOutput, GroupFold, Program, max_launch_rows};
 use crate::device::{BackendKind, DeviceInfo, DeviceType};
+use crate::error::KernelError;
 use crate::error::Result;
 use crate::memory::MemoryBudget;
+use crate::ops::select::{Candidate, TileKeys};
 use std::sync::Arc;
 
 /// Elements per rayon task: large enough that scheduling costs nothing.
@@ -26,10 +30,6 @@ impl CpuDevice {
     pub fn new(info: DeviceInfo) -> Result<Self> {
         let memory = MemoryBudget::new(info.id(), None)?;
         Ok(CpuDevice { info, memory })
-    }
-
-    pub fn memory(&self) -> &Arc<MemoryBudget> {
-        &self.memory
     }
 }
 
@@ -64,9 +64,16 @@ pub fn info() -> DeviceInfo {
 
 impl BackendDevice for CpuDevice {
     type Buffer = Vec<f32>;
+    /// The CPU's search scores in `VectorSearch`'s host path (every
+    /// device's fallback too): nothing to upload.
+    type Queries = ();
 
     fn info(&self) -> &DeviceInfo {
         &self.info
+    }
+
+    fn memory(&self) -> &Arc<MemoryBudget> {
+        &self.memory
     }
 
     fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {
@@ -88,5 +95,74 @@ impl BackendDevice for CpuDevice {
                 }
             });
         Ok(out)
+    }
+
+    fn fused_check(&self, _: &Program) -> std::result::Result<(), String> {
+        Err(CPU_RUNS_DATAFUSION.into())
+    }
+
+    fn fold_support(&self, _: &Program, _: GroupFold) -> std::result::Result<(), String> {
+        Err(CPU_RUNS_DATAFUSION.into())
+    }
+
+    fn atomic_fold_check(&self, _: &Program) -> std::result::Result<(), String> {
+        Err(CPU_RUNS_DATAFUSION.into())
+    }
+
+    fn fused_max_rows(&self, program: &Program) -> usize {
+        max_launch_rows(program, u32::MAX as usize * 4)
+    }
+
+    fn run_fused(
+        &self,
+        _: &Program,
+        _: usize,
+        _: usize,
+        _: GroupFold,
+        _: &[Option<ColumnData<'_>>],
+    ) -> Result<FusedOutput> {
+        Err(KernelError::InvalidInput {
+            kernel: "fused",
+            detail: CPU_RUNS_DATAFUSION.into(),
+        })
+    }
+
+    fn numbering_support(&self, _: &KeyProgram) -> std::result::Result<(), String> {
+        Err("the CPU numbers keys on the host".into())
+    }
+
+    fn number_groups(
+        &self,
+        _: &KeyProgram,
+        _: usize,
+        _: &[Option<ColumnData<'_>>],
+    ) -> Result<Numbering> {
+        Err(KernelError::InvalidInput {
+            kernel: "numbering",
+            detail: "the CPU numbers keys on the host".into(),
+        })
+    }
+
+    fn upload_queries(&self, _: &[f32], _: usize) -> Result<()> {
+        Ok(())
+    }
+
+    fn max_tile_rows(&self, _: usize, _: usize) -> usize {
+        usize::MAX
+    }
+
+    fn score_and_select(
+        &self,
+        _: &(),
+        _: &[f32],
+        _: &[u64],
+        _: &TileKeys,
+        _: usize,
+        _: &[f32],
+    ) -> Result<Vec<Vec<Candidate>>> {
+        Err(KernelError::InvalidInput {
+            kernel: "vector search",
+            detail: "the CPU's search runs in VectorSearch's host path".into(),
+        })
     }
 }

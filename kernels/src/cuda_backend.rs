@@ -20,10 +20,13 @@ mod search;
 pub use encoder::{CudaDense, CudaTensor, MAX_HEAD_DIM};
 pub use search::{CudaQueries, cublas_present};
 
-use crate::backend::BackendDevice;
+use crate::backend_device::BackendDevice;
+use crate::codegen::numbering::{KeyProgram, Numbering};
+use crate::codegen::{ColumnData, FusedOutput, GroupFold, Program, max_launch_rows};
 use crate::device::{BackendKind, DeviceInfo, DeviceType};
 use crate::error::{KernelError, Result};
 use crate::memory::{Held, MemoryBudget, Reservation};
+use crate::ops::select::{Candidate, TileKeys};
 
 /// Every CUDA source of Kiln, by file name. Tests compile each through NVRTC.
 pub const SOURCES: &[(&str, &str)] = &[
@@ -186,11 +189,6 @@ impl CudaDevice {
         })
     }
 
-    /// This device's memory budget.
-    pub fn memory(&self) -> &Arc<MemoryBudget> {
-        &self.memory
-    }
-
     /// Reserves `bytes` for `what` in the budget.
     fn reserve(&self, bytes: u64, what: &'static str) -> Result<Reservation> {
         self.memory.reserve(bytes, what)
@@ -240,11 +238,80 @@ impl CudaDevice {
     }
 }
 
+/// The operations live beside their kernels (the fused and numbering
+/// launches below, `search.rs`, `encoder.rs`); this is where the backend
+/// offers them to [`crate::Device`].
 impl BackendDevice for CudaDevice {
     type Buffer = CudaBuffer;
+    type Queries = search::CudaQueries;
 
     fn info(&self) -> &DeviceInfo {
         &self.info
+    }
+
+    fn memory(&self) -> &Arc<MemoryBudget> {
+        &self.memory
+    }
+
+    fn fused_check(&self, program: &Program) -> std::result::Result<(), String> {
+        crate::codegen::cuda::generate(program).map(|_| ())
+    }
+
+    fn fold_support(&self, program: &Program, fold: GroupFold) -> std::result::Result<(), String> {
+        CudaDevice::fold_support(self, program, fold)
+    }
+
+    fn atomic_fold_check(&self, program: &Program) -> std::result::Result<(), String> {
+        crate::codegen::cuda::generate_atomic(program).map(|_| ())
+    }
+
+    fn fused_max_rows(&self, program: &Program) -> usize {
+        // `params` holds u32 word offsets: a buffer of at most 2^32 words.
+        max_launch_rows(program, u32::MAX as usize * 4)
+    }
+
+    fn run_fused(
+        &self,
+        program: &Program,
+        rows: usize,
+        groups: usize,
+        fold: GroupFold,
+        inputs: &[Option<ColumnData<'_>>],
+    ) -> Result<FusedOutput> {
+        CudaDevice::run_fused(self, program, rows, groups, fold, inputs)
+    }
+
+    fn numbering_support(&self, program: &KeyProgram) -> std::result::Result<(), String> {
+        CudaDevice::numbering_support(self, program)
+    }
+
+    fn number_groups(
+        &self,
+        program: &KeyProgram,
+        rows: usize,
+        inputs: &[Option<ColumnData<'_>>],
+    ) -> Result<Numbering> {
+        CudaDevice::number_groups(self, program, rows, inputs)
+    }
+
+    fn upload_queries(&self, prepared: &[f32], dim: usize) -> Result<search::CudaQueries> {
+        CudaDevice::upload_queries(self, prepared, dim)
+    }
+
+    fn max_tile_rows(&self, dim: usize, queries: usize) -> usize {
+        CudaDevice::max_tile_rows(self, dim, queries)
+    }
+
+    fn score_and_select(
+        &self,
+        queries: &search::CudaQueries,
+        tile: &[f32],
+        ids: &[u64],
+        keys: &TileKeys,
+        k: usize,
+        thresholds: &[f32],
+    ) -> Result<Vec<Vec<Candidate>>> {
+        CudaDevice::score_and_select(self, queries, tile, ids, keys, k, thresholds)
     }
 
     fn upload(&self, data: &[f32]) -> Result<CudaBuffer> {

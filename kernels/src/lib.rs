@@ -10,6 +10,7 @@
 //! columns to the buffers defined here.
 
 pub mod backend;
+pub mod backend_device;
 pub mod codegen;
 pub mod cpu_backend;
 pub mod cuda_backend;

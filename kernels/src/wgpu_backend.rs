@@ -11,12 +11,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use wgpu::util::DeviceExt;
 
-use crate::backend::BackendDevice;
+use crate::backend_device::BackendDevice;
+use crate::codegen::numbering::{KeyProgram, Numbering};
+use crate::codegen::{ColumnData, FusedOutput, GroupFold, Program};
 use crate::device::{BackendKind, DeviceInfo, DeviceType};
 use crate::error::{KernelError, Result};
 use crate::memory::{Held, MemoryBudget};
 use crate::ops::activation::Activation;
-use crate::ops::topk::{Candidate, SelectShape, TileKeys, candidates_from_words, select_row};
+use crate::ops::select::{Candidate, SelectShape, TileKeys, candidates_from_words, select_row};
 
 mod fused;
 mod numbering;
@@ -212,11 +214,6 @@ impl WgpuDevice {
         })
     }
 
-    /// This device's memory budget.
-    pub fn memory(&self) -> &Arc<MemoryBudget> {
-        &self.memory
-    }
-
     /// Runs `f` inside validation and out-of-memory error scopes and turns
     /// whatever they caught into an error: the driver's out-of-memory into
     /// [`KernelError::OutOfMemory`], which callers retry smaller.
@@ -380,7 +377,7 @@ impl WgpuDevice {
 
     /// Scores `tile` against the queries with `gemm.wgsl`, then selects each
     /// query's best k keys per chunk of columns with `topk.wgsl` (or, for a k
-    /// beyond [`crate::ops::topk::DEVICE_TOPK_MAX_K`], on the host from the downloaded scores).
+    /// beyond [`crate::ops::select::DEVICE_TOPK_MAX_K`], on the host from the downloaded scores).
     pub(crate) fn score_and_select(
         &self,
         queries: &WgpuQueries,
@@ -858,11 +855,80 @@ fn binding(buffer: &wgpu::Buffer, offset_elems: usize, len: usize) -> wgpu::Bind
     })
 }
 
+/// The operations live beside their kernels (`fused.rs`, `numbering.rs`,
+/// the search and encoder passes above); this is where the backend offers
+/// them to [`crate::Device`].
 impl BackendDevice for WgpuDevice {
     type Buffer = WgpuBuffer;
+    type Queries = WgpuQueries;
 
     fn info(&self) -> &DeviceInfo {
         &self.info
+    }
+
+    fn memory(&self) -> &Arc<MemoryBudget> {
+        &self.memory
+    }
+
+    fn fused_check(&self, program: &Program) -> std::result::Result<(), String> {
+        WgpuDevice::fused_check(self, program)
+    }
+
+    fn fold_support(&self, program: &Program, fold: GroupFold) -> std::result::Result<(), String> {
+        WgpuDevice::fold_support(self, program, fold)
+    }
+
+    fn atomic_fold_check(&self, program: &Program) -> std::result::Result<(), String> {
+        WgpuDevice::fused_check(self, program)
+            .and_then(|()| crate::codegen::wgsl::generate_atomic(program).map(|_| ()))
+    }
+
+    fn fused_max_rows(&self, program: &Program) -> usize {
+        WgpuDevice::fused_max_rows(self, program)
+    }
+
+    fn run_fused(
+        &self,
+        program: &Program,
+        rows: usize,
+        groups: usize,
+        fold: GroupFold,
+        inputs: &[Option<ColumnData<'_>>],
+    ) -> Result<FusedOutput> {
+        WgpuDevice::run_fused(self, program, rows, groups, fold, inputs)
+    }
+
+    fn numbering_support(&self, program: &KeyProgram) -> std::result::Result<(), String> {
+        WgpuDevice::numbering_support(self, program)
+    }
+
+    fn number_groups(
+        &self,
+        program: &KeyProgram,
+        rows: usize,
+        inputs: &[Option<ColumnData<'_>>],
+    ) -> Result<Numbering> {
+        WgpuDevice::number_groups(self, program, rows, inputs)
+    }
+
+    fn upload_queries(&self, prepared: &[f32], dim: usize) -> Result<WgpuQueries> {
+        WgpuDevice::upload_queries(self, prepared, dim)
+    }
+
+    fn max_tile_rows(&self, dim: usize, queries: usize) -> usize {
+        WgpuDevice::max_tile_rows(self, dim, queries)
+    }
+
+    fn score_and_select(
+        &self,
+        queries: &WgpuQueries,
+        tile: &[f32],
+        ids: &[u64],
+        keys: &TileKeys,
+        k: usize,
+        thresholds: &[f32],
+    ) -> Result<Vec<Vec<Candidate>>> {
+        WgpuDevice::score_and_select(self, queries, tile, ids, keys, k, thresholds)
     }
 
     fn upload(&self, data: &[f32]) -> Result<WgpuBuffer> {

@@ -17,7 +17,7 @@ use cudarc::driver::{CudaModule, CudaSlice, LaunchConfig, PushKernelArg};
 use super::{CudaDevice, compile_ptx};
 use crate::error::{KernelError, Result};
 use crate::memory::Held;
-use crate::ops::topk::{Candidate, SelectShape, TileKeys, candidates_from_words, select_row};
+use crate::ops::select::{Candidate, SelectShape, TileKeys, candidates_from_words, select_row};
 
 /// Threads per block of the selection kernel.
 const SELECT_BLOCK: u32 = 128;
@@ -97,7 +97,7 @@ impl CudaDevice {
 
     /// Scores `tile` (rows of `dim` values) against the queries with cuBLAS,
     /// then selects each query's best keys per chunk of columns on the
-    /// device (or, for a k beyond [`crate::ops::topk::DEVICE_TOPK_MAX_K`], on the host from the
+    /// device (or, for a k beyond [`crate::ops::select::DEVICE_TOPK_MAX_K`], on the host from the
     /// downloaded scores): the candidates at or above each query's
     /// threshold.
     pub(crate) fn score_and_select(

@@ -106,6 +106,7 @@ pub mod linear;
 pub mod norm;
 pub mod pooling;
 pub mod score_gemm;
+pub mod select;
 pub mod topk;
 pub mod vector;
 

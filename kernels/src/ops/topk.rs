@@ -21,12 +21,13 @@ use std::collections::BinaryHeap;
 
 use rayon::prelude::*;
 
-use crate::backend::Device;
-use crate::cuda_backend::CudaQueries;
+use crate::backend::{Device, Queries};
 use crate::error::{KernelError, Result};
 use crate::memory::{OomCounts, split_and_retry};
 use crate::ops::vector::{Metric, exact_score, finite_norm2};
-use crate::wgpu_backend::WgpuQueries;
+
+pub use super::select::DEVICE_TOPK_MAX_K;
+use super::select::{Candidate, TileKeys, closer, merge_lists, select_into, select_row};
 
 /// One search result: the corpus row's id and its exact score.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -49,20 +50,6 @@ const GEMM_BLOCK_ROWS: usize = 16_384;
 /// wins (measured with benches/vector_topk.py). One query is bound by memory
 /// bandwidth.
 const FUSED_MAX_QUERIES: usize = 16;
-
-/// A candidate for a query's top-k: its ranking key and corpus id.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Candidate {
-    pub key: f32,
-    pub id: u64,
-    /// Row within the tile it came from.
-    pub row: u32,
-}
-
-/// Orders candidates from closest to farthest: higher key, then lower id.
-fn closer(a: &Candidate, b: &Candidate) -> Ordering {
-    b.key.total_cmp(&a.key).then(a.id.cmp(&b.id))
-}
 
 /// Max-heap entry whose top is the *farthest* kept candidate.
 struct Kept {
@@ -88,14 +75,6 @@ impl Ord for Kept {
     }
 }
 
-/// Per-column transform of GEMM scores into ranking keys: `key = s·scale + shift`.
-/// A column with no defined score (a zero vector under cosine) gets
-/// `shift = -inf`, so it never beats a real candidate and is dropped on merge.
-pub(crate) struct TileKeys {
-    pub scale: Vec<f32>,
-    pub shift: Vec<f32>,
-}
-
 /// A running exact top-k search of a query batch over a streamed corpus.
 pub struct VectorSearch {
     device: Device,
@@ -109,11 +88,10 @@ pub struct VectorSearch {
     /// Queries with no defined score against anything (zero vector, cosine).
     dead: Vec<bool>,
     kept: Vec<BinaryHeap<Kept>>,
-    /// The queries uploaded once to a wgpu device.
-    wgpu_queries: Option<WgpuQueries>,
-    /// The queries uploaded once to a CUDA device.
-    cuda_queries: Option<CudaQueries>,
-    /// The queries did not fit the device: every tile is scored on the CPU.
+    /// The queries uploaded once to a GPU; `None` on the CPU, and where they
+    /// did not fit the device (every tile is scored on the CPU then).
+    queries: Option<Queries>,
+    /// The queries did not fit the device.
     queries_on_host: bool,
     oom: OomCounts,
     rows_seen: u64,
@@ -190,19 +168,12 @@ impl VectorSearch {
             }
         }
         // Queries that do not fit the device leave every tile to the CPU.
-        let wgpu_queries = match device {
-            Device::Wgpu(d) if nq > 0 && k > 0 => fits(d.upload_queries(&prepared, dim))?,
-            _ => None,
+        let on_gpu = !matches!(device, Device::Cpu(_)) && nq > 0 && k > 0;
+        let uploaded = match on_gpu {
+            true => fits(device.upload_queries(&prepared, dim))?,
+            false => None,
         };
-        let cuda_queries = match device {
-            Device::Cuda(d) if nq > 0 && k > 0 => fits(d.upload_queries(&prepared, dim))?,
-            _ => None,
-        };
-        let queries_on_host = match device {
-            Device::Wgpu(_) => nq > 0 && k > 0 && wgpu_queries.is_none(),
-            Device::Cuda(_) => nq > 0 && k > 0 && cuda_queries.is_none(),
-            Device::Cpu(_) => false,
-        };
+        let queries_on_host = on_gpu && uploaded.is_none();
         let oom = OomCounts {
             cpu_fallbacks: u64::from(queries_on_host),
             ..OomCounts::default()
@@ -218,8 +189,7 @@ impl VectorSearch {
             // Heaps grow with the rows pushed: k is the user's number and may
             // be far beyond the corpus, so nothing is reserved from it.
             kept: (0..nq).map(|_| BinaryHeap::new()).collect(),
-            wgpu_queries,
-            cuda_queries,
+            queries: uploaded,
             queries_on_host,
             oom,
             rows_seen: 0,
@@ -280,11 +250,9 @@ impl VectorSearch {
             return Ok(());
         }
         let device = self.device.clone();
-        let chunk_rows = match &device {
-            Device::Wgpu(d) => d.max_tile_rows(self.dim, self.queries()).max(1),
-            Device::Cuda(d) => d.max_tile_rows(self.dim, self.queries()).max(1),
-            Device::Cpu(_) => ids.len(),
-        };
+        let chunk_rows = device
+            .max_tile_rows(self.dim, self.queries())
+            .clamp(1, ids.len().max(1));
         let dim = self.dim;
         for (tile, ids) in tile.chunks(chunk_rows * dim).zip(ids.chunks(chunk_rows)) {
             if self.queries_on_host {
@@ -317,23 +285,19 @@ impl VectorSearch {
     /// On the CPU device the score matrix's bytes are reserved in its budget
     /// too, so a limit or an injected failure applies there as well.
     fn device_select(&self, tile: &[f32], ids: &[u64]) -> Result<Vec<Vec<Candidate>>> {
-        let missing = || KernelError::Internal("vector search: queries not on the device".into());
-        match &self.device {
-            Device::Wgpu(d) => {
-                let queries = self.wgpu_queries.as_ref().ok_or_else(missing)?;
-                let keys = self.tile_keys(tile, ids)?;
-                d.score_and_select(queries, tile, ids, &keys, self.k, &self.thresholds())
-            }
-            Device::Cuda(d) => {
-                let queries = self.cuda_queries.as_ref().ok_or_else(missing)?;
-                let keys = self.tile_keys(tile, ids)?;
-                d.score_and_select(queries, tile, ids, &keys, self.k, &self.thresholds())
-            }
-            Device::Cpu(d) => {
+        match (&self.device, &self.queries) {
+            (Device::Cpu(_), _) => {
                 let bytes = (ids.len() * self.queries() * 4) as u64;
-                let _scores = d.memory().reserve(bytes, "vector search tile")?;
+                let _scores = self.device.memory().reserve(bytes, "vector search tile")?;
                 self.cpu_select(tile, ids)
             }
+            (device, Some(queries)) => {
+                let keys = self.tile_keys(tile, ids)?;
+                device.score_and_select(queries, tile, ids, &keys, self.k, &self.thresholds())
+            }
+            (_, None) => Err(KernelError::Internal(
+                "vector search: queries not on the device".into(),
+            )),
         }
     }
 
@@ -567,173 +531,6 @@ fn merge_into(
                 *heap = BinaryHeap::from(entries);
             }
         });
-}
-
-/// The best `k` of one query's scores over a tile, as candidates, keeping
-/// only those strictly closer than `threshold`.
-/// The largest k a device's selection kernel keeps; beyond, scores come
-/// back and the host selects.
-pub const DEVICE_TOPK_MAX_K: usize = 128;
-
-/// How a device's selection kernel splits a tile: each thread keeps the
-/// best `k` (the asked k rounded up to a power of two, at least 8) of a
-/// chunk of `chunk` columns; `chunks` chunks per query.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct SelectShape {
-    pub k: u32,
-    pub chunk: u32,
-    pub chunks: u32,
-}
-
-impl SelectShape {
-    /// The shape for keeping `k` of `cols` columns, or `None` past
-    /// [`DEVICE_TOPK_MAX_K`].
-    pub fn new(k: usize, cols: usize) -> Option<SelectShape> {
-        (k <= DEVICE_TOPK_MAX_K).then(|| {
-            let k = (k as u32).next_power_of_two().max(8);
-            let chunk = (8 * k).max(256);
-            SelectShape {
-                k,
-                chunk,
-                chunks: (cols as u32).div_ceil(chunk),
-            }
-        })
-    }
-
-    /// Words of candidates per query: (key, column) pairs.
-    pub fn words_per_query(&self) -> usize {
-        self.chunks as usize * self.k as usize * 2
-    }
-}
-
-/// The candidates a device's selection kernel wrote: per query `per_query`
-/// words of (key bits, tile row) pairs, row `u32::MAX` for an empty slot.
-pub(crate) fn candidates_from_words(
-    words: &[u32],
-    queries: usize,
-    per_query: usize,
-    ids: &[u64],
-) -> Vec<Vec<Candidate>> {
-    (0..queries)
-        .map(|q| {
-            words[q * per_query..(q + 1) * per_query]
-                .chunks_exact(2)
-                .filter(|pair| pair[1] != u32::MAX)
-                .map(|pair| Candidate {
-                    key: f32::from_bits(pair[0]),
-                    id: ids[pair[1] as usize],
-                    row: pair[1],
-                })
-                .collect()
-        })
-        .collect()
-}
-
-pub(crate) fn select_row(
-    scores: &[f32],
-    keys: &TileKeys,
-    ids: &[u64],
-    base_row: u32,
-    k: usize,
-    threshold: f32,
-) -> Vec<Candidate> {
-    let mut best = Vec::with_capacity(k.min(scores.len()) + 1);
-    select_into(&mut best, scores, keys, ids, base_row, k, threshold);
-    best
-}
-
-/// Merges the best of one query's scores over a tile into `best` (sorted
-/// closest first, at most `k`), keeping only keys at or above `threshold`
-/// and `best`'s own k-th key.
-fn select_into(
-    best: &mut Vec<Candidate>,
-    scores: &[f32],
-    keys: &TileKeys,
-    ids: &[u64],
-    base_row: u32,
-    k: usize,
-    threshold: f32,
-) {
-    if k == 0 {
-        return;
-    }
-    // A small sorted buffer (closest first) beats a heap for the small k of
-    // search; most scores fail the bar.
-    let mut floor = if best.len() == k {
-        threshold.max(best[k - 1].key)
-    } else {
-        threshold
-    };
-    let consider = |best: &mut Vec<Candidate>, floor: &mut f32, t: usize| {
-        let key = scores[t] * keys.scale[t] + keys.shift[t];
-        // An equal key is still a candidate: a tile pushed later may carry
-        // smaller ids (partitions arrive in any order); the merge decides.
-        if !matches!(
-            key.partial_cmp(floor),
-            Some(Ordering::Greater | Ordering::Equal)
-        ) || key == f32::NEG_INFINITY
-        {
-            return;
-        }
-        let cand = Candidate {
-            key,
-            id: ids[t],
-            row: base_row + t as u32,
-        };
-        let pos = best.partition_point(|c| closer(c, &cand) == Ordering::Less);
-        if pos >= k {
-            return;
-        }
-        best.insert(pos, cand);
-        if best.len() > k {
-            best.pop();
-        }
-        if best.len() == k {
-            *floor = floor.max(best[k - 1].key);
-        }
-    };
-    // Test 16 keys at a time with a branch-free (vectorizable) pass and look
-    // at single keys only in a chunk where one clears the bar.
-    const LANES: usize = 16;
-    let n = scores.len();
-    let mut t = 0;
-    while t + LANES <= n {
-        let (s, a, b) = (
-            &scores[t..t + LANES],
-            &keys.scale[t..t + LANES],
-            &keys.shift[t..t + LANES],
-        );
-        let mut any = false;
-        for i in 0..LANES {
-            any |= s[i] * a[i] + b[i] >= floor;
-        }
-        if any {
-            for u in t..t + LANES {
-                consider(best, &mut floor, u);
-            }
-        }
-        t += LANES;
-    }
-    for u in t..n {
-        consider(best, &mut floor, u);
-    }
-}
-
-/// The closest `k` of two sorted candidate lists.
-fn merge_lists(a: Vec<Candidate>, b: Vec<Candidate>, k: usize) -> Vec<Candidate> {
-    let mut out = Vec::with_capacity(k.min(a.len() + b.len()));
-    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
-    while out.len() < k {
-        let next = match (a.peek(), b.peek()) {
-            (Some(x), Some(y)) if closer(x, y) != Ordering::Greater => a.next(),
-            (Some(_), Some(_)) => b.next(),
-            (Some(_), None) => a.next(),
-            (None, Some(_)) => b.next(),
-            (None, None) => break,
-        };
-        out.extend(next);
-    }
-    out
 }
 
 /// The CPU's inner loops, compiled for AVX-512 and AVX2 as well as the
