@@ -14,8 +14,8 @@
 use std::io::{BufRead, Write};
 use std::time::Instant;
 
-use kiln_kernels::ops::topk::VectorSearch;
 use kiln_kernels::ops::vector::Metric;
+use kiln_kernels::vector_search::VectorSearch;
 use kiln_kernels::{Device, DeviceRequest};
 
 /// Corpus rows per pushed tile: what `kiln.vector_memory_budget`'s default

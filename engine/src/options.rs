@@ -152,7 +152,8 @@ const MAX_BUDGET_BYTES: u64 = 1 << 50;
 impl KilnOptions {
     /// Checks every option's value; the error names the option.
     pub fn validate(&self) -> Result<()> {
-        crate::device::requested(&self.device)
+        self.device
+            .parse::<kiln_kernels::DeviceRequest>()
             .map_err(|e| plan_datafusion_err!("kiln.device: {e}"))?;
         parse_bytes(&self.vector_memory_budget)
             .and_then(|b| {

@@ -15,8 +15,8 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use kiln_kernels::backend::BackendDevice;
 use kiln_kernels::codegen::{BinOp, ColumnData, Expr, Program, Reduce, ReduceOp, Ty, Value};
-use kiln_kernels::ops::topk::VectorSearch;
 use kiln_kernels::ops::vector::Metric;
+use kiln_kernels::vector_search::VectorSearch;
 use kiln_kernels::{BackendKind, Device, discover};
 
 /// The CPU and every wgpu adapter (CUDA joins when a GPU is present).

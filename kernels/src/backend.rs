@@ -10,7 +10,7 @@ use crate::codegen::numbering::{KeyProgram, Numbering};
 use crate::codegen::{ColumnData, FusedOutput, GroupFold, Program};
 use crate::cpu_backend::CpuDevice;
 use crate::cuda_backend::{CudaBuffer, CudaDevice, CudaQueries};
-use crate::device::{BackendKind, DeviceInfo, DeviceRequest, discover};
+use crate::device::{AbsentBackend, BackendKind, DeviceInfo, DeviceRequest, Discovery};
 use crate::error::{KernelError, Result};
 use crate::memory::MemoryBudget;
 use crate::ops::select::{Candidate, TileKeys};
@@ -304,4 +304,24 @@ impl Device {
             (_, other) => Err(wrong(other.backend())),
         }
     }
+}
+
+/// Finds every device of every backend. Never panics.
+pub fn discover() -> Discovery {
+    let mut discovery = Discovery::default();
+    for (backend, found) in [
+        (BackendKind::Cuda, crate::cuda_backend::discover()),
+        (BackendKind::Wgpu, crate::wgpu_backend::discover()),
+    ] {
+        match found {
+            Ok(devices) if !devices.is_empty() => discovery.devices.extend(devices),
+            Ok(_) => discovery.absent.push(AbsentBackend {
+                backend,
+                reason: "no device found".to_string(),
+            }),
+            Err(reason) => discovery.absent.push(AbsentBackend { backend, reason }),
+        }
+    }
+    discovery.devices.push(crate::cpu_backend::info());
+    discovery
 }

@@ -82,7 +82,7 @@ pub trait BackendDevice {
         inputs: &[Option<ColumnData<'_>>],
     ) -> Result<Numbering>;
 
-    // --- vector search (see `crate::ops::topk`) ---
+    // --- vector search (see `crate::vector_search`) ---
 
     /// Uploads a search's prepared queries (row-major, `dim` wide) once.
     fn upload_queries(&self, prepared: &[f32], dim: usize) -> Result<Self::Queries>;

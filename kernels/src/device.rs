@@ -1,7 +1,7 @@
 //! Device discovery and selection.
 //!
-//! [`discover`] lists every device Kiln can use and, for each backend that has
-//! none, the reason. It never panics: a machine without libcuda, without a
+//! [`crate::discover`] lists every device Kiln can use and, for each backend
+//! that has none, the reason. It never panics: a machine without libcuda, without a
 //! Vulkan loader or without any GPU is an ordinary answer, not an error.
 //! [`DeviceRequest`] is what a user asks for (`--device`, `KILN_DEVICE`), and
 //! [`DeviceRequest::resolve`] turns it into one device of a [`Discovery`].
@@ -11,33 +11,7 @@ use std::str::FromStr;
 
 use crate::error::{KernelError, Result};
 
-/// The backends Kiln can run kernels on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum BackendKind {
-    /// NVIDIA GPUs through the CUDA driver (cudarc, NVRTC).
-    Cuda,
-    /// Any Vulkan, Metal or DX12 adapter through wgpu.
-    Wgpu,
-    /// The host CPU (rayon).
-    Cpu,
-}
-
-impl BackendKind {
-    /// The lower-case name used on the command line and in EXPLAIN.
-    pub fn name(self) -> &'static str {
-        match self {
-            BackendKind::Cuda => "cuda",
-            BackendKind::Wgpu => "wgpu",
-            BackendKind::Cpu => "cpu",
-        }
-    }
-}
-
-impl fmt::Display for BackendKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use crate::backend_kind::BackendKind;
 
 /// What kind of hardware a device is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -131,26 +105,6 @@ impl Discovery {
                 .to_string(),
         }
     }
-}
-
-/// Finds every device of every backend. Never panics.
-pub fn discover() -> Discovery {
-    let mut discovery = Discovery::default();
-    for (backend, found) in [
-        (BackendKind::Cuda, crate::cuda_backend::discover()),
-        (BackendKind::Wgpu, crate::wgpu_backend::discover()),
-    ] {
-        match found {
-            Ok(devices) if !devices.is_empty() => discovery.devices.extend(devices),
-            Ok(_) => discovery.absent.push(AbsentBackend {
-                backend,
-                reason: "no device found".to_string(),
-            }),
-            Err(reason) => discovery.absent.push(AbsentBackend { backend, reason }),
-        }
-    }
-    discovery.devices.push(crate::cpu_backend::info());
-    discovery
 }
 
 /// What the user asked for: `auto`, a backend, or a backend and an index.

@@ -1,7 +1,7 @@
 //! Errors of the device layer, grouped by who is at fault: the caller's request,
 //! the machine's resources, or Kiln itself.
 
-use crate::device::BackendKind;
+use crate::backend_kind::BackendKind;
 
 /// The result type of this crate.
 pub type Result<T, E = KernelError> = std::result::Result<T, E>;

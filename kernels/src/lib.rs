@@ -11,6 +11,7 @@
 
 pub mod backend;
 pub mod backend_device;
+pub mod backend_kind;
 pub mod codegen;
 pub mod cpu_backend;
 pub mod cuda_backend;
@@ -19,10 +20,9 @@ pub mod error;
 pub mod memory;
 pub mod ops;
 pub mod testing;
+pub mod vector_search;
 pub mod wgpu_backend;
 
-pub use backend::{Buffer, Device};
-pub use device::{
-    AbsentBackend, BackendKind, DeviceInfo, DeviceRequest, DeviceType, Discovery, discover,
-};
+pub use backend::{Buffer, Device, discover};
+pub use device::{AbsentBackend, BackendKind, DeviceInfo, DeviceRequest, DeviceType, Discovery};
 pub use error::{KernelError, Result};

@@ -5,7 +5,8 @@
 //! silently running on the CPU alone.
 
 use crate::backend::Device;
-use crate::device::{BackendKind, DeviceRequest, discover};
+use crate::backend::discover;
+use crate::device::{BackendKind, DeviceRequest};
 
 /// The backends `KILN_TEST_REQUIRE` names.
 pub fn required_backends() -> Vec<BackendKind> {

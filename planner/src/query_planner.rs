@@ -7,14 +7,19 @@ use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::common::Result;
 use datafusion::common::format::ExplainFormat;
+use datafusion::common::plan_datafusion_err;
+use datafusion::execution::SessionState;
 use datafusion::execution::context::QueryPlanner;
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::UserDefinedLogicalNode;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::explain::ExplainExec;
-use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
+use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 
 use crate::lowering::explain::annotate_explain;
-use crate::vector_topk::KilnExtensionPlanner;
+use crate::vector_search::KnnJoinNode;
+use crate::vector_topk::VectorTopKNode;
 
 /// See the module documentation.
 #[derive(Debug, Default)]
@@ -48,5 +53,36 @@ impl QueryPlanner for KilnQueryPlanner {
             }
         }
         Ok(plan)
+    }
+}
+
+/// Plans Kiln's logical nodes into its operators.
+#[derive(Debug, Default)]
+pub struct KilnExtensionPlanner;
+
+#[async_trait]
+impl ExtensionPlanner for KilnExtensionPlanner {
+    async fn plan_extension(
+        &self,
+        _planner: &dyn PhysicalPlanner,
+        node: &dyn UserDefinedLogicalNode,
+        logical_inputs: &[&LogicalPlan],
+        physical_inputs: &[Arc<dyn ExecutionPlan>],
+        session: &dyn Session,
+        _planning_ctx: &PhysicalPlanningContext,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        let state = session
+            .as_any()
+            .downcast_ref::<SessionState>()
+            .ok_or_else(|| {
+                plan_datafusion_err!("Kiln's operators need a DataFusion SessionState")
+            })?;
+        if let Some(node) = node.as_any().downcast_ref::<KnnJoinNode>() {
+            return node.plan(physical_inputs, state).map(Some);
+        }
+        if let Some(node) = node.as_any().downcast_ref::<VectorTopKNode>() {
+            return node.plan(logical_inputs, physical_inputs, state).map(Some);
+        }
+        Ok(None)
     }
 }

@@ -9,28 +9,21 @@
 use std::fmt;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use datafusion::catalog::Session;
 use datafusion::common::tree_node::Transformed;
 use datafusion::common::{Column, DFSchema, DFSchemaRef, Result, ScalarValue, plan_datafusion_err};
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::expr::{ScalarFunction, Sort as SortExpr};
 use datafusion::logical_expr::logical_plan::{Extension, Projection, Sort};
-use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
-use datafusion::logical_expr::{
-    Expr, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
-};
+use datafusion::logical_expr::{Expr, LogicalPlan, UserDefinedLogicalNodeCore};
 use datafusion::optimizer::optimizer::ApplyOrder;
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
 use kiln_engine::exec::{SearchSpec, Unscored, VectorTopKExec};
 use kiln_engine::functions::first_vector;
 use kiln_kernels::ops::vector::Metric;
 
 use crate::options::{KilnOptions, SearchOptions};
-use crate::vector_search::KnnJoinNode;
 
 /// The logical vector top-k: the `k` rows of `input` closest to `query` in
 /// `column`, closest first; the input's schema, plus a score column when
@@ -323,56 +316,38 @@ impl OptimizerRule for VectorTopKRule {
     }
 }
 
-/// Plans Kiln's logical nodes into its operators.
-#[derive(Debug, Default)]
-pub struct KilnExtensionPlanner;
-
-#[async_trait]
-impl ExtensionPlanner for KilnExtensionPlanner {
-    async fn plan_extension(
+impl VectorTopKNode {
+    /// The operator this node plans into: [`VectorTopKExec`] over the
+    /// physical input.
+    pub fn plan(
         &self,
-        _planner: &dyn PhysicalPlanner,
-        node: &dyn UserDefinedLogicalNode,
         logical_inputs: &[&LogicalPlan],
         physical_inputs: &[Arc<dyn ExecutionPlan>],
-        session: &dyn Session,
-        _planning_ctx: &PhysicalPlanningContext,
-    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
-        let state = session
-            .as_any()
-            .downcast_ref::<SessionState>()
-            .ok_or_else(|| {
-                plan_datafusion_err!("Kiln's operators need a DataFusion SessionState")
-            })?;
-        if let Some(node) = node.as_any().downcast_ref::<KnnJoinNode>() {
-            return node.plan(physical_inputs, state).map(Some);
-        }
-        let Some(node) = node.as_any().downcast_ref::<VectorTopKNode>() else {
-            return Ok(None);
-        };
+        state: &SessionState,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         let options = SearchOptions::from_state(state)?;
         let (Some(logical), Some(physical)) = (logical_inputs.first(), physical_inputs.first())
         else {
             return Err(plan_datafusion_err!("VectorTopK takes one input"));
         };
-        let column = logical.schema().index_of_column(&node.column)?;
-        let query = node.query();
+        let column = logical.schema().index_of_column(&self.column)?;
+        let query = self.query();
         let spec = SearchSpec {
             column,
-            column_name: node.column.name.clone(),
+            column_name: self.column.name.clone(),
             dim: query.len(),
-            metric: node.metric,
-            k: node.k,
+            metric: self.metric,
+            k: self.k,
             budget_bytes: options.budget_bytes,
             keep_unscored: 0,
         };
-        Ok(Some(VectorTopKExec::plan(
+        VectorTopKExec::plan(
             Arc::clone(physical),
             spec,
             query,
-            node.unscored,
-            node.score.clone(),
+            self.unscored,
+            self.score.clone(),
             options.device,
-        )?))
+        )
     }
 }

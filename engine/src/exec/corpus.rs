@@ -21,8 +21,8 @@ use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricB
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use futures::StreamExt;
 use kiln_kernels::Device;
-use kiln_kernels::ops::topk::{Hit, VectorSearch};
 use kiln_kernels::ops::vector::Metric;
+use kiln_kernels::vector_search::{Hit, VectorSearch};
 
 use crate::functions::vector::vectors;
 

@@ -14,12 +14,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, RecordBatch, StringArray,
-};
-use datafusion::arrow::buffer::NullBuffer;
+use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::arrow::compute::concat_batches;
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{ColumnStatistics, DataFusionError, Result, Statistics, internal_err};
 use datafusion::execution::TaskContext;
@@ -35,50 +32,8 @@ use datafusion::physical_plan::{
 };
 use kiln_kernels::Device;
 
-use crate::functions::embed::{embedding_type, session_device};
-use crate::model::{EmbeddingModel, Embeddings, shared_model};
-
-/// Embeds `texts` (any string array) with `model` on `device`: a
-/// `FixedSizeList<Float32, dim>` array, NULL where the text is NULL, and
-/// what the encoder counted.
-pub fn embed_array(
-    model: &EmbeddingModel,
-    device: &Device,
-    texts: &ArrayRef,
-) -> Result<(ArrayRef, Embeddings)> {
-    let texts: StringArray = match texts.data_type() {
-        DataType::Utf8 => texts.as_string::<i32>().clone(),
-        _ => datafusion::arrow::compute::cast(texts, &DataType::Utf8)?
-            .as_string::<i32>()
-            .clone(),
-    };
-    let present: Vec<&str> = texts.iter().flatten().collect();
-    let embedded = model
-        .embed_on(device, &present)
-        .map_err(|e| DataFusionError::External(Box::new(e)))?;
-    let dim = model.dim();
-    let mut values = Vec::with_capacity(texts.len() * dim);
-    let mut next = 0;
-    for i in 0..texts.len() {
-        if texts.is_null(i) {
-            values.extend(std::iter::repeat_n(0f32, dim));
-        } else {
-            values.extend_from_slice(embedded.row(next));
-            next += 1;
-        }
-    }
-    let nulls = texts
-        .nulls()
-        .cloned()
-        .map(|n| NullBuffer::new(n.into_inner()));
-    let list = FixedSizeListArray::try_new(
-        Arc::new(Field::new_list_field(DataType::Float32, false)),
-        dim as i32,
-        Arc::new(Float32Array::from(values)),
-        nulls,
-    )?;
-    Ok((Arc::new(list), embedded))
-}
+use crate::functions::embed::{embed_array, embedding_type, session_device};
+use crate::model::{EmbeddingModel, shared_model};
 
 /// See the module documentation.
 #[derive(Debug)]

@@ -10,6 +10,10 @@
 
 use std::sync::Arc;
 
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, StringArray,
+};
+use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
@@ -20,8 +24,7 @@ use datafusion::logical_expr::{
 };
 use kiln_kernels::Device;
 
-use crate::exec::embed::embed_array;
-use crate::model::{DEFAULT_MODEL, EmbeddingModel, shared_model};
+use crate::model::{DEFAULT_MODEL, EmbeddingModel, Embeddings, shared_model};
 
 /// The `embed` scalar function.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -132,4 +135,46 @@ impl ScalarUDFImpl for EmbedUdf {
 /// [`crate::device::session_kernel_device`]), opened once per process.
 pub fn session_device(options: &ConfigOptions) -> Result<Device> {
     crate::device::session_kernel_device(options)
+}
+
+/// Embeds `texts` (any string array) with `model` on `device`: a
+/// `FixedSizeList<Float32, dim>` array, NULL where the text is NULL, and
+/// what the encoder counted.
+pub fn embed_array(
+    model: &EmbeddingModel,
+    device: &Device,
+    texts: &ArrayRef,
+) -> Result<(ArrayRef, Embeddings)> {
+    let texts: StringArray = match texts.data_type() {
+        DataType::Utf8 => texts.as_string::<i32>().clone(),
+        _ => datafusion::arrow::compute::cast(texts, &DataType::Utf8)?
+            .as_string::<i32>()
+            .clone(),
+    };
+    let present: Vec<&str> = texts.iter().flatten().collect();
+    let embedded = model
+        .embed_on(device, &present)
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    let dim = model.dim();
+    let mut values = Vec::with_capacity(texts.len() * dim);
+    let mut next = 0;
+    for i in 0..texts.len() {
+        if texts.is_null(i) {
+            values.extend(std::iter::repeat_n(0f32, dim));
+        } else {
+            values.extend_from_slice(embedded.row(next));
+            next += 1;
+        }
+    }
+    let nulls = texts
+        .nulls()
+        .cloned()
+        .map(|n| NullBuffer::new(n.into_inner()));
+    let list = FixedSizeListArray::try_new(
+        Arc::new(Field::new_list_field(DataType::Float32, false)),
+        dim as i32,
+        Arc::new(Float32Array::from(values)),
+        nulls,
+    )?;
+    Ok((Arc::new(list), embedded))
 }

@@ -2,7 +2,7 @@
 //! tile as one cuBLAS SGEMM, then `cuda/topk.cu` keeps each query's best keys
 //! per chunk of columns on the device, so only candidates come back. The
 //! host side (ranking keys, thresholds, merging, exact rescoring) is shared
-//! with the other devices in [`crate::ops::topk`].
+//! with the other devices in [`crate::vector_search`].
 //!
 //! Written against cudarc's cuBLAS and compiled here, but not yet run on a
 //! GPU: unverified until a session with an NVIDIA device runs the kernels

@@ -107,7 +107,6 @@ pub mod norm;
 pub mod pooling;
 pub mod score_gemm;
 pub mod select;
-pub mod topk;
 pub mod vector;
 
 /// Rows per rayon task in row-wise operations.

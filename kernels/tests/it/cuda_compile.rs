@@ -36,7 +36,7 @@ fn every_cuda_source_compiles() {
     // The vector-search selection kernel, for every K the search compiles.
     let (_, topk) = SOURCES.iter().find(|(n, _)| *n == "topk.cu").unwrap();
     let mut k = 8;
-    while k <= kiln_kernels::ops::topk::DEVICE_TOPK_MAX_K {
+    while k <= kiln_kernels::vector_search::DEVICE_TOPK_MAX_K {
         let source = format!("#define KILN_K {k}\n{topk}");
         let ptx = compile_ptx("topk.cu", &source, Some((9, 0)))
             .unwrap_or_else(|e| panic!("topk.cu with K = {k}: {e}"))

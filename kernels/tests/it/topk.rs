@@ -3,9 +3,9 @@
 //! corpus, k = 0, an empty corpus, NaN), tiles pushed one by one.
 
 use kiln_kernels::memory::Injection;
-use kiln_kernels::ops::topk::{Hit, VectorSearch};
 use kiln_kernels::ops::vector::{Metric, exact_score};
 use kiln_kernels::testing::devices_under_test;
+use kiln_kernels::vector_search::{Hit, VectorSearch};
 use kiln_kernels::{Device, KernelError};
 
 use crate::common::{quantized, values};

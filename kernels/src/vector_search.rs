@@ -26,8 +26,8 @@ use crate::error::{KernelError, Result};
 use crate::memory::{OomCounts, split_and_retry};
 use crate::ops::vector::{Metric, exact_score, finite_norm2};
 
-pub use super::select::DEVICE_TOPK_MAX_K;
-use super::select::{Candidate, TileKeys, closer, merge_lists, select_into, select_row};
+pub use crate::ops::select::DEVICE_TOPK_MAX_K;
+use crate::ops::select::{Candidate, TileKeys, closer, merge_lists, select_into, select_row};
 
 /// One search result: the corpus row's id and its exact score.
 #[derive(Debug, Clone, Copy, PartialEq)]
