@@ -17,11 +17,14 @@ use crate::codegen::{ColumnData, FusedOutput, GroupFold, Program};
 use crate::device::{BackendKind, DeviceInfo, DeviceType};
 use crate::error::{KernelError, Result};
 use crate::memory::{Held, MemoryBudget};
-use crate::ops::activation::Activation;
-use crate::ops::select::{Candidate, SelectShape, TileKeys, candidates_from_words, select_row};
+use crate::ops::select::{Candidate, TileKeys};
 
+mod encoder;
 mod fused;
 mod numbering;
+mod search;
+
+pub use search::WgpuQueries;
 
 /// Backends wgpu may use. GL is left out: it duplicates Vulkan adapters and
 /// has no compute shaders on many drivers.
@@ -280,20 +283,6 @@ impl WgpuDevice {
             .get_or_init(|| self.build_pipeline("gemm.wgsl", GEMM_WGSL, "gemm_nt"))
     }
 
-    fn topk_pipeline(&self, k: u32) -> Result<wgpu::ComputePipeline> {
-        let mut cache = self
-            .topk
-            .lock()
-            .map_err(|_| KernelError::Internal("wgpu: top-k pipeline cache poisoned".into()))?;
-        Ok(cache
-            .entry(k)
-            .or_insert_with(|| {
-                let source = TOPK_WGSL.replace("__K__", &k.to_string());
-                self.build_pipeline("topk.wgsl", &source, "topk_select")
-            })
-            .clone())
-    }
-
     /// A buffer holding `contents`, its bytes reserved in the budget.
     fn init_buffer(
         &self,
@@ -357,387 +346,6 @@ impl WgpuDevice {
             mapped_at_creation: false,
         });
         Ok(Held::new(buffer, reservation))
-    }
-
-    /// Uploads a search's prepared queries (row-major, `dim` wide) once.
-    pub fn upload_queries(&self, prepared: &[f32], dim: usize) -> Result<WgpuQueries> {
-        let rows = prepared.len() / dim.max(1);
-        let buffer = self.upload(prepared)?;
-        Ok(WgpuQueries { buffer, rows, dim })
-    }
-
-    /// The most corpus rows one [`Self::score_and_select`] call may take: its
-    /// tile and its score matrix must each fit one storage binding.
-    pub fn max_tile_rows(&self, dim: usize, queries: usize) -> usize {
-        let binding = self.chunk_elems();
-        (binding / dim.max(1))
-            .min(binding / queries.max(1))
-            .min(MAX_TILE_ROWS)
-    }
-
-    /// Scores `tile` against the queries with `gemm.wgsl`, then selects each
-    /// query's best k keys per chunk of columns with `topk.wgsl` (or, for a k
-    /// beyond [`crate::ops::select::DEVICE_TOPK_MAX_K`], on the host from the downloaded scores).
-    pub(crate) fn score_and_select(
-        &self,
-        queries: &WgpuQueries,
-        tile: &[f32],
-        ids: &[u64],
-        keys: &TileKeys,
-        k: usize,
-        thresholds: &[f32],
-    ) -> Result<Vec<Vec<Candidate>>> {
-        let (nq, dim) = (queries.rows, queries.dim);
-        let rows = tile.len() / dim;
-        let scores = self.storage_buffer("kiln scores", nq * rows)?;
-        let shape = SelectShape::new(k, rows);
-        let out_len = shape.map_or(0, |s| nq * s.words_per_query());
-        let out = self.scoped("vector search", || {
-            let tile_buf = self.init_buffer(
-                "kiln corpus tile",
-                bytemuck::cast_slice(tile),
-                wgpu::BufferUsages::STORAGE,
-            )?;
-            let mut encoder = self
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("vector search"),
-                });
-            self.encode_gemm_nt(
-                &mut encoder,
-                &queries.buffer.buffer,
-                &tile_buf,
-                &scores,
-                None,
-                [nq as u32, rows as u32, dim as u32],
-            );
-            let out = match shape {
-                Some(SelectShape {
-                    k: kk,
-                    chunk,
-                    chunks,
-                }) => {
-                    let out = self.storage_buffer("kiln top-k candidates", out_len)?;
-                    let usage = wgpu::BufferUsages::STORAGE;
-                    let scale = self.init_buffer(
-                        "kiln key scale",
-                        bytemuck::cast_slice(&keys.scale),
-                        usage,
-                    )?;
-                    let shift = self.init_buffer(
-                        "kiln key shift",
-                        bytemuck::cast_slice(&keys.shift),
-                        usage,
-                    )?;
-                    let threshold = self.init_buffer(
-                        "kiln thresholds",
-                        bytemuck::cast_slice(thresholds),
-                        usage,
-                    )?;
-                    let params = self.small_buffer(
-                        "top-k params",
-                        bytemuck::bytes_of(&[nq as u32, rows as u32, chunk, chunks]),
-                        wgpu::BufferUsages::UNIFORM,
-                    );
-                    let pipeline = self.topk_pipeline(kk)?;
-                    let layout = pipeline.get_bind_group_layout(0);
-                    let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                        label: Some("topk"),
-                        layout: &layout,
-                        entries: &[
-                            (0, scores.as_entire_binding()),
-                            (1, scale.as_entire_binding()),
-                            (2, shift.as_entire_binding()),
-                            (3, threshold.as_entire_binding()),
-                            (4, out.as_entire_binding()),
-                            (5, params.as_entire_binding()),
-                        ]
-                        .map(|(binding, resource)| wgpu::BindGroupEntry { binding, resource }),
-                    });
-                    let threads = nq as u64 * u64::from(chunks);
-                    let groups = threads.div_ceil(u64::from(TOPK_WORKGROUP));
-                    let (x, y) = grid(groups);
-                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                        label: Some("topk"),
-                        timestamp_writes: None,
-                    });
-                    pass.set_pipeline(&pipeline);
-                    pass.set_bind_group(0, &group, &[]);
-                    pass.dispatch_workgroups(x, y, 1);
-                    drop(pass);
-                    Some(out)
-                }
-                None => None,
-            };
-            self.queue.submit([encoder.finish()]);
-            Ok(out)
-        })?;
-        match (out, shape) {
-            (Some(out), Some(shape)) => {
-                let words = self.download(&WgpuBuffer {
-                    buffer: out,
-                    len: out_len,
-                })?;
-                let words: Vec<u32> = words.iter().map(|w| w.to_bits()).collect();
-                Ok(candidates_from_words(
-                    &words,
-                    nq,
-                    shape.words_per_query(),
-                    ids,
-                ))
-            }
-            _ => {
-                let scores = self.download(&WgpuBuffer {
-                    buffer: scores,
-                    len: nq * rows,
-                })?;
-                Ok(scores
-                    .chunks(rows.max(1))
-                    .zip(thresholds)
-                    .map(|(row, t)| select_row(row, keys, ids, 0, k, *t))
-                    .collect())
-            }
-        }
-    }
-
-    /// `out[m×n] = a[m×k] · b[n×k]ᵀ (+ bias[n])` on the device, all
-    /// row-major (`b` laid out as a PyTorch `Linear` weight), with
-    /// `shaders/gemm.wgsl`: the dense layer of the encoder on wgpu.
-    pub fn matmul_nt(
-        &self,
-        a: &WgpuBuffer,
-        [m, k, n]: [usize; 3],
-        b: &WgpuBuffer,
-        bias: Option<&WgpuBuffer>,
-    ) -> Result<WgpuBuffer> {
-        if a.len != m * k || b.len != n * k || bias.is_some_and(|x| x.len != n) {
-            return Err(KernelError::LengthMismatch {
-                kernel: "matmul_nt",
-                detail: format!(
-                    "a: {} (want {m}x{k}), b: {} (want {n}x{k}), bias: {:?} (want {n})",
-                    a.len,
-                    b.len,
-                    bias.map(|x| x.len)
-                ),
-            });
-        }
-        let dims = [m, n, k].map(|d| u32::try_from(d).ok());
-        let [Some(m32), Some(n32), Some(k32)] = dims else {
-            return Err(KernelError::InvalidInput {
-                kernel: "matmul_nt",
-                detail: format!("dimensions {m}x{k}x{n} exceed u32"),
-            });
-        };
-        if n32.div_ceil(GEMM_TILE) > MAX_WORKGROUPS || m32.div_ceil(GEMM_TILE) > MAX_WORKGROUPS {
-            return Err(KernelError::InvalidInput {
-                kernel: "matmul_nt",
-                detail: format!(
-                    "{m}x{n} output needs more than {MAX_WORKGROUPS} workgroups a side"
-                ),
-            });
-        }
-        let out = self.storage_buffer("kiln matmul out", m * n)?;
-        self.scoped("matmul_nt", || {
-            if m > 0 && n > 0 {
-                let mut encoder =
-                    self.device
-                        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                            label: Some("matmul_nt"),
-                        });
-                self.encode_gemm_nt(
-                    &mut encoder,
-                    &a.buffer,
-                    &b.buffer,
-                    &out,
-                    bias.map(|x| &*x.buffer),
-                    [m32, n32, k32],
-                );
-                self.queue.submit([encoder.finish()]);
-            }
-            Ok(WgpuBuffer {
-                buffer: out,
-                len: m * n,
-            })
-        })
-    }
-
-    /// `LayerNorm(x + residual)·gamma + beta` over rows of `cols`
-    /// (`shaders/layer_norm.wgsl`); a new buffer.
-    pub fn add_layer_norm(
-        &self,
-        x: &WgpuBuffer,
-        residual: Option<&WgpuBuffer>,
-        cols: usize,
-        gamma: &WgpuBuffer,
-        beta: &WgpuBuffer,
-        eps: f32,
-    ) -> Result<WgpuBuffer> {
-        let rows = x.len / cols.max(1);
-        if cols == 0
-            || x.len != rows * cols
-            || gamma.len != cols
-            || beta.len != cols
-            || residual.is_some_and(|r| r.len != x.len)
-        {
-            return Err(KernelError::LengthMismatch {
-                kernel: "add_layer_norm",
-                detail: format!(
-                    "x: {}, residual: {:?}, gamma: {}, beta: {}, cols: {cols}",
-                    x.len,
-                    residual.map(|r| r.len),
-                    gamma.len,
-                    beta.len
-                ),
-            });
-        }
-        let out = self.storage_buffer("kiln layer norm out", x.len)?;
-        self.scoped("add_layer_norm", || {
-            let dummy;
-            let residual_buf = match residual {
-                Some(r) => &r.buffer,
-                None => {
-                    dummy = self.small_buffer("no residual", &[], wgpu::BufferUsages::STORAGE);
-                    &dummy
-                }
-            };
-            let mut params = [rows as u32, cols as u32, u32::from(residual.is_some()), 0];
-            params[3] = eps.to_bits();
-            let params = self.small_buffer(
-                "layer norm params",
-                bytemuck::bytes_of(&params),
-                wgpu::BufferUsages::UNIFORM,
-            );
-            let pipeline = self.layer_norm.get_or_init(|| {
-                self.build_pipeline("layer_norm.wgsl", LAYER_NORM_WGSL, "add_layer_norm")
-            });
-            let (gx, gy) = grid(rows as u64);
-            self.run_pass(
-                "add_layer_norm",
-                pipeline,
-                &[
-                    x.buffer.as_entire_binding(),
-                    residual_buf.as_entire_binding(),
-                    gamma.buffer.as_entire_binding(),
-                    beta.buffer.as_entire_binding(),
-                    out.as_entire_binding(),
-                    params.as_entire_binding(),
-                ],
-                (gx, gy),
-            );
-            Ok(WgpuBuffer {
-                buffer: out,
-                len: x.len,
-            })
-        })
-    }
-
-    /// `softmax(Q·Kᵀ/√d)·V` per sequence and head over a ragged batch
-    /// (`shaders/attention.wgsl`); `offsets` as in
-    /// [`crate::ops::attention::attention_ragged`].
-    pub fn attention_ragged(
-        &self,
-        q: &WgpuBuffer,
-        k: &WgpuBuffer,
-        v: &WgpuBuffer,
-        offsets: &[usize],
-        heads: usize,
-        head_dim: usize,
-    ) -> Result<WgpuBuffer> {
-        let tokens = offsets.last().copied().unwrap_or(0);
-        let hidden = heads * head_dim;
-        if q.len != tokens * hidden || k.len != q.len || v.len != q.len {
-            return Err(KernelError::LengthMismatch {
-                kernel: "attention",
-                detail: format!(
-                    "q: {}, k: {}, v: {}, want {tokens}x{hidden}",
-                    q.len, k.len, v.len
-                ),
-            });
-        }
-        if head_dim == 0 || head_dim > ATTENTION_MAX_HEAD_DIM {
-            return Err(KernelError::InvalidInput {
-                kernel: "attention",
-                detail: format!("head_dim {head_dim} (wgpu supports 1..={ATTENTION_MAX_HEAD_DIM})"),
-            });
-        }
-        let mut bounds = Vec::with_capacity(2 * tokens);
-        for w in offsets.windows(2) {
-            for _ in w[0]..w[1] {
-                bounds.extend([w[0] as u32, w[1] as u32]);
-            }
-        }
-        let out = self.storage_buffer("kiln attention out", q.len)?;
-        if tokens == 0 {
-            return Ok(WgpuBuffer {
-                buffer: out,
-                len: 0,
-            });
-        }
-        self.scoped("attention", || {
-            let bounds = self.init_buffer(
-                "attention bounds",
-                bytemuck::cast_slice(&bounds),
-                wgpu::BufferUsages::STORAGE,
-            )?;
-            let scale = (1.0 / (head_dim as f32).sqrt()).to_bits();
-            let params = self.small_buffer(
-                "attention params",
-                bytemuck::bytes_of(&[tokens as u32, heads as u32, head_dim as u32, scale]),
-                wgpu::BufferUsages::UNIFORM,
-            );
-            let pipeline = self
-                .attention
-                .get_or_init(|| self.build_pipeline("attention.wgsl", ATTENTION_WGSL, "attention"));
-            let groups = ((tokens * heads) as u64).div_ceil(64);
-            self.run_pass(
-                "attention",
-                pipeline,
-                &[
-                    q.buffer.as_entire_binding(),
-                    k.buffer.as_entire_binding(),
-                    v.buffer.as_entire_binding(),
-                    bounds.as_entire_binding(),
-                    out.as_entire_binding(),
-                    params.as_entire_binding(),
-                ],
-                grid(groups),
-            );
-            Ok(WgpuBuffer {
-                buffer: out,
-                len: q.len,
-            })
-        })
-    }
-
-    /// An encoder activation in place (`shaders/gelu.wgsl`).
-    pub fn activation_inplace(&self, x: &WgpuBuffer, act: Activation) -> Result<()> {
-        if x.len == 0 {
-            return Ok(());
-        }
-        let n = u32::try_from(x.len).map_err(|_| KernelError::InvalidInput {
-            kernel: "gelu",
-            detail: format!("{} elements exceed u32", x.len),
-        })?;
-        self.scoped("gelu", || {
-            let params = self.small_buffer(
-                "gelu params",
-                bytemuck::bytes_of(&[n, act as u32, 0, 0]),
-                wgpu::BufferUsages::UNIFORM,
-            );
-            let pipeline = self
-                .gelu
-                .get_or_init(|| self.build_pipeline("gelu.wgsl", GELU_WGSL, "gelu"));
-            let groups = u64::from(n)
-                .div_ceil(u64::from(WORKGROUP_SIZE))
-                .min(u64::from(MAX_WORKGROUPS)) as u32;
-            self.run_pass(
-                "gelu",
-                pipeline,
-                &[x.buffer.as_entire_binding(), params.as_entire_binding()],
-                (groups, 1),
-            );
-            Ok(())
-        })
     }
 
     /// Binds `resources` (bindings 0, 1, ...) and dispatches one pass.
@@ -833,14 +441,6 @@ impl WgpuDevice {
     }
 }
 
-/// A search's queries, uploaded once to the device.
-#[derive(Debug)]
-pub struct WgpuQueries {
-    buffer: WgpuBuffer,
-    rows: usize,
-    dim: usize,
-}
-
 /// Splits a workgroup count over x and y so neither exceeds WebGPU's limit.
 fn grid(groups: u64) -> (u32, u32) {
     let x = groups.min(u64::from(MAX_WORKGROUPS));
@@ -855,9 +455,9 @@ fn binding(buffer: &wgpu::Buffer, offset_elems: usize, len: usize) -> wgpu::Bind
     })
 }
 
-/// The operations live beside their kernels (`fused.rs`, `numbering.rs`,
-/// the search and encoder passes above); this is where the backend offers
-/// them to [`crate::Device`].
+/// The operations live beside their kernels, in the same files as on CUDA
+/// (`fused.rs`, `numbering.rs`, `search.rs`, `encoder.rs`); this is where
+/// the backend offers them to [`crate::Device`].
 impl BackendDevice for WgpuDevice {
     type Buffer = WgpuBuffer;
     type Queries = WgpuQueries;

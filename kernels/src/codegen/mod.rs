@@ -7,6 +7,7 @@
 //! [`FusedOutput`] carries the compacted result back.
 
 pub mod cuda;
+pub mod dialect;
 pub mod emit;
 pub mod fuzz;
 pub mod ir;

@@ -6,6 +6,7 @@
 //! - [`explain`]: EXPLAIN's placement annotations, recomputed from the same
 //!   decisions the rule made.
 
+pub mod cost_model;
 pub mod explain;
 pub mod expr;
 pub mod place_on_device;

@@ -24,7 +24,6 @@ use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
-use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
 use datafusion::physical_plan::{ExecutionPlan, InputOrderMode};
 use kiln_engine::exec::device_columns::device_ty;
 use kiln_engine::exec::group_keys::key_type_supported;
@@ -37,6 +36,7 @@ use kiln_kernels::codegen::{
 };
 use kiln_kernels::{BackendKind, Device, DeviceInfo};
 
+use super::cost_model::{estimate, estimated_rows, worth_it};
 use super::expr::{Source, Translator};
 use crate::KilnOptions;
 
@@ -162,7 +162,7 @@ impl PhysicalOptimizerRule for PlaceOnDevice {
                 let Some(stage) = node.downcast_ref::<GpuStageExec>() else {
                     return Ok(Transformed::no(node));
                 };
-                let keep = worth_it(stage, &ctx)
+                let keep = worth_it(stage, ctx.min_rows)
                     .and_then(|()| ctx.device.fused_support(&stage.plan().program));
                 if keep.is_err() {
                     return Ok(Transformed::yes(unwrap_stage(stage)?));
@@ -753,84 +753,6 @@ fn stage_plan(
     }
 }
 
-/// The rows DataFusion's statistics expect `plan` to produce, if any.
-fn estimated_rows(plan: &Arc<dyn ExecutionPlan>) -> Option<usize> {
-    StatisticsContext::new()
-        .compute(plan.as_ref(), &StatisticsArgs::new())
-        .ok()
-        .and_then(|s| s.num_rows.get_value().copied())
-}
-
-/// Estimated input rows and bytes moved host↔device, from the plan's
-/// statistics (None where DataFusion has none).
-fn estimate(
-    input: &Arc<dyn ExecutionPlan>,
-    top: &Arc<dyn ExecutionPlan>,
-    program: &Program,
-) -> (Option<usize>, Option<u64>) {
-    let Some(rows_in) = estimated_rows(input) else {
-        return (None, None);
-    };
-    let rows_out = estimated_rows(top).unwrap_or(rows_in);
-    let used = program.used_inputs();
-    let in_bytes: f64 = program
-        .inputs
-        .iter()
-        .zip(&used)
-        .filter(|(_, u)| **u)
-        .map(|(t, _)| t.width() as f64 + 0.125)
-        .sum();
-    let out_bytes: f64 = program
-        .outputs
-        .iter()
-        .map(|e| e.ty().width() as f64 + 4.0)
-        .sum::<f64>()
-        + if program.compacts() { 4.0 } else { 0.0 };
-    let bytes = rows_in as f64 * in_bytes + rows_out as f64 * out_bytes;
-    (Some(rows_in), Some(bytes as u64))
-}
-
-/// The cost model: whether a stage's GPU work pays for moving its data.
-pub fn worth_it(stage: &GpuStageExec, ctx: &LoweringContext) -> std::result::Result<(), String> {
-    let plan = stage.plan();
-    let program = &plan.program;
-    if let Some(rows) = plan.est_rows
-        && rows < ctx.min_rows
-    {
-        return Err(format!(
-            "cost model: ~{rows} input rows, below kiln.gpu_min_rows = {}",
-            ctx.min_rows
-        ));
-    }
-    let filters = program.compacts() || !program.reduce.is_empty();
-    if !filters && program.outputs.is_empty() {
-        return Err("only selects or renames columns: nothing to compute".into());
-    }
-    if !filters {
-        let ops: usize = program.outputs.iter().map(operations).sum();
-        if ops <= program.outputs.len() {
-            return Err(format!(
-                "cost model: a projection of {} cheap expression(s) would move ~{} bytes for about one operation per value",
-                program.outputs.len(),
-                plan.est_bytes_moved
-                    .map_or("unknown".into(), |b| b.to_string())
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Operator nodes of an expression (leaves are free).
-fn operations(e: &Expr) -> usize {
-    let mut n = 0;
-    e.visit(&mut |x| {
-        if !matches!(x, Expr::Column { .. } | Expr::Literal { .. }) {
-            n += 1;
-        }
-    });
-    n
-}
-
 /// Why an operator other than a filter or projection runs on the CPU.
 pub fn no_kernel(op: &dyn ExecutionPlan) -> String {
     match op.name() {
@@ -851,7 +773,7 @@ pub fn cpu_reason(op: &Arc<dyn ExecutionPlan>, ctx: &LoweringContext) -> String 
             let Some(stage) = stage.downcast_ref::<GpuStageExec>() else {
                 return "internal: lowering returned no stage".into();
             };
-            match worth_it(stage, ctx)
+            match worth_it(stage, ctx.min_rows)
                 .and_then(|()| ctx.device.fused_support(&stage.plan().program))
             {
                 Err(reason) => reason,
