@@ -203,3 +203,56 @@ fn long_texts_are_truncated_and_counted() {
     let empty = model.embed(&[""]).unwrap();
     assert_close_rows(empty.row(0), out.row(2), "the empty string");
 }
+
+/// Weights stay on the device across calls and are evicted only under
+/// pressure: with room for one model's weights, a second model evicts the
+/// idle first one and runs on the device, and the first comes back the same.
+/// On each GPU device, opened afresh so that its budget is this test's own.
+#[test]
+fn weights_are_evicted_only_under_pressure() {
+    let texts = ["a river in winter", "Kiln", "陈"];
+    let want = EmbeddingModel::load_dir(&fixtures().join("tiny-bert"))
+        .unwrap()
+        .embed(&texts)
+        .unwrap();
+    for device in devices_under_test() {
+        if device.backend() == BackendKind::Cpu {
+            continue;
+        }
+        let a = EmbeddingModel::load_dir(&fixtures().join("tiny-bert")).unwrap();
+        let b = EmbeddingModel::load_dir(&fixtures().join("tiny-bert")).unwrap();
+        let memory = device.memory();
+        // The bytes one model's weights hold on the device.
+        a.embed_on(&device, &texts).unwrap();
+        let weights = memory.used();
+        assert!(weights > 0, "{device:?}: the weights stay resident");
+        a.embed_on(&device, &texts).unwrap();
+        assert_eq!(memory.used(), weights, "{device:?}: not uploaded twice");
+        // Room for one model's weights and a batch, not for two models.
+        memory.set_limit(Some(weights + weights / 2));
+        let before = kiln_kernels::memory::totals().evictions;
+        let got = b.embed_on(&device, &texts).unwrap();
+        assert!(
+            kiln_kernels::memory::totals().evictions > before,
+            "{device:?}: the idle weights of the first model were evicted"
+        );
+        assert_eq!(got.oom.cpu_fallbacks, 0, "{device:?}: {:?}", got.oom);
+        let again = a.embed_on(&device, &texts).unwrap();
+        assert_eq!(again.oom.cpu_fallbacks, 0, "{device:?}: {:?}", again.oom);
+        // The device's own numeric contract against the CPU (CUDA's dense
+        // layers run in half precision).
+        for (i, e) in [&got, &again].into_iter().enumerate() {
+            for r in 0..texts.len() {
+                let (x, y) = (e.row(r), want.row(r));
+                let dot: f32 = x.iter().zip(y).map(|(a, b)| a * b).sum();
+                let norm = |v: &[f32]| v.iter().map(|a| a * a).sum::<f32>().sqrt();
+                let cosine = dot / (norm(x) * norm(y));
+                assert!(
+                    cosine >= 0.999,
+                    "{device:?} run {i} text {r}: cosine {cosine}"
+                );
+            }
+        }
+        assert!(memory.used() <= weights + weights / 2, "{device:?}");
+    }
+}

@@ -63,7 +63,10 @@ impl WgpuDevice {
         let scores = self.storage_buffer("kiln scores", nq * rows)?;
         let shape = SelectShape::new(k, rows);
         let out_len = shape.map_or(0, |s| nq * s.words_per_query());
-        let out = self.scoped("vector search", || {
+        // The launch's inputs, kept (and reserved) until its results are
+        // read back: the GPU works on them after the submission returns.
+        let (out, _inputs) = self.scoped("vector search", || {
+            let mut inputs = Vec::new();
             let tile_buf = self.init_buffer(
                 "kiln corpus tile",
                 bytemuck::cast_slice(tile),
@@ -136,12 +139,14 @@ impl WgpuDevice {
                     pass.set_bind_group(0, &group, &[]);
                     pass.dispatch_workgroups(x, y, 1);
                     drop(pass);
+                    inputs.extend([scale, shift, threshold]);
                     Some(out)
                 }
                 None => None,
             };
             self.queue.submit([encoder.finish()]);
-            Ok(out)
+            inputs.push(tile_buf);
+            Ok((out, inputs))
         })?;
         match (out, shape) {
             (Some(out), Some(shape)) => {

@@ -78,8 +78,7 @@ impl LoweringContext {
         if info.backend == BackendKind::Cpu {
             return Ok(Err(format!("kiln.device is {}", info.id())));
         }
-        let device = kiln_engine::device::open_shared(&info)
-            .map_err(|e| plan_datafusion_err!("kiln.device: {e}"))?;
+        let device = kiln_engine::device::open_for_session(&info, config)?;
         Ok(Ok(LoweringContext {
             info,
             device,
