@@ -171,6 +171,23 @@ async fn explain_shows_placement_and_reasons() {
         filter.contains("-- cpu: ") && filter.contains("l_shipmode"),
         "{filter}"
     );
+    // A projection kept on the CPU gives every expression's reason, not the
+    // first only.
+    let two = explain(
+        &gpu,
+        "SELECT l_shipmode || 'x' AS a, l_comment || 'y' AS b, l_quantity * 2 AS c FROM lineitem WHERE l_quantity < 10",
+    )
+    .await;
+    let projection = two
+        .lines()
+        .find(|l| l.contains("ProjectionExec"))
+        .unwrap_or_else(|| panic!("no projection in\n{two}"));
+    assert!(
+        projection.contains("-- cpu: ")
+            && projection.contains("l_shipmode")
+            && projection.contains("l_comment"),
+        "{projection}"
+    );
     // The cost model keeps a small input on the CPU.
     let small = tpch_session(&[set_gpu()]).await;
     let plan = explain(

@@ -401,12 +401,26 @@ pub fn lower(
     } else if let Some(projection) = any.downcast_ref::<ProjectionExec>() {
         let mut columns = Vec::with_capacity(projection.expr().len());
         let mut exprs = Vec::with_capacity(projection.expr().len());
+        // Every expression's reason, not the first only: EXPLAIN shows all
+        // that keep the projection on the CPU.
+        let mut reasons = Vec::new();
         for p in projection.expr() {
             columns.push(match p.expr.downcast_ref::<Column>() {
                 Some(c) => chain.columns[c.index()].clone(),
-                None => Source::Computed(translator.translate(&p.expr)?),
+                None => match translator.translate(&p.expr) {
+                    Ok(e) => Source::Computed(e),
+                    Err(reason) => {
+                        if !reasons.contains(&reason) {
+                            reasons.push(reason);
+                        }
+                        continue;
+                    }
+                },
             });
             exprs.push(over_stage_input(&p.expr, &chain.exprs)?);
+        }
+        if !reasons.is_empty() {
+            return Err(Refusal::Cpu(reasons.join("; ")));
         }
         chain.columns = columns;
         chain.exprs = exprs;
