@@ -196,6 +196,25 @@ impl CudaDevice {
         self.memory.reserve(bytes, what)
     }
 
+    /// A cuBLAS failure as an error: its failed allocations are the device
+    /// running out of memory (retried smaller), anything else internal.
+    pub(crate) fn blas_error(
+        &self,
+        what: &'static str,
+        e: cudarc::cublas::result::CublasError,
+    ) -> KernelError {
+        if e.0 == cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_ALLOC_FAILED {
+            KernelError::OutOfMemory {
+                device: self.info.id(),
+                what,
+                requested: 0,
+                detail: "cuBLAS could not allocate".into(),
+            }
+        } else {
+            KernelError::Internal(format!("{what}: {e:?}"))
+        }
+    }
+
     /// A copy of `data` on the device, with its reservation.
     pub(crate) fn held_htod<T: DeviceRepr>(
         &self,

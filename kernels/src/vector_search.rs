@@ -173,11 +173,9 @@ impl VectorSearch {
             true => fits(device.upload_queries(&prepared, dim))?,
             false => None,
         };
+        // Each tile then counts as a piece run on the CPU (`push`).
         let queries_on_host = on_gpu && uploaded.is_none();
-        let oom = OomCounts {
-            cpu_fallbacks: u64::from(queries_on_host),
-            ..OomCounts::default()
-        };
+        let oom = OomCounts::default();
         Ok(VectorSearch {
             device: device.clone(),
             metric,

@@ -226,9 +226,8 @@ impl WgpuDevice {
         let out = f();
         let validation = pollster::block_on(validation.pop());
         let oom = pollster::block_on(oom.pop());
-        if let Some(e) = validation {
-            return Err(KernelError::WgpuRuntime(format!("{what}: {e}")));
-        }
+        // Out of memory first: using the buffer the driver could not make
+        // is a validation error too, which would hide it.
         if let Some(e) = oom {
             return Err(KernelError::OutOfMemory {
                 device: self.info.id(),
@@ -236,6 +235,9 @@ impl WgpuDevice {
                 requested: 0,
                 detail: format!("the driver: {e}"),
             });
+        }
+        if let Some(e) = validation {
+            return Err(KernelError::WgpuRuntime(format!("{what}: {e}")));
         }
         if let Some(e) = self.uncaptured.lock().ok().and_then(|mut s| s.take()) {
             return Err(KernelError::WgpuRuntime(format!("{what}: {e}")));
@@ -290,11 +292,10 @@ impl WgpuDevice {
         contents: &[u8],
         usage: wgpu::BufferUsages,
     ) -> Result<Held<wgpu::Buffer>> {
-        let reservation = self.memory.reserve(contents.len().max(4) as u64, label)?;
-        Ok(Held::new(
-            self.small_buffer(label, contents, usage),
-            reservation,
-        ))
+        let bytes = contents.len().max(4) as u64;
+        let reservation = self.memory.reserve(bytes, label)?;
+        let buffer = self.created(label, bytes, || self.small_buffer(label, contents, usage))?;
+        Ok(Held::new(buffer, reservation))
     }
 
     /// A buffer of a few parameter words (or an unused binding's
@@ -339,13 +340,32 @@ impl WgpuDevice {
         usage: wgpu::BufferUsages,
     ) -> Result<Held<wgpu::Buffer>> {
         let reservation = self.memory.reserve(size, label)?;
-        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size,
-            usage,
-            mapped_at_creation: false,
-        });
+        let buffer = self.created(label, size, || {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage,
+                mapped_at_creation: false,
+            })
+        })?;
         Ok(Held::new(buffer, reservation))
+    }
+
+    /// Makes a buffer inside its own out-of-memory scope, so that the
+    /// driver's refusal is a [`KernelError::OutOfMemory`] wherever the
+    /// buffer is made (inside another operation's scope or not).
+    fn created<T>(&self, what: &'static str, bytes: u64, make: impl FnOnce() -> T) -> Result<T> {
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let made = make();
+        match pollster::block_on(scope.pop()) {
+            Some(e) => Err(KernelError::OutOfMemory {
+                device: self.info.id(),
+                what,
+                requested: bytes,
+                detail: format!("the driver: {e}"),
+            }),
+            None => Ok(made),
+        }
     }
 
     /// Binds `resources` (bindings 0, 1, ...) and dispatches one pass.

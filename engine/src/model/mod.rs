@@ -191,9 +191,6 @@ impl EmbeddingModel {
                 None => Encoder::Host,
             },
         };
-        if matches!(encoder, Encoder::Host) {
-            oom.cpu_fallbacks += 1;
-        }
         let dim = self.dim();
         let encodings = self
             .tokenizer
@@ -242,6 +239,10 @@ impl EmbeddingModel {
                 end += 1;
             }
             let seqs = &order[start..end];
+            // Weights that did not fit: each batch is a piece on the CPU.
+            if matches!(encoder, Encoder::Host) {
+                oom.cpu_fallbacks += 1;
+            }
             // A batch that runs out of device memory is halved and retried;
             // a sequence that still does not fit is encoded on the CPU.
             let pieces = split_and_retry(

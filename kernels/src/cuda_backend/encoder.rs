@@ -180,7 +180,7 @@ impl CudaDevice {
                     cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
                 )
             }
-            .map_err(|e| KernelError::Internal(format!("cuBLAS GemmEx: {e:?}")))?;
+            .map_err(|e| self.blas_error("cuBLAS GemmEx", e))?;
         }
 
         let mode: u32 = match act {

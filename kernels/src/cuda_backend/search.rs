@@ -73,7 +73,7 @@ impl CudaDevice {
         }
         let blas = Arc::new(
             CudaBlas::new(Arc::clone(&self.stream))
-                .map_err(|e| KernelError::Internal(format!("cuBLAS: {e:?}")))?,
+                .map_err(|e| self.blas_error("cuBLAS handle", e))?,
         );
         *slot = Some(Arc::clone(&blas));
         Ok(blas)
@@ -116,7 +116,8 @@ impl CudaDevice {
         }
         // The tile, its scores and the selection's buffers, reserved together.
         let shape = SelectShape::new(k, rows);
-        let select_words = shape.map_or(0, |s| nq * s.words_per_query() + 3 * nq);
+        // Candidates, a scale and a shift per corpus row, a threshold per query.
+        let select_words = shape.map_or(0, |s| nq * s.words_per_query() + 2 * rows + nq);
         let _launch = self.reserve(
             ((tile.len() + nq * rows + select_words) * 4) as u64,
             "vector search tile",
@@ -143,7 +144,7 @@ impl CudaDevice {
         // `queries.slice` nq × dim (ldb = dim, op N) and `scores` rows × nq
         // (ldc = rows), the shapes the configuration names.
         unsafe { blas.gemm(config, &tile_dev, &*queries.slice, &mut scores) }
-            .map_err(|e| KernelError::Internal(format!("cuBLAS SGEMM: {e:?}")))?;
+            .map_err(|e| self.blas_error("cuBLAS SGEMM", e))?;
         let Some(shape) = shape else {
             let scores = self.stream.clone_dtoh(&scores)?;
             return Ok(scores
