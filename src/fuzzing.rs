@@ -19,26 +19,15 @@ use crate::session::Session;
 /// from its crate's directory on. (No longer here, because Kiln now checks
 /// what the library trusted: a footer whose metadata length exceeds the
 /// file, `kiln_engine::io::parquet_footer`; column chunks outside the file,
+/// an embedded Arrow schema arrow-ipc cannot convert, sorting columns beyond
+/// the schema, row counts beyond what statistics can multiply,
 /// `kiln_engine::io::parquet_metadata`.)
 pub const KNOWN_PANICS: &[&str] = &[
-    // The Arrow schema a Parquet file carries in its metadata (ARROW:schema)
-    // is decoded by arrow-ipc, which panics on enum values it does not know
-    // (a float precision of 4098, found by the parquet target).
-    "arrow-ipc-59.3.2/src/convert.rs",
     // A data page in dictionary encoding in a column chunk without a
     // dictionary page: parquet's column reader `expect`s the dictionary
     // decoder (a page-level lie; the metadata cannot tell, as some writers
     // leave the dictionary page offset unset).
     "parquet-59.3.2/src/column/reader/decoder.rs",
-    // A row group claiming more than 2^60 rows: DataFusion's statistics
-    // multiply it by the value width, an overflow only builds with overflow
-    // checks panic on (the fuzz build; Kiln's release build wraps, in a size
-    // estimate).
-    "datafusion-datasource-parquet-55.2.0/src/metadata.rs",
-    // A row group's sorting columns name a column index beyond the schema:
-    // DataFusion's ordering inference (`sorting_columns_to_physical_exprs`)
-    // asks parquet's `SchemaDescriptor::column` for it, which asserts.
-    "parquet-59.3.2/src/schema/types.rs",
     // Parquet's page reader trusts the page locations of the offset index.
     // Kiln checks them when the index comes with the metadata a scan opens
     // (`kiln_engine::io::parquet_metadata`), but DataFusion loads it on its

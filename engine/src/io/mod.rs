@@ -1,6 +1,7 @@
 //! I/O for execution: object stores (with Parquet footers checked on the
 //! way out) and credential redaction.
 
+pub mod arrow_schema_check;
 pub mod object_store_registry;
 pub mod parquet_footer;
 pub mod parquet_metadata;

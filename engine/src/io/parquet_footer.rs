@@ -26,6 +26,16 @@
 //! before the range's end is fine whatever the file's size; only when the
 //! length reaches further back does the wrapper learn the size (a `head`),
 //! so valid files cost nothing.
+//!
+//! A tail that ends with the footer also has the metadata it closes decoded
+//! and checked for what readers trust before reading any data (the
+//! embedded Arrow schema, sorting columns, row counts:
+//! [`super::parquet_metadata::check_declared`]): schema inference and
+//! statistics use them straight from the footer, before any scan's reader
+//! factory could check them. The cost is a second decoding of each file's
+//! metadata (once per file and session: DataFusion caches what it
+//! decoded), and one more read when the metadata is longer than the
+//! reader's prefetch (DataFusion's hint is 512 KiB).
 
 use std::fmt;
 use std::ops::Range;
@@ -33,6 +43,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use datafusion::parquet::file::metadata::ParquetMetaDataReader;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::path::Path;
@@ -41,6 +52,8 @@ use object_store::{
     ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult,
     RenameOptions, Result,
 };
+
+use super::parquet_metadata::check_declared;
 
 /// The longest tail read `get_opts` checks (buffering it first): readers
 /// prefetch a footer with a hint of some hundred KiB (DataFusion's default
@@ -97,6 +110,26 @@ impl fmt::Display for RangeBeyondObject {
 }
 
 impl std::error::Error for RangeBeyondObject {}
+
+/// Metadata that declares what no reader can use (see
+/// [`super::parquet_metadata::check_declared`]).
+#[derive(Debug)]
+pub struct BadMetadata {
+    pub location: String,
+    pub reason: String,
+}
+
+impl fmt::Display for BadMetadata {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "'{}' is not a valid Parquet file: {}",
+            self.location, self.reason
+        )
+    }
+}
+
+impl std::error::Error for BadMetadata {}
 
 impl BadFooter {
     fn into_store_error(self) -> object_store::Error {
@@ -194,6 +227,53 @@ impl FooterCheckedStore {
     }
 }
 
+impl FooterCheckedStore {
+    /// When `tail`, the bytes of `location` that end at `tail_end`, ends
+    /// with a plain Parquet footer, decodes the metadata it closes and
+    /// checks what that declares
+    /// ([`super::parquet_metadata::check_declared`]). Metadata longer than
+    /// the tail (a reader that fetched the footer alone, or metadata beyond
+    /// its prefetch hint) is completed with one more read. Bytes that do not
+    /// decode are left to the reader, which names them.
+    async fn check_declared_in_tail(
+        &self,
+        location: &Path,
+        tail_end: u64,
+        tail: &[u8],
+    ) -> Result<()> {
+        let n = tail.len();
+        if n < FOOTER_LEN as usize || &tail[n - 4..] != b"PAR1" {
+            return Ok(());
+        }
+        let metadata_len =
+            u32::from_le_bytes([tail[n - 8], tail[n - 7], tail[n - 6], tail[n - 5]]) as usize;
+        let body = &tail[..n - FOOTER_LEN as usize];
+        let decoded = if metadata_len <= body.len() {
+            ParquetMetaDataReader::decode_metadata(&body[body.len() - metadata_len..])
+        } else {
+            let tail_start = tail_end - n as u64;
+            let Some(start) = tail_start.checked_sub((metadata_len - body.len()) as u64) else {
+                return Ok(());
+            };
+            let before = self.inner.get_range(location, start..tail_start).await?;
+            let mut whole = Vec::with_capacity(metadata_len);
+            whole.extend_from_slice(&before);
+            whole.extend_from_slice(body);
+            ParquetMetaDataReader::decode_metadata(&whole)
+        };
+        let Ok(metadata) = decoded else {
+            return Ok(());
+        };
+        check_declared(&metadata).map_err(|reason| object_store::Error::Generic {
+            store: "Parquet",
+            source: Box::new(BadMetadata {
+                location: self.shown(location),
+                reason,
+            }),
+        })
+    }
+}
+
 impl fmt::Display for FooterCheckedStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "FooterChecked({})", self.inner)
@@ -248,6 +328,8 @@ impl ObjectStore for FooterCheckedStore {
         .await?;
         check_footer(&self.shown(location), &bytes, meta.size)
             .map_err(BadFooter::into_store_error)?;
+        self.check_declared_in_tail(location, range.end, &bytes)
+            .await?;
         let once = futures::stream::once(async move { Ok::<Bytes, object_store::Error>(bytes) });
         Ok(GetResult {
             payload: GetResultPayload::Stream(once.boxed()),
@@ -272,6 +354,8 @@ impl ObjectStore for FooterCheckedStore {
                         check_footer(&shown, bytes, size).map_err(BadFooter::into_store_error)?;
                     }
                 }
+                self.check_declared_in_tail(location, range.end, bytes)
+                    .await?;
             }
         }
         Ok(fetched)

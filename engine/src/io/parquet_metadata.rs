@@ -16,8 +16,10 @@
 //! `CheckParquetMetadata` installs it on every Parquet scan whose factory
 //! DataFusion set (every scan a local session plans). Not covered: a page
 //! index DataFusion loads later on its own (for page pruning, when its cache
-//! does not hold it), and the Arrow schema a file embeds (`ARROW:schema`,
-//! decoded before any scan).
+//! does not hold it). What the metadata declares before any data is read
+//! (the embedded Arrow schema, sorting columns, row counts:
+//! [`check_declared`]) is checked here too, and earlier, when schema
+//! inference fetches the footer, by [`super::parquet_footer`].
 
 use std::fmt;
 use std::ops::Range;
@@ -34,10 +36,64 @@ use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-/// Checks that every column chunk of `metadata` lies within a file of
-/// `file_len` bytes, and every page the offset index (when loaded) locates
-/// lies within its column chunk.
+use super::arrow_schema_check::{ARROW_SCHEMA_KEY, check_arrow_schema};
+
+/// The most rows a file may declare in all: DataFusion's statistics
+/// multiply the row count by a value's width (up to 32 bytes) in `usize`.
+const MAX_DECLARED_ROWS: u64 = (usize::MAX / 32) as u64;
+
+/// Checks what `metadata` declares that readers use before reading any
+/// data, and that `parquet`, `arrow-ipc` or DataFusion would otherwise
+/// trust until they panic: the embedded Arrow schema
+/// ([`super::arrow_schema_check`]); each row group's sorting columns (an
+/// index into the file's leaf columns — DataFusion's ordering inference
+/// asks `SchemaDescriptor::column` for it, which asserts); the row counts
+/// (negative, or summing beyond what DataFusion's statistics can multiply
+/// without overflow).
+pub fn check_declared(metadata: &ParquetMetaData) -> Result<(), String> {
+    let file = metadata.file_metadata();
+    if let Some(value) = file
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|kv| kv.key == ARROW_SCHEMA_KEY))
+        .and_then(|kv| kv.value.as_deref())
+    {
+        check_arrow_schema(value)?;
+    }
+    let columns = file.schema_descr().num_columns();
+    let mut rows: u64 = 0;
+    for (g, group) in metadata.row_groups().iter().enumerate() {
+        for sorting in group.sorting_columns().into_iter().flatten() {
+            if usize::try_from(sorting.column_idx).map_or(true, |i| i >= columns) {
+                return Err(format!(
+                    "row group {g} is said to be sorted by column {}, the file has {columns} columns",
+                    sorting.column_idx
+                ));
+            }
+        }
+        let declared = group.num_rows();
+        rows = u64::try_from(declared)
+            .ok()
+            .and_then(|n| rows.checked_add(n))
+            .filter(|total| *total <= MAX_DECLARED_ROWS)
+            .ok_or_else(|| {
+                format!(
+                    "row group {g} is said to hold {declared} rows{}",
+                    if declared < 0 {
+                        String::new()
+                    } else {
+                        format!(", more than {MAX_DECLARED_ROWS} in the file")
+                    }
+                )
+            })?;
+    }
+    Ok(())
+}
+
+/// Checks what [`check_declared`] checks, then that every column chunk of
+/// `metadata` lies within a file of `file_len` bytes, and every page the
+/// offset index (when loaded) locates lies within its column chunk.
 pub fn check_metadata(metadata: &ParquetMetaData, file_len: u64) -> Result<(), String> {
+    check_declared(metadata)?;
     let offset_index = metadata.offset_index();
     for (g, group) in metadata.row_groups().iter().enumerate() {
         for (c, column) in group.columns().iter().enumerate() {
