@@ -143,27 +143,6 @@ fn looks_like_location(name: &str) -> bool {
         || name.rsplit_once('.').is_some_and(|(_, e)| !e.is_empty())
 }
 
-/// A local file of 0 bytes named as a table is no table: DataFusion skips
-/// empty files (markers) in a listing, which would make it read as 0 rows.
-fn refuse_empty_file(location: &str) -> Result<()> {
-    let Ok(url) = ListingTableUrl::parse(location) else {
-        return Ok(());
-    };
-    let as_url: &url::Url = url.as_ref();
-    if as_url.scheme() != "file" || url.is_collection() {
-        return Ok(());
-    }
-    let Some(path) = as_url.to_file_path().ok() else {
-        return Ok(());
-    };
-    match std::fs::metadata(&path) {
-        Ok(m) if m.is_file() && m.len() == 0 => Err(KilnError::UnknownFormat(format!(
-            "{location}: the file is empty (0 bytes), not a table"
-        ))),
-        _ => Ok(()),
-    }
-}
-
 /// The file extensions `FROM '<file>'` reads.
 const READABLE_EXTENSIONS: [&str; 6] = ["parquet", "csv", "json", "ndjson", "avro", "arrow"];
 
@@ -416,7 +395,7 @@ impl Session {
             .filter(|t| looks_like_location(t))
             .collect();
         for location in &locations {
-            refuse_empty_file(location)?;
+            self.refuse_empty_file(location).await?;
         }
         let plan = match state.statement_to_plan(statement).await {
             Ok(plan) => plan,
@@ -432,6 +411,40 @@ impl Session {
             }
         };
         self.apply_store_options(plan)
+    }
+
+    /// A file of 0 bytes named as a table is no table: DataFusion skips
+    /// empty files (markers) in a listing, which would make it read as 0
+    /// rows. Local files are checked with the file system, objects in a
+    /// store with a `head` (a failing `head` is left to the read, which
+    /// names its cause).
+    async fn refuse_empty_file(&self, location: &str) -> Result<()> {
+        let Ok(url) = ListingTableUrl::parse(location) else {
+            return Ok(());
+        };
+        if url.is_collection() {
+            return Ok(());
+        }
+        let as_url: &url::Url = url.as_ref();
+        let empty = if as_url.scheme() == "file" {
+            let Some(path) = as_url.to_file_path().ok() else {
+                return Ok(());
+            };
+            std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == 0)
+        } else {
+            let Ok(store) = self.ctx.runtime_env().object_store(url.object_store()) else {
+                return Ok(());
+            };
+            object_store::ObjectStoreExt::head(store.as_ref(), url.prefix())
+                .await
+                .is_ok_and(|m| m.size == 0)
+        };
+        if empty {
+            return Err(KilnError::UnknownFormat(format!(
+                "{location}: the file is empty (0 bytes), not a table"
+            )));
+        }
+        Ok(())
     }
 
     /// Why `location` (a file, directory or prefix named in a query) cannot
@@ -514,7 +527,7 @@ impl Session {
     /// A directory's Hive partitions (`year=2024/`) become columns, as with
     /// `FROM 'dir/'`.
     pub async fn read_parquet(&self, location: &str) -> Result<DataFrame> {
-        refuse_empty_file(location)?;
+        self.refuse_empty_file(location).await?;
         let options = self.parquet_options(location).await?;
         Ok(self.ctx.read_parquet(location, options).await?)
     }
@@ -545,7 +558,7 @@ impl Session {
 
     /// Registers Parquet at `location` as table `name`.
     pub async fn register_parquet(&self, name: &str, location: &str) -> Result<()> {
-        refuse_empty_file(location)?;
+        self.refuse_empty_file(location).await?;
         let options = self.parquet_options(location).await?;
         self.ctx.register_parquet(name, location, options).await?;
         Ok(())

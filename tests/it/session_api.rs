@@ -96,6 +96,27 @@ async fn memory_store_round_trip() {
     assert_eq!(batches[0].column(0).as_primitive::<Int64Type>().value(0), 7);
 }
 
+/// A 0-byte object in a store is no table, as a 0-byte local file is not
+/// (DataFusion skips empty files, so it read as 0 rows).
+#[tokio::test]
+async fn an_empty_object_in_a_store_is_an_error() {
+    let session = Session::new().unwrap();
+    let url = datafusion::execution::object_store::ObjectStoreUrl::parse("memory://empty")
+        .unwrap();
+    let store = session.context().runtime_env().object_store(&url).unwrap();
+    let path = object_store::path::Path::from("x.parquet");
+    object_store::ObjectStoreExt::put(store.as_ref(), &path, Vec::<u8>::new().into())
+        .await
+        .unwrap();
+    for read in [
+        session.sql("SELECT * FROM 'memory://empty/x.parquet'").await,
+        session.read_parquet("memory://empty/x.parquet").await,
+    ] {
+        let err = read.expect_err("an empty object").to_string();
+        assert!(err.contains("memory://empty/x.parquet: the file is empty (0 bytes)"), "{err}");
+    }
+}
+
 #[tokio::test]
 async fn kiln_options_are_settable() {
     let session = Session::builder()
