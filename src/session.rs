@@ -10,8 +10,8 @@ use std::sync::Arc;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::datasource::listing::ListingTableUrl;
-use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
 use datafusion::sql::parser::{DFParserBuilder, Statement};
@@ -98,7 +98,7 @@ impl SessionBuilder {
                 state
             }
         };
-        let ctx = SessionContext::new_with_state(state).enable_url_table();
+        let ctx = with_url_tables(state);
         kiln_planner::register_functions(&ctx);
         Ok(Session {
             ctx,
@@ -133,6 +133,31 @@ impl datafusion::datasource::file_format::FileFormatFactory for NdjsonFormatFact
     fn default(&self) -> Arc<dyn datafusion::datasource::file_format::FileFormat> {
         self.0.default()
     }
+}
+
+/// A context over `state` that reads `FROM '<location>'` (as DataFusion's
+/// `enable_url_table`), and whose Parquet tables, named by location or
+/// created, read directories whose files' writers disagree on string types
+/// ([`crate::mixed_schema`]).
+fn with_url_tables(mut state: SessionState) -> SessionContext {
+    use datafusion::catalog::{DynamicFileCatalog, UrlTableFactory};
+    if let Some(inner) = state.table_factories().get("PARQUET").cloned() {
+        state.table_factories_mut().insert(
+            "PARQUET".to_string(),
+            Arc::new(crate::mixed_schema::ParquetTables { inner }),
+        );
+    }
+    let factory = Arc::new(crate::mixed_schema::UrlTables::default());
+    let catalogs = Arc::new(DynamicFileCatalog::new(
+        Arc::clone(state.catalog_list()),
+        Arc::clone(&factory) as Arc<dyn UrlTableFactory>,
+    ));
+    let state = SessionStateBuilder::new_from_existing(state)
+        .with_catalog_list(catalogs)
+        .build();
+    let ctx = SessionContext::new_with_state(state);
+    factory.attach(&ctx);
+    ctx
 }
 
 /// Whether a table name in a query is a location (`FROM 'data/x.parquet'`,
@@ -529,7 +554,29 @@ impl Session {
     pub async fn read_parquet(&self, location: &str) -> Result<DataFrame> {
         self.refuse_empty_file(location).await?;
         let options = self.parquet_options(location).await?;
-        Ok(self.ctx.read_parquet(location, options).await?)
+        match self.ctx.read_parquet(location, options.clone()).await {
+            Err(e) if crate::mixed_schema::is_type_conflict(&e) => {
+                let schema = self.parquet_files_schema(location).await?;
+                Ok(self
+                    .ctx
+                    .read_parquet(location, options.schema(&schema))
+                    .await?)
+            }
+            read => Ok(read?),
+        }
+    }
+
+    /// The schema of the Parquet files at `location`, inferred file by file
+    /// ([`crate::mixed_schema`]): for a directory whose files' writers
+    /// disagree on string types.
+    async fn parquet_files_schema(&self, location: &str) -> Result<SchemaRef> {
+        use datafusion::datasource::file_format::parquet::ParquetFormat;
+        use datafusion::datasource::listing::ListingOptions;
+        let state = self.ctx.state();
+        let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
+        let options = ListingOptions::new(Arc::new(format)).with_file_extension(".parquet");
+        let url = ListingTableUrl::parse(location)?;
+        Ok(crate::mixed_schema::infer_per_file(&state, &options, &url).await?)
     }
 
     /// Reading options for Parquet at `location`, with the partition
@@ -560,7 +607,18 @@ impl Session {
     pub async fn register_parquet(&self, name: &str, location: &str) -> Result<()> {
         self.refuse_empty_file(location).await?;
         let options = self.parquet_options(location).await?;
-        self.ctx.register_parquet(name, location, options).await?;
+        match self
+            .ctx
+            .register_parquet(name, location, options.clone())
+            .await
+        {
+            Err(e) if crate::mixed_schema::is_type_conflict(&e) => {
+                let schema = self.parquet_files_schema(location).await?;
+                let options = options.schema(&schema);
+                self.ctx.register_parquet(name, location, options).await?;
+            }
+            registered => registered?,
+        }
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 
 use std::io::Read;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::prelude::{col, lit};
@@ -366,6 +367,86 @@ fn written_files_carry_standard_types_and_mix_with_other_writers() {
         &format!("SELECT count(*) AS n, max(name) AS m FROM '{}/'", s(&mixed)),
     ]);
     assert_eq!(out, "n,m\n5,陈\n");
+}
+
+/// One string column written as Utf8View (older Kiln files, DataFusion),
+/// LargeUtf8 (Polars) and Utf8 (pyarrow, Spark) in one partitioned
+/// directory: it reads as one table by location, as a created table, with
+/// `--table` and through the library; a column whose types really differ
+/// is still an error naming it.
+#[test]
+fn a_directory_of_writers_that_disagree_on_string_types_reads_as_one_table() {
+    use datafusion::arrow::array::{ArrayRef, LargeStringArray, RecordBatch, StringViewArray};
+    let dir = tempdir();
+    let mixed = dir.path().join("mixed");
+    let write = |sub: &str, file: &str, name: ArrayRef| {
+        let at = mixed.join(sub);
+        std::fs::create_dir_all(&at).unwrap();
+        let id: ArrayRef = Arc::new(datafusion::arrow::array::Int64Array::from(vec![7]));
+        let batch = RecordBatch::try_from_iter([("id", id), ("name", name)]).unwrap();
+        let out = std::fs::File::create(at.join(file)).unwrap();
+        let mut writer = parquet::arrow::ArrowWriter::try_new(out, batch.schema(), None).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+    };
+    write(
+        "year=2024",
+        "view.parquet",
+        Arc::new(StringViewArray::from(vec!["zed"])),
+    );
+    write(
+        "year=2025",
+        "large.parquet",
+        Arc::new(LargeStringArray::from(vec!["amy"])),
+    );
+    write_people(&mixed.join("year=2025/people.parquet"));
+    let m = format!("{}/", s(&mixed));
+    let query = |from: &str| {
+        format!(
+            "SELECT count(*) AS n, min(name) AS lo, max(name) AS hi, count(DISTINCT year) AS y FROM {from}"
+        )
+    };
+    let expected = "n,lo,hi,y\n6,ada,陈,2\n";
+    assert_eq!(
+        ok(&["sql", "--format", "csv", "-c", &query(&format!("'{m}'"))]),
+        expected
+    );
+    let created = format!(
+        "CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '{m}'; {}",
+        query("t")
+    );
+    assert_eq!(ok(&["sql", "--format", "csv", "-c", &created]), expected);
+    let table = format!("t={m}");
+    assert_eq!(
+        ok(&[
+            "sql",
+            "--format",
+            "csv",
+            "--table",
+            &table,
+            "-c",
+            &query("t")
+        ]),
+        expected
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let rows = rt.block_on(async {
+        let session = Session::builder()
+            .device("cpu".parse::<DeviceRequest>().unwrap())
+            .build()
+            .unwrap();
+        let frame = session.read_parquet(&m).await.unwrap();
+        frame.count().await.unwrap()
+    });
+    assert_eq!(rows, 6);
+    // A column that is an integer in one file and a string in another.
+    write(
+        "year=2026",
+        "other.parquet",
+        Arc::new(datafusion::arrow::array::Int64Array::from(vec![1])),
+    );
+    let r = run(kiln().args(["sql", "-c", &query(&format!("'{m}'"))]));
+    assert_one_line_error(&r, &["field 'name'", "Int64"]);
 }
 
 #[test]

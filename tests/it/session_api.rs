@@ -101,19 +101,23 @@ async fn memory_store_round_trip() {
 #[tokio::test]
 async fn an_empty_object_in_a_store_is_an_error() {
     let session = Session::new().unwrap();
-    let url = datafusion::execution::object_store::ObjectStoreUrl::parse("memory://empty")
-        .unwrap();
+    let url = datafusion::execution::object_store::ObjectStoreUrl::parse("memory://empty").unwrap();
     let store = session.context().runtime_env().object_store(&url).unwrap();
     let path = object_store::path::Path::from("x.parquet");
     object_store::ObjectStoreExt::put(store.as_ref(), &path, Vec::<u8>::new().into())
         .await
         .unwrap();
     for read in [
-        session.sql("SELECT * FROM 'memory://empty/x.parquet'").await,
+        session
+            .sql("SELECT * FROM 'memory://empty/x.parquet'")
+            .await,
         session.read_parquet("memory://empty/x.parquet").await,
     ] {
         let err = read.expect_err("an empty object").to_string();
-        assert!(err.contains("memory://empty/x.parquet: the file is empty (0 bytes)"), "{err}");
+        assert!(
+            err.contains("memory://empty/x.parquet: the file is empty (0 bytes)"),
+            "{err}"
+        );
     }
 }
 
