@@ -28,14 +28,6 @@ pub const KNOWN_PANICS: &[&str] = &[
     // decoder (a page-level lie; the metadata cannot tell, as some writers
     // leave the dictionary page offset unset).
     "parquet-59.3.2/src/column/reader/decoder.rs",
-    // Parquet's page reader trusts the page locations of the offset index.
-    // Kiln checks them when the index comes with the metadata a scan opens
-    // (`kiln_engine::io::parquet_metadata`), but DataFusion loads it on its
-    // own for page pruning when its cache does not hold it: a page location
-    // before its column chunk underflows, one beyond the chunk's bytes is
-    // sliced out of range (in `bytes`).
-    "parquet-59.3.2/src/file/serialized_reader.rs",
-    "bytes-1.12.2/src/bytes.rs",
 ];
 
 static KNOWN_HIT: AtomicBool = AtomicBool::new(false);

@@ -236,6 +236,33 @@ fn parquet_metadata_with_lying_offsets_is_an_error_not_a_crash() {
         };
         assert!(err.contains(&named) && err.contains(says), "{name}: {err}");
     }
+    // Page locations when DataFusion's metadata cache does not hold the page
+    // index and a predicate asks for page pruning: the reader loads and
+    // checks the index before DataFusion would load it on its own.
+    for (name, column) in [
+        ("page-beyond-column-chunk", "i"),
+        ("page-index-offset-before-chunk", "id"),
+    ] {
+        let path = dir.path().join(format!("{name}.parquet"));
+        let err = rt.block_on(async {
+            let session = Session::builder()
+                .device("cpu".parse::<DeviceRequest>().unwrap())
+                .build()
+                .unwrap();
+            session
+                .sql("SET datafusion.runtime.metadata_cache_limit = '0K'")
+                .await?;
+            let frame = session
+                .sql(&format!("SELECT * FROM '{}' WHERE {column} > 3", s(&path)))
+                .await?;
+            frame.collect().await.map_err(kiln::KilnError::from)
+        });
+        let err = err.expect_err(name).to_string();
+        assert!(
+            err.contains("its offset index puts a page"),
+            "{name}: {err}"
+        );
+    }
 }
 
 /// A failed COPY leaves the previous output as it was and no new file or

@@ -11,12 +11,14 @@
 //! and the column chunk.
 //!
 //! What it covers: every column chunk's byte range, and the page locations
-//! of the offset index when the metadata comes with it (from DataFusion's
-//! metadata cache, filled by schema inference). The planner's rule
+//! of the offset index. The index comes with the metadata from DataFusion's
+//! metadata cache; when it does not (the cache off or full), the reader
+//! loads it before returning the metadata, so it is checked too (DataFusion
+//! would otherwise load it later for page pruning, past this check, and
+//! keeps an index the reader gives it; the cost is reading the page index of
+//! files a scan would not have pruned by page). The planner's rule
 //! `CheckParquetMetadata` installs it on every Parquet scan whose factory
-//! DataFusion set (every scan a local session plans). Not covered: a page
-//! index DataFusion loads later on its own (for page pruning, when its cache
-//! does not hold it). What the metadata declares before any data is read
+//! DataFusion set (every scan a local session plans). What the metadata declares before any data is read
 //! (the embedded Arrow schema, sorting columns, row counts:
 //! [`check_declared`]) is checked here too, and earlier, when schema
 //! inference fetches the footer, by [`super::parquet_footer`].
@@ -29,9 +31,11 @@ use bytes::Bytes;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::ParquetFileReaderFactory;
 use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
-use datafusion::parquet::arrow::async_reader::AsyncFileReader;
+use datafusion::parquet::arrow::async_reader::{AsyncFileReader, MetadataFetch};
 use datafusion::parquet::errors::ParquetError;
-use datafusion::parquet::file::metadata::ParquetMetaData;
+use datafusion::parquet::file::metadata::{
+    PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader,
+};
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -139,6 +143,27 @@ pub fn check_metadata(metadata: &ParquetMetaData, file_len: u64) -> Result<(), S
     Ok(())
 }
 
+/// A reader as the page index loader fetches with.
+struct Fetch<'a>(&'a mut (dyn AsyncFileReader + Send));
+
+impl MetadataFetch for Fetch<'_> {
+    fn fetch(
+        &mut self,
+        range: Range<u64>,
+    ) -> BoxFuture<'_, datafusion::parquet::errors::Result<Bytes>> {
+        self.0.get_bytes(range)
+    }
+}
+
+/// Whether a column chunk of `metadata` says where its offset index is.
+fn declares_offset_index(metadata: &ParquetMetaData) -> bool {
+    metadata
+        .row_groups()
+        .iter()
+        .flat_map(|g| g.columns())
+        .any(|c| c.offset_index_offset().is_some())
+}
+
 /// A [`ParquetFileReaderFactory`] whose readers check the metadata they
 /// return (see the module's doc). Its `Debug` is its name alone, which is
 /// how the planner's rule recognizes a scan it already wrapped.
@@ -226,7 +251,17 @@ impl AsyncFileReader for CheckedReader {
         options: Option<&'a ArrowReaderOptions>,
     ) -> BoxFuture<'a, datafusion::parquet::errors::Result<Arc<ParquetMetaData>>> {
         async move {
-            let metadata = self.inner.get_metadata(options).await?;
+            let mut metadata = self.inner.get_metadata(options).await?;
+            if metadata.offset_index().is_none() && declares_offset_index(&metadata) {
+                // Load the page index now, so its page locations are checked
+                // below: DataFusion would load it later for page pruning,
+                // past this check (it keeps an index a reader gives it).
+                let whole = Arc::try_unwrap(metadata).unwrap_or_else(|m| m.as_ref().clone());
+                let mut reader = ParquetMetaDataReader::new_with_metadata(whole)
+                    .with_page_index_policy(PageIndexPolicy::Optional);
+                reader.load_page_index(Fetch(self.inner.as_mut())).await?;
+                metadata = Arc::new(reader.finish()?);
+            }
             check_metadata(&metadata, self.file.len).map_err(|reason| {
                 ParquetError::General(format!(
                     "{} is not a valid Parquet file: {reason}",
