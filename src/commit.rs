@@ -24,8 +24,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::error::DataFusionError;
 use datafusion::logical_expr::dml::CopyTo;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, cast};
+use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::{DataFrame, SessionContext};
 use futures::TryStreamExt;
 use object_store::path::Path;
@@ -33,8 +35,16 @@ use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::error::{KilnError, Result};
 
-/// Runs a `COPY` plan through the commit protocol; returns its row count.
-pub(crate) async fn copy(ctx: &SessionContext, mut copy: CopyTo) -> Result<Vec<RecordBatch>> {
+/// What a committed `COPY` wrote.
+pub(crate) struct Written {
+    /// Its `count` column.
+    pub batches: Vec<RecordBatch>,
+    /// The plan that ran, with its operators' metrics.
+    pub plan: Arc<dyn ExecutionPlan>,
+}
+
+/// Runs a `COPY` plan through the commit protocol.
+pub(crate) async fn copy(ctx: &SessionContext, mut copy: CopyTo) -> Result<Written> {
     let target = ListingTableUrl::parse(&copy.output_url)?;
     let single_file = match copy.options.get("single_file_output").map(|v| v.trim()) {
         Some("true") => true,
@@ -59,11 +69,16 @@ pub(crate) async fn copy(ctx: &SessionContext, mut copy: CopyTo) -> Result<Vec<R
         single_file,
         done: false,
     };
-    let written = DataFrame::new(ctx.state(), LogicalPlan::Copy(copy))
-        .collect()
-        .await;
+    let frame = DataFrame::new(ctx.state(), LogicalPlan::Copy(copy));
+    let task = frame.task_ctx();
+    let written = async {
+        let plan = frame.create_physical_plan().await?;
+        let batches = collect(Arc::clone(&plan), Arc::new(task)).await?;
+        Ok::<_, DataFusionError>(Written { batches, plan })
+    }
+    .await;
     let written = match written {
-        Ok(batches) => batches,
+        Ok(written) => written,
         Err(e) => {
             staged.discard().await;
             return Err(e.into());

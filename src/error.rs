@@ -98,6 +98,25 @@ pub enum KilnError {
         source: Box<KilnError>,
     },
 
+    /// A statement of a job that does not plan: nothing of the job ran.
+    #[error("the job was not run: statement {index} of {total}: {source}")]
+    JobStatement {
+        index: usize,
+        total: usize,
+        #[source]
+        source: Box<KilnError>,
+    },
+
+    /// A job whose statement `index` does not parse: nothing of it ran.
+    #[error("the job was not run: statement {index} of {total} (from line {line}): {source}")]
+    JobSyntax {
+        index: usize,
+        total: usize,
+        line: u64,
+        #[source]
+        source: Box<KilnError>,
+    },
+
     /// The statement ran past `kiln.statement_timeout` and was cancelled.
     #[error("cancelled after {}: the statement ran past kiln.statement_timeout", humantime(*.0))]
     Timeout(std::time::Duration),
@@ -131,6 +150,23 @@ impl KilnError {
                 source,
             } => format!("statement {index} of {total}: {}", source.one_line()),
             KilnError::Table { name, source } => format!("--table {name}: {}", source.one_line()),
+            KilnError::JobStatement {
+                index,
+                total,
+                source,
+            } => format!(
+                "the job was not run: statement {index} of {total}: {}",
+                source.one_line()
+            ),
+            KilnError::JobSyntax {
+                index,
+                total,
+                line,
+                source,
+            } => format!(
+                "the job was not run: statement {index} of {total} (from line {line}): {}",
+                source.one_line()
+            ),
             other => other.to_string(),
         };
         // The last link of the AWS credential chain is the instance
@@ -185,7 +221,9 @@ impl KilnError {
     pub fn is_usage(&self) -> bool {
         match self {
             KilnError::Usage(_) | KilnError::EmptySql => true,
-            KilnError::Statement { source, .. } => source.is_usage(),
+            KilnError::Statement { source, .. }
+            | KilnError::JobStatement { source, .. }
+            | KilnError::JobSyntax { source, .. } => source.is_usage(),
             _ => false,
         }
     }

@@ -22,6 +22,7 @@ pub mod datagen;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod job;
 mod mixed_schema;
 pub mod session;
 mod statement_depth;

@@ -140,16 +140,27 @@ impl datafusion::datasource::file_format::FileFormatFactory for NdjsonFormatFact
 /// created, read directories whose files' writers disagree on string types
 /// ([`crate::mixed_schema`]).
 fn with_url_tables(mut state: SessionState) -> SessionContext {
-    use datafusion::catalog::{DynamicFileCatalog, UrlTableFactory};
     if let Some(inner) = state.table_factories().get("PARQUET").cloned() {
         state.table_factories_mut().insert(
             "PARQUET".to_string(),
             Arc::new(crate::mixed_schema::ParquetTables { inner }),
         );
     }
+    over_catalogs(state, None)
+}
+
+/// A context over `state` whose catalogs are `catalogs` (default: the
+/// state's own) and which reads `FROM '<location>'` through
+/// [`crate::mixed_schema::UrlTables`].
+pub(crate) fn over_catalogs(
+    state: SessionState,
+    catalogs: Option<Arc<dyn datafusion::catalog::CatalogProviderList>>,
+) -> SessionContext {
+    use datafusion::catalog::{DynamicFileCatalog, UrlTableFactory};
+    let catalogs = catalogs.unwrap_or_else(|| Arc::clone(state.catalog_list()));
     let factory = Arc::new(crate::mixed_schema::UrlTables::default());
     let catalogs = Arc::new(DynamicFileCatalog::new(
-        Arc::clone(state.catalog_list()),
+        catalogs,
         Arc::clone(&factory) as Arc<dyn UrlTableFactory>,
     ));
     let state = SessionStateBuilder::new_from_existing(state)
@@ -362,8 +373,8 @@ impl Session {
     pub async fn execute_statement(&self, statement: Statement) -> Result<DataFrame> {
         let plan = self.plan_statement(statement).await?;
         if let LogicalPlan::Copy(copy) = plan {
-            let counts = crate::commit::copy(&self.ctx, copy).await?;
-            return Ok(self.ctx.read_batches(counts)?);
+            let written = crate::commit::copy(&self.ctx, copy).await?;
+            return Ok(self.ctx.read_batches(written.batches)?);
         }
         Ok(self.ctx.execute_logical_plan(plan).await?)
     }
@@ -396,8 +407,8 @@ impl Session {
         let LogicalPlan::Copy(copy) = plan else {
             return Err(KilnError::Internal("copy_to built no COPY plan".into()));
         };
-        let counts = crate::commit::copy(&self.ctx, copy).await?;
-        Ok(row_count(&counts))
+        let written = crate::commit::copy(&self.ctx, copy).await?;
+        Ok(row_count(&written.batches))
     }
 
     /// The logical plan of one parsed statement, with the storage options of
@@ -405,11 +416,21 @@ impl Session {
     /// A statement nested deeper than `kiln.max_expression_depth` is
     /// refused here, before DataFusion plans it.
     pub async fn plan_statement(&self, statement: Statement) -> Result<LogicalPlan> {
+        self.plan_statement_in(&self.ctx, statement).await
+    }
+
+    /// [`Session::plan_statement`] against the tables and settings of
+    /// `ctx` (a job's planning context: [`crate::job`]).
+    pub(crate) async fn plan_statement_in(
+        &self,
+        ctx: &SessionContext,
+        statement: Statement,
+    ) -> Result<LogicalPlan> {
         let limit = self.kiln_options().max_expression_depth;
         if let Some(depth) = crate::statement_depth::exceeds(&statement, limit) {
             return Err(KilnError::TooDeep { depth, limit });
         }
-        let state = self.ctx.state();
+        let state = ctx.state();
         // `FROM '<path>'` that cannot be read plans as "table not found";
         // the locations are kept to find the real cause.
         let locations: Vec<String> = state

@@ -12,6 +12,7 @@ pub mod query_planner;
 pub mod vector_search;
 pub mod vector_topk;
 
+pub use lowering::explain::device_of;
 pub use options::KilnOptions;
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::ScalarUDF;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use kiln_engine::functions::{EmbedUdf, VectorOp, VectorUdf};
 use kiln_kernels::DeviceRequest;
@@ -44,11 +46,15 @@ pub fn with_kiln_options(config: SessionConfig, device: DeviceRequest) -> Sessio
 /// logical planning of [`install_logical`] and the physical rules of
 /// [`physical_rules`].
 pub fn install(builder: SessionStateBuilder) -> SessionStateBuilder {
-    physical_rules()
-        .into_iter()
-        .fold(install_logical(builder), |b, rule| {
-            b.with_physical_optimizer_rule(rule)
-        })
+    // Embeddings are gathered first as well: DataFusion's projection
+    // pushdown would otherwise merge an `embed()` projection into the scan
+    // below it (file and memory scans take expressions), where it runs
+    // row batch by row batch as a plain function, outside `EmbedExec`'s
+    // batching, device placement and metrics.
+    let mut rules = PhysicalOptimizer::new().rules;
+    rules.insert(0, Arc::new(gather_embeddings::GatherEmbeddings));
+    rules.extend(physical_rules());
+    install_logical(builder).with_physical_optimizer_rules(rules)
 }
 
 /// Kiln's logical rules and its query planner (its nodes planned into its

@@ -82,8 +82,47 @@ enum Command {
         #[arg(long, default_value_t = output::DEFAULT_MAX_WIDTH, value_name = "CHARS")]
         max_width: usize,
     },
-    /// Show the plan of a statement (the last one of a script, after running the others).
+    /// Run a SQL job: plan every statement first (nothing runs if one does
+    /// not plan), then run them in order, computing a view read by several
+    /// statements once.
+    Run {
+        /// The job's SQL file.
+        job: String,
+
+        /// Write what the job did (every step: rows, files, bytes, time,
+        /// rows embedded; and how it ended) as JSON to this file, also when
+        /// it fails.
+        #[arg(long, value_name = "FILE")]
+        report: Option<String>,
+
+        /// Register Parquet at LOCATION as table NAME (repeatable).
+        #[arg(long = "table", value_name = "NAME=LOCATION")]
+        tables: Vec<String>,
+
+        /// Cancel any statement that runs longer than this (30s, 5min, 1h).
+        #[arg(long, value_name = "DURATION")]
+        timeout: Option<String>,
+
+        /// How a query's rows are printed.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+
+        /// In the table format, cut cells longer than this many characters.
+        #[arg(long, default_value_t = output::DEFAULT_MAX_WIDTH, value_name = "CHARS")]
+        max_width: usize,
+    },
+    /// Show the plan of a statement (the last one of a script, after running
+    /// the others), or with JOB, a job's DAG without running anything.
     Explain {
+        /// A job's SQL file: show its DAG (steps, what each reads and waits
+        /// for, shared views, devices).
+        #[arg(conflicts_with_all = ["command", "file"])]
+        job: Option<String>,
+
+        /// For a job's DAG: text or json.
+        #[arg(long = "format", value_enum, default_value = "text")]
+        dag_format: DagFormat,
+
         #[command(flatten)]
         input: SqlInput,
 
@@ -179,6 +218,12 @@ enum Command {
         #[command(subcommand)]
         dataset: Dataset,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DagFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -515,10 +560,45 @@ async fn run(cli: Cli) -> Result<()> {
                 None => interactive(&session, format).await,
             }
         }
+        Command::Run {
+            job,
+            report,
+            tables,
+            timeout,
+            format,
+            max_width,
+        } => {
+            let input = SqlInput {
+                command: None,
+                file: None,
+                tables,
+                timeout,
+            };
+            let session = open_session(session(device, cluster), &input).await?;
+            let format = output::Printer { format, max_width };
+            run_job(&session, &job, report.as_deref(), format).await
+        }
         Command::Explain {
+            job: Some(job),
+            dag_format,
+            input,
+            ..
+        } => {
+            let session = open_session(session(device, cluster), &input).await?;
+            let sql = read_file(&job)?;
+            let planned = crate::job::Job::plan(&session, &sql).await?;
+            let text = match dag_format {
+                DagFormat::Text => planned.explain(),
+                DagFormat::Json => planned.explain_json(),
+            };
+            write_stdout(&text)
+        }
+        Command::Explain {
+            job: None,
             input,
             verbose,
             analyze,
+            ..
         } => {
             let session = open_session(session(device, cluster), &input).await?;
             let sql = read_sql(&input)?.ok_or_else(|| {
@@ -557,6 +637,118 @@ async fn open_session(
             })?;
     }
     Ok(session)
+}
+
+fn read_file(path: &str) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| KilnError::File {
+        path: path.to_string(),
+        source,
+    })
+}
+
+fn write_stdout(text: &str) -> Result<()> {
+    std::io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .map_err(|source| KilnError::File {
+            path: "<stdout>".into(),
+            source,
+        })
+}
+
+/// `kiln run`: plans the whole job, then runs its steps in order (each
+/// under the statement timeout and Ctrl-C), printing the rows of queries;
+/// writes the report, when asked, however the job ends.
+async fn run_job(
+    session: &Session,
+    path: &str,
+    report_path: Option<&str>,
+    format: output::Printer,
+) -> Result<()> {
+    let sql = read_file(path)?;
+    let job = crate::job::Job::plan(session, &sql).await?;
+    let mut report = crate::job::JobReport::new(&job);
+    let result = run_steps(session, &job, &mut report, format).await;
+    report.finish(result.as_ref().err());
+    if let Some(report_path) = report_path {
+        std::fs::write(report_path, report.to_json()).map_err(|source| KilnError::File {
+            path: report_path.to_string(),
+            source,
+        })?;
+    }
+    result
+}
+
+async fn run_steps(
+    session: &Session,
+    job: &crate::job::Job,
+    report: &mut crate::job::JobReport,
+    format: output::Printer,
+) -> Result<()> {
+    let total = job.steps.len();
+    let terminal = std::io::stderr().is_terminal();
+    let mut printed = 0;
+    for step in &job.steps {
+        let outcome = guard::guarded(
+            job.run_step(session, step.index),
+            session.statement_timeout()?,
+        )
+        .await
+        .map_err(|e| KilnError::Statement {
+            index: step.index,
+            total,
+            source: Box::new(e),
+        })?;
+        if terminal {
+            eprintln!(
+                "[{}/{total}] {}",
+                step.index,
+                progress_line(&outcome.report)
+            );
+        }
+        if let Some((schema, batches)) = outcome.rows {
+            let mut stdout = std::io::stdout().lock();
+            if printed > 0 && format.format == Format::Table {
+                writeln!(stdout).map_err(|e| KilnError::File {
+                    path: "<stdout>".into(),
+                    source: e,
+                })?;
+            }
+            let frame = session.context().read_batch(if batches.is_empty() {
+                datafusion::arrow::array::RecordBatch::new_empty(schema)
+            } else {
+                datafusion::arrow::compute::concat_batches(&schema, &batches)?
+            })?;
+            print_frame(frame, format, &mut stdout).await?;
+            printed += 1;
+        }
+        report.push(outcome.report);
+    }
+    Ok(())
+}
+
+/// A step's line on a terminal.
+fn progress_line(step: &crate::job::StepReport) -> String {
+    use crate::job::StepKind;
+    let what = match &step.kind {
+        StepKind::Query => "query".to_string(),
+        StepKind::Copy { target } => format!("copy to {target}"),
+        StepKind::CreateTable { name } => format!("table {name}"),
+        StepKind::Insert { table } => format!("insert into {table}"),
+        StepKind::View { name } if step.materialized => format!("view {name} (computed once)"),
+        StepKind::View { name } => format!("view {name}"),
+        StepKind::ExternalTable { name, .. } => format!("external table {name}"),
+        StepKind::Other => "statement".to_string(),
+    };
+    let mut line = what;
+    if let Some(rows) = step.rows {
+        line.push_str(&format!(": {rows} rows"));
+    }
+    if let (Some(files), Some(bytes)) = (step.files, step.bytes) {
+        line.push_str(&format!(", {files} files, {}", human_bytes(bytes)));
+    }
+    line.push_str(&format!(" in {:.1}s", step.seconds));
+    line
 }
 
 /// The SQL of `-c`, `-f`, or piped stdin; `None` for a terminal (interactive).

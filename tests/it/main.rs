@@ -11,6 +11,7 @@ mod explain;
 mod fuzz_corpus;
 mod gpu_transforms;
 mod hardening;
+mod job;
 mod oom;
 mod s3;
 mod session_api;

@@ -12,11 +12,33 @@ use datafusion::common::config::ConfigOptions;
 use datafusion::common::display::{PlanType, StringifiedPlan};
 use datafusion::physical_plan::explain::ExplainExec;
 use datafusion::physical_plan::{ExecutionPlan, displayable};
-use kiln_engine::exec::{EmbedExec, GpuStageExec};
+use kiln_engine::exec::{EmbedExec, GpuStageExec, KnnJoinExec, VectorTopKExec};
 use kiln_engine::functions::embed::session_device;
 use kiln_kernels::BackendKind;
 
 use super::place_on_device::{LoweringContext, cpu_reason};
+
+/// The device `node` runs on, when it is one of Kiln's operators placed on
+/// a device (a GPU stage, the encoder, vector search, a k-NN join); `None`
+/// for an operator on the CPU.
+pub fn device_of(node: &Arc<dyn ExecutionPlan>, config: &ConfigOptions) -> Option<String> {
+    let on = |info: &kiln_kernels::DeviceInfo| {
+        (info.backend != BackendKind::Cpu).then(|| info.id().to_string())
+    };
+    if let Some(stage) = node.downcast_ref::<GpuStageExec>() {
+        return on(stage.device());
+    }
+    if let Some(search) = node.downcast_ref::<VectorTopKExec>() {
+        return on(search.device());
+    }
+    if let Some(join) = node.downcast_ref::<KnnJoinExec>() {
+        return on(join.device());
+    }
+    if node.is::<EmbedExec>() {
+        return session_device(config).ok().and_then(|d| on(d.info()));
+    }
+    None
+}
 
 /// The plan's indented text with a placement note on every operator line.
 pub fn annotate(plan: &Arc<dyn ExecutionPlan>, config: &ConfigOptions) -> Result<String> {

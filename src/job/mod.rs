@@ -1,0 +1,484 @@
+//! Jobs: a SQL script planned whole, as a DAG of outputs, before any of it
+//! runs (issue 16, §1).
+//!
+//! [`Job::plan`] parses every statement and plans each one in order against
+//! a private copy of the session's catalog, where what the script creates
+//! exists as it will when the job runs: views and external tables are
+//! created there; a table made by `CREATE TABLE ... AS` and a location a
+//! `COPY` writes are stood in for by empty tables of their schema, so a
+//! later statement that reads them plans. A statement that does not parse
+//! or plan stops the job before anything runs, named by its number (and,
+//! for a syntax error, its line). Nothing of the planning is visible in the
+//! session.
+//!
+//! The plan is a DAG: each step lists what it reads and the earlier steps
+//! it waits for (those that create what it reads), the Kiln operators its
+//! physical plan puts on a device, and for a view, the steps that read it.
+//! A view read by two or more steps is computed once when the job runs:
+//! after its `CREATE VIEW`, it is replaced in the session by its rows, held
+//! in memory (DataFusion's memory pool accounts for them; they do not
+//! spill), so an `embed()` under it runs once per row, not once per reader.
+//! Steps run in script order, which respects every dependency; independent
+//! outputs do not yet run concurrently.
+//!
+//! [`Job::run_step`] runs one step and returns what it did
+//! ([`StepReport`]: rows, files and bytes written, time, rows embedded);
+//! [`Job::run`] runs them all. `kiln run` and `kiln explain JOB.sql` are
+//! the command line's forms.
+
+mod dag;
+mod report;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::CatalogProviderList;
+use datafusion::common::TableReference;
+use datafusion::datasource::MemTable;
+use datafusion::logical_expr::{DdlStatement, LogicalPlan, WriteOp};
+use datafusion::physical_plan::{ExecutionPlan, collect, collect_partitioned};
+use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::Statement;
+
+pub use report::{JobReport, StepReport};
+
+use crate::error::{KilnError, Result};
+use crate::session::Session;
+
+/// What a step of a job does.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StepKind {
+    /// A query: its rows are the step's result.
+    Query,
+    /// `COPY ... TO target`.
+    Copy { target: String },
+    /// `CREATE TABLE name AS ...` (held in memory).
+    CreateTable { name: String },
+    /// `INSERT INTO table ...`.
+    Insert { table: String },
+    /// `CREATE VIEW name AS ...`.
+    View { name: String },
+    /// `CREATE EXTERNAL TABLE name ... LOCATION location`.
+    ExternalTable { name: String, location: String },
+    /// `SET`, `DROP`, and other statements that change the session.
+    Other,
+}
+
+impl StepKind {
+    /// Whether the step writes data somewhere (an output of the job).
+    pub fn is_output(&self) -> bool {
+        matches!(
+            self,
+            StepKind::Copy { .. } | StepKind::CreateTable { .. } | StepKind::Insert { .. }
+        )
+    }
+
+    /// What the step makes that later steps may read.
+    fn creates(&self) -> Option<&str> {
+        match self {
+            StepKind::Copy { target } => Some(target),
+            StepKind::CreateTable { name }
+            | StepKind::View { name }
+            | StepKind::ExternalTable { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+}
+
+/// One statement of a job, planned.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Step {
+    /// 1-based, in script order.
+    pub index: usize,
+    /// The statement, as parsed.
+    pub sql: String,
+    #[serde(flatten)]
+    pub kind: StepKind,
+    /// The tables, views and locations it reads.
+    pub reads: Vec<String>,
+    /// The earlier steps that create what it reads.
+    pub after: Vec<usize>,
+    /// For a view: the later steps that read it. Two or more: it is
+    /// computed once, when the job runs, and its rows shared.
+    pub read_by: Vec<usize>,
+    /// Kiln's operators its physical plan places on a device (empty: all
+    /// on the CPU).
+    pub device_operators: Vec<String>,
+    #[serde(skip)]
+    statement: Statement,
+}
+
+impl Step {
+    /// Whether the step is a view that the job computes once and shares.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.kind, StepKind::View { .. }) && self.read_by.len() >= 2
+    }
+}
+
+/// A SQL script planned as a DAG of steps.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub steps: Vec<Step>,
+    /// The session's device request (`auto`, `cpu`, `wgpu`, `cuda:1`, ...).
+    pub device: String,
+}
+
+/// The rows and report of one step.
+#[derive(Debug)]
+pub struct StepOutcome {
+    pub report: StepReport,
+    /// A query's rows (with their schema); `None` for other steps.
+    pub rows: Option<(SchemaRef, Vec<RecordBatch>)>,
+}
+
+impl Job {
+    /// Parses and plans every statement of `sql` (see the module's doc);
+    /// runs nothing.
+    pub async fn plan(session: &Session, sql: &str) -> Result<Job> {
+        let statements = dag::parse_naming_statement(session, sql)?;
+        let total = statements.len();
+        let scratch = scratch_context(session).await?;
+        let mut made: HashMap<String, usize> = HashMap::new();
+        let mut views = std::collections::HashSet::new();
+        let mut steps: Vec<Step> = Vec::with_capacity(total);
+        for (i, statement) in statements.into_iter().enumerate() {
+            let index = i + 1;
+            let failed = |source: KilnError| KilnError::JobStatement {
+                index,
+                total,
+                source: Box::new(source),
+            };
+            let step = plan_step(session, &scratch, index, statement, &made, &views)
+                .await
+                .map_err(failed)?;
+            if let Some(name) = step.kind.creates() {
+                made.insert(name.to_string(), index);
+            }
+            if let StepKind::View { name } = &step.kind {
+                views.insert(name.clone());
+            }
+            steps.push(step);
+        }
+        dag::link_readers(&mut steps);
+        Ok(Job {
+            steps,
+            device: session.device().to_string(),
+        })
+    }
+
+    /// Runs step `index` (1-based) in `session`: the steps before it must
+    /// have run. A shared view is replaced by its rows after it is
+    /// created.
+    pub async fn run_step(&self, session: &Session, index: usize) -> Result<StepOutcome> {
+        let step = self
+            .steps
+            .get(index.wrapping_sub(1))
+            .ok_or_else(|| KilnError::Internal(format!("the job has no step {index}")))?;
+        let started = Instant::now();
+        let mut report = StepReport::new(step);
+        let plan = session.plan_statement(step.statement.clone()).await?;
+        let mut rows = None;
+        match plan {
+            LogicalPlan::Copy(copy) => {
+                let written = crate::commit::copy(session.context(), copy).await?;
+                report.rows = Some(crate::session::row_count(&written.batches));
+                report.embedded_rows = dag::metric_sum(&written.plan, "embedded_rows");
+                if let StepKind::Copy { target } = &step.kind {
+                    let (files, bytes) = report::written_files(session, target).await?;
+                    report.files = Some(files);
+                    report.bytes = Some(bytes);
+                }
+            }
+            LogicalPlan::Ddl(DdlStatement::CreateView(_)) if step.is_shared() => {
+                session.context().execute_logical_plan(plan).await?;
+                let StepKind::View { name } = &step.kind else {
+                    unreachable!("a shared step is a view")
+                };
+                let (count, embedded) = materialize(session.context(), name).await?;
+                report.rows = Some(count);
+                report.embedded_rows = embedded;
+                report.materialized = true;
+            }
+            plan if step.kind == StepKind::Query
+                || matches!(step.kind, StepKind::Insert { .. }) =>
+            {
+                let frame = session.context().execute_logical_plan(plan).await?;
+                let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+                let task = Arc::new(frame.task_ctx());
+                let physical = frame.create_physical_plan().await?;
+                let batches = collect(Arc::clone(&physical), task).await?;
+                report.embedded_rows = dag::metric_sum(&physical, "embedded_rows");
+                if step.kind == StepKind::Query {
+                    report.rows = Some(batches.iter().map(|b| b.num_rows() as u64).sum());
+                    rows = Some((schema, batches));
+                } else {
+                    report.rows = Some(crate::session::row_count(&batches));
+                }
+            }
+            plan => {
+                session
+                    .context()
+                    .execute_logical_plan(plan)
+                    .await?
+                    .collect()
+                    .await?;
+            }
+        }
+        report.seconds = started.elapsed().as_secs_f64();
+        Ok(StepOutcome { report, rows })
+    }
+
+    /// Runs every step in order; the first failure ends the job (the
+    /// error names the step).
+    pub async fn run(&self, session: &Session) -> Result<JobReport> {
+        let mut report = JobReport::new(self);
+        let total = self.steps.len();
+        for step in &self.steps {
+            let outcome = self.run_step(session, step.index).await.map_err(|source| {
+                KilnError::Statement {
+                    index: step.index,
+                    total,
+                    source: Box::new(source),
+                }
+            })?;
+            report.push(outcome.report);
+        }
+        report.finish(None);
+        Ok(report)
+    }
+
+    /// The outputs: steps that write.
+    pub fn outputs(&self) -> impl Iterator<Item = &Step> {
+        self.steps.iter().filter(|s| s.kind.is_output())
+    }
+
+    /// The DAG for a person: a line a step, with what it reads, what it
+    /// waits for, what reads it and where it runs.
+    pub fn explain(&self) -> String {
+        let mut out = format!(
+            "job: {} statements, {} outputs, device {}\n",
+            self.steps.len(),
+            self.outputs().count(),
+            self.device
+        );
+        for step in &self.steps {
+            let what = match &step.kind {
+                StepKind::Query => "query".to_string(),
+                StepKind::Copy { target } => format!("copy to {target}"),
+                StepKind::CreateTable { name } => format!("table {name} (in memory)"),
+                StepKind::Insert { table } => format!("insert into {table}"),
+                StepKind::View { name } => format!("view {name}"),
+                StepKind::ExternalTable { name, location } => {
+                    format!("external table {name} at {location}")
+                }
+                StepKind::Other => step.sql.chars().take(60).collect(),
+            };
+            let mut notes = Vec::new();
+            if !step.reads.is_empty() {
+                notes.push(format!("reads {}", step.reads.join(", ")));
+            }
+            if !step.after.is_empty() {
+                notes.push(format!("after {}", numbers(&step.after)));
+            }
+            if matches!(step.kind, StepKind::View { .. }) {
+                match step.read_by.len() {
+                    0 => notes.push("read by no later step".to_string()),
+                    1 => notes.push(format!("read by {}", numbers(&step.read_by))),
+                    _ => notes.push(format!(
+                        "read by {}: computed once, its rows shared",
+                        numbers(&step.read_by)
+                    )),
+                }
+            }
+            let runs = step.kind.is_output() || step.kind == StepKind::Query;
+            if runs && step.device_operators.is_empty() {
+                notes.push("all on the CPU".to_string());
+            } else if runs {
+                notes.push(format!("on a device: {}", step.device_operators.join(", ")));
+            }
+            out.push_str(&format!("{:>3}  {what}", step.index));
+            if !notes.is_empty() {
+                out.push_str(&format!("  -- {}", notes.join("; ")));
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// The DAG as JSON, ending with a newline.
+    pub fn explain_json(&self) -> String {
+        let value = serde_json::json!({
+            "device": self.device,
+            "statements": self.steps.len(),
+            "outputs": self.outputs().map(|s| s.index).collect::<Vec<_>>(),
+            "steps": self.steps,
+        });
+        let mut text = serde_json::to_string_pretty(&value).unwrap_or_default();
+        text.push('\n');
+        text
+    }
+}
+
+fn numbers(indices: &[usize]) -> String {
+    indices
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Plans one statement in the job's planning context, and makes what it
+/// creates exist there for the statements after it.
+async fn plan_step(
+    session: &Session,
+    scratch: &SessionContext,
+    index: usize,
+    statement: Statement,
+    made: &HashMap<String, usize>,
+    views: &std::collections::HashSet<String>,
+) -> Result<Step> {
+    let sql = statement.to_string();
+    let plan = session
+        .plan_statement_in(scratch, statement.clone())
+        .await?;
+    let reads = dag::reads(&plan, &|name| views.contains(name));
+    let mut after = {
+        let mut after: Vec<usize> = reads.iter().filter_map(|r| made.get(r).copied()).collect();
+        after.sort_unstable();
+        after.dedup();
+        after
+    };
+    // An empty table that takes inserts, as the real one will.
+    let stand_in = |name: &str, schema: SchemaRef| -> Result<()> {
+        let table = MemTable::try_new(schema, vec![Vec::new()])?;
+        scratch.deregister_table(TableReference::bare(name))?;
+        scratch.register_table(TableReference::bare(name), Arc::new(table))?;
+        Ok(())
+    };
+    let mut device_operators = Vec::new();
+    let kind = match &plan {
+        LogicalPlan::Copy(copy) => {
+            device_operators = dag::device_operators(scratch, &plan).await?;
+            let target = copy.output_url.clone();
+            stand_in(&target, Arc::new(copy.input.schema().as_arrow().clone()))?;
+            StepKind::Copy { target }
+        }
+        LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) => {
+            device_operators = dag::device_operators(scratch, &create.input).await?;
+            let name = create.name.to_string();
+            stand_in(&name, Arc::new(create.input.schema().as_arrow().clone()))?;
+            StepKind::CreateTable { name }
+        }
+        LogicalPlan::Ddl(DdlStatement::CreateView(view)) => {
+            let name = view.name.to_string();
+            scratch.execute_logical_plan(plan.clone()).await?;
+            StepKind::View { name }
+        }
+        LogicalPlan::Ddl(DdlStatement::CreateExternalTable(create)) => {
+            let name = create.name.to_string();
+            let location = create.locations.first().cloned().unwrap_or_default();
+            // Over what an earlier COPY of the job writes: not there yet.
+            match scratch
+                .table_provider(TableReference::bare(location.as_str()))
+                .await
+            {
+                Ok(written) if made.contains_key(&location) => {
+                    stand_in(&name, written.schema())?;
+                    after.push(made[&location]);
+                }
+                _ => {
+                    scratch.execute_logical_plan(plan.clone()).await?;
+                }
+            }
+            StepKind::ExternalTable { name, location }
+        }
+        LogicalPlan::Dml(dml) if matches!(dml.op, WriteOp::Insert(_)) => {
+            device_operators = dag::device_operators(scratch, &plan).await?;
+            // It writes into a table the job made: after that.
+            if let Some(&made_by) = made.get(dml.table_name.table()) {
+                after.push(made_by);
+                after.sort_unstable();
+                after.dedup();
+            }
+            StepKind::Insert {
+                table: dml.table_name.to_string(),
+            }
+        }
+        LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) | LogicalPlan::Dml(_) => {
+            scratch.execute_logical_plan(plan.clone()).await?;
+            StepKind::Other
+        }
+        _ => {
+            device_operators = dag::device_operators(scratch, &plan).await?;
+            StepKind::Query
+        }
+    };
+    Ok(Step {
+        index,
+        sql,
+        kind,
+        reads,
+        after,
+        read_by: Vec::new(),
+        device_operators,
+        statement,
+    })
+}
+
+/// A private copy of the session's catalogs (the tables themselves are
+/// shared, not copied) with its settings, to plan a job in.
+async fn scratch_context(session: &Session) -> Result<SessionContext> {
+    use datafusion::catalog::{
+        CatalogProvider, MemoryCatalogProvider, MemoryCatalogProviderList, MemorySchemaProvider,
+        SchemaProvider,
+    };
+    let state = session.context().state();
+    let list = Arc::new(MemoryCatalogProviderList::new());
+    for catalog_name in state.catalog_list().catalog_names() {
+        let Some(catalog) = state.catalog_list().catalog(&catalog_name) else {
+            continue;
+        };
+        let copy = Arc::new(MemoryCatalogProvider::new());
+        for schema_name in catalog.schema_names() {
+            let Some(schema) = catalog.schema(&schema_name) else {
+                continue;
+            };
+            let tables = Arc::new(MemorySchemaProvider::new());
+            for table in schema.table_names() {
+                if let Some(provider) = schema.table(&table).await? {
+                    tables.register_table(table, provider)?;
+                }
+            }
+            copy.register_schema(&schema_name, tables)?;
+        }
+        list.register_catalog(catalog_name, copy);
+    }
+    Ok(crate::session::over_catalogs(
+        state,
+        Some(list as Arc<dyn CatalogProviderList>),
+    ))
+}
+
+/// Replaces view `name` in `ctx` by its rows; returns how many rows, and
+/// how many the computation embedded.
+async fn materialize(ctx: &SessionContext, name: &str) -> Result<(u64, u64)> {
+    let frame = ctx.table(TableReference::bare(name)).await?;
+    let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+    let task = Arc::new(frame.task_ctx());
+    let plan: Arc<dyn ExecutionPlan> = frame.create_physical_plan().await?;
+    let partitions = collect_partitioned(Arc::clone(&plan), task).await?;
+    let rows = partitions
+        .iter()
+        .flatten()
+        .map(|b| b.num_rows() as u64)
+        .sum();
+    let embedded = dag::metric_sum(&plan, "embedded_rows");
+    let table = MemTable::try_new(schema, partitions)?;
+    ctx.deregister_table(TableReference::bare(name))?;
+    ctx.register_table(TableReference::bare(name), Arc::new(table))?;
+    Ok((rows, embedded))
+}

@@ -1,0 +1,153 @@
+//! What a job did, for a person and for an orchestrator (`kiln run
+//! --report out.json`).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use datafusion::datasource::listing::ListingTableUrl;
+use futures::TryStreamExt;
+use object_store::ObjectStore;
+
+use super::{Job, Step, StepKind};
+use crate::error::{KilnError, Result};
+use crate::session::Session;
+
+/// One step's record.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepReport {
+    /// 1-based.
+    pub index: usize,
+    #[serde(flatten)]
+    pub kind: StepKind,
+    /// Rows written (outputs), returned (queries) or held (a shared view).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+    /// Files at a `COPY`'s target after its commit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<u64>,
+    /// Their bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// Wall time of the step.
+    pub seconds: f64,
+    /// Rows the encoder embedded in this step (`embed()`).
+    pub embedded_rows: u64,
+    /// A view computed once and shared by the steps that read it.
+    pub materialized: bool,
+    /// Kiln's operators placed on a device (from the job's plan).
+    pub device_operators: Vec<String>,
+}
+
+impl StepReport {
+    pub(super) fn new(step: &Step) -> Self {
+        StepReport {
+            index: step.index,
+            kind: step.kind.clone(),
+            rows: None,
+            files: None,
+            bytes: None,
+            seconds: 0.0,
+            embedded_rows: 0,
+            materialized: false,
+            device_operators: step.device_operators.clone(),
+        }
+    }
+}
+
+/// A job's record: every step that ran, and how the job ended.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct JobReport {
+    /// `succeeded` or `failed`.
+    pub status: &'static str,
+    /// The failure, on one line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The session's device request.
+    pub device: String,
+    /// Statements in the job.
+    pub statements: usize,
+    /// Unix time the job started, in seconds.
+    pub started_at: f64,
+    /// Wall time until the job ended.
+    pub seconds: f64,
+    /// Rows embedded by every step.
+    pub embedded_rows: u64,
+    pub steps: Vec<StepReport>,
+}
+
+impl JobReport {
+    pub fn new(job: &Job) -> Self {
+        JobReport {
+            status: "running",
+            error: None,
+            device: job.device.clone(),
+            statements: job.steps.len(),
+            started_at: now(),
+            seconds: 0.0,
+            embedded_rows: 0,
+            steps: Vec::new(),
+        }
+    }
+
+    /// Records a step that ran.
+    pub fn push(&mut self, step: StepReport) {
+        self.embedded_rows += step.embedded_rows;
+        self.steps.push(step);
+    }
+
+    /// Ends the record: succeeded, or failed with `error`.
+    pub fn finish(&mut self, error: Option<&KilnError>) {
+        self.status = if error.is_some() {
+            "failed"
+        } else {
+            "succeeded"
+        };
+        self.error = error.map(KilnError::one_line);
+        self.seconds = now() - self.started_at;
+    }
+
+    /// The record as pretty JSON, ending with a newline.
+    pub fn to_json(&self) -> String {
+        let mut text = serde_json::to_string_pretty(self).unwrap_or_else(|e| {
+            // Serializing plain data cannot fail; say so if it does.
+            format!("{{\"status\": \"failed\", \"error\": \"report: {e}\"}}")
+        });
+        text.push('\n');
+        text
+    }
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// The number and bytes of the files at `target` (a file, or a directory or
+/// prefix), in its store.
+pub(super) async fn written_files(session: &Session, target: &str) -> Result<(u64, u64)> {
+    let url = ListingTableUrl::parse(target)?;
+    let store = session
+        .context()
+        .runtime_env()
+        .object_store(url.object_store())?;
+    let store_err = |source| KilnError::ObjectStore {
+        location: target.to_string(),
+        source,
+    };
+    if !url.is_collection()
+        && let Ok(meta) = object_store::ObjectStoreExt::head(store.as_ref(), url.prefix()).await
+    {
+        return Ok((1, meta.size));
+    }
+    // A directory or prefix (named with or without its trailing '/').
+    let files: Vec<_> = store
+        .list(Some(url.prefix()))
+        .try_collect()
+        .await
+        .map_err(store_err)?;
+    Ok((
+        files.len() as u64,
+        files.iter().map(|f| f.size).sum::<u64>(),
+    ))
+}
