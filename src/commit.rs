@@ -9,6 +9,17 @@
 //! timeout or Ctrl-C before that deletes the staging location, so the
 //! previous output stays as it was and no partial output appears.
 //!
+//! A directory output is committed with a manifest: `_SUCCESS`, naming the
+//! files of the commit (`kiln_engine::io::committed`), which readers
+//! through Kiln follow. On a local disk the manifest moves in with the
+//! directory (one rename); on an object store the new files are moved in
+//! beside the old (their names are unique), the manifest is written — the
+//! moment readers switch —, and the old files are deleted. Either way a
+//! reader sees the previous commit or the new one, never a mix; other
+//! engines see the files plus a `_SUCCESS` marker, as Hadoop committers
+//! leave. A write killed before its commit leaves a hidden staging sibling,
+//! deleted by the next write to the same target.
+//!
 //! A `COPY` replaces its target (Spark's and Delta's `overwrite`); to add
 //! files to a directory, `INSERT INTO` a table over it.
 //!
@@ -30,8 +41,10 @@ use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, cast};
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::{DataFrame, SessionContext};
 use futures::TryStreamExt;
+use kiln_engine::io::KilnObjectStoreRegistry;
+use kiln_engine::io::committed::{Manifest, ManifestFile, SUCCESS};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 
 use crate::error::{KilnError, Result};
 
@@ -43,8 +56,14 @@ pub(crate) struct Written {
     pub plan: Arc<dyn ExecutionPlan>,
 }
 
-/// Runs a `COPY` plan through the commit protocol.
-pub(crate) async fn copy(ctx: &SessionContext, mut copy: CopyTo) -> Result<Written> {
+/// Runs a `COPY` plan through the commit protocol. `registry` gives the
+/// unfiltered stores the commit lists with (readers' listings hide what is
+/// not committed; the commit must see it to move and clean it).
+pub(crate) async fn copy(
+    ctx: &SessionContext,
+    registry: &KilnObjectStoreRegistry,
+    mut copy: CopyTo,
+) -> Result<Written> {
     let target = ListingTableUrl::parse(&copy.output_url)?;
     let single_file = match copy.options.get("single_file_output").map(|v| v.trim()) {
         Some("true") => true,
@@ -62,7 +81,9 @@ pub(crate) async fn copy(ctx: &SessionContext, mut copy: CopyTo) -> Result<Writt
     let staging = staging_url(target.as_str(), single_file)?;
     copy.output_url = staging.as_str().to_string();
     copy.input = Arc::new(standard_types(Arc::unwrap_or_clone(copy.input))?);
-    let store = ctx.runtime_env().object_store(target.object_store())?;
+    let store_url = target.object_store();
+    let store = registry.unfiltered_store(store_url.as_ref())?;
+    clean_leftovers(&store, &target).await;
     let mut staged = Staged {
         store: Arc::clone(&store),
         url: staging,
@@ -84,11 +105,187 @@ pub(crate) async fn copy(ctx: &SessionContext, mut copy: CopyTo) -> Result<Writt
             return Err(e.into());
         }
     };
-    if let Err(e) = staged.promote(&target).await {
+    let rows = crate::session::row_count(&written.batches);
+    if let Err(e) = staged.promote(&target, rows).await {
         staged.discard().await;
         return Err(e);
     }
+    forget_listings(ctx);
     Ok(written)
+}
+
+/// Drops the session's cached directory listings: DataFusion keeps them
+/// for the session's life by default, so a table read before a commit
+/// would go on listing the files it replaced.
+fn forget_listings(ctx: &SessionContext) {
+    if let Some(cache) = ctx.runtime_env().cache_manager.get_list_files_cache() {
+        cache.clear();
+    }
+}
+
+/// Runs an `INSERT INTO` plan. Into a directory Kiln committed (one with a
+/// manifest), the files the insert adds join the manifest once every row is
+/// written — until then readers through Kiln do not see them, and a failed
+/// insert leaves its partial files invisible (the next commit to the
+/// directory deletes them). Into anything else (a table in memory, a
+/// directory of another writer), as DataFusion inserts.
+pub(crate) async fn insert(
+    ctx: &SessionContext,
+    registry: &KilnObjectStoreRegistry,
+    plan: LogicalPlan,
+) -> Result<Written> {
+    let committed = match &plan {
+        LogicalPlan::Dml(dml) => committed_directory(registry, &dml.target).await?,
+        _ => None,
+    };
+    let before = match &committed {
+        Some((store, dir, _)) => Some(list_paths(store, dir).await?),
+        None => None,
+    };
+    let frame = DataFrame::new(ctx.state(), plan);
+    let task = Arc::new(frame.task_ctx());
+    let physical = frame.create_physical_plan().await?;
+    let batches = collect(Arc::clone(&physical), task).await?;
+    if let (Some((store, dir, mut manifest)), Some(before)) = (committed, before) {
+        let after: Vec<ObjectMeta> = store
+            .list(Some(&dir))
+            .try_collect()
+            .await
+            .map_err(store_err(&dir))?;
+        for meta in after {
+            if before.contains(&meta.location)
+                || kiln_engine::io::committed::is_hidden(Some(&dir), &meta.location)
+            {
+                continue;
+            }
+            let Some(parts) = meta.location.prefix_match(&dir) else {
+                continue;
+            };
+            let path = parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>();
+            manifest.files.push(ManifestFile {
+                path: path.join("/"),
+                bytes: meta.size,
+            });
+        }
+        manifest.rows += crate::session::row_count(&batches);
+        let marker = dir.clone().join(SUCCESS);
+        store
+            .put(&marker, manifest.to_json().into())
+            .await
+            .map_err(store_err(&marker))?;
+    }
+    forget_listings(ctx);
+    Ok(Written {
+        batches,
+        plan: physical,
+    })
+}
+
+/// The store, directory and manifest of `target` when it is a table over
+/// one directory that Kiln committed.
+async fn committed_directory(
+    registry: &KilnObjectStoreRegistry,
+    target: &Arc<dyn datafusion::logical_expr::TableSource>,
+) -> Result<Option<(Arc<dyn ObjectStore>, Path, Manifest)>> {
+    use datafusion::datasource::listing::ListingTable;
+    let Ok(provider) = datafusion::datasource::source_as_provider(target) else {
+        return Ok(None);
+    };
+    let Some(table) = provider.downcast_ref::<ListingTable>() else {
+        return Ok(None);
+    };
+    let [url] = table.table_paths().as_slice() else {
+        return Ok(None);
+    };
+    if !url.is_collection() {
+        return Ok(None);
+    }
+    let store_url = url.object_store();
+    let store = registry.unfiltered_store(store_url.as_ref())?;
+    let dir = url.prefix().clone();
+    Ok(Manifest::read(store.as_ref(), &dir)
+        .await
+        .map(|manifest| (store, dir, manifest)))
+}
+
+async fn list_paths(
+    store: &Arc<dyn ObjectStore>,
+    dir: &Path,
+) -> Result<std::collections::HashSet<Path>> {
+    store
+        .list(Some(dir))
+        .map_ok(|m| m.location)
+        .try_collect()
+        .await
+        .map_err(store_err(dir))
+}
+
+/// The start of a staging sibling's name.
+const STAGING: &str = ".kiln-staging-";
+
+/// Whether `name` is a staging sibling (or a replaced output set aside) of
+/// an output named `output`, from this or an earlier, killed process.
+fn is_leftover(name: &str, output: &str) -> bool {
+    let Some(rest) = name.strip_prefix(STAGING) else {
+        return false;
+    };
+    // <pid>-<n>-<output>, or <pid>-<n>-<output>-replaced
+    let mut parts = rest.splitn(3, '-');
+    let (Some(pid), Some(n), Some(tail)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let numbers = pid.chars().all(|c| c.is_ascii_digit()) && n.chars().all(|c| c.is_ascii_digit());
+    numbers && (tail == output || tail.strip_suffix("-replaced") == Some(output))
+}
+
+/// Deletes what a killed write to `target` left beside it: staging
+/// siblings and outputs set aside, which readers do not see (hidden) but
+/// which take space. (Two writers to one target at once are not supported:
+/// the second would delete the first's staging.)
+async fn clean_leftovers(store: &Arc<dyn ObjectStore>, target: &ListingTableUrl) {
+    let trimmed = target.as_str().trim_end_matches('/');
+    let Some((_, name)) = trimmed.rsplit_once('/') else {
+        return;
+    };
+    if let Some(path) = Staged::local_path(target) {
+        let Some(parent) = path.parent() else {
+            return;
+        };
+        let Ok(entries) = std::fs::read_dir(parent) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if is_leftover(&entry.file_name().to_string_lossy(), name) {
+                remove_local(&entry.path());
+            }
+        }
+        return;
+    }
+    let prefix = target.prefix();
+    let parent: Path = prefix
+        .parts()
+        .take(prefix.parts().count().saturating_sub(1))
+        .collect();
+    let Ok(listed) = store.list_with_delimiter(Some(&parent)).await else {
+        return;
+    };
+    let leftovers = listed
+        .common_prefixes
+        .into_iter()
+        .chain(listed.objects.into_iter().map(|m| m.location))
+        .filter(|p| p.filename().is_some_and(|n| is_leftover(n, name)));
+    for leftover in leftovers {
+        let objects: Vec<Path> = store
+            .list(Some(&leftover))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .unwrap_or_default();
+        // Best effort: what cannot be deleted now stays hidden.
+        for object in objects.into_iter().chain(std::iter::once(leftover)) {
+            let _ = store.delete(&object).await;
+        }
+    }
 }
 
 /// The hidden sibling of `target` the rows are first written to.
@@ -106,7 +303,7 @@ fn staging_url(target: &str, single_file: bool) -> Result<ListingTableUrl> {
     );
     let slash = if single_file { "" } else { "/" };
     Ok(ListingTableUrl::parse(format!(
-        "{parent}/.kiln-staging-{id}-{name}{slash}"
+        "{parent}/{STAGING}{id}-{name}{slash}"
     ))?)
 }
 
@@ -151,54 +348,105 @@ impl Staged {
             .flatten()
     }
 
-    /// Moves the staged rows to `target`, replacing what was there.
-    async fn promote(&mut self, target: &ListingTableUrl) -> Result<()> {
-        match (Self::local_path(&self.url), Self::local_path(target)) {
-            (Some(from), Some(to)) => promote_local(&from, &to, self.single_file)?,
-            _ => self.promote_in_store(target).await?,
+    /// Moves the staged rows (`rows` of them) to `target`, replacing what
+    /// was there. A directory gets its manifest (`_SUCCESS`, naming the
+    /// files of this commit: [`Manifest`]).
+    async fn promote(&mut self, target: &ListingTableUrl, rows: u64) -> Result<()> {
+        let local = (Self::local_path(&self.url), Self::local_path(target));
+        if self.single_file {
+            match local {
+                (Some(from), Some(to)) => promote_local(&from, &to, true)?,
+                _ => self.promote_in_store(target, None).await?,
+            }
+            self.done = true;
+            return Ok(());
+        }
+        let from = self.url.prefix();
+        let staged = self.list(from).await.map_err(store_err(from))?;
+        let files = staged
+            .iter()
+            .filter_map(|meta| {
+                let relative: Vec<String> = meta
+                    .location
+                    .prefix_match(from)?
+                    .map(|p| p.as_ref().to_string())
+                    .collect();
+                Some(ManifestFile {
+                    path: relative.join("/"),
+                    bytes: meta.size,
+                })
+            })
+            .collect();
+        let manifest = Manifest::new(rows, files);
+        match local {
+            (Some(from), Some(to)) => {
+                // In the staged directory, so one rename publishes both.
+                std::fs::create_dir_all(&from).map_err(io_err(&from))?;
+                let marker = from.join(SUCCESS);
+                std::fs::write(&marker, manifest.to_json()).map_err(io_err(&marker))?;
+                promote_local(&from, &to, false)?
+            }
+            _ => self.promote_in_store(target, Some(&manifest)).await?,
         }
         self.done = true;
         Ok(())
     }
 
-    async fn promote_in_store(&self, target: &ListingTableUrl) -> Result<()> {
-        let store_err = |location: &Path| {
-            let location = location.to_string();
-            move |source| KilnError::ObjectStore { location, source }
-        };
+    /// On a store: the new files moved in beside the old (their names are
+    /// unique to this write), then the manifest naming them written — the
+    /// moment readers switch to them —, then every other object under the
+    /// target deleted (the previous commit's, and any a killed commit left).
+    async fn promote_in_store(
+        &self,
+        target: &ListingTableUrl,
+        manifest: Option<&Manifest>,
+    ) -> Result<()> {
         let from = self.url.prefix();
         let to = target.prefix();
-        if self.single_file {
+        let Some(manifest) = manifest else {
             return self.store.rename(from, to).await.map_err(store_err(to));
-        }
-        let old = self.list(to).await.map_err(store_err(to))?;
+        };
         let staged = self.list(from).await.map_err(store_err(from))?;
         let mut written = std::collections::HashSet::new();
-        for path in staged {
-            let dest = path
+        for meta in staged {
+            let dest = meta
+                .location
                 .prefix_match(from)
                 .into_iter()
                 .flatten()
                 .fold(to.clone(), |dir, part| dir.join(part));
             self.store
-                .rename(&path, &dest)
+                .rename(&meta.location, &dest)
                 .await
                 .map_err(store_err(&dest))?;
             written.insert(dest);
         }
-        for path in old.into_iter().filter(|p| !written.contains(p)) {
-            self.store.delete(&path).await.map_err(store_err(&path))?;
+        let marker = to.clone().join(SUCCESS);
+        self.store
+            .put(&marker, manifest.to_json().into())
+            .await
+            .map_err(store_err(&marker))?;
+        written.insert(marker);
+        let old = self.list(to).await.map_err(store_err(to))?;
+        for meta in old.into_iter().filter(|m| !written.contains(&m.location)) {
+            self.store
+                .delete(&meta.location)
+                .await
+                .map_err(store_err(&meta.location))?;
         }
         Ok(())
     }
 
     /// The objects under `prefix`.
-    async fn list(&self, prefix: &Path) -> object_store::Result<Vec<Path>> {
-        self.store
-            .list(Some(prefix))
-            .map_ok(|m| m.location)
-            .try_collect()
-            .await
+    async fn list(&self, prefix: &Path) -> object_store::Result<Vec<ObjectMeta>> {
+        if let Some(dir) = Self::local_path(&self.url).filter(|_| prefix == self.url.prefix()) {
+            // The staged directory on a local disk: an empty result writes
+            // no file, and no directory either.
+            if !dir.exists() {
+                return Ok(Vec::new());
+            }
+        }
+        self.store.list(Some(prefix)).try_collect().await
     }
 
     /// Deletes whatever was staged.
@@ -209,10 +457,11 @@ impl Staged {
             return;
         }
         let prefix = self.url.prefix().clone();
-        let paths = self.list(&prefix).await.unwrap_or_default();
-        for path in paths {
-            // Best effort: what cannot be deleted now is hidden and named as staging.
-            let _ = self.store.delete(&path).await;
+        let objects = self.list(&prefix).await.unwrap_or_default();
+        for meta in objects {
+            // Best effort: what cannot be deleted now is hidden and named as
+            // staging, and the next write to the target deletes it.
+            let _ = self.store.delete(&meta.location).await;
         }
     }
 }
@@ -248,12 +497,19 @@ fn remove_local(path: &std::path::Path) {
     };
 }
 
+fn store_err(location: &Path) -> impl FnOnce(object_store::Error) -> KilnError {
+    let location = location.to_string();
+    move |source| KilnError::ObjectStore { location, source }
+}
+
+fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> KilnError {
+    let path = path.display().to_string();
+    move |source| KilnError::File { path, source }
+}
+
 /// Local promotion: renames, so a reader sees the old output or the new.
 fn promote_local(from: &std::path::Path, to: &std::path::Path, single_file: bool) -> Result<()> {
-    let io = |path: &std::path::Path| {
-        let path = path.display().to_string();
-        move |source| KilnError::File { path, source }
-    };
+    let io = io_err;
     if single_file {
         return std::fs::rename(from, to).map_err(io(to));
     }

@@ -373,10 +373,30 @@ impl Session {
     pub async fn execute_statement(&self, statement: Statement) -> Result<DataFrame> {
         let plan = self.plan_statement(statement).await?;
         if let LogicalPlan::Copy(copy) = plan {
-            let written = crate::commit::copy(&self.ctx, copy).await?;
+            let written = self.copy(copy).await?;
+            return Ok(self.ctx.read_batches(written.batches)?);
+        }
+        if let LogicalPlan::Dml(dml) = &plan
+            && matches!(dml.op, datafusion::logical_expr::WriteOp::Insert(_))
+        {
+            let written = self.insert(plan).await?;
             return Ok(self.ctx.read_batches(written.batches)?);
         }
         Ok(self.ctx.execute_logical_plan(plan).await?)
+    }
+
+    /// Runs a `COPY` through Kiln's output commit ([`crate::commit`]).
+    pub(crate) async fn copy(
+        &self,
+        copy: datafusion::logical_expr::dml::CopyTo,
+    ) -> Result<crate::commit::Written> {
+        crate::commit::copy(&self.ctx, &self.registry, copy).await
+    }
+
+    /// Runs an `INSERT INTO`, keeping a committed directory's manifest
+    /// ([`crate::commit::insert`]).
+    pub(crate) async fn insert(&self, plan: LogicalPlan) -> Result<crate::commit::Written> {
+        crate::commit::insert(&self.ctx, &self.registry, plan).await
     }
 
     /// Writes `frame` as Parquet at `location`, replacing what is there:
@@ -407,7 +427,7 @@ impl Session {
         let LogicalPlan::Copy(copy) = plan else {
             return Err(KilnError::Internal("copy_to built no COPY plan".into()));
         };
-        let written = crate::commit::copy(&self.ctx, copy).await?;
+        let written = self.copy(copy).await?;
         Ok(row_count(&written.batches))
     }
 

@@ -184,7 +184,7 @@ impl Job {
         let mut rows = None;
         match plan {
             LogicalPlan::Copy(copy) => {
-                let written = crate::commit::copy(session.context(), copy).await?;
+                let written = session.copy(copy).await?;
                 report.rows = Some(crate::session::row_count(&written.batches));
                 report.embedded_rows = dag::metric_sum(&written.plan, "embedded_rows");
                 if let StepKind::Copy { target } = &step.kind {
@@ -193,31 +193,31 @@ impl Job {
                     report.bytes = Some(bytes);
                 }
             }
-            LogicalPlan::Ddl(DdlStatement::CreateView(_)) if step.is_shared() => {
-                session.context().execute_logical_plan(plan).await?;
-                let StepKind::View { name } = &step.kind else {
-                    unreachable!("a shared step is a view")
-                };
+            LogicalPlan::Ddl(DdlStatement::CreateView(view)) if step.is_shared() => {
+                let name = view.name.clone();
+                session
+                    .context()
+                    .execute_logical_plan(LogicalPlan::Ddl(DdlStatement::CreateView(view)))
+                    .await?;
                 let (count, embedded) = materialize(session.context(), name).await?;
                 report.rows = Some(count);
                 report.embedded_rows = embedded;
                 report.materialized = true;
             }
-            plan if step.kind == StepKind::Query
-                || matches!(step.kind, StepKind::Insert { .. }) =>
-            {
+            plan @ LogicalPlan::Dml(_) if matches!(step.kind, StepKind::Insert { .. }) => {
+                let written = session.insert(plan).await?;
+                report.rows = Some(crate::session::row_count(&written.batches));
+                report.embedded_rows = dag::metric_sum(&written.plan, "embedded_rows");
+            }
+            plan if step.kind == StepKind::Query => {
                 let frame = session.context().execute_logical_plan(plan).await?;
                 let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
                 let task = Arc::new(frame.task_ctx());
                 let physical = frame.create_physical_plan().await?;
                 let batches = collect(Arc::clone(&physical), task).await?;
                 report.embedded_rows = dag::metric_sum(&physical, "embedded_rows");
-                if step.kind == StepKind::Query {
-                    report.rows = Some(batches.iter().map(|b| b.num_rows() as u64).sum());
-                    rows = Some((schema, batches));
-                } else {
-                    report.rows = Some(crate::session::row_count(&batches));
-                }
+                report.rows = Some(batches.iter().map(|b| b.num_rows() as u64).sum());
+                rows = Some((schema, batches));
             }
             plan => {
                 session
@@ -465,8 +465,8 @@ async fn scratch_context(session: &Session) -> Result<SessionContext> {
 
 /// Replaces view `name` in `ctx` by its rows; returns how many rows, and
 /// how many the computation embedded.
-async fn materialize(ctx: &SessionContext, name: &str) -> Result<(u64, u64)> {
-    let frame = ctx.table(TableReference::bare(name)).await?;
+async fn materialize(ctx: &SessionContext, name: TableReference) -> Result<(u64, u64)> {
+    let frame = ctx.table(name.clone()).await?;
     let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
     let task = Arc::new(frame.task_ctx());
     let plan: Arc<dyn ExecutionPlan> = frame.create_physical_plan().await?;
@@ -478,7 +478,7 @@ async fn materialize(ctx: &SessionContext, name: &str) -> Result<(u64, u64)> {
         .sum();
     let embedded = dag::metric_sum(&plan, "embedded_rows");
     let table = MemTable::try_new(schema, partitions)?;
-    ctx.deregister_table(TableReference::bare(name))?;
-    ctx.register_table(TableReference::bare(name), Arc::new(table))?;
+    ctx.deregister_table(name.clone())?;
+    ctx.register_table(name, Arc::new(table))?;
     Ok((rows, embedded))
 }

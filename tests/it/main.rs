@@ -4,6 +4,7 @@
 mod cli_errors;
 mod cli_sql;
 mod cluster;
+mod commits;
 mod common;
 mod devices;
 mod embed;

@@ -2,6 +2,7 @@
 //! way out) and credential redaction.
 
 pub mod arrow_schema_check;
+pub mod committed;
 pub mod object_store_registry;
 pub mod parquet_footer;
 pub mod parquet_metadata;

@@ -7,8 +7,10 @@
 //! `AZURE_*`), or from the options of a `CREATE EXTERNAL TABLE`, which take
 //! precedence for that bucket. Stores are cached per `scheme://authority`.
 //!
-//! Every store is wrapped in [`FooterCheckedStore`]: a Parquet file whose
-//! footer lies about its length is an error, not a panic in the reader.
+//! Every store is wrapped in [`FooterCheckedStore`] (a Parquet file whose
+//! footer lies about its length is an error, not a panic in the reader) and
+//! [`CommittedListingStore`] (listings show committed data only: no hidden
+//! files, and in a directory Kiln committed, the files of its manifest).
 //!
 //! Network stores get bounded timeouts and retries, so an unreachable
 //! endpoint is an error within seconds rather than a hang.
@@ -29,6 +31,7 @@ use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 use url::Url;
 
 use crate::error::{EngineError, Result};
+use crate::io::committed::CommittedListingStore;
 use crate::io::parquet_footer::FooterCheckedStore;
 use crate::io::redact::{is_sensitive_name, register_env_secrets, register_secret};
 
@@ -273,7 +276,26 @@ fn build_store(url: &Url, options: &[(String, String)]) -> Result<Arc<dyn Object
 /// `scheme://authority`.
 #[derive(Debug)]
 pub struct KilnObjectStoreRegistry {
-    stores: RwLock<HashMap<String, Arc<dyn ObjectStore>>>,
+    stores: RwLock<HashMap<String, Layers>>,
+}
+
+/// A store behind Kiln's layers: `checked` (Parquet footers and oversized
+/// reads checked) and `listed` (that, with listings showing committed data
+/// only: [`CommittedListingStore`]), which is what DataFusion is given.
+#[derive(Debug, Clone)]
+struct Layers {
+    checked: Arc<dyn ObjectStore>,
+    listed: Arc<dyn ObjectStore>,
+}
+
+impl Layers {
+    fn over(store: Arc<dyn ObjectStore>, key: &str) -> Layers {
+        let checked = FooterCheckedStore::wrap(store, key);
+        Layers {
+            listed: CommittedListingStore::wrap(Arc::clone(&checked)),
+            checked,
+        }
+    }
 }
 
 impl Default for KilnObjectStoreRegistry {
@@ -285,10 +307,10 @@ impl Default for KilnObjectStoreRegistry {
 impl KilnObjectStoreRegistry {
     pub fn new() -> Self {
         register_env_secrets();
-        let mut stores: HashMap<String, Arc<dyn ObjectStore>> = HashMap::new();
+        let mut stores: HashMap<String, Layers> = HashMap::new();
         stores.insert(
             "file://".to_string(),
-            FooterCheckedStore::wrap(Arc::new(LocalFileSystem::new()), "file://"),
+            Layers::over(Arc::new(LocalFileSystem::new()), "file://"),
         );
         KilnObjectStoreRegistry {
             stores: RwLock::new(stores),
@@ -303,12 +325,45 @@ impl KilnObjectStoreRegistry {
         Ok(())
     }
 
-    /// Caches `store` for `url`'s bucket, behind the Parquet footer check.
+    /// The store of `url` with every listing unfiltered (hidden files and
+    /// files of no commit included): for Kiln's own commits, which must see
+    /// and clean what readers do not.
+    pub fn unfiltered_store(&self, url: &Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
+        Ok(self.layers(url)?.checked)
+    }
+
+    /// Caches `store` for `url`'s bucket, behind Kiln's layers. A store
+    /// taken from this registry and registered again is kept as it is.
     fn insert(&self, url: &Url, store: Arc<dyn ObjectStore>) -> Option<Arc<dyn ObjectStore>> {
         let key = store_url_key(url);
-        let store = FooterCheckedStore::wrap(store, &key);
         let mut stores = self.stores.write().unwrap_or_else(|p| p.into_inner());
-        stores.insert(key, store)
+        let ours = stores
+            .values()
+            .find(|l| Arc::ptr_eq(&l.listed, &store) || Arc::ptr_eq(&l.checked, &store))
+            .cloned();
+        let layers = ours.unwrap_or_else(|| Layers::over(store, &key));
+        stores.insert(key, layers).map(|l| l.listed)
+    }
+
+    fn layers(&self, url: &Url) -> datafusion::error::Result<Layers> {
+        let key = store_url_key(url);
+        if let Some(layers) = self
+            .stores
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(layers.clone());
+        }
+        let mut stores = self.stores.write().unwrap_or_else(|p| p.into_inner());
+        // Another thread may have built it while we waited for the lock.
+        if let Some(layers) = stores.get(&key) {
+            return Ok(layers.clone());
+        }
+        let store = build_store(url, &[]).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let layers = Layers::over(store, &key);
+        stores.insert(key, layers.clone());
+        Ok(layers)
     }
 }
 
@@ -323,30 +378,16 @@ impl ObjectStoreRegistry for KilnObjectStoreRegistry {
 
     fn deregister_store(&self, url: &Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
         let mut stores = self.stores.write().unwrap_or_else(|p| p.into_inner());
-        stores.remove(&store_url_key(url)).ok_or_else(|| {
-            DataFusionError::Execution(format!("no object store registered for {url}"))
-        })
+        stores
+            .remove(&store_url_key(url))
+            .map(|l| l.listed)
+            .ok_or_else(|| {
+                DataFusionError::Execution(format!("no object store registered for {url}"))
+            })
     }
 
     fn get_store(&self, url: &Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
-        let key = store_url_key(url);
-        if let Some(store) = self
-            .stores
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return Ok(Arc::clone(store));
-        }
-        let mut stores = self.stores.write().unwrap_or_else(|p| p.into_inner());
-        // Another thread may have built it while we waited for the lock.
-        if let Some(store) = stores.get(&key) {
-            return Ok(Arc::clone(store));
-        }
-        let store = build_store(url, &[]).map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let store = FooterCheckedStore::wrap(store, &key);
-        stores.insert(key, Arc::clone(&store));
-        Ok(store)
+        Ok(self.layers(url)?.listed)
     }
 }
 
