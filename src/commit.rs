@@ -42,7 +42,7 @@ use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::{DataFrame, SessionContext};
 use futures::TryStreamExt;
 use kiln_engine::io::KilnObjectStoreRegistry;
-use kiln_engine::io::committed::{Manifest, ManifestFile, SUCCESS};
+use kiln_engine::io::committed::{JobMark, Manifest, ManifestFile, SUCCESS};
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 
@@ -63,6 +63,7 @@ pub(crate) async fn copy(
     ctx: &SessionContext,
     registry: &KilnObjectStoreRegistry,
     mut copy: CopyTo,
+    mark: Option<JobMark>,
 ) -> Result<Written> {
     let target = ListingTableUrl::parse(&copy.output_url)?;
     let single_file = match copy.options.get("single_file_output").map(|v| v.trim()) {
@@ -106,7 +107,10 @@ pub(crate) async fn copy(
         }
     };
     let rows = crate::session::row_count(&written.batches);
-    if let Err(e) = staged.promote(&target, rows).await {
+    if let Some(mark) = &mark {
+        crate::job::fault::kill_at("kill-before-commit", mark.step);
+    }
+    if let Err(e) = staged.promote(&target, rows, mark).await {
         staged.discard().await;
         return Err(e);
     }
@@ -351,7 +355,12 @@ impl Staged {
     /// Moves the staged rows (`rows` of them) to `target`, replacing what
     /// was there. A directory gets its manifest (`_SUCCESS`, naming the
     /// files of this commit: [`Manifest`]).
-    async fn promote(&mut self, target: &ListingTableUrl, rows: u64) -> Result<()> {
+    async fn promote(
+        &mut self,
+        target: &ListingTableUrl,
+        rows: u64,
+        mark: Option<JobMark>,
+    ) -> Result<()> {
         let local = (Self::local_path(&self.url), Self::local_path(target));
         if self.single_file {
             match local {
@@ -377,7 +386,8 @@ impl Staged {
                 })
             })
             .collect();
-        let manifest = Manifest::new(rows, files);
+        let mut manifest = Manifest::new(rows, files);
+        manifest.job = mark;
         match local {
             (Some(from), Some(to)) => {
                 // In the staged directory, so one rename publishes both.

@@ -390,7 +390,16 @@ impl Session {
         &self,
         copy: datafusion::logical_expr::dml::CopyTo,
     ) -> Result<crate::commit::Written> {
-        crate::commit::copy(&self.ctx, &self.registry, copy).await
+        crate::commit::copy(&self.ctx, &self.registry, copy, None).await
+    }
+
+    /// A job step's `COPY`: its manifest records the step (`--resume`).
+    pub(crate) async fn copy_for_job(
+        &self,
+        copy: datafusion::logical_expr::dml::CopyTo,
+        mark: kiln_engine::io::committed::JobMark,
+    ) -> Result<crate::commit::Written> {
+        crate::commit::copy(&self.ctx, &self.registry, copy, Some(mark)).await
     }
 
     /// Runs an `INSERT INTO`, keeping a committed directory's manifest

@@ -95,6 +95,12 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         report: Option<String>,
 
+        /// Skip the outputs this same job (same statements, same input
+        /// files) already committed, as after a crash; an output another job
+        /// or other inputs wrote is computed again, with a note saying why.
+        #[arg(long)]
+        resume: bool,
+
         /// Register Parquet at LOCATION as table NAME (repeatable).
         #[arg(long = "table", value_name = "NAME=LOCATION")]
         tables: Vec<String>,
@@ -563,6 +569,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Run {
             job,
             report,
+            resume,
             tables,
             timeout,
             format,
@@ -576,7 +583,7 @@ async fn run(cli: Cli) -> Result<()> {
             };
             let session = open_session(session(device, cluster), &input).await?;
             let format = output::Printer { format, max_width };
-            run_job(&session, &job, report.as_deref(), format).await
+            run_job(&session, &job, report.as_deref(), resume, format).await
         }
         Command::Explain {
             job: Some(job),
@@ -663,10 +670,19 @@ async fn run_job(
     session: &Session,
     path: &str,
     report_path: Option<&str>,
+    resume: bool,
     format: output::Printer,
 ) -> Result<()> {
     let sql = read_file(path)?;
-    let job = crate::job::Job::plan(session, &sql).await?;
+    let mut job = crate::job::Job::plan(session, &sql).await?;
+    if resume {
+        for note in job.check_resume(session).await? {
+            eprintln!("note: {note}");
+        }
+        let done = job.steps.iter().filter(|s| s.committed).count();
+        let outputs = job.outputs().count();
+        eprintln!("note: resuming: {done} of {outputs} outputs already committed by this job");
+    }
     let mut report = crate::job::JobReport::new(&job);
     let result = run_steps(session, &job, &mut report, format).await;
     report.finish(result.as_ref().err());
@@ -741,6 +757,9 @@ fn progress_line(step: &crate::job::StepReport) -> String {
         StepKind::Other => "statement".to_string(),
     };
     let mut line = what;
+    if step.resumed {
+        line.push_str(" (already committed: skipped)");
+    }
     if let Some(rows) = step.rows {
         line.push_str(&format!(": {rows} rows"));
     }

@@ -117,6 +117,57 @@ pub(super) fn reads(plan: &LogicalPlan, is_view: &dyn Fn(&str) -> bool) -> Vec<S
     names
 }
 
+/// The files `plan` reads from listing tables (a location, an external
+/// table, a registered directory), each as a line of its path, size, etag
+/// and modification time: what the job's fingerprint covers. The job's own
+/// outputs are stand-ins while it is planned, not listing tables, so they
+/// are not among them.
+pub(super) async fn input_versions(
+    ctx: &SessionContext,
+    plan: &LogicalPlan,
+) -> Result<Vec<String>> {
+    use datafusion::datasource::listing::ListingTable;
+    use futures::TryStreamExt;
+    let mut sources = Vec::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            sources.push(Arc::clone(&scan.source));
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    let state = ctx.state();
+    let mut lines = Vec::new();
+    for source in sources {
+        let Ok(provider) = datafusion::datasource::source_as_provider(&source) else {
+            continue;
+        };
+        let Some(table) = provider.downcast_ref::<ListingTable>() else {
+            continue;
+        };
+        let extension = table.options().file_extension.clone();
+        for url in table.table_paths() {
+            let store = ctx.runtime_env().object_store(url)?;
+            let files: Vec<_> = url
+                .list_all_files(&state, store.as_ref(), &extension)
+                .await?
+                .try_collect()
+                .await?;
+            for file in files {
+                lines.push(format!(
+                    "{}\t{}\t{}\t{}",
+                    file.location,
+                    file.size,
+                    file.e_tag.unwrap_or_default(),
+                    file.last_modified.timestamp_nanos_opt().unwrap_or_default()
+                ));
+            }
+        }
+    }
+    lines.sort();
+    lines.dedup();
+    Ok(lines)
+}
+
 /// Fills each view's `read_by`: the later steps that read it.
 pub(super) fn link_readers(steps: &mut [Step]) {
     for i in 0..steps.len() {

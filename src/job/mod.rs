@@ -27,6 +27,7 @@
 //! the command line's forms.
 
 mod dag;
+pub(crate) mod fault;
 mod report;
 
 use std::collections::HashMap;
@@ -108,6 +109,10 @@ pub struct Step {
     /// Kiln's operators its physical plan places on a device (empty: all
     /// on the CPU).
     pub device_operators: Vec<String>,
+    /// Already committed by this same job (its fingerprint and step): a
+    /// resumed run skips it ([`Job::check_resume`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub committed: bool,
     #[serde(skip)]
     statement: Statement,
 }
@@ -125,6 +130,10 @@ pub struct Job {
     pub steps: Vec<Step>,
     /// The session's device request (`auto`, `cpu`, `wgpu`, `cuda:1`, ...).
     pub device: String,
+    /// blake3 of the job's statements and of the versions (size, etag or
+    /// modification time) of every file it reads that it does not write:
+    /// what a resumed run must match.
+    pub fingerprint: String,
 }
 
 /// The rows and report of one step.
@@ -142,6 +151,7 @@ impl Job {
         let statements = dag::parse_naming_statement(session, sql)?;
         let total = statements.len();
         let scratch = scratch_context(session).await?;
+        let mut fingerprint = blake3::Hasher::new();
         let mut made: HashMap<String, usize> = HashMap::new();
         let mut views = std::collections::HashSet::new();
         let mut steps: Vec<Step> = Vec::with_capacity(total);
@@ -152,9 +162,15 @@ impl Job {
                 total,
                 source: Box::new(source),
             };
-            let step = plan_step(session, &scratch, index, statement, &made, &views)
+            let (step, inputs) = plan_step(session, &scratch, index, statement, &made, &views)
                 .await
                 .map_err(failed)?;
+            fingerprint.update(step.sql.as_bytes());
+            fingerprint.update(b"\n");
+            for input in inputs {
+                fingerprint.update(input.as_bytes());
+                fingerprint.update(b"\n");
+            }
             if let Some(name) = step.kind.creates() {
                 made.insert(name.to_string(), index);
             }
@@ -167,7 +183,56 @@ impl Job {
         Ok(Job {
             steps,
             device: session.device().to_string(),
+            fingerprint: fingerprint.finalize().to_hex().to_string(),
         })
+    }
+
+    /// For a resumed run: marks the steps whose output this same job (same
+    /// fingerprint, same step) already committed, so they are skipped, and
+    /// returns a note for each output that will be computed again although
+    /// something is there: written by another job or from other inputs, or
+    /// a single file (single-file outputs carry no manifest to resume by).
+    pub async fn check_resume(&mut self, session: &Session) -> Result<Vec<String>> {
+        let mut notes = Vec::new();
+        for step in &mut self.steps {
+            let StepKind::Copy { target } = &step.kind else {
+                continue;
+            };
+            let url = datafusion::datasource::listing::ListingTableUrl::parse(target)?;
+            let store = session
+                .context()
+                .runtime_env()
+                .object_store(url.object_store())?;
+            let manifest =
+                kiln_engine::io::committed::Manifest::read(store.as_ref(), url.prefix()).await;
+            let Some(manifest) = manifest else {
+                let exists = !url.is_collection()
+                    && object_store::ObjectStoreExt::head(store.as_ref(), url.prefix())
+                        .await
+                        .is_ok();
+                if exists {
+                    notes.push(format!(
+                        "step {}: {target} is a single file, which carries no record of the                          job that wrote it: computing it again",
+                        step.index
+                    ));
+                }
+                continue;
+            };
+            match &manifest.job {
+                Some(mark) if mark.fingerprint == self.fingerprint && mark.step == step.index => {
+                    step.committed = true;
+                }
+                Some(_) => notes.push(format!(
+                    "step {}: {target} was written by another job, or from other inputs                      (the job's statements or the files it reads changed since): computing it again",
+                    step.index
+                )),
+                None => notes.push(format!(
+                    "step {}: {target} was not written by a job: computing it again",
+                    step.index
+                )),
+            }
+        }
+        Ok(notes)
     }
 
     /// Runs step `index` (1-based) in `session`: the steps before it must
@@ -180,11 +245,24 @@ impl Job {
             .ok_or_else(|| KilnError::Internal(format!("the job has no step {index}")))?;
         let started = Instant::now();
         let mut report = StepReport::new(step);
+        if step.committed {
+            return self.resumed(session, step, report).await;
+        }
         let plan = session.plan_statement(step.statement.clone()).await?;
         let mut rows = None;
+        let mark = kiln_engine::io::committed::JobMark {
+            fingerprint: self.fingerprint.clone(),
+            step: index,
+        };
+        // A shared view all of whose readers are committed outputs is not
+        // computed: nothing will read it.
+        let readers_done = step
+            .read_by
+            .iter()
+            .all(|r| self.steps.get(r - 1).is_some_and(|s| s.committed));
         match plan {
             LogicalPlan::Copy(copy) => {
-                let written = session.copy(copy).await?;
+                let written = session.copy_for_job(copy, mark).await?;
                 report.rows = Some(crate::session::row_count(&written.batches));
                 report.embedded_rows = dag::metric_sum(&written.plan, "embedded_rows");
                 if let StepKind::Copy { target } = &step.kind {
@@ -193,7 +271,9 @@ impl Job {
                     report.bytes = Some(bytes);
                 }
             }
-            LogicalPlan::Ddl(DdlStatement::CreateView(view)) if step.is_shared() => {
+            LogicalPlan::Ddl(DdlStatement::CreateView(view))
+                if step.is_shared() && !readers_done =>
+            {
                 let name = view.name.clone();
                 session
                     .context()
@@ -229,7 +309,33 @@ impl Job {
             }
         }
         report.seconds = started.elapsed().as_secs_f64();
+        fault::kill_at("kill-after-step", index);
         Ok(StepOutcome { report, rows })
+    }
+
+    /// A step this job already committed: what its manifest says.
+    async fn resumed(
+        &self,
+        session: &Session,
+        step: &Step,
+        mut report: StepReport,
+    ) -> Result<StepOutcome> {
+        report.resumed = true;
+        if let StepKind::Copy { target } = &step.kind {
+            let url = datafusion::datasource::listing::ListingTableUrl::parse(target)?;
+            let store = session
+                .context()
+                .runtime_env()
+                .object_store(url.object_store())?;
+            if let Some(manifest) =
+                kiln_engine::io::committed::Manifest::read(store.as_ref(), url.prefix()).await
+            {
+                report.rows = Some(manifest.rows);
+                report.files = Some(manifest.files.len() as u64);
+                report.bytes = Some(manifest.files.iter().map(|f| f.bytes).sum());
+            }
+        }
+        Ok(StepOutcome { report, rows: None })
     }
 
     /// Runs every step in order; the first failure ends the job (the
@@ -340,11 +446,12 @@ async fn plan_step(
     statement: Statement,
     made: &HashMap<String, usize>,
     views: &std::collections::HashSet<String>,
-) -> Result<Step> {
+) -> Result<(Step, Vec<String>)> {
     let sql = statement.to_string();
     let plan = session
         .plan_statement_in(scratch, statement.clone())
         .await?;
+    let inputs = dag::input_versions(scratch, &plan).await?;
     let reads = dag::reads(&plan, &|name| views.contains(name));
     let mut after = {
         let mut after: Vec<usize> = reads.iter().filter_map(|r| made.get(r).copied()).collect();
@@ -417,7 +524,7 @@ async fn plan_step(
             StepKind::Query
         }
     };
-    Ok(Step {
+    let step = Step {
         index,
         sql,
         kind,
@@ -425,8 +532,10 @@ async fn plan_step(
         after,
         read_by: Vec::new(),
         device_operators,
+        committed: false,
         statement,
-    })
+    };
+    Ok((step, inputs))
 }
 
 /// A private copy of the session's catalogs (the tables themselves are

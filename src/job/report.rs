@@ -33,6 +33,8 @@ pub struct StepReport {
     pub embedded_rows: u64,
     /// A view computed once and shared by the steps that read it.
     pub materialized: bool,
+    /// Skipped: a resumed run found it committed by this same job.
+    pub resumed: bool,
     /// Kiln's operators placed on a device (from the job's plan).
     pub device_operators: Vec<String>,
 }
@@ -48,6 +50,7 @@ impl StepReport {
             seconds: 0.0,
             embedded_rows: 0,
             materialized: false,
+            resumed: false,
             device_operators: step.device_operators.clone(),
         }
     }
@@ -65,6 +68,10 @@ pub struct JobReport {
     pub device: String,
     /// Statements in the job.
     pub statements: usize,
+    /// The job's fingerprint ([`Job::fingerprint`]).
+    pub fingerprint: String,
+    /// Steps skipped because this job had committed them (`--resume`).
+    pub resumed_steps: usize,
     /// Unix time the job started, in seconds.
     pub started_at: f64,
     /// Wall time until the job ended.
@@ -81,6 +88,8 @@ impl JobReport {
             error: None,
             device: job.device.clone(),
             statements: job.steps.len(),
+            fingerprint: job.fingerprint.clone(),
+            resumed_steps: 0,
             started_at: now(),
             seconds: 0.0,
             embedded_rows: 0,
@@ -91,6 +100,7 @@ impl JobReport {
     /// Records a step that ran.
     pub fn push(&mut self, step: StepReport) {
         self.embedded_rows += step.embedded_rows;
+        self.resumed_steps += usize::from(step.resumed);
         self.steps.push(step);
     }
 

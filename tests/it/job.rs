@@ -220,3 +220,166 @@ fn kiln_run_reports_and_explain_shows_the_dag() {
     );
     assert_eq!(report["steps"].as_array().unwrap().len(), 1);
 }
+
+/// A job of three outputs (two local directories, one on the loopback S3
+/// server when it runs) killed at chosen points, then resumed: every output
+/// a reader sees is absent or complete after each kill, `--resume` skips
+/// what this job committed, and the outputs end equal to an uninterrupted
+/// run's. Changing an input invalidates what was committed, with a note.
+#[test]
+fn a_killed_job_leaves_whole_outputs_and_resumes_where_it_stopped() {
+    let dir = tempdir();
+    let people = dir.path().join("people.parquet");
+    write_people(&people);
+    let server = s3();
+    let remote = match server {
+        Some(server) => {
+            server.create_bucket("kiln-jobs");
+            "s3://kiln-jobs/run".to_string()
+        }
+        None => s(&dir.path().join("remote")),
+    };
+    let job_for = |root: &str, remote: &str| {
+        format!(
+            "CREATE VIEW e AS SELECT id, name, embed(name, '{model}') AS v FROM '{people}';\n\
+             COPY (SELECT id, v FROM e) TO '{root}/a/' STORED AS PARQUET;\n\
+             COPY (SELECT id, name FROM e WHERE id > 1) TO '{remote}/b/' STORED AS PARQUET;\n\
+             COPY (SELECT count(*) AS n, sum(id) AS ids FROM e) TO '{root}/c/' STORED AS PARQUET;\n",
+            model = tiny().display(),
+            people = s(&people),
+        )
+    };
+    let kiln_job = || {
+        let mut cmd = kiln();
+        if let Some(server) = server {
+            for (k, v) in server.env() {
+                cmd.env(k, v);
+            }
+        }
+        cmd
+    };
+    let run_job = |job: &Path, fault: Option<&str>, resume: bool, report: &Path| {
+        let mut cmd = kiln_job();
+        cmd.args(["run", &s(job), "--report", &s(report)]);
+        if resume {
+            cmd.arg("--resume");
+        }
+        if let Some(fault) = fault {
+            cmd.env("KILN_FAULT", fault);
+        }
+        run(&mut cmd)
+    };
+    let read_report = |report: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap()
+    };
+    // What an output holds, as CSV lines sorted (the reader is Kiln).
+    let contents = |location: &str| -> Option<String> {
+        let r = run(kiln_job().args([
+            "sql",
+            "--format",
+            "csv",
+            "-c",
+            &format!("SELECT * FROM '{location}' ORDER BY 1"),
+        ]));
+        (r.code == 0).then_some(r.stdout)
+    };
+
+    // The uninterrupted run.
+    let reference = s(&dir.path().join("reference"));
+    let ref_job = dir.path().join("reference.sql");
+    std::fs::write(
+        &ref_job,
+        job_for(&reference, &format!("{remote}-reference")),
+    )
+    .unwrap();
+    let r = run_job(&ref_job, None, false, &dir.path().join("ref.json"));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let want = [
+        contents(&format!("{reference}/a/")).unwrap(),
+        contents(&format!("{remote}-reference/b/")).unwrap(),
+        contents(&format!("{reference}/c/")).unwrap(),
+    ];
+
+    let root = s(&dir.path().join("out"));
+    let job = dir.path().join("job.sql");
+    std::fs::write(&job, job_for(&root, &remote)).unwrap();
+    let outputs = [
+        format!("{root}/a/"),
+        format!("{remote}/b/"),
+        format!("{root}/c/"),
+    ];
+    let report = dir.path().join("report.json");
+
+    // Killed with the first output's rows staged, before its commit.
+    let r = run_job(&job, Some("kill-before-commit:2"), false, &report);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("KILN_FAULT"), "{}", r.stderr);
+    assert!(
+        outputs.iter().all(|o| contents(o).is_none()),
+        "an output appeared"
+    );
+    let staged = std::fs::read_dir(dir.path().join("out"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".kiln-staging-")
+        })
+        .count();
+    assert_eq!(staged, 1, "the killed write's staging");
+
+    // Resumed, and killed again once the second output is committed.
+    let r = run_job(&job, Some("kill-after-step:3"), true, &report);
+    assert_ne!(r.code, 0);
+    assert_eq!(contents(&outputs[0]).as_ref(), Some(&want[0]));
+    assert_eq!(contents(&outputs[1]).as_ref(), Some(&want[1]));
+    assert!(contents(&outputs[2]).is_none());
+
+    // Resumed to the end: the two committed outputs are skipped.
+    let r = run_job(&job, None, true, &report);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("resuming: 2 of 3 outputs already committed"),
+        "{}",
+        r.stderr
+    );
+    let done = read_report(&report);
+    assert_eq!(done["resumed_steps"], 2);
+    assert_eq!(done["steps"][1]["resumed"], true);
+    assert_eq!(done["steps"][2]["resumed"], true);
+    assert_eq!(done["steps"][3]["resumed"], false);
+    for (output, want) in outputs.iter().zip(&want) {
+        assert_eq!(contents(output).as_ref(), Some(want), "{output}");
+    }
+    let leftovers = std::fs::read_dir(dir.path().join("out"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with('.')
+        })
+        .count();
+    assert_eq!(leftovers, 0, "staging of the killed write remains");
+
+    // Nothing left to do: nothing is embedded again.
+    let r = run_job(&job, None, true, &report);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let done = read_report(&report);
+    assert_eq!(done["resumed_steps"], 3);
+    assert_eq!(done["embedded_rows"], 0);
+
+    // A changed input: everything is computed again, and the run says why.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    write_people(&people);
+    let r = run_job(&job, None, true, &report);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("other inputs"), "{}", r.stderr);
+    let done = read_report(&report);
+    assert_eq!(done["resumed_steps"], 0);
+    assert_eq!(done["embedded_rows"], 4);
+}

@@ -48,6 +48,17 @@ pub struct Manifest {
     pub rows: u64,
     /// The files of the commit, relative to the directory.
     pub files: Vec<ManifestFile>,
+    /// The job step that wrote it, when a job did (what `--resume` checks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobMark>,
+}
+
+/// Which job step wrote a commit: the job's fingerprint (its statements and
+/// the versions of the files it reads) and the step's number.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct JobMark {
+    pub fingerprint: String,
+    pub step: usize,
 }
 
 /// One file of a commit.
@@ -71,6 +82,7 @@ impl Manifest {
             committed_at,
             rows,
             files,
+            job: None,
         }
     }
 
