@@ -190,14 +190,46 @@ impl KilnError {
     }
 
     /// The process's exit code for this error: 2 for a bad command line,
-    /// 130 for Ctrl-C (as a shell reports an interrupted command), 1 for
-    /// everything that went wrong while running.
+    /// 130 for Ctrl-C (as a shell reports an interrupted command),
+    /// [`EXIT_RETRYABLE`] (75, sysexits' `EX_TEMPFAIL`) for a failure of the
+    /// environment that running again may not meet ([`Self::is_retryable`]),
+    /// 1 for everything else that went wrong while running (the SQL, the
+    /// data, a missing table or file: running again fails the same way).
     pub fn exit_code(&self) -> u8 {
         match self {
             e if e.is_usage() => 2,
             KilnError::Cancelled => 130,
             KilnError::Statement { source, .. } if matches!(**source, KilnError::Cancelled) => 130,
+            e if e.is_retryable() => EXIT_RETRYABLE,
             _ => 1,
+        }
+    }
+
+    /// Whether running again may succeed: the failure came from the
+    /// environment — a store or the network (unreachable, timed out,
+    /// throttled, failing with a server error), a local I/O error other
+    /// than a missing or forbidden file, a device (out of memory after every
+    /// fallback, a driver error), a cluster's scheduler or executors, memory
+    /// exhausted — not from the job or its data. What Kiln found wrong in a
+    /// file (a lying Parquet footer or metadata) is not retryable.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            KilnError::File { source, .. } => io_retryable(source),
+            KilnError::DataFusion(e) => datafusion_retryable(e),
+            KilnError::Engine(e) => engine_retryable(e),
+            KilnError::Kernel(e) => e.is_transient(),
+            KilnError::ObjectStore { source, .. } => store_retryable(source),
+            KilnError::SchedulerUnreachable { .. } => true,
+            KilnError::Cluster(e) => match e {
+                ballista_core::error::BallistaError::DataFusionError(e) => datafusion_retryable(e),
+                ballista_core::error::BallistaError::NotImplemented(_)
+                | ballista_core::error::BallistaError::Internal(_) => false,
+                _ => true,
+            },
+            KilnError::Table { source, .. }
+            | KilnError::Statement { source, .. }
+            | KilnError::JobStatement { source, .. } => source.is_retryable(),
+            _ => false,
         }
     }
 
@@ -226,6 +258,123 @@ impl KilnError {
             | KilnError::JobSyntax { source, .. } => source.is_usage(),
             _ => false,
         }
+    }
+}
+
+/// The exit code of a failure that running again may not meet.
+pub const EXIT_RETRYABLE: u8 = 75;
+
+fn io_retryable(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    !matches!(
+        e.kind(),
+        NotFound
+            | PermissionDenied
+            | AlreadyExists
+            | InvalidInput
+            | InvalidData
+            | Unsupported
+            | IsADirectory
+            | NotADirectory
+            | BrokenPipe
+    )
+}
+
+fn store_retryable(e: &object_store::Error) -> bool {
+    use kiln_engine::io::parquet_footer::{BadFooter, BadMetadata, RangeBeyondObject};
+    match e {
+        // Network, timeouts, throttling and server errors come as Generic,
+        // as do Kiln's own verdicts on a file, which are not.
+        object_store::Error::Generic { source, .. } => {
+            let verdict = source.is::<BadFooter>()
+                || source.is::<BadMetadata>()
+                || source.is::<RangeBeyondObject>();
+            !verdict && http_status(source.as_ref()).is_none_or(|s| s >= 500 || s == 408 || s == 429)
+        }
+        object_store::Error::JoinError { .. } => true,
+        _ => false,
+    }
+}
+
+/// The HTTP status a store's request failed with, if it got one.
+/// object_store 0.13 keeps its request error type private (`client::retry`
+/// is not public), so the status is read from the message it writes:
+/// "Server returned non-2xx status code: 404 Not Found". A 4xx other than
+/// 408 and 429 (a missing bucket, a refused request) fails again the same
+/// way; no status (the connection failed) or a 5xx may not.
+fn http_status(e: &(dyn std::error::Error + 'static)) -> Option<u16> {
+    const MARK: &str = "status code: ";
+    let mut next = Some(e);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if let Some(at) = text.find(MARK) {
+            let digits: String = text[at + MARK.len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            if let Ok(status) = digits.parse() {
+                return Some(status);
+            }
+        }
+        next = e.source();
+    }
+    None
+}
+
+fn engine_retryable(e: &kiln_engine::EngineError) -> bool {
+    match e {
+        kiln_engine::EngineError::File { source, .. } => io_retryable(source),
+        kiln_engine::EngineError::ObjectStore { source, .. } => store_retryable(source),
+        kiln_engine::EngineError::Kernel(e) => e.is_transient(),
+        _ => false,
+    }
+}
+
+fn external_retryable(e: &(dyn std::error::Error + 'static)) -> bool {
+    if let Some(e) = e.downcast_ref::<object_store::Error>() {
+        return store_retryable(e);
+    }
+    if let Some(e) = e.downcast_ref::<std::io::Error>() {
+        return io_retryable(e);
+    }
+    if let Some(e) = e.downcast_ref::<DataFusionError>() {
+        return datafusion_retryable(e);
+    }
+    if let Some(e) = e.downcast_ref::<kiln_kernels::KernelError>() {
+        return e.is_transient();
+    }
+    if let Some(e) = e.downcast_ref::<kiln_engine::EngineError>() {
+        return engine_retryable(e);
+    }
+    if let Some(e) = e.downcast_ref::<KilnError>() {
+        return e.is_retryable();
+    }
+    false
+}
+
+fn datafusion_retryable(e: &DataFusionError) -> bool {
+    use datafusion::arrow::error::ArrowError;
+    use datafusion::parquet::errors::ParquetError;
+    match e {
+        DataFusionError::ObjectStore(e) => store_retryable(e),
+        DataFusionError::IoError(e) => io_retryable(e),
+        DataFusionError::ResourcesExhausted(_) => true,
+        DataFusionError::External(e) => external_retryable(e.as_ref()),
+        DataFusionError::Context(_, e) | DataFusionError::Diagnostic(_, e) => {
+            datafusion_retryable(e)
+        }
+        DataFusionError::Shared(e) => datafusion_retryable(e),
+        DataFusionError::ArrowError(e, _) => match e.as_ref() {
+            ArrowError::IoError(_, e) => io_retryable(e),
+            ArrowError::ExternalError(e) => external_retryable(e.as_ref()),
+            _ => false,
+        },
+        DataFusionError::ParquetError(e) => match e.as_ref() {
+            ParquetError::External(e) => external_retryable(e.as_ref()),
+            _ => false,
+        },
+        DataFusionError::Collection(errors) => errors.iter().any(datafusion_retryable),
+        _ => false,
     }
 }
 

@@ -112,6 +112,19 @@ impl KernelError {
         }
     }
 
+    /// Whether the device itself failed (out of memory after every
+    /// fallback, a driver error, a lost or busy adapter) rather than Kiln's
+    /// input or settings: running again, or on another machine, may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            KernelError::OutOfMemory { .. }
+                | KernelError::Cuda(_)
+                | KernelError::WgpuRequestDevice(_)
+                | KernelError::WgpuRuntime(_)
+        )
+    }
+
     /// The error as a reason for EXPLAIN: a refused kernel input gives just
     /// its detail ("decimal division"), anything else its whole message.
     pub fn into_reason(self) -> String {

@@ -10,10 +10,13 @@ fn sql(args: &[&str]) -> Run {
 fn missing_file() {
     let r = sql(&["-c", "SELECT * FROM '/nonexistent/kiln/data.parquet'"]);
     assert_one_line_error(&r, &["/nonexistent/kiln/data.parquet"]);
+    assert_eq!(r.code, 1, "not retryable: {}", r.stderr);
     let r = sql(&["--table", "t=/nonexistent/kiln/dir/", "-c", "SELECT 1"]);
     assert_one_line_error(&r, &["--table t", "/nonexistent/kiln/dir"]);
+    assert_eq!(r.code, 1, "not retryable: {}", r.stderr);
     let r = sql(&["-f", "/nonexistent/job.sql"]);
     assert_one_line_error(&r, &["/nonexistent/job.sql", "No such file"]);
+    assert_eq!(r.code, 1, "not retryable: {}", r.stderr);
 }
 
 #[test]
@@ -23,6 +26,7 @@ fn corrupt_and_non_parquet_files() {
     std::fs::write(&text, "this is not parquet\n".repeat(10)).unwrap();
     let r = sql(&["-c", &format!("SELECT * FROM '{}'", s(&text))]);
     assert_one_line_error(&r, &["Parquet", "footer"]);
+    assert_eq!(r.code, 1, "not retryable: {}", r.stderr);
 
     // A real Parquet file cut short: the footer is gone.
     let good = dir.path().join("good.parquet");
@@ -32,6 +36,7 @@ fn corrupt_and_non_parquet_files() {
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
     let r = sql(&["-c", &format!("SELECT * FROM '{}'", s(&cut))]);
     assert_one_line_error(&r, &["Parquet"]);
+    assert_eq!(r.code, 1, "not retryable: {}", r.stderr);
 }
 
 #[test]

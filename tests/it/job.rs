@@ -383,3 +383,82 @@ fn a_killed_job_leaves_whole_outputs_and_resumes_where_it_stopped() {
     assert_eq!(done["resumed_steps"], 0);
     assert_eq!(done["embedded_rows"], 4);
 }
+
+/// The orchestrator examples: every file compiles (Airflow and Dagster
+/// themselves import where installed: `KILN_TEST_DAGSTER`/`KILN_TEST_AIRFLOW`
+/// name a Python that has them), and the helper they share maps Kiln's exit
+/// codes for real: a report on success, a failure not to retry for bad
+/// SQL, a retryable one (75) for an unreachable store.
+#[test]
+fn orchestrator_examples_compile_and_map_exit_codes() {
+    let python = std::env::var("KILN_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/orchestrators");
+    let files = ["kiln_job.py", "airflow_dag.py", "dagster_assets.py"];
+    let mut cmd = std::process::Command::new(&python);
+    cmd.args(["-m", "py_compile"])
+        .current_dir(&examples)
+        .args(files);
+    let r = run(&mut cmd);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for (var, module) in [
+        ("KILN_TEST_DAGSTER", "dagster_assets"),
+        ("KILN_TEST_AIRFLOW", "airflow_dag"),
+    ] {
+        if let Ok(python) = std::env::var(var) {
+            let r = run(std::process::Command::new(python)
+                .args(["-c", &format!("import {module}")])
+                .current_dir(&examples));
+            assert_eq!(r.code, 0, "import {module}: {}", r.stderr);
+        }
+    }
+
+    let dir = tempdir();
+    let report = s(&dir.path().join("report.json"));
+    let outcome = |sql: &str, env: &[(&str, String)]| -> Run {
+        let job = dir.path().join("job.sql");
+        std::fs::write(&job, sql).unwrap();
+        let mut cmd = std::process::Command::new(&python);
+        cmd.arg(examples.join("kiln_job.py"))
+            .args([s(&job), report.clone()])
+            .env("KILN", env!("CARGO_BIN_EXE_kiln"))
+            .env_remove("KILN_DEVICE");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        run(&mut cmd)
+    };
+    let out = s(&dir.path().join("out"));
+    let r = outcome(
+        &format!("COPY (SELECT 1 AS a) TO '{out}/' STORED AS PARQUET;"),
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let outputs: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(outputs[0]["rows"], 1);
+    assert_eq!(outputs[0]["files"], 1);
+
+    let r = outcome("SELECT nope FROM (SELECT 1 AS a);", &[]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.starts_with("failed: error: the job was not run"),
+        "{}",
+        r.stdout
+    );
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let r = outcome(
+        "SELECT count(*) FROM 's3://bucket/data.parquet';",
+        &[
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("AWS_ENDPOINT", format!("http://127.0.0.1:{port}")),
+        ],
+    );
+    assert_eq!(r.code, 75, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.starts_with("retryable: error:"), "{}", r.stdout);
+}

@@ -166,6 +166,8 @@ fn missing_bucket_is_one_line() {
         "SELECT * FROM 's3://kiln-no-such-bucket/data/'",
     ]));
     assert_one_line_error(&r, &["kiln-no-such-bucket"]);
+    // Missing: running again fails the same way.
+    assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(!r.stderr.contains(SECRET_KEY), "{}", r.stderr);
 }
 
@@ -184,6 +186,8 @@ fn unreachable_endpoint_fails_fast() {
         .env("AWS_ENDPOINT", format!("http://127.0.0.1:{port}"))
         .args(["sql", "-c", "SELECT * FROM 's3://bucket/data.parquet'"]));
     assert_one_line_error(&r, &[]);
+    // Unreachable: an orchestrator may retry (75, EX_TEMPFAIL).
+    assert_eq!(r.code, 75, "{}", r.stderr);
     assert!(!r.stderr.contains(SECRET_KEY), "{}", r.stderr);
     assert!(
         r.elapsed < std::time::Duration::from_secs(30),
