@@ -289,7 +289,8 @@ fn store_retryable(e: &object_store::Error) -> bool {
             let verdict = source.is::<BadFooter>()
                 || source.is::<BadMetadata>()
                 || source.is::<RangeBeyondObject>();
-            !verdict && http_status(source.as_ref()).is_none_or(|s| s >= 500 || s == 408 || s == 429)
+            !verdict
+                && http_status(source.as_ref()).is_none_or(|s| s >= 500 || s == 408 || s == 429)
         }
         object_store::Error::JoinError { .. } => true,
         _ => false,

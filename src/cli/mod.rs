@@ -703,8 +703,18 @@ async fn run_steps(
 ) -> Result<()> {
     let total = job.steps.len();
     let terminal = std::io::stderr().is_terminal();
+    let outputs = job.outputs().count();
+    let mut outputs_done = 0;
     let mut printed = 0;
     for step in &job.steps {
+        if terminal {
+            // Overwritten by the step's line when it ends.
+            eprint!(
+                "\r[{}/{total}] running {} ({outputs_done}/{outputs} outputs done)\x1b[K",
+                step.index,
+                step.kind.describe()
+            );
+        }
         let outcome = guard::guarded(
             job.run_step(session, step.index),
             session.statement_timeout()?,
@@ -715,9 +725,10 @@ async fn run_steps(
             total,
             source: Box::new(e),
         })?;
+        outputs_done += usize::from(step.kind.is_output());
         if terminal {
             eprintln!(
-                "[{}/{total}] {}",
+                "\r[{}/{total}] {}\x1b[K",
                 step.index,
                 progress_line(&outcome.report)
             );
@@ -745,18 +756,10 @@ async fn run_steps(
 
 /// A step's line on a terminal.
 fn progress_line(step: &crate::job::StepReport) -> String {
-    use crate::job::StepKind;
-    let what = match &step.kind {
-        StepKind::Query => "query".to_string(),
-        StepKind::Copy { target } => format!("copy to {target}"),
-        StepKind::CreateTable { name } => format!("table {name}"),
-        StepKind::Insert { table } => format!("insert into {table}"),
-        StepKind::View { name } if step.materialized => format!("view {name} (computed once)"),
-        StepKind::View { name } => format!("view {name}"),
-        StepKind::ExternalTable { name, .. } => format!("external table {name}"),
-        StepKind::Other => "statement".to_string(),
-    };
-    let mut line = what;
+    let mut line = step.kind.describe();
+    if step.materialized {
+        line.push_str(" (computed once)");
+    }
     if step.resumed {
         line.push_str(" (already committed: skipped)");
     }

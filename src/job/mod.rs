@@ -78,6 +78,21 @@ impl StepKind {
         )
     }
 
+    /// What the step does, in a few words ("copy to s3://out/a/").
+    pub fn describe(&self) -> String {
+        match self {
+            StepKind::Query => "query".to_string(),
+            StepKind::Copy { target } => format!("copy to {target}"),
+            StepKind::CreateTable { name } => format!("table {name} (in memory)"),
+            StepKind::Insert { table } => format!("insert into {table}"),
+            StepKind::View { name } => format!("view {name}"),
+            StepKind::ExternalTable { name, location } => {
+                format!("external table {name} at {location}")
+            }
+            StepKind::Other => "statement".to_string(),
+        }
+    }
+
     /// What the step makes that later steps may read.
     fn creates(&self) -> Option<&str> {
         match self {
@@ -373,15 +388,8 @@ impl Job {
         );
         for step in &self.steps {
             let what = match &step.kind {
-                StepKind::Query => "query".to_string(),
-                StepKind::Copy { target } => format!("copy to {target}"),
-                StepKind::CreateTable { name } => format!("table {name} (in memory)"),
-                StepKind::Insert { table } => format!("insert into {table}"),
-                StepKind::View { name } => format!("view {name}"),
-                StepKind::ExternalTable { name, location } => {
-                    format!("external table {name} at {location}")
-                }
                 StepKind::Other => step.sql.chars().take(60).collect(),
+                kind => kind.describe(),
             };
             let mut notes = Vec::new();
             if !step.reads.is_empty() {
