@@ -1,4 +1,4 @@
-"""An Airflow DAG that runs a Kiln job daily and retries only what may pass.
+"""An Airflow (3.x) DAG that runs a Kiln job daily and retries only what may pass.
 
 Airflow retries a failed task `retries` times; a Kiln failure that is not
 retryable (bad SQL, missing input, corrupt file: exit code 1) fails the task
@@ -8,8 +8,8 @@ outputs committed by a failed attempt are not computed again.
 
 from datetime import datetime, timedelta
 
-from airflow.decorators import dag, task
-from airflow.exceptions import AirflowFailException
+from airflow.sdk import dag, task
+from airflow.sdk.exceptions import AirflowFailException
 
 from kiln_job import KilnJobFailed, KilnJobRetryable, run_kiln_job, summary
 
