@@ -106,9 +106,9 @@ pub(crate) async fn copy(
             return Err(e.into());
         }
     };
-    let rows = crate::session::row_count(&written.batches);
+    let rows = row_count(&written.batches);
     if let Some(mark) = &mark {
-        crate::job::fault::kill_at("kill-before-commit", mark.step);
+        crate::fault::kill_at("kill-before-commit", mark.step);
     }
     if let Err(e) = staged.promote(&target, rows, mark).await {
         staged.discard().await;
@@ -125,6 +125,19 @@ fn forget_listings(ctx: &SessionContext) {
     if let Some(cache) = ctx.runtime_env().cache_manager.get_list_files_cache() {
         cache.clear();
     }
+}
+
+/// The sum of a `COPY`'s or an `INSERT`'s `count` column.
+pub(crate) fn row_count(batches: &[RecordBatch]) -> u64 {
+    batches
+        .iter()
+        .filter_map(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::UInt64Array>()
+                .map(|a| a.values().iter().sum::<u64>())
+        })
+        .sum()
 }
 
 /// Runs an `INSERT INTO` plan. Into a directory Kiln committed (one with a
@@ -171,7 +184,7 @@ pub(crate) async fn insert(
                 bytes: meta.size,
             });
         }
-        manifest.rows += crate::session::row_count(&batches);
+        manifest.rows += row_count(&batches);
         let marker = dir.clone().join(SUCCESS);
         store
             .put(&marker, manifest.to_json().into())

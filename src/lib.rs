@@ -21,6 +21,7 @@ pub mod dataframe;
 pub mod datagen;
 pub mod error;
 #[doc(hidden)]
+mod fault;
 pub mod fuzzing;
 pub mod job;
 mod mixed_schema;

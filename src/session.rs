@@ -196,19 +196,6 @@ fn unknown_extension(location: &str) -> Option<KilnError> {
     }
 }
 
-/// The sum of a `COPY`'s `count` column.
-pub(crate) fn row_count(batches: &[RecordBatch]) -> u64 {
-    batches
-        .iter()
-        .filter_map(|b| {
-            b.column(0)
-                .as_any()
-                .downcast_ref::<datafusion::arrow::array::UInt64Array>()
-                .map(|a| a.values().iter().sum::<u64>())
-        })
-        .sum()
-}
-
 /// What one statement of a script produced.
 #[derive(Debug, Clone)]
 pub struct StatementOutput {
@@ -437,7 +424,7 @@ impl Session {
             return Err(KilnError::Internal("copy_to built no COPY plan".into()));
         };
         let written = self.copy(copy).await?;
-        Ok(row_count(&written.batches))
+        Ok(crate::commit::row_count(&written.batches))
     }
 
     /// The logical plan of one parsed statement, with the storage options of

@@ -27,7 +27,6 @@
 //! the command line's forms.
 
 mod dag;
-pub(crate) mod fault;
 mod report;
 
 use std::collections::HashMap;
@@ -278,7 +277,7 @@ impl Job {
         match plan {
             LogicalPlan::Copy(copy) => {
                 let written = session.copy_for_job(copy, mark).await?;
-                report.rows = Some(crate::session::row_count(&written.batches));
+                report.rows = Some(crate::commit::row_count(&written.batches));
                 report.embedded_rows = dag::metric_sum(&written.plan, "embedded_rows");
                 if let StepKind::Copy { target } = &step.kind {
                     let (files, bytes) = report::written_files(session, target).await?;
@@ -301,7 +300,7 @@ impl Job {
             }
             plan @ LogicalPlan::Dml(_) if matches!(step.kind, StepKind::Insert { .. }) => {
                 let written = session.insert(plan).await?;
-                report.rows = Some(crate::session::row_count(&written.batches));
+                report.rows = Some(crate::commit::row_count(&written.batches));
                 report.embedded_rows = dag::metric_sum(&written.plan, "embedded_rows");
             }
             plan if step.kind == StepKind::Query => {
@@ -324,7 +323,7 @@ impl Job {
             }
         }
         report.seconds = started.elapsed().as_secs_f64();
-        fault::kill_at("kill-after-step", index);
+        crate::fault::kill_at("kill-after-step", index);
         Ok(StepOutcome { report, rows })
     }
 
