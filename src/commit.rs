@@ -42,7 +42,7 @@ use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::{DataFrame, SessionContext};
 use futures::TryStreamExt;
 use kiln_engine::io::KilnObjectStoreRegistry;
-use kiln_engine::io::committed::{JobMark, Manifest, ManifestFile, SUCCESS};
+use kiln_engine::io::committed::{JobMark, Manifest, ManifestFile, SUCCESS, relative_path};
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 
@@ -150,6 +150,7 @@ pub(crate) async fn insert(
     ctx: &SessionContext,
     registry: &KilnObjectStoreRegistry,
     plan: LogicalPlan,
+    mark: Option<JobMark>,
 ) -> Result<Written> {
     let committed = match &plan {
         LogicalPlan::Dml(dml) => committed_directory(registry, &dml.target).await?,
@@ -175,16 +176,16 @@ pub(crate) async fn insert(
             {
                 continue;
             }
-            let Some(parts) = meta.location.prefix_match(&dir) else {
+            let Some(path) = relative_path(&dir, &meta.location) else {
                 continue;
             };
-            let path = parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>();
             manifest.files.push(ManifestFile {
-                path: path.join("/"),
+                path,
                 bytes: meta.size,
             });
         }
         manifest.rows += row_count(&batches);
+        manifest.job_steps.extend(mark);
         let marker = dir.clone().join(SUCCESS);
         store
             .put(&marker, manifest.to_json().into())
@@ -211,12 +212,11 @@ async fn committed_directory(
     let Some(table) = provider.downcast_ref::<ListingTable>() else {
         return Ok(None);
     };
+    // A directory named with or without its trailing '/': a manifest
+    // under it is what counts.
     let [url] = table.table_paths().as_slice() else {
         return Ok(None);
     };
-    if !url.is_collection() {
-        return Ok(None);
-    }
     let store_url = url.object_store();
     let store = registry.unfiltered_store(store_url.as_ref())?;
     let dir = url.prefix().clone();
@@ -260,25 +260,27 @@ fn is_leftover(name: &str, output: &str) -> bool {
 /// which take space. (Two writers to one target at once are not supported:
 /// the second would delete the first's staging.)
 async fn clean_leftovers(store: &Arc<dyn ObjectStore>, target: &ListingTableUrl) {
-    let trimmed = target.as_str().trim_end_matches('/');
-    let Some((_, name)) = trimmed.rsplit_once('/') else {
-        return;
-    };
     if let Some(path) = Staged::local_path(target) {
-        let Some(parent) = path.parent() else {
+        // The name as the file system has it (a URL encodes spaces).
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
             return;
         };
+        let name = name.to_string_lossy();
         let Ok(entries) = std::fs::read_dir(parent) else {
             return;
         };
         for entry in entries.flatten() {
-            if is_leftover(&entry.file_name().to_string_lossy(), name) {
+            if is_leftover(&entry.file_name().to_string_lossy(), &name) {
                 remove_local(&entry.path());
             }
         }
         return;
     }
     let prefix = target.prefix();
+    // The name as the store has it.
+    let Some(name) = prefix.filename() else {
+        return;
+    };
     let parent: Path = prefix
         .parts()
         .take(prefix.parts().count().saturating_sub(1))
@@ -388,19 +390,14 @@ impl Staged {
         let files = staged
             .iter()
             .filter_map(|meta| {
-                let relative: Vec<String> = meta
-                    .location
-                    .prefix_match(from)?
-                    .map(|p| p.as_ref().to_string())
-                    .collect();
                 Some(ManifestFile {
-                    path: relative.join("/"),
+                    path: relative_path(from, &meta.location)?,
                     bytes: meta.size,
                 })
             })
             .collect();
         let mut manifest = Manifest::new(rows, files);
-        manifest.job = mark;
+        manifest.job_steps = mark.into_iter().collect();
         match local {
             (Some(from), Some(to)) => {
                 // In the staged directory, so one rename publishes both.
@@ -429,6 +426,28 @@ impl Staged {
         let Some(manifest) = manifest else {
             return self.store.rename(from, to).await.map_err(store_err(to));
         };
+        if Manifest::read(self.store.as_ref(), to).await.is_none() {
+            // No manifest yet (a first write, another writer's directory):
+            // readers list everything. One naming what they see now keeps
+            // them off the files about to move in. (Its row count is not
+            // known: 0. The commit's own manifest replaces it.)
+            let current = self.list(to).await.map_err(store_err(to))?;
+            let files = current
+                .into_iter()
+                .filter(|m| !kiln_engine::io::committed::is_hidden(Some(to), &m.location))
+                .filter_map(|m| {
+                    Some(ManifestFile {
+                        path: relative_path(to, &m.location)?,
+                        bytes: m.size,
+                    })
+                })
+                .collect();
+            let marker = to.clone().join(SUCCESS);
+            self.store
+                .put(&marker, Manifest::new(0, files).to_json().into())
+                .await
+                .map_err(store_err(&marker))?;
+        }
         let staged = self.list(from).await.map_err(store_err(from))?;
         let mut written = std::collections::HashSet::new();
         for meta in staged {

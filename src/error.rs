@@ -264,20 +264,40 @@ impl KilnError {
 /// The exit code of a failure that running again may not meet.
 pub const EXIT_RETRYABLE: u8 = 75;
 
+/// Whether an I/O error is of the kinds that pass: the network (refused,
+/// reset, timed out, unreachable), an interrupted call, a busy resource or a
+/// full disk. A missing, forbidden or malformed file fails again.
 fn io_retryable(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
-    !matches!(
+    matches!(
         e.kind(),
-        NotFound
-            | PermissionDenied
-            | AlreadyExists
-            | InvalidInput
-            | InvalidData
-            | Unsupported
-            | IsADirectory
-            | NotADirectory
-            | BrokenPipe
+        TimedOut
+            | ConnectionRefused
+            | ConnectionReset
+            | ConnectionAborted
+            | NotConnected
+            | HostUnreachable
+            | NetworkUnreachable
+            | NetworkDown
+            | Interrupted
+            | WouldBlock
+            | ResourceBusy
+            | StorageFull
+            | QuotaExceeded
+            | OutOfMemory
     )
+}
+
+/// The first I/O error in `e`'s chain of sources.
+fn io_source<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return Some(io);
+        }
+        next = e.source();
+    }
+    None
 }
 
 fn store_retryable(e: &object_store::Error) -> bool {
@@ -285,12 +305,19 @@ fn store_retryable(e: &object_store::Error) -> bool {
     match e {
         // Network, timeouts, throttling and server errors come as Generic,
         // as do Kiln's own verdicts on a file, which are not.
-        object_store::Error::Generic { source, .. } => {
+        object_store::Error::Generic { store, source } => {
             let verdict = source.is::<BadFooter>()
                 || source.is::<BadMetadata>()
                 || source.is::<RangeBeyondObject>();
-            !verdict
-                && http_status(source.as_ref()).is_none_or(|s| s >= 500 || s == 408 || s == 429)
+            if verdict {
+                return false;
+            }
+            // The local store reports every I/O error but a missing file
+            // as Generic: its kind decides.
+            if *store == "LocalFileSystem" {
+                return io_source(source.as_ref()).is_some_and(io_retryable);
+            }
+            http_status(source.as_ref()).is_none_or(|s| s >= 500 || s == 408 || s == 429)
         }
         object_store::Error::JoinError { .. } => true,
         _ => false,

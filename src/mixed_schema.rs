@@ -193,13 +193,10 @@ impl TableProviderFactory for ParquetTables {
         let Some(format) = session_state.get_file_format_factory(&cmd.file_type) else {
             return Err(error);
         };
-        let extension = if url.is_collection() {
-            String::new()
-        } else {
-            location
-                .rsplit_once('.')
-                .map(|(_, e)| format!(".{e}"))
-                .unwrap_or_default()
+        // As DataFusion's factory: none for a directory, the file's own.
+        let extension = match url.prefix().extension() {
+            Some(e) if !url.is_collection() => format!(".{e}"),
+            _ => String::new(),
         };
         let options = ListingOptions::new(format.create(session_state, &cmd.options)?)
             .with_file_extension(extension);

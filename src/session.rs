@@ -366,7 +366,7 @@ impl Session {
         if let LogicalPlan::Dml(dml) = &plan
             && matches!(dml.op, datafusion::logical_expr::WriteOp::Insert(_))
         {
-            let written = self.insert(plan).await?;
+            let written = self.insert(plan, None).await?;
             return Ok(self.ctx.read_batches(written.batches)?);
         }
         Ok(self.ctx.execute_logical_plan(plan).await?)
@@ -391,8 +391,12 @@ impl Session {
 
     /// Runs an `INSERT INTO`, keeping a committed directory's manifest
     /// ([`crate::commit::insert`]).
-    pub(crate) async fn insert(&self, plan: LogicalPlan) -> Result<crate::commit::Written> {
-        crate::commit::insert(&self.ctx, &self.registry, plan).await
+    pub(crate) async fn insert(
+        &self,
+        plan: LogicalPlan,
+        mark: Option<kiln_engine::io::committed::JobMark>,
+    ) -> Result<crate::commit::Written> {
+        crate::commit::insert(&self.ctx, &self.registry, plan, mark).await
     }
 
     /// Writes `frame` as Parquet at `location`, replacing what is there:

@@ -45,8 +45,15 @@ impl PhysicalOptimizerRule for CheckParquetMetadata {
             if format!("{factory:?}") == "CheckedReaderFactory" {
                 return Ok(Transformed::no(node));
             }
+            // The page index is loaded (and checked) where the scan would
+            // use it for pruning.
+            let page_index = parquet.table_parquet_options().global.enable_page_index;
             let checked = parquet.clone().with_parquet_file_reader_factory(Arc::new(
-                CheckedReaderFactory::new(Arc::clone(factory), config.object_store_url.as_str()),
+                CheckedReaderFactory::new(
+                    Arc::clone(factory),
+                    config.object_store_url.as_str(),
+                    page_index,
+                ),
             ));
             let config = FileScanConfigBuilder::from(config.clone())
                 .with_source(Arc::new(checked))

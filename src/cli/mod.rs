@@ -673,25 +673,43 @@ async fn run_job(
     resume: bool,
     format: output::Printer,
 ) -> Result<()> {
-    let sql = read_file(path)?;
-    let mut job = crate::job::Job::plan(session, &sql).await?;
-    if resume {
-        for note in job.check_resume(session).await? {
-            eprintln!("note: {note}");
-        }
-        let done = job.steps.iter().filter(|s| s.committed).count();
-        let outputs = job.outputs().count();
-        eprintln!("note: resuming: {done} of {outputs} outputs already committed by this job");
-    }
-    let mut report = crate::job::JobReport::new(&job);
-    let result = run_steps(session, &job, &mut report, format).await;
-    report.finish(result.as_ref().err());
-    if let Some(report_path) = report_path {
+    let write_report = |report: &crate::job::JobReport| -> Result<()> {
+        let Some(report_path) = report_path else {
+            return Ok(());
+        };
         std::fs::write(report_path, report.to_json()).map_err(|source| KilnError::File {
             path: report_path.to_string(),
             source,
-        })?;
+        })
+    };
+    let planned = async {
+        let sql = read_file(path)?;
+        let mut job = crate::job::Job::plan(session, &sql).await?;
+        if resume {
+            for note in job.check_resume(session).await? {
+                eprintln!("note: {note}");
+            }
+            let done = job.steps.iter().filter(|s| s.committed).count();
+            let outputs = job.outputs().count();
+            eprintln!("note: resuming: {done} of {outputs} outputs already committed by this job");
+        }
+        Ok::<_, KilnError>(job)
     }
+    .await;
+    let job = match planned {
+        Ok(job) => job,
+        Err(e) => {
+            write_report(&crate::job::JobReport::not_run(
+                &session.device().to_string(),
+                &e,
+            ))?;
+            return Err(e);
+        }
+    };
+    let mut report = crate::job::JobReport::new(&job);
+    let result = run_steps(session, &job, &mut report, format).await;
+    report.finish(result.as_ref().err());
+    write_report(&report)?;
     result
 }
 

@@ -16,8 +16,9 @@
 //! physical plan puts on a device, and for a view, the steps that read it.
 //! A view read by two or more steps is computed once when the job runs:
 //! after its `CREATE VIEW`, it is replaced in the session by its rows, held
-//! in memory (DataFusion's memory pool accounts for them; they do not
-//! spill), so an `embed()` under it runs once per row, not once per reader.
+//! in memory (not spilled, and not yet counted against DataFusion's memory
+//! pool), so an `embed()` under it runs once per row, not once per reader.
+//! (It is a table from then on: a later `DROP VIEW` of it fails.)
 //! Steps run in script order, which respects every dependency; independent
 //! outputs do not yet run concurrently.
 //!
@@ -58,8 +59,12 @@ pub enum StepKind {
     Copy { target: String },
     /// `CREATE TABLE name AS ...` (held in memory).
     CreateTable { name: String },
-    /// `INSERT INTO table ...`.
-    Insert { table: String },
+    /// `INSERT INTO table ...`; `location`, when the table is a directory.
+    Insert {
+        table: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        location: Option<String>,
+    },
     /// `CREATE VIEW name AS ...`.
     View { name: String },
     /// `CREATE EXTERNAL TABLE name ... LOCATION location`.
@@ -83,7 +88,7 @@ impl StepKind {
             StepKind::Query => "query".to_string(),
             StepKind::Copy { target } => format!("copy to {target}"),
             StepKind::CreateTable { name } => format!("table {name} (in memory)"),
-            StepKind::Insert { table } => format!("insert into {table}"),
+            StepKind::Insert { table, .. } => format!("insert into {table}"),
             StepKind::View { name } => format!("view {name}"),
             StepKind::ExternalTable { name, location } => {
                 format!("external table {name} at {location}")
@@ -168,6 +173,7 @@ impl Job {
         let mut fingerprint = blake3::Hasher::new();
         let mut made: HashMap<String, usize> = HashMap::new();
         let mut views = std::collections::HashSet::new();
+        let mut locations: HashMap<String, String> = HashMap::new();
         let mut steps: Vec<Step> = Vec::with_capacity(total);
         for (i, statement) in statements.into_iter().enumerate() {
             let index = i + 1;
@@ -176,9 +182,14 @@ impl Job {
                 total,
                 source: Box::new(source),
             };
-            let (step, inputs) = plan_step(session, &scratch, index, statement, &made, &views)
-                .await
-                .map_err(failed)?;
+            let (step, inputs) = plan_step(
+                session, &scratch, index, statement, &made, &views, &locations,
+            )
+            .await
+            .map_err(failed)?;
+            if let StepKind::ExternalTable { name, location } = &step.kind {
+                locations.insert(name.clone(), location.clone());
+            }
             fingerprint.update(step.sql.as_bytes());
             fingerprint.update(b"\n");
             for input in inputs {
@@ -187,6 +198,9 @@ impl Job {
             }
             if let Some(name) = step.kind.creates() {
                 made.insert(name.to_string(), index);
+            }
+            if let StepKind::Copy { target } = &step.kind {
+                made.insert(normalized(target), index);
             }
             if let StepKind::View { name } = &step.kind {
                 views.insert(name.clone());
@@ -208,42 +222,59 @@ impl Job {
     /// a single file (single-file outputs carry no manifest to resume by).
     pub async fn check_resume(&mut self, session: &Session) -> Result<Vec<String>> {
         let mut notes = Vec::new();
+        // Directories an earlier step of this run rewrites: what was added
+        // to them before is gone, so their inserts run again too.
+        let mut rewritten = std::collections::HashSet::new();
         for step in &mut self.steps {
-            let StepKind::Copy { target } = &step.kind else {
-                continue;
+            let (target, copy) = match &step.kind {
+                StepKind::Copy { target } => (target.clone(), true),
+                StepKind::Insert {
+                    location: Some(location),
+                    ..
+                } => (location.clone(), false),
+                _ => continue,
             };
-            let url = datafusion::datasource::listing::ListingTableUrl::parse(target)?;
+            if !copy && rewritten.contains(&normalized(&target)) {
+                continue;
+            }
+            let url = datafusion::datasource::listing::ListingTableUrl::parse(&target)?;
             let store = session
                 .context()
                 .runtime_env()
                 .object_store(url.object_store())?;
             let manifest =
                 kiln_engine::io::committed::Manifest::read(store.as_ref(), url.prefix()).await;
-            let Some(manifest) = manifest else {
-                let exists = !url.is_collection()
-                    && object_store::ObjectStoreExt::head(store.as_ref(), url.prefix())
-                        .await
-                        .is_ok();
-                if exists {
-                    notes.push(format!(
-                        "step {}: {target} is a single file, which carries no record of the                          job that wrote it: computing it again",
-                        step.index
-                    ));
-                }
-                continue;
+            let mine = kiln_engine::io::committed::JobMark {
+                fingerprint: self.fingerprint.clone(),
+                step: step.index,
             };
-            match &manifest.job {
-                Some(mark) if mark.fingerprint == self.fingerprint && mark.step == step.index => {
-                    step.committed = true;
-                }
-                Some(_) => notes.push(format!(
-                    "step {}: {target} was written by another job, or from other inputs                      (the job's statements or the files it reads changed since): computing it again",
+            match manifest {
+                Some(m) if m.job_steps.contains(&mine) => step.committed = true,
+                Some(m) if copy && !m.job_steps.is_empty() => notes.push(format!(
+                    "step {}: {target} was written by another job, or from other inputs \
+                     (the job's statements or the files it reads changed since): computing it again",
                     step.index
                 )),
-                None => notes.push(format!(
+                Some(_) if copy => notes.push(format!(
                     "step {}: {target} was not written by a job: computing it again",
                     step.index
                 )),
+                None if copy
+                    && !url.is_collection()
+                    && object_store::ObjectStoreExt::head(store.as_ref(), url.prefix())
+                        .await
+                        .is_ok() =>
+                {
+                    notes.push(format!(
+                        "step {}: {target} is a single file, which carries no record of the \
+                         job that wrote it: computing it again",
+                        step.index
+                    ));
+                }
+                _ => {}
+            }
+            if copy && !step.committed {
+                rewritten.insert(normalized(&target));
             }
         }
         Ok(notes)
@@ -299,7 +330,7 @@ impl Job {
                 report.materialized = true;
             }
             plan @ LogicalPlan::Dml(_) if matches!(step.kind, StepKind::Insert { .. }) => {
-                let written = session.insert(plan).await?;
+                let written = session.insert(plan, Some(mark)).await?;
                 report.rows = Some(crate::commit::row_count(&written.batches));
                 report.embedded_rows = dag::metric_sum(&written.plan, "embedded_rows");
             }
@@ -453,6 +484,7 @@ async fn plan_step(
     statement: Statement,
     made: &HashMap<String, usize>,
     views: &std::collections::HashSet<String>,
+    locations: &HashMap<String, String>,
 ) -> Result<(Step, Vec<String>)> {
     let sql = statement.to_string();
     let plan = session
@@ -478,7 +510,11 @@ async fn plan_step(
         LogicalPlan::Copy(copy) => {
             device_operators = dag::device_operators(scratch, &plan).await?;
             let target = copy.output_url.clone();
-            stand_in(&target, Arc::new(copy.input.schema().as_arrow().clone()))?;
+            let schema = Arc::new(copy.input.schema().as_arrow().clone());
+            stand_in(&target, Arc::clone(&schema))?;
+            // Also as the location an external table over it names, in
+            // whatever form (`out`, `out/`, `file:///.../out/`).
+            stand_in(&normalized(&target), schema)?;
             StepKind::Copy { target }
         }
         LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) => {
@@ -496,13 +532,14 @@ async fn plan_step(
             let name = create.name.to_string();
             let location = create.locations.first().cloned().unwrap_or_default();
             // Over what an earlier COPY of the job writes: not there yet.
+            let written_by = made.get(&normalized(&location)).copied();
             match scratch
-                .table_provider(TableReference::bare(location.as_str()))
+                .table_provider(TableReference::bare(normalized(&location)))
                 .await
             {
-                Ok(written) if made.contains_key(&location) => {
+                Ok(written) if written_by.is_some() => {
                     stand_in(&name, written.schema())?;
-                    after.push(made[&location]);
+                    after.extend(written_by);
                 }
                 _ => {
                     scratch.execute_logical_plan(plan.clone()).await?;
@@ -518,9 +555,10 @@ async fn plan_step(
                 after.sort_unstable();
                 after.dedup();
             }
-            StepKind::Insert {
-                table: dml.table_name.to_string(),
-            }
+            let table = dml.table_name.to_string();
+            let location = insert_location(&dml.target)
+                .or_else(|| locations.get(dml.table_name.table()).cloned());
+            StepKind::Insert { table, location }
         }
         LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) | LogicalPlan::Dml(_) => {
             scratch.execute_logical_plan(plan.clone()).await?;
@@ -543,6 +581,26 @@ async fn plan_step(
         statement,
     };
     Ok((step, inputs))
+}
+
+/// The directory an `INSERT` writes into, when its table is one.
+fn insert_location(target: &Arc<dyn datafusion::logical_expr::TableSource>) -> Option<String> {
+    use datafusion::datasource::listing::ListingTable;
+    let provider = datafusion::datasource::source_as_provider(target).ok()?;
+    let table = provider.downcast_ref::<ListingTable>()?;
+    match table.table_paths().as_slice() {
+        [url] => Some(url.as_str().to_string()),
+        _ => None,
+    }
+}
+
+/// Where `location` is, as a comparable string (`out` and `out/`,
+/// `/data/out/` and `file:///data/out/` are one).
+fn normalized(location: &str) -> String {
+    match datafusion::datasource::listing::ListingTableUrl::parse(location) {
+        Ok(url) => format!("{}{}", url.object_store().as_str(), url.prefix()),
+        Err(_) => location.to_string(),
+    }
 }
 
 /// A private copy of the session's catalogs (the tables themselves are

@@ -97,6 +97,25 @@ impl JobReport {
         }
     }
 
+    /// The record of a job that did not run: it did not parse or plan, or
+    /// its resume check failed.
+    pub fn not_run(device: &str, error: &KilnError) -> Self {
+        let mut report = JobReport {
+            status: "running",
+            error: None,
+            device: device.to_string(),
+            statements: 0,
+            fingerprint: String::new(),
+            resumed_steps: 0,
+            started_at: now(),
+            seconds: 0.0,
+            embedded_rows: 0,
+            steps: Vec::new(),
+        };
+        report.finish(Some(error));
+        report
+    }
+
     /// Records a step that ran.
     pub fn push(&mut self, step: StepReport) {
         self.embedded_rows += step.embedded_rows;

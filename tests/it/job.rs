@@ -154,6 +154,16 @@ fn a_job_that_does_not_plan_runs_nothing_and_names_the_statement() {
     let r = run(kiln().args(["run", &s(&job), "--report", &report]));
     assert_one_line_error(&r, &["the job was not run", "statement 5 of 6", "line 6"]);
     assert!(r.stdout.is_empty(), "{}", r.stdout);
+    // Its report says so.
+    let not_run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(not_run["status"], "failed");
+    assert!(
+        not_run["error"]
+            .as_str()
+            .unwrap()
+            .contains("statement 5 of 6")
+    );
     assert!(!Path::new(&written).exists());
     // An error while planning the third (after a COPY): nothing written.
     std::fs::write(
@@ -461,4 +471,63 @@ fn orchestrator_examples_compile_and_map_exit_codes() {
     );
     assert_eq!(r.code, 75, "{}{}", r.stdout, r.stderr);
     assert!(r.stdout.starts_with("retryable: error:"), "{}", r.stdout);
+}
+
+/// An `INSERT INTO` a directory the job wrote is recorded in its manifest:
+/// a resumed run skips it once done (no row twice), runs it when the job was
+/// killed before it, and runs it again when its directory is rewritten.
+#[test]
+fn resumed_inserts_add_their_rows_once() {
+    let dir = tempdir();
+    let out = s(&dir.path().join("out"));
+    let job = dir.path().join("job.sql");
+    std::fs::write(
+        &job,
+        format!(
+            "COPY (SELECT i FROM generate_series(1, 10) t(i)) TO '{out}/' STORED AS PARQUET;\n\
+             CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '{out}';\n\
+             INSERT INTO t VALUES (100), (101);\n\
+             SELECT count(*) AS n FROM t;\n"
+        ),
+    )
+    .unwrap();
+    let report = dir.path().join("report.json");
+    let run_job = |fault: Option<&str>| {
+        let mut cmd = kiln();
+        cmd.args([
+            "run",
+            &s(&job),
+            "--resume",
+            "--format",
+            "csv",
+            "--report",
+            &s(&report),
+        ]);
+        if let Some(fault) = fault {
+            cmd.env("KILN_FAULT", fault);
+        }
+        run(&mut cmd)
+    };
+    let resumed = || -> serde_json::Value {
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        r["resumed_steps"].clone()
+    };
+    // Killed after the COPY: the resumed run skips it and inserts once.
+    let r = run_job(Some("kill-after-step:1"));
+    assert_ne!(r.code, 0);
+    let r = run_job(None);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "n\n12\n");
+    assert_eq!(resumed(), 1);
+    // Everything done: nothing runs twice.
+    let r = run_job(None);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "n\n12\n");
+    assert_eq!(resumed(), 2);
+    // Without --resume the COPY rewrites the directory, and the insert adds
+    // to the new one.
+    let r = run(kiln().args(["run", &s(&job), "--format", "csv"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "n\n12\n");
 }

@@ -135,6 +135,7 @@ fn check_type(field: &ipc::Field<'_>) -> Result<(), String> {
             None => missing(),
         },
         Type::FixedSizeBinary => match field.type_as_fixed_size_binary() {
+            Some(b) if b.byteWidth() < 0 => unknown("byte width", b.byteWidth().to_string()),
             Some(_) => Ok(()),
             None => missing(),
         },
@@ -173,6 +174,9 @@ fn check_type(field: &ipc::Field<'_>) -> Result<(), String> {
         },
         Type::List | Type::LargeList | Type::ListView | Type::LargeListView => children(1),
         Type::FixedSizeList => match field.type_as_fixed_size_list() {
+            // Negative: arrow-ipc takes it, parquet's list reader casts it
+            // to a size.
+            Some(l) if l.listSize() < 0 => unknown("list size", l.listSize().to_string()),
             Some(_) => children(1),
             None => missing(),
         },

@@ -48,9 +48,10 @@ pub struct Manifest {
     pub rows: u64,
     /// The files of the commit, relative to the directory.
     pub files: Vec<ManifestFile>,
-    /// The job step that wrote it, when a job did (what `--resume` checks).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub job: Option<JobMark>,
+    /// The job steps that wrote it, when a job did: the `COPY` that made
+    /// it, then any `INSERT INTO` that added to it (what `--resume` checks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub job_steps: Vec<JobMark>,
 }
 
 /// Which job step wrote a commit: the job's fingerprint (its statements and
@@ -82,7 +83,7 @@ impl Manifest {
             committed_at,
             rows,
             files,
-            job: None,
+            job_steps: Vec::new(),
         }
     }
 
@@ -111,6 +112,16 @@ impl Manifest {
     }
 }
 
+/// `location` relative to the directory `prefix` ("k=1/part-0.parquet"),
+/// as a manifest names files; `None` when it is not under it.
+pub fn relative_path(prefix: &Path, location: &Path) -> Option<String> {
+    let parts: Vec<String> = location
+        .prefix_match(prefix)?
+        .map(|p| p.as_ref().to_string())
+        .collect();
+    Some(parts.join("/"))
+}
+
 /// Whether `location`, listed under `prefix`, is hidden: a segment below
 /// the prefix starts with `_` or `.`.
 pub fn is_hidden(prefix: Option<&Path>, location: &Path) -> bool {
@@ -123,7 +134,9 @@ pub fn is_hidden(prefix: Option<&Path>, location: &Path) -> bool {
     };
     below.iter().any(|part| {
         let name = part.as_ref();
-        name.starts_with('_') || name.starts_with('.')
+        // A Hive partition directory may name a column starting with `_`
+        // (`_source=web/`): as Spark, a segment with `=` is not hidden.
+        name.starts_with('.') || (name.starts_with('_') && !name.contains('='))
     })
 }
 
@@ -150,20 +163,12 @@ impl Visible {
     }
 
     fn shows(&self, location: &Path) -> bool {
-        if is_hidden(self.prefix.as_ref(), location) {
-            return false;
-        }
         match (&self.committed, &self.prefix) {
-            (Some(files), Some(prefix)) => location
-                .prefix_match(prefix)
-                .map(|parts| {
-                    parts
-                        .map(|p| p.as_ref().to_string())
-                        .collect::<Vec<_>>()
-                        .join("/")
-                })
-                .is_some_and(|relative| files.contains(&relative)),
-            _ => true,
+            // What the manifest names is data, whatever its name.
+            (Some(files), Some(prefix)) => {
+                relative_path(prefix, location).is_some_and(|r| files.contains(&r))
+            }
+            _ => !is_hidden(self.prefix.as_ref(), location),
         }
     }
 }
@@ -302,6 +307,7 @@ mod tests {
             "t/.a.parquet.crc",
             "t/_temporary/0/x.parquet",
             "t/k=1/c.parquet",
+            "t/_src=web/e.parquet",
             "_root/t2/d.parquet",
         ] {
             inner.put(&Path::from(path), "x".into()).await.unwrap();
@@ -314,7 +320,12 @@ mod tests {
             .unwrap();
         assert_eq!(
             listed(store.as_ref(), "t").await,
-            ["t/a.parquet", "t/b.parquet", "t/k=1/c.parquet"]
+            [
+                "t/_src=web/e.parquet",
+                "t/a.parquet",
+                "t/b.parquet",
+                "t/k=1/c.parquet"
+            ]
         );
         // A hidden segment above the listed prefix does not hide.
         assert_eq!(
@@ -358,7 +369,7 @@ mod tests {
             .iter()
             .map(|p| p.to_string())
             .collect();
-        assert_eq!(dirs, ["t/k=1"]);
+        assert_eq!(dirs, ["t/_src=web", "t/k=1"]);
         // Another committer's JSON is not followed.
         inner
             .put(
@@ -367,6 +378,6 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(listed(store.as_ref(), "t").await.len(), 3);
+        assert_eq!(listed(store.as_ref(), "t").await.len(), 4);
     }
 }

@@ -56,10 +56,13 @@ const MAX_DECLARED_ROWS: u64 = (usize::MAX / 32) as u64;
 /// without overflow).
 pub fn check_declared(metadata: &ParquetMetaData) -> Result<(), String> {
     let file = metadata.file_metadata();
-    if let Some(value) = file
+    // Every entry: parquet keeps the last one of a repeated key.
+    for value in file
         .key_value_metadata()
-        .and_then(|kv| kv.iter().find(|kv| kv.key == ARROW_SCHEMA_KEY))
-        .and_then(|kv| kv.value.as_deref())
+        .into_iter()
+        .flatten()
+        .filter(|kv| kv.key == ARROW_SCHEMA_KEY)
+        .filter_map(|kv| kv.value.as_deref())
     {
         check_arrow_schema(value)?;
     }
@@ -171,15 +174,23 @@ pub struct CheckedReaderFactory {
     inner: Arc<dyn ParquetFileReaderFactory>,
     /// The scan's store, `scheme://authority`, to name files in errors.
     store_key: String,
+    /// Whether the scan may prune by page (then its readers load the page
+    /// index with the metadata, to check it before DataFusion uses it).
+    page_index: bool,
 }
 
 impl CheckedReaderFactory {
     /// Wraps `inner`, the factory of a scan over the store `store_url`
     /// (the scan's `ObjectStoreUrl`, e.g. `file:///` or `s3://bucket/`).
-    pub fn new(inner: Arc<dyn ParquetFileReaderFactory>, store_url: &str) -> Self {
+    pub fn new(
+        inner: Arc<dyn ParquetFileReaderFactory>,
+        store_url: &str,
+        page_index: bool,
+    ) -> Self {
         CheckedReaderFactory {
             inner,
             store_key: store_url.trim_end_matches('/').to_string(),
+            page_index,
         }
     }
 }
@@ -211,7 +222,11 @@ impl ParquetFileReaderFactory for CheckedReaderFactory {
             metadata_size_hint,
             metrics,
         )?;
-        Ok(Box::new(CheckedReader { inner, file }))
+        Ok(Box::new(CheckedReader {
+            inner,
+            file,
+            page_index: self.page_index,
+        }))
     }
 }
 
@@ -229,6 +244,7 @@ impl fmt::Display for FileShown {
 struct CheckedReader {
     inner: Box<dyn AsyncFileReader + Send>,
     file: FileShown,
+    page_index: bool,
 }
 
 impl AsyncFileReader for CheckedReader {
@@ -252,7 +268,10 @@ impl AsyncFileReader for CheckedReader {
     ) -> BoxFuture<'a, datafusion::parquet::errors::Result<Arc<ParquetMetaData>>> {
         async move {
             let mut metadata = self.inner.get_metadata(options).await?;
-            if metadata.offset_index().is_none() && declares_offset_index(&metadata) {
+            if self.page_index
+                && metadata.offset_index().is_none()
+                && declares_offset_index(&metadata)
+            {
                 // Load the page index now, so its page locations are checked
                 // below: DataFusion would load it later for page pruning,
                 // past this check (it keeps an index a reader gives it).
@@ -271,5 +290,48 @@ impl AsyncFileReader for CheckedReader {
             Ok(metadata)
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::parquet::file::metadata::{FileMetaData, KeyValue, ParquetMetaDataReader};
+
+    /// parquet keeps the last of repeated keys: a valid `ARROW:schema`
+    /// before an invalid one must not hide it.
+    #[test]
+    fn every_arrow_schema_entry_is_checked() {
+        let crasher = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../fuzz/regressions/parquet/arrow-schema-unknown-float-precision"),
+        )
+        .unwrap();
+        let n = crasher.len();
+        let len = u32::from_le_bytes(crasher[n - 8..n - 4].try_into().unwrap()) as usize;
+        let metadata =
+            ParquetMetaDataReader::decode_metadata(&crasher[n - 8 - len..n - 8]).unwrap();
+        let file = metadata.file_metadata();
+        let bad = file
+            .key_value_metadata()
+            .unwrap()
+            .iter()
+            .find(|kv| kv.key == ARROW_SCHEMA_KEY)
+            .unwrap()
+            .clone();
+        let entries = vec![KeyValue::new(ARROW_SCHEMA_KEY.to_string(), None), bad];
+        let twice = ParquetMetaData::new(
+            FileMetaData::new(
+                file.version(),
+                file.num_rows(),
+                file.created_by().map(str::to_string),
+                Some(entries),
+                file.schema_descr_ptr(),
+                file.column_orders().cloned(),
+            ),
+            metadata.row_groups().to_vec(),
+        );
+        let err = check_declared(&twice).unwrap_err();
+        assert!(err.contains("float precision"), "{err}");
     }
 }
