@@ -56,6 +56,15 @@ pub(crate) struct Written {
     pub plan: Arc<dyn ExecutionPlan>,
 }
 
+/// Runs `frame` to the end, keeping the plan that ran (its operators'
+/// metrics: rows embedded, device batches).
+pub(crate) async fn run_frame(frame: DataFrame) -> Result<Written, DataFusionError> {
+    let task = Arc::new(frame.task_ctx());
+    let plan = frame.create_physical_plan().await?;
+    let batches = collect(Arc::clone(&plan), task).await?;
+    Ok(Written { batches, plan })
+}
+
 /// Runs a `COPY` plan through the commit protocol. `registry` gives the
 /// unfiltered stores the commit lists with (readers' listings hide what is
 /// not committed; the commit must see it to move and clean it).
@@ -91,14 +100,7 @@ pub(crate) async fn copy(
         single_file,
         done: false,
     };
-    let frame = DataFrame::new(ctx.state(), LogicalPlan::Copy(copy));
-    let task = frame.task_ctx();
-    let written = async {
-        let plan = frame.create_physical_plan().await?;
-        let batches = collect(Arc::clone(&plan), Arc::new(task)).await?;
-        Ok::<_, DataFusionError>(Written { batches, plan })
-    }
-    .await;
+    let written = run_frame(DataFrame::new(ctx.state(), LogicalPlan::Copy(copy))).await;
     let written = match written {
         Ok(written) => written,
         Err(e) => {
@@ -160,10 +162,7 @@ pub(crate) async fn insert(
         Some((store, dir, _)) => Some(list_paths(store, dir).await?),
         None => None,
     };
-    let frame = DataFrame::new(ctx.state(), plan);
-    let task = Arc::new(frame.task_ctx());
-    let physical = frame.create_physical_plan().await?;
-    let batches = collect(Arc::clone(&physical), task).await?;
+    let Written { batches, plan } = run_frame(DataFrame::new(ctx.state(), plan)).await?;
     if let (Some((store, dir, mut manifest)), Some(before)) = (committed, before) {
         let after: Vec<ObjectMeta> = store
             .list(Some(&dir))
@@ -193,10 +192,7 @@ pub(crate) async fn insert(
             .map_err(store_err(&marker))?;
     }
     forget_listings(ctx);
-    Ok(Written {
-        batches,
-        plan: physical,
-    })
+    Ok(Written { batches, plan })
 }
 
 /// The store, directory and manifest of `target` when it is a table over

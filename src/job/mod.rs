@@ -40,7 +40,7 @@ use datafusion::catalog::CatalogProviderList;
 use datafusion::common::TableReference;
 use datafusion::datasource::MemTable;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan, WriteOp};
-use datafusion::physical_plan::{ExecutionPlan, collect, collect_partitioned};
+use datafusion::physical_plan::{ExecutionPlan, collect_partitioned};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement;
 
@@ -237,13 +237,7 @@ impl Job {
             if !copy && rewritten.contains(&normalized(&target)) {
                 continue;
             }
-            let url = datafusion::datasource::listing::ListingTableUrl::parse(&target)?;
-            let store = session
-                .context()
-                .runtime_env()
-                .object_store(url.object_store())?;
-            let manifest =
-                kiln_engine::io::committed::Manifest::read(store.as_ref(), url.prefix()).await;
+            let (url, store, manifest) = manifest_at(session, &target).await?;
             let mine = kiln_engine::io::committed::JobMark {
                 fingerprint: self.fingerprint.clone(),
                 step: step.index,
@@ -337,10 +331,9 @@ impl Job {
             plan if step.kind == StepKind::Query => {
                 let frame = session.context().execute_logical_plan(plan).await?;
                 let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
-                let task = Arc::new(frame.task_ctx());
-                let physical = frame.create_physical_plan().await?;
-                let batches = collect(Arc::clone(&physical), task).await?;
-                report.embedded_rows = dag::metric_sum(&physical, "embedded_rows");
+                let written = crate::commit::run_frame(frame).await?;
+                let batches = written.batches;
+                report.embedded_rows = dag::metric_sum(&written.plan, "embedded_rows");
                 report.rows = Some(batches.iter().map(|b| b.num_rows() as u64).sum());
                 rows = Some((schema, batches));
             }
@@ -366,19 +359,12 @@ impl Job {
         mut report: StepReport,
     ) -> Result<StepOutcome> {
         report.resumed = true;
-        if let StepKind::Copy { target } = &step.kind {
-            let url = datafusion::datasource::listing::ListingTableUrl::parse(target)?;
-            let store = session
-                .context()
-                .runtime_env()
-                .object_store(url.object_store())?;
-            if let Some(manifest) =
-                kiln_engine::io::committed::Manifest::read(store.as_ref(), url.prefix()).await
-            {
-                report.rows = Some(manifest.rows);
-                report.files = Some(manifest.files.len() as u64);
-                report.bytes = Some(manifest.files.iter().map(|f| f.bytes).sum());
-            }
+        if let StepKind::Copy { target } = &step.kind
+            && let (_, _, Some(manifest)) = manifest_at(session, target).await?
+        {
+            report.rows = Some(manifest.rows);
+            report.files = Some(manifest.files.len() as u64);
+            report.bytes = Some(manifest.files.iter().map(|f| f.bytes).sum());
         }
         Ok(StepOutcome { report, rows: None })
     }
@@ -581,6 +567,25 @@ async fn plan_step(
         statement,
     };
     Ok((step, inputs))
+}
+
+/// The store of `target` (a directory output), and the manifest Kiln
+/// committed there, if any.
+async fn manifest_at(
+    session: &Session,
+    target: &str,
+) -> Result<(
+    datafusion::datasource::listing::ListingTableUrl,
+    Arc<dyn object_store::ObjectStore>,
+    Option<kiln_engine::io::committed::Manifest>,
+)> {
+    let url = datafusion::datasource::listing::ListingTableUrl::parse(target)?;
+    let store = session
+        .context()
+        .runtime_env()
+        .object_store(url.object_store())?;
+    let manifest = kiln_engine::io::committed::Manifest::read(store.as_ref(), url.prefix()).await;
+    Ok((url, store, manifest))
 }
 
 /// The directory an `INSERT` writes into, when its table is one.
