@@ -74,6 +74,19 @@ pub(crate) async fn copy(
     mut copy: CopyTo,
     mark: Option<JobMark>,
 ) -> Result<Written> {
+    if crate::delta::is_delta_copy(&copy) {
+        let input = standard_types(Arc::unwrap_or_clone(Arc::clone(&copy.input)))?;
+        let written = crate::delta::copy(ctx, registry, copy, input, mark).await?;
+        forget_listings(ctx);
+        return Ok(written);
+    }
+    if crate::delta::is_table(registry, &copy.output_url).await {
+        return Err(KilnError::Usage(format!(
+            "{}: a Delta table is there; write it with COPY ... STORED AS DELTA \
+             (a Parquet COPY would replace the table and its history)",
+            copy.output_url
+        )));
+    }
     let target = ListingTableUrl::parse(&copy.output_url)?;
     let single_file = match copy.options.get("single_file_output").map(|v| v.trim()) {
         Some("true") => true,

@@ -65,6 +65,14 @@ pub enum KilnError {
         source: object_store::Error,
     },
 
+    /// Reading or writing a Delta table.
+    #[error("{location}: Delta: {source}")]
+    Delta {
+        location: String,
+        #[source]
+        source: deltalake::DeltaTableError,
+    },
+
     /// A cluster's scheduler did not accept a connection.
     #[error("cannot reach the Kiln scheduler at {url}: {reason}")]
     SchedulerUnreachable { url: String, reason: String },
@@ -219,6 +227,7 @@ impl KilnError {
             KilnError::Engine(e) => engine_retryable(e),
             KilnError::Kernel(e) => e.is_transient(),
             KilnError::ObjectStore { source, .. } => store_retryable(source),
+            KilnError::Delta { source, .. } => delta_retryable(source),
             KilnError::SchedulerUnreachable { .. } => true,
             KilnError::Cluster(e) => match e {
                 ballista_core::error::BallistaError::DataFusionError(e) => datafusion_retryable(e),
@@ -258,6 +267,25 @@ impl KilnError {
             | KilnError::JobSyntax { source, .. } => source.is_usage(),
             _ => false,
         }
+    }
+}
+
+/// A Delta error that may pass: its store's, an I/O error of the kinds
+/// that pass, or a commit that lost to other writers every time it tried.
+fn delta_retryable(e: &deltalake::DeltaTableError) -> bool {
+    use deltalake::DeltaTableError as D;
+    use deltalake::kernel::transaction::TransactionError as T;
+    match e {
+        D::ObjectStore { source }
+        | D::Transaction {
+            source: T::ObjectStore { source },
+        } => store_retryable(source),
+        D::Io { source } => io_retryable(source),
+        D::Transaction {
+            source: T::CommitConflict(_) | T::MaxCommitAttempts(_) | T::VersionAlreadyExists(_),
+        }
+        | D::VersionAlreadyExists(_) => true,
+        _ => false,
     }
 }
 

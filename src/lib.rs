@@ -19,6 +19,7 @@ pub mod cluster;
 mod commit;
 pub mod dataframe;
 pub mod datagen;
+mod delta;
 pub mod error;
 #[doc(hidden)]
 mod fault;

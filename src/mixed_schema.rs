@@ -118,7 +118,8 @@ pub(crate) async fn infer_per_file(
     Ok(Arc::new(Schema::try_merge(schemas)?))
 }
 
-/// `FROM '<location>'`: DataFusion's URL tables, with the fallback above.
+/// `FROM '<location>'`: a Delta table ([`crate::delta`]) when the location
+/// is one, else DataFusion's URL tables, with the fallback above.
 #[derive(Debug, Default)]
 pub(crate) struct UrlTables {
     inner: DynamicListTableFactory,
@@ -134,16 +135,21 @@ impl UrlTables {
 #[async_trait]
 impl UrlTableFactory for UrlTables {
     async fn try_new(&self, url: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        let error = match self.inner.try_new(url).await {
-            Err(e) if is_type_conflict(&e) => e,
-            other => return other,
-        };
         let state = self
             .inner
             .session_store()
             .get_session()
             .upgrade()
             .and_then(|s| s.read().as_any().downcast_ref::<SessionState>().cloned());
+        if let Some(state) = &state
+            && let Some(table) = crate::delta::url_table(state, url).await?
+        {
+            return Ok(Some(table));
+        }
+        let error = match self.inner.try_new(url).await {
+            Err(e) if is_type_conflict(&e) => e,
+            other => return other,
+        };
         let (Some(state), Ok(table_url)) = (state, ListingTableUrl::parse(url)) else {
             return Err(error);
         };

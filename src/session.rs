@@ -78,7 +78,10 @@ impl SessionBuilder {
         let mut config = match &cluster {
             Some(_) => crate::cluster::node_config(device),
             None => kiln_planner::session_config(device),
-        };
+        }
+        // Kiln's stores, for the table factories that need them unfiltered
+        // (Delta's log is under `_delta_log/`).
+        .with_extension(Arc::clone(&registry));
         if let Some(n) = self.target_partitions {
             config = config.with_target_partitions(n);
         }
@@ -95,6 +98,12 @@ impl SessionBuilder {
                 )
                 .build();
                 state.register_file_format(Arc::new(NdjsonFormatFactory::default()), false)?;
+                state.register_file_format(Arc::new(crate::delta::DeltaFormat), false)?;
+                for name in ["DELTA", "DELTATABLE"] {
+                    state
+                        .table_factories_mut()
+                        .insert(name.to_string(), Arc::new(crate::delta::DeltaTables));
+                }
                 state
             }
         };
@@ -251,6 +260,11 @@ impl Session {
     /// The cluster this session runs on, if any.
     pub fn cluster(&self) -> Option<&ClusterUrl> {
         self.cluster.as_ref()
+    }
+
+    /// Kiln's object stores for this session.
+    pub(crate) fn registry(&self) -> &KilnObjectStoreRegistry {
+        &self.registry
     }
 
     /// The device this session was asked to use.
@@ -449,6 +463,13 @@ impl Session {
         let limit = self.kiln_options().max_expression_depth;
         if let Some(depth) = crate::statement_depth::exceeds(&statement, limit) {
             return Err(KilnError::TooDeep { depth, limit });
+        }
+        if let Some(clause) = crate::statement_depth::table_version(&statement) {
+            return Err(KilnError::Usage(format!(
+                "{clause}: Kiln reads a version of a Delta table as FROM '<location>@v<N>' or \
+                 FROM '<location>@<yyyyMMddHHmmssSSS>', or with CREATE EXTERNAL TABLE ... \
+                 STORED AS DELTA OPTIONS ('version' 'N'); version clauses are not supported"
+            )));
         }
         let state = ctx.state();
         // `FROM '<path>'` that cannot be read plans as "table not found";

@@ -10,7 +10,7 @@
 use std::ops::ControlFlow;
 
 use datafusion::sql::parser::{CopyToSource, Statement};
-use datafusion::sql::sqlparser::ast::{Expr, Query, SetExpr, Visit, Visitor};
+use datafusion::sql::sqlparser::ast::{Expr, Query, SetExpr, TableFactor, Visit, Visitor};
 
 /// The first depth found beyond `limit`, if any. The walk stops there, so a
 /// huge statement costs no more than its first `limit` levels.
@@ -20,17 +20,47 @@ pub fn exceeds(statement: &Statement, limit: usize) -> Option<usize> {
         limit,
         queries: Vec::new(),
     };
-    let flow = match statement {
-        Statement::Statement(s) => s.visit(&mut walk),
+    match visit(statement, &mut walk) {
+        ControlFlow::Break(depth) => Some(depth),
+        ControlFlow::Continue(()) => None,
+    }
+}
+
+/// Walks the SQL of `statement` (the query of a `COPY`, the statement an
+/// `EXPLAIN` explains) with `visitor`.
+fn visit<V: Visitor>(statement: &Statement, visitor: &mut V) -> ControlFlow<V::Break> {
+    match statement {
+        Statement::Statement(s) => s.visit(visitor),
         Statement::CopyTo(copy) => match &copy.source {
-            CopyToSource::Query(q) => q.visit(&mut walk),
+            CopyToSource::Query(q) => q.visit(visitor),
             CopyToSource::Relation(_) => ControlFlow::Continue(()),
         },
-        Statement::Explain(explain) => return exceeds(&explain.statement, limit),
+        Statement::Explain(explain) => visit(&explain.statement, visitor),
         Statement::CreateExternalTable(_) | Statement::Reset(_) => ControlFlow::Continue(()),
-    };
-    match flow {
-        ControlFlow::Break(depth) => Some(depth),
+    }
+}
+
+/// The first table named with a version clause (`t VERSION AS OF 3`,
+/// `t FOR SYSTEM_TIME AS OF ...`, which some dialects parse): DataFusion
+/// plans it as the table's current rows, without a word, so Kiln refuses
+/// it and names the form it reads (`FROM 'loc@v3'` for a Delta table).
+pub fn table_version(statement: &Statement) -> Option<String> {
+    struct Versioned;
+    impl Visitor for Versioned {
+        type Break = String;
+        fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<String> {
+            match factor {
+                TableFactor::Table {
+                    name,
+                    version: Some(version),
+                    ..
+                } => ControlFlow::Break(format!("{name} {version}")),
+                _ => ControlFlow::Continue(()),
+            }
+        }
+    }
+    match visit(statement, &mut Versioned) {
+        ControlFlow::Break(clause) => Some(clause),
         ControlFlow::Continue(()) => None,
     }
 }

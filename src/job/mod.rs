@@ -55,8 +55,12 @@ use crate::session::Session;
 pub enum StepKind {
     /// A query: its rows are the step's result.
     Query,
-    /// `COPY ... TO target`.
-    Copy { target: String },
+    /// `COPY ... TO target`; `delta`: `STORED AS DELTA`.
+    Copy {
+        target: String,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        delta: bool,
+    },
     /// `CREATE TABLE name AS ...` (held in memory).
     CreateTable { name: String },
     /// `INSERT INTO table ...`; `location`, when the table is a directory.
@@ -86,7 +90,14 @@ impl StepKind {
     pub fn describe(&self) -> String {
         match self {
             StepKind::Query => "query".to_string(),
-            StepKind::Copy { target } => format!("copy to {target}"),
+            StepKind::Copy {
+                target,
+                delta: false,
+            } => format!("copy to {target}"),
+            StepKind::Copy {
+                target,
+                delta: true,
+            } => format!("copy to {target} (Delta)"),
             StepKind::CreateTable { name } => format!("table {name} (in memory)"),
             StepKind::Insert { table, .. } => format!("insert into {table}"),
             StepKind::View { name } => format!("view {name}"),
@@ -100,7 +111,7 @@ impl StepKind {
     /// What the step makes that later steps may read.
     fn creates(&self) -> Option<&str> {
         match self {
-            StepKind::Copy { target } => Some(target),
+            StepKind::Copy { target, .. } => Some(target),
             StepKind::CreateTable { name }
             | StepKind::View { name }
             | StepKind::ExternalTable { name, .. } => Some(name),
@@ -199,7 +210,7 @@ impl Job {
             if let Some(name) = step.kind.creates() {
                 made.insert(name.to_string(), index);
             }
-            if let StepKind::Copy { target } = &step.kind {
+            if let StepKind::Copy { target, .. } = &step.kind {
                 made.insert(normalized(target), index);
             }
             if let StepKind::View { name } = &step.kind {
@@ -227,7 +238,27 @@ impl Job {
         let mut rewritten = std::collections::HashSet::new();
         for step in &mut self.steps {
             let (target, copy) = match &step.kind {
-                StepKind::Copy { target } => (target.clone(), true),
+                StepKind::Copy {
+                    target,
+                    delta: true,
+                } => {
+                    let commit = crate::delta::last_commit(session.registry(), target).await?;
+                    match commit.and_then(|c| c.job) {
+                        Some(job)
+                            if job.fingerprint == self.fingerprint && job.step >= step.index =>
+                        {
+                            step.committed = true;
+                        }
+                        Some(_) => notes.push(format!(
+                            "step {}: the newest version of the Delta table {target} was written \
+                             by another job, or from other inputs: computing it again",
+                            step.index
+                        )),
+                        None => {}
+                    }
+                    continue;
+                }
+                StepKind::Copy { target, .. } => (target.clone(), true),
                 StepKind::Insert {
                     location: Some(location),
                     ..
@@ -304,10 +335,17 @@ impl Job {
                 let written = session.copy_for_job(copy, mark).await?;
                 report.rows = Some(crate::commit::row_count(&written.batches));
                 report.embedded_rows = dag::metric_sum(&written.plan, "embedded_rows");
-                if let StepKind::Copy { target } = &step.kind {
-                    let (files, bytes) = report::written_files(session, target).await?;
-                    report.files = Some(files);
-                    report.bytes = Some(bytes);
+                match &step.kind {
+                    StepKind::Copy {
+                        target,
+                        delta: true,
+                    } => report.delta_commit(session, target, index).await?,
+                    StepKind::Copy { target, .. } => {
+                        let (files, bytes) = report::written_files(session, target).await?;
+                        report.files = Some(files);
+                        report.bytes = Some(bytes);
+                    }
+                    _ => {}
                 }
             }
             LogicalPlan::Ddl(DdlStatement::CreateView(view))
@@ -359,7 +397,13 @@ impl Job {
         mut report: StepReport,
     ) -> Result<StepOutcome> {
         report.resumed = true;
-        if let StepKind::Copy { target } = &step.kind
+        if let StepKind::Copy {
+            target,
+            delta: true,
+        } = &step.kind
+        {
+            report.delta_commit(session, target, step.index).await?;
+        } else if let StepKind::Copy { target, .. } = &step.kind
             && let (_, _, Some(manifest)) = manifest_at(session, target).await?
         {
             report.rows = Some(manifest.rows);
@@ -494,14 +538,22 @@ async fn plan_step(
     let mut device_operators = Vec::new();
     let kind = match &plan {
         LogicalPlan::Copy(copy) => {
-            device_operators = dag::device_operators(scratch, &plan).await?;
+            // A Delta COPY runs its input on Kiln's plan ([`crate::delta`]).
+            let runs = match crate::delta::is_delta_copy(copy) {
+                true => copy.input.as_ref(),
+                false => &plan,
+            };
+            device_operators = dag::device_operators(scratch, runs).await?;
             let target = copy.output_url.clone();
             let schema = Arc::new(copy.input.schema().as_arrow().clone());
             stand_in(&target, Arc::clone(&schema))?;
             // Also as the location an external table over it names, in
             // whatever form (`out`, `out/`, `file:///.../out/`).
             stand_in(&normalized(&target), schema)?;
-            StepKind::Copy { target }
+            StepKind::Copy {
+                target,
+                delta: crate::delta::is_delta_copy(copy),
+            }
         }
         LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) => {
             device_operators = dag::device_operators(scratch, &create.input).await?;

@@ -21,12 +21,16 @@ pub struct StepReport {
     /// Rows written (outputs), returned (queries) or held (a shared view).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rows: Option<u64>,
-    /// Files at a `COPY`'s target after its commit.
+    /// Files at a `COPY`'s target after its commit (a Delta output: the
+    /// files its commit added).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub files: Option<u64>,
     /// Their bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
+    /// The table version a Delta output's commit made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
     /// Wall time of the step.
     pub seconds: f64,
     /// Rows the encoder embedded in this step (`embed()`).
@@ -47,6 +51,7 @@ impl StepReport {
             rows: None,
             files: None,
             bytes: None,
+            version: None,
             seconds: 0.0,
             embedded_rows: 0,
             materialized: false,
@@ -154,6 +159,28 @@ fn now() -> f64 {
 
 /// The number and bytes of the files at `target` (a file, or a directory or
 /// prefix), in its store.
+impl StepReport {
+    /// Rows, files, bytes and version of step `index`'s commit to the Delta
+    /// table at `target`, when it is the table's newest.
+    pub(super) async fn delta_commit(
+        &mut self,
+        session: &Session,
+        target: &str,
+        index: usize,
+    ) -> Result<()> {
+        let Some(commit) = crate::delta::last_commit(session.registry(), target).await? else {
+            return Ok(());
+        };
+        if commit.job.as_ref().is_some_and(|j| j.step == index) {
+            self.rows = commit.rows.or(self.rows);
+            self.files = Some(commit.files);
+            self.bytes = Some(commit.bytes);
+            self.version = Some(commit.version);
+        }
+        Ok(())
+    }
+}
+
 pub(super) async fn written_files(session: &Session, target: &str) -> Result<(u64, u64)> {
     let url = ListingTableUrl::parse(target)?;
     let store = session

@@ -254,7 +254,7 @@ fn a_killed_job_leaves_whole_outputs_and_resumes_where_it_stopped() {
             "CREATE VIEW e AS SELECT id, name, embed(name, '{model}') AS v FROM '{people}';\n\
              COPY (SELECT id, v FROM e) TO '{root}/a/' STORED AS PARQUET;\n\
              COPY (SELECT id, name FROM e WHERE id > 1) TO '{remote}/b/' STORED AS PARQUET;\n\
-             COPY (SELECT count(*) AS n, sum(id) AS ids FROM e) TO '{root}/c/' STORED AS PARQUET;\n",
+             COPY (SELECT count(*) AS n, sum(id) AS ids FROM e) TO '{root}/c/' STORED AS DELTA;\n",
             model = tiny().display(),
             people = s(&people),
         )
@@ -347,6 +347,13 @@ fn a_killed_job_leaves_whole_outputs_and_resumes_where_it_stopped() {
     assert_eq!(contents(&outputs[1]).as_ref(), Some(&want[1]));
     assert!(contents(&outputs[2]).is_none());
 
+    // Resumed, and killed again with the Delta output's files written,
+    // before its first commit: no version, so no table a reader sees.
+    let r = run_job(&job, Some("kill-before-commit:4"), true, &report);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("KILN_FAULT"), "{}", r.stderr);
+    assert!(contents(&outputs[2]).is_none(), "the Delta output appeared");
+
     // Resumed to the end: the two committed outputs are skipped.
     let r = run_job(&job, None, true, &report);
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -361,6 +368,10 @@ fn a_killed_job_leaves_whole_outputs_and_resumes_where_it_stopped() {
     assert_eq!(done["steps"][1]["resumed"], true);
     assert_eq!(done["steps"][2]["resumed"], true);
     assert_eq!(done["steps"][3]["resumed"], false);
+    assert_eq!(done["steps"][3]["delta"], true);
+    assert_eq!(done["steps"][3]["version"], 0);
+    assert_eq!(done["steps"][3]["rows"], 1);
+    assert!(done["steps"][3]["files"].as_u64().unwrap() >= 1);
     for (output, want) in outputs.iter().zip(&want) {
         assert_eq!(contents(output).as_ref(), Some(want), "{output}");
     }

@@ -6,6 +6,7 @@ mod cli_sql;
 mod cluster;
 mod commits;
 mod common;
+mod delta;
 mod devices;
 mod embed;
 mod explain;

@@ -1,0 +1,248 @@
+//! Delta Lake tables (issue 16, §2): `COPY ... STORED AS DELTA` (overwrite
+//! and append), reading by path and by `CREATE EXTERNAL TABLE ... STORED AS
+//! DELTA`, time travel by version and by time, `INSERT INTO`, and the
+//! errors of each.
+
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::datatypes::Int64Type;
+use kiln::Session;
+
+async fn ints(session: &Session, sql: &str) -> Vec<i64> {
+    let batches = session.sql(sql).await.unwrap().collect().await.unwrap();
+    batches
+        .iter()
+        .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+        .collect()
+}
+
+async fn error(session: &Session, sql: &str) -> String {
+    let result = match session.sql(sql).await {
+        Ok(frame) => frame
+            .collect()
+            .await
+            .map(|_| ())
+            .map_err(kiln::KilnError::from),
+        Err(e) => Err(e),
+    };
+    let e = result.expect_err(sql);
+    let text = e.one_line();
+    assert!(!text.contains('\n'), "{text}");
+    text
+}
+
+fn log_versions(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("_delta_log"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn copy_stored_as_delta_overwrites_appends_and_travels_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("events");
+    let loc = table.display().to_string();
+    let session = Session::new().unwrap();
+    // Version 0: created by its first write.
+    session
+        .sql(&format!(
+            "COPY (SELECT i AS id, 'a' || i AS name FROM generate_series(1, 10) t(i)) \
+             TO '{loc}' STORED AS DELTA"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(log_versions(&table).len(), 1);
+    let sum = format!("SELECT sum(id) FROM '{loc}'");
+    assert_eq!(ints(&session, &sum).await, vec![55]);
+    // Version 1: appended.
+    session
+        .sql(&format!(
+            "COPY (SELECT i AS id, 'b' || i AS name FROM generate_series(11, 12) t(i)) \
+             TO '{loc}' STORED AS DELTA OPTIONS ('mode' 'append')"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(ints(&session, &sum).await, vec![78]);
+    // Version 2: overwritten, with another schema.
+    session
+        .sql(&format!(
+            "COPY (SELECT 7::BIGINT AS other) TO '{loc}' STORED AS DELTA"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(log_versions(&table).len(), 3);
+    assert_eq!(
+        ints(&session, &format!("SELECT other FROM '{loc}'")).await,
+        vec![7]
+    );
+    // Time travel by version, in the name (Delta's `@v` form) and as a
+    // table option.
+    assert_eq!(
+        ints(&session, &format!("SELECT sum(id) FROM '{loc}@v0'")).await,
+        vec![55]
+    );
+    assert_eq!(
+        ints(&session, &format!("SELECT count(*) FROM '{loc}@v1'")).await,
+        vec![12]
+    );
+    session
+        .sql(&format!(
+            "CREATE EXTERNAL TABLE first STORED AS DELTA LOCATION '{loc}' \
+             OPTIONS ('version' '0')"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(ints(&session, "SELECT count(*) FROM first").await, vec![10]);
+    session
+        .sql(&format!(
+            "CREATE EXTERNAL TABLE latest STORED AS DELTA LOCATION '{loc}'"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(ints(&session, "SELECT other FROM latest").await, vec![7]);
+    // By time: a time before the first commit has no version; now is the
+    // latest.
+    let e = error(
+        &session,
+        &format!("SELECT * FROM '{loc}@20000101000000000'"),
+    )
+    .await;
+    assert!(
+        e.contains("no version of the Delta table existed at 2000-01-01"),
+        "{e}"
+    );
+    let now = chrono::Utc::now().format("%Y%m%d%H%M%S%3f").to_string();
+    assert_eq!(
+        ints(&session, &format!("SELECT other FROM '{loc}@{now}'")).await,
+        vec![7]
+    );
+}
+
+#[tokio::test]
+async fn copy_reports_its_rows_and_insert_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let loc = dir.path().join("t").display().to_string();
+    let session = Session::new().unwrap();
+    let batches = session
+        .sql(&format!(
+            "COPY (SELECT i AS id, i % 2 AS odd FROM generate_series(1, 5) t(i)) TO '{loc}' \
+             STORED AS DELTA PARTITIONED BY (odd)"
+        ))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let count = batches[0]
+        .column(0)
+        .as_primitive::<datafusion::arrow::datatypes::UInt64Type>()
+        .value(0);
+    assert_eq!(count, 5);
+    session
+        .sql(&format!(
+            "CREATE EXTERNAL TABLE t STORED AS DELTA LOCATION '{loc}'"
+        ))
+        .await
+        .unwrap();
+    session
+        .sql("INSERT INTO t VALUES (6, 0), (7, 1)")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let fresh = Session::new().unwrap();
+    assert_eq!(
+        ints(
+            &fresh,
+            &format!("SELECT CAST(sum(CAST(id AS BIGINT)) AS BIGINT) FROM '{loc}'")
+        )
+        .await,
+        vec![28]
+    );
+}
+
+#[tokio::test]
+async fn delta_mistakes_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let loc = dir.path().join("t").display().to_string();
+    let plain = dir.path().join("plain").display().to_string();
+    let session = Session::new().unwrap();
+    session
+        .sql(&format!("COPY (SELECT 1 AS x) TO '{loc}' STORED AS DELTA"))
+        .await
+        .unwrap();
+    session
+        .sql(&format!(
+            "COPY (SELECT 1 AS x) TO '{plain}/' STORED AS PARQUET"
+        ))
+        .await
+        .unwrap();
+    let e = error(
+        &session,
+        &format!("COPY (SELECT 1 AS x) TO '{loc}' STORED AS DELTA OPTIONS ('mode' 'upsert')"),
+    )
+    .await;
+    assert!(e.contains("'mode' is overwrite, append"), "{e}");
+    let e = error(
+        &session,
+        &format!("COPY (SELECT 1 AS x) TO '{loc}' STORED AS DELTA OPTIONS ('compression' 'zstd')"),
+    )
+    .await;
+    assert!(e.contains("unknown option 'compression'"), "{e}");
+    // Appending rows of another schema.
+    let e = error(
+        &session,
+        &format!("COPY (SELECT 'x' AS y) TO '{loc}' STORED AS DELTA OPTIONS ('mode' 'append')"),
+    )
+    .await;
+    assert!(e.contains(&loc), "{e}");
+    // A Parquet COPY over a Delta table would lose its log.
+    let e = error(
+        &session,
+        &format!("COPY (SELECT 1 AS x) TO '{loc}/' STORED AS PARQUET"),
+    )
+    .await;
+    assert!(e.contains("a Delta table is there"), "{e}");
+    // A version of what is not a Delta table; a version that does not exist.
+    let e = error(&session, &format!("SELECT * FROM '{plain}@v1'")).await;
+    assert!(e.contains("is not one"), "{e}");
+    let e = error(&session, &format!("SELECT * FROM '{loc}@v9'")).await;
+    assert!(e.contains("Delta"), "{e}");
+    let e = error(
+        &session,
+        &format!(
+            "CREATE EXTERNAL TABLE b STORED AS DELTA LOCATION '{loc}' OPTIONS ('version' 'x')"
+        ),
+    )
+    .await;
+    assert!(e.contains("'version' must be a version number"), "{e}");
+    let e = error(
+        &session,
+        &format!("CREATE EXTERNAL TABLE b (x INT) STORED AS DELTA LOCATION '{loc}'"),
+    )
+    .await;
+    assert!(e.contains("come from its log"), "{e}");
+    let e = error(
+        &session,
+        &format!("COPY (SELECT 1 AS x) TO '{loc}' STORED AS DELTA PARTITIONED BY (x)"),
+    )
+    .await;
+    assert!(e.contains("PARTITIONED BY names every column"), "{e}");
+    let e = error(
+        &session,
+        &format!("CREATE EXTERNAL TABLE b STORED AS DELTA LOCATION '{plain}'"),
+    )
+    .await;
+    assert!(e.contains("plain"), "{e}");
+    // A version clause DataFusion would ignore is refused.
+    session
+        .sql("SET datafusion.sql_parser.dialect = 'databricks'")
+        .await
+        .unwrap();
+    let e = error(&session, "SELECT * FROM t VERSION AS OF 3").await;
+    assert!(e.contains("version clauses are not supported"), "{e}");
+}
