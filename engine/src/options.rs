@@ -69,6 +69,10 @@ config_namespace! {
         /// Rows embed() in a projection gathers across input batches before
         /// the encoder runs (grouped by length into token-budget batches).
         pub embed_batch_rows: usize, default = 16_384
+        /// Where embed() keeps the embeddings it computed, as Parquet
+        /// (`s3://bucket/cache/`, a local directory), and looks them up
+        /// before it embeds; empty: no cache (the default).
+        pub embed_cache: String, default = String::new()
         /// The deepest nesting of expressions (`1+1+...`, `a AND b AND ...`)
         /// and set operations (`UNION ALL` chains) a statement may have;
         /// deeper statements are refused before planning, whose time grows

@@ -787,6 +787,15 @@ fn progress_line(step: &crate::job::StepReport) -> String {
     if let (Some(files), Some(bytes)) = (step.files, step.bytes) {
         line.push_str(&format!(", {files} files, {}", human_bytes(bytes)));
     }
+    if let Some(version) = step.version {
+        line.push_str(&format!(", version {version}"));
+    }
+    if step.embed_cache_hits + step.embed_cache_misses > 0 {
+        line.push_str(&format!(
+            ", embedding cache {} hits / {} misses",
+            step.embed_cache_hits, step.embed_cache_misses
+        ));
+    }
     line.push_str(&format!(" in {:.1}s", step.seconds));
     line
 }

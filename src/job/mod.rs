@@ -334,7 +334,7 @@ impl Job {
             LogicalPlan::Copy(copy) => {
                 let written = session.copy_for_job(copy, mark).await?;
                 report.rows = Some(crate::commit::row_count(&written.batches));
-                report.embedded_rows = dag::metric_sum(&written.plan, "embedded_rows");
+                report.count_embeds(&written.plan);
                 match &step.kind {
                     StepKind::Copy {
                         target,
@@ -356,22 +356,22 @@ impl Job {
                     .context()
                     .execute_logical_plan(LogicalPlan::Ddl(DdlStatement::CreateView(view)))
                     .await?;
-                let (count, embedded) = materialize(session.context(), name).await?;
+                let (count, plan) = materialize(session.context(), name).await?;
                 report.rows = Some(count);
-                report.embedded_rows = embedded;
+                report.count_embeds(&plan);
                 report.materialized = true;
             }
             plan @ LogicalPlan::Dml(_) if matches!(step.kind, StepKind::Insert { .. }) => {
                 let written = session.insert(plan, Some(mark)).await?;
                 report.rows = Some(crate::commit::row_count(&written.batches));
-                report.embedded_rows = dag::metric_sum(&written.plan, "embedded_rows");
+                report.count_embeds(&written.plan);
             }
             plan if step.kind == StepKind::Query => {
                 let frame = session.context().execute_logical_plan(plan).await?;
                 let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
                 let written = crate::commit::run_frame(frame).await?;
                 let batches = written.batches;
-                report.embedded_rows = dag::metric_sum(&written.plan, "embedded_rows");
+                report.count_embeds(&written.plan);
                 report.rows = Some(batches.iter().map(|b| b.num_rows() as u64).sum());
                 rows = Some((schema, batches));
             }
@@ -695,8 +695,11 @@ async fn scratch_context(session: &Session) -> Result<SessionContext> {
 }
 
 /// Replaces view `name` in `ctx` by its rows; returns how many rows, and
-/// how many the computation embedded.
-async fn materialize(ctx: &SessionContext, name: TableReference) -> Result<(u64, u64)> {
+/// the plan that computed them (its metrics).
+async fn materialize(
+    ctx: &SessionContext,
+    name: TableReference,
+) -> Result<(u64, Arc<dyn ExecutionPlan>)> {
     let frame = ctx.table(name.clone()).await?;
     let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
     let task = Arc::new(frame.task_ctx());
@@ -707,9 +710,8 @@ async fn materialize(ctx: &SessionContext, name: TableReference) -> Result<(u64,
         .flatten()
         .map(|b| b.num_rows() as u64)
         .sum();
-    let embedded = dag::metric_sum(&plan, "embedded_rows");
     let table = MemTable::try_new(schema, partitions)?;
     ctx.deregister_table(name.clone())?;
     ctx.register_table(name, Arc::new(table))?;
-    Ok((rows, embedded))
+    Ok((rows, plan))
 }

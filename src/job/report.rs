@@ -1,9 +1,11 @@
 //! What a job did, for a person and for an orchestrator (`kiln run
 //! --report out.json`).
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::physical_plan::ExecutionPlan;
 use futures::TryStreamExt;
 use object_store::ObjectStore;
 
@@ -35,6 +37,10 @@ pub struct StepReport {
     pub seconds: f64,
     /// Rows the encoder embedded in this step (`embed()`).
     pub embedded_rows: u64,
+    /// Rows whose embedding came from the embedding cache
+    /// (`kiln.embed_cache`), and texts it did not hold (embedded).
+    pub embed_cache_hits: u64,
+    pub embed_cache_misses: u64,
     /// A view computed once and shared by the steps that read it.
     pub materialized: bool,
     /// Skipped: a resumed run found it committed by this same job.
@@ -54,6 +60,8 @@ impl StepReport {
             version: None,
             seconds: 0.0,
             embedded_rows: 0,
+            embed_cache_hits: 0,
+            embed_cache_misses: 0,
             materialized: false,
             resumed: false,
             device_operators: step.device_operators.clone(),
@@ -83,6 +91,9 @@ pub struct JobReport {
     pub seconds: f64,
     /// Rows embedded by every step.
     pub embedded_rows: u64,
+    /// Embedding cache hits and misses of every step.
+    pub embed_cache_hits: u64,
+    pub embed_cache_misses: u64,
     pub steps: Vec<StepReport>,
 }
 
@@ -98,6 +109,8 @@ impl JobReport {
             started_at: now(),
             seconds: 0.0,
             embedded_rows: 0,
+            embed_cache_hits: 0,
+            embed_cache_misses: 0,
             steps: Vec::new(),
         }
     }
@@ -115,6 +128,8 @@ impl JobReport {
             started_at: now(),
             seconds: 0.0,
             embedded_rows: 0,
+            embed_cache_hits: 0,
+            embed_cache_misses: 0,
             steps: Vec::new(),
         };
         report.finish(Some(error));
@@ -124,6 +139,8 @@ impl JobReport {
     /// Records a step that ran.
     pub fn push(&mut self, step: StepReport) {
         self.embedded_rows += step.embedded_rows;
+        self.embed_cache_hits += step.embed_cache_hits;
+        self.embed_cache_misses += step.embed_cache_misses;
         self.resumed_steps += usize::from(step.resumed);
         self.steps.push(step);
     }
@@ -160,6 +177,13 @@ fn now() -> f64 {
 /// The number and bytes of the files at `target` (a file, or a directory or
 /// prefix), in its store.
 impl StepReport {
+    /// The encoder's counts from the operators of `plan`, the plan that ran.
+    pub(super) fn count_embeds(&mut self, plan: &Arc<dyn ExecutionPlan>) {
+        self.embedded_rows = super::dag::metric_sum(plan, "embedded_rows");
+        self.embed_cache_hits = super::dag::metric_sum(plan, "embed_cache_hits");
+        self.embed_cache_misses = super::dag::metric_sum(plan, "embed_cache_misses");
+    }
+
     /// Rows, files, bytes and version of step `index`'s commit to the Delta
     /// table at `target`, when it is the table's newest.
     pub(super) async fn delta_commit(

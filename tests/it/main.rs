@@ -9,6 +9,7 @@ mod common;
 mod delta;
 mod devices;
 mod embed;
+mod embed_cache;
 mod explain;
 mod fuzz_corpus;
 mod gpu_transforms;

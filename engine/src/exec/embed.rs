@@ -10,6 +10,15 @@
 //! texts in one call on the session's device, and emits them as one batch
 //! with the embedding column appended. Row order is kept: output row `i` is
 //! input row `i`.
+//!
+//! With `kiln.embed_cache` set, the operator reads the cache once per query
+//! ([`crate::model::embed_cache`]), takes the vectors of the texts it holds
+//! from there and gives the encoder only the others (each distinct text
+//! once); what the encoder computes joins the cache, written out every
+//! `FLUSH_ROWS` new entries and when a partition ends. Metrics
+//! `embed_cache_hits` (rows served without the encoder), `embed_cache_misses`
+//! (texts embedded) and `embed_cache_rejected` (cache files or rows refused
+//! as foreign or corrupt).
 
 use std::fmt;
 use std::sync::Arc;
@@ -32,8 +41,12 @@ use datafusion::physical_plan::{
 };
 use kiln_kernels::Device;
 
-use crate::functions::embed::{embed_array, embedding_type, session_device};
+use datafusion::datasource::listing::ListingTableUrl;
+
+use crate::functions::embed::{embed_array_cached, embedding_type, session_device};
+use crate::model::embed_cache::{EmbedCache, FLUSH_ROWS, model_key};
 use crate::model::{EmbeddingModel, shared_model};
+use crate::options::KilnOptions;
 
 /// See the module documentation.
 #[derive(Debug)]
@@ -45,6 +58,9 @@ pub struct EmbedExec {
     batch_rows: usize,
     cache: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
+    /// The embedding cache (`kiln.embed_cache`), read by the first
+    /// partition that runs.
+    embed_cache: Arc<tokio::sync::OnceCell<Arc<EmbedCache>>>,
 }
 
 impl EmbedExec {
@@ -79,6 +95,7 @@ impl EmbedExec {
             batch_rows: batch_rows.max(1),
             cache,
             metrics: ExecutionPlanMetricsSet::new(),
+            embed_cache: Default::default(),
         })
     }
 
@@ -167,6 +184,7 @@ impl ExecutionPlan for EmbedExec {
             batch_rows: self.batch_rows,
             cache,
             metrics: ExecutionPlanMetricsSet::new(),
+            embed_cache: Default::default(),
         }))
     }
 
@@ -186,6 +204,7 @@ impl ExecutionPlan for EmbedExec {
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let device = session_device(context.session_config().options())?;
+        let cache = CacheSpec::of(&context, &self.model, &device, &self.embed_cache)?;
         let input = self.input.execute(partition, context)?;
         let state = EmbedState {
             input,
@@ -197,10 +216,16 @@ impl ExecutionPlan for EmbedExec {
             batch_rows: self.batch_rows,
             metrics: EmbedMetrics::new(&self.metrics, partition),
             done: false,
+            cache_spec: cache,
+            cache: None,
+            partition,
         };
         let schema = self.schema();
         let stream = futures::stream::unfold(Some(state), |state| async move {
             let mut state = state?;
+            if let Err(e) = state.open_cache().await {
+                return Some((Err(e), None));
+            }
             let pending = match state.gather().await {
                 Ok(pending) => pending,
                 Err(e) => {
@@ -209,13 +234,19 @@ impl ExecutionPlan for EmbedExec {
                 }
             };
             if pending.is_empty() {
-                return None;
+                // The end: what this partition computed goes to the cache.
+                return match state.flush_cache(0).await {
+                    Ok(()) => None,
+                    Err(e) => Some((Err(e), None)),
+                };
             }
             // The forward pass runs off the async workers.
             match super::off_async(state, move |s| s.embed(&pending)).await {
                 Ok((mut state, out)) => {
                     if out.is_err() {
                         state.done = true;
+                    } else if let Err(e) = state.flush_cache(FLUSH_ROWS).await {
+                        return Some((Err(e), None));
                     }
                     Some((out, Some(state)))
                 }
@@ -257,6 +288,9 @@ struct EmbedMetrics {
     tokens: Count,
     truncated_rows: Count,
     embed_batches: Count,
+    cache_hits: Count,
+    cache_misses: Count,
+    cache_rejected: Count,
     oom: super::OomMetrics,
 }
 
@@ -268,6 +302,9 @@ impl EmbedMetrics {
             tokens: MetricBuilder::new(metrics).counter("tokens", partition),
             truncated_rows: MetricBuilder::new(metrics).counter("truncated_rows", partition),
             embed_batches: MetricBuilder::new(metrics).counter("embed_batches", partition),
+            cache_hits: MetricBuilder::new(metrics).counter("embed_cache_hits", partition),
+            cache_misses: MetricBuilder::new(metrics).counter("embed_cache_misses", partition),
+            cache_rejected: MetricBuilder::new(metrics).counter("embed_cache_rejected", partition),
             oom: super::OomMetrics::new(metrics, partition),
         }
     }
@@ -283,9 +320,89 @@ struct EmbedState {
     batch_rows: usize,
     metrics: EmbedMetrics,
     done: bool,
+    /// Where the embedding cache is, until it is opened.
+    cache_spec: Option<CacheSpec>,
+    cache: Option<Arc<EmbedCache>>,
+    partition: usize,
+}
+
+/// The embedding cache a query asked for (`kiln.embed_cache`), not yet
+/// read.
+struct CacheSpec {
+    store: Arc<dyn object_store::ObjectStore>,
+    /// Shared by the operator's partitions: read once per query.
+    cell: Arc<tokio::sync::OnceCell<Arc<EmbedCache>>>,
+    root: object_store::path::Path,
+    identity: String,
+    dim: usize,
+}
+
+impl CacheSpec {
+    fn of(
+        context: &TaskContext,
+        model: &EmbeddingModel,
+        device: &Device,
+        cell: &Arc<tokio::sync::OnceCell<Arc<EmbedCache>>>,
+    ) -> Result<Option<Self>> {
+        let options = context.session_config().options();
+        let location = options
+            .extensions
+            .get::<KilnOptions>()
+            .map(|o| o.embed_cache.trim().to_string())
+            .unwrap_or_default();
+        if location.is_empty() {
+            return Ok(None);
+        }
+        let mut location = location;
+        if !location.ends_with('/') {
+            location.push('/');
+        }
+        let url = ListingTableUrl::parse(&location)?;
+        let store = context.runtime_env().object_store(url.object_store())?;
+        let info = device.info();
+        let identity = model_key(model, &format!("{}/{}", info.backend, info.name))?;
+        Ok(Some(CacheSpec {
+            store,
+            cell: Arc::clone(cell),
+            root: url.prefix().clone(),
+            identity,
+            dim: model.dim(),
+        }))
+    }
 }
 
 impl EmbedState {
+    /// Reads the embedding cache, if the query has one, on first use.
+    async fn open_cache(&mut self) -> Result<()> {
+        let Some(spec) = self.cache_spec.take() else {
+            return Ok(());
+        };
+        let cache = spec
+            .cell
+            .get_or_try_init(|| async {
+                EmbedCache::open(spec.store, &spec.root, &spec.identity, spec.dim)
+                    .await
+                    .map(Arc::new)
+            })
+            .await?;
+        if self.partition == 0 {
+            self.metrics.cache_rejected.add(cache.rejected() as usize);
+        }
+        self.cache = Some(Arc::clone(cache));
+        Ok(())
+    }
+
+    /// Writes the cache's new entries once they are `at_least` rows.
+    fn flush_cache(&self, at_least: usize) -> impl Future<Output = Result<()>> + Send + use<> {
+        let cache = self.cache.clone();
+        async move {
+            match cache {
+                Some(cache) if cache.pending_rows() >= at_least.max(1) => cache.flush().await,
+                _ => Ok(()),
+            }
+        }
+    }
+
     /// Input batches up to `batch_rows` rows (one batch may overshoot);
     /// empty at the end.
     async fn gather(&mut self) -> Result<Vec<RecordBatch>> {
@@ -299,7 +416,10 @@ impl EmbedState {
             _ => concat_batches(&self.input_schema, pending)?,
         };
         let texts = self.text.evaluate(&batch)?.into_array(batch.num_rows())?;
-        let (embedded, counted) = embed_array(&self.model, &self.device, &texts)?;
+        let (embedded, counted, cache) =
+            embed_array_cached(&self.model, &self.device, &texts, self.cache.as_deref())?;
+        self.metrics.cache_hits.add(cache.hits as usize);
+        self.metrics.cache_misses.add(cache.misses as usize);
         self.metrics.embedded_rows.add(counted.rows());
         self.metrics.tokens.add(counted.tokens);
         self.metrics.truncated_rows.add(counted.truncated);

@@ -24,6 +24,7 @@ use datafusion::logical_expr::{
 };
 use kiln_kernels::Device;
 
+use crate::model::embed_cache::{EmbedCache, text_key};
 use crate::model::{DEFAULT_MODEL, EmbeddingModel, Embeddings, shared_model};
 
 /// The `embed` scalar function.
@@ -145,25 +146,85 @@ pub fn embed_array(
     device: &Device,
     texts: &ArrayRef,
 ) -> Result<(ArrayRef, Embeddings)> {
+    let (array, embedded, _) = embed_array_cached(model, device, texts, None)?;
+    Ok((array, embedded))
+}
+
+/// Rows of one call served by the embedding cache, and texts embedded.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CacheCounts {
+    pub hits: u64,
+    pub misses: u64,
+}
+
+/// Where a row's embedding comes from.
+enum Source {
+    Null,
+    /// Row `i` of the vectors read from the cache.
+    Cached(usize),
+    /// Row `i` of the vectors the encoder computed.
+    Computed(usize),
+}
+
+/// [`embed_array`], looking each text up in `cache` first: only texts not
+/// there (each once) go to the encoder, and what it computes joins the
+/// cache. What was embedded is in the [`Embeddings`] returned.
+pub fn embed_array_cached(
+    model: &EmbeddingModel,
+    device: &Device,
+    texts: &ArrayRef,
+    cache: Option<&EmbedCache>,
+) -> Result<(ArrayRef, Embeddings, CacheCounts)> {
     let texts: StringArray = match texts.data_type() {
         DataType::Utf8 => texts.as_string::<i32>().clone(),
         _ => datafusion::arrow::compute::cast(texts, &DataType::Utf8)?
             .as_string::<i32>()
             .clone(),
     };
-    let present: Vec<&str> = texts.iter().flatten().collect();
-    let embedded = model
-        .embed_on(device, &present)
-        .map_err(|e| DataFusionError::External(Box::new(e)))?;
     let dim = model.dim();
-    let mut values = Vec::with_capacity(texts.len() * dim);
-    let mut next = 0;
-    for i in 0..texts.len() {
-        if texts.is_null(i) {
-            values.extend(std::iter::repeat_n(0f32, dim));
+    let mut sources = Vec::with_capacity(texts.len());
+    let mut cached = Vec::new();
+    let mut misses: Vec<&str> = Vec::new();
+    let mut miss_keys: Vec<[u8; 32]> = Vec::new();
+    let mut first_miss: std::collections::HashMap<[u8; 32], usize> = Default::default();
+    let mut counts = CacheCounts::default();
+    for text in texts.iter() {
+        let Some(text) = text else {
+            sources.push(Source::Null);
+            continue;
+        };
+        let Some(cache) = cache else {
+            sources.push(Source::Computed(misses.len()));
+            misses.push(text);
+            continue;
+        };
+        let key = text_key(text);
+        if let Some(&i) = first_miss.get(&key) {
+            counts.hits += 1;
+            sources.push(Source::Computed(i));
+        } else if cache.get(&key, &mut cached) {
+            counts.hits += 1;
+            sources.push(Source::Cached(cached.len() / dim - 1));
         } else {
-            values.extend_from_slice(embedded.row(next));
-            next += 1;
+            first_miss.insert(key, misses.len());
+            sources.push(Source::Computed(misses.len()));
+            misses.push(text);
+            miss_keys.push(key);
+        }
+    }
+    let embedded = model
+        .embed_on(device, &misses)
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    if let Some(cache) = cache {
+        counts.misses = misses.len() as u64;
+        cache.put(&miss_keys, &embedded.values);
+    }
+    let mut values = Vec::with_capacity(texts.len() * dim);
+    for source in &sources {
+        match source {
+            Source::Null => values.extend(std::iter::repeat_n(0f32, dim)),
+            Source::Cached(i) => values.extend_from_slice(&cached[i * dim..(i + 1) * dim]),
+            Source::Computed(i) => values.extend_from_slice(embedded.row(*i)),
         }
     }
     let nulls = texts
@@ -176,5 +237,5 @@ pub fn embed_array(
         Arc::new(Float32Array::from(values)),
         nulls,
     )?;
-    Ok((Arc::new(list), embedded))
+    Ok((Arc::new(list), embedded, counts))
 }

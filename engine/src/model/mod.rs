@@ -8,6 +8,7 @@
 pub mod bert;
 pub mod cache;
 pub mod config;
+pub mod embed_cache;
 pub mod resolve;
 pub mod weights;
 
