@@ -3,6 +3,7 @@
 import json
 import os
 import platform
+import random
 import subprocess
 import sys
 
@@ -106,3 +107,28 @@ def process_peak_rss(pid):
     except OSError:
         pass
     return None
+
+
+def corpus(rows, seed=7):
+    """Seeded mixed-length English-like texts: words from the texts of
+    Kiln's MiniLM fixture, 3 to 200 words each (some beyond the model's
+    256-token limit)."""
+    fixture = os.path.join(ROOT, "engine", "tests", "fixtures", "minilm", "texts.json")
+    words = sorted({w for t in json.load(open(fixture)) for w in t.split() if w.isalpha()})
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(rows):
+        # Mostly sentences and short paragraphs, a tail of long documents.
+        n = min(200, max(3, int(rng.lognormvariate(3.0, 0.8))))
+        texts.append(" ".join(rng.choice(words) for _ in range(n)).capitalize() + ".")
+    return texts
+
+
+def model_dir():
+    """all-MiniLM-L6-v2's directory, fetched by scripts/fetch-model if absent."""
+    d = os.environ.get("KILN_MODEL_DIR",
+                       os.path.join(os.path.expanduser("~/.cache"), "kiln", "models"))
+    path = os.path.join(d, "all-MiniLM-L6-v2")
+    if not os.path.exists(os.path.join(path, "model.safetensors")):
+        subprocess.run([os.path.join(ROOT, "scripts", "fetch-model")], check=True)
+    return path

@@ -24,7 +24,6 @@ import datetime
 import json
 import os
 import platform
-import random
 import statistics
 import subprocess
 import sys
@@ -36,34 +35,13 @@ import pyarrow.parquet as pq
 import torch
 from sentence_transformers import SentenceTransformer
 
-from benchlib import cargo_artifact, git_rev, machine, run_measured, self_peak_rss
+from benchlib import cargo_artifact, corpus, git_rev, machine, model_dir, run_measured, self_peak_rss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def log(msg):
     print(f"[embed] {msg}", file=sys.stderr, flush=True)
-
-
-def corpus(rows, seed=7):
-    fixture = os.path.join(ROOT, "engine", "tests", "fixtures", "minilm", "texts.json")
-    words = sorted({w for t in json.load(open(fixture)) for w in t.split() if w.isalpha()})
-    rng = random.Random(seed)
-    texts = []
-    for _ in range(rows):
-        # Mostly sentences and short paragraphs, a tail of long documents.
-        n = min(200, max(3, int(rng.lognormvariate(3.0, 0.8))))
-        texts.append(" ".join(rng.choice(words) for _ in range(n)).capitalize() + ".")
-    return texts
-
-
-def model_dir():
-    d = os.environ.get("KILN_MODEL_DIR",
-                       os.path.join(os.path.expanduser("~/.cache"), "kiln", "models"))
-    path = os.path.join(d, "all-MiniLM-L6-v2")
-    if not os.path.exists(os.path.join(path, "model.safetensors")):
-        subprocess.run([os.path.join(ROOT, "scripts", "fetch-model")], check=True)
-    return path
 
 
 def main():

@@ -76,9 +76,12 @@ pub(crate) async fn copy(
 ) -> Result<Written> {
     if crate::delta::is_delta_copy(&copy) {
         let input = standard_types(Arc::unwrap_or_clone(Arc::clone(&copy.input)))?;
-        let written = crate::delta::copy(ctx, registry, copy, input, mark).await?;
+        let (rows, plan) = crate::delta::copy(ctx, registry, copy, input, mark).await?;
         forget_listings(ctx);
-        return Ok(written);
+        return Ok(Written {
+            batches: vec![count_batch(rows)?],
+            plan,
+        });
     }
     if crate::delta::is_table(registry, &copy.output_url).await {
         return Err(KilnError::Usage(format!(
@@ -142,6 +145,22 @@ fn forget_listings(ctx: &SessionContext) {
     }
 }
 
+/// A `COPY`'s or an `INSERT`'s result: one row, its `count`.
+fn count_batch(rows: u64) -> Result<RecordBatch> {
+    use datafusion::arrow::datatypes::{Field, Schema};
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "count",
+        DataType::UInt64,
+        false,
+    )]));
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![Arc::new(datafusion::arrow::array::UInt64Array::from(vec![
+            rows,
+        ]))],
+    )?)
+}
+
 /// The sum of a `COPY`'s or an `INSERT`'s `count` column.
 pub(crate) fn row_count(batches: &[RecordBatch]) -> u64 {
     batches
@@ -167,6 +186,30 @@ pub(crate) async fn insert(
     plan: LogicalPlan,
     mark: Option<JobMark>,
 ) -> Result<Written> {
+    if let LogicalPlan::Dml(dml) = &plan
+        && let Ok(provider) = datafusion::datasource::source_as_provider(&dml.target)
+        && let Some(delta) = provider.downcast_ref::<crate::delta::DeltaProvider>()
+    {
+        use datafusion::logical_expr::dml::InsertOp;
+        let overwrite = match dml.op {
+            datafusion::logical_expr::WriteOp::Insert(InsertOp::Append) => false,
+            datafusion::logical_expr::WriteOp::Insert(InsertOp::Overwrite) => true,
+            _ => {
+                return Err(KilnError::Usage(format!(
+                    "{}: a Delta table takes INSERT INTO and INSERT OVERWRITE",
+                    dml.table_name
+                )));
+            }
+        };
+        let input = standard_types(Arc::unwrap_or_clone(Arc::clone(&dml.input)))?;
+        let (rows, plan) =
+            crate::delta::insert(ctx, registry, &delta.location, overwrite, input, mark).await?;
+        forget_listings(ctx);
+        return Ok(Written {
+            batches: vec![count_batch(rows)?],
+            plan,
+        });
+    }
     let committed = match &plan {
         LogicalPlan::Dml(dml) => committed_directory(registry, &dml.target).await?,
         _ => None,

@@ -31,8 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use datafusion::arrow::array::{RecordBatch, UInt64Array};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::streaming::StreamingTable;
 use datafusion::catalog::{Session as CatalogSession, TableProvider, TableProviderFactory};
 use datafusion::common::DataFusionError;
@@ -59,7 +58,6 @@ use object_store::ObjectStore;
 use object_store::path::Path;
 use url::Url;
 
-use crate::commit::Written;
 use crate::error::{KilnError, Result};
 
 /// `STORED AS DELTA`.
@@ -266,6 +264,106 @@ pub(crate) async fn provider(
     }
 }
 
+/// A Delta table as Kiln's sessions see it: the newest version is read
+/// again at every scan (a table named in a session sees the commits made
+/// since, its own `INSERT`s included); a pinned version (`@v3`, `OPTIONS
+/// ('version' ...)`) stays that version. Its location lets Kiln write it
+/// through [`insert`] (a job's mark in the commit).
+#[derive(Debug)]
+pub(crate) struct DeltaProvider {
+    pub(crate) location: String,
+    as_of: AsOf,
+    registry: Arc<KilnObjectStoreRegistry>,
+    /// The table as opened: its schema, and the scan of a pinned version.
+    opened: Arc<dyn TableProvider>,
+}
+
+impl DeltaProvider {
+    async fn open(
+        registry: Arc<KilnObjectStoreRegistry>,
+        location: &str,
+        as_of: AsOf,
+        state: Option<&SessionState>,
+    ) -> datafusion::error::Result<DeltaProvider> {
+        let table = open(&registry, location, as_of)
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        Ok(DeltaProvider {
+            location: location.to_string(),
+            as_of,
+            opened: provider(&table, state).await?,
+            registry,
+        })
+    }
+
+    /// The provider a scan reads: the newest version, or the pinned one.
+    async fn current(
+        &self,
+        state: &dyn CatalogSession,
+    ) -> datafusion::error::Result<Arc<dyn TableProvider>> {
+        if self.as_of != AsOf::Latest {
+            return Ok(Arc::clone(&self.opened));
+        }
+        let table = open(&self.registry, &self.location, AsOf::Latest)
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let newest = provider(&table, state.as_any().downcast_ref::<SessionState>()).await?;
+        if newest.schema() != self.opened.schema() {
+            return Err(DataFusionError::Plan(format!(
+                "{}: the Delta table's schema changed since the table was named in this \
+                 session (an overwrite with other columns); create the table again",
+                self.location
+            )));
+        }
+        Ok(newest)
+    }
+}
+
+#[async_trait::async_trait]
+impl TableProvider for DeltaProvider {
+    fn schema(&self) -> SchemaRef {
+        self.opened.schema()
+    }
+
+    fn table_type(&self) -> datafusion::logical_expr::TableType {
+        self.opened.table_type()
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn CatalogSession,
+        projection: Option<&Vec<usize>>,
+        filters: &[datafusion::prelude::Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        self.current(state)
+            .await?
+            .scan(state, projection, filters, limit)
+            .await
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&datafusion::prelude::Expr],
+    ) -> datafusion::error::Result<Vec<datafusion::logical_expr::TableProviderFilterPushDown>> {
+        self.opened.supports_filters_pushdown(filters)
+    }
+
+    /// Outside Kiln's `INSERT` (which commits through [`insert`]): delta-rs's
+    /// own sink.
+    async fn insert_into(
+        &self,
+        state: &dyn CatalogSession,
+        input: Arc<dyn ExecutionPlan>,
+        op: datafusion::logical_expr::dml::InsertOp,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        self.current(state)
+            .await?
+            .insert_into(state, input, op)
+            .await
+    }
+}
+
 /// `loc@v3`, `loc@20261201103000000`, `loc@2026-12-01T10:30:00Z`: the
 /// location and the version asked for; `None` when the name carries no
 /// such suffix (an `@` elsewhere is part of the name).
@@ -347,10 +445,8 @@ pub(crate) async fn url_table(
         _ if is_table(&registry, name).await => (name, AsOf::Latest),
         _ => return Ok(None),
     };
-    let table = open(&registry, location, as_of)
-        .await
-        .map_err(|e| DataFusionError::External(Box::new(e)))?;
-    provider(&table, Some(state)).await.map(Some)
+    let table = DeltaProvider::open(registry, location, as_of, Some(state)).await?;
+    Ok(Some(Arc::new(table)))
 }
 
 /// `CREATE EXTERNAL TABLE ... STORED AS DELTA LOCATION '...'` (also
@@ -397,10 +493,9 @@ impl TableProviderFactory for DeltaTables {
         }
         let registry = registry_of(state)
             .ok_or_else(|| plan_err("Delta tables need a Kiln session".into()))?;
-        let table = open(&registry, location, as_of)
-            .await
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        provider(&table, state.as_any().downcast_ref::<SessionState>()).await
+        let state = state.as_any().downcast_ref::<SessionState>();
+        let table = DeltaProvider::open(registry, location, as_of, state).await?;
+        Ok(Arc::new(table))
     }
 }
 
@@ -465,9 +560,56 @@ pub(crate) async fn copy(
     copy: CopyTo,
     input: LogicalPlan,
     mark: Option<JobMark>,
-) -> Result<Written> {
-    WriteOptions::from_copy(&copy)?;
-    let location = copy.output_url.clone();
+) -> Result<(u64, Arc<dyn ExecutionPlan>)> {
+    let target = Target {
+        options: WriteOptions::from_copy(&copy)?,
+        location: copy.output_url.clone(),
+        partition_by: copy.partition_by.clone(),
+    };
+    write_to(ctx, registry, target, input, mark).await
+}
+
+/// `INSERT INTO` (`INSERT OVERWRITE`) a Delta table: one commit of its
+/// rows, with the job step's mark, as a `COPY ... OPTIONS ('mode'
+/// 'append')` (`'overwrite'`, keeping the schema).
+pub(crate) async fn insert(
+    ctx: &SessionContext,
+    registry: &KilnObjectStoreRegistry,
+    location: &str,
+    overwrite: bool,
+    input: LogicalPlan,
+    mark: Option<JobMark>,
+) -> Result<(u64, Arc<dyn ExecutionPlan>)> {
+    let target = Target {
+        options: WriteOptions {
+            mode: if overwrite {
+                SaveMode::Overwrite
+            } else {
+                SaveMode::Append
+            },
+            schema_mode: None,
+        },
+        location: location.to_string(),
+        partition_by: Vec::new(),
+    };
+    write_to(ctx, registry, target, input, mark).await
+}
+
+/// Where and how a write goes.
+struct Target {
+    location: String,
+    options: WriteOptions,
+    partition_by: Vec<String>,
+}
+
+async fn write_to(
+    ctx: &SessionContext,
+    registry: &KilnObjectStoreRegistry,
+    target: Target,
+    input: LogicalPlan,
+    mark: Option<JobMark>,
+) -> Result<(u64, Arc<dyn ExecutionPlan>)> {
+    let location = target.location.clone();
     let url = table_url(&location)?;
     // The log reader wants a local table's directory to exist; one made
     // here goes again if the write fails (nothing of the user's is in it).
@@ -484,7 +626,7 @@ pub(crate) async fn copy(
         },
         _ => None,
     };
-    let written = write(ctx, registry, &copy, input, mark, &url).await;
+    let written = write(ctx, registry, &target, input, mark, &url).await;
     if written.is_err()
         && let Some(path) = made_dir
     {
@@ -496,13 +638,13 @@ pub(crate) async fn copy(
 async fn write(
     ctx: &SessionContext,
     registry: &KilnObjectStoreRegistry,
-    copy: &CopyTo,
+    target: &Target,
     input: LogicalPlan,
     mark: Option<JobMark>,
     url: &Url,
-) -> Result<Written> {
-    let options = WriteOptions::from_copy(copy)?;
-    let location = copy.output_url.clone();
+) -> Result<(u64, Arc<dyn ExecutionPlan>)> {
+    let options = &target.options;
+    let location = target.location.clone();
     let delta = |source| KilnError::Delta {
         location: location.clone(),
         source,
@@ -526,12 +668,12 @@ async fn write(
         }
         Err(e) => return Err(delta(e)),
     };
-    if !copy.partition_by.is_empty()
+    if !target.partition_by.is_empty()
         && input
             .schema()
             .fields()
             .iter()
-            .all(|f| copy.partition_by.contains(f.name()))
+            .all(|f| target.partition_by.contains(f.name()))
     {
         return Err(KilnError::Usage(format!(
             "{location}: PARTITIONED BY names every column; a Delta table keeps at least one \
@@ -569,8 +711,8 @@ async fn write(
     if let Some(schema_mode) = options.schema_mode {
         write = write.with_schema_mode(schema_mode);
     }
-    if !copy.partition_by.is_empty() {
-        write = write.with_partition_columns(copy.partition_by.clone());
+    if !target.partition_by.is_empty() {
+        write = write.with_partition_columns(target.partition_by.clone());
     }
     write.await.map_err(delta)?;
     if let Some((store, marker)) = pending {
@@ -578,24 +720,7 @@ async fn write(
         // leaves a file every Delta reader ignores).
         let _ = object_store::ObjectStoreExt::delete(store.as_ref(), &marker).await;
     }
-    let rows = rows.load(Ordering::Relaxed);
-    Ok(Written {
-        batches: vec![count_batch(rows)?],
-        plan,
-    })
-}
-
-/// A `COPY`'s result: one row, its `count`.
-fn count_batch(rows: u64) -> Result<RecordBatch> {
-    let schema = Arc::new(Schema::new(vec![Field::new(
-        "count",
-        DataType::UInt64,
-        false,
-    )]));
-    Ok(RecordBatch::try_new(
-        schema,
-        vec![Arc::new(UInt64Array::from(vec![rows]))],
-    )?)
+    Ok((rows.load(Ordering::Relaxed), plan))
 }
 
 /// Kiln's physical plan as delta-rs's input: each partition runs in

@@ -238,26 +238,6 @@ impl Job {
         let mut rewritten = std::collections::HashSet::new();
         for step in &mut self.steps {
             let (target, copy) = match &step.kind {
-                StepKind::Copy {
-                    target,
-                    delta: true,
-                } => {
-                    let commit = crate::delta::last_commit(session.registry(), target).await?;
-                    match commit.and_then(|c| c.job) {
-                        Some(job)
-                            if job.fingerprint == self.fingerprint && job.step >= step.index =>
-                        {
-                            step.committed = true;
-                        }
-                        Some(_) => notes.push(format!(
-                            "step {}: the newest version of the Delta table {target} was written \
-                             by another job, or from other inputs: computing it again",
-                            step.index
-                        )),
-                        None => {}
-                    }
-                    continue;
-                }
                 StepKind::Copy { target, .. } => (target.clone(), true),
                 StepKind::Insert {
                     location: Some(location),
@@ -265,6 +245,23 @@ impl Job {
                 } => (location.clone(), false),
                 _ => continue,
             };
+            if is_delta_step(session, step).await {
+                // Steps into one table commit in order: the newest commit's
+                // step says which of this job's are done.
+                let commit = crate::delta::last_commit(session.registry(), &target).await?;
+                match commit.and_then(|c| c.job) {
+                    Some(job) if job.fingerprint == self.fingerprint && job.step >= step.index => {
+                        step.committed = true;
+                    }
+                    Some(_) if copy => notes.push(format!(
+                        "step {}: the newest version of the Delta table {target} was written \
+                         by another job, or from other inputs: computing it again",
+                        step.index
+                    )),
+                    _ => {}
+                }
+                continue;
+            }
             if !copy && rewritten.contains(&normalized(&target)) {
                 continue;
             }
@@ -364,6 +361,14 @@ impl Job {
             plan @ LogicalPlan::Dml(_) if matches!(step.kind, StepKind::Insert { .. }) => {
                 let written = session.insert(plan, Some(mark)).await?;
                 report.rows = Some(crate::commit::row_count(&written.batches));
+                if let StepKind::Insert {
+                    location: Some(target),
+                    ..
+                } = &step.kind
+                    && is_delta_step(session, step).await
+                {
+                    report.delta_commit(session, target, index).await?;
+                }
                 report.count_embeds(&written.plan);
             }
             plan if step.kind == StepKind::Query => {
@@ -397,10 +402,12 @@ impl Job {
         mut report: StepReport,
     ) -> Result<StepOutcome> {
         report.resumed = true;
-        if let StepKind::Copy {
-            target,
-            delta: true,
-        } = &step.kind
+        if is_delta_step(session, step).await
+            && let StepKind::Copy { target, .. }
+            | StepKind::Insert {
+                location: Some(target),
+                ..
+            } = &step.kind
         {
             report.delta_commit(session, target, step.index).await?;
         } else if let StepKind::Copy { target, .. } = &step.kind
@@ -640,10 +647,27 @@ async fn manifest_at(
     Ok((url, store, manifest))
 }
 
-/// The directory an `INSERT` writes into, when its table is one.
+/// Whether a step writes a Delta table: a `COPY ... STORED AS DELTA`, or
+/// an `INSERT` into a location that holds one.
+async fn is_delta_step(session: &Session, step: &Step) -> bool {
+    match &step.kind {
+        StepKind::Copy { delta, .. } => *delta,
+        StepKind::Insert {
+            location: Some(location),
+            ..
+        } => crate::delta::is_table(session.registry(), location).await,
+        _ => false,
+    }
+}
+
+/// The directory an `INSERT` writes into, when its table is one (a
+/// directory of files, or a Delta table).
 fn insert_location(target: &Arc<dyn datafusion::logical_expr::TableSource>) -> Option<String> {
     use datafusion::datasource::listing::ListingTable;
     let provider = datafusion::datasource::source_as_provider(target).ok()?;
+    if let Some(delta) = provider.downcast_ref::<crate::delta::DeltaProvider>() {
+        return Some(delta.location.clone());
+    }
     let table = provider.downcast_ref::<ListingTable>()?;
     match table.table_paths().as_slice() {
         [url] => Some(url.as_str().to_string()),

@@ -154,6 +154,8 @@ async fn copy_reports_its_rows_and_insert_appends() {
         .collect()
         .await
         .unwrap();
+    // The table named in the session sees its own insert.
+    assert_eq!(ints(&session, "SELECT count(*) FROM t").await, vec![7]);
     let fresh = Session::new().unwrap();
     assert_eq!(
         ints(
@@ -162,6 +164,18 @@ async fn copy_reports_its_rows_and_insert_appends() {
         )
         .await,
         vec![28]
+    );
+    session
+        .sql("INSERT OVERWRITE t VALUES (1, 1)")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(ints(&session, "SELECT count(*) FROM t").await, vec![1]);
+    assert_eq!(
+        ints(&fresh, &format!("SELECT count(*) FROM '{loc}@v1'")).await,
+        vec![7]
     );
 }
 

@@ -489,14 +489,24 @@ fn orchestrator_examples_compile_and_map_exit_codes() {
 /// killed before it, and runs it again when its directory is rewritten.
 #[test]
 fn resumed_inserts_add_their_rows_once() {
+    resumed_inserts("PARQUET");
+}
+
+/// The same into a Delta table: the insert's commit carries the job's mark.
+#[test]
+fn resumed_inserts_into_delta_add_their_rows_once() {
+    resumed_inserts("DELTA");
+}
+
+fn resumed_inserts(format: &str) {
     let dir = tempdir();
     let out = s(&dir.path().join("out"));
     let job = dir.path().join("job.sql");
     std::fs::write(
         &job,
         format!(
-            "COPY (SELECT i FROM generate_series(1, 10) t(i)) TO '{out}/' STORED AS PARQUET;\n\
-             CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '{out}';\n\
+            "COPY (SELECT i FROM generate_series(1, 10) t(i)) TO '{out}/' STORED AS {format};\n\
+             CREATE EXTERNAL TABLE t STORED AS {format} LOCATION '{out}';\n\
              INSERT INTO t VALUES (100), (101);\n\
              SELECT count(*) AS n FROM t;\n"
         ),
