@@ -173,7 +173,7 @@ fn store_of(registry: &KilnObjectStoreRegistry, url: &Url) -> Result<Arc<dyn Obj
     Ok(registry.unfiltered_store(url)?)
 }
 
-fn builder(registry: &KilnObjectStoreRegistry, url: &Url) -> Result<DeltaTableBuilder> {
+fn table_builder(registry: &KilnObjectStoreRegistry, url: &Url) -> Result<DeltaTableBuilder> {
     register_log_stores();
     let store = store_of(registry, url)?;
     let delta = |source| KilnError::Delta {
@@ -206,8 +206,7 @@ pub(crate) async fn open(
     as_of: AsOf,
 ) -> Result<DeltaTable> {
     let url = table_url(location)?;
-    let builder_at = builder;
-    let builder = builder_at(registry, &url)?;
+    let builder = table_builder(registry, &url)?;
     let builder = match as_of {
         AsOf::Latest => builder,
         AsOf::Version(v) => builder.with_version(v),
@@ -218,7 +217,7 @@ pub(crate) async fn open(
         Err(source) => {
             // A version past the newest: say which versions there are.
             if let AsOf::Version(v) = as_of
-                && let Ok(latest) = builder_at(registry, &url)?.load().await
+                && let Ok(latest) = table_builder(registry, &url)?.load().await
                 && let Some(newest) = latest.version()
                 && v > newest
             {
@@ -649,7 +648,19 @@ async fn write(
         location: location.clone(),
         source,
     };
-    let mut table = builder(registry, url)?.build().map_err(delta)?;
+    if !target.partition_by.is_empty()
+        && input
+            .schema()
+            .fields()
+            .iter()
+            .all(|f| target.partition_by.contains(f.name()))
+    {
+        return Err(KilnError::Usage(format!(
+            "{location}: PARTITIONED BY names every column; a Delta table keeps at least one \
+             column in its data files"
+        )));
+    }
+    let mut table = table_builder(registry, url)?.build().map_err(delta)?;
     let pending = match table.load().await {
         Ok(()) => None,
         Err(DeltaTableError::NotATable(_)) => {
@@ -668,18 +679,6 @@ async fn write(
         }
         Err(e) => return Err(delta(e)),
     };
-    if !target.partition_by.is_empty()
-        && input
-            .schema()
-            .fields()
-            .iter()
-            .all(|f| target.partition_by.contains(f.name()))
-    {
-        return Err(KilnError::Usage(format!(
-            "{location}: PARTITIONED BY names every column; a Delta table keeps at least one \
-             column in its data files"
-        )));
-    }
     let frame = DataFrame::new(ctx.state(), input);
     let plan = frame.create_physical_plan().await?;
     let source = KilnInput::new(Arc::clone(&plan), ctx.task_ctx(), mark.clone());

@@ -15,9 +15,10 @@
 //! it waits for (those that create what it reads), the Kiln operators its
 //! physical plan puts on a device, and for a view, the steps that read it.
 //! A view read by two or more steps is computed once when the job runs:
-//! after its `CREATE VIEW`, it is replaced in the session by its rows, held
-//! in memory (not spilled, and not yet counted against DataFusion's memory
-//! pool), so an `embed()` under it runs once per row, not once per reader.
+//! after its `CREATE VIEW`, it is replaced in the session by its rows,
+//! written as Parquet in the job's work directory (under `TMPDIR`, removed
+//! with the job) and read from there, so an `embed()` under it runs once
+//! per row, not once per reader, and a view larger than memory is shared.
 //! (It is a table from then on: a later `DROP VIEW` of it fails.)
 //! Steps run in script order, which respects every dependency; independent
 //! outputs do not yet run concurrently.
@@ -40,8 +41,8 @@ use datafusion::catalog::CatalogProviderList;
 use datafusion::common::TableReference;
 use datafusion::datasource::MemTable;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan, WriteOp};
-use datafusion::physical_plan::{ExecutionPlan, collect_partitioned};
-use datafusion::prelude::SessionContext;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::{DataFrame, SessionContext};
 use datafusion::sql::parser::Statement;
 
 pub use report::{JobReport, StepReport};
@@ -164,6 +165,11 @@ pub struct Job {
     /// modification time) of every file it reads that it does not write:
     /// what a resumed run must match.
     pub fingerprint: String,
+    /// Where shared views' rows are written while the job runs: a private
+    /// directory under the system's temporary directory (`TMPDIR`), made
+    /// by the first shared view and removed when the `Job` is dropped (the
+    /// session's table of a shared view reads from it until then).
+    work: Arc<std::sync::OnceLock<tempfile::TempDir>>,
 }
 
 /// The rows and report of one step.
@@ -223,7 +229,27 @@ impl Job {
             steps,
             device: session.device().to_string(),
             fingerprint: fingerprint.finalize().to_hex().to_string(),
+            work: Default::default(),
         })
+    }
+
+    /// The job's work directory ([`Job::work`]), made on first use.
+    fn work_dir(&self) -> Result<&std::path::Path> {
+        if self.work.get().is_none() {
+            let dir = tempfile::Builder::new()
+                .prefix("kiln-job-")
+                .tempdir()
+                .map_err(|source| KilnError::File {
+                    path: std::env::temp_dir().display().to_string(),
+                    source,
+                })?;
+            // Another thread may have made one first: either serves.
+            let _ = self.work.set(dir);
+        }
+        self.work
+            .get()
+            .map(|d| d.path())
+            .ok_or_else(|| KilnError::Internal("the job's work directory".into()))
     }
 
     /// For a resumed run: marks the steps whose output this same job (same
@@ -353,7 +379,7 @@ impl Job {
                     .context()
                     .execute_logical_plan(LogicalPlan::Ddl(DdlStatement::CreateView(view)))
                     .await?;
-                let (count, plan) = materialize(session.context(), name).await?;
+                let (count, plan) = materialize(session.context(), name, self.work_dir()?).await?;
                 report.rows = Some(count);
                 report.count_embeds(&plan);
                 report.materialized = true;
@@ -718,24 +744,49 @@ async fn scratch_context(session: &Session) -> Result<SessionContext> {
     ))
 }
 
-/// Replaces view `name` in `ctx` by its rows; returns how many rows, and
-/// the plan that computed them (its metrics).
+/// Replaces view `name` in `ctx` by its rows, written as Parquet in `dir`
+/// (the job's work directory: a reader streams them from disk, and memory
+/// holds batches, not the view); returns how many rows, and the plan that
+/// computed them (its metrics).
 async fn materialize(
     ctx: &SessionContext,
     name: TableReference,
+    dir: &std::path::Path,
 ) -> Result<(u64, Arc<dyn ExecutionPlan>)> {
+    use datafusion::datasource::file_format::format_as_file_type;
+    use datafusion::datasource::file_format::parquet::ParquetFormatFactory;
     let frame = ctx.table(name.clone()).await?;
     let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
-    let task = Arc::new(frame.task_ctx());
-    let plan: Arc<dyn ExecutionPlan> = frame.create_physical_plan().await?;
-    let partitions = collect_partitioned(Arc::clone(&plan), task).await?;
-    let rows = partitions
-        .iter()
-        .flatten()
-        .map(|b| b.num_rows() as u64)
-        .sum();
-    let table = MemTable::try_new(schema, partitions)?;
+    let file_name: String = name
+        .table()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let location = format!(
+        "{}/",
+        dir.join(format!(
+            "view-{file_name}-{}",
+            blake3::hash(name.to_string().as_bytes()).to_hex()[..8].to_owned()
+        ))
+        .display()
+    );
+    let copy = datafusion::logical_expr::LogicalPlanBuilder::copy_to(
+        frame.into_unoptimized_plan(),
+        location.clone(),
+        format_as_file_type(Arc::new(ParquetFormatFactory::new())),
+        HashMap::new(),
+        vec![],
+    )?
+    .build()?;
+    let written = crate::commit::run_frame(DataFrame::new(ctx.state(), copy)).await?;
+    let rows = crate::commit::row_count(&written.batches);
     ctx.deregister_table(name.clone())?;
-    ctx.register_table(name, Arc::new(table))?;
-    Ok((rows, plan))
+    if rows == 0 {
+        // No file to read a schema from.
+        ctx.register_table(name, Arc::new(MemTable::try_new(schema, vec![vec![]])?))?;
+    } else {
+        ctx.register_parquet(name, &location, Default::default())
+            .await?;
+    }
+    Ok((rows, written.plan))
 }
