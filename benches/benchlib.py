@@ -132,3 +132,16 @@ def model_dir():
     if not os.path.exists(os.path.join(path, "model.safetensors")):
         subprocess.run([os.path.join(ROOT, "scripts", "fetch-model")], check=True)
     return path
+
+
+def corpus_args(doc, name):
+    """The arguments every corpus benchmark takes: --quick (1000 rows, 2
+    runs), --rows, --reps, --work (its data) and --out (its report)."""
+    import argparse
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="1000 rows, 2 runs")
+    ap.add_argument("--rows", type=int, default=4000)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--work", default=os.path.expanduser(f"~/.cache/kiln/bench-data/{name}"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "benches", "results", f"{name}.md"))
+    return ap

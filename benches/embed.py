@@ -19,7 +19,6 @@ Usage (scripts/bench-embed sets up the environment):
     python benches/embed.py [--quick] [--rows N] [--reps R] [--out benches/results/embed.md]
 """
 
-import argparse
 import datetime
 import json
 import os
@@ -35,7 +34,8 @@ import pyarrow.parquet as pq
 import torch
 from sentence_transformers import SentenceTransformer
 
-from benchlib import cargo_artifact, corpus, git_rev, machine, model_dir, run_measured, self_peak_rss
+from benchlib import (cargo_artifact, corpus, corpus_args, git_rev, machine, model_dir, run_measured,
+                      self_peak_rss)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,12 +45,7 @@ def log(msg):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="1000 rows, 2 runs")
-    ap.add_argument("--rows", type=int, default=4000)
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--work", default=os.path.expanduser("~/.cache/kiln/bench-data/embed"))
-    ap.add_argument("--out", default=os.path.join(ROOT, "benches", "results", "embed.md"))
+    ap = corpus_args(__doc__, "embed")
     ap.add_argument("--kiln-device", default="auto",
                     help="the device Kiln runs on: auto (default: a GPU when present, else the CPU), cpu, wgpu, cuda")
     args = ap.parse_args()

@@ -21,7 +21,6 @@ Usage (scripts/bench-jobs sets up the environment):
     python benches/jobs.py [--quick] [--rows N] [--reps R]
 """
 
-import argparse
 import datetime
 import json
 import os
@@ -35,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import ROOT, cargo_artifact, corpus, git_rev, machine, model_dir  # noqa: E402
+from benchlib import ROOT, cargo_artifact, corpus, corpus_args, git_rev, machine, model_dir  # noqa: E402
 
 
 def log(msg):
@@ -65,12 +64,7 @@ def fmt(values):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="1000 rows, 2 runs")
-    ap.add_argument("--rows", type=int, default=4000)
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--work", default=os.path.expanduser("~/.cache/kiln/bench-data/jobs"))
-    ap.add_argument("--out", default=os.path.join(ROOT, "benches", "results", "jobs.md"))
+    ap = corpus_args(__doc__, "jobs")
     args = ap.parse_args()
     if args.quick:
         args.rows, args.reps = 1000, 2
