@@ -134,7 +134,7 @@ def main():
         f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
         f"- Machine: {machine()}; Kiln {rev}, release build, device cpu",
         f"- Model: all-MiniLM-L6-v2; corpus: {len(texts)} seeded mixed-length texts "
-        f"(benches/embed.py's generator); 5% changed = every 20th text",
+        f"(benchlib.corpus, the embedding benchmark's generator); 5% changed = every 20th text",
         f"- {args.reps} interleaved runs each, a fresh `kiln run` process per run; median (min–max)",
         f"- Command: `scripts/bench-jobs {' '.join(sys.argv[1:])}`",
         "",
