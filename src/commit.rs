@@ -76,12 +76,7 @@ pub(crate) async fn copy(
 ) -> Result<Written> {
     if crate::delta::is_delta_copy(&copy) {
         let input = standard_types(Arc::unwrap_or_clone(Arc::clone(&copy.input)))?;
-        let (rows, plan) = crate::delta::copy(ctx, registry, copy, input, mark).await?;
-        forget_listings(ctx);
-        return Ok(Written {
-            batches: vec![count_batch(rows)?],
-            plan,
-        });
+        return delta_written(ctx, crate::delta::copy(ctx, registry, copy, input, mark)).await;
     }
     if crate::delta::is_table(registry, &copy.output_url).await {
         return Err(KilnError::Usage(format!(
@@ -145,6 +140,20 @@ fn forget_listings(ctx: &SessionContext) {
     }
 }
 
+/// A Delta write's result, as a `COPY`'s or an `INSERT`'s: its rows'
+/// `count` and the plan that ran.
+async fn delta_written(
+    ctx: &SessionContext,
+    write: impl std::future::Future<Output = Result<(u64, Arc<dyn ExecutionPlan>)>>,
+) -> Result<Written> {
+    let (rows, plan) = write.await?;
+    forget_listings(ctx);
+    Ok(Written {
+        batches: vec![count_batch(rows)?],
+        plan,
+    })
+}
+
 /// A `COPY`'s or an `INSERT`'s result: one row, its `count`.
 fn count_batch(rows: u64) -> Result<RecordBatch> {
     use datafusion::arrow::datatypes::{Field, Schema};
@@ -202,13 +211,8 @@ pub(crate) async fn insert(
             }
         };
         let input = standard_types(Arc::unwrap_or_clone(Arc::clone(&dml.input)))?;
-        let (rows, plan) =
-            crate::delta::insert(ctx, registry, &delta.location, overwrite, input, mark).await?;
-        forget_listings(ctx);
-        return Ok(Written {
-            batches: vec![count_batch(rows)?],
-            plan,
-        });
+        let write = crate::delta::insert(ctx, registry, &delta.location, overwrite, input, mark);
+        return delta_written(ctx, write).await;
     }
     let committed = match &plan {
         LogicalPlan::Dml(dml) => committed_directory(registry, &dml.target).await?,

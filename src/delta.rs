@@ -263,15 +263,18 @@ pub(crate) async fn provider(
     }
 }
 
-/// A Delta table as Kiln's sessions see it: the newest version is read
-/// again at every scan (a table named in a session sees the commits made
-/// since, its own `INSERT`s included); a pinned version (`@v3`, `OPTIONS
-/// ('version' ...)`) stays that version. Its location lets Kiln write it
+/// A Delta table as Kiln's sessions see it. A table created in a session
+/// (`CREATE EXTERNAL TABLE`) reads its newest version again at every scan
+/// (it sees the commits made since, its own `INSERT`s included); a table
+/// named by location in a query is opened for that query and read as
+/// opened; a pinned version (`@v3`, `OPTIONS ('version' ...)`) stays that
+/// version. Its location lets Kiln write it
 /// through [`insert`] (a job's mark in the commit).
 #[derive(Debug)]
 pub(crate) struct DeltaProvider {
     pub(crate) location: String,
-    as_of: AsOf,
+    /// Read the newest version at each scan (a session's table).
+    follows: bool,
     registry: Arc<KilnObjectStoreRegistry>,
     /// The table as opened: its schema, and the scan of a pinned version.
     opened: Arc<dyn TableProvider>,
@@ -283,13 +286,14 @@ impl DeltaProvider {
         location: &str,
         as_of: AsOf,
         state: Option<&SessionState>,
+        follows: bool,
     ) -> datafusion::error::Result<DeltaProvider> {
         let table = open(&registry, location, as_of)
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         Ok(DeltaProvider {
             location: location.to_string(),
-            as_of,
+            follows: follows && as_of == AsOf::Latest,
             opened: provider(&table, state).await?,
             registry,
         })
@@ -300,7 +304,7 @@ impl DeltaProvider {
         &self,
         state: &dyn CatalogSession,
     ) -> datafusion::error::Result<Arc<dyn TableProvider>> {
-        if self.as_of != AsOf::Latest {
+        if !self.follows {
             return Ok(Arc::clone(&self.opened));
         }
         let table = open(&self.registry, &self.location, AsOf::Latest)
@@ -444,7 +448,8 @@ pub(crate) async fn url_table(
         _ if is_table(&registry, name).await => (name, AsOf::Latest),
         _ => return Ok(None),
     };
-    let table = DeltaProvider::open(registry, location, as_of, Some(state)).await?;
+    // Opened for this query: no need to look again at its scan.
+    let table = DeltaProvider::open(registry, location, as_of, Some(state), false).await?;
     Ok(Some(Arc::new(table)))
 }
 
@@ -493,7 +498,7 @@ impl TableProviderFactory for DeltaTables {
         let registry = registry_of(state)
             .ok_or_else(|| plan_err("Delta tables need a Kiln session".into()))?;
         let state = state.as_any().downcast_ref::<SessionState>();
-        let table = DeltaProvider::open(registry, location, as_of, state).await?;
+        let table = DeltaProvider::open(registry, location, as_of, state, true).await?;
         Ok(Arc::new(table))
     }
 }
