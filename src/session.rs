@@ -398,9 +398,9 @@ impl Session {
     pub(crate) async fn copy_for_job(
         &self,
         copy: datafusion::logical_expr::dml::CopyTo,
-        mark: kiln_engine::io::committed::JobMark,
+        job: crate::commit::JobWrite,
     ) -> Result<crate::commit::Written> {
-        crate::commit::copy(&self.ctx, &self.registry, copy, Some(mark)).await
+        crate::commit::copy(&self.ctx, &self.registry, copy, Some(job)).await
     }
 
     /// Runs an `INSERT INTO`, keeping a committed directory's manifest

@@ -73,6 +73,12 @@ config_namespace! {
         /// (`s3://bucket/cache/`, a local directory), and looks them up
         /// before it embeds; empty: no cache (the default).
         pub embed_cache: String, default = String::new()
+        /// A job's `COPY` whose rows are computed row by row from files
+        /// runs in parts over slices of its input of about this size (a
+        /// Parquet file larger is cut into byte ranges, each holding whole
+        /// row groups); each part done is checkpointed, and a resumed job
+        /// (`kiln run --resume`) skips the parts done.
+        pub job_part_size: String, default = "64MiB".to_string()
         /// The deepest nesting of expressions (`1+1+...`, `a AND b AND ...`)
         /// and set operations (`UNION ALL` chains) a statement may have;
         /// deeper statements are refused before planning, whose time grows
@@ -173,6 +179,7 @@ impl KilnOptions {
             .map_err(|e| plan_datafusion_err!("kiln.vector_memory_budget: {e}"))?;
         parse_duration(&self.statement_timeout)
             .map_err(|e| plan_datafusion_err!("kiln.statement_timeout: {e}"))?;
+        self.job_part_bytes()?;
         parse_memory_limit(&self.device_memory_limit)
             .map_err(|e| plan_datafusion_err!("kiln.device_memory_limit: {e}"))?;
         let at_least_one = [
@@ -216,6 +223,18 @@ impl KilnOptions {
             MemoryLimit::Share(share) => info.memory_bytes.map(|m| (m as f64 * share) as u64),
             MemoryLimit::Bytes(bytes) => Some(bytes),
         })
+    }
+
+    /// `kiln.job_part_size` in bytes (at least 1).
+    pub fn job_part_bytes(&self) -> Result<u64> {
+        match parse_bytes(&self.job_part_size) {
+            Ok(0) => Err(plan_datafusion_err!(
+                "kiln.job_part_size must be at least 1 byte, not '{}'",
+                self.job_part_size
+            )),
+            Ok(bytes) => Ok(bytes),
+            Err(e) => Err(plan_datafusion_err!("kiln.job_part_size: {e}")),
+        }
     }
 
     /// `kiln.statement_timeout` as a duration; `None` for no limit.

@@ -744,6 +744,9 @@ async fn run_steps(
             source: Box::new(e),
         })?;
         outputs_done += usize::from(step.kind.is_output());
+        for note in &outcome.report.notes {
+            eprintln!("note: step {}: {note}", step.index);
+        }
         if terminal {
             eprintln!(
                 "\r[{}/{total}] {}\x1b[K",
@@ -789,6 +792,12 @@ fn progress_line(step: &crate::job::StepReport) -> String {
     }
     if let Some(version) = step.version {
         line.push_str(&format!(", version {version}"));
+    }
+    if let Some(parts) = step.parts {
+        line.push_str(&format!(", {parts} parts"));
+        if step.resumed_parts > 0 {
+            line.push_str(&format!(" ({} done before: skipped)", step.resumed_parts));
+        }
     }
     if step.embed_cache_hits + step.embed_cache_misses > 0 {
         line.push_str(&format!(

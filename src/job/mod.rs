@@ -170,6 +170,9 @@ pub struct Job {
     /// by the first shared view and removed when the `Job` is dropped (the
     /// session's table of a shared view reads from it until then).
     work: Arc<std::sync::OnceLock<tempfile::TempDir>>,
+    /// A resumed run ([`Job::check_resume`]): besides committed outputs,
+    /// the parts of an output a killed run checkpointed are kept.
+    resume: bool,
 }
 
 /// The rows and report of one step.
@@ -230,6 +233,7 @@ impl Job {
             device: session.device().to_string(),
             fingerprint: fingerprint.finalize().to_hex().to_string(),
             work: Default::default(),
+            resume: false,
         })
     }
 
@@ -258,6 +262,7 @@ impl Job {
     /// something is there: written by another job or from other inputs, or
     /// a single file (single-file outputs carry no manifest to resume by).
     pub async fn check_resume(&mut self, session: &Session) -> Result<Vec<String>> {
+        self.resume = true;
         let mut notes = Vec::new();
         // Directories an earlier step of this run rewrites: what was added
         // to them before is gone, so their inserts run again too.
@@ -296,6 +301,16 @@ impl Job {
                 fingerprint: self.fingerprint.clone(),
                 step: step.index,
             };
+            if copy
+                && !manifest_records(&manifest, &mine)
+                && crate::commit::other_job_staging(session.registry(), &target, &mine).await?
+            {
+                notes.push(format!(
+                    "step {}: the parts of {target} a killed run did are of another version \
+                     of the job (its statements or the files it reads changed): starting it over",
+                    step.index
+                ));
+            }
             match manifest {
                 Some(m) if m.job_steps.contains(&mine) => step.committed = true,
                 Some(m) if copy && !m.job_steps.is_empty() => notes.push(format!(
@@ -355,9 +370,19 @@ impl Job {
             .all(|r| self.steps.get(r - 1).is_some_and(|s| s.committed));
         match plan {
             LogicalPlan::Copy(copy) => {
-                let written = session.copy_for_job(copy, mark).await?;
+                let job = crate::commit::JobWrite {
+                    mark,
+                    resume: self.resume,
+                    work_dir: self.work.get().map(|d| d.path().to_path_buf()),
+                };
+                let written = session.copy_for_job(copy, job).await?;
                 report.rows = Some(crate::commit::row_count(&written.batches));
-                report.count_embeds(&written.plan);
+                report.count_embeds(&written.plans);
+                if let Some((parts, resumed)) = written.parts {
+                    report.parts = Some(parts as u64);
+                    report.resumed_parts = resumed as u64;
+                }
+                report.notes.extend(written.note);
                 match &step.kind {
                     StepKind::Copy {
                         target,
@@ -381,7 +406,7 @@ impl Job {
                     .await?;
                 let (count, plan) = materialize(session.context(), name, self.work_dir()?).await?;
                 report.rows = Some(count);
-                report.count_embeds(&plan);
+                report.count_embeds(&[plan]);
                 report.materialized = true;
             }
             plan @ LogicalPlan::Dml(_) if matches!(step.kind, StepKind::Insert { .. }) => {
@@ -395,14 +420,14 @@ impl Job {
                 {
                     report.delta_commit(session, target, index).await?;
                 }
-                report.count_embeds(&written.plan);
+                report.count_embeds(&written.plans);
             }
             plan if step.kind == StepKind::Query => {
                 let frame = session.context().execute_logical_plan(plan).await?;
                 let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
                 let written = crate::commit::run_frame(frame).await?;
+                report.count_embeds(&written.plans);
                 let batches = written.batches;
-                report.count_embeds(&written.plan);
                 report.rows = Some(batches.iter().map(|b| b.num_rows() as u64).sum());
                 rows = Some((schema, batches));
             }
@@ -654,6 +679,16 @@ async fn plan_step(
     Ok((step, inputs))
 }
 
+/// Whether `manifest` records step `mark`.
+fn manifest_records(
+    manifest: &Option<kiln_engine::io::committed::Manifest>,
+    mark: &kiln_engine::io::committed::JobMark,
+) -> bool {
+    manifest
+        .as_ref()
+        .is_some_and(|m| m.job_steps.contains(mark))
+}
+
 /// The store of `target` (a directory output), and the manifest Kiln
 /// committed there, if any.
 async fn manifest_at(
@@ -788,5 +823,10 @@ async fn materialize(
         ctx.register_parquet(name, &location, Default::default())
             .await?;
     }
-    Ok((rows, written.plan))
+    let plan = written
+        .plans
+        .into_iter()
+        .next()
+        .ok_or_else(|| KilnError::Internal("a shared view's write ran no plan".into()))?;
+    Ok((rows, plan))
 }

@@ -45,6 +45,15 @@ pub struct StepReport {
     pub materialized: bool,
     /// Skipped: a resumed run found it committed by this same job.
     pub resumed: bool,
+    /// An output run in parts, each checkpointed: how many
+    /// (`kiln.job_part_size`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parts: Option<u64>,
+    /// Of those, the parts a killed run had done, skipped (`--resume`).
+    pub resumed_parts: u64,
+    /// What the step noticed (why a killed run's parts were not kept).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// Kiln's operators placed on a device (from the job's plan).
     pub device_operators: Vec<String>,
 }
@@ -64,6 +73,9 @@ impl StepReport {
             embed_cache_misses: 0,
             materialized: false,
             resumed: false,
+            parts: None,
+            resumed_parts: 0,
+            notes: Vec::new(),
             device_operators: step.device_operators.clone(),
         }
     }
@@ -85,6 +97,9 @@ pub struct JobReport {
     pub fingerprint: String,
     /// Steps skipped because this job had committed them (`--resume`).
     pub resumed_steps: usize,
+    /// Parts of outputs skipped because a killed run of this job had done
+    /// them (`--resume`).
+    pub resumed_parts: u64,
     /// Unix time the job started, in seconds.
     pub started_at: f64,
     /// Wall time until the job ended.
@@ -106,6 +121,7 @@ impl JobReport {
             statements: job.steps.len(),
             fingerprint: job.fingerprint.clone(),
             resumed_steps: 0,
+            resumed_parts: 0,
             started_at: now(),
             seconds: 0.0,
             embedded_rows: 0,
@@ -125,6 +141,7 @@ impl JobReport {
             statements: 0,
             fingerprint: String::new(),
             resumed_steps: 0,
+            resumed_parts: 0,
             started_at: now(),
             seconds: 0.0,
             embedded_rows: 0,
@@ -142,6 +159,7 @@ impl JobReport {
         self.embed_cache_hits += step.embed_cache_hits;
         self.embed_cache_misses += step.embed_cache_misses;
         self.resumed_steps += usize::from(step.resumed);
+        self.resumed_parts += step.resumed_parts;
         self.steps.push(step);
     }
 
@@ -177,11 +195,18 @@ fn now() -> f64 {
 /// The number and bytes of the files at `target` (a file, or a directory or
 /// prefix), in its store.
 impl StepReport {
-    /// The encoder's counts from the operators of `plan`, the plan that ran.
-    pub(super) fn count_embeds(&mut self, plan: &Arc<dyn ExecutionPlan>) {
-        self.embedded_rows = super::dag::metric_sum(plan, "embedded_rows");
-        self.embed_cache_hits = super::dag::metric_sum(plan, "embed_cache_hits");
-        self.embed_cache_misses = super::dag::metric_sum(plan, "embed_cache_misses");
+    /// The encoder's counts from the operators of `plans`, the plans that
+    /// ran.
+    pub(super) fn count_embeds(&mut self, plans: &[Arc<dyn ExecutionPlan>]) {
+        let sum = |name| {
+            plans
+                .iter()
+                .map(|plan| super::dag::metric_sum(plan, name))
+                .sum()
+        };
+        self.embedded_rows = sum("embedded_rows");
+        self.embed_cache_hits = sum("embed_cache_hits");
+        self.embed_cache_misses = sum("embed_cache_misses");
     }
 
     /// Rows, files, bytes and version of step `index`'s commit to the Delta

@@ -407,6 +407,224 @@ fn a_killed_job_leaves_whole_outputs_and_resumes_where_it_stopped() {
     assert_eq!(done["embedded_rows"], 4);
 }
 
+/// Input for a job run in parts: a file of 240 rows in row groups of 20
+/// (cut into byte ranges by a small `kiln.job_part_size`) and two of 10.
+fn write_docs(dir: &Path) -> u64 {
+    use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::parquet::arrow::ArrowWriter;
+    use datafusion::parquet::file::properties::WriterProperties;
+    std::fs::create_dir_all(dir).unwrap();
+    let schema = std::sync::Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("name", DataType::Utf8, false),
+    ]));
+    let mut total = 0;
+    for (file, (first, rows)) in [
+        ("big", (0, 240)),
+        ("small-a", (1000, 10)),
+        ("small-b", (2000, 10)),
+    ] {
+        let ids: Vec<i64> = (first..first + rows).collect();
+        let names: Vec<String> = ids.iter().map(|i| format!("document number {i}")).collect();
+        let batch = RecordBatch::try_new(
+            std::sync::Arc::clone(&schema),
+            vec![
+                std::sync::Arc::new(Int64Array::from(ids)),
+                std::sync::Arc::new(StringArray::from(names)),
+            ],
+        )
+        .unwrap();
+        let props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(20))
+            .build();
+        let out = std::fs::File::create(dir.join(format!("{file}.parquet"))).unwrap();
+        let mut writer =
+            ArrowWriter::try_new(out, std::sync::Arc::clone(&schema), Some(props)).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        total += rows as u64;
+    }
+    total
+}
+
+/// A job killed inside an output (after two of its parts were
+/// checkpointed; then again inside a part, its files written but not yet
+/// recorded) and resumed: the resumed run skips the parts done, embeds only
+/// the rows of the others, and ends with exactly the rows an uninterrupted
+/// run writes — none lost, none twice. Locally and, when it runs, on the
+/// loopback S3 server (checkpoint and all).
+#[test]
+fn a_job_killed_inside_an_output_resumes_from_its_checkpointed_parts() {
+    let dir = tempdir();
+    let docs = dir.path().join("docs");
+    let total = write_docs(&docs);
+    let server = s3();
+    let mut roots = vec![s(&dir.path().join("out"))];
+    if let Some(server) = server {
+        server.create_bucket("kiln-parts");
+        roots.push("s3://kiln-parts/run".to_string());
+    }
+    let kiln_job = || {
+        let mut cmd = kiln();
+        if let Some(server) = server {
+            for (k, v) in server.env() {
+                cmd.env(k, v);
+            }
+        }
+        cmd
+    };
+    for root in roots {
+        let job_for = |out: &str| {
+            format!(
+                "SET datafusion.execution.target_partitions = 2;\n\
+                 SET kiln.job_part_size = '1KiB';\n\
+                 COPY (SELECT id, embed(name, '{model}') AS v FROM '{docs}' WHERE id % 7 <> 3) \
+                 TO '{out}' STORED AS PARQUET;\n",
+                model = tiny().display(),
+                docs = s(&docs),
+            )
+        };
+        let run_job = |job: &Path, fault: Option<&str>, resume: bool| {
+            let report = dir.path().join("report.json");
+            let mut cmd = kiln_job();
+            cmd.args(["run", &s(job), "--report", &s(&report)]);
+            if resume {
+                cmd.arg("--resume");
+            }
+            if let Some(fault) = fault {
+                cmd.env("KILN_FAULT", fault);
+            }
+            let r = run(&mut cmd);
+            let report: Option<serde_json::Value> = std::fs::read_to_string(&report)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok());
+            let _ = std::fs::remove_file(dir.path().join("report.json"));
+            (r, report)
+        };
+        let contents = |location: &str| -> Option<String> {
+            let r = run(kiln_job().args([
+                "sql",
+                "--format",
+                "csv",
+                "-c",
+                &format!("SELECT id, v FROM '{location}' ORDER BY id"),
+            ]));
+            (r.code == 0).then_some(r.stdout)
+        };
+        let kept: u64 = (0..240)
+            .chain(1000..1010)
+            .chain(2000..2010)
+            .filter(|i| i % 7 != 3)
+            .count() as u64;
+        assert!(total > kept);
+
+        // The uninterrupted run.
+        let reference = format!("{root}/reference/");
+        let ref_job = dir.path().join("reference.sql");
+        std::fs::write(&ref_job, job_for(&reference)).unwrap();
+        let (r, report) = run_job(&ref_job, None, false);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let report = report.unwrap();
+        let step = &report["steps"][2];
+        let parts = step["parts"].as_u64().unwrap();
+        assert!(parts >= 4, "{step}");
+        assert_eq!(step["resumed_parts"], 0);
+        assert_eq!(step["rows"], kept);
+        assert_eq!(report["embedded_rows"], kept);
+        let want = contents(&reference).unwrap();
+        assert_eq!(want.lines().count() as u64, kept + 1);
+
+        let out = format!("{root}/e/");
+        let job = dir.path().join("job.sql");
+        std::fs::write(&job, job_for(&out)).unwrap();
+        // Killed once two parts are checkpointed.
+        let (r, _) = run_job(&job, Some("kill-after-part:2"), false);
+        assert_ne!(r.code, 0);
+        assert!(r.stderr.contains("KILN_FAULT"), "{}", r.stderr);
+        assert!(contents(&out).is_none(), "a partial output appeared");
+        // Resumed, and killed inside the third part: its files written,
+        // not recorded.
+        let (r, _) = run_job(&job, Some("kill-in-part:3"), true);
+        assert_ne!(r.code, 0);
+        assert!(r.stderr.contains("KILN_FAULT"), "{}", r.stderr);
+        assert!(contents(&out).is_none(), "a partial output appeared");
+        // Where it is local, the checkpoint can be read: the rows of the
+        // two parts done.
+        let local_out = dir.path().join("out");
+        let done_rows: Option<u64> = (!root.starts_with("s3://")).then(|| {
+            let staging = std::fs::read_dir(&local_out)
+                .unwrap()
+                .flatten()
+                .find(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(".kiln-staging-j")
+                })
+                .expect("the job's staging")
+                .path();
+            (0..2)
+                .map(|part| {
+                    let record = staging.join(format!("_kiln_parts/part-{part:06}.json"));
+                    let record: serde_json::Value =
+                        serde_json::from_str(&std::fs::read_to_string(record).unwrap()).unwrap();
+                    record["rows"].as_u64().unwrap()
+                })
+                .sum()
+        });
+
+        // Resumed to the end.
+        let (r, report) = run_job(&job, None, true);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let report = report.unwrap();
+        let step = &report["steps"][2];
+        assert_eq!(step["parts"].as_u64(), Some(parts), "{step}");
+        assert_eq!(step["resumed_parts"], 2, "{step}");
+        assert_eq!(report["resumed_parts"], 2);
+        assert_eq!(step["rows"], kept);
+        let embedded = report["embedded_rows"].as_u64().unwrap();
+        assert!(
+            embedded > 0 && embedded < kept,
+            "embedded {embedded} of {kept}"
+        );
+        if let Some(done_rows) = done_rows {
+            assert!(done_rows > 0);
+            assert_eq!(embedded, kept - done_rows);
+        }
+        assert_eq!(contents(&out).as_ref(), Some(&want));
+        if !root.starts_with("s3://") {
+            let hidden: Vec<String> = std::fs::read_dir(&local_out)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with('.'))
+                .collect();
+            assert!(hidden.is_empty(), "{hidden:?}");
+            let inside: Vec<String> = std::fs::read_dir(local_out.join("e"))
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with('_') && n != "_SUCCESS")
+                .collect();
+            assert!(inside.is_empty(), "{inside:?}");
+        }
+
+        // Killed again after a part, then the job changes (its filter):
+        // the parts done are of another version, and the run says so.
+        let (r, _) = run_job(&job, Some("kill-after-part:1"), false);
+        assert_ne!(r.code, 0);
+        std::fs::write(&job, job_for(&out).replace("<> 3", "<> 4")).unwrap();
+        let (r, report) = run_job(&job, None, true);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(
+            r.stderr.contains("another version of the job"),
+            "{}",
+            r.stderr
+        );
+        assert_eq!(report.unwrap()["resumed_parts"], 0);
+    }
+}
+
 /// The orchestrator examples: every file compiles (Airflow and Dagster
 /// themselves import where installed: `KILN_TEST_DAGSTER`/`KILN_TEST_AIRFLOW`
 /// name a Python that has them), and the helper they share maps Kiln's exit

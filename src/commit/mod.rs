@@ -28,6 +28,8 @@
 //! strings) are written as `Utf8` and `Binary`, so a directory holding
 //! Kiln's files and pyarrow's or Spark's reads as one table.
 
+mod parts;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,8 +54,37 @@ use crate::error::{KilnError, Result};
 pub(crate) struct Written {
     /// Its `count` column.
     pub batches: Vec<RecordBatch>,
-    /// The plan that ran, with its operators' metrics.
-    pub plan: Arc<dyn ExecutionPlan>,
+    /// The plans that ran (one, or one a part run), with their operators'
+    /// metrics.
+    pub plans: Vec<Arc<dyn ExecutionPlan>>,
+    /// A job's output run in parts ([`parts`]): how many, and how many a
+    /// killed run had done (skipped).
+    pub parts: Option<(usize, usize)>,
+    /// Why the parts a killed run did were not kept, if they were not.
+    pub note: Option<String>,
+}
+
+impl Written {
+    fn whole(batches: Vec<RecordBatch>, plan: Arc<dyn ExecutionPlan>) -> Self {
+        Written {
+            batches,
+            plans: vec![plan],
+            parts: None,
+            note: None,
+        }
+    }
+}
+
+/// A write by a step of a job.
+pub(crate) struct JobWrite {
+    /// The job and step, recorded in the commit.
+    pub mark: JobMark,
+    /// A resumed run (`kiln run --resume`): parts of the output a killed
+    /// run did are kept.
+    pub resume: bool,
+    /// The job's work directory, if it has one: files there are new at
+    /// each run, so an output read from them is not resumed by parts.
+    pub work_dir: Option<PathBuf>,
 }
 
 /// Runs `frame` to the end, keeping the plan that ran (its operators'
@@ -62,7 +93,7 @@ pub(crate) async fn run_frame(frame: DataFrame) -> Result<Written, DataFusionErr
     let task = Arc::new(frame.task_ctx());
     let plan = frame.create_physical_plan().await?;
     let batches = collect(Arc::clone(&plan), task).await?;
-    Ok(Written { batches, plan })
+    Ok(Written::whole(batches, plan))
 }
 
 /// Runs a `COPY` plan through the commit protocol. `registry` gives the
@@ -72,8 +103,9 @@ pub(crate) async fn copy(
     ctx: &SessionContext,
     registry: &KilnObjectStoreRegistry,
     mut copy: CopyTo,
-    mark: Option<JobMark>,
+    job: Option<JobWrite>,
 ) -> Result<Written> {
+    let mark = job.as_ref().map(|j| j.mark.clone());
     if crate::delta::is_delta_copy(&copy) {
         let input = standard_types(Arc::unwrap_or_clone(Arc::clone(&copy.input)))?;
         return delta_written(ctx, crate::delta::copy(ctx, registry, copy, input, mark)).await;
@@ -99,29 +131,52 @@ pub(crate) async fn copy(
     };
     copy.options
         .insert("single_file_output".into(), single_file.to_string());
-    let staging = staging_url(target.as_str(), single_file)?;
+    // A job's directory output stages under a name of its own (its
+    // fingerprint and step), which a resumed run finds.
+    let job = job.filter(|_| !single_file);
+    let staging = staging_url(target.as_str(), single_file, job.as_ref().map(|j| &j.mark))?;
     copy.output_url = staging.as_str().to_string();
     copy.input = Arc::new(standard_types(Arc::unwrap_or_clone(copy.input))?);
     let store_url = target.object_store();
     let store = registry.unfiltered_store(store_url.as_ref())?;
-    clean_leftovers(&store, &target).await;
+    let resumed_staging = job
+        .as_ref()
+        .filter(|j| j.resume)
+        .and_then(|_| staging.prefix().filename().map(str::to_string));
+    clean_leftovers(&store, &target, resumed_staging.as_deref()).await;
     let mut staged = Staged {
         store: Arc::clone(&store),
         url: staging,
         single_file,
-        done: false,
+        // A job's staging stays when the job fails or is stopped, for a
+        // resumed run to go on from (the next write to the target deletes
+        // it otherwise).
+        done: job.is_some(),
     };
-    let written = run_frame(DataFrame::new(ctx.state(), LogicalPlan::Copy(copy))).await;
+    let frame = DataFrame::new(ctx.state(), LogicalPlan::Copy(copy));
+    let written = match &job {
+        Some(job) => run_job_copy(ctx, frame, &store, &staged.url, job).await,
+        None => run_frame(frame).await.map_err(KilnError::from),
+    };
     let written = match written {
         Ok(written) => written,
         Err(e) => {
-            staged.discard().await;
-            return Err(e.into());
+            if job.is_none() {
+                staged.discard().await;
+            }
+            return Err(e);
         }
     };
     let rows = row_count(&written.batches);
     if let Some(mark) = &mark {
         crate::fault::kill_at("kill-before-commit", mark.step);
+    }
+    if written.parts.is_some() {
+        parts::forget(&store, staged.url.prefix()).await?;
+        if let Some(dir) = Staged::local_path(&staged.url) {
+            // The records' directory, empty now, is not part of the output.
+            let _ = std::fs::remove_dir(dir.join(parts::RECORDS));
+        }
     }
     if let Err(e) = staged.promote(&target, rows, mark).await {
         staged.discard().await;
@@ -129,6 +184,52 @@ pub(crate) async fn copy(
     }
     forget_listings(ctx);
     Ok(written)
+}
+
+/// Runs a job's `COPY` into its staging directory: in parts when its rows
+/// are computed row by row from files ([`parts`]), else whole.
+async fn run_job_copy(
+    ctx: &SessionContext,
+    frame: DataFrame,
+    store: &Arc<dyn ObjectStore>,
+    staging: &ListingTableUrl,
+    job: &JobWrite,
+) -> Result<Written> {
+    let task = Arc::new(frame.task_ctx());
+    let plan = frame.create_physical_plan().await?;
+    let work_dir = match &job.work_dir {
+        Some(dir) => Some(
+            Path::from_absolute_path(dir.canonicalize().unwrap_or_else(|_| dir.clone())).map_err(
+                |source| KilnError::ObjectStore {
+                    location: dir.display().to_string(),
+                    source: source.into(),
+                },
+            )?,
+        ),
+        None => None,
+    };
+    let run = parts::run(
+        ctx,
+        &plan,
+        store,
+        staging.prefix(),
+        &job.mark,
+        job.resume,
+        work_dir.as_ref(),
+    )
+    .await?;
+    if let Some(run) = run {
+        return Ok(Written {
+            batches: vec![count_batch(run.rows)?],
+            plans: run.plans,
+            parts: Some((run.parts, run.resumed)),
+            note: run.note,
+        });
+    }
+    // Whole: what a resumed run's staging holds is not kept.
+    parts::clear(store, staging.prefix()).await?;
+    let batches = collect(Arc::clone(&plan), task).await?;
+    Ok(Written::whole(batches, plan))
 }
 
 /// Drops the session's cached directory listings: DataFusion keeps them
@@ -148,10 +249,7 @@ async fn delta_written(
 ) -> Result<Written> {
     let (rows, plan) = write.await?;
     forget_listings(ctx);
-    Ok(Written {
-        batches: vec![count_batch(rows)?],
-        plan,
-    })
+    Ok(Written::whole(vec![count_batch(rows)?], plan))
 }
 
 /// A `COPY`'s or an `INSERT`'s result: one row, its `count`.
@@ -222,7 +320,8 @@ pub(crate) async fn insert(
         Some((store, dir, _)) => Some(list_paths(store, dir).await?),
         None => None,
     };
-    let Written { batches, plan } = run_frame(DataFrame::new(ctx.state(), plan)).await?;
+    let written = run_frame(DataFrame::new(ctx.state(), plan)).await?;
+    let batches = &written.batches;
     if let (Some((store, dir, mut manifest)), Some(before)) = (committed, before) {
         let after: Vec<ObjectMeta> = store
             .list(Some(&dir))
@@ -243,7 +342,7 @@ pub(crate) async fn insert(
                 bytes: meta.size,
             });
         }
-        manifest.rows += row_count(&batches);
+        manifest.rows += row_count(batches);
         manifest.job_steps.extend(mark);
         let marker = dir.clone().join(SUCCESS);
         store
@@ -252,7 +351,7 @@ pub(crate) async fn insert(
             .map_err(store_err(&marker))?;
     }
     forget_listings(ctx);
-    Ok(Written { batches, plan })
+    Ok(written)
 }
 
 /// The store, directory and manifest of `target` when it is a table over
@@ -302,80 +401,160 @@ fn is_leftover(name: &str, output: &str) -> bool {
     let Some(rest) = name.strip_prefix(STAGING) else {
         return false;
     };
-    // <pid>-<n>-<output>, or <pid>-<n>-<output>-replaced
+    // <pid>-<n>-<output>, or <pid>-<n>-<output>-replaced; a job's:
+    // j<fingerprint>-<step>-<output>.
     let mut parts = rest.splitn(3, '-');
     let (Some(pid), Some(n), Some(tail)) = (parts.next(), parts.next(), parts.next()) else {
         return false;
     };
-    let numbers = pid.chars().all(|c| c.is_ascii_digit()) && n.chars().all(|c| c.is_ascii_digit());
+    let job = pid
+        .strip_prefix('j')
+        .is_some_and(|fp| !fp.is_empty() && fp.chars().all(|c| c.is_ascii_hexdigit()));
+    let numbers =
+        (job || pid.chars().all(|c| c.is_ascii_digit())) && n.chars().all(|c| c.is_ascii_digit());
     numbers && (tail == output || tail.strip_suffix("-replaced") == Some(output))
 }
 
 /// Deletes what a killed write to `target` left beside it: staging
 /// siblings and outputs set aside, which readers do not see (hidden) but
-/// which take space. (Two writers to one target at once are not supported:
-/// the second would delete the first's staging.)
-async fn clean_leftovers(store: &Arc<dyn ObjectStore>, target: &ListingTableUrl) {
+/// which take space — but `keep`, the staging a resumed job goes on
+/// from. (Two writers to one target at once are not supported: the second
+/// would delete the first's staging.)
+async fn clean_leftovers(
+    store: &Arc<dyn ObjectStore>,
+    target: &ListingTableUrl,
+    keep: Option<&str>,
+) {
+    for leftover in leftovers(store, target).await {
+        if Some(leftover.name.as_str()) == keep {
+            continue;
+        }
+        match leftover.at {
+            Sibling::Local(path) => remove_local(&path),
+            Sibling::Store(prefix) => {
+                let objects: Vec<Path> = store
+                    .list(Some(&prefix))
+                    .map_ok(|m| m.location)
+                    .try_collect()
+                    .await
+                    .unwrap_or_default();
+                // Best effort: what cannot be deleted now stays hidden.
+                for object in objects.into_iter().chain(std::iter::once(prefix)) {
+                    let _ = store.delete(&object).await;
+                }
+            }
+        }
+    }
+}
+
+/// A staging sibling, or an output set aside, beside a target.
+struct Leftover {
+    name: String,
+    at: Sibling,
+}
+
+enum Sibling {
+    Local(PathBuf),
+    Store(Path),
+}
+
+/// What killed writes to `target` left beside it (none when its parent
+/// cannot be listed).
+async fn leftovers(store: &Arc<dyn ObjectStore>, target: &ListingTableUrl) -> Vec<Leftover> {
     if let Some(path) = Staged::local_path(target) {
         // The name as the file system has it (a URL encodes spaces).
         let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-            return;
+            return Vec::new();
         };
         let name = name.to_string_lossy();
         let Ok(entries) = std::fs::read_dir(parent) else {
-            return;
+            return Vec::new();
         };
-        for entry in entries.flatten() {
-            if is_leftover(&entry.file_name().to_string_lossy(), &name) {
-                remove_local(&entry.path());
-            }
-        }
-        return;
+        return entries
+            .flatten()
+            .filter_map(|entry| {
+                let found = entry.file_name().to_string_lossy().into_owned();
+                is_leftover(&found, &name).then(|| Leftover {
+                    name: found,
+                    at: Sibling::Local(entry.path()),
+                })
+            })
+            .collect();
     }
     let prefix = target.prefix();
     // The name as the store has it.
     let Some(name) = prefix.filename() else {
-        return;
+        return Vec::new();
     };
     let parent: Path = prefix
         .parts()
         .take(prefix.parts().count().saturating_sub(1))
         .collect();
     let Ok(listed) = store.list_with_delimiter(Some(&parent)).await else {
-        return;
+        return Vec::new();
     };
-    let leftovers = listed
+    listed
         .common_prefixes
         .into_iter()
         .chain(listed.objects.into_iter().map(|m| m.location))
-        .filter(|p| p.filename().is_some_and(|n| is_leftover(n, name)));
-    for leftover in leftovers {
-        let objects: Vec<Path> = store
-            .list(Some(&leftover))
-            .map_ok(|m| m.location)
-            .try_collect()
-            .await
-            .unwrap_or_default();
-        // Best effort: what cannot be deleted now stays hidden.
-        for object in objects.into_iter().chain(std::iter::once(leftover)) {
-            let _ = store.delete(&object).await;
-        }
-    }
+        .filter_map(|p| {
+            let found = p.filename().filter(|n| is_leftover(n, name))?.to_string();
+            Some(Leftover {
+                name: found,
+                at: Sibling::Store(p),
+            })
+        })
+        .collect()
 }
 
-/// The hidden sibling of `target` the rows are first written to.
-fn staging_url(target: &str, single_file: bool) -> Result<ListingTableUrl> {
+/// Whether beside `target` lies the staging of step `mark.step` of another
+/// version of the job (other statements or inputs): parts a killed run
+/// did, which a resumed run of this version does not keep.
+pub(crate) async fn other_job_staging(
+    registry: &KilnObjectStoreRegistry,
+    target: &str,
+    mark: &JobMark,
+) -> Result<bool> {
+    let url = ListingTableUrl::parse(target)?;
+    let store = registry.unfiltered_store(url.object_store().as_ref())?;
+    let mine = job_staging_id(mark);
+    Ok(leftovers(&store, &url).await.iter().any(|l| {
+        let rest = l.name.strip_prefix(STAGING).unwrap_or_default();
+        let mut parts = rest.splitn(3, '-');
+        let (Some(id), Some(step)) = (parts.next(), parts.next()) else {
+            return false;
+        };
+        id.starts_with('j') && step == mark.step.to_string() && format!("{id}-{step}") != mine
+    }))
+}
+
+/// The id in a job step's staging name: `j<fingerprint, 16 digits>-<step>`.
+fn job_staging_id(mark: &JobMark) -> String {
+    format!(
+        "j{}-{}",
+        mark.fingerprint.get(..16).unwrap_or(&mark.fingerprint),
+        mark.step
+    )
+}
+
+/// The hidden sibling of `target` the rows are first written to: named
+/// after the process and a counter, or for a job's step, after the job's
+/// fingerprint and the step (found again by a resumed run).
+fn staging_url(target: &str, single_file: bool, job: Option<&JobMark>) -> Result<ListingTableUrl> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let trimmed = target.trim_end_matches('/');
     let (parent, name) = trimmed
         .rsplit_once('/')
         .filter(|(_, name)| !name.is_empty())
         .ok_or_else(|| KilnError::Usage(format!("cannot write to the root of {target}")))?;
-    let id = format!(
-        "{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    );
+    let id = match job {
+        Some(mark) => job_staging_id(mark),
+        None => format!(
+            "{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ),
+    };
     let slash = if single_file { "" } else { "/" };
     Ok(ListingTableUrl::parse(format!(
         "{parent}/{STAGING}{id}-{name}{slash}"
@@ -638,11 +817,24 @@ mod tests {
 
     #[test]
     fn staging_is_a_hidden_sibling() {
-        let file = staging_url("file:///data/out.parquet", true).unwrap();
+        let file = staging_url("file:///data/out.parquet", true, None).unwrap();
         assert!(file.as_str().starts_with("file:///data/.kiln-staging-"));
         assert!(file.as_str().ends_with("-out.parquet"));
-        let dir = staging_url("s3://bucket/out/", false).unwrap();
+        let dir = staging_url("s3://bucket/out/", false, None).unwrap();
         assert!(dir.as_str().starts_with("s3://bucket/.kiln-staging-"));
         assert!(dir.as_str().ends_with("-out/"));
+        let mark = JobMark {
+            fingerprint: "0123456789abcdef0123".into(),
+            step: 3,
+        };
+        let job = staging_url("s3://bucket/out/", false, Some(&mark)).unwrap();
+        assert_eq!(
+            job.as_str(),
+            "s3://bucket/.kiln-staging-j0123456789abcdef-3-out/"
+        );
+        let name = job.prefix().filename().unwrap();
+        assert!(is_leftover(name, "out"));
+        assert!(!is_leftover(name, "other"));
+        assert!(!is_leftover(".kiln-staging-jxyz-3-out", "out"));
     }
 }
