@@ -1,11 +1,15 @@
 //! Kills a job at a chosen point, for the tests that check what a killed
 //! job leaves and how `--resume` finishes it: `KILN_FAULT=kill-after-step:N`
-//! (once step N has committed) or `KILN_FAULT=kill-before-commit:N` (with
-//! step N's rows written to staging, not yet committed). The process aborts
+//! (once step N has committed), `KILN_FAULT=kill-before-commit:N` (with
+//! step N's rows written to staging, not yet committed),
+//! `KILN_FAULT=kill-after-part:N/P` (once part P of step N's output is
+//! checkpointed) or `KILN_FAULT=kill-in-part:N/P` (with part P's files
+//! written, not yet recorded). The process aborts
 //! at once, running no destructor and no cleanup, as a SIGKILL would.
 
-/// Aborts the process if `KILN_FAULT` names `point` at `step`.
-pub(crate) fn kill_at(point: &str, step: usize) {
+/// Aborts the process if `KILN_FAULT` names `point` at `step` (a step's
+/// number, or `<step>/<part>` for a part of an output run in parts).
+pub(crate) fn kill_at(point: &str, step: impl std::fmt::Display) {
     let Ok(fault) = std::env::var("KILN_FAULT") else {
         return;
     };

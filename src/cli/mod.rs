@@ -101,6 +101,14 @@ enum Command {
         #[arg(long)]
         resume: bool,
 
+        /// Keep the job's state at LOCATION (a directory, or a prefix such
+        /// as s3://bucket/state/) instead of a temporary directory: shared
+        /// views' rows, committed and checkpointed in parts, which a resumed
+        /// run on this or another machine reads rather than computes again.
+        /// Deleted when the job succeeds.
+        #[arg(long, value_name = "LOCATION")]
+        state: Option<String>,
+
         /// Register Parquet at LOCATION as table NAME (repeatable).
         #[arg(long = "table", value_name = "NAME=LOCATION")]
         tables: Vec<String>,
@@ -570,6 +578,7 @@ async fn run(cli: Cli) -> Result<()> {
             job,
             report,
             resume,
+            state,
             tables,
             timeout,
             format,
@@ -583,7 +592,12 @@ async fn run(cli: Cli) -> Result<()> {
             };
             let session = open_session(session(device, cluster), &input).await?;
             let format = output::Printer { format, max_width };
-            run_job(&session, &job, report.as_deref(), resume, format).await
+            let options = JobOptions {
+                report: report.as_deref(),
+                resume,
+                state: state.as_deref(),
+            };
+            run_job(&session, &job, options, format).await
         }
         Command::Explain {
             job: Some(job),
@@ -666,13 +680,24 @@ fn write_stdout(text: &str) -> Result<()> {
 /// `kiln run`: plans the whole job, then runs its steps in order (each
 /// under the statement timeout and Ctrl-C), printing the rows of queries;
 /// writes the report, when asked, however the job ends.
+/// How `kiln run` runs a job: `--report`, `--resume`, `--state`.
+struct JobOptions<'a> {
+    report: Option<&'a str>,
+    resume: bool,
+    state: Option<&'a str>,
+}
+
 async fn run_job(
     session: &Session,
     path: &str,
-    report_path: Option<&str>,
-    resume: bool,
+    options: JobOptions<'_>,
     format: output::Printer,
 ) -> Result<()> {
+    let JobOptions {
+        report: report_path,
+        resume,
+        state,
+    } = options;
     let write_report = |report: &crate::job::JobReport| -> Result<()> {
         let Some(report_path) = report_path else {
             return Ok(());
@@ -685,11 +710,14 @@ async fn run_job(
     let planned = async {
         let sql = read_file(path)?;
         let mut job = crate::job::Job::plan(session, &sql).await?;
+        if let Some(state) = state {
+            job.set_state(state)?;
+        }
         if resume {
             for note in job.check_resume(session).await? {
                 eprintln!("note: {note}");
             }
-            let done = job.steps.iter().filter(|s| s.committed).count();
+            let done = job.outputs().filter(|s| s.committed).count();
             let outputs = job.outputs().count();
             eprintln!("note: resuming: {done} of {outputs} outputs already committed by this job");
         }
@@ -707,7 +735,10 @@ async fn run_job(
         }
     };
     let mut report = crate::job::JobReport::new(&job);
-    let result = run_steps(session, &job, &mut report, format).await;
+    let mut result = run_steps(session, &job, &mut report, format).await;
+    if result.is_ok() {
+        result = job.remove_state(session).await;
+    }
     report.finish(result.as_ref().err());
     write_report(&report)?;
     result

@@ -304,7 +304,7 @@ pub(crate) async fn run(
         let batches = collect(Arc::clone(&plan), Arc::clone(&task)).await?;
         let part_rows = row_count(&batches);
         plans.push(plan);
-        crate::fault::kill_at("kill-in-part", part + 1);
+        crate::fault::kill_at("kill-in-part", format!("{}/{}", mark.step, part + 1));
         let mut files = Vec::new();
         for meta in list(store.as_ref(), staging).await? {
             if let Some(path) = relative(staging, &meta.location)
@@ -325,7 +325,7 @@ pub(crate) async fn run(
             .map_err(store_err(&path))?;
         staged.insert(record_name(part));
         rows += part_rows;
-        crate::fault::kill_at("kill-after-part", part + 1);
+        crate::fault::kill_at("kill-after-part", format!("{}/{}", mark.step, part + 1));
     }
     Ok(Some(PartsRun {
         rows,

@@ -41,7 +41,6 @@ use datafusion::catalog::CatalogProviderList;
 use datafusion::common::TableReference;
 use datafusion::datasource::MemTable;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan, WriteOp};
-use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{DataFrame, SessionContext};
 use datafusion::sql::parser::Statement;
 
@@ -173,6 +172,9 @@ pub struct Job {
     /// A resumed run ([`Job::check_resume`]): besides committed outputs,
     /// the parts of an output a killed run checkpointed are kept.
     resume: bool,
+    /// The job's state location ([`Job::set_state`]), as a URL without
+    /// its trailing `/`.
+    state: Option<String>,
 }
 
 /// The rows and report of one step.
@@ -234,7 +236,90 @@ impl Job {
             fingerprint: fingerprint.finalize().to_hex().to_string(),
             work: Default::default(),
             resume: false,
+            state: None,
         })
+    }
+
+    /// Keeps the job's state at `location` (a directory, or a prefix in
+    /// object storage): shared views' rows are written there as committed
+    /// outputs, checkpointed in parts, under the job's fingerprint
+    /// (`<location>/<fingerprint>/view-<step>-<name>/`), instead of in a
+    /// temporary directory. A resumed run ([`Job::check_resume`]) — on this
+    /// machine or another — reads a shared view this job committed there
+    /// rather than computing it again, and goes on from the parts done of
+    /// one it had not finished. [`Job::remove_state`] deletes it (`kiln
+    /// run` does when the job succeeds).
+    pub fn set_state(&mut self, location: &str) -> Result<()> {
+        let url = datafusion::datasource::listing::ListingTableUrl::parse(location)?;
+        self.state = Some(url.as_str().trim_end_matches('/').to_string());
+        Ok(())
+    }
+
+    /// Where this job's state lives: its fingerprint's directory under the
+    /// state location.
+    fn state_dir(&self) -> Option<String> {
+        let state = self.state.as_ref()?;
+        Some(format!(
+            "{state}/{}",
+            self.fingerprint.get(..16).unwrap_or(&self.fingerprint)
+        ))
+    }
+
+    /// Where a shared view's rows are kept, when the job has a state
+    /// location.
+    fn view_location(&self, step: &Step) -> Option<String> {
+        let StepKind::View { name } = &step.kind else {
+            return None;
+        };
+        if !step.is_shared() {
+            return None;
+        }
+        Some(format!(
+            "{}/view-{}-{}/",
+            self.state_dir()?,
+            step.index,
+            file_name_of(name)
+        ))
+    }
+
+    /// Deletes what the job kept at its state location (nothing without
+    /// one).
+    pub async fn remove_state(&self, session: &Session) -> Result<()> {
+        let Some(dir) = self.state_dir() else {
+            return Ok(());
+        };
+        let url = datafusion::datasource::listing::ListingTableUrl::parse(format!("{dir}/"))?;
+        let local: &url::Url = url.as_ref();
+        if local.scheme() == "file"
+            && let Ok(path) = local.to_file_path()
+        {
+            return match std::fs::remove_dir_all(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(KilnError::File {
+                    path: path.display().to_string(),
+                    source: e,
+                }),
+                _ => Ok(()),
+            };
+        }
+        let store = session
+            .registry()
+            .unfiltered_store(url.object_store().as_ref())?;
+        let objects: Vec<object_store::ObjectMeta> =
+            futures::TryStreamExt::try_collect(store.list(Some(url.prefix())))
+                .await
+                .map_err(|source| KilnError::ObjectStore {
+                    location: dir.clone(),
+                    source,
+                })?;
+        for meta in objects {
+            object_store::ObjectStoreExt::delete(store.as_ref(), &meta.location)
+                .await
+                .map_err(|source| KilnError::ObjectStore {
+                    location: meta.location.to_string(),
+                    source,
+                })?;
+        }
+        Ok(())
     }
 
     /// The job's work directory ([`Job::work`]), made on first use.
@@ -264,6 +349,24 @@ impl Job {
     pub async fn check_resume(&mut self, session: &Session) -> Result<Vec<String>> {
         self.resume = true;
         let mut notes = Vec::new();
+        // Shared views this job committed at its state location.
+        let views: Vec<(usize, String)> = self
+            .steps
+            .iter()
+            .filter_map(|s| Some((s.index, self.view_location(s)?)))
+            .collect();
+        for (index, location) in views {
+            let mine = kiln_engine::io::committed::JobMark {
+                fingerprint: self.fingerprint.clone(),
+                step: index,
+            };
+            let (_, _, manifest) = manifest_at(session, &location).await?;
+            if manifest_records(&manifest, &mine)
+                && let Some(step) = self.steps.get_mut(index - 1)
+            {
+                step.committed = true;
+            }
+        }
         // Directories an earlier step of this run rewrites: what was added
         // to them before is gone, so their inserts run again too.
         let mut rewritten = std::collections::HashSet::new();
@@ -378,11 +481,7 @@ impl Job {
                 let written = session.copy_for_job(copy, job).await?;
                 report.rows = Some(crate::commit::row_count(&written.batches));
                 report.count_embeds(&written.plans);
-                if let Some((parts, resumed)) = written.parts {
-                    report.parts = Some(parts as u64);
-                    report.resumed_parts = resumed as u64;
-                }
-                report.notes.extend(written.note);
+                report.record_parts(&written);
                 match &step.kind {
                     StepKind::Copy {
                         target,
@@ -404,9 +503,16 @@ impl Job {
                     .context()
                     .execute_logical_plan(LogicalPlan::Ddl(DdlStatement::CreateView(view)))
                     .await?;
-                let (count, plan) = materialize(session.context(), name, self.work_dir()?).await?;
-                report.rows = Some(count);
-                report.count_embeds(&[plan]);
+                let written = match self.view_location(step) {
+                    Some(location) => {
+                        self.materialize_in_state(session, name, &location, mark)
+                            .await?
+                    }
+                    None => materialize(session.context(), name, self.work_dir()?).await?,
+                };
+                report.rows = Some(crate::commit::row_count(&written.batches));
+                report.count_embeds(&written.plans);
+                report.record_parts(&written);
                 report.materialized = true;
             }
             plan @ LogicalPlan::Dml(_) if matches!(step.kind, StepKind::Insert { .. }) => {
@@ -467,8 +573,52 @@ impl Job {
             report.rows = Some(manifest.rows);
             report.files = Some(manifest.files.len() as u64);
             report.bytes = Some(manifest.files.iter().map(|f| f.bytes).sum());
+        } else if let StepKind::View { name } = &step.kind
+            && let Some(location) = self.view_location(step)
+        {
+            // Its rows, kept at the state location: the view is created,
+            // then replaced by them, as when it was computed.
+            let plan = session.plan_statement(step.statement.clone()).await?;
+            session.context().execute_logical_plan(plan).await?;
+            let (_, _, manifest) = manifest_at(session, &location).await?;
+            let rows = manifest.map_or(0, |m| m.rows);
+            replace_with_table(
+                session.context(),
+                TableReference::from(name.as_str()),
+                &location,
+                rows,
+            )
+            .await?;
+            report.rows = Some(rows);
+            report.materialized = true;
         }
         Ok(StepOutcome { report, rows: None })
+    }
+
+    /// Writes shared view `name`'s rows to `location` at the job's state
+    /// location, as a job's output (committed, checkpointed in parts), and
+    /// replaces the view by them.
+    async fn materialize_in_state(
+        &self,
+        session: &Session,
+        name: TableReference,
+        location: &str,
+        mark: kiln_engine::io::committed::JobMark,
+    ) -> Result<crate::commit::Written> {
+        let ctx = session.context();
+        let frame = ctx.table(name.clone()).await?;
+        let LogicalPlan::Copy(copy) = parquet_copy(frame.into_unoptimized_plan(), location)? else {
+            return Err(KilnError::Internal("a shared view's COPY".into()));
+        };
+        let job = crate::commit::JobWrite {
+            mark,
+            resume: self.resume,
+            work_dir: None,
+        };
+        let written = session.copy_for_job(copy, job).await?;
+        let rows = crate::commit::row_count(&written.batches);
+        replace_with_table(ctx, name, location, rows).await?;
+        Ok(written)
     }
 
     /// Runs every step in order; the first failure ends the job (the
@@ -486,6 +636,7 @@ impl Job {
             })?;
             report.push(outcome.report);
         }
+        self.remove_state(session).await?;
         report.finish(None);
         Ok(report)
     }
@@ -781,52 +932,66 @@ async fn scratch_context(session: &Session) -> Result<SessionContext> {
 
 /// Replaces view `name` in `ctx` by its rows, written as Parquet in `dir`
 /// (the job's work directory: a reader streams them from disk, and memory
-/// holds batches, not the view); returns how many rows, and the plan that
-/// computed them (its metrics).
+/// holds batches, not the view).
 async fn materialize(
     ctx: &SessionContext,
     name: TableReference,
     dir: &std::path::Path,
-) -> Result<(u64, Arc<dyn ExecutionPlan>)> {
-    use datafusion::datasource::file_format::format_as_file_type;
-    use datafusion::datasource::file_format::parquet::ParquetFormatFactory;
+) -> Result<crate::commit::Written> {
     let frame = ctx.table(name.clone()).await?;
-    let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
-    let file_name: String = name
-        .table()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
     let location = format!(
         "{}/",
         dir.join(format!(
-            "view-{file_name}-{}",
+            "view-{}-{}",
+            file_name_of(name.table()),
             blake3::hash(name.to_string().as_bytes()).to_hex()[..8].to_owned()
         ))
         .display()
     );
-    let copy = datafusion::logical_expr::LogicalPlanBuilder::copy_to(
-        frame.into_unoptimized_plan(),
-        location.clone(),
+    let copy = parquet_copy(frame.into_unoptimized_plan(), &location)?;
+    let written = crate::commit::run_frame(DataFrame::new(ctx.state(), copy)).await?;
+    let rows = crate::commit::row_count(&written.batches);
+    replace_with_table(ctx, name, &location, rows).await?;
+    Ok(written)
+}
+
+/// `COPY (plan) TO 'location' STORED AS PARQUET`.
+fn parquet_copy(plan: LogicalPlan, location: &str) -> Result<LogicalPlan> {
+    use datafusion::datasource::file_format::format_as_file_type;
+    use datafusion::datasource::file_format::parquet::ParquetFormatFactory;
+    Ok(datafusion::logical_expr::LogicalPlanBuilder::copy_to(
+        plan,
+        location.to_string(),
         format_as_file_type(Arc::new(ParquetFormatFactory::new())),
         HashMap::new(),
         vec![],
     )?
-    .build()?;
-    let written = crate::commit::run_frame(DataFrame::new(ctx.state(), copy)).await?;
-    let rows = crate::commit::row_count(&written.batches);
+    .build()?)
+}
+
+/// Replaces view `name` in `ctx` by the table of its `rows` rows written
+/// at `location`.
+async fn replace_with_table(
+    ctx: &SessionContext,
+    name: TableReference,
+    location: &str,
+    rows: u64,
+) -> Result<()> {
+    let schema: SchemaRef = Arc::new(ctx.table(name.clone()).await?.schema().as_arrow().clone());
     ctx.deregister_table(name.clone())?;
     if rows == 0 {
         // No file to read a schema from.
         ctx.register_table(name, Arc::new(MemTable::try_new(schema, vec![vec![]])?))?;
     } else {
-        ctx.register_parquet(name, &location, Default::default())
+        ctx.register_parquet(name, location, Default::default())
             .await?;
     }
-    let plan = written
-        .plans
-        .into_iter()
-        .next()
-        .ok_or_else(|| KilnError::Internal("a shared view's write ran no plan".into()))?;
-    Ok((rows, plan))
+    Ok(())
+}
+
+/// `name` with what is not a letter or digit replaced by `_`.
+fn file_name_of(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
 }

@@ -209,6 +209,16 @@ impl StepReport {
         self.embed_cache_misses = sum("embed_cache_misses");
     }
 
+    /// The parts of an output run in parts, and why a killed run's were
+    /// not kept.
+    pub(super) fn record_parts(&mut self, written: &crate::commit::Written) {
+        if let Some((parts, resumed)) = written.parts {
+            self.parts = Some(parts as u64);
+            self.resumed_parts = resumed as u64;
+        }
+        self.notes.extend(written.note.clone());
+    }
+
     /// Rows, files, bytes and version of step `index`'s commit to the Delta
     /// table at `target`, when it is the table's newest.
     pub(super) async fn delta_commit(

@@ -539,13 +539,13 @@ fn a_job_killed_inside_an_output_resumes_from_its_checkpointed_parts() {
         let job = dir.path().join("job.sql");
         std::fs::write(&job, job_for(&out)).unwrap();
         // Killed once two parts are checkpointed.
-        let (r, _) = run_job(&job, Some("kill-after-part:2"), false);
+        let (r, _) = run_job(&job, Some("kill-after-part:3/2"), false);
         assert_ne!(r.code, 0);
         assert!(r.stderr.contains("KILN_FAULT"), "{}", r.stderr);
         assert!(contents(&out).is_none(), "a partial output appeared");
         // Resumed, and killed inside the third part: its files written,
         // not recorded.
-        let (r, _) = run_job(&job, Some("kill-in-part:3"), true);
+        let (r, _) = run_job(&job, Some("kill-in-part:3/3"), true);
         assert_ne!(r.code, 0);
         assert!(r.stderr.contains("KILN_FAULT"), "{}", r.stderr);
         assert!(contents(&out).is_none(), "a partial output appeared");
@@ -611,7 +611,7 @@ fn a_job_killed_inside_an_output_resumes_from_its_checkpointed_parts() {
 
         // Killed again after a part, then the job changes (its filter):
         // the parts done are of another version, and the run says so.
-        let (r, _) = run_job(&job, Some("kill-after-part:1"), false);
+        let (r, _) = run_job(&job, Some("kill-after-part:3/1"), false);
         assert_ne!(r.code, 0);
         std::fs::write(&job, job_for(&out).replace("<> 3", "<> 4")).unwrap();
         let (r, report) = run_job(&job, None, true);
@@ -622,6 +622,139 @@ fn a_job_killed_inside_an_output_resumes_from_its_checkpointed_parts() {
             r.stderr
         );
         assert_eq!(report.unwrap()["resumed_parts"], 0);
+    }
+}
+
+/// A job whose two outputs share an `embed()` view, with its state at a
+/// location (`--state`, a directory or the loopback S3 server): killed
+/// while the view's rows are written, the resumed run goes on from the
+/// view's parts done; killed after an output, the resumed run reads the
+/// view's committed rows and embeds nothing. Outputs equal an
+/// uninterrupted run's; the state is deleted when the job succeeds.
+#[test]
+fn a_job_with_a_state_location_resumes_its_shared_view() {
+    let dir = tempdir();
+    let docs = dir.path().join("docs");
+    write_docs(&docs);
+    let server = s3();
+    let mut states = vec![s(&dir.path().join("state"))];
+    if let Some(server) = server {
+        server.create_bucket("kiln-state");
+        states.push("s3://kiln-state/jobs".to_string());
+    }
+    let kiln_job = || {
+        let mut cmd = kiln();
+        if let Some(server) = server {
+            for (k, v) in server.env() {
+                cmd.env(k, v);
+            }
+        }
+        cmd
+    };
+    let job_for = |out: &str| {
+        format!(
+            "SET datafusion.execution.target_partitions = 2;\n\
+             SET kiln.job_part_size = '1KiB';\n\
+             CREATE VIEW e AS SELECT id, embed(name, '{model}') AS v FROM '{docs}';\n\
+             COPY (SELECT id, v FROM e) TO '{out}/a/' STORED AS PARQUET;\n\
+             COPY (SELECT id FROM e WHERE id % 2 = 0) TO '{out}/b/' STORED AS PARQUET;\n",
+            model = tiny().display(),
+            docs = s(&docs),
+        )
+    };
+    let report_path = dir.path().join("report.json");
+    let run_job = |job: &Path, state: Option<&str>, fault: Option<&str>, resume: bool| {
+        let _ = std::fs::remove_file(&report_path);
+        let mut cmd = kiln_job();
+        cmd.args(["run", &s(job), "--report", &s(&report_path)]);
+        if let Some(state) = state {
+            cmd.args(["--state", state]);
+        }
+        if resume {
+            cmd.arg("--resume");
+        }
+        if let Some(fault) = fault {
+            cmd.env("KILN_FAULT", fault);
+        }
+        let r = run(&mut cmd);
+        let report: Option<serde_json::Value> = std::fs::read_to_string(&report_path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+        (r, report)
+    };
+    let contents = |location: &str| -> Option<String> {
+        let r = run(kiln_job().args([
+            "sql",
+            "--format",
+            "csv",
+            "-c",
+            &format!("SELECT * FROM '{location}' ORDER BY 1"),
+        ]));
+        (r.code == 0).then_some(r.stdout)
+    };
+    let reference = s(&dir.path().join("reference"));
+    let ref_job = dir.path().join("reference.sql");
+    std::fs::write(&ref_job, job_for(&reference)).unwrap();
+    let (r, report) = run_job(&ref_job, None, None, false);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let total = report.unwrap()["embedded_rows"].as_u64().unwrap();
+    assert_eq!(total, 260);
+    let want = [
+        contents(&format!("{reference}/a/")).unwrap(),
+        contents(&format!("{reference}/b/")).unwrap(),
+    ];
+
+    for (i, state) in states.iter().enumerate() {
+        let out = s(&dir.path().join(format!("out-{i}")));
+        let job = dir.path().join(format!("job-{i}.sql"));
+        std::fs::write(&job, job_for(&out)).unwrap();
+        let outputs = [format!("{out}/a/"), format!("{out}/b/")];
+        // Whether the shared view's rows are kept at the state location
+        // (its directory, under the job's fingerprint, reads as a table).
+        let state_kept = |fingerprint: &str| -> bool {
+            let view = format!("{state}/{}/view-3-e/", &fingerprint[..16]);
+            run(kiln_job().args(["sql", "-c", &format!("SELECT count(*) FROM '{view}'")])).code == 0
+        };
+
+        // Killed with two parts of the view's rows written.
+        let (r, _) = run_job(&job, Some(state), Some("kill-after-part:3/2"), false);
+        assert_ne!(r.code, 0);
+        assert!(r.stderr.contains("KILN_FAULT"), "{}", r.stderr);
+        assert!(outputs.iter().all(|o| contents(o).is_none()));
+        // Resumed: the view goes on from its parts done.
+        let (r, report) = run_job(&job, Some(state), None, true);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let report = report.unwrap();
+        let view = &report["steps"][2];
+        assert_eq!(view["materialized"], true, "{view}");
+        assert_eq!(view["resumed_parts"], 2, "{view}");
+        let embedded = report["embedded_rows"].as_u64().unwrap();
+        assert!(embedded > 0 && embedded < total, "{embedded}");
+        for (output, want) in outputs.iter().zip(&want) {
+            assert_eq!(contents(output).as_ref(), Some(want), "{output}");
+        }
+        let fingerprint = report["fingerprint"].as_str().unwrap().to_string();
+        assert!(!state_kept(&fingerprint), "the state outlived the job");
+
+        // Killed after the first output (the second output removed, so
+        // that the resumed run has it to write); resumed: the view's rows
+        // are read from the state, nothing is embedded.
+        std::fs::remove_dir_all(dir.path().join(format!("out-{i}/b"))).unwrap();
+        let (r, _) = run_job(&job, Some(state), Some("kill-after-step:4"), false);
+        assert_ne!(r.code, 0);
+        assert!(state_kept(&fingerprint), "no state kept");
+        let (r, report) = run_job(&job, Some(state), None, true);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let report = report.unwrap();
+        assert_eq!(report["steps"][2]["resumed"], true);
+        assert_eq!(report["steps"][3]["resumed"], true);
+        assert_eq!(report["steps"][4]["resumed"], false);
+        assert_eq!(report["steps"][4]["rows"], 130);
+        assert_eq!(report["embedded_rows"], 0);
+        for (output, want) in outputs.iter().zip(&want) {
+            assert_eq!(contents(output).as_ref(), Some(want), "{output}");
+        }
+        assert!(!state_kept(&fingerprint), "the state outlived the job");
     }
 }
 
