@@ -121,10 +121,12 @@ pub(super) fn reads(plan: &LogicalPlan, is_view: &dyn Fn(&str) -> bool) -> Vec<S
 /// table, a registered directory), each as a line of its path, size, etag
 /// and modification time: what the job's fingerprint covers. The job's own
 /// outputs are stand-ins while it is planned, not listing tables, so they
-/// are not among them.
+/// are not among them; a table at a location `written` names (an output
+/// of the job, read by a DataFrame built over its last commit) is skipped.
 pub(super) async fn input_versions(
     ctx: &SessionContext,
     plan: &LogicalPlan,
+    written: &dyn Fn(&str) -> bool,
 ) -> Result<Vec<String>> {
     use datafusion::datasource::listing::ListingTable;
     use futures::TryStreamExt;
@@ -146,6 +148,9 @@ pub(super) async fn input_versions(
         };
         let extension = table.options().file_extension.clone();
         for url in table.table_paths() {
+            if written(url.as_str()) {
+                continue;
+            }
             let store = ctx.runtime_env().object_store(url)?;
             let files: Vec<_> = url
                 .list_all_files(&state, store.as_ref(), &extension)

@@ -144,10 +144,26 @@ pub struct Step {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub committed: bool,
     #[serde(skip)]
-    statement: Statement,
+    source: Source,
+}
+
+/// What a step runs: a statement of the job's SQL, or the plan of a
+/// DataFrame written by [`Job::write_parquet`].
+#[derive(Debug, Clone)]
+enum Source {
+    Sql(Statement),
+    Frame(LogicalPlan),
 }
 
 impl Step {
+    /// The step's logical plan, in `session` as it is when the step runs.
+    async fn plan(&self, session: &Session) -> Result<LogicalPlan> {
+        match &self.source {
+            Source::Sql(statement) => session.plan_statement(statement.clone()).await,
+            Source::Frame(plan) => Ok(plan.clone()),
+        }
+    }
+
     /// Whether the step is a view that the job computes once and shares.
     pub fn is_shared(&self) -> bool {
         matches!(self.kind, StepKind::View { .. }) && self.read_by.len() >= 2
@@ -160,9 +176,9 @@ pub struct Job {
     pub steps: Vec<Step>,
     /// The session's device request (`auto`, `cpu`, `wgpu`, `cuda:1`, ...).
     pub device: String,
-    /// blake3 of the job's statements and of the versions (size, etag or
-    /// modification time) of every file it reads that it does not write:
-    /// what a resumed run must match.
+    /// blake3 of the job's statements (and of its DataFrame writes' plans)
+    /// and of the versions (size, etag or modification time) of every file
+    /// it reads that it does not write: what a resumed run must match.
     pub fingerprint: String,
     /// Where shared views' rows are written while the job runs: a private
     /// directory under the system's temporary directory (`TMPDIR`), made
@@ -238,6 +254,85 @@ impl Job {
             resume: false,
             state: None,
         })
+    }
+
+    /// Adds an output to the job: `frame` written as Parquet at `location`
+    /// (a directory), after the steps before it — as a `COPY (...) TO
+    /// 'location' STORED AS PARQUET` would be, committed with a manifest,
+    /// resumable, run in parts when its rows are computed row by row from
+    /// files. The frame reads what the session holds when it was built
+    /// (not views the job creates, which do not exist yet); a step of the
+    /// job that writes a location it reads runs before it. The job's
+    /// fingerprint covers the frame's plan and the versions of the files
+    /// it reads. Returns the step's number.
+    pub async fn write_parquet(
+        &mut self,
+        session: &Session,
+        frame: DataFrame,
+        location: &str,
+    ) -> Result<usize> {
+        let plan = parquet_copy(frame.into_unoptimized_plan(), location)?;
+        let index = self.steps.len() + 1;
+        let views: std::collections::HashSet<String> = self
+            .steps
+            .iter()
+            .filter_map(|s| match &s.kind {
+                StepKind::View { name } => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
+        let reads = dag::reads(&plan, &|name| views.contains(name));
+        let after: Vec<usize> = self
+            .steps
+            .iter()
+            .filter(|s| {
+                let made = s.kind.creates();
+                reads.iter().any(|r| {
+                    made == Some(r.as_str())
+                        || matches!(&s.kind, StepKind::Copy { target, .. }
+                            if normalized(target) == normalized(r))
+                })
+            })
+            .map(|s| s.index)
+            .collect();
+        let written: std::collections::HashSet<String> = self
+            .steps
+            .iter()
+            .filter_map(|s| match &s.kind {
+                StepKind::Copy { target, .. } => Some(normalized(target)),
+                _ => None,
+            })
+            .collect();
+        let inputs = dag::input_versions(session.context(), &plan, &|url| {
+            written.contains(&normalized(url))
+        })
+        .await?;
+        let device_operators = dag::device_operators(session.context(), &plan).await?;
+        let described = plan.display_indent().to_string();
+        let mut fingerprint = blake3::Hasher::new();
+        fingerprint.update(self.fingerprint.as_bytes());
+        fingerprint.update(described.as_bytes());
+        for input in inputs {
+            fingerprint.update(input.as_bytes());
+            fingerprint.update(b"\n");
+        }
+        self.fingerprint = fingerprint.finalize().to_hex().to_string();
+        self.steps.push(Step {
+            index,
+            sql: format!("-- a DataFrame, written to {location}\n{described}"),
+            kind: StepKind::Copy {
+                target: location.to_string(),
+                delta: false,
+            },
+            reads,
+            after,
+            read_by: Vec::new(),
+            device_operators,
+            committed: false,
+            source: Source::Frame(plan),
+        });
+        dag::link_readers(&mut self.steps);
+        Ok(index)
     }
 
     /// Keeps the job's state at `location` (a directory, or a prefix in
@@ -459,7 +554,7 @@ impl Job {
         if step.committed {
             return self.resumed(session, step, report).await;
         }
-        let plan = session.plan_statement(step.statement.clone()).await?;
+        let plan = step.plan(session).await?;
         let mut rows = None;
         let mark = kiln_engine::io::committed::JobMark {
             fingerprint: self.fingerprint.clone(),
@@ -578,7 +673,7 @@ impl Job {
         {
             // Its rows, kept at the state location: the view is created,
             // then replaced by them, as when it was computed.
-            let plan = session.plan_statement(step.statement.clone()).await?;
+            let plan = step.plan(session).await?;
             session.context().execute_logical_plan(plan).await?;
             let (_, _, manifest) = manifest_at(session, &location).await?;
             let rows = manifest.map_or(0, |m| m.rows);
@@ -729,7 +824,7 @@ async fn plan_step(
     let plan = session
         .plan_statement_in(scratch, statement.clone())
         .await?;
-    let inputs = dag::input_versions(scratch, &plan).await?;
+    let inputs = dag::input_versions(scratch, &plan, &|_| false).await?;
     let reads = dag::reads(&plan, &|name| views.contains(name));
     let mut after = {
         let mut after: Vec<usize> = reads.iter().filter_map(|r| made.get(r).copied()).collect();
@@ -825,7 +920,7 @@ async fn plan_step(
         read_by: Vec::new(),
         device_operators,
         committed: false,
-        statement,
+        source: Source::Sql(statement),
     };
     Ok((step, inputs))
 }

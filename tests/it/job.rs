@@ -108,6 +108,84 @@ async fn a_view_read_by_two_outputs_is_embedded_once() {
     }
 }
 
+/// The job of `sql` and a DataFrame over what its step 1 writes, rows
+/// `filter`, written as its step 2.
+async fn frame_job(session: &Session, sql: &str, out: &Path, filter: &str) -> (Job, usize) {
+    let mut job = Job::plan(session, sql).await.unwrap();
+    let frame = session
+        .sql(&format!(
+            "SELECT id, upper(name) AS n FROM '{}/some/' WHERE {filter}",
+            s(out)
+        ))
+        .await
+        .unwrap();
+    let index = job
+        .write_parquet(session, frame, &format!("{}/frame/", s(out)))
+        .await
+        .unwrap();
+    (job, index)
+}
+
+/// A DataFrame written as an output of a job (`Job::write_parquet`): a
+/// step of the DAG after the SQL that writes what it reads, committed with
+/// the job's mark, so that the same job resumed skips it; a frame over
+/// other rows is another job.
+#[tokio::test]
+async fn a_dataframe_write_is_an_output_of_the_job() {
+    let dir = tempdir();
+    let people = dir.path().join("people.parquet");
+    write_people(&people);
+    let out = dir.path().join("out");
+    let sql = format!(
+        "COPY (SELECT id, name FROM '{people}' WHERE id > 1) TO '{out}/some/' STORED AS PARQUET;",
+        people = s(&people),
+        out = s(&out),
+    );
+    let session = Session::new().unwrap();
+    let plan = |session, filter| frame_job(session, &sql, &out, filter);
+    // Step 1 once, so that the frame has a table to read.
+    Job::plan(&session, &sql)
+        .await
+        .unwrap()
+        .run(&session)
+        .await
+        .unwrap();
+    let (job, index) = plan(&session, "id < 4").await;
+    assert_eq!(index, 2);
+    assert_eq!(job.steps[1].after, vec![1], "{}", job.explain());
+    assert!(
+        matches!(&job.steps[1].kind, StepKind::Copy { target, .. } if target.ends_with("/frame/"))
+    );
+    assert!(job.explain().contains("copy to"), "{}", job.explain());
+    let report = job.run(&session).await.unwrap();
+    assert_eq!(report.steps[1].rows, Some(2));
+    let batches = session
+        .sql(&format!(
+            "SELECT id, n FROM '{}/frame/' ORDER BY id",
+            s(&out)
+        ))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let text = pretty_format_batches(&batches).unwrap().to_string();
+    assert!(text.contains("GRACE") && text.contains("LINUS"), "{text}");
+    assert!(!text.contains("ADA"), "{text}");
+
+    // The same job, resumed: both outputs are this job's, skipped.
+    let (mut again, _) = plan(&session, "id < 4").await;
+    assert_eq!(again.fingerprint, job.fingerprint);
+    again.check_resume(&session).await.unwrap();
+    assert!(again.steps.iter().all(|s| s.committed));
+    // Another frame: another job, its outputs computed again.
+    let (mut other, _) = plan(&session, "id < 3").await;
+    assert_ne!(other.fingerprint, job.fingerprint);
+    let notes = other.check_resume(&session).await.unwrap();
+    assert!(!other.steps[1].committed);
+    assert!(notes.iter().any(|n| n.contains("another job")), "{notes:?}");
+}
+
 #[tokio::test]
 async fn later_statements_plan_against_what_earlier_ones_create() {
     let dir = tempdir();
