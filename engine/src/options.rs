@@ -79,6 +79,10 @@ config_namespace! {
         /// row groups); each part done is checkpointed, and a resumed job
         /// (`kiln run --resume`) skips the parts done.
         pub job_part_size: String, default = "64MiB".to_string()
+        /// The most outputs of a job that run at once: consecutive `COPY`
+        /// steps that do not read what another writes (nor write what
+        /// another reads) run together; 1 runs every step alone.
+        pub job_concurrent_outputs: usize, default = 4
         /// The deepest nesting of expressions (`1+1+...`, `a AND b AND ...`)
         /// and set operations (`UNION ALL` chains) a statement may have;
         /// deeper statements are refused before planning, whose time grows
@@ -186,6 +190,7 @@ impl KilnOptions {
             ("kiln.knn_query_batch", self.knn_query_batch),
             ("kiln.embed_batch_rows", self.embed_batch_rows),
             ("kiln.max_expression_depth", self.max_expression_depth),
+            ("kiln.job_concurrent_outputs", self.job_concurrent_outputs),
         ];
         for (name, value) in at_least_one {
             if value == 0 {

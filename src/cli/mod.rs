@@ -755,53 +755,89 @@ async fn run_steps(
     let outputs = job.outputs().count();
     let mut outputs_done = 0;
     let mut printed = 0;
-    for step in &job.steps {
+    let mut next = 1;
+    while next <= total {
+        let wave = job.wave_from(next, session.kiln_options().job_concurrent_outputs);
+        next += wave.len().max(1);
         if terminal {
-            // Overwritten by the step's line when it ends.
+            // Overwritten by the steps' lines when they end.
+            let what: Vec<String> = wave
+                .iter()
+                .filter_map(|i| job.steps.get(i - 1))
+                .map(|s| s.kind.describe())
+                .collect();
             eprint!(
                 "\r[{}/{total}] running {} ({outputs_done}/{outputs} outputs done)\x1b[K",
-                step.index,
-                step.kind.describe()
+                wave.iter()
+                    .map(usize::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                what.join(", ")
             );
         }
-        let outcome = guard::guarded(
-            job.run_step(session, step.index),
-            session.statement_timeout()?,
-        )
-        .await
-        .map_err(|e| KilnError::Statement {
-            index: step.index,
-            total,
-            source: Box::new(e),
-        })?;
-        outputs_done += usize::from(step.kind.is_output());
-        for note in &outcome.report.notes {
-            eprintln!("note: step {}: {note}", step.index);
-        }
-        if terminal {
-            eprintln!(
-                "\r[{}/{total}] {}\x1b[K",
-                step.index,
-                progress_line(&outcome.report)
-            );
-        }
-        if let Some((schema, batches)) = outcome.rows {
-            let mut stdout = std::io::stdout().lock();
-            if printed > 0 && format.format == Format::Table {
-                writeln!(stdout).map_err(|e| KilnError::File {
-                    path: "<stdout>".into(),
-                    source: e,
-                })?;
+        let timeout = session.statement_timeout()?;
+        // Each step under the statement timeout; the wave under Ctrl-C and
+        // the panic guard.
+        let steps = wave.iter().map(|&index| async move {
+            match timeout {
+                Some(limit) => tokio::time::timeout(limit, job.run_step(session, index))
+                    .await
+                    .unwrap_or(Err(KilnError::Timeout(limit))),
+                None => job.run_step(session, index).await,
             }
-            let frame = session.context().read_batch(if batches.is_empty() {
-                datafusion::arrow::array::RecordBatch::new_empty(schema)
-            } else {
-                datafusion::arrow::compute::concat_batches(&schema, &batches)?
+        });
+        let outcomes = guard::guarded(async { Ok(futures::future::join_all(steps).await) }, None)
+            .await
+            .map_err(|e| KilnError::Statement {
+                index: wave.first().copied().unwrap_or(next),
+                total,
+                source: Box::new(e),
             })?;
-            print_frame(frame, format, &mut stdout).await?;
-            printed += 1;
+        let mut failed = None;
+        for (&index, outcome) in wave.iter().zip(outcomes) {
+            let outcome = match outcome {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    failed.get_or_insert(KilnError::Statement {
+                        index,
+                        total,
+                        source: Box::new(e),
+                    });
+                    continue;
+                }
+            };
+            let step = &job.steps[index - 1];
+            outputs_done += usize::from(step.kind.is_output());
+            for note in &outcome.report.notes {
+                eprintln!("note: step {index}: {note}");
+            }
+            if terminal {
+                eprintln!(
+                    "\r[{index}/{total}] {}\x1b[K",
+                    progress_line(&outcome.report)
+                );
+            }
+            if let Some((schema, batches)) = outcome.rows {
+                let mut stdout = std::io::stdout().lock();
+                if printed > 0 && format.format == Format::Table {
+                    writeln!(stdout).map_err(|e| KilnError::File {
+                        path: "<stdout>".into(),
+                        source: e,
+                    })?;
+                }
+                let frame = session.context().read_batch(if batches.is_empty() {
+                    datafusion::arrow::array::RecordBatch::new_empty(schema)
+                } else {
+                    datafusion::arrow::compute::concat_batches(&schema, &batches)?
+                })?;
+                print_frame(frame, format, &mut stdout).await?;
+                printed += 1;
+            }
+            report.push(outcome.report);
         }
-        report.push(outcome.report);
+        if let Some(e) = failed {
+            return Err(e);
+        }
     }
     Ok(())
 }

@@ -20,8 +20,10 @@
 //! with the job) and read from there, so an `embed()` under it runs once
 //! per row, not once per reader, and a view larger than memory is shared.
 //! (It is a table from then on: a later `DROP VIEW` of it fails.)
-//! Steps run in script order, which respects every dependency; independent
-//! outputs do not yet run concurrently.
+//! Steps run in script order, which respects every dependency; consecutive
+//! `COPY` steps independent of each other (none reads or writes where
+//! another writes) run together, up to `kiln.job_concurrent_outputs`
+//! ([`Job::wave_from`]).
 //!
 //! [`Job::run_step`] runs one step and returns what it did
 //! ([`StepReport`]: rows, files and bytes written, time, rows embedded);
@@ -176,6 +178,10 @@ pub struct Job {
     pub steps: Vec<Step>,
     /// The session's device request (`auto`, `cpu`, `wgpu`, `cuda:1`, ...).
     pub device: String,
+    /// `kiln.job_concurrent_outputs` when the job was planned (after its
+    /// own `SET`s): the waves [`Job::explain`] shows. (When it runs, each
+    /// wave takes the value then.)
+    pub concurrent_outputs: usize,
     /// blake3 of the job's statements (and of its DataFrame writes' plans)
     /// and of the versions (size, etag or modification time) of every file
     /// it reads that it does not write: what a resumed run must match.
@@ -246,8 +252,12 @@ impl Job {
             steps.push(step);
         }
         dag::link_readers(&mut steps);
+        // As the job's own SETs leave it: what EXPLAIN shows.
+        let concurrent_outputs =
+            kiln_engine::options::KilnOptions::of(&scratch.state()).job_concurrent_outputs;
         Ok(Job {
             steps,
+            concurrent_outputs,
             device: session.device().to_string(),
             fingerprint: fingerprint.finalize().to_hex().to_string(),
             work: Default::default(),
@@ -549,8 +559,9 @@ impl Job {
             .steps
             .get(index.wrapping_sub(1))
             .ok_or_else(|| KilnError::Internal(format!("the job has no step {index}")))?;
-        let started = Instant::now();
+        // Its start time first: started_at + seconds is never past the end.
         let mut report = StepReport::new(step);
+        let started = Instant::now();
         if step.committed {
             return self.resumed(session, step, report).await;
         }
@@ -716,20 +727,59 @@ impl Job {
         Ok(written)
     }
 
-    /// Runs every step in order; the first failure ends the job (the
-    /// error names the step).
+    /// The steps that run together from step `start` on: `start` alone,
+    /// or, when it is a `COPY`, it and the `COPY` steps right after it that
+    /// are independent of it and of each other — none waits for another,
+    /// writes where another writes, or writes what another reads — up to
+    /// `limit` (`kiln.job_concurrent_outputs`) of them.
+    pub fn wave_from(&self, start: usize, limit: usize) -> Vec<usize> {
+        let Some(first) = self.steps.get(start.wrapping_sub(1)) else {
+            return Vec::new();
+        };
+        let mut wave = vec![first];
+        if matches!(first.kind, StepKind::Copy { .. }) {
+            for step in &self.steps[start..] {
+                if wave.len() >= limit || !wave.iter().all(|m| independent(m, step)) {
+                    break;
+                }
+                wave.push(step);
+            }
+        }
+        wave.iter().map(|s| s.index).collect()
+    }
+
+    /// Runs steps `wave` ([`Job::wave_from`]) at once, each to its end;
+    /// their outcomes in order.
+    pub async fn run_wave(&self, session: &Session, wave: &[usize]) -> Vec<Result<StepOutcome>> {
+        futures::future::join_all(wave.iter().map(|&index| self.run_step(session, index))).await
+    }
+
+    /// Runs every step in order, independent outputs together
+    /// ([`Job::wave_from`]); the first failure ends the job once the steps
+    /// running beside it end (the error names the step).
     pub async fn run(&self, session: &Session) -> Result<JobReport> {
         let mut report = JobReport::new(self);
         let total = self.steps.len();
-        for step in &self.steps {
-            let outcome = self.run_step(session, step.index).await.map_err(|source| {
-                KilnError::Statement {
-                    index: step.index,
-                    total,
-                    source: Box::new(source),
+        let mut next = 1;
+        while next <= total {
+            let wave = self.wave_from(next, session.kiln_options().job_concurrent_outputs);
+            next += wave.len().max(1);
+            let mut failed = None;
+            for (index, outcome) in wave.iter().zip(self.run_wave(session, &wave).await) {
+                match outcome {
+                    Ok(outcome) => report.push(outcome.report),
+                    Err(source) => {
+                        failed.get_or_insert(KilnError::Statement {
+                            index: *index,
+                            total,
+                            source: Box::new(source),
+                        });
+                    }
                 }
-            })?;
-            report.push(outcome.report);
+            }
+            if let Some(e) = failed {
+                return Err(e);
+            }
         }
         self.remove_state(session).await?;
         report.finish(None);
@@ -750,6 +800,13 @@ impl Job {
             self.outputs().count(),
             self.device
         );
+        let mut waves = Vec::new();
+        let mut next = 1;
+        while next <= self.steps.len() {
+            let wave = self.wave_from(next, self.concurrent_outputs);
+            next += wave.len().max(1);
+            waves.push(wave);
+        }
         for step in &self.steps {
             let what = match &step.kind {
                 StepKind::Other => step.sql.chars().take(60).collect(),
@@ -771,6 +828,14 @@ impl Job {
                         numbers(&step.read_by)
                     )),
                 }
+            }
+            if let Some(wave) = waves
+                .iter()
+                .find(|w| w.len() > 1 && w.contains(&step.index))
+            {
+                let beside: Vec<usize> =
+                    wave.iter().copied().filter(|i| *i != step.index).collect();
+                notes.push(format!("runs beside {}", numbers(&beside)));
             }
             let runs = step.kind.is_output() || step.kind == StepKind::Query;
             if runs && step.device_operators.is_empty() {
@@ -799,6 +864,21 @@ impl Job {
         text.push('\n');
         text
     }
+}
+
+/// Whether `COPY` step `later` may run beside `earlier`: it does not wait
+/// for it, and neither writes where the other writes or reads.
+fn independent(earlier: &Step, later: &Step) -> bool {
+    let (StepKind::Copy { target: a, .. }, StepKind::Copy { target: b, .. }) =
+        (&earlier.kind, &later.kind)
+    else {
+        return false;
+    };
+    let (a, b) = (normalized(a), normalized(b));
+    !later.after.contains(&earlier.index)
+        && a != b
+        && !earlier.reads.iter().any(|r| normalized(r) == b)
+        && !later.reads.iter().any(|r| normalized(r) == a)
 }
 
 fn numbers(indices: &[usize]) -> String {

@@ -33,6 +33,9 @@ pub struct StepReport {
     /// The table version a Delta output's commit made.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
+    /// Unix time the step started, in seconds (steps of a wave start
+    /// together).
+    pub started_at: f64,
     /// Wall time of the step.
     pub seconds: f64,
     /// Rows the encoder embedded in this step (`embed()`).
@@ -67,6 +70,7 @@ impl StepReport {
             files: None,
             bytes: None,
             version: None,
+            started_at: now(),
             seconds: 0.0,
             embedded_rows: 0,
             embed_cache_hits: 0,

@@ -331,7 +331,8 @@ fn a_killed_job_leaves_whole_outputs_and_resumes_where_it_stopped() {
     };
     let job_for = |root: &str, remote: &str| {
         format!(
-            "CREATE VIEW e AS SELECT id, name, embed(name, '{model}') AS v FROM '{people}';\n\
+            "SET kiln.job_concurrent_outputs = 1;\n\
+             CREATE VIEW e AS SELECT id, name, embed(name, '{model}') AS v FROM '{people}';\n\
              COPY (SELECT id, v FROM e) TO '{root}/a/' STORED AS PARQUET;\n\
              COPY (SELECT id, name FROM e WHERE id > 1) TO '{remote}/b/' STORED AS PARQUET;\n\
              COPY (SELECT count(*) AS n, sum(id) AS ids FROM e) TO '{root}/c/' STORED AS DELTA;\n",
@@ -401,7 +402,7 @@ fn a_killed_job_leaves_whole_outputs_and_resumes_where_it_stopped() {
     let report = dir.path().join("report.json");
 
     // Killed with the first output's rows staged, before its commit.
-    let r = run_job(&job, Some("kill-before-commit:2"), false, &report);
+    let r = run_job(&job, Some("kill-before-commit:3"), false, &report);
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("KILN_FAULT"), "{}", r.stderr);
     assert!(
@@ -421,7 +422,7 @@ fn a_killed_job_leaves_whole_outputs_and_resumes_where_it_stopped() {
     assert_eq!(staged, 1, "the killed write's staging");
 
     // Resumed, and killed again once the second output is committed.
-    let r = run_job(&job, Some("kill-after-step:3"), true, &report);
+    let r = run_job(&job, Some("kill-after-step:4"), true, &report);
     assert_ne!(r.code, 0);
     assert_eq!(contents(&outputs[0]).as_ref(), Some(&want[0]));
     assert_eq!(contents(&outputs[1]).as_ref(), Some(&want[1]));
@@ -429,7 +430,7 @@ fn a_killed_job_leaves_whole_outputs_and_resumes_where_it_stopped() {
 
     // Resumed, and killed again with the Delta output's files written,
     // before its first commit: no version, so no table a reader sees.
-    let r = run_job(&job, Some("kill-before-commit:4"), true, &report);
+    let r = run_job(&job, Some("kill-before-commit:5"), true, &report);
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("KILN_FAULT"), "{}", r.stderr);
     assert!(contents(&outputs[2]).is_none(), "the Delta output appeared");
@@ -445,13 +446,13 @@ fn a_killed_job_leaves_whole_outputs_and_resumes_where_it_stopped() {
     );
     let done = read_report(&report);
     assert_eq!(done["resumed_steps"], 2);
-    assert_eq!(done["steps"][1]["resumed"], true);
     assert_eq!(done["steps"][2]["resumed"], true);
-    assert_eq!(done["steps"][3]["resumed"], false);
-    assert_eq!(done["steps"][3]["delta"], true);
-    assert_eq!(done["steps"][3]["version"], 0);
-    assert_eq!(done["steps"][3]["rows"], 1);
-    assert!(done["steps"][3]["files"].as_u64().unwrap() >= 1);
+    assert_eq!(done["steps"][3]["resumed"], true);
+    assert_eq!(done["steps"][4]["resumed"], false);
+    assert_eq!(done["steps"][4]["delta"], true);
+    assert_eq!(done["steps"][4]["version"], 0);
+    assert_eq!(done["steps"][4]["rows"], 1);
+    assert!(done["steps"][4]["files"].as_u64().unwrap() >= 1);
     for (output, want) in outputs.iter().zip(&want) {
         assert_eq!(contents(output).as_ref(), Some(want), "{output}");
     }
@@ -733,6 +734,7 @@ fn a_job_with_a_state_location_resumes_its_shared_view() {
         format!(
             "SET datafusion.execution.target_partitions = 2;\n\
              SET kiln.job_part_size = '1KiB';\n\
+             SET kiln.job_concurrent_outputs = 1;\n\
              CREATE VIEW e AS SELECT id, embed(name, '{model}') AS v FROM '{docs}';\n\
              COPY (SELECT id, v FROM e) TO '{out}/a/' STORED AS PARQUET;\n\
              COPY (SELECT id FROM e WHERE id % 2 = 0) TO '{out}/b/' STORED AS PARQUET;\n",
@@ -790,12 +792,12 @@ fn a_job_with_a_state_location_resumes_its_shared_view() {
         // Whether the shared view's rows are kept at the state location
         // (its directory, under the job's fingerprint, reads as a table).
         let state_kept = |fingerprint: &str| -> bool {
-            let view = format!("{state}/{}/view-3-e/", &fingerprint[..16]);
+            let view = format!("{state}/{}/view-4-e/", &fingerprint[..16]);
             run(kiln_job().args(["sql", "-c", &format!("SELECT count(*) FROM '{view}'")])).code == 0
         };
 
         // Killed with two parts of the view's rows written.
-        let (r, _) = run_job(&job, Some(state), Some("kill-after-part:3/2"), false);
+        let (r, _) = run_job(&job, Some(state), Some("kill-after-part:4/2"), false);
         assert_ne!(r.code, 0);
         assert!(r.stderr.contains("KILN_FAULT"), "{}", r.stderr);
         assert!(outputs.iter().all(|o| contents(o).is_none()));
@@ -803,7 +805,7 @@ fn a_job_with_a_state_location_resumes_its_shared_view() {
         let (r, report) = run_job(&job, Some(state), None, true);
         assert_eq!(r.code, 0, "{}", r.stderr);
         let report = report.unwrap();
-        let view = &report["steps"][2];
+        let view = &report["steps"][3];
         assert_eq!(view["materialized"], true, "{view}");
         assert_eq!(view["resumed_parts"], 2, "{view}");
         let embedded = report["embedded_rows"].as_u64().unwrap();
@@ -818,22 +820,96 @@ fn a_job_with_a_state_location_resumes_its_shared_view() {
         // that the resumed run has it to write); resumed: the view's rows
         // are read from the state, nothing is embedded.
         std::fs::remove_dir_all(dir.path().join(format!("out-{i}/b"))).unwrap();
-        let (r, _) = run_job(&job, Some(state), Some("kill-after-step:4"), false);
+        let (r, _) = run_job(&job, Some(state), Some("kill-after-step:5"), false);
         assert_ne!(r.code, 0);
         assert!(state_kept(&fingerprint), "no state kept");
         let (r, report) = run_job(&job, Some(state), None, true);
         assert_eq!(r.code, 0, "{}", r.stderr);
         let report = report.unwrap();
-        assert_eq!(report["steps"][2]["resumed"], true);
         assert_eq!(report["steps"][3]["resumed"], true);
-        assert_eq!(report["steps"][4]["resumed"], false);
-        assert_eq!(report["steps"][4]["rows"], 130);
+        assert_eq!(report["steps"][4]["resumed"], true);
+        assert_eq!(report["steps"][5]["resumed"], false);
+        assert_eq!(report["steps"][5]["rows"], 130);
         assert_eq!(report["embedded_rows"], 0);
         for (output, want) in outputs.iter().zip(&want) {
             assert_eq!(contents(output).as_ref(), Some(want), "{output}");
         }
         assert!(!state_kept(&fingerprint), "the state outlived the job");
     }
+}
+
+/// Independent outputs run together: two `COPY` steps over one input run
+/// as one wave (EXPLAIN says so, and each starts before the other ends);
+/// a `COPY` reading what the one before it writes waits for it; with
+/// `kiln.job_concurrent_outputs = 1` every step runs alone.
+#[test]
+fn independent_outputs_run_together() {
+    let dir = tempdir();
+    let docs = dir.path().join("docs");
+    write_docs(&docs);
+    let out = dir.path().join("out");
+    let job = dir.path().join("job.sql");
+    let write = |limit: usize| {
+        std::fs::write(
+            &job,
+            format!(
+                "SET kiln.job_concurrent_outputs = {limit};\n\
+                 COPY (SELECT id, upper(name) AS n FROM '{docs}') TO '{out}/a/' STORED AS PARQUET;\n\
+                 COPY (SELECT id FROM '{docs}' WHERE id % 2 = 0) TO '{out}/b/' STORED AS PARQUET;\n\
+                 COPY (SELECT count(*) AS n FROM '{out}/b/') TO '{out}/c/' STORED AS PARQUET;\n",
+                docs = s(&docs),
+                out = s(&out),
+            ),
+        )
+        .unwrap();
+    };
+    write(4);
+    let r = run(kiln().args(["explain", &s(&job)]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("runs beside 3"), "{}", r.stdout);
+    assert!(r.stdout.contains("runs beside 2"), "{}", r.stdout);
+    let step4 = r
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with('4'))
+        .unwrap();
+    assert!(!step4.contains("runs beside"), "{step4}");
+
+    let report_path = dir.path().join("report.json");
+    let r = run(kiln().args(["run", &s(&job), "--report", &s(&report_path)]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
+    let steps = report["steps"].as_array().unwrap();
+    let start = |i: usize| steps[i]["started_at"].as_f64().unwrap();
+    let end = |i: usize| start(i) + steps[i]["seconds"].as_f64().unwrap();
+    assert!(start(2) < end(1) && start(1) < end(2), "{report}");
+    assert!(
+        start(3) >= end(2),
+        "step 4 did not wait for step 3: {report}"
+    );
+    assert_eq!(steps[1]["rows"], 260);
+    assert_eq!(steps[2]["rows"], 130);
+    let r = run(kiln().args([
+        "sql",
+        "--format",
+        "csv",
+        "-c",
+        &format!("SELECT n FROM '{}/c/'", s(&out)),
+    ]));
+    assert_eq!(r.stdout.trim(), "n\n130");
+
+    write(1);
+    let r = run(kiln().args(["explain", &s(&job)]));
+    assert!(!r.stdout.contains("runs beside"), "{}", r.stdout);
+    let r = run(kiln().args(["run", &s(&job), "--report", &s(&report_path)]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
+    let steps = report["steps"].as_array().unwrap();
+    let start = |i: usize| steps[i]["started_at"].as_f64().unwrap();
+    let end = |i: usize| start(i) + steps[i]["seconds"].as_f64().unwrap();
+    assert!(start(2) >= end(1), "{report}");
 }
 
 /// The orchestrator examples: every file compiles (Airflow and Dagster
