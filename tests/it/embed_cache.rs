@@ -201,3 +201,58 @@ async fn tampered_and_foreign_cache_files_are_not_returned() {
     );
     assert_eq!(vectors(&rerun).await, vectors(&first).await);
 }
+
+/// `embed()` in a `WHERE` runs as the embedding operator (batched, counted,
+/// served by the cache), not as the scalar function: a filter over a
+/// cached corpus embeds nothing, and its rows are those computed without
+/// the cache.
+#[tokio::test]
+async fn embed_in_a_filter_is_served_by_the_cache() {
+    let dir = tempdir();
+    let (corpus, cache) = (dir.path().join("corpus.parquet"), dir.path().join("cache"));
+    let session = Session::new().unwrap();
+    write_corpus(&session, &corpus, false).await;
+    assert_eq!(
+        run_job(&job(Some(&cache), &corpus, &dir.path().join("first"))).await,
+        (200, 0, 200)
+    );
+    let filter = |cache: Option<&Path>, out: &Path| {
+        let set = cache
+            .map(|c| format!("SET kiln.embed_cache = '{}';\n", s(c)))
+            .unwrap_or_default();
+        format!(
+            "{set}COPY (SELECT id FROM '{corpus}' \
+             WHERE cosine_similarity(embed(text, '{model}'), \
+                                     embed('text number 7 of the corpus', '{model}')) > 0.999) \
+             TO '{out}' STORED AS PARQUET;\n",
+            model = tiny().display(),
+            corpus = s(&corpus),
+            out = s(out),
+        )
+    };
+    let (cached, fresh) = (dir.path().join("cached"), dir.path().join("fresh"));
+    assert_eq!(run_job(&filter(Some(&cache), &cached)).await, (0, 200, 0));
+    assert_eq!(run_job(&filter(None, &fresh)).await, (200, 0, 0));
+    let ids = |out: PathBuf| async move {
+        let batches = Session::new()
+            .unwrap()
+            .sql(&format!("SELECT id FROM '{}' ORDER BY id", s(&out)))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        batches
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                    .values()
+                    .to_vec()
+            })
+            .collect::<Vec<i64>>()
+    };
+    let found = ids(cached).await;
+    assert!(found.contains(&7), "{found:?}");
+    assert_eq!(found, ids(fresh).await);
+}
