@@ -326,6 +326,7 @@ pub(crate) async fn run(
         staged.insert(record_name(part));
         rows += part_rows;
         crate::fault::kill_at("kill-after-part", format!("{}/{}", mark.step, part + 1));
+        crate::fault::pause_after_part().await;
     }
     Ok(Some(PartsRun {
         rows,

@@ -704,6 +704,95 @@ fn a_job_killed_inside_an_output_resumes_from_its_checkpointed_parts() {
     }
 }
 
+/// A job killed with a real SIGKILL from outside while it writes an output
+/// (two of its parts checkpointed), then resumed: the parts done are
+/// skipped, and the output is exactly an uninterrupted run's.
+#[test]
+fn a_job_sigkilled_mid_output_resumes_from_its_parts() {
+    let dir = tempdir();
+    let docs = dir.path().join("docs");
+    write_docs(&docs);
+    let out = dir.path().join("out");
+    let job_for = |target: &str| {
+        format!(
+            "SET datafusion.execution.target_partitions = 2;\n\
+             SET kiln.job_part_size = '1KiB';\n\
+             COPY (SELECT id, embed(name, '{model}') AS v FROM '{docs}') TO '{target}' \
+             STORED AS PARQUET;\n",
+            model = tiny().display(),
+            docs = s(&docs),
+        )
+    };
+    let reference = dir.path().join("reference.sql");
+    std::fs::write(&reference, job_for(&format!("{}/reference/", s(&out)))).unwrap();
+    let r = run(kiln().args(["run", &s(&reference)]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let job = dir.path().join("job.sql");
+    std::fs::write(&job, job_for(&format!("{}/e/", s(&out)))).unwrap();
+
+    let mut child = kiln()
+        .args(["run", &s(&job)])
+        .env("KILN_FAULT", "slow-parts:400")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for the second part's record, then SIGKILL.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let second = loop {
+        let found = std::fs::read_dir(&out).ok().and_then(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path().join("_kiln_parts/part-000001.json"))
+                .find(|p| p.exists())
+        });
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no part was checkpointed"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the job ended before it was killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    assert!(second.exists());
+    let read = |location: String| {
+        let r = run(kiln().args([
+            "sql",
+            "--format",
+            "csv",
+            "-c",
+            &format!("SELECT id, v FROM '{location}' ORDER BY id"),
+        ]));
+        (r.code == 0).then_some(r.stdout)
+    };
+    assert!(
+        read(format!("{}/e/", s(&out))).is_none(),
+        "a partial output appeared"
+    );
+
+    let report = dir.path().join("report.json");
+    let r = run(kiln().args(["run", &s(&job), "--resume", "--report", &s(&report)]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let resumed = report["resumed_parts"].as_u64().unwrap();
+    assert!(resumed >= 2, "{report}");
+    assert!(report["embedded_rows"].as_u64().unwrap() < 260, "{report}");
+    assert_eq!(report["steps"][2]["rows"], 260);
+    assert_eq!(
+        read(format!("{}/e/", s(&out))),
+        read(format!("{}/reference/", s(&out)))
+    );
+}
+
 /// A job whose two outputs share an `embed()` view, with its state at a
 /// location (`--state`, a directory or the loopback S3 server): killed
 /// while the view's rows are written, the resumed run goes on from the
