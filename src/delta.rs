@@ -95,16 +95,135 @@ impl datafusion::datasource::file_format::FileFormatFactory for DeltaFormat {
         _: &dyn CatalogSession,
         _: &std::collections::HashMap<String, String>,
     ) -> datafusion::error::Result<Arc<dyn datafusion::datasource::file_format::FileFormat>> {
-        Err(DataFusionError::NotImplemented(
-            "Delta tables are written by COPY ... STORED AS DELTA in a Kiln session and read \
-             with FROM '<location>' or CREATE EXTERNAL TABLE ... STORED AS DELTA"
-                .into(),
-        ))
+        Ok(Arc::new(DeltaFileFormat::default()))
     }
 
     /// A Delta table's data files are Parquet.
     fn default(&self) -> Arc<dyn datafusion::datasource::file_format::FileFormat> {
         Arc::new(datafusion::datasource::file_format::parquet::ParquetFormat::default())
+    }
+}
+
+/// The format DataFusion asks for when it plans a Delta `COPY`'s physical
+/// plan, which happens only for `EXPLAIN` (Kiln runs the `COPY` itself):
+/// its writer is a [`DeltaSink`] over the input's plan, so that `EXPLAIN`
+/// shows the plan that will run; reading goes through Parquet, a Delta
+/// table's data files.
+#[derive(Debug, Default)]
+struct DeltaFileFormat {
+    parquet: datafusion::datasource::file_format::parquet::ParquetFormat,
+}
+
+#[async_trait::async_trait]
+impl datafusion::datasource::file_format::FileFormat for DeltaFileFormat {
+    fn get_ext(&self) -> String {
+        FORMAT.to_string()
+    }
+
+    fn get_ext_with_compression(
+        &self,
+        compression: &datafusion::datasource::file_format::file_compression_type::FileCompressionType,
+    ) -> datafusion::error::Result<String> {
+        self.parquet.get_ext_with_compression(compression)
+    }
+
+    fn compression_type(
+        &self,
+    ) -> Option<datafusion::datasource::file_format::file_compression_type::FileCompressionType>
+    {
+        self.parquet.compression_type()
+    }
+
+    async fn infer_schema(
+        &self,
+        state: &dyn CatalogSession,
+        store: &Arc<dyn object_store::ObjectStore>,
+        objects: &[object_store::ObjectMeta],
+    ) -> datafusion::error::Result<datafusion::arrow::datatypes::SchemaRef> {
+        self.parquet.infer_schema(state, store, objects).await
+    }
+
+    async fn infer_stats(
+        &self,
+        state: &dyn CatalogSession,
+        store: &Arc<dyn object_store::ObjectStore>,
+        table_schema: datafusion::arrow::datatypes::SchemaRef,
+        object: &object_store::ObjectMeta,
+    ) -> datafusion::error::Result<datafusion::common::Statistics> {
+        self.parquet
+            .infer_stats(state, store, table_schema, object)
+            .await
+    }
+
+    async fn create_physical_plan(
+        &self,
+        state: &dyn CatalogSession,
+        conf: datafusion::datasource::physical_plan::FileScanConfig,
+    ) -> datafusion::error::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        self.parquet.create_physical_plan(state, conf).await
+    }
+
+    async fn create_writer_physical_plan(
+        &self,
+        input: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+        _: &dyn CatalogSession,
+        conf: datafusion::datasource::physical_plan::FileSinkConfig,
+        order: Option<datafusion::physical_expr::LexRequirement>,
+    ) -> datafusion::error::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        let sink = DeltaSink {
+            location: conf.original_url.clone(),
+            schema: Arc::clone(conf.output_schema()),
+        };
+        Ok(Arc::new(datafusion::datasource::sink::DataSinkExec::new(
+            input,
+            Arc::new(sink),
+            order,
+        )))
+    }
+
+    fn file_source(
+        &self,
+        table_schema: datafusion::datasource::table_schema::TableSchema,
+    ) -> Arc<dyn datafusion::datasource::physical_plan::FileSource> {
+        self.parquet.file_source(table_schema)
+    }
+}
+
+/// The writer `EXPLAIN` shows for a Delta `COPY`: Kiln runs the `COPY`
+/// through delta-rs ([`copy`]), never through this sink, which refuses to
+/// write.
+#[derive(Debug)]
+struct DeltaSink {
+    location: String,
+    schema: datafusion::arrow::datatypes::SchemaRef,
+}
+
+impl datafusion::physical_plan::DisplayAs for DeltaSink {
+    fn fmt_as(
+        &self,
+        _: datafusion::physical_plan::DisplayFormatType,
+        f: &mut std::fmt::Formatter,
+    ) -> std::fmt::Result {
+        write!(f, "DeltaSink(location={}, writer=delta-rs)", self.location)
+    }
+}
+
+#[async_trait::async_trait]
+impl datafusion::datasource::sink::DataSink for DeltaSink {
+    fn schema(&self) -> &datafusion::arrow::datatypes::SchemaRef {
+        &self.schema
+    }
+
+    async fn write_all(
+        &self,
+        _: datafusion::execution::SendableRecordBatchStream,
+        _: &Arc<datafusion::execution::TaskContext>,
+    ) -> datafusion::error::Result<u64> {
+        Err(DataFusionError::NotImplemented(
+            "Delta tables are written by COPY ... STORED AS DELTA or INSERT INTO run in a \
+             Kiln session (EXPLAIN ANALYZE does not write them)"
+                .into(),
+        ))
     }
 }
 

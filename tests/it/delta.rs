@@ -393,3 +393,28 @@ async fn python_deltalake_reads_kiln_tables_and_kiln_reads_its() {
         vec![6]
     );
 }
+
+/// `EXPLAIN` of a Delta `COPY` shows the physical plan that will run (its
+/// input, placed), under the Delta writer; `EXPLAIN ANALYZE` refuses to
+/// write it, in one line.
+#[tokio::test]
+async fn explain_of_a_delta_copy_shows_its_physical_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("t");
+    let session = Session::new().unwrap();
+    let sql = format!(
+        "EXPLAIN COPY (SELECT * FROM (VALUES (1), (2)) v(x) WHERE x > 1) TO '{}' STORED AS DELTA",
+        table.display()
+    );
+    let batches = session.sql(&sql).await.unwrap().collect().await.unwrap();
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    assert!(text.contains("physical_plan "), "{text}");
+    assert!(!text.contains("physical_plan_error"), "{text}");
+    assert!(text.contains("DeltaSink(location="), "{text}");
+    assert!(text.contains("FilterExec"), "{text}");
+    let e = error(&session, &sql.replace("EXPLAIN", "EXPLAIN ANALYZE")).await;
+    assert!(e.contains("Delta tables are written by COPY"), "{e}");
+    assert!(!table.exists(), "EXPLAIN wrote the table");
+}
