@@ -184,7 +184,9 @@ impl ExecutionPlan for EmbedExec {
             batch_rows: self.batch_rows,
             cache,
             metrics: ExecutionPlanMetricsSet::new(),
-            embed_cache: Default::default(),
+            // The same query's cache, read once: a plan rewritten for each
+            // part of a job's output shares it.
+            embed_cache: Arc::clone(&self.embed_cache),
         }))
     }
 
