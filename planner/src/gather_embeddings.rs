@@ -7,7 +7,10 @@
 //! projection or filter predicate (whose text is not a constant) becomes
 //! one `EmbedExec` appending a column `__kiln_embed_K`; the projection or
 //! predicate then reads that column where it called the function (a
-//! filter's own projection drops the column again). So `embed()` in a
+//! filter's own projection drops the column again; the conjuncts of the
+//! filter that embed nothing run first, below, so only the rows they keep
+//! are embedded; a filter with a row limit is left as it is). So
+//! `embed()` in a
 //! `WHERE` is batched, placed on the device, counted and served by the
 //! embedding cache as in a `SELECT` list. Calls elsewhere (an aggregate's
 //! argument, a sort key, a join condition) keep the scalar function, which
@@ -19,6 +22,7 @@ use datafusion::common::Result;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::physical_expr::expressions::{Column, Literal};
+use datafusion::physical_expr::utils::{conjunction, split_conjunction};
 use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
@@ -56,6 +60,20 @@ fn embed_call(e: &Arc<dyn PhysicalExpr>) -> Option<(Arc<dyn PhysicalExpr>, Strin
         Some(m) => model_name(Some(m.downcast_ref::<Literal>()?.value())).ok()?,
     };
     Some((Arc::clone(text), model))
+}
+
+/// Whether `e` calls `embed(...)` on a text computed per row.
+fn calls_embed(e: &Arc<dyn PhysicalExpr>) -> bool {
+    let mut found = false;
+    let _ = e.apply(|x| {
+        found |= embed_call(x).is_some();
+        Ok(if found {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    });
+    found
 }
 
 /// The distinct `embed(...)` calls of `exprs` as `EmbedExec`s over `input`
@@ -155,11 +173,30 @@ impl PhysicalOptimizerRule for GatherEmbeddings {
                         Arc::new(ProjectionExec::try_new(exprs, input)?) as Arc<dyn ExecutionPlan>,
                     ));
                 }
-                if let Some(filter) = node.downcast_ref::<FilterExec>() {
-                    let predicate = [Arc::clone(filter.predicate())];
-                    let Some((input, mut predicate)) =
-                        lift(&predicate, filter.input(), batch_rows)?
-                    else {
+                if let Some(filter) = node.downcast_ref::<FilterExec>()
+                    && filter.fetch().is_none()
+                {
+                    // The conjuncts that embed nothing filter first, so
+                    // that only the rows they keep are embedded.
+                    let (embedding, plain): (Vec<_>, Vec<_>) =
+                        split_conjunction(filter.predicate())
+                            .into_iter()
+                            .map(Arc::clone)
+                            .partition(calls_embed);
+                    if embedding.is_empty() {
+                        return Ok(Transformed::no(node));
+                    }
+                    let mut below = Arc::clone(filter.input());
+                    if !plain.is_empty() {
+                        below = Arc::new(
+                            FilterExecBuilder::new(conjunction(plain), below)
+                                .with_default_selectivity(filter.default_selectivity())
+                                .with_batch_size(filter.batch_size())
+                                .build()?,
+                        );
+                    }
+                    let predicate = [conjunction(embedding)];
+                    let Some((input, mut predicate)) = lift(&predicate, &below, batch_rows)? else {
                         return Ok(Transformed::no(node));
                     };
                     // The filter's own projection drops the embeddings it

@@ -208,16 +208,13 @@ async fn run_job_copy(
         ),
         None => None,
     };
-    let run = parts::run(
-        ctx,
-        &plan,
+    let local = Staged::local_path(staging);
+    let dir = parts::StagingDir {
         store,
-        staging.prefix(),
-        &job.mark,
-        job.resume,
-        work_dir.as_ref(),
-    )
-    .await?;
+        prefix: staging.prefix(),
+        local: local.as_deref(),
+    };
+    let run = parts::run(ctx, &plan, dir, &job.mark, job.resume, work_dir.as_ref()).await?;
     if let Some(run) = run {
         return Ok(Written {
             batches: vec![count_batch(run.rows)?],

@@ -36,7 +36,9 @@ use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::datasource::listing::{FileRange, PartitionedFile};
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfig};
 use datafusion::datasource::source::DataSourceExec;
-use datafusion::physical_plan::{ExecutionPlan, collect};
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
+use datafusion::physical_plan::{Distribution, ExecutionPlan, collect};
 use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
 use kiln_engine::io::committed::JobMark;
@@ -82,6 +84,14 @@ pub(crate) struct PartsRun {
     pub resumed: usize,
     /// Why parts an earlier run did were not kept, if they were not.
     pub note: Option<String>,
+}
+
+/// An output's staging directory: its store, its prefix there, and its
+/// path when the store is a local disk.
+pub(crate) struct StagingDir<'a> {
+    pub store: &'a Arc<dyn ObjectStore>,
+    pub prefix: &'a Path,
+    pub local: Option<&'a std::path::Path>,
 }
 
 /// The operators through which each output row comes from one input row.
@@ -184,7 +194,34 @@ fn over_slices(
         let scan: Arc<dyn ExecutionPlan> = DataSourceExec::from_data_source(config);
         Ok(Transformed::yes(scan))
     })?;
-    Ok(rewritten.data)
+    // An operator that reads one partition (the writer: DataFusion put no
+    // merge before it when the scan had one) gets one again, whatever the
+    // number of slices.
+    let merged = rewritten.data.transform_up(|node| {
+        let wanted = node.input_distribution_requirements().into_per_child();
+        let children = node.children();
+        let needs_merge = |i: usize, child: &Arc<dyn ExecutionPlan>| {
+            matches!(wanted.get(i), Some(Distribution::SinglePartition))
+                && child.properties().partitioning.partition_count() > 1
+        };
+        if !children.iter().enumerate().any(|(i, c)| needs_merge(i, c)) {
+            return Ok(Transformed::no(node));
+        }
+        let children = children
+            .into_iter()
+            .enumerate()
+            .map(|(i, child)| match needs_merge(i, child) {
+                true => Arc::new(CoalescePartitionsExec::new(Arc::clone(child)))
+                    as Arc<dyn ExecutionPlan>,
+                false => Arc::clone(child),
+            })
+            .collect();
+        Ok(Transformed::yes(replace_children_if_necessary(
+            Arc::clone(&node),
+            children,
+        )?))
+    })?;
+    Ok(merged.data)
 }
 
 /// blake3 of the slices (each file's location, size, version and byte
@@ -215,12 +252,16 @@ fn division_hash(slices: &[PartitionedFile], width: usize) -> String {
 pub(crate) async fn run(
     ctx: &SessionContext,
     plan: &Arc<dyn ExecutionPlan>,
-    store: &Arc<dyn ObjectStore>,
-    staging: &Path,
+    dir: StagingDir<'_>,
     mark: &JobMark,
     resume: bool,
     volatile: Option<&Path>,
 ) -> Result<Option<PartsRun>> {
+    let StagingDir {
+        store,
+        prefix: staging,
+        local,
+    } = dir;
     let options = kiln_engine::options::KilnOptions::of(&ctx.state());
     let Some(slices) = slices(plan, options.job_part_bytes()?) else {
         return Ok(None);
@@ -243,15 +284,17 @@ pub(crate) async fn run(
     let records = staging.clone().join(RECORDS);
     let mut done: BTreeMap<usize, PartRecord> = BTreeMap::new();
     let mut note = None;
+    let mut kept_division = false;
     if resume {
-        match read_json::<Division>(store.as_ref(), &records.clone().join(DIVISION)).await {
+        match read_json::<Division>(store.as_ref(), &records.clone().join(DIVISION)).await? {
             Some(found) if found == division => {
+                kept_division = true;
                 for meta in list(store.as_ref(), &records).await? {
                     if meta.location.filename() == Some(DIVISION) {
                         continue;
                     }
                     if let Some(record) =
-                        read_json::<PartRecord>(store.as_ref(), &meta.location).await
+                        read_json::<PartRecord>(store.as_ref(), &meta.location).await?
                         && record.part < parts.len()
                     {
                         done.insert(record.part, record);
@@ -277,7 +320,13 @@ pub(crate) async fn run(
         .values()
         .flat_map(|r| r.files.iter().cloned())
         .chain(done.keys().map(|part| record_name(*part)))
+        .chain(kept_division.then(|| format!("{RECORDS}/{DIVISION}")))
         .collect();
+    if let Some(dir) = local {
+        // A local store writes through hidden `<name>#<n>` files, which it
+        // does not list: those of a killed part are deleted here.
+        remove_partial_local_files(dir);
+    }
     for meta in list(store.as_ref(), staging).await? {
         if !relative(staging, &meta.location).is_some_and(|r| staged.contains(&r)) {
             store
@@ -378,12 +427,35 @@ async fn list(store: &dyn ObjectStore, prefix: &Path) -> Result<Vec<ObjectMeta>>
     }
 }
 
+/// Deletes the local store's unfinished writes (`<name>#<n>`) under `dir`.
+fn remove_partial_local_files(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            remove_partial_local_files(&path);
+        } else if entry.file_name().to_string_lossy().contains('#') {
+            // Best effort: what stays is hidden from every listing.
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// The record at `path`: `None` when there is none, or when it does not
+/// parse (a record is written whole, so that is another writer's file:
+/// not a part done); a store that cannot be read is an error, not "none".
 async fn read_json<T: serde::de::DeserializeOwned>(
     store: &dyn ObjectStore,
     path: &Path,
-) -> Option<T> {
-    let bytes = store.get(path).await.ok()?.bytes().await.ok()?;
-    serde_json::from_slice(&bytes).ok()
+) -> Result<Option<T>> {
+    let bytes = match store.get(path).await {
+        Ok(found) => found.bytes().await.map_err(store_err(path))?,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(store_err(path)(e)),
+    };
+    Ok(serde_json::from_slice(&bytes).ok())
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {

@@ -117,6 +117,39 @@ pub(super) fn reads(plan: &LogicalPlan, is_view: &dyn Fn(&str) -> bool) -> Vec<S
     names
 }
 
+/// Every location `plan` reads, views and tables looked through (a view is
+/// inlined where it is read; a table's files are its listing's paths, a
+/// Delta table's its location), and the names of its scans (the job's own
+/// outputs are stand-ins named after their location while it is planned):
+/// each as [`super::normalized`] gives it, once.
+pub(super) fn read_locations(plan: &LogicalPlan) -> Vec<String> {
+    use datafusion::datasource::listing::ListingTable;
+    let mut found: Vec<String> = Vec::new();
+    let mut add = |location: String| {
+        let location = super::normalized(&location);
+        if !found.contains(&location) {
+            found.push(location);
+        }
+    };
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            add(scan.table_name.table().to_string());
+            if let Ok(provider) = datafusion::datasource::source_as_provider(&scan.source) {
+                if let Some(table) = provider.downcast_ref::<ListingTable>() {
+                    for url in table.table_paths() {
+                        add(url.as_str().to_string());
+                    }
+                }
+                if let Some(delta) = provider.downcast_ref::<crate::delta::DeltaProvider>() {
+                    add(delta.location.clone());
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
 /// The files `plan` reads from listing tables (a location, an external
 /// table, a registered directory), each as a line of its path, size, etag
 /// and modification time: what the job's fingerprint covers. The job's own

@@ -133,6 +133,9 @@ pub struct Step {
     pub kind: StepKind,
     /// The tables, views and locations it reads.
     pub reads: Vec<String>,
+    /// The locations it reads, through tables and views (normalized).
+    #[serde(skip)]
+    read_locations: Vec<String>,
     /// The earlier steps that create what it reads.
     pub after: Vec<usize>,
     /// For a view: the later steps that read it. Two or more: it is
@@ -267,7 +270,8 @@ impl Job {
     }
 
     /// Adds an output to the job: `frame` written as Parquet at `location`
-    /// (a directory), after the steps before it — as a `COPY (...) TO
+    /// (a directory; a location naming a file, `x.parquet`, is written as
+    /// one file, committed whole but not resumed), after the steps before it — as a `COPY (...) TO
     /// 'location' STORED AS PARQUET` would be, committed with a manifest,
     /// resumable, run in parts when its rows are computed row by row from
     /// files. The frame reads what the session holds when it was built
@@ -292,16 +296,15 @@ impl Job {
             })
             .collect();
         let reads = dag::reads(&plan, &|name| views.contains(name));
+        let read_locations = dag::read_locations(&plan);
         let after: Vec<usize> = self
             .steps
             .iter()
             .filter(|s| {
                 let made = s.kind.creates();
-                reads.iter().any(|r| {
-                    made == Some(r.as_str())
-                        || matches!(&s.kind, StepKind::Copy { target, .. }
-                            if normalized(target) == normalized(r))
-                })
+                reads.iter().any(|r| made == Some(r.as_str()))
+                    || matches!(&s.kind, StepKind::Copy { target, .. }
+                        if read_locations.iter().any(|l| overlaps(l, &normalized(target))))
             })
             .map(|s| s.index)
             .collect();
@@ -335,6 +338,7 @@ impl Job {
                 delta: false,
             },
             reads,
+            read_locations,
             after,
             read_by: Vec::new(),
             device_operators,
@@ -352,8 +356,10 @@ impl Job {
     /// temporary directory. A resumed run ([`Job::check_resume`]) — on this
     /// machine or another — reads a shared view this job committed there
     /// rather than computing it again, and goes on from the parts done of
-    /// one it had not finished. [`Job::remove_state`] deletes it (`kiln
-    /// run` does when the job succeeds).
+    /// one it had not finished. [`Job::remove_state`] deletes it — `kiln
+    /// run` does when the job succeeds; a library caller does when it no
+    /// longer reads the session's tables of the shared views (they read
+    /// from there).
     pub fn set_state(&mut self, location: &str) -> Result<()> {
         let url = datafusion::datasource::listing::ListingTableUrl::parse(location)?;
         self.state = Some(url.as_str().trim_end_matches('/').to_string());
@@ -679,22 +685,23 @@ impl Job {
             report.rows = Some(manifest.rows);
             report.files = Some(manifest.files.len() as u64);
             report.bytes = Some(manifest.files.iter().map(|f| f.bytes).sum());
-        } else if let StepKind::View { name } = &step.kind
+        } else if matches!(step.kind, StepKind::View { .. })
             && let Some(location) = self.view_location(step)
         {
             // Its rows, kept at the state location: the view is created,
             // then replaced by them, as when it was computed.
             let plan = step.plan(session).await?;
+            let LogicalPlan::Ddl(DdlStatement::CreateView(view)) = &plan else {
+                return Err(KilnError::Internal(format!(
+                    "step {} is no CREATE VIEW",
+                    step.index
+                )));
+            };
+            let name = view.name.clone();
             session.context().execute_logical_plan(plan).await?;
             let (_, _, manifest) = manifest_at(session, &location).await?;
             let rows = manifest.map_or(0, |m| m.rows);
-            replace_with_table(
-                session.context(),
-                TableReference::from(name.as_str()),
-                &location,
-                rows,
-            )
-            .await?;
+            replace_with_table(session.context(), name, &location, rows).await?;
             report.rows = Some(rows);
             report.materialized = true;
         }
@@ -781,7 +788,6 @@ impl Job {
                 return Err(e);
             }
         }
-        self.remove_state(session).await?;
         report.finish(None);
         Ok(report)
     }
@@ -876,9 +882,18 @@ fn independent(earlier: &Step, later: &Step) -> bool {
     };
     let (a, b) = (normalized(a), normalized(b));
     !later.after.contains(&earlier.index)
-        && a != b
-        && !earlier.reads.iter().any(|r| normalized(r) == b)
-        && !later.reads.iter().any(|r| normalized(r) == a)
+        && !overlaps(&a, &b)
+        && !earlier.read_locations.iter().any(|r| overlaps(r, &b))
+        && !later.read_locations.iter().any(|r| overlaps(r, &a))
+}
+
+/// Whether two normalized locations are one, or one is inside the other.
+fn overlaps(a: &str, b: &str) -> bool {
+    let inside = |x: &str, y: &str| {
+        x.strip_prefix(y.trim_end_matches('/'))
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
+    inside(a, b) || inside(b, a)
 }
 
 fn numbers(indices: &[usize]) -> String {
@@ -996,6 +1011,7 @@ async fn plan_step(
         sql,
         kind,
         reads,
+        read_locations: dag::read_locations(&plan),
         after,
         read_by: Vec::new(),
         device_operators,

@@ -255,4 +255,12 @@ async fn embed_in_a_filter_is_served_by_the_cache() {
     let found = ids(cached).await;
     assert!(found.contains(&7), "{found:?}");
     assert_eq!(found, ids(fresh).await);
+    // The conjuncts that embed nothing filter first: only the rows they
+    // keep are embedded.
+    let narrowed = filter(None, &dir.path().join("narrowed")).replace(
+        "WHERE cosine_similarity",
+        "WHERE id > 190 AND cosine_similarity",
+    );
+    assert!(narrowed.contains("id > 190 AND"), "{narrowed}");
+    assert_eq!(run_job(&narrowed).await, (10, 0, 0));
 }

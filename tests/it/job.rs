@@ -704,6 +704,57 @@ fn a_job_killed_inside_an_output_resumes_from_its_checkpointed_parts() {
     }
 }
 
+/// A job's output over one file cut into more slices than the scan had
+/// partitions (no merge before the writer in DataFusion's plan, and no
+/// work stealing between the scan's partitions): every row is written,
+/// once.
+#[test]
+fn parts_of_one_file_keep_every_row() {
+    let dir = tempdir();
+    let docs = dir.path().join("docs");
+    write_docs(&docs);
+    let out = dir.path().join("out");
+    let job = dir.path().join("job.sql");
+    std::fs::write(
+        &job,
+        format!(
+            "SET datafusion.execution.target_partitions = 4;\n\
+             SET datafusion.execution.enable_file_stream_work_stealing = false;\n\
+             SET kiln.job_part_size = '1KiB';\n\
+             COPY (SELECT id, name FROM '{big}') TO '{out}/' STORED AS PARQUET;\n",
+            big = s(&docs.join("big.parquet")),
+            out = s(&out),
+        ),
+    )
+    .unwrap();
+    let report = dir.path().join("report.json");
+    let r = run(kiln().args(["run", &s(&job), "--report", &s(&report)]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert!(
+        report["steps"][3]["parts"].as_u64().unwrap() >= 2,
+        "{report}"
+    );
+    assert_eq!(report["steps"][3]["rows"], 240);
+    let r = run(kiln().args([
+        "sql",
+        "--format",
+        "csv",
+        "-c",
+        &format!(
+            "SELECT count(*) AS n, count(DISTINCT id) AS ids, sum(id) AS total FROM '{}/'",
+            s(&out)
+        ),
+    ]));
+    assert_eq!(
+        r.stdout.trim(),
+        "n,ids,total\n240,240,28680",
+        "{}",
+        r.stderr
+    );
+}
+
 /// A job killed with a real SIGKILL from outside while it writes an output
 /// (two of its parts checkpointed), then resumed: the parts done are
 /// skipped, and the output is exactly an uninterrupted run's.
@@ -987,6 +1038,24 @@ fn independent_outputs_run_together() {
         &format!("SELECT n FROM '{}/c/'", s(&out)),
     ]));
     assert_eq!(r.stdout.trim(), "n\n130");
+
+    // A step reading through a table what the step before it writes
+    // waits for it.
+    let through = dir.path().join("through.sql");
+    std::fs::write(
+        &through,
+        format!(
+            "CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '{out}/b/';\n\
+             COPY (SELECT id FROM '{docs}' WHERE id % 3 = 0) TO '{out}/b/' STORED AS PARQUET;\n\
+             COPY (SELECT count(*) AS n FROM t) TO '{out}/d/' STORED AS PARQUET;\n",
+            docs = s(&docs),
+            out = s(&out),
+        ),
+    )
+    .unwrap();
+    let r = run(kiln().args(["explain", &s(&through)]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!r.stdout.contains("runs beside"), "{}", r.stdout);
 
     write(1);
     let r = run(kiln().args(["explain", &s(&job)]));

@@ -317,13 +317,20 @@ impl ExecutionPlan for GpuStageExec {
         let (Some(input), true) = (children.pop(), children.is_empty()) else {
             return internal_err!("GpuStageExec takes exactly one child");
         };
+        // The stage keeps its input's partitions: a new input with another
+        // number of them (a job's part over other slices) changes its own.
+        let mut cache = Arc::clone(&self.cache);
+        let partitions = input.properties().partitioning.partition_count();
+        if cache.partitioning.partition_count() != partitions {
+            Arc::make_mut(&mut cache).partitioning = input.properties().partitioning.clone();
+        }
         Ok(Arc::new(GpuStageExec {
             input,
             plan: Arc::clone(&self.plan),
             cpu_steps: Arc::clone(&self.cpu_steps),
             device: self.device.clone(),
             batch_rows: self.batch_rows,
-            cache: Arc::clone(&self.cache),
+            cache,
             metrics: ExecutionPlanMetricsSet::new(),
         }))
     }
