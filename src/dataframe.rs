@@ -3,10 +3,10 @@
 use datafusion::common::Column;
 use datafusion::logical_expr::{Expr, ScalarUDF};
 use datafusion::prelude::{DataFrame, lit};
-use kiln_engine::functions::EmbedUdf;
+use kiln_engine::functions::{ChunkUdf, EmbedUdf};
 use kiln_engine::model::DEFAULT_MODEL;
 
-use crate::error::Result;
+use crate::error::{KilnError, Result};
 
 /// Methods Kiln adds to `DataFrame`.
 pub trait KilnDataFrameExt: Sized {
@@ -14,7 +14,30 @@ pub trait KilnDataFrameExt: Sized {
     /// `model` (a name or a directory; default all-MiniLM-L6-v2), as
     /// `FixedSizeList<Float32, dim>`. NULL text gives NULL.
     fn embed(self, column: &str, model: Option<&str>, output: &str) -> Result<Self>;
+
+    /// One row per chunk of text column `column` (SQL `chunk_text`): the
+    /// other columns, then `chunk`, `chunk_start`, `chunk_end` (character
+    /// offsets into the text) and `chunk_tokens`; the text column itself is
+    /// dropped. Chunks hold at most `max_tokens` tokens of `model`'s
+    /// tokenizer (default all-MiniLM-L6-v2), the last `overlap` of each
+    /// repeated by the next. NULL and empty texts give no rows.
+    fn chunk(
+        self,
+        column: &str,
+        max_tokens: usize,
+        overlap: usize,
+        model: Option<&str>,
+    ) -> Result<Self>;
 }
+
+/// The columns [`KilnDataFrameExt::chunk`] adds, and the struct fields they
+/// come from.
+const CHUNK_COLUMNS: [(&str, &str); 4] = [
+    ("chunk", "chunk"),
+    ("start", "chunk_start"),
+    ("end", "chunk_end"),
+    ("tokens", "chunk_tokens"),
+];
 
 impl KilnDataFrameExt for DataFrame {
     fn embed(self, column: &str, model: Option<&str>, output: &str) -> Result<DataFrame> {
@@ -25,5 +48,49 @@ impl KilnDataFrameExt for DataFrame {
             lit(model.unwrap_or(DEFAULT_MODEL)),
         ]);
         Ok(self.with_column(output, call)?)
+    }
+
+    fn chunk(
+        self,
+        column: &str,
+        max_tokens: usize,
+        overlap: usize,
+        model: Option<&str>,
+    ) -> Result<DataFrame> {
+        use datafusion::functions::core::expr_fn::get_field;
+        const CHUNKS: &str = "__kiln_chunks";
+        let others: Vec<Expr> = self
+            .schema()
+            .iter()
+            .filter(|(_, f)| f.name() != column)
+            .map(|(q, f)| Expr::Column(Column::from((q, f))))
+            .collect();
+        for (_, name) in CHUNK_COLUMNS {
+            if self.schema().field_with_unqualified_name(name).is_ok() && name != column {
+                return Err(KilnError::Usage(format!(
+                    "the input already has a column '{name}', which chunking adds"
+                )));
+            }
+        }
+        let call = ScalarUDF::from(ChunkUdf::new()).call(vec![
+            Expr::Column(Column::from_name(column)),
+            lit(max_tokens as i64),
+            lit(overlap as i64),
+            lit(model.unwrap_or(DEFAULT_MODEL)),
+        ]);
+        let unnested = self
+            .select(others.into_iter().chain([call.alias(CHUNKS)]))?
+            .unnest_columns(&[CHUNKS])?;
+        let kept: Vec<Expr> = unnested
+            .schema()
+            .iter()
+            .filter(|(_, f)| f.name() != CHUNKS)
+            .map(|(q, f)| Expr::Column(Column::from((q, f))))
+            .collect();
+        let chunks = Expr::Column(Column::from_name(CHUNKS));
+        let added = CHUNK_COLUMNS
+            .iter()
+            .map(|(field, name)| get_field(chunks.clone(), *field).alias(*name));
+        Ok(unnested.select(kept.into_iter().chain(added))?)
     }
 }

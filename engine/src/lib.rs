@@ -13,5 +13,6 @@ pub mod functions;
 pub mod io;
 pub mod model;
 pub mod options;
+pub mod text;
 
 pub use error::{EngineError, Result};

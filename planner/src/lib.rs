@@ -22,7 +22,7 @@ use datafusion::logical_expr::ScalarUDF;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use kiln_engine::functions::{EmbedUdf, VectorOp, VectorUdf};
+use kiln_engine::functions::{ChunkUdf, EmbedUdf, VectorOp, VectorUdf};
 use kiln_kernels::DeviceRequest;
 
 /// DataFusion's session configuration with Kiln's options added; `device` is
@@ -82,7 +82,10 @@ pub fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
 
 /// Kiln's SQL functions, as DataFusion UDFs.
 pub fn kiln_functions() -> Vec<ScalarUDF> {
-    let mut udfs = vec![ScalarUDF::from(EmbedUdf::new())];
+    let mut udfs = vec![
+        ScalarUDF::from(EmbedUdf::new()),
+        ScalarUDF::from(ChunkUdf::new()),
+    ];
     udfs.extend(VectorOp::all().map(|op| ScalarUDF::from(VectorUdf::new(op))));
     udfs
 }

@@ -171,6 +171,28 @@ enum Command {
         #[arg(long = "as", default_value = "embedding")]
         as_name: String,
     },
+    /// Cut a text column of Parquet into chunks of a model's tokens, a row
+    /// per chunk (SQL chunk_text): the other columns, then chunk,
+    /// chunk_start, chunk_end (character offsets) and chunk_tokens.
+    Chunk {
+        /// Parquet file, directory or prefix to read.
+        input: String,
+        /// Where to write: a .parquet file, or a directory/prefix.
+        output: String,
+        /// The text column to cut.
+        #[arg(long)]
+        column: String,
+        /// The most tokens a chunk holds.
+        #[arg(long, default_value_t = 256)]
+        max_tokens: usize,
+        /// Tokens of a chunk repeated at the start of the next.
+        #[arg(long, default_value_t = 0)]
+        overlap: usize,
+        /// Model whose tokenizer counts (name or directory; default:
+        /// all-MiniLM-L6-v2).
+        #[arg(long)]
+        model: Option<String>,
+    },
     /// Run a cluster scheduler: Apache DataFusion Ballista's, planning with Kiln.
     Scheduler {
         /// Address to listen on (port 0: a free one).
@@ -561,6 +583,31 @@ async fn run(cli: Cli) -> Result<()> {
                 &as_name,
             )
             .await
+        }
+        Command::Chunk {
+            input,
+            output,
+            column,
+            max_tokens,
+            overlap,
+            model,
+        } => {
+            use crate::dataframe::KilnDataFrameExt;
+            let session = session(device, cluster).build()?;
+            let started = std::time::Instant::now();
+            refuse_output_inside_input(&input, &output)?;
+            let frame = session.read_parquet(&input).await?;
+            let documents = frame.clone().count().await?;
+            let frame = frame.chunk(&column, max_tokens, overlap, model.as_deref())?;
+            let chunks = session
+                .write_parquet(frame, &output, Some(output.ends_with(".parquet")))
+                .await?;
+            println!(
+                "cut {documents} rows of {input}:{column} into {chunks} chunks of at most \
+                 {max_tokens} tokens in {output} in {:.1}s",
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
         }
         Command::Sql {
             input,

@@ -18,5 +18,6 @@ mod job;
 mod oom;
 mod s3;
 mod session_api;
+mod text;
 mod vector_functions;
 mod vector_search;

@@ -2,11 +2,11 @@
 //! as `FixedSizeList<Float32, dim>`.
 //!
 //! The model is resolved and loaded while the query is planned (its width is
-//! the result type), once per process. In a projection the planner replaces
-//! the call with an [`crate::exec::embed::EmbedExec`], which gathers rows
-//! across input batches; elsewhere (a filter, an aggregate's argument) each
-//! input batch is embedded as a whole, grouped into token-budget batches by
-//! length. NULL text gives a NULL embedding.
+//! the result type), once per process. In a projection or a filter the
+//! planner replaces the call with an [`crate::exec::embed::EmbedExec`],
+//! which gathers rows across input batches; elsewhere (an aggregate's
+//! argument, a sort key) each input batch is embedded as a whole, grouped
+//! into token-budget batches by length. NULL text gives a NULL embedding.
 
 use std::sync::Arc;
 

@@ -1,7 +1,9 @@
 //! Kiln's SQL functions.
 
+pub mod chunk;
 pub mod embed;
 pub mod vector;
 
+pub use chunk::ChunkUdf;
 pub use embed::EmbedUdf;
 pub use vector::{VectorOp, VectorUdf, first_vector, is_vector_type};

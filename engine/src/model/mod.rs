@@ -72,6 +72,9 @@ pub struct EmbeddingModel {
     activation: Activation,
     sentence: SentenceConfig,
     tokenizer: Tokenizer,
+    /// The tokenizer without truncation (chunking counts every token),
+    /// made on first use.
+    untruncated: std::sync::OnceLock<Tokenizer>,
     weights: BertWeights,
     token_budget: usize,
     /// The weights uploaded to each wgpu device this model ran on.
@@ -144,6 +147,7 @@ impl EmbeddingModel {
             activation,
             sentence,
             tokenizer,
+            untruncated: std::sync::OnceLock::new(),
             weights,
             token_budget: DEFAULT_TOKEN_BUDGET,
             wgpu_weights: Mutex::new(HashMap::new()),
@@ -167,6 +171,33 @@ impl EmbeddingModel {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The byte offsets in `text` of each of its tokens, special tokens
+    /// excluded and nothing truncated.
+    pub fn token_offsets(&self, text: &str) -> Result<Vec<(usize, usize)>> {
+        let tokenizer = self.untruncated.get_or_init(|| {
+            let mut tokenizer = self.tokenizer.clone();
+            // Clearing truncation cannot fail.
+            let _ = tokenizer.with_truncation(None);
+            tokenizer
+        });
+        let encoding = tokenizer
+            .encode(text, false)
+            .map_err(|source| EngineError::Tokenizer {
+                path: self.dir.join("tokenizer.json").display().to_string(),
+                source,
+            })?;
+        Ok(encoding.get_offsets().to_vec())
+    }
+
+    /// The special tokens the encoder adds to every text ([CLS] and [SEP]
+    /// for a BERT model): what a chunk leaves of `max_seq_length`.
+    pub fn special_tokens(&self) -> usize {
+        use tokenizers::PostProcessor as _;
+        self.tokenizer
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(false))
     }
 
     /// Embeds `texts` on the CPU; row `i` of the result is the embedding of

@@ -1,0 +1,3 @@
+//! Text preparation for AI (issue 19): chunking by a model's tokens.
+
+pub mod chunk;
