@@ -30,6 +30,8 @@
 
 mod parts;
 
+pub(crate) use parts::clear as delete_under;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -406,8 +406,8 @@ pub(crate) async fn forget(store: &Arc<dyn ObjectStore>, staging: &Path) -> Resu
     clear(store, &staging.clone().join(RECORDS)).await
 }
 
-/// Deletes whatever is staged (a resumed run's staging kept for parts,
-/// when the output is not run in parts).
+/// Deletes every object under `staging` (a resumed run's staging kept
+/// for parts, when the output is not run in parts; a job's state).
 pub(crate) async fn clear(store: &Arc<dyn ObjectStore>, staging: &Path) -> Result<()> {
     for meta in list(store.as_ref(), staging).await? {
         store

@@ -415,22 +415,7 @@ impl Job {
         let store = session
             .registry()
             .unfiltered_store(url.object_store().as_ref())?;
-        let objects: Vec<object_store::ObjectMeta> =
-            futures::TryStreamExt::try_collect(store.list(Some(url.prefix())))
-                .await
-                .map_err(|source| KilnError::ObjectStore {
-                    location: dir.clone(),
-                    source,
-                })?;
-        for meta in objects {
-            object_store::ObjectStoreExt::delete(store.as_ref(), &meta.location)
-                .await
-                .map_err(|source| KilnError::ObjectStore {
-                    location: meta.location.to_string(),
-                    source,
-                })?;
-        }
-        Ok(())
+        crate::commit::delete_under(&store, url.prefix()).await
     }
 
     /// The job's work directory ([`Job::work`]), made on first use.

@@ -316,3 +316,37 @@ pub fn report_injection() {
         );
     }
 }
+
+/// A `kiln` command with the loopback S3 server's credentials and endpoint
+/// when it runs.
+pub fn kiln_s3(server: Option<&S3Server>) -> Command {
+    let mut cmd = kiln();
+    if let Some(server) = server {
+        for (k, v) in server.env() {
+            cmd.env(k, v);
+        }
+    }
+    cmd
+}
+
+/// The rows of `sql` as CSV, run by `cmd` (`kiln sql`); `None` when it
+/// fails (a location that does not read, for instance).
+pub fn csv_of(mut cmd: Command, sql: &str) -> Option<String> {
+    let r = run(cmd.args(["sql", "--format", "csv", "-c", sql]));
+    (r.code == 0).then_some(r.stdout)
+}
+
+/// The one-line error of `sql` in `session` (planning or running it).
+pub async fn sql_error(session: &kiln::Session, sql: &str) -> String {
+    let result = match session.sql(sql).await {
+        Ok(frame) => frame
+            .collect()
+            .await
+            .map(|_| ())
+            .map_err(kiln::KilnError::from),
+        Err(e) => Err(e),
+    };
+    let text = result.expect_err(sql).one_line();
+    assert!(!text.contains('\n'), "{text}");
+    text
+}

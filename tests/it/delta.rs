@@ -16,18 +16,7 @@ async fn ints(session: &Session, sql: &str) -> Vec<i64> {
 }
 
 async fn error(session: &Session, sql: &str) -> String {
-    let result = match session.sql(sql).await {
-        Ok(frame) => frame
-            .collect()
-            .await
-            .map(|_| ())
-            .map_err(kiln::KilnError::from),
-        Err(e) => Err(e),
-    };
-    let e = result.expect_err(sql);
-    let text = e.one_line();
-    assert!(!text.contains('\n'), "{text}");
-    text
+    crate::common::sql_error(session, sql).await
 }
 
 fn log_versions(dir: &std::path::Path) -> Vec<String> {

@@ -340,15 +340,7 @@ fn a_killed_job_leaves_whole_outputs_and_resumes_where_it_stopped() {
             people = s(&people),
         )
     };
-    let kiln_job = || {
-        let mut cmd = kiln();
-        if let Some(server) = server {
-            for (k, v) in server.env() {
-                cmd.env(k, v);
-            }
-        }
-        cmd
-    };
+    let kiln_job = || kiln_s3(server);
     let run_job = |job: &Path, fault: Option<&str>, resume: bool, report: &Path| {
         let mut cmd = kiln_job();
         cmd.args(["run", &s(job), "--report", &s(report)]);
@@ -364,15 +356,11 @@ fn a_killed_job_leaves_whole_outputs_and_resumes_where_it_stopped() {
         serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap()
     };
     // What an output holds, as CSV lines sorted (the reader is Kiln).
-    let contents = |location: &str| -> Option<String> {
-        let r = run(kiln_job().args([
-            "sql",
-            "--format",
-            "csv",
-            "-c",
+    let contents = |location: &str| {
+        csv_of(
+            kiln_job(),
             &format!("SELECT * FROM '{location}' ORDER BY 1"),
-        ]));
-        (r.code == 0).then_some(r.stdout)
+        )
     };
 
     // The uninterrupted run.
@@ -544,15 +532,7 @@ fn a_job_killed_inside_an_output_resumes_from_its_checkpointed_parts() {
         server.create_bucket("kiln-parts");
         roots.push("s3://kiln-parts/run".to_string());
     }
-    let kiln_job = || {
-        let mut cmd = kiln();
-        if let Some(server) = server {
-            for (k, v) in server.env() {
-                cmd.env(k, v);
-            }
-        }
-        cmd
-    };
+    let kiln_job = || kiln_s3(server);
     for root in roots {
         let job_for = |out: &str| {
             format!(
@@ -581,15 +561,11 @@ fn a_job_killed_inside_an_output_resumes_from_its_checkpointed_parts() {
             let _ = std::fs::remove_file(dir.path().join("report.json"));
             (r, report)
         };
-        let contents = |location: &str| -> Option<String> {
-            let r = run(kiln_job().args([
-                "sql",
-                "--format",
-                "csv",
-                "-c",
+        let contents = |location: &str| {
+            csv_of(
+                kiln_job(),
                 &format!("SELECT id, v FROM '{location}' ORDER BY id"),
-            ]));
-            (r.code == 0).then_some(r.stdout)
+            )
         };
         let kept: u64 = (0..240)
             .chain(1000..1010)
@@ -815,14 +791,10 @@ fn a_job_sigkilled_mid_output_resumes_from_its_parts() {
     assert!(!status.success());
     assert!(second.exists());
     let read = |location: String| {
-        let r = run(kiln().args([
-            "sql",
-            "--format",
-            "csv",
-            "-c",
+        csv_of(
+            kiln(),
             &format!("SELECT id, v FROM '{location}' ORDER BY id"),
-        ]));
-        (r.code == 0).then_some(r.stdout)
+        )
     };
     assert!(
         read(format!("{}/e/", s(&out))).is_none(),
@@ -861,15 +833,7 @@ fn a_job_with_a_state_location_resumes_its_shared_view() {
         server.create_bucket("kiln-state");
         states.push("s3://kiln-state/jobs".to_string());
     }
-    let kiln_job = || {
-        let mut cmd = kiln();
-        if let Some(server) = server {
-            for (k, v) in server.env() {
-                cmd.env(k, v);
-            }
-        }
-        cmd
-    };
+    let kiln_job = || kiln_s3(server);
     let job_for = |out: &str| {
         format!(
             "SET datafusion.execution.target_partitions = 2;\n\
@@ -902,15 +866,11 @@ fn a_job_with_a_state_location_resumes_its_shared_view() {
             .and_then(|t| serde_json::from_str(&t).ok());
         (r, report)
     };
-    let contents = |location: &str| -> Option<String> {
-        let r = run(kiln_job().args([
-            "sql",
-            "--format",
-            "csv",
-            "-c",
+    let contents = |location: &str| {
+        csv_of(
+            kiln_job(),
             &format!("SELECT * FROM '{location}' ORDER BY 1"),
-        ]));
-        (r.code == 0).then_some(r.stdout)
+        )
     };
     let reference = s(&dir.path().join("reference"));
     let ref_job = dir.path().join("reference.sql");
