@@ -177,26 +177,41 @@ impl KilnError {
             ),
             other => other.to_string(),
         };
-        // The last link of the AWS credential chain is the instance
-        // metadata endpoint; its refusal says nothing to a user without one.
-        let text = if text.contains("169.254.169.254") {
-            format!(
-                "{text} (no AWS credentials found: set AWS_ACCESS_KEY_ID and \
-                 AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or OPTIONS ('aws.access_key_id' ...); \
-                 instance metadata is not available here)"
-            )
-        } else {
-            text
-        };
-        let flat = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect::<Vec<_>>()
-            .join(" ");
-        kiln_engine::io::redact(&flat)
+        finish_line(text)
     }
+}
 
+/// The one-line message of a DataFusion error, as [`KilnError::one_line`]
+/// gives it.
+pub(crate) fn datafusion_one_line(e: &DataFusionError) -> String {
+    finish_line(describe_datafusion(e))
+}
+
+/// A message made one line for a terminal: a cluster task's failure as its
+/// message, a hint where AWS credentials are missing, no credentials.
+fn finish_line(text: String) -> String {
+    let text = cluster_task_failure(&text).unwrap_or(text);
+    // The last link of the AWS credential chain is the instance
+    // metadata endpoint; its refusal says nothing to a user without one.
+    let text = if text.contains("169.254.169.254") {
+        format!(
+            "{text} (no AWS credentials found: set AWS_ACCESS_KEY_ID and \
+             AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or OPTIONS ('aws.access_key_id' ...); \
+             instance metadata is not available here)"
+        )
+    } else {
+        text
+    };
+    let flat = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    kiln_engine::io::redact(&flat)
+}
+
+impl KilnError {
     /// The process's exit code for this error: 2 for a bad command line,
     /// 130 for Ctrl-C (as a shell reports an interrupted command),
     /// [`EXIT_RETRYABLE`] (75, sysexits' `EX_TEMPFAIL`) for a failure of the
@@ -445,6 +460,48 @@ fn humantime(d: std::time::Duration) -> String {
 
 /// DataFusion's message, with its wrapper prefixes ("External error: ",
 /// "Context(...)") peeled off where they add nothing for a user.
+/// A cluster job that failed because one of its tasks did, as Ballista
+/// reports it to the client — `Job J failed: Job failed due to stage S
+/// failed: Task failed due to runtime execution error:
+/// DataFusionError(Execution("<message>"))`, the message escaped as Rust's
+/// `Debug` writes a string (Kiln's executors put the task's one-line error
+/// there) — as that message with the job and stage after it.
+fn cluster_task_failure(text: &str) -> Option<String> {
+    const TASK: &str = "Task failed due to runtime execution error: DataFusionError(Execution(\"";
+    let start = text.find(TASK)? + TASK.len();
+    let quoted = text[start..].trim_end().strip_suffix("\"))")?;
+    let mut message = String::with_capacity(quoted.len());
+    let mut chars = quoted.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            message.push(c);
+            continue;
+        }
+        match chars.next()? {
+            'n' => message.push(' '),
+            't' => message.push('\t'),
+            'r' => {}
+            'u' => {
+                let code: String = chars.by_ref().skip(1).take_while(|c| *c != '}').collect();
+                message.push(char::from_u32(u32::from_str_radix(&code, 16).ok()?)?);
+            }
+            other => message.push(other),
+        }
+    }
+    let job = text
+        .split("Job ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next());
+    let stage = text
+        .split("due to stage ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next());
+    Some(match (job, stage) {
+        (Some(job), Some(stage)) => format!("{message} (cluster job {job}, stage {stage})"),
+        _ => message,
+    })
+}
+
 fn describe_datafusion(e: &DataFusionError) -> String {
     match e {
         DataFusionError::External(inner) => inner.to_string(),
@@ -455,5 +512,32 @@ fn describe_datafusion(e: &DataFusionError) -> String {
         // The parquet crate's own message already starts "Parquet error: ".
         DataFusionError::ParquetError(inner) => inner.to_string(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_task_failure_reads_as_the_task_error() {
+        let text = "Execution error: Job 038HR6ZK0E000 failed: Job failed due to stage 1 failed: \
+            Task failed due to runtime execution error: DataFusionError(Execution(\
+            \"'/tmp/a \\\"b\\\".parquet' is not valid: \\u{e9}t\\u{e9}\\nnext\"))\n";
+        assert_eq!(
+            cluster_task_failure(text).as_deref(),
+            Some(
+                "'/tmp/a \"b\".parquet' is not valid: été next (cluster job 038HR6ZK0E000, stage 1)"
+            )
+        );
+        assert_eq!(
+            cluster_task_failure("Execution error: division by zero"),
+            None
+        );
+        let e = KilnError::DataFusion(DataFusionError::Execution(text.to_string()));
+        assert!(
+            e.one_line()
+                .starts_with("'/tmp/a \"b\".parquet' is not valid")
+        );
     }
 }

@@ -90,4 +90,12 @@ pub enum EngineError {
     /// A device kernel failed (wgpu, CUDA) or refused its input.
     #[error("{0}")]
     Kernel(#[from] kiln_kernels::KernelError),
+
+    /// The parquet crate panicked decoding a scan's page data (corrupt
+    /// pages it cannot check before decoding them); see
+    /// [`crate::exec::DecodeGuardExec`].
+    #[error(
+        "{files} is not a valid Parquet file: its page data cannot be decoded (the Parquet reader failed: {panic})"
+    )]
+    Undecodable { files: String, panic: String },
 }

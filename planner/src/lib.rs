@@ -70,13 +70,15 @@ pub fn install_logical(builder: SessionStateBuilder) -> SessionStateBuilder {
 /// The physical rules Kiln adds, in order: Parquet scans' metadata checked
 /// before the reader trusts it, then the rules that depend on the device a
 /// plan runs on — embeddings gathered into `EmbedExec`, operators lowered
-/// onto the device. A local session runs them when it plans; a cluster
+/// onto the device —, and last every Parquet scan guarded, so a panic
+/// decoding its pages is an error (`DecodeGuardExec`). A local session runs them when it plans; a cluster
 /// executor runs them on each stage it is given, with its own device.
 pub fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
     vec![
         Arc::new(parquet_checks::CheckParquetMetadata),
         Arc::new(gather_embeddings::GatherEmbeddings),
         Arc::new(lowering::PlaceOnDevice),
+        Arc::new(parquet_checks::GuardParquetDecoding),
     ]
 }
 

@@ -4,18 +4,26 @@
 //! it (see `kiln_engine::io::parquet_metadata`).
 //!
 //! It wraps the reader factory DataFusion gave the scan (its metadata cache
-//! included); a scan without one (a plan decoded on a cluster executor)
-//! keeps DataFusion's default readers.
+//! included); a scan without one (a plan decoded on a cluster executor) gets
+//! Kiln's checked readers when it runs, from [`DecodeGuardExec`], which has
+//! the task's object store.
+//!
+//! `GuardParquetDecoding`, the last of Kiln's physical rules, puts a
+//! [`DecodeGuardExec`] above every Parquet scan: page data that makes the
+//! parquet crate panic (what no metadata check can see) becomes an error
+//! naming the files.
 
 use std::sync::Arc;
 
 use datafusion::common::Result;
 use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::datasource::physical_plan::{FileScanConfig, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
+use kiln_engine::exec::DecodeGuardExec;
 use kiln_engine::io::parquet_metadata::CheckedReaderFactory;
 
 /// See the module documentation.
@@ -67,6 +75,46 @@ impl PhysicalOptimizerRule for CheckParquetMetadata {
 
     fn name(&self) -> &str {
         "check_parquet_metadata"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// Whether `plan` is a scan of Parquet files.
+fn is_parquet_scan(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    plan.downcast_ref::<DataSourceExec>()
+        .and_then(|scan| scan.data_source().downcast_ref::<FileScanConfig>())
+        .is_some_and(|config| config.file_source().is::<ParquetSource>())
+}
+
+/// See the module documentation.
+#[derive(Debug, Default)]
+pub struct GuardParquetDecoding;
+
+impl PhysicalOptimizerRule for GuardParquetDecoding {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        plan.transform_down(|node| {
+            // Once per scan, however often the rule runs.
+            if node.is::<DecodeGuardExec>() {
+                return Ok(Transformed::new(node, false, TreeNodeRecursion::Jump));
+            }
+            if !is_parquet_scan(&node) {
+                return Ok(Transformed::no(node));
+            }
+            let guarded: Arc<dyn ExecutionPlan> = Arc::new(DecodeGuardExec::new(node));
+            Ok(Transformed::new(guarded, true, TreeNodeRecursion::Jump))
+        })
+        .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "guard_parquet_decoding"
     }
 
     fn schema_check(&self) -> bool {

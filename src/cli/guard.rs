@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
+use kiln_engine::exec::decode_guard::short_path;
 
 use crate::error::{KilnError, Result};
 
@@ -43,14 +44,6 @@ pub fn install_panic_hook() {
         }
         eprintln!("error: internal error: {line} (a bug in Kiln; please report it)");
     }));
-}
-
-/// A dependency's source path from its registry directory on: the crate
-/// and version are what a report needs.
-fn short_path(file: &str) -> &str {
-    file.rfind("/registry/src/")
-        .and_then(|i| file[i + "/registry/src/".len()..].split_once('/'))
-        .map_or(file, |(_, rest)| rest)
 }
 
 /// One guarded statement running: counted in [`GUARDS`] while alive.
@@ -104,17 +97,6 @@ pub async fn guarded<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dependency_paths_keep_crate_and_file() {
-        assert_eq!(
-            short_path(
-                "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/parquet-59.3.2/src/file/metadata/push_decoder.rs"
-            ),
-            "parquet-59.3.2/src/file/metadata/push_decoder.rs"
-        );
-        assert_eq!(short_path("src/cli/mod.rs"), "src/cli/mod.rs");
-    }
 
     #[tokio::test]
     async fn a_panic_becomes_the_statements_error() {

@@ -24,7 +24,7 @@ use ballista_executor::execution_engine::{
 };
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
 use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::common::{Result as DfResult, internal_err};
+use datafusion::common::{DataFusionError, Result as DfResult, internal_err};
 use datafusion::config::ConfigOptions;
 use datafusion::execution::{SessionStateBuilder, TaskContext};
 use datafusion::physical_plan::metrics::{Count, Metric, MetricValue, MetricsSet};
@@ -273,6 +273,49 @@ impl ExecutionEngine for KilnExecutionEngine {
     }
 }
 
+/// A failed task's error as the scheduler will pass it on. Ballista sends
+/// a task's error to the scheduler as text, formatted with `Debug` (the
+/// nested variants of every wrapper, the messages escaped); an error it
+/// treats apart — a shuffle fetch failure (it reruns the map stage), an I/O
+/// error (it retries the task) — goes as it is, and any other becomes an
+/// execution error carrying its one-line message, so the user reads what a
+/// local run would print.
+fn readable_task_error(e: DataFusionError) -> DataFusionError {
+    if ballista_handles(&e) {
+        return e;
+    }
+    DataFusionError::Execution(task_message(&e))
+}
+
+/// The one-line message of the error under Ballista's wrappers.
+fn task_message(e: &DataFusionError) -> String {
+    use ballista_core::error::BallistaError;
+    let root = e.find_root();
+    if let DataFusionError::External(inner) = root
+        && let Some(BallistaError::DataFusionError(wrapped)) = inner.downcast_ref::<BallistaError>()
+    {
+        return task_message(wrapped);
+    }
+    crate::error::datafusion_one_line(root)
+}
+
+/// Whether Ballista treats `e` apart: a shuffle fetch failure or an I/O
+/// error, found as its own `BallistaError::find_fetch_failed` and
+/// `is_retryable_io` find them (through the Ballista errors its shuffle
+/// operators wrap DataFusion's in).
+fn ballista_handles(e: &DataFusionError) -> bool {
+    use ballista_core::error::BallistaError;
+    match e.find_root() {
+        DataFusionError::IoError(_) => true,
+        DataFusionError::External(inner) => match inner.downcast_ref::<BallistaError>() {
+            Some(BallistaError::FetchFailed(..) | BallistaError::IoError(_)) => true,
+            Some(BallistaError::DataFusionError(e)) => ballista_handles(e),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
 /// A stage as lowered on this executor, reporting its metrics in the shape
 /// of the stage the scheduler planned: the scheduler merges the metrics of
 /// a stage's tasks position by position, and tasks on executors with other
@@ -387,7 +430,10 @@ impl QueryStageExecutor for LoweredStage {
     ) -> DfResult<Vec<ShuffleWritePartition>> {
         let _running = self.slot.lock().await;
         inject::before_task().await?;
-        self.inner.execute_query_stage(task_id, context).await
+        self.inner
+            .execute_query_stage(task_id, context)
+            .await
+            .map_err(readable_task_error)
     }
 
     fn collect_plan_metrics(&self) -> Vec<MetricsSet> {

@@ -108,6 +108,8 @@ const ROW_WISE: &[&str] = &[
     "SortPreservingMergeExec",
     "CooperativeExec",
     "EmbedExec",
+    // Kiln's guard above a Parquet scan (`kiln_engine::exec::DecodeGuardExec`).
+    "DecodeGuardExec",
 ];
 
 /// The slices of the input of `plan`, when its rows are computed row by

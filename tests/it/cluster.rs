@@ -594,3 +594,53 @@ fn cluster_local_starts_a_working_cluster_and_stops_with_its_children() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// On executors, Parquet scans are checked as in a local session: a scan
+/// decoded from the scheduler's plan (no reader factory) gets Kiln's
+/// checked readers, and runs under the decode guard, so page data that
+/// makes the parquet crate panic (a fuzz-found crasher) and a page index
+/// pointing outside its column chunk fail the query with one line naming
+/// the file, exit 1; the executors live on and answer the next query.
+#[test]
+fn corrupt_parquet_files_fail_on_a_cluster_as_they_do_locally() {
+    let cluster = shared();
+    let dir = tempdir();
+    let crashers = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/parquet");
+    for (name, query, says) in [
+        (
+            "dictionary-page-missing",
+            "SELECT * FROM '{}'",
+            "is not a valid Parquet file: its page data cannot be decoded",
+        ),
+        (
+            "page-vlq-integer-too-long",
+            "SELECT * FROM '{}'",
+            "is not a valid Parquet file: its page data cannot be decoded",
+        ),
+        (
+            "page-beyond-column-chunk",
+            "SELECT * FROM '{}' WHERE i > 3",
+            "its offset index puts a page of 247 bytes at offset 1134",
+        ),
+    ] {
+        let path = dir.path().join(format!("{name}.parquet"));
+        std::fs::copy(crashers.join(name), &path).unwrap();
+        let script = dir.path().join(format!("{name}.sql"));
+        std::fs::write(&script, query.replace("{}", &s(&path))).unwrap();
+        let r = sql_csv(&script, Some(&cluster.url));
+        assert_eq!(r.code, 1, "{name}: {}", r.stderr);
+        let first = r.stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("error: ") && first.contains(&s(&path)) && first.contains(says),
+            "{name}: {}",
+            r.stderr
+        );
+        assert!(!r.stderr.contains("internal error"), "{}", r.stderr);
+    }
+    let good = dir.path().join("good.parquet");
+    write_people(&good);
+    let script = dir.path().join("after.sql");
+    std::fs::write(&script, format!("SELECT sum(id) AS s FROM '{}'", s(&good))).unwrap();
+    let r = sql_csv(&script, Some(&cluster.url));
+    assert_eq!((r.code, r.stdout.as_str()), (0, "s\n10\n"), "{}", r.stderr);
+}

@@ -265,6 +265,92 @@ fn parquet_metadata_with_lying_offsets_is_an_error_not_a_crash() {
     }
 }
 
+/// Page data no metadata check can see — a dictionary-encoded page without
+/// its dictionary, a run-length integer longer than ten bytes (found by the
+/// Parquet fuzz target) — makes the parquet crate panic while it decodes.
+/// Every Parquet scan runs under a guard (`DecodeGuardExec`): the panic is
+/// an error naming the file, through the library with one partition (where
+/// the panic used to reach the caller) or several, and one line with exit
+/// 1 in the CLI. A directory names the files its partition read.
+#[test]
+fn parquet_page_data_that_panics_the_decoder_is_an_error() {
+    let crashers =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/parquet");
+    let dir = tempdir();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for (name, site) in [
+        (
+            "dictionary-page-missing",
+            "parquet-59.3.2/src/column/reader/decoder.rs",
+        ),
+        (
+            "page-vlq-integer-too-long",
+            "parquet-59.3.2/src/util/bit_util.rs",
+        ),
+    ] {
+        let path = dir.path().join(format!("{name}.parquet"));
+        std::fs::copy(crashers.join(name), &path).unwrap();
+        let says = format!(
+            "'{}' is not a valid Parquet file: its page data cannot be decoded",
+            s(&path)
+        );
+        for partitions in [1, 4] {
+            let err = rt.block_on(async {
+                let session = Session::builder()
+                    .device("cpu".parse::<DeviceRequest>().unwrap())
+                    .target_partitions(partitions)
+                    .build()
+                    .unwrap();
+                let frame = session
+                    .sql(&format!("SELECT * FROM '{}'", s(&path)))
+                    .await?;
+                frame.collect().await.map_err(kiln::KilnError::from)
+            });
+            let err = err.expect_err(name).to_string();
+            assert!(
+                err.contains(&says) && err.contains(site),
+                "{name}, {partitions} partitions: {err}"
+            );
+        }
+        let r = sql(&["-c", &format!("SELECT * FROM '{}'", s(&path))]);
+        assert_eq!(r.code, 1, "{name}: {}", r.stderr);
+        let lines: Vec<&str> = r.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{name}: {}", r.stderr);
+        assert!(lines[0].starts_with("error: "), "{}", lines[0]);
+        assert!(lines[0].contains(&says), "{}", lines[0]);
+        assert!(!r.stderr.contains("internal error"), "{}", r.stderr);
+    }
+    // Two bad files in one directory, one partition: both named.
+    let both = dir.path().join("both");
+    std::fs::create_dir(&both).unwrap();
+    for copy in ["a", "b"] {
+        std::fs::copy(
+            crashers.join("dictionary-page-missing"),
+            both.join(format!("{copy}.parquet")),
+        )
+        .unwrap();
+    }
+    let err = rt.block_on(async {
+        let session = Session::builder()
+            .device("cpu".parse::<DeviceRequest>().unwrap())
+            .target_partitions(1)
+            .build()
+            .unwrap();
+        let frame = session
+            .sql(&format!("SELECT * FROM '{}/'", s(&both)))
+            .await?;
+        frame.collect().await.map_err(kiln::KilnError::from)
+    });
+    let err = err.expect_err("a directory").to_string();
+    assert!(
+        err.contains(&format!(
+            "one of '{0}/a.parquet', '{0}/b.parquet' is not a valid Parquet file: its page data",
+            s(&both)
+        )),
+        "{err}"
+    );
+}
+
 /// A failed COPY leaves the previous output as it was and no new file or
 /// staging debris; a COPY that succeeds replaces the output whole.
 #[test]

@@ -1,6 +1,7 @@
 //! Kiln's physical operators, one per file.
 
 pub mod corpus;
+pub mod decode_guard;
 pub mod device_columns;
 pub mod embed;
 pub mod gpu_stage;
@@ -10,6 +11,7 @@ pub mod stage_aggregate;
 pub mod vector_topk;
 
 pub use corpus::{SearchSpec, tile_rows_for_budget};
+pub use decode_guard::DecodeGuardExec;
 pub use embed::EmbedExec;
 pub use gpu_stage::{CpuStep, GpuStageExec, StageGroupBy, StageOutput, StagePlan, StageTopK};
 pub use knn_join::{KnnJoinExec, knn_join_schema};

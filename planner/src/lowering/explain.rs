@@ -12,7 +12,7 @@ use datafusion::common::config::ConfigOptions;
 use datafusion::common::display::{PlanType, StringifiedPlan};
 use datafusion::physical_plan::explain::ExplainExec;
 use datafusion::physical_plan::{ExecutionPlan, displayable};
-use kiln_engine::exec::{EmbedExec, GpuStageExec, KnnJoinExec, VectorTopKExec};
+use kiln_engine::exec::{DecodeGuardExec, EmbedExec, GpuStageExec, KnnJoinExec, VectorTopKExec};
 use kiln_engine::functions::embed::session_device;
 use kiln_kernels::BackendKind;
 
@@ -41,55 +41,66 @@ pub fn device_of(node: &Arc<dyn ExecutionPlan>, config: &ConfigOptions) -> Optio
 }
 
 /// The plan's indented text with a placement note on every operator line.
+/// The guards above Parquet scans ([`DecodeGuardExec`]: one on every scan,
+/// placed last, changing nothing of what runs where) are left out; EXPLAIN
+/// VERBOSE and EXPLAIN ANALYZE show them.
 pub fn annotate(plan: &Arc<dyn ExecutionPlan>, config: &ConfigOptions) -> Result<String> {
     let text = displayable(plan.as_ref()).indent(false).to_string();
     let mut nodes = Vec::new();
-    collect(plan, &mut nodes);
+    collect(plan, 0, &mut nodes);
     let lines: Vec<&str> = text.lines().collect();
     let ctx = LoweringContext::from_config(config)?;
-    let notes: Vec<String> = nodes
-        .iter()
-        .map(|node| {
-            if let Some(stage) = node.downcast_ref::<GpuStageExec>() {
-                return format!("on {}", stage.device().id());
-            }
-            if node.is::<EmbedExec>() {
-                // The encoder runs on the session's device (CUDA's on the
-                // CPU until it is written).
-                return match session_device(config) {
-                    Ok(d) if d.info().backend == BackendKind::Cpu => {
-                        "cpu: the encoder runs on the CPU".to_string()
-                    }
-                    Ok(d) => format!("on {}", d.info().id()),
-                    Err(e) => format!("device: {e}"),
-                };
-            }
-            match &ctx {
-                Ok(ctx) => format!("cpu: {}", cpu_reason(node, ctx)),
-                Err(reason) => format!("cpu: {reason}"),
-            }
-        })
-        .collect();
+    let note = |node: &Arc<dyn ExecutionPlan>| {
+        if let Some(stage) = node.downcast_ref::<GpuStageExec>() {
+            return format!("on {}", stage.device().id());
+        }
+        if node.is::<EmbedExec>() {
+            // The encoder runs on the session's device (CUDA's on the
+            // CPU until it is written).
+            return match session_device(config) {
+                Ok(d) if d.info().backend == BackendKind::Cpu => {
+                    "cpu: the encoder runs on the CPU".to_string()
+                }
+                Ok(d) => format!("on {}", d.info().id()),
+                Err(e) => format!("device: {e}"),
+            };
+        }
+        match &ctx {
+            Ok(ctx) => format!("cpu: {}", cpu_reason(node, ctx)),
+            Err(reason) => format!("cpu: {reason}"),
+        }
+    };
     let mut out = String::new();
     if lines.len() == nodes.len() {
-        for (line, note) in lines.iter().zip(&notes) {
-            out.push_str(&format!("{line}  -- {note}\n"));
+        for (line, (node, guards)) in lines.iter().zip(&nodes) {
+            if node.is::<DecodeGuardExec>() {
+                continue;
+            }
+            let line = line.get(2 * guards..).unwrap_or(line);
+            out.push_str(&format!("{line}  -- {}\n", note(node)));
         }
     } else {
         // A node printed over several lines: list the placements after.
         out.push_str(&text);
         out.push_str("Placement:\n");
-        for (node, note) in nodes.iter().zip(&notes) {
-            out.push_str(&format!("  {}: {note}\n", node.name()));
+        for (node, _) in nodes.iter().filter(|(n, _)| !n.is::<DecodeGuardExec>()) {
+            out.push_str(&format!("  {}: {}\n", node.name(), note(node)));
         }
     }
     Ok(out)
 }
 
-fn collect(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<Arc<dyn ExecutionPlan>>) {
-    out.push(Arc::clone(plan));
+/// Every node of `plan` in pre-order (as the indented text prints them),
+/// with the number of guards above it.
+fn collect(
+    plan: &Arc<dyn ExecutionPlan>,
+    guards: usize,
+    out: &mut Vec<(Arc<dyn ExecutionPlan>, usize)>,
+) {
+    out.push((Arc::clone(plan), guards));
+    let guards = guards + usize::from(plan.is::<DecodeGuardExec>());
     for child in plan.children() {
-        collect(child, out);
+        collect(child, guards, out);
     }
 }
 
