@@ -266,6 +266,12 @@ thread_local! {
     static CAUGHT: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
+/// Whether this thread is inside a guarded poll now: a panic hook that
+/// would swallow a panic (a fuzz target's) hands such a panic on instead.
+pub fn is_guarded() -> bool {
+    GUARDED.with(|g| g.get()) > 0
+}
+
 /// Runs `f`; a panic inside it comes back as its message (with where it
 /// happened, a dependency's path from its crate on).
 fn guarded<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
