@@ -18,6 +18,7 @@ use datafusion::physical_plan::explain::ExplainExec;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 
 use crate::lowering::explain::annotate_explain;
+use crate::lowering::{PlacementLog, PlacementRecord, Reason};
 use crate::vector_search::KnnJoinNode;
 use crate::vector_topk::VectorTopKNode;
 
@@ -44,11 +45,30 @@ impl QueryPlanner for KilnQueryPlanner {
             // each operator, and annotate the final physical plan with where
             // it runs. A statement that fails to plan keeps DataFusion's
             // own explanation of the failure.
-            if let Ok(physical) = planner.create_physical_plan(&e.plan, session).await {
+            // The placement rule records where each operator runs, and why,
+            // in the log this planning carries.
+            let log = PlacementLog::default();
+            let mut state = session
+                .as_any()
+                .downcast_ref::<SessionState>()
+                .ok_or_else(|| plan_datafusion_err!("EXPLAIN needs a DataFusion SessionState"))?
+                .clone();
+            state
+                .config_mut()
+                .options_mut()
+                .extensions
+                .insert(log.clone());
+            if let Ok(physical) = planner.create_physical_plan(&e.plan, &state).await {
+                let record = log.take().unwrap_or_else(|| {
+                    PlacementRecord::whole(Reason::Operator(
+                        "no placement rule in this session".into(),
+                    ))
+                });
                 return Ok(Arc::new(annotate_explain(
                     explain,
                     &physical,
                     session.config_options(),
+                    &record,
                 )?));
             }
         }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
-use kiln_engine::exec::decode_guard::short_path;
+use kiln_engine::exec::decode_guard::{panic_message, short_path};
 
 use crate::error::{KilnError, Result};
 
@@ -25,12 +25,7 @@ static LAST_PANIC: Mutex<Option<String>> = Mutex::new(None);
 /// guard the line becomes the statement's error; elsewhere it is printed.
 pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
-        let msg = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".to_string());
+        let msg = panic_message(info.payload());
         let at = info
             .location()
             .map(|l| format!(" at {}:{}", short_path(l.file()), l.line()))
@@ -80,13 +75,7 @@ pub async fn guarded<T>(
     tokio::select! {
         done = work => done.unwrap_or_else(|payload| {
             let caught = LAST_PANIC.lock().ok().and_then(|mut last| last.take());
-            let message = caught.unwrap_or_else(|| {
-                payload
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".to_string())
-            });
+            let message = caught.unwrap_or_else(|| panic_message(payload.as_ref()));
             Err(KilnError::Panic(message))
         }),
         () = expired => Err(KilnError::Timeout(timeout.unwrap_or_default())),

@@ -188,6 +188,37 @@ async fn explain_shows_placement_and_reasons() {
             && projection.contains("l_comment"),
         "{projection}"
     );
+    // A filter and an aggregate kept on the CPU name every reason, each
+    // conjunct's and each function's.
+    let filters = explain(
+        &gpu,
+        "SELECT l_orderkey FROM lineitem WHERE l_shipmode LIKE 'M%' AND l_comment LIKE '%x%'",
+    )
+    .await;
+    let filter = filters
+        .lines()
+        .find(|l| l.contains("FilterExec"))
+        .unwrap_or_else(|| panic!("no filter in\n{filters}"));
+    assert!(
+        filter.contains("-- cpu: ")
+            && filter.contains("l_shipmode")
+            && filter.contains("l_comment"),
+        "{filter}"
+    );
+    let aggregates = explain(
+        &gpu,
+        "SELECT l_returnflag, median(l_quantity), string_agg(l_comment, ',') FROM lineitem GROUP BY l_returnflag",
+    )
+    .await;
+    let partial = aggregates
+        .lines()
+        .find(|l| l.contains("AggregateExec") && l.contains("mode=Partial"))
+        .unwrap_or_else(|| panic!("no partial aggregate in\n{aggregates}"));
+    assert!(
+        partial.contains("aggregate median has no GPU kernel")
+            && partial.contains("aggregate string_agg has no GPU kernel"),
+        "{partial}"
+    );
     // The cost model keeps a small input on the CPU.
     let small = tpch_session(&[set_gpu()]).await;
     let plan = explain(

@@ -181,6 +181,13 @@ async fn order_by_similarity_limit_is_rewritten_and_exact() {
                 );
                 let plan = explain(&session, &fast).await;
                 assert!(plan.contains("VectorTopKExec"), "{device} {fast}:\n{plan}");
+                // EXPLAIN says where the search runs.
+                let search = plan.lines().find(|l| l.contains("VectorTopKExec")).unwrap();
+                let placed = match device {
+                    "cpu" => "-- cpu: the vector search runs on the CPU".to_string(),
+                    gpu => format!("-- on {gpu}:0"),
+                };
+                assert!(search.contains(&placed), "{device}: {search}");
                 assert!(!plan.contains("SortExec"), "{device} {fast}:\n{plan}");
                 let slow = format!(
                     "SELECT id, {func}(v, {QUERY}) AS s FROM corpus ORDER BY s {dir_}, id LIMIT {k}"

@@ -79,9 +79,13 @@ fn state_type_ok(dt: &DataType) -> bool {
 }
 
 impl StageAggregate {
-    /// The stage form of `functions`, or why one of them stays on the CPU.
-    pub fn try_new(functions: &[Arc<AggregateFunctionExpr>]) -> std::result::Result<Self, String> {
+    /// The stage form of `functions`, or why they stay on the CPU (every
+    /// function's reason, not the first only).
+    pub fn try_new(
+        functions: &[Arc<AggregateFunctionExpr>],
+    ) -> Result<std::result::Result<Self, Vec<String>>> {
         let mut kinds = Vec::with_capacity(functions.len());
+        let mut reasons = Vec::new();
         for f in functions {
             let name = f.fun().name();
             let kind = match name {
@@ -90,26 +94,34 @@ impl StageAggregate {
                 "min" => AggKind::Min,
                 "max" => AggKind::Max,
                 "avg" => AggKind::Avg,
-                _ => return Err(format!("aggregate {name} has no GPU kernel")),
+                _ => {
+                    reasons.push(format!("aggregate {name} has no GPU kernel"));
+                    continue;
+                }
             };
             if f.is_distinct() || !f.order_bys().is_empty() || f.expressions().len() != 1 {
-                return Err(format!(
+                reasons.push(format!(
                     "{} (DISTINCT, ORDER BY or several arguments)",
                     f.name()
                 ));
+                continue;
             }
-            let fields = f.state_fields().map_err(|e| e.to_string())?;
+            let fields = f.state_fields()?;
             if let Some(bad) = fields.iter().find(|s| !state_type_ok(s.data_type())) {
-                return Err(format!("{}: state of type {}", f.name(), bad.data_type()));
+                reasons.push(format!("{}: state of type {}", f.name(), bad.data_type()));
+                continue;
             }
             kinds.push(kind);
         }
-        Ok(StageAggregate {
+        if !reasons.is_empty() {
+            return Ok(Err(reasons));
+        }
+        Ok(Ok(StageAggregate {
             kinds,
             functions: functions.to_vec(),
             merge: false,
             single: None,
-        })
+        }))
     }
 
     /// The reduction that merges each state column of the aggregates, in

@@ -9,6 +9,8 @@ use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
 use kiln_engine::exec::GpuStageExec;
 use kiln_kernels::codegen::{Expr, Program};
 
+use super::placement::Reason;
+
 /// The rows DataFusion's statistics expect `plan` to produce, if any.
 pub fn estimated_rows(plan: &Arc<dyn ExecutionPlan>) -> Option<usize> {
     StatisticsContext::new()
@@ -47,29 +49,31 @@ pub fn estimate(
 }
 
 /// The cost model: whether a stage's GPU work pays for moving its data.
-pub fn worth_it(stage: &GpuStageExec, min_rows: usize) -> std::result::Result<(), String> {
+pub fn worth_it(stage: &GpuStageExec, min_rows: usize) -> std::result::Result<(), Reason> {
     let plan = stage.plan();
     let program = &plan.program;
     if let Some(rows) = plan.est_rows
         && rows < min_rows
     {
-        return Err(format!(
-            "cost model: ~{rows} input rows, below kiln.gpu_min_rows = {min_rows}"
-        ));
+        return Err(Reason::CostModel(format!(
+            "~{rows} input rows, below kiln.gpu_min_rows = {min_rows}"
+        )));
     }
     let filters = program.compacts() || !program.reduce.is_empty();
     if !filters && program.outputs.is_empty() {
-        return Err("only selects or renames columns: nothing to compute".into());
+        return Err(Reason::Operator(
+            "only selects or renames columns: nothing to compute".into(),
+        ));
     }
     if !filters {
         let ops: usize = program.outputs.iter().map(operations).sum();
         if ops <= program.outputs.len() {
-            return Err(format!(
-                "cost model: a projection of {} cheap expression(s) would move ~{} bytes for about one operation per value",
+            return Err(Reason::CostModel(format!(
+                "a projection of {} cheap expression(s) would move ~{} bytes for about one operation per value",
                 program.outputs.len(),
                 plan.est_bytes_moved
                     .map_or("unknown".into(), |b| b.to_string())
-            ));
+            )));
         }
     }
     Ok(())

@@ -1,9 +1,10 @@
 //! EXPLAIN with placement: DataFusion's physical plan text, each operator's
 //! line followed by where it runs and, on the CPU, why.
 //!
-//! [`annotate`] renders a plan; [`annotate_explain`] rewrites the physical
-//! plan of an `ExplainExec` DataFusion built, so `EXPLAIN` in SQL and
-//! `kiln explain` show it without a separate command.
+//! [`annotate`] renders a plan with the placements the rule recorded for it
+//! ([`PlacementRecord`]); [`annotate_explain`] rewrites the physical plan of
+//! an `ExplainExec` DataFusion built, so `EXPLAIN` in SQL and `kiln explain`
+//! show it without a separate command.
 
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use kiln_engine::exec::{DecodeGuardExec, EmbedExec, GpuStageExec, KnnJoinExec, V
 use kiln_engine::functions::embed::session_device;
 use kiln_kernels::BackendKind;
 
-use super::place_on_device::{LoweringContext, cpu_reason};
+use super::placement::{PlacementRecord, Position, positions};
 
 /// The device `node` runs on, when it is one of Kiln's operators placed on
 /// a device (a GPU stage, the encoder, vector search, a k-NN join); `None`
@@ -40,51 +41,65 @@ pub fn device_of(node: &Arc<dyn ExecutionPlan>, config: &ConfigOptions) -> Optio
     None
 }
 
-/// The plan's indented text with a placement note on every operator line.
+/// The plan's indented text with a placement note on every operator line:
+/// Kiln's device operators say the device they hold, every other operator
+/// what `record` (the placement rule's, for this plan) says of it.
 /// The guards above Parquet scans ([`DecodeGuardExec`]: one on every scan,
 /// placed last, changing nothing of what runs where) are left out; EXPLAIN
 /// VERBOSE and EXPLAIN ANALYZE show them.
-pub fn annotate(plan: &Arc<dyn ExecutionPlan>, config: &ConfigOptions) -> Result<String> {
+pub fn annotate(
+    plan: &Arc<dyn ExecutionPlan>,
+    config: &ConfigOptions,
+    record: &PlacementRecord,
+) -> Result<String> {
     let text = displayable(plan.as_ref()).indent(false).to_string();
-    let mut nodes = Vec::new();
-    collect(plan, 0, &mut nodes);
+    let nodes = positions(plan);
+    let mut guarded = Vec::new();
+    collect(plan, 0, &mut guarded);
     let lines: Vec<&str> = text.lines().collect();
-    let ctx = LoweringContext::from_config(config)?;
-    let note = |node: &Arc<dyn ExecutionPlan>| {
+    let note = |at: &Position, node: &Arc<dyn ExecutionPlan>| -> Result<String> {
         if let Some(stage) = node.downcast_ref::<GpuStageExec>() {
-            return format!("on {}", stage.device().id());
+            return Ok(format!("on {}", stage.device().id()));
         }
         if node.is::<EmbedExec>() {
-            // The encoder runs on the session's device (CUDA's on the
-            // CPU until it is written).
-            return match session_device(config) {
+            // The encoder runs on the session's device.
+            return Ok(match session_device(config) {
                 Ok(d) if d.info().backend == BackendKind::Cpu => {
                     "cpu: the encoder runs on the CPU".to_string()
                 }
                 Ok(d) => format!("on {}", d.info().id()),
                 Err(e) => format!("device: {e}"),
-            };
+            });
         }
-        match &ctx {
-            Ok(ctx) => format!("cpu: {}", cpu_reason(node, ctx)),
-            Err(reason) => format!("cpu: {reason}"),
+        let searcher = node
+            .downcast_ref::<VectorTopKExec>()
+            .map(VectorTopKExec::device)
+            .or_else(|| node.downcast_ref::<KnnJoinExec>().map(KnnJoinExec::device));
+        if let Some(device) = searcher {
+            return Ok(if device.backend == BackendKind::Cpu {
+                "cpu: the vector search runs on the CPU".to_string()
+            } else {
+                format!("on {}", device.id())
+            });
         }
+        Ok(record.get(at, node.as_ref())?.to_string())
     };
     let mut out = String::new();
     if lines.len() == nodes.len() {
-        for (line, (node, guards)) in lines.iter().zip(&nodes) {
+        for (line, ((at, node), (_, guards))) in lines.iter().zip(nodes.iter().zip(&guarded)) {
             if node.is::<DecodeGuardExec>() {
                 continue;
             }
+            // A guarded scan is printed one step in per guard: back.
             let line = line.get(2 * guards..).unwrap_or(line);
-            out.push_str(&format!("{line}  -- {}\n", note(node)));
+            out.push_str(&format!("{line}  -- {}\n", note(at, node)?));
         }
     } else {
         // A node printed over several lines: list the placements after.
         out.push_str(&text);
         out.push_str("Placement:\n");
-        for (node, _) in nodes.iter().filter(|(n, _)| !n.is::<DecodeGuardExec>()) {
-            out.push_str(&format!("  {}: {}\n", node.name(), note(node)));
+        for (at, node) in nodes.iter().filter(|(_, n)| !n.is::<DecodeGuardExec>()) {
+            out.push_str(&format!("  {}: {}\n", node.name(), note(at, node)?));
         }
     }
     Ok(out)
@@ -105,13 +120,15 @@ fn collect(
 }
 
 /// `explain` with its final physical plan replaced by the annotated text of
-/// `physical` (the same plan, planned again by the caller).
+/// `physical` (the same plan, planned again by the caller, whose placement
+/// rule wrote `record`).
 pub fn annotate_explain(
     explain: &ExplainExec,
     physical: &Arc<dyn ExecutionPlan>,
     config: &ConfigOptions,
+    record: &PlacementRecord,
 ) -> Result<ExplainExec> {
-    let annotated = Arc::new(annotate(physical, config)?);
+    let annotated = Arc::new(annotate(physical, config, record)?);
     let plans = explain
         .stringified_plans()
         .iter()

@@ -1,13 +1,16 @@
-//! `PlaceOnDevice`: the physical optimizer rule that lowers chains of filters
-//! and projections into fused GPU stages ([`GpuStageExec`]).
+//! `PlaceOnDevice`: the physical optimizer rule that lowers chains of
+//! filters, projections, aggregates and top-k sorts into fused GPU stages
+//! ([`GpuStageExec`]).
 //!
-//! Bottom-up, each `FilterExec`/`ProjectionExec` either joins the stage
-//! below it, starts a new stage over its input, or stays on the CPU with the
-//! reason recorded by [`cpu_reason`]. A second pass applies the cost model
-//! and returns stages that would not pay for their data movement to the CPU.
-//! Every decision is a pure function of the operator and the session's
-//! options, so EXPLAIN recomputes the same reasons the rule acted on.
+//! Bottom-up, each operator either joins the stage below it, starts a new
+//! stage over its input, or stays on the CPU with every reason that applies
+//! ([`Refusal::Cpu`]); a DataFusion error met on the way fails the query.
+//! A second pass, top-down, applies the cost model and the device's checks,
+//! returns stages that would not pay for their data movement to the CPU,
+//! and records each operator's [`Placement`] at its position in the result:
+//! the record EXPLAIN reads ([`PlacementLog`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::DataType;
@@ -38,6 +41,7 @@ use kiln_kernels::{BackendKind, Device, DeviceInfo};
 
 use super::cost_model::{estimate, estimated_rows, worth_it};
 use super::expr::{Source, Translator};
+use super::placement::{Placement, PlacementLog, PlacementRecord, Position, Reason, Refusal};
 use crate::KilnOptions;
 
 /// The device and switches one planning run lowers with.
@@ -58,14 +62,14 @@ pub struct LoweringContext {
 impl LoweringContext {
     /// The context of a session, or the reason nothing is lowered (the
     /// device is the CPU, or the GPU is switched off).
-    pub fn from_config(config: &ConfigOptions) -> Result<std::result::Result<Self, String>> {
+    pub fn from_config(config: &ConfigOptions) -> Result<std::result::Result<Self, Reason>> {
         let options = config
             .extensions
             .get::<KilnOptions>()
             .cloned()
             .unwrap_or_default();
         if !options.gpu_transforms {
-            return Ok(Err("kiln.gpu_transforms is off".into()));
+            return Ok(Err(Reason::Switch("kiln.gpu_transforms")));
         }
         let info = kiln_engine::device::session_info(config)
             .map_err(|e| plan_datafusion_err!("kiln.device: {e}"))?;
@@ -76,7 +80,7 @@ impl LoweringContext {
             ));
         }
         if info.backend == BackendKind::Cpu {
-            return Ok(Err(format!("kiln.device is {}", info.id())));
+            return Ok(Err(Reason::NotAGpu(info.id().to_string())));
         }
         let device = kiln_engine::device::open_for_session(&info, config)?;
         Ok(Ok(LoweringContext {
@@ -95,44 +99,6 @@ impl LoweringContext {
     }
 }
 
-/// Why an operator is not lowered: a reason it stays on the CPU (an
-/// expression the kernels lack, a switch, the cost model), or a DataFusion
-/// error met while lowering it — a planning bug, which fails the query
-/// instead of passing for a reason to run on the CPU.
-#[derive(Debug)]
-pub enum Refusal {
-    Cpu(String),
-    Failed(datafusion::error::DataFusionError),
-}
-
-impl From<String> for Refusal {
-    fn from(reason: String) -> Self {
-        Refusal::Cpu(reason)
-    }
-}
-
-impl From<&str> for Refusal {
-    fn from(reason: &str) -> Self {
-        Refusal::Cpu(reason.to_string())
-    }
-}
-
-impl From<datafusion::error::DataFusionError> for Refusal {
-    fn from(e: datafusion::error::DataFusionError) -> Self {
-        Refusal::Failed(e)
-    }
-}
-
-impl Refusal {
-    /// A CPU reason prefixed with `what` (an error passes as it is).
-    fn about(self, what: &str) -> Refusal {
-        match self {
-            Refusal::Cpu(reason) => Refusal::Cpu(format!("{what}: {reason}")),
-            failed => failed,
-        }
-    }
-}
-
 /// See the module documentation.
 #[derive(Debug, Default)]
 pub struct PlaceOnDevice;
@@ -143,52 +109,37 @@ impl PhysicalOptimizerRule for PlaceOnDevice {
         plan: Arc<dyn ExecutionPlan>,
         config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let Ok(ctx) = LoweringContext::from_config(config)? else {
-            return Ok(plan);
+        let log = config.extensions.get::<PlacementLog>();
+        let ctx = match LoweringContext::from_config(config)? {
+            Ok(ctx) => ctx,
+            Err(reason) => {
+                if let Some(log) = log {
+                    log.put(PlacementRecord::whole(reason));
+                }
+                return Ok(plan);
+            }
         };
         let split = split_filters(plan, &ctx)?;
+        // Every operator left on the CPU, with its reasons. The nodes are
+        // held, so an address is never another node's while the rule runs.
+        let mut refused = Refused::new();
         let staged = split
             .transform_up(|node| {
                 Ok(match lower(&node, &ctx) {
                     Ok(stage) => Transformed::yes(stage),
-                    Err(Refusal::Cpu(_)) => Transformed::no(node),
+                    Err(Refusal::Cpu(reasons)) => {
+                        refused.insert(address(&node), (Arc::clone(&node), reasons));
+                        Transformed::no(node)
+                    }
                     Err(Refusal::Failed(e)) => return Err(e),
                 })
             })?
             .data;
-        let placed = staged
-            .transform_down(|node| {
-                let Some(stage) = node.downcast_ref::<GpuStageExec>() else {
-                    return Ok(Transformed::no(node));
-                };
-                let keep = worth_it(stage, ctx.min_rows)
-                    .and_then(|()| ctx.device.fused_support(&stage.plan().program));
-                if keep.is_err() {
-                    return Ok(Transformed::yes(unwrap_stage(stage)?));
-                }
-                // Compile the atomic fold and the key numbering now too; a
-                // device that cannot leaves batches of many groups to the
-                // CPU, and the keys to the host.
-                let Some(group_by) = &stage.plan().group_by else {
-                    return Ok(Transformed::no(node));
-                };
-                let atomics = match &group_by.atomics {
-                    Ok(()) => ctx.device.atomic_fold_support(&stage.plan().program),
-                    Err(reason) => Err(reason.clone()),
-                };
-                let numbering = match &group_by.device_keys {
-                    Ok(keys) => ctx.device.numbering_support(keys).map(|()| keys.clone()),
-                    Err(reason) => Err(reason.clone()),
-                };
-                if atomics == group_by.atomics && numbering.is_ok() == group_by.device_keys.is_ok()
-                {
-                    return Ok(Transformed::no(node));
-                }
-                let stage: Arc<dyn ExecutionPlan> =
-                    Arc::new(stage.with_group_support(atomics, numbering));
-                Ok(Transformed::yes(stage))
-            })?
-            .data;
+        let mut record = PlacementRecord::default();
+        let placed = place(staged, &ctx, &refused, &mut Vec::new(), &mut record)?;
+        if let Some(log) = log {
+            log.put(record);
+        }
         Ok(placed)
     }
 
@@ -199,6 +150,98 @@ impl PhysicalOptimizerRule for PlaceOnDevice {
     fn schema_check(&self) -> bool {
         true
     }
+}
+
+/// The operators the first pass left on the CPU, by address.
+type Refused = HashMap<usize, (Arc<dyn ExecutionPlan>, Vec<Reason>)>;
+
+fn address(node: &Arc<dyn ExecutionPlan>) -> usize {
+    Arc::as_ptr(node) as *const () as usize
+}
+
+/// The second pass, top-down from `node` (at `at`): each stage kept, or
+/// returned to the CPU where the cost model or the device refuses it, and
+/// every operator's placement recorded at its position in the result.
+fn place(
+    node: Arc<dyn ExecutionPlan>,
+    ctx: &LoweringContext,
+    refused: &Refused,
+    at: &mut Position,
+    record: &mut PlacementRecord,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let Some(stage) = node.downcast_ref::<GpuStageExec>() else {
+        if let Some((_, reasons)) = refused.get(&address(&node)) {
+            record.insert(at.clone(), node.as_ref(), Placement::Cpu(reasons.clone()));
+        }
+        let mut children = Vec::new();
+        for (i, child) in node.children().into_iter().enumerate() {
+            at.push(i);
+            children.push(place(Arc::clone(child), ctx, refused, at, record)?);
+            at.pop();
+        }
+        return replace_children_if_necessary(node, children);
+    };
+    let keep = worth_it(stage, ctx.min_rows).and_then(|()| {
+        ctx.device
+            .fused_support(&stage.plan().program)
+            .map_err(Reason::Device)
+    });
+    if let Err(reason) = keep {
+        // The operators the stage replaced (the first over its input), back
+        // on the CPU: the last at the stage's position, each over the next.
+        let ops = &stage.plan().original_ops;
+        let depth = at.len();
+        for op in ops.iter().rev() {
+            record.insert(
+                at.clone(),
+                op.as_ref(),
+                Placement::Cpu(vec![reason.clone()]),
+            );
+            at.push(0);
+        }
+        let mut plan = place(Arc::clone(stage.input()), ctx, refused, at, record)?;
+        at.truncate(depth);
+        for op in ops {
+            plan = replace_children_if_necessary(Arc::clone(op), vec![plan])?;
+        }
+        return Ok(plan);
+    }
+    record.insert(
+        at.clone(),
+        stage,
+        Placement::Gpu(stage.device().id().to_string()),
+    );
+    at.push(0);
+    let input = place(Arc::clone(stage.input()), ctx, refused, at, record)?;
+    at.pop();
+    let stage = match with_group_support(stage, ctx) {
+        Some(supported) => supported,
+        None => Arc::clone(&node),
+    };
+    replace_children_if_necessary(stage, vec![input])
+}
+
+/// A stage grouping by keys with the atomic fold and the key numbering
+/// compiled now too, where they differ from what lowering assumed (a
+/// device that cannot leaves batches of many groups to the CPU, and the
+/// keys to the host); `None` where nothing changes.
+fn with_group_support(
+    stage: &GpuStageExec,
+    ctx: &LoweringContext,
+) -> Option<Arc<dyn ExecutionPlan>> {
+    let group_by = stage.plan().group_by.as_ref()?;
+    let atomics = match &group_by.atomics {
+        Ok(()) => ctx.device.atomic_fold_support(&stage.plan().program),
+        Err(reason) => Err(reason.clone()),
+    };
+    let numbering = match &group_by.device_keys {
+        Ok(keys) => ctx.device.numbering_support(keys).map(|()| keys.clone()),
+        Err(reason) => Err(reason.clone()),
+    };
+    if atomics == group_by.atomics && numbering.is_ok() == group_by.device_keys.is_ok() {
+        return None;
+    }
+    Some(Arc::new(stage.with_group_support(atomics, numbering)))
 }
 
 /// Splits each filter whose predicate mixes conjuncts the GPU computes with
@@ -248,15 +291,6 @@ fn split_filters(
             Ok(Transformed::yes(Arc::new(outer) as Arc<dyn ExecutionPlan>))
         })?
         .data)
-}
-
-/// The operators a stage replaced, back over the stage's input.
-fn unwrap_stage(stage: &GpuStageExec) -> Result<Arc<dyn ExecutionPlan>> {
-    let mut plan = Arc::clone(stage.input());
-    for op in &stage.plan().original_ops {
-        plan = replace_children_if_necessary(Arc::clone(op), vec![plan])?;
-    }
-    Ok(plan)
 }
 
 /// A stage under construction.
@@ -322,41 +356,40 @@ pub fn lower(
     let aggregate = any.downcast_ref::<AggregateExec>();
     let sort = any.downcast_ref::<SortExec>();
     if !is_filter && !is_projection && aggregate.is_none() && sort.is_none() {
-        return Err(no_kernel(op.as_ref()).into());
+        return Err(Refusal::operator(no_kernel(op.as_ref())));
     }
     if let Some(sort) = sort {
         if !ctx.sort {
-            return Err("kiln.gpu_sort is off".into());
+            return Err(Reason::Switch("kiln.gpu_sort").into());
         }
         match sort.fetch() {
             None => {
-                return Err(
-                    "a sort without LIMIT stays on the CPU (the GPU runs ORDER BY ... LIMIT k)"
-                        .into(),
-                );
+                return Err(Refusal::operator(
+                    "a sort without LIMIT stays on the CPU (the GPU runs ORDER BY ... LIMIT k)",
+                ));
             }
             Some(k) if k == 0 || k > MAX_TOPK as usize => {
-                return Err(
-                    format!("LIMIT {k}: the GPU's top-k keeps 1 to {MAX_TOPK} rows").into(),
-                );
+                return Err(Refusal::operator(format!(
+                    "LIMIT {k}: the GPU's top-k keeps 1 to {MAX_TOPK} rows"
+                )));
             }
             Some(_) => {}
         }
     }
     if aggregate.is_some() && !ctx.aggregate {
-        return Err("kiln.gpu_aggregate is off".into());
+        return Err(Reason::Switch("kiln.gpu_aggregate").into());
     }
     if is_filter && !ctx.filter {
-        return Err("kiln.gpu_filter is off".into());
+        return Err(Reason::Switch("kiln.gpu_filter").into());
     }
     if is_projection && !ctx.projection {
-        return Err("kiln.gpu_projection is off".into());
+        return Err(Reason::Switch("kiln.gpu_projection").into());
     }
     let child = op
         .children()
         .first()
         .map(|c| Arc::clone(*c))
-        .ok_or("operator without input")?;
+        .ok_or_else(|| plan_datafusion_err!("{} has no input", op.name()))?;
     let mut chain = match child.downcast_ref::<GpuStageExec>() {
         // A stage that ends in an aggregate emits states, and one that ends
         // in a top-k its first rows: what follows them starts a new stage.
@@ -377,11 +410,28 @@ pub fn lower(
     };
     if let Some(filter) = any.downcast_ref::<FilterExec>() {
         if filter.fetch().is_some() {
-            return Err("a filter with a row limit (fetch) stays on the CPU".into());
+            return Err(Refusal::operator(
+                "a filter with a row limit (fetch) stays on the CPU",
+            ));
         }
-        let p = translator.translate(filter.predicate())?;
+        let p = translator.translate(filter.predicate()).map_err(|first| {
+            // Every conjunct's reason, not the first only.
+            let mut reasons = Vec::new();
+            for c in split_conjunction(filter.predicate()) {
+                if let Err(reason) = translator.translate(c) {
+                    push_new(&mut reasons, Reason::Expression(reason));
+                }
+            }
+            if reasons.is_empty() {
+                reasons.push(Reason::Expression(first));
+            }
+            Refusal::Cpu(reasons)
+        })?;
         if p.ty() != Ty::Bool {
-            return Err(format!("predicate {} is not boolean", filter.predicate()).into());
+            return Err(Refusal::expression(format!(
+                "predicate {} is not boolean",
+                filter.predicate()
+            )));
         }
         chain.predicate = Some(match chain.predicate.take() {
             Some(q) => Expr::binary(BinOp::And, q, p),
@@ -410,9 +460,7 @@ pub fn lower(
                 None => match translator.translate(&p.expr) {
                     Ok(e) => Source::Computed(e),
                     Err(reason) => {
-                        if !reasons.contains(&reason) {
-                            reasons.push(reason);
-                        }
+                        push_new(&mut reasons, Reason::Expression(reason));
                         continue;
                     }
                 },
@@ -420,7 +468,7 @@ pub fn lower(
             exprs.push(over_stage_input(&p.expr, &chain.exprs)?);
         }
         if !reasons.is_empty() {
-            return Err(Refusal::Cpu(reasons.join("; ")));
+            return Err(Refusal::Cpu(reasons));
         }
         chain.columns = columns;
         chain.exprs = exprs;
@@ -428,7 +476,9 @@ pub fn lower(
     let mut topk = None;
     if let Some(sort) = sort {
         let first = &sort.expr()[0];
-        let key = translator.translate(&first.expr)?;
+        let key = translator
+            .translate(&first.expr)
+            .map_err(Refusal::expression)?;
         let fetch = sort.fetch().unwrap_or(0);
         topk = Some((
             BlockTopK {
@@ -454,37 +504,52 @@ pub fn lower(
             AggregateMode::Final | AggregateMode::FinalPartitioned => (true, false),
             AggregateMode::Single | AggregateMode::SinglePartitioned => (false, true),
             AggregateMode::PartialReduce => {
-                return Err("PartialReduce aggregates stay on the CPU".into());
+                return Err(Refusal::operator(
+                    "PartialReduce aggregates stay on the CPU",
+                ));
             }
         };
         if merge && !chain.ops.is_empty() {
-            return Err("a final aggregate merges states straight from its input".into());
+            return Err(Refusal::operator(
+                "a final aggregate merges states straight from its input",
+            ));
         }
         if !matches!(agg.input_order_mode(), InputOrderMode::Linear)
             || agg.properties().output_ordering().is_some()
         {
             // The stage emits groups in no particular order.
-            return Err(
-                "an aggregate over sorted input (its output keeps the order) stays on the CPU"
-                    .into(),
-            );
+            return Err(Refusal::operator(
+                "an aggregate over sorted input (its output keeps the order) stays on the CPU",
+            ));
         }
-        if !agg.group_expr().is_empty() {
-            let mut keys = group_keys(agg, &chain.exprs, ctx)?;
-            match device_keys(agg, &translator, &stage_inputs, ctx) {
-                Ok((program, views)) => {
-                    keys.device_keys = Ok(program);
-                    keys.key_views = views;
-                }
-                Err(reason) => keys.device_keys = Err(reason),
-            }
-            group_by = Some(keys);
-        }
+        // Every reason that keeps the aggregate on the CPU: its form, each
+        // key, each function and argument.
+        let mut reasons = Vec::new();
         if agg.limit_options().is_some() {
-            return Err("a partial aggregate with a row limit stays on the CPU".into());
+            reasons.push(Reason::Operator(
+                "a partial aggregate with a row limit stays on the CPU".into(),
+            ));
         }
         if agg.filter_expr().iter().any(Option::is_some) {
-            return Err("aggregate FILTER clauses have no GPU kernel".into());
+            reasons.push(Reason::Operator(
+                "aggregate FILTER clauses have no GPU kernel".into(),
+            ));
+        }
+        if !agg.group_expr().is_empty() {
+            match group_keys(agg, &chain.exprs, ctx) {
+                Ok(mut keys) => {
+                    match device_keys(agg, &translator, &stage_inputs, ctx) {
+                        Ok((program, views)) => {
+                            keys.device_keys = Ok(program);
+                            keys.key_views = views;
+                        }
+                        Err(reason) => keys.device_keys = Err(reason),
+                    }
+                    group_by = Some(keys);
+                }
+                Err(Refusal::Cpu(keys)) => reasons.extend(keys),
+                Err(failed) => return Err(failed),
+            }
         }
         if agg.aggr_expr().is_empty() {
             // GROUP BY without aggregates (SELECT DISTINCT): one count of
@@ -494,13 +559,26 @@ pub fn lower(
                 arg: Expr::lit(Value::Bool(true), Ty::Bool),
             });
         }
-        let mut functions = StageAggregate::try_new(agg.aggr_expr())?;
+        let mut functions = match StageAggregate::try_new(agg.aggr_expr())? {
+            Ok(functions) => functions,
+            Err(why) => {
+                reasons.extend(why.into_iter().map(Reason::Expression));
+                return Err(Refusal::Cpu(reasons));
+            }
+        };
         if merge {
             // The input holds the group keys, then every aggregate's state
             // columns in order; each merges with its own reduction.
             let first = agg.group_expr().expr().len();
             for (i, op) in functions.merge_reductions().into_iter().enumerate() {
-                let mut arg = translator.input_column(first + i)?;
+                let name = stage_inputs.field(first + i).name();
+                let mut arg = match translator.input_column(first + i) {
+                    Ok(arg) => arg,
+                    Err(why) => {
+                        reasons.push(Reason::Expression(format!("merging {name}: {why}")));
+                        continue;
+                    }
+                };
                 if arg.ty() == Ty::U64 {
                     // avg's count state: merged as i64 (a batch with a
                     // count past 2^63 goes to the CPU).
@@ -508,24 +586,36 @@ pub fn lower(
                     retyped.push((first + i, Ty::I64));
                 }
                 let r = Reduce { op, arg };
-                r.supported().map_err(|e| {
-                    format!("merging {}: {e}", stage_inputs.field(first + i).name())
-                })?;
-                reductions.push(r);
+                match r.supported() {
+                    Ok(()) => reductions.push(r),
+                    Err(why) => reasons.push(Reason::Expression(format!("merging {name}: {why}"))),
+                }
             }
             functions.merge = true;
         } else {
-            if single {
-                functions.single = Some(split_single(agg)?);
-            }
             for (f, kind) in agg.aggr_expr().iter().zip(&functions.kinds) {
+                let arg = match translator.translate(&f.expressions()[0]) {
+                    Ok(arg) => arg,
+                    Err(why) => {
+                        push_new(&mut reasons, Reason::Expression(why));
+                        continue;
+                    }
+                };
                 let r = Reduce {
                     op: kind.reduce_op(),
-                    arg: translator.translate(&f.expressions()[0])?,
+                    arg,
                 };
-                r.supported().map_err(|e| format!("{}: {e}", f.name()))?;
-                reductions.push(r);
+                match r.supported() {
+                    Ok(()) => reductions.push(r),
+                    Err(why) => reasons.push(Reason::Expression(format!("{}: {why}", f.name()))),
+                }
             }
+        }
+        if !reasons.is_empty() {
+            return Err(Refusal::Cpu(reasons));
+        }
+        if single {
+            functions.single = Some(split_single(agg)?);
         }
         stage_aggregate = Some(functions);
         chain.columns.clear();
@@ -560,7 +650,9 @@ pub fn lower(
         };
         plan.group_by = Some(g);
     }
-    ctx.device.fused_check(&plan.program)?;
+    ctx.device
+        .fused_check(&plan.program)
+        .map_err(|why| Refusal::from(Reason::Device(why)))?;
     let (rows, bytes) = estimate(&chain.input, op, &plan.program);
     plan.est_rows = rows;
     plan.est_bytes_moved = bytes;
@@ -649,7 +741,9 @@ fn split_single(agg: &AggregateExec) -> std::result::Result<SingleSplit, Refusal
         agg.input_schema(),
     )?;
     if finish.schema().fields() != agg.schema().fields() {
-        return Err("splitting the aggregate changed its output schema".into());
+        return Err(
+            plan_datafusion_err!("splitting the aggregate changed its output schema").into(),
+        );
     }
     Ok(SingleSplit {
         partial: Arc::new(partial),
@@ -668,21 +762,27 @@ fn group_keys(
 ) -> std::result::Result<StageGroupBy, Refusal> {
     let group = agg.group_expr();
     if !group.is_single() {
-        return Err("GROUPING SETS, CUBE and ROLLUP stay on the CPU".into());
+        return Err(Refusal::operator(
+            "GROUPING SETS, CUBE and ROLLUP stay on the CPU",
+        ));
     }
     let input_schema = agg.input().schema();
     let mut keys = Vec::new();
     let mut names = Vec::new();
+    let mut reasons = Vec::new();
     for (expr, name) in group.expr() {
         let dt = expr.data_type(&input_schema)?;
         if !key_type_supported(&dt) {
-            return Err(format!("GROUP BY {name} of type {dt} has no GPU kernel").into());
+            reasons.push(Reason::Expression(format!(
+                "GROUP BY {name} of type {dt} has no GPU kernel"
+            )));
+            continue;
         }
-        keys.push(
-            over_stage_input(expr, columns)
-                .map_err(|e| Refusal::from(e).about(&format!("GROUP BY {name}")))?,
-        );
+        keys.push(over_stage_input(expr, columns)?);
         names.push(name.clone());
+    }
+    if !reasons.is_empty() {
+        return Err(Refusal::Cpu(reasons));
     }
     Ok(StageGroupBy {
         keys,
@@ -777,21 +877,9 @@ pub fn no_kernel(op: &dyn ExecutionPlan) -> String {
     }
 }
 
-/// Why `op` runs on the CPU under `ctx`, as the rule decided it.
-pub fn cpu_reason(op: &Arc<dyn ExecutionPlan>, ctx: &LoweringContext) -> String {
-    match lower(op, ctx) {
-        Err(Refusal::Cpu(reason)) => reason,
-        Err(Refusal::Failed(e)) => format!("lowering failed: {e}"),
-        Ok(stage) => {
-            let Some(stage) = stage.downcast_ref::<GpuStageExec>() else {
-                return "internal: lowering returned no stage".into();
-            };
-            match worth_it(stage, ctx.min_rows)
-                .and_then(|()| ctx.device.fused_support(&stage.plan().program))
-            {
-                Err(reason) => reason,
-                Ok(()) => "supported, but not lowered".into(),
-            }
-        }
+/// `reason` added to `reasons` unless it is there already.
+fn push_new(reasons: &mut Vec<Reason>, reason: Reason) {
+    if !reasons.contains(&reason) {
+        reasons.push(reason);
     }
 }
