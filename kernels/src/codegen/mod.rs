@@ -9,6 +9,7 @@
 pub mod cuda;
 pub mod dialect;
 pub mod emit;
+mod expr_code;
 pub mod fuzz;
 pub mod ir;
 pub mod numbering;
