@@ -6,6 +6,8 @@ use datafusion::prelude::{DataFrame, lit};
 use kiln_engine::functions::{ChunkUdf, EmbedUdf};
 use kiln_engine::model::DEFAULT_MODEL;
 
+pub use kiln_planner::near_duplicates::Dedup;
+
 use crate::error::{KilnError, Result};
 
 /// Methods Kiln adds to `DataFrame`.
@@ -28,6 +30,19 @@ pub trait KilnDataFrameExt: Sized {
         overlap: usize,
         model: Option<&str>,
     ) -> Result<Self>;
+
+    /// The pairs of rows whose text columns are near-duplicates (SQL
+    /// `near_duplicates`): `id_a`, `id_b` (values of column `key`,
+    /// `id_a < id_b`) and `similarity`, their texts' estimated Jaccard
+    /// similarity, at least `threshold` (in (0, 1]). MinHash with 128
+    /// permutations over 5-word shingles; [`Dedup`] sets others.
+    fn near_duplicates(self, key: &str, text: &str, dedup: &Dedup) -> Result<Self>;
+
+    /// The rows, near-duplicates dropped: of each cluster of rows whose
+    /// texts are near-duplicates (connected by pairs of
+    /// [`near_duplicates`](Self::near_duplicates)), the row with the least
+    /// key is kept; rows without a key or text are kept.
+    fn drop_near_duplicates(self, key: &str, text: &str, dedup: &Dedup) -> Result<Self>;
 }
 
 /// The columns [`KilnDataFrameExt::chunk`] adds, and the struct fields they
@@ -92,5 +107,17 @@ impl KilnDataFrameExt for DataFrame {
             .iter()
             .map(|(field, name)| get_field(chunks.clone(), *field).alias(*name));
         Ok(unnested.select(kept.into_iter().chain(added))?)
+    }
+
+    fn near_duplicates(self, key: &str, text: &str, dedup: &Dedup) -> Result<DataFrame> {
+        let (state, plan) = self.into_parts();
+        let plan = kiln_planner::near_duplicates::near_duplicate_pairs(plan, key, text, dedup)?;
+        Ok(DataFrame::new(state, plan))
+    }
+
+    fn drop_near_duplicates(self, key: &str, text: &str, dedup: &Dedup) -> Result<DataFrame> {
+        let (state, plan) = self.into_parts();
+        let plan = kiln_planner::near_duplicates::drop_near_duplicates(plan, key, text, dedup)?;
+        Ok(DataFrame::new(state, plan))
     }
 }

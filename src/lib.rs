@@ -29,7 +29,7 @@ mod mixed_schema;
 pub mod session;
 mod statement_depth;
 
-pub use dataframe::KilnDataFrameExt;
+pub use dataframe::{Dedup, KilnDataFrameExt};
 pub use datafusion::dataframe::{DataFrame, DataFrameWriteOptions};
 pub use error::{KilnError, Result};
 pub use kiln_kernels::{BackendKind, DeviceRequest, discover};

@@ -6,6 +6,7 @@
 
 pub mod gather_embeddings;
 pub mod lowering;
+pub mod near_duplicates;
 pub mod options;
 pub mod parquet_checks;
 pub mod query_planner;
@@ -18,11 +19,15 @@ pub use options::KilnOptions;
 use std::sync::Arc;
 
 use datafusion::execution::SessionStateBuilder;
+use datafusion::logical_expr::AggregateUDF;
 use datafusion::logical_expr::ScalarUDF;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use kiln_engine::functions::{ChunkUdf, EmbedUdf, VectorOp, VectorUdf};
+use kiln_engine::functions::{
+    ChunkUdf, ConnectedComponentsUdaf, EmbedUdf, MinHashBandsUdf, MinHashSimilarityUdf, MinHashUdf,
+    VectorOp, VectorUdf,
+};
 use kiln_kernels::DeviceRequest;
 
 /// DataFusion's session configuration with Kiln's options added; `device` is
@@ -87,17 +92,42 @@ pub fn kiln_functions() -> Vec<ScalarUDF> {
     let mut udfs = vec![
         ScalarUDF::from(EmbedUdf::new()),
         ScalarUDF::from(ChunkUdf::new()),
+        ScalarUDF::from(MinHashUdf::new()),
+        ScalarUDF::from(MinHashBandsUdf::new()),
+        ScalarUDF::from(MinHashSimilarityUdf::new()),
     ];
     udfs.extend(VectorOp::all().map(|op| ScalarUDF::from(VectorUdf::new(op))));
     udfs
 }
 
-/// Registers Kiln's SQL functions (`embed`, the vector functions) and table
-/// functions (`vector_search`, `knn_join`) on a context.
+/// Kiln's aggregate functions.
+pub fn kiln_aggregates() -> Vec<AggregateUDF> {
+    vec![AggregateUDF::from(ConnectedComponentsUdaf::new())]
+}
+
+/// Registers Kiln's SQL functions (`embed`, `chunk_text`, the MinHash and
+/// vector functions), aggregates (`connected_components`) and table
+/// functions (`vector_search`, `knn_join`, `near_duplicates`,
+/// `near_duplicate_clusters`, `semantic_duplicates`) on a context.
 pub fn register_functions(ctx: &SessionContext) {
     for udf in kiln_functions() {
         ctx.register_udf(udf);
     }
+    for udaf in kiln_aggregates() {
+        ctx.register_udaf(udaf);
+    }
+    ctx.register_udtf(
+        "near_duplicates",
+        Arc::new(near_duplicates::NearDuplicatesFunction),
+    );
+    ctx.register_udtf(
+        "near_duplicate_clusters",
+        Arc::new(near_duplicates::NearDuplicateClustersFunction),
+    );
+    ctx.register_udtf(
+        "semantic_duplicates",
+        Arc::new(near_duplicates::SemanticDuplicatesFunction),
+    );
     ctx.register_udtf(
         "vector_search",
         Arc::new(vector_search::VectorSearchFunction),

@@ -47,7 +47,7 @@ pub struct VectorSearchFunction;
 #[derive(Debug, Default)]
 pub struct KnnJoinFunction;
 
-fn session_state(session: &dyn Session) -> Result<&SessionState> {
+pub(crate) fn session_state(session: &dyn Session) -> Result<&SessionState> {
     session
         .as_any()
         .downcast_ref::<SessionState>()
@@ -55,7 +55,7 @@ fn session_state(session: &dyn Session) -> Result<&SessionState> {
 }
 
 /// A table or column name: a string literal or a bare identifier.
-fn name_arg(expr: &Expr, func: &str, what: &str) -> Result<String> {
+pub(crate) fn name_arg(expr: &Expr, func: &str, what: &str) -> Result<String> {
     match expr {
         Expr::Literal(ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)), _) => {
             Ok(s.clone())
@@ -67,7 +67,12 @@ fn name_arg(expr: &Expr, func: &str, what: &str) -> Result<String> {
 }
 
 /// Evaluates a constant expression (`[0.1, 0.2]`, `embed('text')`, `10`).
-fn constant(state: &SessionState, expr: &Expr, func: &str, what: &str) -> Result<ScalarValue> {
+pub(crate) fn constant(
+    state: &SessionState,
+    expr: &Expr,
+    func: &str,
+    what: &str,
+) -> Result<ScalarValue> {
     let empty = DFSchema::empty();
     let physical = state
         .create_physical_expr(expr.clone(), &empty)
@@ -128,7 +133,7 @@ fn describe_value(value: &ScalarValue) -> String {
     }
 }
 
-fn metric_arg(exprs: &[Expr], index: usize, func: &str) -> Result<Metric> {
+pub(crate) fn metric_arg(exprs: &[Expr], index: usize, func: &str) -> Result<Metric> {
     match exprs.get(index) {
         None => Ok(Metric::Cosine),
         Some(Expr::Literal(ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)), _)) => s
@@ -139,7 +144,11 @@ fn metric_arg(exprs: &[Expr], index: usize, func: &str) -> Result<Metric> {
 }
 
 /// Looks a table up in the session's catalog.
-fn table(state: &SessionState, name: &str, func: &str) -> Result<Arc<dyn TableProvider>> {
+pub(crate) fn table(
+    state: &SessionState,
+    name: &str,
+    func: &str,
+) -> Result<Arc<dyn TableProvider>> {
     let reference = TableReference::from(name);
     let schema = state.schema_for_ref(reference.clone())?;
     // Catalog lookups are async; the built-in providers answer at once.
@@ -148,7 +157,12 @@ fn table(state: &SessionState, name: &str, func: &str) -> Result<Arc<dyn TablePr
 }
 
 /// The index and field of a vector column, or a plan error naming it.
-fn vector_column(schema: &Schema, table: &str, column: &str, func: &str) -> Result<(usize, Field)> {
+pub(crate) fn vector_column(
+    schema: &Schema,
+    table: &str,
+    column: &str,
+    func: &str,
+) -> Result<(usize, Field)> {
     let (index, field) = schema.column_with_name(column).ok_or_else(|| {
         let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
         plan_datafusion_err!(
@@ -165,7 +179,7 @@ fn vector_column(schema: &Schema, table: &str, column: &str, func: &str) -> Resu
     Ok((index, field.clone()))
 }
 
-fn fixed_dim(field: &Field) -> Option<usize> {
+pub(crate) fn fixed_dim(field: &Field) -> Option<usize> {
     match field.data_type() {
         DataType::FixedSizeList(_, d) => Some(*d as usize),
         _ => None,
@@ -180,7 +194,7 @@ fn check_arity(exprs: &[Expr], func: &str, signature: &str, min: usize) -> Resul
 }
 
 /// A name not in `taken`: `base`, else `prefix` + `base` repeated.
-fn unique_name(schema: &Schema, base: &str, prefix: &str) -> String {
+pub(crate) fn unique_name(schema: &Schema, base: &str, prefix: &str) -> String {
     let mut name = base.to_string();
     while schema.column_with_name(&name).is_some() {
         name = format!("{prefix}{name}");
@@ -451,17 +465,21 @@ impl UserDefinedLogicalNodeCore for KnnJoinNode {
 /// a statement travel to a cluster's scheduler as a plan, with the tables it
 /// reads as ordinary scans.
 #[derive(Debug)]
-struct PlannedTable {
+pub(crate) struct PlannedTable {
     plan: LogicalPlan,
     schema: SchemaRef,
 }
 
 impl PlannedTable {
     /// The table of one of Kiln's logical nodes.
-    fn of(node: impl UserDefinedLogicalNode + 'static) -> Arc<dyn TableProvider> {
-        let plan = LogicalPlan::Extension(Extension {
+    pub(crate) fn of(node: impl UserDefinedLogicalNode + 'static) -> Arc<dyn TableProvider> {
+        Self::from_plan(LogicalPlan::Extension(Extension {
             node: Arc::new(node),
-        });
+        }))
+    }
+
+    /// The table of a logical plan.
+    pub(crate) fn from_plan(plan: LogicalPlan) -> Arc<dyn TableProvider> {
         let schema = Arc::new(plan.schema().as_arrow().clone());
         Arc::new(PlannedTable { plan, schema })
     }

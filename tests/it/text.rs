@@ -169,3 +169,316 @@ fn kiln_chunk_writes_a_row_per_chunk() {
     assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
     assert!(!bad.exists());
 }
+
+/// A deterministic corpus for near-duplicate tests: `bases` documents of 60
+/// words from a 3,000-word vocabulary, each followed by three variants with
+/// 1, 4 and 15 words replaced. Ids from 1 in that order.
+fn near_duplicate_corpus(bases: usize) -> Vec<String> {
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    let mut docs = Vec::new();
+    for _ in 0..bases {
+        let base: Vec<String> = (0..60).map(|_| format!("w{}", next(3000))).collect();
+        docs.push(base.join(" "));
+        for edits in [1, 4, 15] {
+            let mut variant = base.clone();
+            for _ in 0..edits {
+                let at = next(60) as usize;
+                variant[at] = format!("x{}", next(100_000));
+            }
+            docs.push(variant.join(" "));
+        }
+    }
+    docs
+}
+
+/// The exact Jaccard similarity of two texts' word 5-shingle sets.
+fn jaccard(a: &str, b: &str) -> f64 {
+    let shingles = |t: &str| -> std::collections::HashSet<String> {
+        let words: Vec<&str> = t.split(' ').collect();
+        words.windows(5).map(|w| w.join(" ")).collect()
+    };
+    let (a, b) = (shingles(a), shingles(b));
+    a.intersection(&b).count() as f64 / a.union(&b).count() as f64
+}
+
+fn register_docs(session: &Session, docs: &[String]) {
+    use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
+    use std::sync::Arc;
+    let ids: Vec<i64> = (1..=docs.len() as i64).collect();
+    let mut texts: Vec<Option<&str>> = docs.iter().map(|d| Some(d.as_str())).collect();
+    // One NULL and one text without words: nobody's duplicates.
+    texts.push(None);
+    texts.push(Some(" -- "));
+    let ids: Vec<i64> = ids.into_iter().chain([-1, -2]).collect();
+    let batch = RecordBatch::try_from_iter([
+        ("id", Arc::new(Int64Array::from(ids)) as _),
+        ("body", Arc::new(StringArray::from(texts)) as _),
+    ])
+    .unwrap();
+    session.context().register_batch("docs", batch).unwrap();
+}
+
+async fn pairs(session: &Session, sql: &str) -> Vec<(i64, i64, f64)> {
+    use datafusion::arrow::datatypes::Float64Type;
+    let batches = session.sql(sql).await.unwrap().collect().await.unwrap();
+    let mut out: Vec<(i64, i64, f64)> = batches
+        .iter()
+        .flat_map(|b| {
+            let a = b.column(0).as_primitive::<Int64Type>().clone();
+            let c = b.column(1).as_primitive::<Int64Type>().clone();
+            let s = b.column(2).as_primitive::<Float64Type>().clone();
+            (0..b.num_rows()).map(move |i| (a.value(i), c.value(i), s.value(i)))
+        })
+        .collect();
+    out.sort_by(|x, y| (x.0, x.1).cmp(&(y.0, y.1)));
+    out
+}
+
+/// `near_duplicates` finds the pairs above the threshold, each once with
+/// `id_a < id_b` and an estimate near the true Jaccard similarity, and no
+/// pair below it; `near_duplicate_clusters` gives each row the least id
+/// of its group; the DataFrame methods plan the same.
+#[tokio::test]
+async fn near_duplicates_find_pairs_and_clusters() {
+    let docs = near_duplicate_corpus(40);
+    let session = Session::new().unwrap();
+    register_docs(&session, &docs);
+    let found = pairs(
+        &session,
+        "SELECT * FROM near_duplicates('docs', 'id', 'body', 0.7)",
+    )
+    .await;
+    let mut expected = Vec::new();
+    for (i, a) in docs.iter().enumerate() {
+        for (j, b) in docs.iter().enumerate().skip(i + 1) {
+            let j_true = jaccard(a, b);
+            if j_true >= 0.8 {
+                expected.push((i as i64 + 1, j as i64 + 1, j_true));
+            }
+        }
+    }
+    // 128 permutations: standard error at most 0.045; four of them.
+    for &(a, b, s) in &found {
+        assert!(a < b, "({a}, {b})");
+        assert!(s >= 0.7, "({a}, {b}): {s}");
+        let t = jaccard(&docs[a as usize - 1], &docs[b as usize - 1]);
+        assert!(
+            (s - t).abs() < 0.18,
+            "({a}, {b}): estimate {s}, Jaccard {t}"
+        );
+    }
+    let found_ids: Vec<(i64, i64)> = found.iter().map(|&(a, b, _)| (a, b)).collect();
+    // LSH misses a pair when no band of its signatures agrees: at 0.7
+    // (14 bands of 9 rows) a pair of Jaccard 0.8 is a candidate with
+    // probability 1 − (1 − 0.8⁹)¹⁴ ≈ 0.94 (the corpus's 1-edit pairs have
+    // 0.836: ≈ 0.956), of 0.9 with ≈ 0.9994. Signatures are deterministic:
+    // this corpus misses 3 of 40.
+    let missed: Vec<_> = expected
+        .iter()
+        .filter(|p| !found_ids.contains(&(p.0, p.1)))
+        .collect();
+    assert!(
+        missed.len() * 10 <= expected.len(),
+        "missed {missed:?} of {}",
+        expected.len()
+    );
+    for (a, b, t) in &expected {
+        assert!(
+            *t < 0.9 || found_ids.contains(&(*a, *b)),
+            "missed ({a}, {b}), Jaccard {t}"
+        );
+    }
+    assert!(expected.len() >= 40, "{}", expected.len());
+    // Unrelated documents (a different base) are never paired.
+    assert!(found_ids.iter().all(|&(a, b)| (a - 1) / 4 == (b - 1) / 4));
+
+    // Clusters: every row once; the least id of its group.
+    let clusters = session
+        .sql("SELECT id, cluster_id FROM near_duplicate_clusters('docs', 'id', 'body', 0.7) ORDER BY id")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let rows: Vec<(i64, i64)> = clusters
+        .iter()
+        .flat_map(|b| {
+            let i = b.column(0).as_primitive::<Int64Type>().clone();
+            let c = b.column(1).as_primitive::<Int64Type>().clone();
+            (0..b.num_rows()).map(move |r| (i.value(r), c.value(r)))
+        })
+        .collect();
+    assert_eq!(rows.len(), docs.len() + 2);
+    for &(id, cluster) in &rows {
+        assert!(cluster <= id, "{id} in {cluster}");
+        if id > 0 && found_ids.iter().any(|&(a, b)| a == id || b == id) {
+            assert_eq!((cluster - 1) / 4, (id - 1) / 4, "{id} in {cluster}");
+            // Paired rows share the cluster.
+            for &(a, b) in &found_ids {
+                if a == id {
+                    let other = rows.iter().find(|r| r.0 == b).unwrap();
+                    assert_eq!(other.1, cluster);
+                }
+            }
+        } else {
+            assert_eq!(cluster, id);
+        }
+    }
+
+    // The DataFrame API: the same pairs, and one row per cluster kept.
+    use kiln::{Dedup, KilnDataFrameExt};
+    let frame = session.sql("SELECT * FROM docs").await.unwrap();
+    let dedup = Dedup::new(0.7).unwrap();
+    let same = frame.clone().near_duplicates("id", "body", &dedup).unwrap();
+    let n: usize = same
+        .collect()
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    assert_eq!(n, found.len());
+    let kept = frame.drop_near_duplicates("id", "body", &dedup).unwrap();
+    let kept: usize = kept
+        .collect()
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    let clusters = rows.iter().filter(|(i, c)| i == c).count();
+    assert_eq!(kept, clusters);
+    assert!(kept < docs.len());
+}
+
+/// `minhash` in SQL: a fixed-size signature, the same for the same text,
+/// NULL for NULL; `minhash_similarity` compares signatures.
+#[tokio::test]
+async fn minhash_signatures_in_sql() {
+    let session = Session::new().unwrap();
+    let rows = session
+        .sql(
+            "SELECT arrow_typeof(minhash('a b c d e f', 64)) AS t, \
+                    minhash_similarity(minhash('a b c d e f g', 64, 2), \
+                                       minhash('A b, c d e f g!', 64, 2)) AS same, \
+                    minhash_similarity(minhash('a b c d', 64, 1, 'char'), \
+                                       minhash('w x y z', 64, 1, 'char')) AS other, \
+                    minhash(CAST(NULL AS VARCHAR), 8) IS NULL AS null_in, \
+                    cardinality(minhash_bands(minhash('a b c', 128), 9, 13)) AS bands",
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let row = &rows[0];
+    assert_eq!(
+        row.column(0).as_string::<i32>().value(0),
+        "FixedSizeList(64 x non-null UInt64)"
+    );
+    use datafusion::arrow::datatypes::{Float64Type, UInt64Type};
+    assert_eq!(row.column(1).as_primitive::<Float64Type>().value(0), 1.0);
+    // Shares only the space character shingle: well under a half.
+    assert!(row.column(2).as_primitive::<Float64Type>().value(0) < 0.5);
+    assert!(row.column(3).as_boolean().value(0));
+    assert_eq!(row.column(4).as_primitive::<UInt64Type>().value(0), 9);
+}
+
+#[tokio::test]
+async fn bad_near_duplicate_arguments_are_one_line_errors() {
+    let session = Session::new().unwrap();
+    register_docs(&session, &near_duplicate_corpus(1));
+    for (sql, want) in [
+        (
+            "SELECT * FROM near_duplicates('docs', 'id', 'body', 0)",
+            "threshold must be in (0, 1], not 0",
+        ),
+        (
+            "SELECT * FROM near_duplicates('docs', 'id', 'body', 1.5)",
+            "threshold must be in (0, 1], not 1.5",
+        ),
+        (
+            "SELECT * FROM near_duplicates('docs', 'id', 'text', 0.8)",
+            "no text column 'text' (columns: id, body)",
+        ),
+        (
+            "SELECT * FROM near_duplicates('docs', 'body', 'id', 0.8)",
+            "the text column must be a string, not Int64",
+        ),
+        (
+            "SELECT * FROM near_duplicates('nope', 'id', 'body', 0.8)",
+            "table 'nope' not found",
+        ),
+        (
+            "SELECT * FROM near_duplicates('docs', 'id', 'body', 0.8, 0)",
+            "num_perm must be a positive integer",
+        ),
+        (
+            "SELECT * FROM near_duplicates('docs', 'id', 'body', 0.8, 5000)",
+            "num_perm must be between 1 and 1024",
+        ),
+        (
+            "SELECT * FROM near_duplicate_clusters('docs', 'id', 'body', 0.8, 64, 3, 'syllable')",
+            "unit must be 'word' or 'char', not 'syllable'",
+        ),
+        (
+            "SELECT * FROM near_duplicates('docs', 'id')",
+            "near_duplicates takes (table, key, text, threshold",
+        ),
+        (
+            "SELECT minhash('a', 0)",
+            "num_perm must be between 1 and 1024, not 0",
+        ),
+        (
+            "SELECT minhash('a', 4, 2, 'x')",
+            "unit must be 'word' or 'char'",
+        ),
+        (
+            "SELECT minhash_bands(minhash('a', 8), 3, 3)",
+            "3 bands of 3 rows need 9 signature values, the signature has 8",
+        ),
+        (
+            "SELECT minhash_similarity(minhash('a', 8), minhash('a', 16))",
+            "signatures of the same num_perm",
+        ),
+        (
+            "SELECT * FROM semantic_duplicates('docs', 'id', 'body', 0.9)",
+            "must be a vector",
+        ),
+    ] {
+        let e = crate::common::sql_error(&session, sql).await;
+        assert!(e.contains(want), "{sql}: {e}");
+    }
+}
+
+/// `semantic_duplicates`: pairs of rows whose vectors' cosine similarity
+/// reaches the threshold, each once, found through the exact kNN join.
+#[tokio::test]
+async fn semantic_duplicates_pair_close_vectors() {
+    let session = Session::new().unwrap();
+    session
+        .sql(
+            "CREATE TABLE vecs AS SELECT * FROM (VALUES \
+               (1, [1.0, 0.0, 0.0]), (2, [0.99, 0.05, 0.0]), (3, [0.0, 1.0, 0.0]), \
+               (4, [0.0, 0.98, 0.1]), (5, [0.0, 0.0, 1.0]), (6, [0.7, 0.7, 0.0])) AS t(id, v)",
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let found = pairs(
+        &session,
+        "SELECT * FROM semantic_duplicates('vecs', 'id', 'v', 0.95, 3)",
+    )
+    .await;
+    let ids: Vec<(i64, i64)> = found.iter().map(|&(a, b, _)| (a, b)).collect();
+    assert_eq!(ids, [(1, 2), (3, 4)]);
+    assert!(found.iter().all(|&(_, _, s)| s >= 0.95 && s <= 1.0 + 1e-6));
+}
