@@ -3,7 +3,7 @@
 use datafusion::common::Column;
 use datafusion::logical_expr::{Expr, ScalarUDF};
 use datafusion::prelude::{DataFrame, lit};
-use kiln_engine::functions::{ChunkUdf, EmbedUdf};
+use kiln_engine::functions::{ChunkUdf, EmbedUdf, MaskPiiUdf};
 use kiln_engine::model::DEFAULT_MODEL;
 
 pub use kiln_planner::near_duplicates::Dedup;
@@ -31,6 +31,12 @@ pub trait KilnDataFrameExt: Sized {
         model: Option<&str>,
     ) -> Result<Self>;
 
+    /// [`chunk`](Self::chunk) with a budget of characters (SQL
+    /// `chunk_text(text, max_chars => N, overlap_chars => M)`): chunks of at
+    /// most `max_chars` characters, the last `overlap` repeated by the next;
+    /// the size column is `chunk_chars`.
+    fn chunk_chars(self, column: &str, max_chars: usize, overlap: usize) -> Result<Self>;
+
     /// The pairs of rows whose text columns are near-duplicates (SQL
     /// `near_duplicates`): `id_a`, `id_b` (values of column `key`,
     /// `id_a < id_b`) and `similarity`, their texts' estimated Jaccard
@@ -43,16 +49,64 @@ pub trait KilnDataFrameExt: Sized {
     /// [`near_duplicates`](Self::near_duplicates)), the row with the least
     /// key is kept; rows without a key or text are kept.
     fn drop_near_duplicates(self, key: &str, text: &str, dedup: &Dedup) -> Result<Self>;
+
+    /// Text column `column` with personal data and secrets masked in place
+    /// (SQL `mask_pii`): `types` a comma-separated list of kinds (`None`:
+    /// all), `mode` `"redact"`, `"mask"` or `"hash"` (`None`: redact; hash
+    /// needs `kiln.pii_salt`).
+    fn mask_pii(self, column: &str, types: Option<&str>, mode: Option<&str>) -> Result<Self>;
 }
 
 /// The columns [`KilnDataFrameExt::chunk`] adds, and the struct fields they
-/// come from.
+/// come from (the size last).
 const CHUNK_COLUMNS: [(&str, &str); 4] = [
     ("chunk", "chunk"),
     ("start", "chunk_start"),
     ("end", "chunk_end"),
     ("tokens", "chunk_tokens"),
 ];
+
+/// The size column of [`KilnDataFrameExt::chunk_chars`].
+const CHAR_SIZE_COLUMN: (&str, &str) = ("chars", "chunk_chars");
+
+/// A row per chunk: `frame`'s columns but `column`, then the fields of
+/// `call`'s chunk structs as `columns` name them.
+fn unnest_chunks(
+    frame: DataFrame,
+    column: &str,
+    call: Expr,
+    columns: &[(&str, &str)],
+) -> Result<DataFrame> {
+    use datafusion::functions::core::expr_fn::get_field;
+    const CHUNKS: &str = "__kiln_chunks";
+    let others: Vec<Expr> = frame
+        .schema()
+        .iter()
+        .filter(|(_, f)| f.name() != column)
+        .map(|(q, f)| Expr::Column(Column::from((q, f))))
+        .collect();
+    for (_, name) in columns {
+        if frame.schema().field_with_unqualified_name(name).is_ok() && *name != column {
+            return Err(KilnError::Usage(format!(
+                "the input already has a column '{name}', which chunking adds"
+            )));
+        }
+    }
+    let unnested = frame
+        .select(others.into_iter().chain([call.alias(CHUNKS)]))?
+        .unnest_columns(&[CHUNKS])?;
+    let kept: Vec<Expr> = unnested
+        .schema()
+        .iter()
+        .filter(|(_, f)| f.name() != CHUNKS)
+        .map(|(q, f)| Expr::Column(Column::from((q, f))))
+        .collect();
+    let chunks = Expr::Column(Column::from_name(CHUNKS));
+    let added = columns
+        .iter()
+        .map(|(field, name)| get_field(chunks.clone(), *field).alias(*name));
+    Ok(unnested.select(kept.into_iter().chain(added))?)
+}
 
 impl KilnDataFrameExt for DataFrame {
     fn embed(self, column: &str, model: Option<&str>, output: &str) -> Result<DataFrame> {
@@ -72,41 +126,24 @@ impl KilnDataFrameExt for DataFrame {
         overlap: usize,
         model: Option<&str>,
     ) -> Result<DataFrame> {
-        use datafusion::functions::core::expr_fn::get_field;
-        const CHUNKS: &str = "__kiln_chunks";
-        let others: Vec<Expr> = self
-            .schema()
-            .iter()
-            .filter(|(_, f)| f.name() != column)
-            .map(|(q, f)| Expr::Column(Column::from((q, f))))
-            .collect();
-        for (_, name) in CHUNK_COLUMNS {
-            if self.schema().field_with_unqualified_name(name).is_ok() && name != column {
-                return Err(KilnError::Usage(format!(
-                    "the input already has a column '{name}', which chunking adds"
-                )));
-            }
-        }
         let call = ScalarUDF::from(ChunkUdf::new()).call(vec![
             Expr::Column(Column::from_name(column)),
             lit(max_tokens as i64),
             lit(overlap as i64),
             lit(model.unwrap_or(DEFAULT_MODEL)),
         ]);
-        let unnested = self
-            .select(others.into_iter().chain([call.alias(CHUNKS)]))?
-            .unnest_columns(&[CHUNKS])?;
-        let kept: Vec<Expr> = unnested
-            .schema()
-            .iter()
-            .filter(|(_, f)| f.name() != CHUNKS)
-            .map(|(q, f)| Expr::Column(Column::from((q, f))))
-            .collect();
-        let chunks = Expr::Column(Column::from_name(CHUNKS));
-        let added = CHUNK_COLUMNS
-            .iter()
-            .map(|(field, name)| get_field(chunks.clone(), *field).alias(*name));
-        Ok(unnested.select(kept.into_iter().chain(added))?)
+        unnest_chunks(self, column, call, &CHUNK_COLUMNS)
+    }
+
+    fn chunk_chars(self, column: &str, max_chars: usize, overlap: usize) -> Result<DataFrame> {
+        let call = ScalarUDF::from(ChunkUdf::chars()).call(vec![
+            Expr::Column(Column::from_name(column)),
+            lit(max_chars as i64),
+            lit(overlap as i64),
+        ]);
+        let mut columns = CHUNK_COLUMNS;
+        columns[3] = CHAR_SIZE_COLUMN;
+        unnest_chunks(self, column, call, &columns)
     }
 
     fn near_duplicates(self, key: &str, text: &str, dedup: &Dedup) -> Result<DataFrame> {
@@ -119,5 +156,28 @@ impl KilnDataFrameExt for DataFrame {
         let (state, plan) = self.into_parts();
         let plan = kiln_planner::near_duplicates::drop_near_duplicates(plan, key, text, dedup)?;
         Ok(DataFrame::new(state, plan))
+    }
+
+    fn mask_pii(self, column: &str, types: Option<&str>, mode: Option<&str>) -> Result<DataFrame> {
+        let call = ScalarUDF::from(MaskPiiUdf::new()).call(vec![
+            Expr::Column(Column::from_name(column)),
+            lit(types.unwrap_or("all")),
+            lit(mode.unwrap_or("redact")),
+        ]);
+        let columns: Vec<Expr> = self
+            .schema()
+            .iter()
+            .map(|(q, f)| {
+                if f.name() == column {
+                    call.clone().alias(column)
+                } else {
+                    Expr::Column(Column::from((q, f)))
+                }
+            })
+            .collect();
+        if self.schema().field_with_unqualified_name(column).is_err() {
+            return Err(KilnError::Usage(format!("mask_pii: no column '{column}'")));
+        }
+        Ok(self.select(columns)?)
     }
 }

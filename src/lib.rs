@@ -26,6 +26,7 @@ mod fault;
 pub mod fuzzing;
 pub mod job;
 mod mixed_schema;
+mod named_args;
 pub mod session;
 mod statement_depth;
 

@@ -458,8 +458,9 @@ impl Session {
     pub(crate) async fn plan_statement_in(
         &self,
         ctx: &SessionContext,
-        statement: Statement,
+        mut statement: Statement,
     ) -> Result<LogicalPlan> {
+        crate::named_args::rewrite(&mut statement).map_err(KilnError::Usage)?;
         let limit = self.kiln_options().max_expression_depth;
         if let Some(depth) = crate::statement_depth::exceeds(&statement, limit) {
             return Err(KilnError::TooDeep { depth, limit });

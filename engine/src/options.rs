@@ -69,6 +69,11 @@ config_namespace! {
         /// Rows embed() in a projection gathers across input batches before
         /// the encoder runs (grouped by length into token-budget batches).
         pub embed_batch_rows: usize, default = 16_384
+        /// The salt of mask_pii(text, types, 'hash'): the same salt gives the
+        /// same hashes (so joins on masked values work across jobs that share
+        /// it). Read when the function runs, so it is in no plan, EXPLAIN,
+        /// error or log; SHOW and information_schema list it like any setting.
+        pub pii_salt: String, default = String::new()
         /// Where embed() keeps the embeddings it computed, as Parquet
         /// (`s3://bucket/cache/`, a local directory), and looks them up
         /// before it embeds; empty: no cache (the default).

@@ -25,8 +25,8 @@ use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use kiln_engine::functions::{
-    ChunkUdf, ConnectedComponentsUdaf, EmbedUdf, MinHashBandsUdf, MinHashSimilarityUdf, MinHashUdf,
-    VectorOp, VectorUdf,
+    ChunkUdf, ConnectedComponentsUdaf, DetectPiiUdf, EmbedUdf, MaskPiiUdf, MinHashBandsUdf,
+    MinHashSimilarityUdf, MinHashUdf, VectorOp, VectorUdf,
 };
 use kiln_kernels::DeviceRequest;
 
@@ -92,6 +92,9 @@ pub fn kiln_functions() -> Vec<ScalarUDF> {
     let mut udfs = vec![
         ScalarUDF::from(EmbedUdf::new()),
         ScalarUDF::from(ChunkUdf::new()),
+        ScalarUDF::from(ChunkUdf::chars()),
+        ScalarUDF::from(DetectPiiUdf::new()),
+        ScalarUDF::from(MaskPiiUdf::new()),
         ScalarUDF::from(MinHashUdf::new()),
         ScalarUDF::from(MinHashBandsUdf::new()),
         ScalarUDF::from(MinHashSimilarityUdf::new()),

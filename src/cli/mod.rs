@@ -171,9 +171,10 @@ enum Command {
         #[arg(long = "as", default_value = "embedding")]
         as_name: String,
     },
-    /// Cut a text column of Parquet into chunks of a model's tokens, a row
-    /// per chunk (SQL chunk_text): the other columns, then chunk,
-    /// chunk_start, chunk_end (character offsets) and chunk_tokens.
+    /// Cut a text column of Parquet into chunks of a model's tokens (or of
+    /// characters), a row per chunk (SQL chunk_text): the other columns,
+    /// then chunk, chunk_start, chunk_end (character offsets) and
+    /// chunk_tokens (chunk_chars with --max-chars).
     Chunk {
         /// Parquet file, directory or prefix to read.
         input: String,
@@ -182,10 +183,14 @@ enum Command {
         /// The text column to cut.
         #[arg(long)]
         column: String,
-        /// The most tokens a chunk holds.
-        #[arg(long, default_value_t = 256)]
-        max_tokens: usize,
-        /// Tokens of a chunk repeated at the start of the next.
+        /// The most tokens a chunk holds [default: 256].
+        #[arg(long, conflicts_with = "max_chars")]
+        max_tokens: Option<usize>,
+        /// The most characters a chunk holds, instead of tokens.
+        #[arg(long, conflicts_with = "model")]
+        max_chars: Option<usize>,
+        /// Tokens (characters, with --max-chars) of a chunk repeated at the
+        /// start of the next.
         #[arg(long, default_value_t = 0)]
         overlap: usize,
         /// Model whose tokenizer counts (name or directory; default:
@@ -589,6 +594,7 @@ async fn run(cli: Cli) -> Result<()> {
             output,
             column,
             max_tokens,
+            max_chars,
             overlap,
             model,
         } => {
@@ -598,13 +604,25 @@ async fn run(cli: Cli) -> Result<()> {
             refuse_output_inside_input(&input, &output)?;
             let frame = session.read_parquet(&input).await?;
             let documents = frame.clone().count().await?;
-            let frame = frame.chunk(&column, max_tokens, overlap, model.as_deref())?;
+            let (frame, budget) = match max_chars {
+                Some(max) => (
+                    frame.chunk_chars(&column, max, overlap)?,
+                    format!("{max} characters"),
+                ),
+                None => {
+                    let max = max_tokens.unwrap_or(256);
+                    (
+                        frame.chunk(&column, max, overlap, model.as_deref())?,
+                        format!("{max} tokens"),
+                    )
+                }
+            };
             let chunks = session
                 .write_parquet(frame, &output, Some(output.ends_with(".parquet")))
                 .await?;
             println!(
                 "cut {documents} rows of {input}:{column} into {chunks} chunks of at most \
-                 {max_tokens} tokens in {output} in {:.1}s",
+                 {budget} in {output} in {:.1}s",
                 started.elapsed().as_secs_f64()
             );
             Ok(())

@@ -10,6 +10,13 @@
 //! the encoder adds; `max_tokens` may be at most the model's
 //! `max_seq_length` less those, so `embed(chunk)` never truncates. NULL and
 //! empty texts give no chunks (an empty list).
+//!
+//! `chunk_text(text, max_chars => N [, overlap_chars => M])` budgets
+//! characters instead (Kiln's SQL front end rewrites it to
+//! `chunk_text_chars(text, N [, M])`, which may also be called by that
+//! name): chunks of at most `N` characters from their first non-space
+//! character to their last, the same boundaries preferred, the struct's
+//! last field `chars`.
 
 use std::sync::Arc;
 
@@ -27,12 +34,14 @@ use datafusion::logical_expr::{
 
 use crate::functions::embed::model_name;
 use crate::model::{EmbeddingModel, shared_model};
-use crate::text::chunk::{char_offsets, spans};
+use crate::text::chunk::{Span, char_offsets, char_spans, spans};
 
-/// The `chunk_text` scalar function.
+/// The `chunk_text` scalar function, or `chunk_text_chars` (character
+/// budgets).
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct ChunkUdf {
     signature: Signature,
+    chars: bool,
 }
 
 impl Default for ChunkUdf {
@@ -66,32 +75,91 @@ impl ChunkUdf {
         }
         ChunkUdf {
             signature: Signature::one_of(accepted, Volatility::Immutable),
+            chars: false,
+        }
+    }
+
+    /// `chunk_text_chars(text, max_chars [, overlap_chars])`.
+    pub fn chars() -> Self {
+        let mut accepted = Vec::new();
+        for text in [DataType::Utf8, DataType::LargeUtf8, DataType::Utf8View] {
+            accepted.push(TypeSignature::Exact(vec![text.clone(), DataType::Int64]));
+            accepted.push(TypeSignature::Exact(vec![
+                text,
+                DataType::Int64,
+                DataType::Int64,
+            ]));
+        }
+        ChunkUdf {
+            signature: Signature::one_of(accepted, Volatility::Immutable),
+            chars: true,
+        }
+    }
+
+    fn fields(&self) -> Fields {
+        chunk_fields(if self.chars { "chars" } else { "tokens" })
+    }
+
+    fn item_field(&self) -> FieldRef {
+        Arc::new(Field::new_list_field(
+            DataType::Struct(self.fields()),
+            false,
+        ))
+    }
+
+    fn request(&self, args: &[Option<&ScalarValue>]) -> Result<Request> {
+        if self.chars {
+            char_request(args)
+        } else {
+            request(args)
         }
     }
 }
 
-/// The struct of one chunk.
-fn chunk_fields() -> Fields {
+/// The struct of one chunk; its size field is `size` (tokens or chars).
+fn chunk_fields(size: &str) -> Fields {
     Fields::from(vec![
         Field::new("chunk", DataType::Utf8, false),
         Field::new("start", DataType::Int64, false),
         Field::new("end", DataType::Int64, false),
-        Field::new("tokens", DataType::Int64, false),
+        Field::new(size, DataType::Int64, false),
     ])
 }
 
-fn item_field() -> FieldRef {
-    Arc::new(Field::new_list_field(
-        DataType::Struct(chunk_fields()),
-        false,
-    ))
-}
-
-/// What a call asks for: budget, overlap and model.
+/// What a call asks for: budget, overlap and model (none: characters).
 struct Request {
     max_tokens: usize,
     overlap: usize,
-    model: Arc<EmbeddingModel>,
+    model: Option<Arc<EmbeddingModel>>,
+}
+
+/// The arguments of `chunk_text_chars(text, max_chars [, overlap_chars])`.
+fn char_request(args: &[Option<&ScalarValue>]) -> Result<Request> {
+    let int = |i: usize, name: &str| -> Result<Option<i64>> {
+        match args.get(i) {
+            None => Ok(None),
+            Some(Some(ScalarValue::Int64(Some(v)))) => Ok(Some(*v)),
+            Some(_) => plan_err!("chunk_text: {name} must be a constant integer"),
+        }
+    };
+    let Some(max_chars) = int(1, "max_chars")? else {
+        return plan_err!("chunk_text(text, max_chars => N [, overlap_chars => M])");
+    };
+    let overlap = int(2, "overlap_chars")?.unwrap_or(0);
+    if max_chars <= 0 {
+        return plan_err!("chunk_text: max_chars must be at least 1, not {max_chars}");
+    }
+    if overlap < 0 || overlap >= max_chars {
+        return plan_err!(
+            "chunk_text: overlap_chars must be at least 0 and less than max_chars \
+             ({max_chars}), not {overlap}"
+        );
+    }
+    Ok(Request {
+        max_tokens: max_chars as usize,
+        overlap: overlap as usize,
+        model: None,
+    })
 }
 
 /// Reads and checks the constant arguments (`None`: not a constant).
@@ -136,13 +204,17 @@ fn request(args: &[Option<&ScalarValue>]) -> Result<Request> {
     Ok(Request {
         max_tokens: max_tokens as usize,
         overlap: overlap as usize,
-        model,
+        model: Some(model),
     })
 }
 
 impl ScalarUDFImpl for ChunkUdf {
     fn name(&self) -> &str {
-        "chunk_text"
+        if self.chars {
+            "chunk_text_chars"
+        } else {
+            "chunk_text"
+        }
     }
 
     fn signature(&self) -> &Signature {
@@ -150,14 +222,14 @@ impl ScalarUDFImpl for ChunkUdf {
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
-        Ok(DataType::List(item_field()))
+        Ok(DataType::List(self.item_field()))
     }
 
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
-        request(args.scalar_arguments)?;
+        self.request(args.scalar_arguments)?;
         Ok(Arc::new(Field::new(
             self.name(),
-            DataType::List(item_field()),
+            DataType::List(self.item_field()),
             false,
         )))
     }
@@ -172,14 +244,41 @@ impl ScalarUDFImpl for ChunkUdf {
         }
         let mut scalars: Vec<Option<&ScalarValue>> = vec![None];
         scalars.extend(constants);
-        let request = request(&scalars)?;
+        let request = self.request(&scalars)?;
         let texts = args.args[0].to_array(args.number_rows)?;
-        Ok(ColumnarValue::Array(chunk_array(&request, &texts)?))
+        Ok(ColumnarValue::Array(chunk_array(
+            &request,
+            &texts,
+            self.fields(),
+        )?))
     }
 }
 
-/// The chunks of every text of `texts`.
-fn chunk_array(request: &Request, texts: &ArrayRef) -> Result<ArrayRef> {
+/// The spans of `text` a request cuts.
+fn text_spans(request: &Request, text: &str) -> Result<Vec<Span>> {
+    let Some(model) = &request.model else {
+        return Ok(char_spans(text, request.max_tokens, request.overlap));
+    };
+    let token_offsets = model
+        .token_offsets(text)
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    let mut count = |span: &str| {
+        model
+            .token_offsets(span)
+            .map(|t| t.len())
+            .unwrap_or(usize::MAX)
+    };
+    Ok(spans(
+        text,
+        &token_offsets,
+        request.max_tokens,
+        request.overlap,
+        &mut count,
+    ))
+}
+
+/// The chunks of every text of `texts`, as lists of structs of `fields`.
+fn chunk_array(request: &Request, texts: &ArrayRef, fields: Fields) -> Result<ArrayRef> {
     let texts: Vec<Option<&str>> = match texts.data_type() {
         DataType::Utf8 => texts.as_string::<i32>().iter().collect(),
         DataType::LargeUtf8 => texts.as_string::<i64>().iter().collect(),
@@ -196,24 +295,7 @@ fn chunk_array(request: &Request, texts: &ArrayRef) -> Result<ArrayRef> {
     let mut total = 0usize;
     for text in texts {
         let text = text.unwrap_or("");
-        let token_offsets = request
-            .model
-            .token_offsets(text)
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let mut count = |span: &str| {
-            request
-                .model
-                .token_offsets(span)
-                .map(|t| t.len())
-                .unwrap_or(usize::MAX)
-        };
-        let found = spans(
-            text,
-            &token_offsets,
-            request.max_tokens,
-            request.overlap,
-            &mut count,
-        );
+        let found = text_spans(request, text)?;
         let bytes: Vec<usize> = found.iter().flat_map(|s| [s.start, s.end]).collect();
         let chars = char_offsets(text, &bytes);
         for (i, span) in found.iter().enumerate() {
@@ -234,9 +316,13 @@ fn chunk_array(request: &Request, texts: &ArrayRef) -> Result<ArrayRef> {
         Arc::new(end.finish()),
         Arc::new(tokens.finish()),
     ];
-    let structs = StructArray::try_new(chunk_fields(), columns, None)?;
+    let item = Arc::new(Field::new_list_field(
+        DataType::Struct(fields.clone()),
+        false,
+    ));
+    let structs = StructArray::try_new(fields, columns, None)?;
     let list = ListArray::try_new(
-        item_field(),
+        item,
         OffsetBuffer::new(offsets.into()),
         Arc::new(structs),
         None,
@@ -295,9 +381,9 @@ mod tests {
             let request = Request {
                 max_tokens: max,
                 overlap,
-                model: Arc::clone(&model),
+                model: Some(Arc::clone(&model)),
             };
-            let list = chunk_array(&request, &texts).unwrap();
+            let list = chunk_array(&request, &texts, chunk_fields("tokens")).unwrap();
             let list = list.as_list::<i32>();
             assert_eq!(list.value_length(1), 0);
             assert_eq!(list.value_length(2), 0);
@@ -316,5 +402,71 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Character budgets: every chunk at most `max` characters and equal
+    /// to the text between its offsets; sentence ends preferred to words,
+    /// words to the middle of one; overlap repeats the end of the last.
+    #[test]
+    fn character_budgets_cut_at_the_best_boundary() {
+        let text = "Kiln plans SQL. It lowers it onto kernels.\n\nA new paragraph here; \
+                    supercalifragilisticexpialidocious words too.";
+        let texts: ArrayRef = Arc::new(datafusion::arrow::array::StringArray::from(vec![
+            Some(text),
+            None,
+        ]));
+        for (max, overlap) in [(20, 0), (20, 6), (45, 10), (8, 2), (1000, 0)] {
+            let request = char_request(&[
+                None,
+                Some(&ScalarValue::Int64(Some(max))),
+                Some(&ScalarValue::Int64(Some(overlap))),
+            ])
+            .unwrap();
+            let list = chunk_array(&request, &texts, chunk_fields("chars")).unwrap();
+            let list = list.as_list::<i32>();
+            assert_eq!(list.value_length(1), 0);
+            let chunks = list.value(0);
+            let chunks = chunks.as_struct();
+            let chunk = chunks.column(0).as_string::<i32>();
+            let int = |c: usize| {
+                chunks
+                    .column(c)
+                    .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                    .clone()
+            };
+            let (start, end, size) = (int(1), int(2), int(3));
+            let chars: Vec<char> = text.chars().collect();
+            for i in 0..chunks.len() {
+                let own = chunk.value(i).chars().count();
+                assert!(own as i64 <= max, "{max}: {:?}", chunk.value(i));
+                assert_eq!(own as i64, size.value(i));
+                let between: String = chars[start.value(i) as usize..end.value(i) as usize]
+                    .iter()
+                    .collect();
+                assert_eq!(between, chunk.value(i));
+            }
+            if max == 45 {
+                // The first ends at the sentence end that fits.
+                assert_eq!(chunk.value(0), "Kiln plans SQL. It lowers it onto kernels.");
+            }
+            if max == 1000 {
+                assert_eq!(chunks.len(), 1);
+            }
+            if overlap == 0 && max == 20 {
+                assert!(chunk.value(0).ends_with("SQL."), "{:?}", chunk.value(0));
+            }
+        }
+        let bad = |max: i64, overlap: i64| {
+            char_request(&[
+                None,
+                Some(&ScalarValue::Int64(Some(max))),
+                Some(&ScalarValue::Int64(Some(overlap))),
+            ])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+        };
+        assert!(bad(0, 0).contains("max_chars must be at least 1, not 0"));
+        assert!(bad(5, 5).contains("overlap_chars must be at least 0 and less than max_chars"));
     }
 }

@@ -77,9 +77,47 @@ pub fn spans(
     overlap: usize,
     count: &mut dyn FnMut(&str) -> usize,
 ) -> Vec<Span> {
+    let units: Vec<(usize, usize)> = (0..tokens.len()).map(|i| (i, i + 1)).collect();
+    weighted_spans(text, tokens, &units, max_tokens, overlap, count)
+}
+
+/// Cuts `text` into spans of at most `max_chars` characters (Unicode code
+/// points, from a span's first non-space character to its last)
+/// overlapping by up to `overlap` characters, with the same preference of
+/// boundaries as [`spans`]; a span's `tokens` is its characters.
+pub fn char_spans(text: &str, max_chars: usize, overlap: usize) -> Vec<Span> {
+    let mut pieces = Vec::new();
+    let mut units = Vec::new();
+    for (index, (byte, c)) in text.char_indices().enumerate() {
+        if !c.is_whitespace() {
+            pieces.push((byte, byte + c.len_utf8()));
+            units.push((index, index + 1));
+        }
+    }
+    let mut count = |span: &str| span.chars().count();
+    weighted_spans(text, &pieces, &units, max_chars, overlap, &mut count)
+}
+
+/// [`spans`] over pieces of `text` whose sizes are counted in units:
+/// piece `i` takes units `units[i].0..units[i].1` (increasing), and a span
+/// of pieces `i..k` is `units[k - 1].1 - units[i].0` units.
+fn weighted_spans(
+    text: &str,
+    tokens: &[(usize, usize)],
+    units: &[(usize, usize)],
+    max_tokens: usize,
+    overlap: usize,
+    count: &mut dyn FnMut(&str) -> usize,
+) -> Vec<Span> {
     let n = tokens.len();
     let max_tokens = max_tokens.max(1);
     let overlap = overlap.min(max_tokens - 1);
+    // The end of the longest span from piece `i` (at least one piece).
+    let limit_from = |i: usize| -> usize {
+        let fits = units[i..].partition_point(|u| u.1 - units[i].0 <= max_tokens);
+        (i + fits.max(1)).min(n)
+    };
+    let size = |i: usize, k: usize| units[k - 1].1 - units[i].0;
     // The boundary before token k (0 < k < n).
     let at = |k: usize| boundary(text, tokens[k - 1], tokens[k]);
     let mut out = Vec::new();
@@ -91,7 +129,7 @@ pub fn spans(
     // Whether the text has word boundaries at all.
     let spaced = (1..n).any(|j| at(j) >= Break::Word);
     while i < n {
-        let limit = (i + max_tokens).min(n);
+        let limit = limit_from(i);
         let first = (i + 1).max(last_end + 1).min(limit);
         let mut k = if limit == n {
             n
@@ -121,7 +159,7 @@ pub fn spans(
         out.push(Span {
             start: tokens[i].0,
             end: tokens[k - 1].1.max(tokens[i].0),
-            tokens: k - i,
+            tokens: size(i, k),
         });
         if k == n {
             break;
@@ -132,10 +170,10 @@ pub fn spans(
         // at a word boundary (where it could without overlap); none, it repeats
         // nothing rather than start inside a word — unless the text has no
         // word boundaries at all (a script written without spaces).
-        let lowest = k.saturating_sub(overlap).max(i + 1);
+        let lowest = (i + 1..k).find(|&j| size(j, k) <= overlap).unwrap_or(k);
         // The best boundary a span from token `start` can end at past `k`.
         let reach = |start: usize| -> Break {
-            let limit = (start + max_tokens).min(n);
+            let limit = limit_from(start);
             if limit == n {
                 return Break::Paragraph;
             }
