@@ -460,7 +460,6 @@ impl Session {
         ctx: &SessionContext,
         mut statement: Statement,
     ) -> Result<LogicalPlan> {
-        crate::named_args::rewrite(&mut statement).map_err(KilnError::Usage)?;
         let limit = self.kiln_options().max_expression_depth;
         if let Some(depth) = crate::statement_depth::exceeds(&statement, limit) {
             return Err(KilnError::TooDeep { depth, limit });
@@ -472,6 +471,8 @@ impl Session {
                  STORED AS DELTA OPTIONS ('version' 'N'); version clauses are not supported"
             )));
         }
+        // After the depth check: the rewrite walks the whole statement.
+        crate::named_args::rewrite(&mut statement).map_err(KilnError::Usage)?;
         let state = ctx.state();
         // `FROM '<path>'` that cannot be read plans as "table not found";
         // the locations are kept to find the real cause.

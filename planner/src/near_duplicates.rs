@@ -129,11 +129,21 @@ fn column_of(
     )
 }
 
+/// A key as its values: a dictionary-encoded key (a Hive partition
+/// column) cast to its value type.
+fn plain(key: Expr, key_type: &DataType) -> Expr {
+    match key_type {
+        DataType::Dictionary(_, values) => cast(key, values.as_ref().clone()),
+        _ => key,
+    }
+}
+
 /// The rows of `input` with a key and a text, as `(KEY, SIG)`, a row per
 /// LSH band with `BAND` added.
 fn banded(input: LogicalPlan, key: &str, text: &str, dedup: &Dedup) -> Result<LogicalPlan> {
     const F: &str = "near_duplicates";
-    let (key, _, _) = column_of(&input, key, F, "key")?;
+    let (key, key_type, _) = column_of(&input, key, F, "key")?;
+    let key = plain(key, &key_type);
     let (text, text_type, _) = column_of(&input, text, F, "text")?;
     if !matches!(
         text_type,
@@ -236,7 +246,8 @@ fn clusters_of(input: LogicalPlan, key: &str, pairs: LogicalPlan) -> Result<Logi
             get_field(named(COMPONENTS), "component").alias(COMPONENT),
         ])?
         .build()?;
-    let (key_expr, _, _) = column_of(&input, key, "near_duplicate_clusters", "key")?;
+    let (key_expr, key_type, _) = column_of(&input, key, "near_duplicate_clusters", "key")?;
+    let key_expr = plain(key_expr, &key_type);
     let cluster = if key == "cluster_id" {
         "near_duplicate_cluster_id"
     } else {
@@ -346,7 +357,8 @@ pub fn semantic_duplicate_pairs(
         .build()
 }
 
-/// Argument `i` as a constant positive integer.
+/// Argument `i` as a constant positive integer (an integer literal, not a
+/// float or a string).
 fn int_arg(
     state: &SessionState,
     exprs: &[Expr],
@@ -358,10 +370,13 @@ fn int_arg(
         return Ok(None);
     };
     let value = constant(state, expr, func, what)?;
-    match value.cast_to(&DataType::Int64) {
-        Ok(ScalarValue::Int64(Some(v))) if v >= 1 => Ok(Some(v as usize)),
-        _ => plan_err!("{func}: {what} must be a positive integer, got {value}"),
+    if value.data_type().is_integer()
+        && let Ok(ScalarValue::Int64(Some(v))) = value.cast_to(&DataType::Int64)
+        && v >= 1
+    {
+        return Ok(Some(v as usize));
     }
+    plan_err!("{func}: {what} must be a positive integer, got {value}")
 }
 
 fn threshold_arg(state: &SessionState, expr: &Expr, func: &str) -> Result<f64> {

@@ -782,7 +782,7 @@ fn readme_rag_job_runs() {
     std::fs::create_dir(&docs).unwrap();
     let text = "Kiln plans SQL as a DAG and lowers it onto kernels. \
                 It embeds text, scores vectors and transforms relations on the GPU. \
-                A job file runs many statements as one plan.\n\n\
+                A job file runs many statements as one plan; ask jane@example.com.\n\n\
                 Near-duplicate chunks are dropped before they are embedded, \
                 so retrieval does not return the same passage twice.";
     let r = run(kiln().args([
@@ -821,8 +821,8 @@ fn readme_rag_job_runs() {
             &format!("'{}'", s(&out.join("context.parquet"))),
         )
         .replace(
-            "chunk_text(body, 256, 32)",
-            &format!("chunk_text(body, 24, 4, '{}')", tiny()),
+            "chunk_text(mask_pii(body), 256, 32)",
+            &format!("chunk_text(mask_pii(body), 24, 4, '{}')", tiny()),
         )
         .replace("embed(text)", &format!("embed(text, '{}')", tiny()))
         .replace("embed(q)", &format!("embed(q, '{}')", tiny()));
@@ -834,7 +834,8 @@ fn readme_rag_job_runs() {
         kiln(),
         &format!(
             "SELECT count(*) AS n, count(DISTINCT q) AS qs, count(DISTINCT text) AS texts, \
-                    count(*) FILTER (WHERE doc_id = 2) AS from_copy \
+                    count(*) FILTER (WHERE doc_id = 2) AS from_copy, \
+                    count(*) FILTER (WHERE text LIKE '%@%') AS unmasked \
              FROM '{}'",
             s(&out.join("context.parquet"))
         ),
@@ -852,6 +853,8 @@ fn readme_rag_job_runs() {
     assert_eq!(row[1], 2, "{summary}");
     assert!(row[0] % 2 == 0 && (2..=10).contains(&row[0]), "{summary}");
     assert_eq!(row[3], 0, "{summary}");
+    assert_eq!(row[4], 0, "{summary}");
+    assert!(job.contains("mask_pii(body)"));
 }
 
 /// The labelled PII corpus (scripts/pii-corpus): every kind's precision and
@@ -1083,4 +1086,38 @@ async fn pii_functions_in_sql() {
         batches[0].column(1).as_string::<i32>().value(0),
         "Call <PHONE> or write to a.b@example.org"
     );
+}
+
+/// A dictionary-encoded key (a Hive partition column) is compared and
+/// clustered by its values.
+#[tokio::test]
+async fn near_duplicate_clusters_take_dictionary_keys() {
+    let session = Session::new().unwrap();
+    session
+        .sql(
+            "CREATE TABLE dd AS SELECT arrow_cast(k, 'Dictionary(Int32, Utf8)') AS k, t FROM \
+             (VALUES ('b', 'one two three four five six'), ('a', 'one two three four five six'), \
+                     ('c', 'other words entirely here now')) v(k, t)",
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let batches = session
+        .sql("SELECT k, cluster_id FROM near_duplicate_clusters('dd', 'k', 't', 0.9) ORDER BY k")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    let rows: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.contains("cluster_id"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(rows, ["| a | a |", "| b | a |", "| c | c |"], "{text}");
 }

@@ -417,6 +417,9 @@ fn component_fields(node: &DataType) -> Fields {
 }
 
 fn node_type(arg_types: &[DataType]) -> Result<DataType> {
+    if let DataType::Dictionary(_, values) = &arg_types[0] {
+        return plan_err!("connected_components: dictionary-encoded nodes; CAST them to {values}");
+    }
     if arg_types[0] != arg_types[1] {
         return plan_err!(
             "connected_components: both ends of an edge must have one type, not {} and {}",

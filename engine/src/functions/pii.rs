@@ -304,9 +304,21 @@ impl ScalarUDFImpl for MaskPiiUdf {
         let array = args.args[0].to_array(args.number_rows)?;
         let texts = texts(&array, self.name())?;
         let mut out = StringBuilder::with_capacity(texts.len(), array.get_buffer_memory_size());
+        let mut bytes = 0usize;
         for text in texts {
             match text {
-                Some(text) => out.append_value(mask(text, &kinds, &mode)),
+                Some(text) => {
+                    let masked = mask(text, &kinds, &mode);
+                    // Labels can be longer than what they replace.
+                    bytes += masked.len();
+                    if bytes > i32::MAX as usize {
+                        return exec_err!(
+                            "mask_pii: the masked texts of one batch exceed 2 GiB; \
+                             use smaller batches (datafusion.execution.batch_size)"
+                        );
+                    }
+                    out.append_value(masked);
+                }
                 None => out.append_null(),
             }
         }

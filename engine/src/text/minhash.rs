@@ -3,7 +3,9 @@
 //! A text's **shingles** are its overlapping n-grams after normalization:
 //! - [`Unit::Word`]: the text lowercased, its words the maximal runs of
 //!   alphanumeric characters, each shingle `n` consecutive words joined by
-//!   one space (Python: `re.findall(r"[^\W_]+", text.lower())`);
+//!   one space (Python: `re.findall(r"[^\W_]+", text.lower())`, the same
+//!   for most scripts; it differs where Rust counts combining marks, as in
+//!   Indic and Thai vowel signs, as alphanumeric);
 //! - [`Unit::Char`]: the text lowercased with every run of whitespace made
 //!   one space and the ends trimmed, each shingle `n` consecutive characters
 //!   (Python: `" ".join(text.lower().split())`).
@@ -52,7 +54,8 @@ impl Unit {
     }
 }
 
-/// `x mod 2^61 − 1` for any `x < 2^64 · 2^61`.
+/// `x mod 2^61 − 1` for `x < 2^123` (a permuted hash `a·h + b` with `a`,
+/// `h` and `b` below 2^61, or a 64-bit hash).
 #[inline(always)]
 fn reduce(x: u128) -> u64 {
     let folded = (x as u64 & PRIME) + (x >> 61) as u64;
@@ -302,7 +305,7 @@ mod tests {
             PRIME as u128 + 5,
             u64::MAX as u128,
             (PRIME as u128 - 1) * (PRIME as u128 - 1) + PRIME as u128,
-            (u64::MAX as u128) << 60,
+            ((1u128 << 123) - 1),
         ] {
             assert_eq!(reduce(x) as u128, x % PRIME as u128, "{x}");
         }

@@ -151,18 +151,25 @@ pub struct Finding {
     pub score: f64,
 }
 
-/// A pattern: its kind, base score, and the capture group that is the
-/// finding (0: the whole match).
+/// What a validator says of a match: the score it adds and how many bytes
+/// of the match are the finding (a regular expression takes the longest
+/// match, which may run into the next word: the validator shortens it).
+type Checked = Option<(f64, usize)>;
+
+/// A pattern: its kind, base score, the capture group that is the finding
+/// (0: the whole match), its validator, and whether the characters around
+/// it must not continue it (letters, digits, `_`, `:`, `.`).
 struct Pattern {
     kind: PiiType,
     regex: Regex,
     score: f64,
     group: usize,
-    check: fn(&str) -> Option<f64>,
+    check: fn(&str) -> Checked,
+    bounded: bool,
 }
 
-fn always(_: &str) -> Option<f64> {
-    Some(0.0)
+fn always(s: &str) -> Checked {
+    Some((0.0, s.len()))
 }
 
 fn pattern(
@@ -170,7 +177,7 @@ fn pattern(
     regex: &str,
     score: f64,
     group: usize,
-    check: fn(&str) -> Option<f64>,
+    check: fn(&str) -> Checked,
 ) -> Pattern {
     Pattern {
         kind,
@@ -179,6 +186,23 @@ fn pattern(
         score,
         group,
         check,
+        bounded: false,
+    }
+}
+
+/// The longest prefix of `s` that `ok` accepts, cutting at the separators
+/// `seps` from the end: its length.
+fn longest_prefix(s: &str, seps: &[char], ok: impl Fn(&str) -> bool) -> Option<usize> {
+    let mut end = s.len();
+    loop {
+        let prefix = s[..end].trim_end_matches(seps);
+        if prefix.is_empty() {
+            return None;
+        }
+        if ok(prefix) {
+            return Some(prefix.len());
+        }
+        end = prefix.rfind(seps)?;
     }
 }
 
@@ -234,13 +258,16 @@ static PATTERNS: LazyLock<Vec<Pattern>> = LazyLock::new(|| {
         pattern(UsSsn, r"\b\d{3} \d{2} \d{4}\b", 0.4, 0, ssn),
         pattern(UsSsn, r"\b\d{9}\b", 0.2, 0, ssn),
         pattern(IpAddress, r"\b(?:\d{1,3}\.){3}\d{1,3}\b", 0.6, 0, ipv4),
-        pattern(
-            IpAddress,
-            r"(?i)(?:[0-9a-f]{0,4}:){2,7}[0-9a-f]{0,4}(?:(?:\d{1,3}\.){3}\d{1,3})?",
-            0.6,
-            0,
-            ipv6,
-        ),
+        Pattern {
+            bounded: true,
+            ..pattern(
+                IpAddress,
+                r"(?i)(?:[0-9a-f]{0,4}:){2,7}[0-9a-f]{0,4}(?:(?:\d{1,3}\.){3}\d{1,3})?",
+                0.6,
+                0,
+                ipv6,
+            )
+        },
         pattern(
             UrlCredentials,
             r"(?i)\b[a-z][a-z0-9+.-]*://([^\s:/@]+:[^\s/@]+)@[^\s/?#]+",
@@ -323,23 +350,27 @@ fn digits(s: &str) -> Vec<u8> {
         .collect()
 }
 
-fn email(s: &str) -> Option<f64> {
+fn email(s: &str) -> Checked {
     let (local, domain) = s.split_once('@')?;
     if local.ends_with('.') || local.contains("..") || domain.contains("..") {
         return None;
     }
-    Some(0.0)
+    Some((0.0, s.len()))
 }
 
-fn phone_international(s: &str) -> Option<f64> {
-    let n = digits(s).len();
-    (8..=15).contains(&n).then_some(0.0)
+/// Phone separators: a number followed by another ("+44 20 7946 0958
+/// 2023") is cut back group by group.
+const PHONE_SEPARATORS: &[char] = &[' ', '.', '-'];
+
+fn phone_international(s: &str) -> Checked {
+    let n = longest_prefix(s, PHONE_SEPARATORS, |p| (8..=15).contains(&digits(p).len()))?;
+    Some((0.0, n))
 }
 
-fn phone_national(s: &str) -> Option<f64> {
-    let n = digits(s).len();
+fn phone_national(s: &str) -> Checked {
     // Dates (8 digits) and short codes are not phone numbers.
-    (9..=12).contains(&n).then_some(0.0)
+    let n = longest_prefix(s, PHONE_SEPARATORS, |p| (9..=12).contains(&digits(p).len()))?;
+    Some((0.0, n))
 }
 
 /// The Luhn checksum holds.
@@ -382,14 +413,14 @@ fn card_network(d: &[u8]) -> bool {
     }
 }
 
-fn credit_card(s: &str) -> Option<f64> {
+fn credit_card(s: &str) -> Checked {
     let d = digits(s);
     // Mixed separators ("4111 1111-1111") are not how a card is written.
     let seps: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_digit()).collect();
     if seps.windows(2).any(|w| w[0] != w[1]) {
         return None;
     }
-    (card_network(&d) && luhn(&d)).then_some(0.5)
+    (card_network(&d) && luhn(&d)).then_some((0.5, s.len()))
 }
 
 /// IBAN lengths by country (the SWIFT registry's, for the countries most
@@ -463,8 +494,10 @@ pub fn iban_valid(s: &str) -> bool {
     rem == 1
 }
 
-fn iban(s: &str) -> Option<f64> {
-    iban_valid(s).then_some(0.5)
+fn iban(s: &str) -> Checked {
+    // "BE68 5390 0754 7034 EUR": the currency is not part of it.
+    let n = longest_prefix(s, &[' '], iban_valid)?;
+    Some((0.5, n))
 }
 
 /// A US SSN outside the ranges never issued (area 000, 666, 900–999;
@@ -488,20 +521,25 @@ pub fn ssn_valid(d: &[u8]) -> bool {
         || examples.contains(&num(0..9)))
 }
 
-fn ssn(s: &str) -> Option<f64> {
-    ssn_valid(&digits(s)).then_some(0.0)
+fn ssn(s: &str) -> Checked {
+    ssn_valid(&digits(s)).then_some((0.0, s.len()))
 }
 
-fn ipv4(s: &str) -> Option<f64> {
-    s.parse::<std::net::Ipv4Addr>().ok().map(|_| 0.0)
+fn ipv4(s: &str) -> Checked {
+    s.parse::<std::net::Ipv4Addr>().ok().map(|_| (0.0, s.len()))
 }
 
-fn ipv6(s: &str) -> Option<f64> {
-    // Times (12:30:45) and MAC-like runs do not parse; "::" alone is no address.
-    if s.len() < 3 || !s.bytes().any(|b| b.is_ascii_hexdigit()) {
+fn ipv6(s: &str) -> Checked {
+    // Times (12:30:45) do not parse; "::" alone is no address; "1::2" and
+    // "d::" (code: `a[1::2]`, `std::vec`) parse but are not written as
+    // addresses: three groups at least, or one of three digits or more,
+    // or the loopback "::1".
+    let groups: Vec<&str> = s.split(':').filter(|g| !g.is_empty()).collect();
+    let written = groups.len() >= 3 || groups.iter().any(|g| g.len() >= 3) || s == "::1";
+    if !written {
         return None;
     }
-    s.parse::<std::net::Ipv6Addr>().ok().map(|_| 0.0)
+    s.parse::<std::net::Ipv6Addr>().ok().map(|_| (0.0, s.len()))
 }
 
 /// The score of a finding of `kind` at `start` with `base`, given the text
@@ -544,15 +582,24 @@ pub fn detect(text: &str, kinds: &[PiiType]) -> Vec<Finding> {
             let Some(m) = caps.get(p.group) else {
                 continue;
             };
-            let Some(bonus) = (p.check)(m.as_str()) else {
+            let Some((bonus, len)) = (p.check)(m.as_str()) else {
                 continue;
             };
-            let score = with_context(text, p.kind, m.start(), p.score + bonus).min(1.0);
+            let (start, end) = (m.start(), m.start() + len);
+            if p.bounded {
+                let continues =
+                    |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || "_:.".contains(c));
+                if continues(text[..start].chars().last()) || continues(text[end..].chars().next())
+                {
+                    continue;
+                }
+            }
+            let score = with_context(text, p.kind, start, p.score + bonus).min(1.0);
             if score >= MIN_SCORE {
                 found.push(Finding {
                     kind: p.kind,
-                    start: m.start(),
-                    end: m.end(),
+                    start,
+                    end,
                     score,
                 });
             }
