@@ -644,3 +644,67 @@ fn corrupt_parquet_files_fail_on_a_cluster_as_they_do_locally() {
     let r = sql_csv(&script, Some(&cluster.url));
     assert_eq!((r.code, r.stdout.as_str()), (0, "s\n10\n"), "{}", r.stderr);
 }
+
+/// Text preparation on a cluster: near-duplicate pairs and clusters, PII
+/// masking and detection, MinHash and character chunks give the same rows
+/// as in one process, over a table of three files.
+#[test]
+fn text_preparation_gives_the_same_results_on_a_cluster() {
+    let cluster = shared();
+    let dir = tempdir();
+    std::fs::create_dir_all(dir.path().join("docs")).unwrap();
+    for f in 0..3 {
+        let setup = dir.path().join(format!("make{f}.sql"));
+        std::fs::write(
+            &setup,
+            format!(
+                "COPY (SELECT i AS id, 'alpha beta gamma delta epsilon zeta eta theta iota \
+                 kappa lambda mu nu xi omicron pi rho sigma tau upsilon phi chi psi omega one \
+                 two three four five six ' || (i % 25) || ' seven eight nine ten. Write to user' \
+                 || i || '@example.com or call +1 415 555 ' || (1000 + i) || '.' AS body \
+                 FROM generate_series({}, {}) t(i)) TO '{}'",
+                f * 100,
+                f * 100 + 99,
+                dir.path().join(format!("docs/part-{f}.parquet")).display()
+            ),
+        )
+        .unwrap();
+        let r = sql_csv(&setup, None);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+    let ddl = format!(
+        "CREATE EXTERNAL TABLE docs STORED AS PARQUET LOCATION '{}/';\n",
+        dir.path().join("docs").display()
+    );
+    let statements = [
+        "SELECT id_a, id_b, similarity FROM near_duplicates('docs', 'id', 'body', 0.7) \
+         ORDER BY id_a, id_b",
+        "SELECT id, cluster_id FROM near_duplicate_clusters('docs', 'id', 'body', 0.7) ORDER BY id",
+        "SELECT id, mask_pii(body, 'email,phone', 'mask') AS m FROM docs ORDER BY id",
+        "SELECT id, f['type'] AS t, f['start'] AS s FROM \
+         (SELECT id, unnest(detect_pii(body)) AS f FROM docs) ORDER BY id, s",
+        "SELECT id, c['start'] AS s, c['chunk'] AS chunk FROM \
+         (SELECT id, unnest(chunk_text(body, max_chars => 40, overlap_chars => 10)) AS c FROM docs) \
+         ORDER BY id, s",
+        "SELECT a.id, b.id, minhash_similarity(minhash(a.body, 64), minhash(b.body, 64)) AS s \
+         FROM docs a JOIN docs b ON a.id + 25 = b.id ORDER BY a.id",
+    ];
+    for (n, statement) in statements.iter().enumerate() {
+        let (local, remote) = scripts(dir.path(), &format!("t{n}"), &format!("{ddl}{statement};"));
+        let want = sql_csv(&local, None);
+        assert_eq!(want.code, 0, "{statement} locally: {}", want.stderr);
+        let got = sql_csv(&remote, Some(&cluster.url));
+        assert_eq!(got.code, 0, "{statement} on the cluster: {}", got.stderr);
+        assert!(
+            want.stdout.lines().count() > 20,
+            "{statement}: {}",
+            want.stdout
+        );
+        assert!(
+            same_rows(&want.stdout, &got.stdout),
+            "{statement} differs on the cluster:\nlocal:\n{}\ncluster:\n{}",
+            want.stdout,
+            got.stdout
+        );
+    }
+}

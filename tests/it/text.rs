@@ -1121,3 +1121,32 @@ async fn near_duplicate_clusters_take_dictionary_keys() {
         .collect();
     assert_eq!(rows, ["| a | a |", "| b | a |", "| c | c |"], "{text}");
 }
+
+/// With `prefer_hash_join = false` the band join is a sort-merge join (its
+/// sorts spill under a memory limit) and finds the same pairs.
+#[tokio::test]
+async fn near_duplicates_plan_as_a_sort_merge_join_too() {
+    let docs = near_duplicate_corpus(12);
+    let session = Session::new().unwrap();
+    register_docs(&session, &docs);
+    let sql = "SELECT * FROM near_duplicates('docs', 'id', 'body', 0.7)";
+    let hashed = pairs(&session, sql).await;
+    session
+        .sql("SET datafusion.optimizer.prefer_hash_join = false")
+        .await
+        .unwrap();
+    let plan = session
+        .sql(&format!("EXPLAIN {sql}"))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let plan = datafusion::arrow::util::pretty::pretty_format_batches(&plan)
+        .unwrap()
+        .to_string();
+    assert!(plan.contains("SortMergeJoin"), "{plan}");
+    let merged = pairs(&session, sql).await;
+    assert!(hashed.len() >= 10, "{hashed:?}");
+    assert_eq!(hashed, merged);
+}
