@@ -57,6 +57,25 @@ def git_rev():
     return rev + (" (uncommitted changes)" if dirty else "")
 
 
+def run_timed(cmd, env):
+    """Runs `cmd` to completion and returns its wall time in seconds; a
+    failure ends the benchmark with the command and its stderr."""
+    import time
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"error: {' '.join(cmd)} failed:\n{proc.stderr}")
+    return elapsed
+
+
+def fmt_times(values, digits=2):
+    """`median s (min–max)`."""
+    import statistics
+    return (f"{statistics.median(values):.{digits}f} s "
+            f"({min(values):.{digits}f}–{max(values):.{digits}f})")
+
+
 def run_measured(cmd, env=None):
     """Runs `cmd` to completion: (seconds, peak resident memory in bytes,
     the Popen with returncode, stdout and stderr set). The peak is the

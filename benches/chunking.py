@@ -29,7 +29,6 @@ import os
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 
@@ -40,7 +39,8 @@ from semantic_text_splitter import TextSplitter
 from tokenizers import Tokenizer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import cargo_artifact, corpus, corpus_args, git_rev, machine, model_dir  # noqa: E402
+from benchlib import (cargo_artifact, corpus, corpus_args, fmt_times, git_rev, machine,
+                      model_dir, run_timed)  # noqa: E402
 
 MAX_TOKENS = 254
 OVERLAP = 32
@@ -66,17 +66,6 @@ def documents(rows, seed=5):
     return docs
 
 
-def run(cmd, env):
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(f"error: {' '.join(cmd)} failed:\n{proc.stderr}")
-    return elapsed
-
-
-def fmt(values):
-    return f"{statistics.median(values):.2f} s ({min(values):.2f}–{max(values):.2f})"
 
 
 def main():
@@ -114,9 +103,9 @@ def main():
     results = {}
     for rep in range(args.reps):
         time.sleep(0.5)
-        times[names[0]].append(run(["taskset", "-c", "0"] + cmd, env))
+        times[names[0]].append(run_timed(["taskset", "-c", "0"] + cmd, env))
         time.sleep(0.5)
-        times[names[1]].append(run(cmd, env))
+        times[names[1]].append(run_timed(cmd, env))
         for name, split in [(names[2], langchain.split_text), (names[3], semantic.chunks)]:
             time.sleep(0.5)
             start = time.perf_counter()
@@ -155,7 +144,7 @@ def main():
         vs = ""
         if name in names[2:]:
             vs = f"{med[name] / med[names[0]]:.2f}×"
-        lines.append(f"| {name} | {fmt(times[name])} | {rows / med[name]:,.1f} | {vs} |")
+        lines.append(f"| {name} | {fmt_times(times[name])} | {rows / med[name]:,.1f} | {vs} |")
     lines += ["", "| splitter | chunks per document | largest chunk (tokens) |", "|---|---|---|"]
     for name, (per_doc, largest) in stats.items():
         lines.append(f"| {name} | {per_doc:.1f} | {largest} |")

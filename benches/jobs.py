@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 
@@ -34,7 +33,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import ROOT, cargo_artifact, corpus, corpus_args, git_rev, machine, model_dir  # noqa: E402
+from benchlib import (cargo_artifact, corpus, corpus_args, fmt_times, git_rev, machine,
+                      model_dir, ROOT, run_timed)  # noqa: E402
 
 
 def log(msg):
@@ -50,17 +50,6 @@ def changed(texts):
     return [f"Changed: {t}" if i % 20 == 0 else t for i, t in enumerate(texts)]
 
 
-def run(cmd, env):
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(f"error: {' '.join(cmd)} failed:\n{proc.stderr}")
-    return elapsed
-
-
-def fmt(values):
-    return f"{statistics.median(values):.2f} s ({min(values):.2f}–{max(values):.2f})"
 
 
 def main():
@@ -103,7 +92,7 @@ def main():
                           ("first run (cache empty)", first_job),
                           ("rerun, 5% changed (cache)", rerun_job)]:
             time.sleep(0.5)
-            times[name].append(run([kiln, "run", job, "--report", report], env))
+            times[name].append(run_timed([kiln, "run", job, "--report", report], env))
             if name.startswith("rerun, 5% changed (cache)"):
                 rerun_report = json.load(open(report))
         log(f"run {rep + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()))
@@ -118,9 +107,9 @@ def main():
     dag_times = {"kiln run (one DAG, view shared)": [], "kiln sql -f (statement by statement)": []}
     for rep in range(args.reps):
         time.sleep(0.5)
-        dag_times["kiln run (one DAG, view shared)"].append(run([kiln, "run", dag_job], env))
+        dag_times["kiln run (one DAG, view shared)"].append(run_timed([kiln, "run", dag_job], env))
         time.sleep(0.5)
-        dag_times["kiln sql -f (statement by statement)"].append(run([kiln, "sql", "-f", dag_job], env))
+        dag_times["kiln sql -f (statement by statement)"].append(run_timed([kiln, "sql", "-f", dag_job], env))
         log(f"dag run {rep + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in dag_times.items()))
 
     med = {k: statistics.median(v) for k, v in {**times, **dag_times}.items()}
@@ -144,7 +133,7 @@ def main():
         "|---|---|",
     ]
     for k, v in times.items():
-        lines.append(f"| {k} | {fmt(v)} |")
+        lines.append(f"| {k} | {fmt_times(v)} |")
     lines += [
         "",
         f"Rerun with the cache / first run: **{rerun_ratio:.3f}×**; "
@@ -158,7 +147,7 @@ def main():
         "|---|---|",
     ]
     for k, v in dag_times.items():
-        lines.append(f"| {k} | {fmt(v)} |")
+        lines.append(f"| {k} | {fmt_times(v)} |")
     lines += ["", f"One DAG / statement by statement: **{dag_ratio:.3f}×**.", ""]
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:

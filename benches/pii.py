@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 
@@ -40,7 +39,8 @@ from presidio_analyzer.predefined_recognizers import (CreditCardRecognizer, Emai
                                                       PhoneRecognizer, UsSsnRecognizer)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import ROOT, cargo_artifact, corpus_args, git_rev, machine  # noqa: E402
+from benchlib import (cargo_artifact, corpus_args, fmt_times, git_rev, machine, ROOT,
+                      run_timed)  # noqa: E402
 
 PRESIDIO_TYPES = {"EMAIL_ADDRESS": "email", "PHONE_NUMBER": "phone", "CREDIT_CARD": "credit_card",
                   "IBAN_CODE": "iban", "US_SSN": "us_ssn", "IP_ADDRESS": "ip_address"}
@@ -94,17 +94,6 @@ def pr(stat):
     return p, r
 
 
-def run(cmd, env):
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(f"error: {' '.join(cmd)} failed:\n{proc.stderr}")
-    return elapsed
-
-
-def fmt(values):
-    return f"{statistics.median(values):.2f} s ({min(values):.2f}–{max(values):.2f})"
 
 
 def main():
@@ -135,9 +124,9 @@ def main():
     times = {n: [] for n in names}
     for rep in range(args.reps):
         time.sleep(0.5)
-        times[names[0]].append(run(["taskset", "-c", "0", kiln, "sql", "-f", job], env))
+        times[names[0]].append(run_timed(["taskset", "-c", "0", kiln, "sql", "-f", job], env))
         time.sleep(0.5)
-        times[names[1]].append(run([kiln, "sql", "-f", job], env))
+        times[names[1]].append(run_timed([kiln, "sql", "-f", job], env))
         time.sleep(0.5)
         start = time.perf_counter()
         for t in big:
@@ -172,7 +161,7 @@ def main():
     ]
     for name in names:
         vs = f"{med[name] / med[names[0]]:.1f}×" if name == names[2] else ""
-        lines.append(f"| {name} | {fmt(times[name])} | {len(big) / med[name]:,.0f} | {vs} |")
+        lines.append(f"| {name} | {fmt_times(times[name])} | {len(big) / med[name]:,.0f} | {vs} |")
     lines += [
         "",
         "| type | labels | Kiln precision | Kiln recall | Presidio precision | Presidio recall "

@@ -30,7 +30,6 @@ import random
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 
@@ -39,7 +38,8 @@ import pyarrow.parquet as pq
 from datasketch import MinHash, MinHashLSH
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import cargo_artifact, corpus, corpus_args, git_rev, machine  # noqa: E402
+from benchlib import (cargo_artifact, corpus, corpus_args, fmt_times, git_rev, machine,
+                      run_timed)  # noqa: E402
 
 NUM_PERM = 128
 THRESHOLD = 0.8
@@ -90,17 +90,6 @@ def datasketch_pairs(texts):
     return pairs
 
 
-def run(cmd, env):
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(f"error: {' '.join(cmd)} failed:\n{proc.stderr}")
-    return elapsed
-
-
-def fmt(values):
-    return f"{statistics.median(values):.3f} s ({min(values):.3f}–{max(values):.3f})"
 
 
 def main():
@@ -142,9 +131,9 @@ def main():
                                 ("pairs", pair_job, datasketch_pairs)]:
             one, many, py = names[kind]
             time.sleep(0.5)
-            times[one].append(run(one_core + [kiln, "sql", "-f", sql], env))
+            times[one].append(run_timed(one_core + [kiln, "sql", "-f", sql], env))
             time.sleep(0.5)
-            times[many].append(run([kiln, "sql", "-f", sql], env))
+            times[many].append(run_timed([kiln, "sql", "-f", sql], env))
             time.sleep(0.5)
             start = time.perf_counter()
             result = peer(texts)
@@ -179,7 +168,7 @@ def main():
         for i, name in enumerate(group):
             used = 1 if i != 1 else cores
             ratio = (peer / med[name]) / used
-            lines.append(f"| {name} | {fmt(times[name])} | {rows / med[name]:,.0f} | "
+            lines.append(f"| {name} | {fmt_times(times[name], 3)} | {rows / med[name]:,.0f} | "
                          f"{ratio:.2f}× |")
     lines += [
         "",

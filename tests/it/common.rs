@@ -336,6 +336,15 @@ pub fn csv_of(mut cmd: Command, sql: &str) -> Option<String> {
     (r.code == 0).then_some(r.stdout)
 }
 
+/// Each `(sql, want)`: the statement fails with a one-line error
+/// containing `want`.
+pub async fn expect_sql_errors(session: &kiln::Session, cases: &[(&str, &str)]) {
+    for (sql, want) in cases {
+        let e = sql_error(session, sql).await;
+        assert!(e.contains(want), "{sql}: {e}");
+    }
+}
+
 /// The one-line error of `sql` in `session` (planning or running it).
 pub async fn sql_error(session: &kiln::Session, sql: &str) -> String {
     let result = match session.sql(sql).await {

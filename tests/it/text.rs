@@ -74,25 +74,26 @@ async fn chunks_unnest_to_rows_whose_offsets_cut_the_text() {
 async fn bad_chunking_arguments_are_one_line_errors() {
     let session = Session::new().unwrap();
     let too_many = format!("SELECT chunk_text('a b', 100000, 0, '{}')", tiny());
-    for (sql, want) in [
-        (
-            "SELECT chunk_text('a b', 0)",
-            "max_tokens must be at least 1",
-        ),
-        (
-            "SELECT chunk_text('a b', 4, 4)",
-            "overlap_tokens must be at least 0 and less than",
-        ),
-        ("SELECT chunk_text('a b', 4, -1)", "overlap_tokens"),
-        (
-            too_many.as_str(),
-            "reads without truncating (128 tokens, 2 of them special): at most 126",
-        ),
-        ("SELECT chunk_text('a b', 4.5)", "chunk_text"),
-    ] {
-        let e = crate::common::sql_error(&session, sql).await;
-        assert!(e.contains(want), "{sql}: {e}");
-    }
+    crate::common::expect_sql_errors(
+        &session,
+        &[
+            (
+                "SELECT chunk_text('a b', 0)",
+                "max_tokens must be at least 1",
+            ),
+            (
+                "SELECT chunk_text('a b', 4, 4)",
+                "overlap_tokens must be at least 0 and less than",
+            ),
+            ("SELECT chunk_text('a b', 4, -1)", "overlap_tokens"),
+            (
+                too_many.as_str(),
+                "reads without truncating (128 tokens, 2 of them special): at most 126",
+            ),
+            ("SELECT chunk_text('a b', 4.5)", "chunk_text"),
+        ],
+    )
+    .await;
 }
 
 /// `kiln chunk IN OUT`: a row per chunk with the other columns, the text
@@ -394,7 +395,9 @@ async fn minhash_signatures_in_sql() {
 async fn bad_near_duplicate_arguments_are_one_line_errors() {
     let session = Session::new().unwrap();
     register_docs(&session, &near_duplicate_corpus(1));
-    for (sql, want) in [
+    crate::common::expect_sql_errors(
+        &session,
+        &[
         (
             "SELECT * FROM near_duplicates('docs', 'id', 'body', 0)",
             "threshold must be in (0, 1], not 0",
@@ -451,10 +454,9 @@ async fn bad_near_duplicate_arguments_are_one_line_errors() {
             "SELECT * FROM semantic_duplicates('docs', 'id', 'body', 0.9)",
             "must be a vector",
         ),
-    ] {
-        let e = crate::common::sql_error(&session, sql).await;
-        assert!(e.contains(want), "{sql}: {e}");
-    }
+        ],
+    )
+    .await;
 }
 
 /// `semantic_duplicates`: pairs of rows whose vectors' cosine similarity
@@ -701,23 +703,24 @@ async fn character_budgets_in_sql_dataframe_and_cli() {
         .map(|b| b.num_rows())
         .sum();
     assert_eq!(rows as i64, per_doc.iter().sum::<i64>());
-    for (sql, want) in [
-        (
-            "SELECT chunk_text('a b', max_chars => 0)",
-            "max_chars must be at least 1, not 0",
-        ),
-        (
-            "SELECT chunk_text('a b', max_chars => 4, overlap_chars => 4)",
-            "overlap_chars must be at least 0 and less than max_chars",
-        ),
-        (
-            "SELECT chunk_text('a b', 10, max_chars => 4)",
-            "chunk_text takes (text, max_tokens [, overlap_tokens [, model]]) or",
-        ),
-    ] {
-        let e = crate::common::sql_error(&session, sql).await;
-        assert!(e.contains(want), "{sql}: {e}");
-    }
+    crate::common::expect_sql_errors(
+        &session,
+        &[
+            (
+                "SELECT chunk_text('a b', max_chars => 0)",
+                "max_chars must be at least 1, not 0",
+            ),
+            (
+                "SELECT chunk_text('a b', max_chars => 4, overlap_chars => 4)",
+                "overlap_chars must be at least 0 and less than max_chars",
+            ),
+            (
+                "SELECT chunk_text('a b', 10, max_chars => 4)",
+                "chunk_text takes (text, max_tokens [, overlap_tokens [, model]]) or",
+            ),
+        ],
+    )
+    .await;
 
     use crate::common::{csv_of, kiln, run, s, tempdir};
     let dir = tempdir();
@@ -1059,20 +1062,21 @@ async fn pii_functions_in_sql() {
         explain.contains("mask_pii") && !explain.contains("pepper"),
         "{explain}"
     );
-    for (sql, want) in [
-        (
-            "SELECT detect_pii('x', 'email,passport')",
-            "unknown PII type 'passport' (known: email, phone, credit_card",
-        ),
-        (
-            "SELECT mask_pii('x', 'all', 'scramble')",
-            "mode must be 'redact', 'mask' or 'hash', not 'scramble'",
-        ),
-        ("SELECT mask_pii('x', concat('em', 'ail'))", "mask_pii"),
-    ] {
-        let e = crate::common::sql_error(&session, sql).await;
-        assert!(e.contains(want), "{sql}: {e}");
-    }
+    crate::common::expect_sql_errors(
+        &session,
+        &[
+            (
+                "SELECT detect_pii('x', 'email,passport')",
+                "unknown PII type 'passport' (known: email, phone, credit_card",
+            ),
+            (
+                "SELECT mask_pii('x', 'all', 'scramble')",
+                "mode must be 'redact', 'mask' or 'hash', not 'scramble'",
+            ),
+            ("SELECT mask_pii('x', concat('em', 'ail'))", "mask_pii"),
+        ],
+    )
+    .await;
     // The DataFrame masks the column in place.
     use kiln::KilnDataFrameExt;
     let frame = session
