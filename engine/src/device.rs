@@ -11,6 +11,7 @@ use kiln_kernels::{
     BackendKind, Device, DeviceInfo, DeviceRequest, Discovery, KernelError, discover,
 };
 
+use crate::model::precision::Precision;
 use crate::options::KilnOptions;
 
 /// The device a cluster role pinned this process to, if any.
@@ -65,6 +66,22 @@ pub fn session_kernel_info(options: &ConfigOptions) -> Result<DeviceInfo, Kernel
 pub fn session_kernel_device(options: &ConfigOptions) -> Result<Device, DataFusionError> {
     let info = session_kernel_info(options).map_err(|e| DataFusionError::External(Box::new(e)))?;
     open_for_session(&info, options)
+}
+
+/// The encoder precision the session's `kiln.embed_precision` resolves to
+/// on `device` (see [`Precision::resolve`]): a mode the device cannot run
+/// is an error naming why.
+pub fn session_precision(
+    options: &ConfigOptions,
+    device: &DeviceInfo,
+) -> Result<Precision, DataFusionError> {
+    let requested = match options.extensions.get::<KilnOptions>() {
+        Some(kiln) => kiln.embed_precision()?,
+        None => Precision::default(),
+    };
+    requested
+        .resolve(device)
+        .map_err(|e| DataFusionError::External(Box::new(e)))
 }
 
 /// The open device for `info` (see [`open_shared`]), its memory budget

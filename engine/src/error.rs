@@ -26,6 +26,14 @@ pub enum EngineError {
         source: url::ParseError,
     },
 
+    /// `kiln.embed_precision` names a mode the device cannot run.
+    #[error("kiln.embed_precision = '{requested}' cannot run on {device}: {reason}")]
+    Precision {
+        requested: &'static str,
+        device: String,
+        reason: String,
+    },
+
     /// A model directory that is incomplete or malformed.
     #[error("model {path}: {reason}")]
     Model { path: String, reason: String },

@@ -74,6 +74,12 @@ config_namespace! {
         /// it). Read when the function runs, so it is in no plan, EXPLAIN,
         /// error or log; SHOW and information_schema list it like any setting.
         pub pii_salt: String, default = String::new()
+        /// The arithmetic of the encoder's dense layers: f32 (the default),
+        /// int8 (dynamic quantization on the CPU: cosine >= 0.995 with f32),
+        /// bf16, f16 (CUDA) or auto (the fastest mode whose accuracy
+        /// contract holds on the device). A mode the device cannot run is
+        /// refused with the reason.
+        pub embed_precision: String, default = "f32".to_string()
         /// Where embed() keeps the embeddings it computed, as Parquet
         /// (`s3://bucket/cache/`, a local directory), and looks them up
         /// before it embeds; empty: no cache (the default).
@@ -188,6 +194,7 @@ impl KilnOptions {
             .map_err(|e| plan_datafusion_err!("kiln.vector_memory_budget: {e}"))?;
         parse_duration(&self.statement_timeout)
             .map_err(|e| plan_datafusion_err!("kiln.statement_timeout: {e}"))?;
+        self.embed_precision()?;
         self.job_part_bytes()?;
         parse_memory_limit(&self.device_memory_limit)
             .map_err(|e| plan_datafusion_err!("kiln.device_memory_limit: {e}"))?;
@@ -233,6 +240,13 @@ impl KilnOptions {
             MemoryLimit::Share(share) => info.memory_bytes.map(|m| (m as f64 * share) as u64),
             MemoryLimit::Bytes(bytes) => Some(bytes),
         })
+    }
+
+    /// `kiln.embed_precision` as requested (before the device resolves it).
+    pub fn embed_precision(&self) -> Result<crate::model::precision::Precision> {
+        self.embed_precision
+            .parse()
+            .map_err(|e| plan_datafusion_err!("kiln.embed_precision: {e}"))
     }
 
     /// `kiln.job_part_size` in bytes (at least 1).

@@ -76,6 +76,28 @@ fn gemm(c: &mut Criterion) {
     group.finish();
 }
 
+/// The encoder's dense layers over a full token batch on the CPU: f32
+/// against int8 (dynamic quantization; the kernel chosen for this CPU is in
+/// the benchmark's name).
+fn gemm_precision(c: &mut Criterion) {
+    use kiln_kernels::ops::quant::{QuantizedLinear, int8_kernel};
+    let mut group = c.benchmark_group("gemm_precision");
+    for (m, k, n) in [(4096, 384, 1536), (4096, 1536, 384), (4096, 384, 384)] {
+        let (a, b, bias) = (values(m * k, 1), values(n * k, 2), values(n, 3));
+        group.throughput(Throughput::Elements((2 * m * k * n) as u64));
+        let shape = format!("{m}x{k}x{n}");
+        group.bench_function(BenchmarkId::new("f32", &shape), |bench| {
+            bench.iter(|| kiln_kernels::ops::linear::linear(&a, m, k, &b, n, Some(&bias)))
+        });
+        let q = QuantizedLinear::new(&b, n, k, Some(&bias));
+        let name = format!("int8-{}", int8_kernel().name());
+        group.bench_function(BenchmarkId::new(name, &shape), |bench| {
+            bench.iter(|| q.forward(black_box(&a), m))
+        });
+    }
+    group.finish();
+}
+
 fn topk(c: &mut Criterion) {
     let (rows, dim, q, k) = (100_000, 384, 16, 10);
     let corpus = values(rows * dim, 4);
@@ -264,6 +286,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = kernels;
     config = config();
-    targets = gemm, topk, fused, encoder_layers
+    targets = gemm, gemm_precision, topk, fused, encoder_layers
 }
 criterion_main!(kernels);

@@ -170,6 +170,10 @@ enum Command {
         /// Name of the new column.
         #[arg(long = "as", default_value = "embedding")]
         as_name: String,
+        /// The encoder's dense-layer arithmetic: f32, int8 (CPU), bf16,
+        /// f16 (CUDA) or auto (sets kiln.embed_precision) [default: f32].
+        #[arg(long)]
+        precision: Option<String>,
     },
     /// Cut a text column of Parquet into chunks of a model's tokens (or of
     /// characters), a row per chunk (SQL chunk_text): the other columns,
@@ -577,8 +581,12 @@ async fn run(cli: Cli) -> Result<()> {
             column,
             model,
             as_name,
+            precision,
         } => {
             let session = session(device, cluster).build()?;
+            if let Some(precision) = precision {
+                session.set_option("kiln.embed_precision", &precision)?;
+            }
             embed(
                 &session,
                 &input,
@@ -1190,11 +1198,16 @@ async fn embed(
     let total_rows = frame.clone().count().await? as u64;
     let frame = frame.embed(column, model, as_name)?;
     let single_file = output.ends_with(".parquet");
+    let requested = session.kiln_options().embed_precision()?;
     let device = match session.cluster() {
-        Some(url) => format!("the cluster at {url}"),
-        None => kiln_engine::device::resolve(session.device())
-            .map(kiln_engine::device::kernel_device)?
-            .id(),
+        Some(url) => format!("the cluster at {url} ({requested})"),
+        None => {
+            let info = kiln_engine::device::resolve(session.device())
+                .map(kiln_engine::device::kernel_device)?;
+            // Refused before a row is read when the device cannot run it.
+            let precision = requested.resolve(&info)?;
+            format!("{} ({precision})", info.id())
+        }
     };
     let before = kiln_engine::model::embed_totals();
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

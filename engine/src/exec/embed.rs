@@ -43,8 +43,11 @@ use kiln_kernels::Device;
 
 use datafusion::datasource::listing::ListingTableUrl;
 
-use crate::functions::embed::{embed_array_cached, embedding_type, session_device};
+use crate::functions::embed::{
+    embed_array_cached, embedding_type, session_device, session_precision,
+};
 use crate::model::embed_cache::{EmbedCache, FLUSH_ROWS, model_key};
+use crate::model::precision::Precision;
 use crate::model::{EmbeddingModel, shared_model};
 use crate::options::KilnOptions;
 
@@ -206,7 +209,8 @@ impl ExecutionPlan for EmbedExec {
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let device = session_device(context.session_config().options())?;
-        let cache = CacheSpec::of(&context, &self.model, &device, &self.embed_cache)?;
+        let precision = session_precision(context.session_config().options(), device.info())?;
+        let cache = CacheSpec::of(&context, &self.model, &device, precision, &self.embed_cache)?;
         let input = self.input.execute(partition, context)?;
         let state = EmbedState {
             input,
@@ -215,6 +219,7 @@ impl ExecutionPlan for EmbedExec {
             text: Arc::clone(&self.text),
             model: Arc::clone(&self.model),
             device,
+            precision,
             batch_rows: self.batch_rows,
             metrics: EmbedMetrics::new(&self.metrics, partition),
             done: false,
@@ -319,6 +324,7 @@ struct EmbedState {
     text: Arc<dyn PhysicalExpr>,
     model: Arc<EmbeddingModel>,
     device: Device,
+    precision: Precision,
     batch_rows: usize,
     metrics: EmbedMetrics,
     done: bool,
@@ -344,6 +350,7 @@ impl CacheSpec {
         context: &TaskContext,
         model: &EmbeddingModel,
         device: &Device,
+        precision: Precision,
         cell: &Arc<tokio::sync::OnceCell<Arc<EmbedCache>>>,
     ) -> Result<Option<Self>> {
         let options = context.session_config().options();
@@ -362,7 +369,13 @@ impl CacheSpec {
         let url = ListingTableUrl::parse(&location)?;
         let store = context.runtime_env().object_store(url.object_store())?;
         let info = device.info();
-        let identity = model_key(model, &format!("{}/{}", info.backend, info.name))?;
+        // f32 keeps the key it always had; another precision computes other
+        // vectors and has its own entries.
+        let mut computed_on = format!("{}/{}", info.backend, info.name);
+        if precision != Precision::F32 {
+            computed_on.push_str(&format!("/{precision}"));
+        }
+        let identity = model_key(model, &computed_on)?;
         Ok(Some(CacheSpec {
             store,
             cell: Arc::clone(cell),
@@ -418,8 +431,13 @@ impl EmbedState {
             _ => concat_batches(&self.input_schema, pending)?,
         };
         let texts = self.text.evaluate(&batch)?.into_array(batch.num_rows())?;
-        let (embedded, counted, cache) =
-            embed_array_cached(&self.model, &self.device, &texts, self.cache.as_deref())?;
+        let (embedded, counted, cache) = embed_array_cached(
+            &self.model,
+            &self.device,
+            self.precision,
+            &texts,
+            self.cache.as_deref(),
+        )?;
         self.metrics.cache_hits.add(cache.hits as usize);
         self.metrics.cache_misses.add(cache.misses as usize);
         self.metrics.embedded_rows.add(counted.rows());

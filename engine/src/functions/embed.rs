@@ -25,6 +25,7 @@ use datafusion::logical_expr::{
 use kiln_kernels::Device;
 
 use crate::model::embed_cache::{EmbedCache, text_key};
+use crate::model::precision::Precision;
 use crate::model::{DEFAULT_MODEL, EmbeddingModel, Embeddings, shared_model};
 
 /// The `embed` scalar function.
@@ -127,7 +128,8 @@ impl ScalarUDFImpl for EmbedUdf {
         let model = load(&name)?;
         let texts = args.args[0].to_array(args.number_rows)?;
         let device = session_device(&args.config_options)?;
-        let (embedded, _) = embed_array(&model, &device, &texts)?;
+        let precision = session_precision(&args.config_options, device.info())?;
+        let (embedded, _) = embed_array(&model, &device, precision, &texts)?;
         Ok(ColumnarValue::Array(embedded))
     }
 }
@@ -138,15 +140,19 @@ pub fn session_device(options: &ConfigOptions) -> Result<Device> {
     crate::device::session_kernel_device(options)
 }
 
-/// Embeds `texts` (any string array) with `model` on `device`: a
+pub use crate::device::session_precision;
+
+/// Embeds `texts` (any string array) with `model` on `device` at
+/// `precision`: a
 /// `FixedSizeList<Float32, dim>` array, NULL where the text is NULL, and
 /// what the encoder counted.
 pub fn embed_array(
     model: &EmbeddingModel,
     device: &Device,
+    precision: Precision,
     texts: &ArrayRef,
 ) -> Result<(ArrayRef, Embeddings)> {
-    let (array, embedded, _) = embed_array_cached(model, device, texts, None)?;
+    let (array, embedded, _) = embed_array_cached(model, device, precision, texts, None)?;
     Ok((array, embedded))
 }
 
@@ -172,6 +178,7 @@ enum Source {
 pub fn embed_array_cached(
     model: &EmbeddingModel,
     device: &Device,
+    precision: Precision,
     texts: &ArrayRef,
     cache: Option<&EmbedCache>,
 ) -> Result<(ArrayRef, Embeddings, CacheCounts)> {
@@ -213,7 +220,7 @@ pub fn embed_array_cached(
         }
     }
     let embedded = model
-        .embed_on(device, &misses)
+        .embed_with(device, precision, &misses)
         .map_err(|e| DataFusionError::External(Box::new(e)))?;
     if let Some(cache) = cache {
         counts.misses = misses.len() as u64;

@@ -5,6 +5,9 @@ use kiln_kernels::ops::activation::{gelu_inplace, gelu_tanh_inplace, relu_inplac
 use kiln_kernels::ops::attention::attention_ragged;
 use kiln_kernels::ops::linear::linear;
 use kiln_kernels::ops::norm::add_layer_norm_inplace;
+use kiln_kernels::ops::quant::QuantizedLinear;
+use std::borrow::Borrow;
+use std::marker::PhantomData;
 
 use kiln_kernels::KernelError;
 use kiln_kernels::backend::BackendDevice;
@@ -188,13 +191,47 @@ pub fn forward_on<E: EncoderOps>(
     ops.output(x)
 }
 
-/// The CPU: Kiln's own kernels over host vectors, weights borrowed.
-pub struct CpuEncoder;
+/// A dense layer as the CPU runs it: `x[rows × in] · Wᵀ + b`.
+pub trait CpuDense {
+    fn apply(&self, x: &[f32], rows: usize) -> Vec<f32>;
+}
 
-impl<'w> EncoderOps for &'w CpuEncoder {
+/// f32: the weights as loaded.
+impl CpuDense for &(Tensor, Tensor) {
+    fn apply(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let (w, b) = self;
+        linear(x, rows, w.shape[1], &w.data, w.shape[0], Some(&b.data))
+    }
+}
+
+/// int8: quantized once per model (see [`quantize_int8`]).
+impl CpuDense for QuantizedLinear {
+    fn apply(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        self.forward(x, rows)
+    }
+}
+
+/// The CPU: Kiln's own kernels over host vectors, dense layers of type `D`
+/// (f32 weights borrowed, or int8), LayerNorm parameters `N` (borrowed or
+/// owned).
+pub struct CpuEncoder<D, N>(PhantomData<(D, N)>);
+
+impl<D, N> CpuEncoder<D, N> {
+    pub fn new() -> Self {
+        CpuEncoder(PhantomData)
+    }
+}
+
+impl<D, N> Default for CpuEncoder<D, N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<D: CpuDense, N: Borrow<(Tensor, Tensor)>> EncoderOps for CpuEncoder<D, N> {
     type Tensor = Vec<f32>;
-    type Dense = &'w (Tensor, Tensor);
-    type Norm = &'w (Tensor, Tensor);
+    type Dense = D;
+    type Norm = N;
 
     fn input(&self, x: Vec<f32>) -> Result<Vec<f32>, KernelError> {
         Ok(x)
@@ -204,10 +241,10 @@ impl<'w> EncoderOps for &'w CpuEncoder {
         &self,
         x: &Vec<f32>,
         rows: usize,
-        (w, b): &Self::Dense,
+        layer: &D,
         act: Option<DeviceActivation>,
     ) -> Result<Vec<f32>, KernelError> {
-        let mut y = linear(x, rows, w.shape[1], &w.data, w.shape[0], Some(&b.data));
+        let mut y = layer.apply(x, rows);
         match act {
             Some(DeviceActivation::Gelu) => gelu_inplace(&mut y),
             Some(DeviceActivation::GeluTanh) => gelu_tanh_inplace(&mut y),
@@ -222,9 +259,10 @@ impl<'w> EncoderOps for &'w CpuEncoder {
         mut x: Vec<f32>,
         residual: Option<&Vec<f32>>,
         cols: usize,
-        (g, b): &Self::Norm,
+        norm: &N,
         eps: f64,
     ) -> Result<Vec<f32>, KernelError> {
+        let (g, b) = norm.borrow();
         add_layer_norm_inplace(
             &mut x,
             residual.map(Vec::as_slice),
@@ -261,7 +299,48 @@ pub fn forward(
     batch: &RaggedBatch,
 ) -> Result<Vec<f32>, KernelError> {
     let borrowed = DeviceWeights::convert(weights, Ok, Ok)?;
-    forward_on(&&CpuEncoder, config, activation, weights, &borrowed, batch)
+    forward_on(
+        &CpuEncoder::new(),
+        config,
+        activation,
+        weights,
+        &borrowed,
+        batch,
+    )
+}
+
+/// The encoder's weights for the CPU in int8: every dense layer quantized
+/// per output channel (see [`QuantizedLinear`]), LayerNorms kept in f32.
+pub type Int8Weights = DeviceWeights<QuantizedLinear, (Tensor, Tensor)>;
+
+/// Quantizes the encoder's dense layers, once per model.
+pub fn quantize_int8(weights: &BertWeights) -> Result<Int8Weights, KernelError> {
+    DeviceWeights::convert(
+        weights,
+        |(w, b)| {
+            let (out, inp) = (w.shape[0], *w.shape.get(1).unwrap_or(&1));
+            Ok(QuantizedLinear::new(&w.data, out, inp, Some(&b.data)))
+        },
+        |norm| Ok(norm.clone()),
+    )
+}
+
+/// [`forward_on`] the CPU with int8 dense layers.
+pub fn forward_int8(
+    config: &BertConfig,
+    activation: Activation,
+    weights: &BertWeights,
+    quantized: &Int8Weights,
+    batch: &RaggedBatch,
+) -> Result<Vec<f32>, KernelError> {
+    forward_on(
+        &CpuEncoder::new(),
+        config,
+        activation,
+        weights,
+        quantized,
+        batch,
+    )
 }
 
 /// A dense layer on a wgpu device: weight, bias and `[out, in]`.

@@ -105,6 +105,7 @@ pub mod attention;
 pub mod linear;
 pub mod norm;
 pub mod pooling;
+pub mod quant;
 pub mod score_gemm;
 pub mod select;
 pub mod vector;

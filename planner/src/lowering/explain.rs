@@ -14,7 +14,7 @@ use datafusion::common::display::{PlanType, StringifiedPlan};
 use datafusion::physical_plan::explain::ExplainExec;
 use datafusion::physical_plan::{ExecutionPlan, displayable};
 use kiln_engine::exec::{DecodeGuardExec, EmbedExec, GpuStageExec, KnnJoinExec, VectorTopKExec};
-use kiln_engine::functions::embed::session_device;
+use kiln_engine::functions::embed::{session_device, session_precision};
 use kiln_kernels::BackendKind;
 
 use super::placement::{PlacementRecord, Position, positions};
@@ -62,13 +62,20 @@ pub fn annotate(
             return Ok(format!("on {}", stage.device().id()));
         }
         if node.is::<EmbedExec>() {
-            // The encoder runs on the session's device.
-            return Ok(match session_device(config) {
-                Ok(d) if d.info().backend == BackendKind::Cpu => {
-                    "cpu: the encoder runs on the CPU".to_string()
-                }
-                Ok(d) => format!("on {}", d.info().id()),
-                Err(e) => format!("device: {e}"),
+            // The encoder runs on the session's device, at the session's
+            // precision.
+            let device = match session_device(config) {
+                Ok(d) => d,
+                Err(e) => return Ok(format!("device: {e}")),
+            };
+            let precision = match session_precision(config, device.info()) {
+                Ok(p) => format!("{p} dense layers"),
+                Err(e) => format!("precision: {e}"),
+            };
+            return Ok(if device.info().backend == BackendKind::Cpu {
+                format!("cpu: the encoder runs on the CPU, {precision}")
+            } else {
+                format!("on {}, {precision}", device.info().id())
             });
         }
         let searcher = node
