@@ -108,7 +108,7 @@ fn cli_embed_writes_input_columns_plus_embeddings() {
         "e",
     ]);
     assert!(out.contains("embedded 4 rows"), "{out}");
-    assert!(out.contains(" on cpu:0 in "), "{out}");
+    assert!(out.contains(" on cpu:0 (f32) in "), "{out}");
     assert!(out.contains("tokens/s; 0 texts truncated"), "{out}");
     let csv = ok(&[
         "sql",
@@ -160,6 +160,55 @@ fn embed_errors_are_one_line() {
         &format!("SELECT embed(name, name) FROM '{}'", s(&input)),
     ]));
     assert_one_line_error(&r, &["model must be a constant string"]);
+    let r = embed("name", model, &["--precision", "int9"]);
+    assert_one_line_error(&r, &["kiln.embed_precision", "unknown precision 'int9'"]);
+    let r = embed("name", model, &["--precision", "f16"]);
+    assert_one_line_error(&r, &["'f16' cannot run on cpu:0", "no f16 dense layers"]);
+    let r = run(kiln().args([
+        "sql",
+        "-c",
+        &format!(
+            "SET kiln.embed_precision = 'bf16'; SELECT embed(name, '{model}') FROM '{}'",
+            s(&input)
+        ),
+    ]));
+    assert_one_line_error(&r, &["'bf16' cannot run on cpu:0", "not built for the CPU"]);
+}
+
+/// `--precision int8` runs the int8 encoder and says so; its vectors are
+/// near the f32 ones but not them; EXPLAIN names the precision.
+#[test]
+fn cli_embed_in_int8() {
+    let dir = tempdir();
+    let input = dir.path().join("people.parquet");
+    write_people(&input);
+    let output = dir.path().join("out.parquet");
+    let model = tiny();
+    let model = model.to_str().unwrap();
+    let out = ok(&[
+        "embed",
+        &s(&input),
+        &s(&output),
+        "--column",
+        "name",
+        "--model",
+        model,
+        "--precision",
+        "int8",
+    ]);
+    assert!(out.contains(" on cpu:0 (int8) in "), "{out}");
+    let plan = ok(&[
+        "sql",
+        "-c",
+        &format!(
+            "SET kiln.embed_precision = 'auto'; EXPLAIN SELECT embed(name, '{model}') FROM '{}'",
+            s(&input)
+        ),
+    ]);
+    assert!(
+        plan.contains("the encoder runs on the CPU, int8 dense layers"),
+        "{plan}"
+    );
 }
 
 #[test]
@@ -251,7 +300,7 @@ async fn sql_embed_runs_on_the_gpu_when_the_session_says_so() {
         "--device",
         test_gpu(),
     ]);
-    assert!(out.contains(&format!(" on {}:0 in ", test_gpu())), "{out}");
+    assert!(out.contains(&format!(" on {}:0 (", test_gpu())), "{out}");
     report_injection();
 }
 
