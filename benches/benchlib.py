@@ -23,6 +23,10 @@ def machine():
     except OSError:
         pass
     simd = "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "baseline")
+    extras = [name for flag, name in (("avx512_vnni", "VNNI"), ("avx512_bf16", "BF16"),
+                                      ("amx_int8", "AMX")) if flag in flags]
+    if extras:
+        simd += " + " + ", ".join(extras)
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return (f"{model}, {os.cpu_count()} cores ({simd}), {mem:.0f} GiB RAM, "
             f"{platform.system()} {platform.release()}")

@@ -80,7 +80,7 @@ fn gemm(c: &mut Criterion) {
 /// against int8 (dynamic quantization; the kernel chosen for this CPU is in
 /// the benchmark's name).
 fn gemm_precision(c: &mut Criterion) {
-    use kiln_kernels::ops::quant::{QuantizedLinear, int8_kernel};
+    use kiln_kernels::ops::quant::{Int8Kernel, QuantizedLinear, int8_kernel};
     let mut group = c.benchmark_group("gemm_precision");
     for (m, k, n) in [(4096, 384, 1536), (4096, 1536, 384), (4096, 384, 384)] {
         let (a, b, bias) = (values(m * k, 1), values(n * k, 2), values(n, 3));
@@ -90,10 +90,15 @@ fn gemm_precision(c: &mut Criterion) {
             bench.iter(|| kiln_kernels::ops::linear::linear(&a, m, k, &b, n, Some(&bias)))
         });
         let q = QuantizedLinear::new(&b, n, k, Some(&bias));
-        let name = format!("int8-{}", int8_kernel().name());
-        group.bench_function(BenchmarkId::new(name, &shape), |bench| {
-            bench.iter(|| q.forward(black_box(&a), m))
-        });
+        for kernel in [Int8Kernel::Avx2, Int8Kernel::Avx512Vnni, Int8Kernel::Amx] {
+            if kernel > int8_kernel() {
+                continue;
+            }
+            let name = format!("int8-{}", kernel.name());
+            group.bench_function(BenchmarkId::new(name, &shape), |bench| {
+                bench.iter(|| q.forward_with(black_box(&a), m, kernel))
+            });
+        }
     }
     group.finish();
 }

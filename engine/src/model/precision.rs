@@ -6,7 +6,7 @@
 //! | `int8` | dynamic int8 (VNNI where the CPU has it) | refused | refused |
 //! | `bf16` | refused (not built) | refused | refused |
 //! | `f16` | refused | refused | f16 GEMMs |
-//! | `auto` | int8 | f32 | f16 |
+//! | `auto` | int8 with VNNI or AMX, else f32 | f32 | f16 |
 //!
 //! Attention, LayerNorm, GELU and pooling stay in f32 in every mode.
 //! `auto` takes the fastest mode whose accuracy contract the tests hold
@@ -16,6 +16,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use kiln_kernels::ops::quant::{Int8Kernel, int8_kernel};
 use kiln_kernels::{BackendKind, DeviceInfo};
 
 use crate::error::{EngineError, Result};
@@ -57,7 +58,13 @@ impl Precision {
             })
         };
         match (self, device.backend) {
-            (Precision::Auto, BackendKind::Cpu) => Ok(Precision::Int8),
+            // int8 is the faster only with a dot-product instruction (VNNI,
+            // AMX); the portable int8 loop is slower than f32's GEMM.
+            (Precision::Auto, BackendKind::Cpu) => Ok(if int8_kernel() >= Int8Kernel::Avx512Vnni {
+                Precision::Int8
+            } else {
+                Precision::F32
+            }),
             (Precision::Auto | Precision::F32, BackendKind::Wgpu) => Ok(Precision::F32),
             (Precision::Auto | Precision::F32 | Precision::F16, BackendKind::Cuda) => {
                 Ok(Precision::F16)
@@ -138,7 +145,9 @@ mod tests {
         );
         let cpu = device(BackendKind::Cpu);
         let wgpu = device(BackendKind::Wgpu);
-        assert_eq!(Precision::Auto.resolve(&cpu).unwrap(), Precision::Int8);
+        let fast_int8 = int8_kernel() >= Int8Kernel::Avx512Vnni;
+        let auto = Precision::Auto.resolve(&cpu).unwrap();
+        assert_eq!(auto == Precision::Int8, fast_int8, "{auto}");
         assert_eq!(Precision::F32.resolve(&cpu).unwrap(), Precision::F32);
         assert_eq!(Precision::Auto.resolve(&wgpu).unwrap(), Precision::F32);
         let err = Precision::Int8.resolve(&wgpu).unwrap_err().to_string();

@@ -39,20 +39,23 @@ const BLOCK_ROWS: usize = 6;
 /// Rows per rayon task.
 const ROWS_PER_TASK: usize = 64;
 
-/// The int8 kernel this process runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The int8 kernels, slowest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Int8Kernel {
-    /// AVX-512 VNNI (`vpdpbusd`), 6 × 64 register blocks.
-    Avx512Vnni,
-    /// The portable loop compiled for AVX2 with FMA.
-    Avx2,
     /// The portable loop for the baseline target.
     Baseline,
+    /// The portable loop compiled for AVX2 with FMA.
+    Avx2,
+    /// AVX-512 VNNI (`vpdpbusd`), 6 × 64 register blocks.
+    Avx512Vnni,
+    /// Intel AMX tiles (`tdpbusd`), 32 × 32 blocks.
+    Amx,
 }
 
 impl Int8Kernel {
     pub fn name(self) -> &'static str {
         match self {
+            Int8Kernel::Amx => "amx-int8",
             Int8Kernel::Avx512Vnni => "avx512-vnni",
             Int8Kernel::Avx2 => "avx2",
             Int8Kernel::Baseline => "baseline",
@@ -61,14 +64,24 @@ impl Int8Kernel {
 }
 
 /// The kernel [`QuantizedLinear::forward`] runs on this CPU, within
-/// `KILN_CPU_SIMD` (see [`crate::ops::simd_level`]).
+/// `KILN_CPU_SIMD` (see [`crate::ops::simd_level`]; its value `avx512-vnni`
+/// also leaves AMX out).
 pub fn int8_kernel() -> Int8Kernel {
+    static KERNEL: std::sync::OnceLock<Int8Kernel> = std::sync::OnceLock::new();
+    *KERNEL.get_or_init(detect)
+}
+
+fn detect() -> Int8Kernel {
     match crate::ops::simd_level() {
         #[cfg(target_arch = "x86_64")]
         crate::ops::SimdLevel::Avx512
             if std::arch::is_x86_feature_detected!("avx512bw")
                 && std::arch::is_x86_feature_detected!("avx512vnni") =>
         {
+            #[cfg(target_os = "linux")]
+            if std::env::var("KILN_CPU_SIMD").as_deref() != Ok("avx512-vnni") && amx::available() {
+                return Int8Kernel::Amx;
+            }
             Int8Kernel::Avx512Vnni
         }
         crate::ops::SimdLevel::Avx512 | crate::ops::SimdLevel::Avx2 => Int8Kernel::Avx2,
@@ -108,7 +121,8 @@ impl QuantizedLinear {
         if let Some(b) = bias {
             assert_eq!(b.len(), n, "quantize: bias is not {n}");
         }
-        let groups = k.div_ceil(GROUP).max(1);
+        // Whole AMX tiles of inputs (64); zeros beyond k add nothing.
+        let groups = k.div_ceil(GROUP).next_multiple_of(16).max(16);
         let panels = n
             .div_ceil(PANEL)
             .next_multiple_of(BLOCK_PANELS)
@@ -166,12 +180,14 @@ impl QuantizedLinear {
     /// # Panics
     /// When `x` does not hold `m × k` values (a caller bug).
     pub fn forward(&self, x: &[f32], m: usize) -> Vec<f32> {
-        self.forward_with(x, m, int8_kernel() == Int8Kernel::Avx512Vnni)
+        self.forward_with(x, m, int8_kernel())
     }
 
-    /// [`QuantizedLinear::forward`] through the VNNI kernel where `vnni` (and
-    /// the CPU has it), else the portable loop at this process's SIMD level.
-    fn forward_with(&self, x: &[f32], m: usize, vnni: bool) -> Vec<f32> {
+    /// [`QuantizedLinear::forward`] through `kernel`, or this CPU's best if
+    /// it has not that one (the portable loop runs at this process's SIMD
+    /// level whether `Baseline` or `Avx2` is asked).
+    pub fn forward_with(&self, x: &[f32], m: usize, kernel: Int8Kernel) -> Vec<f32> {
+        let kernel = kernel.min(int8_kernel());
         let (n, k) = (self.n, self.k);
         assert_eq!(x.len(), m * k, "int8 linear: x is not {m}x{k}");
         let mut out = vec![0f32; m * n];
@@ -196,10 +212,15 @@ impl QuantizedLinear {
                     inliers = copy;
                     &inliers[..]
                 };
-                let mut qx = vec![0u8; rows * self.groups * GROUP];
+                // AMX reads whole 32-row blocks: padding rows are zeros.
+                let padded = match kernel {
+                    Int8Kernel::Amx => rows.next_multiple_of(64),
+                    _ => rows,
+                };
+                let mut qx = vec![0u8; padded * self.groups * GROUP];
                 let mut sx = vec![[0f32; 2]; rows];
                 quantize_rows(quantized, k, self.groups * GROUP, &mut qx, &mut sx);
-                self.run(vnni, &qx, &sx, rows, o);
+                self.run(kernel, &qx, &sx, rows, o);
                 if !outliers.is_empty() {
                     add_columns(self, xs, &outliers, o);
                 }
@@ -207,16 +228,20 @@ impl QuantizedLinear {
         out
     }
 
-    fn run(&self, vnni: bool, qx: &[u8], sx: &[[f32; 2]], rows: usize, out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if vnni && int8_kernel() == Int8Kernel::Avx512Vnni {
+    /// `kernel` at most [`int8_kernel`] (the caller's `min`).
+    fn run(&self, kernel: Int8Kernel, qx: &[u8], sx: &[[f32; 2]], rows: usize, out: &mut [f32]) {
+        match kernel {
+            #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+            // SAFETY: int8_kernel() reports AMX only where the CPU has it
+            // (with AVX-512) and Linux granted it; `qx` holds whole 32-row
+            // blocks (padded by the caller), `groups` is a multiple of 16.
+            Int8Kernel::Amx => unsafe { amx::run(self, qx, sx, rows, out) },
+            #[cfg(target_arch = "x86_64")]
             // SAFETY: int8_kernel() reports AVX-512 VNNI (and BW) only where
             // the CPU has them; the buffers' sizes are the layer's.
-            unsafe { vnni::run(self, qx, sx, rows, out) };
-            return;
+            Int8Kernel::Avx512Vnni => unsafe { vnni::run(self, qx, sx, rows, out) },
+            _ => portable_rows(self, qx, sx, rows, out),
         }
-        let _ = vnni;
-        portable_rows(self, qx, sx, rows, out);
     }
 
     /// The f32 epilogue shared by every kernel: the integer sum of a row
@@ -274,10 +299,13 @@ fn add_columns_body<const FMA: bool>(
 
 crate::ops::dispatch!(add_columns, add_columns_body, (layer: &QuantizedLinear, x: &[f32], columns: &[usize], out: &mut [f32]) -> ());
 
-/// Round half to even in f32 without a rounding instruction (|v| < 2²²).
+/// 1.5·2²³: adding it rounds an f32 of magnitude below 2²² to an integer
+/// (half to even) without a rounding instruction.
+const ROUND: f32 = 12_582_912.0;
+
+/// Round half to even in f32 (|v| < 2²²).
 #[inline(always)]
 fn round(v: f32) -> f32 {
-    const ROUND: f32 = 12_582_912.0;
     (v + ROUND) - ROUND
 }
 
@@ -296,16 +324,35 @@ fn quantize_body<const FMA: bool>(
         .zip(qx.chunks_exact_mut(kp))
         .zip(sx)
     {
-        let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
-        for v in row {
-            lo = lo.min(*v);
-            hi = hi.max(*v);
+        // 16 lanes of comparisons (f32::min's NaN rule keeps a single
+        // chain scalar); a NaN input is not an extreme.
+        let (mut los, mut his) = ([f32::INFINITY; 16], [f32::NEG_INFINITY; 16]);
+        let chunks = row.chunks_exact(16);
+        let rest = chunks.remainder();
+        for c in chunks {
+            for i in 0..16 {
+                los[i] = if c[i] < los[i] { c[i] } else { los[i] };
+                his[i] = if c[i] > his[i] { c[i] } else { his[i] };
+            }
+        }
+        for (i, v) in rest.iter().enumerate() {
+            los[i] = if *v < los[i] { *v } else { los[i] };
+            his[i] = if *v > his[i] { *v } else { his[i] };
+        }
+        let (mut lo, mut hi) = (los[0], his[0]);
+        for i in 1..16 {
+            lo = if los[i] < lo { los[i] } else { lo };
+            hi = if his[i] > hi { his[i] } else { hi };
         }
         let range = hi - lo;
         let inv = if range > 0.0 { 255.0 / range } else { 0.0 };
         *s = [range / 255.0, lo];
         for (d, v) in q.iter_mut().zip(row) {
-            *d = round((v - lo) * inv).clamp(0.0, 255.0) as u8;
+            // Rounded by the 1.5·2²³ addition, the integer is the low
+            // mantissa bits: no float-to-int conversion (which keeps the loop
+            // from vectorizing).
+            let t = ((v - lo) * inv).clamp(0.0, 255.0) + ROUND;
+            *d = (t.to_bits() & 0xff) as u8;
         }
     }
 }
@@ -353,7 +400,7 @@ crate::ops::dispatch!(portable_rows, portable_body, (layer: &QuantizedLinear, qx
 #[cfg(target_arch = "x86_64")]
 mod vnni {
     use std::arch::x86_64::{
-        _mm512_add_ps, _mm512_cvtepi32_ps, _mm512_dpbusd_epi32, _mm512_loadu_epi32,
+        __m512i, _mm512_add_ps, _mm512_cvtepi32_ps, _mm512_dpbusd_epi32, _mm512_loadu_epi32,
         _mm512_loadu_ps, _mm512_mask_storeu_ps, _mm512_mul_ps, _mm512_set1_epi32, _mm512_set1_ps,
         _mm512_setzero_si512, _mm512_storeu_ps,
     };
@@ -436,45 +483,219 @@ mod vnni {
                 }
             }
         }
-        let n = layer.n;
         for (r, row) in acc.iter().enumerate() {
-            let [scale_x, low] = sx[r0 + r];
-            let (s, lo) = (_mm512_set1_ps(scale_x), _mm512_set1_ps(low));
             for (q, x) in row.iter().enumerate() {
-                let j0 = (pb + q) * PANEL;
-                if j0 >= n {
-                    break;
-                }
-                // SAFETY: j0 + 16 ≤ panels × 16, the padded lengths.
-                let (wsum, scale, bias) = unsafe {
-                    (
-                        _mm512_loadu_ps(layer.wsum.as_ptr().add(j0)),
-                        _mm512_loadu_ps(layer.scale.as_ptr().add(j0)),
-                        _mm512_loadu_ps(layer.bias.as_ptr().add(j0)),
-                    )
-                };
-                // As `QuantizedLinear::finish`, operation for operation.
-                let sum = _mm512_cvtepi32_ps(*x);
-                let v = _mm512_add_ps(
-                    _mm512_add_ps(
-                        _mm512_mul_ps(sum, _mm512_mul_ps(s, scale)),
-                        _mm512_mul_ps(lo, wsum),
-                    ),
-                    bias,
-                );
-                let dst = &mut out[(r0 + r) * n + j0..];
-                let lanes = PANEL.min(n - j0);
-                // SAFETY: `dst` holds at least `lanes` values; the masked
-                // store writes only those.
+                // SAFETY: as the caller promised.
+                unsafe { finish16(layer, *x, sx[r0 + r], r0 + r, (pb + q) * PANEL, out) };
+            }
+        }
+    }
+
+    /// Channels `j0..j0 + 16` of row `r` from their integer sums, stored
+    /// into `out` (those below `n`): [`QuantizedLinear::finish`] 16 at a time,
+    /// operation for operation.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; `out` must hold row `r` (`n` wide).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn finish16(
+        layer: &QuantizedLinear,
+        sums: __m512i,
+        [scale_x, low]: [f32; 2],
+        r: usize,
+        j0: usize,
+        out: &mut [f32],
+    ) {
+        let n = layer.n;
+        if j0 >= n {
+            return;
+        }
+        // SAFETY: j0 + 16 ≤ panels × 16, the padded lengths.
+        let (wsum, scale, bias) = unsafe {
+            (
+                _mm512_loadu_ps(layer.wsum.as_ptr().add(j0)),
+                _mm512_loadu_ps(layer.scale.as_ptr().add(j0)),
+                _mm512_loadu_ps(layer.bias.as_ptr().add(j0)),
+            )
+        };
+        let (s, lo) = (_mm512_set1_ps(scale_x), _mm512_set1_ps(low));
+        let v = _mm512_add_ps(
+            _mm512_add_ps(
+                _mm512_mul_ps(_mm512_cvtepi32_ps(sums), _mm512_mul_ps(s, scale)),
+                _mm512_mul_ps(lo, wsum),
+            ),
+            bias,
+        );
+        let dst = &mut out[r * n + j0..(r + 1) * n];
+        let lanes = PANEL.min(n - j0);
+        // SAFETY: `dst` holds at least `lanes` values; the masked store
+        // writes only those.
+        unsafe {
+            if lanes == PANEL {
+                _mm512_storeu_ps(dst.as_mut_ptr(), v);
+            } else {
+                _mm512_mask_storeu_ps(dst.as_mut_ptr(), (1u16 << lanes) - 1, v);
+            }
+        }
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod amx {
+    //! Intel AMX (`tdpbusd`): 16 × 16 int32 tiles, each instruction 16,384
+    //! multiply-adds of unsigned activation bytes by signed weight bytes. The
+    //! packed weights are already AMX's B layout (a tile row is one group's
+    //! 16 channels × 4 inputs); the tile instructions are written in inline
+    //! assembly (Rust's AMX intrinsics are not stable).
+
+    use std::arch::asm;
+    use std::arch::x86_64::_mm512_loadu_epi32;
+    use std::sync::OnceLock;
+
+    use super::{BLOCK_PANELS, GROUP, PANEL, PANEL_GROUP, QuantizedLinear};
+
+    /// Rows per tile.
+    pub(super) const TILE_ROWS: usize = 16;
+    /// Groups (of 4 inputs) per tile: 64 bytes a row.
+    pub(super) const TILE_GROUPS: usize = 16;
+
+    /// Whether this CPU has AMX-INT8 and Linux lets this process use it
+    /// (asked once: `arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA)`).
+    pub(super) fn available() -> bool {
+        static OK: OnceLock<bool> = OnceLock::new();
+        *OK.get_or_init(|| {
+            // CPUID leaf 7: EDX bit 24 AMX-TILE, bit 25 AMX-INT8.
+            let leaf = std::arch::x86_64::__cpuid_count(7, 0);
+            if leaf.edx & (3 << 24) != 3 << 24 {
+                return false;
+            }
+            const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+            const XFEATURE_XTILEDATA: libc::c_long = 18;
+            // SAFETY: a plain system call with integer arguments.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_arch_prctl,
+                    ARCH_REQ_XCOMP_PERM,
+                    XFEATURE_XTILEDATA,
+                ) == 0
+            }
+        })
+    }
+
+    /// The tile configuration: palette 1, every tile used 16 rows × 64 bytes.
+    #[repr(C, align(64))]
+    struct TileConfig {
+        palette: u8,
+        start_row: u8,
+        reserved: [u8; 14],
+        colsb: [u16; 16],
+        rows: [u8; 16],
+    }
+
+    /// Every 32-row block against every 2-panel block: tiles 0–3 the four
+    /// 16 × 16 accumulators, 4–5 two row tiles of activations, 6–7 two
+    /// panel tiles of weights.
+    ///
+    /// # Safety
+    /// [`available`] must be true and the CPU must have AVX-512F; `qx` must
+    /// hold `rows` rounded up to 32 rows of `layer.groups × 4` bytes
+    /// (`groups` a multiple of 16), `sx` `rows` entries, `out` `rows × n`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn run(
+        layer: &QuantizedLinear,
+        qx: &[u8],
+        sx: &[[f32; 2]],
+        rows: usize,
+        out: &mut [f32],
+    ) {
+        let groups = layer.groups;
+        let kp = groups * GROUP;
+        let padded = rows.next_multiple_of(2 * TILE_ROWS);
+        assert!(groups % TILE_GROUPS == 0 && qx.len() >= padded * kp);
+        assert!(sx.len() >= rows && out.len() >= rows * layer.n);
+        let config = TileConfig {
+            palette: 1,
+            start_row: 0,
+            reserved: [0; 14],
+            colsb: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
+            rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
+        };
+        let mut c = [[0i32; PANEL * TILE_ROWS]; 4];
+        let panel_stride = BLOCK_PANELS * PANEL_GROUP;
+        // SAFETY: AMX is available (the caller checked) and the
+        // configuration is valid for palette 1.
+        unsafe { asm!("ldtilecfg [{}]", in(reg) &config, options(nostack)) };
+        for p in (0..layer.n.div_ceil(PANEL)).step_by(2) {
+            for r0 in (0..rows).step_by(2 * TILE_ROWS) {
+                let a0 = qx[r0 * kp..].as_ptr();
+                let a1 = qx[(r0 + TILE_ROWS) * kp..].as_ptr();
+                // SAFETY: every tile load reads 16 rows of 64 bytes inside
+                // `qx` (rows r0..r0 + 32 of the padded buffer) or inside
+                // `packed` (groups g..g + 16 of panels p and p + 1, 256
+                // bytes apart by group, as `at` lays them out); the stores
+                // write 16 rows of 64 bytes into `c`.
                 unsafe {
-                    if lanes == PANEL {
-                        _mm512_storeu_ps(dst.as_mut_ptr(), v);
-                    } else {
-                        _mm512_mask_storeu_ps(dst.as_mut_ptr(), (1u16 << lanes) - 1, v);
+                    asm!(
+                        "tilezero tmm0",
+                        "tilezero tmm1",
+                        "tilezero tmm2",
+                        "tilezero tmm3",
+                        options(nostack)
+                    );
+                    for g in (0..groups).step_by(TILE_GROUPS) {
+                        let b0 = layer.packed.as_ptr().add(super::at(groups, p, g));
+                        let b1 = layer.packed.as_ptr().add(super::at(groups, p + 1, g));
+                        asm!(
+                            "tileloadd tmm4, [{a0} + {sa}*1]",
+                            "tileloadd tmm5, [{a1} + {sa}*1]",
+                            "tileloadd tmm6, [{b0} + {sb}*1]",
+                            "tileloadd tmm7, [{b1} + {sb}*1]",
+                            "tdpbusd tmm0, tmm4, tmm6",
+                            "tdpbusd tmm1, tmm4, tmm7",
+                            "tdpbusd tmm2, tmm5, tmm6",
+                            "tdpbusd tmm3, tmm5, tmm7",
+                            a0 = in(reg) a0.add(g * GROUP),
+                            a1 = in(reg) a1.add(g * GROUP),
+                            b0 = in(reg) b0,
+                            b1 = in(reg) b1,
+                            sa = in(reg) kp,
+                            sb = in(reg) panel_stride,
+                            options(nostack)
+                        );
+                    }
+                    asm!(
+                        "tilestored [{c0} + {s}*1], tmm0",
+                        "tilestored [{c1} + {s}*1], tmm1",
+                        "tilestored [{c2} + {s}*1], tmm2",
+                        "tilestored [{c3} + {s}*1], tmm3",
+                        c0 = in(reg) c[0].as_mut_ptr(),
+                        c1 = in(reg) c[1].as_mut_ptr(),
+                        c2 = in(reg) c[2].as_mut_ptr(),
+                        c3 = in(reg) c[3].as_mut_ptr(),
+                        s = in(reg) 64usize,
+                        options(nostack)
+                    );
+                }
+                for (t, tile) in c.iter().enumerate() {
+                    let (rb, q) = (t / 2, t % 2);
+                    for i in 0..TILE_ROWS {
+                        let r = r0 + rb * TILE_ROWS + i;
+                        if r >= rows {
+                            break;
+                        }
+                        // SAFETY: row i of the tile is 16 int32s.
+                        let sums = unsafe { _mm512_loadu_epi32(tile[i * PANEL..].as_ptr()) };
+                        // SAFETY: row r < rows is inside `out`.
+                        unsafe {
+                            super::vnni::finish16(layer, sums, sx[r], r, (p + q) * PANEL, out)
+                        };
                     }
                 }
             }
         }
+        // SAFETY: releases the tile state this function configured.
+        unsafe { asm!("tilerelease", options(nostack)) };
     }
 }
 
@@ -489,8 +710,8 @@ mod tests {
             .collect()
     }
 
-    /// The VNNI kernel (where this CPU has it) gives the portable loop's
-    /// bits, and they equal the quantized product computed in f64 from the
+    /// The VNNI and AMX kernels (where this CPU has them) give the portable
+    /// loop's bits, and they equal the quantized product computed in f64 from the
     /// definition.
     #[test]
     fn kernels_agree_with_the_definition() {
@@ -505,15 +726,18 @@ mod tests {
             let w = data(n * k, 2.0);
             let b = data(n, 3.0);
             let layer = QuantizedLinear::new(&w, n, k, Some(&b));
-            let base = layer.forward_with(&x, m, false);
-            let got = layer.forward(&x, m);
-            assert!(
-                got.iter()
-                    .zip(&base)
-                    .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "{:?} differs from the portable loop at {m}x{k}x{n}",
-                int8_kernel()
-            );
+            let base = layer.forward_with(&x, m, Int8Kernel::Baseline);
+            eprintln!("{m}x{k}x{n}: {:?} against the portable loop", int8_kernel());
+            for kernel in [Int8Kernel::Avx512Vnni, Int8Kernel::Amx] {
+                let got = layer.forward_with(&x, m, kernel);
+                assert!(
+                    got.iter()
+                        .zip(&base)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{kernel:?} (at most {:?}) differs from the portable loop at {m}x{k}x{n}",
+                    int8_kernel()
+                );
+            }
             // The weights symmetric, the rows asymmetric, in f32 as the
             // kernels compute them; the sums in f64.
             let qw = |v: &[f32]| {
@@ -594,7 +818,7 @@ mod tests {
             x[i * k + 17] = 300.0 * if i % 2 == 0 { 1.0 } else { -1.0 };
         }
         let got = layer.forward(&x, m);
-        assert_eq!(got, layer.forward_with(&x, m, false));
+        assert_eq!(got, layer.forward_with(&x, m, Int8Kernel::Baseline));
         let after = err(&got, &exact(&x));
         assert!(
             after < 2.0 * before + 1e-3,
