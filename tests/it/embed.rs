@@ -168,11 +168,11 @@ fn embed_errors_are_one_line() {
         "sql",
         "-c",
         &format!(
-            "SET kiln.embed_precision = 'bf16'; SELECT embed(name, '{model}') FROM '{}'",
+            "SET kiln.embed_precision = 'f16'; SELECT embed(name, '{model}') FROM '{}'",
             s(&input)
         ),
     ]));
-    assert_one_line_error(&r, &["'bf16' cannot run on cpu:0", "not built for the CPU"]);
+    assert_one_line_error(&r, &["'f16' cannot run on cpu:0", "no f16 dense layers"]);
 }
 
 /// `--precision int8` runs the int8 encoder and says so; its vectors are

@@ -3,6 +3,7 @@
 
 use kiln_kernels::ops::activation::{gelu_inplace, gelu_tanh_inplace, relu_inplace};
 use kiln_kernels::ops::attention::attention_ragged;
+use kiln_kernels::ops::bf16::Bf16Linear;
 use kiln_kernels::ops::linear::linear;
 use kiln_kernels::ops::norm::add_layer_norm_inplace;
 use kiln_kernels::ops::quant::QuantizedLinear;
@@ -193,21 +194,37 @@ pub fn forward_on<E: EncoderOps>(
 
 /// A dense layer as the CPU runs it: `x[rows × in] · Wᵀ + b`.
 pub trait CpuDense {
-    fn apply(&self, x: &[f32], rows: usize) -> Vec<f32>;
+    fn apply(&self, x: &[f32], rows: usize) -> Result<Vec<f32>, KernelError>;
 }
 
 /// f32: the weights as loaded.
 impl CpuDense for &(Tensor, Tensor) {
-    fn apply(&self, x: &[f32], rows: usize) -> Vec<f32> {
+    fn apply(&self, x: &[f32], rows: usize) -> Result<Vec<f32>, KernelError> {
         let (w, b) = self;
-        linear(x, rows, w.shape[1], &w.data, w.shape[0], Some(&b.data))
+        Ok(linear(
+            x,
+            rows,
+            w.shape[1],
+            &w.data,
+            w.shape[0],
+            Some(&b.data),
+        ))
     }
 }
 
 /// int8: quantized once per model (see [`quantize_int8`]).
 impl CpuDense for QuantizedLinear {
-    fn apply(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        self.forward(x, rows)
+    fn apply(&self, x: &[f32], rows: usize) -> Result<Vec<f32>, KernelError> {
+        Ok(self.forward(x, rows))
+    }
+}
+
+/// bf16: rounded once per model (see [`round_bf16`]).
+impl CpuDense for Bf16Linear {
+    fn apply(&self, x: &[f32], rows: usize) -> Result<Vec<f32>, KernelError> {
+        self.forward(x, rows).ok_or_else(|| {
+            KernelError::Internal("bf16 dense layers on a CPU without AVX512_BF16".into())
+        })
     }
 }
 
@@ -244,7 +261,7 @@ impl<D: CpuDense, N: Borrow<(Tensor, Tensor)>> EncoderOps for CpuEncoder<D, N> {
         layer: &D,
         act: Option<DeviceActivation>,
     ) -> Result<Vec<f32>, KernelError> {
-        let mut y = layer.apply(x, rows);
+        let mut y = layer.apply(x, rows)?;
         match act {
             Some(DeviceActivation::Gelu) => gelu_inplace(&mut y),
             Some(DeviceActivation::GeluTanh) => gelu_tanh_inplace(&mut y),
@@ -325,22 +342,45 @@ pub fn quantize_int8(weights: &BertWeights) -> Result<Int8Weights, KernelError> 
     )
 }
 
-/// [`forward_on`] the CPU with int8 dense layers.
-pub fn forward_int8(
+/// The encoder's weights for the CPU in bf16: every dense layer rounded to
+/// bfloat16 (see [`Bf16Linear`]), LayerNorms kept in f32.
+pub type Bf16Weights = DeviceWeights<Bf16Linear, (Tensor, Tensor)>;
+
+/// Rounds the encoder's dense layers to bfloat16, once per model.
+pub fn round_bf16(weights: &BertWeights) -> Result<Bf16Weights, KernelError> {
+    DeviceWeights::convert(
+        weights,
+        |(w, b)| {
+            let (out, inp) = (w.shape[0], *w.shape.get(1).unwrap_or(&1));
+            Ok(Bf16Linear::new(&w.data, out, inp, Some(&b.data)))
+        },
+        |norm| Ok(norm.clone()),
+    )
+}
+
+/// The CPU's dense layers in one precision.
+#[derive(Clone, Copy)]
+pub enum CpuLayers<'a> {
+    /// The weights as loaded.
+    F32,
+    Int8(&'a Int8Weights),
+    Bf16(&'a Bf16Weights),
+}
+
+/// [`forward_on`] the CPU with dense layers `layers`.
+pub fn forward_cpu(
     config: &BertConfig,
     activation: Activation,
     weights: &BertWeights,
-    quantized: &Int8Weights,
+    layers: CpuLayers<'_>,
     batch: &RaggedBatch,
 ) -> Result<Vec<f32>, KernelError> {
-    forward_on(
-        &CpuEncoder::new(),
-        config,
-        activation,
-        weights,
-        quantized,
-        batch,
-    )
+    let cpu = CpuEncoder::new();
+    match layers {
+        CpuLayers::F32 => forward(config, activation, weights, batch),
+        CpuLayers::Int8(q) => forward_on(&cpu, config, activation, weights, q, batch),
+        CpuLayers::Bf16(b) => forward_on(&CpuEncoder::new(), config, activation, weights, b, batch),
+    }
 }
 
 /// A dense layer on a wgpu device: weight, bias and `[out, in]`.

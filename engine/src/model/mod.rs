@@ -30,8 +30,8 @@ use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::error::{EngineError, Result};
 use crate::model::bert::{
-    CudaWeights, Int8Weights, RaggedBatch, WgpuWeights, forward, forward_int8, forward_on,
-    quantize_int8, upload_cuda, upload_wgpu,
+    Bf16Weights, CpuLayers, CudaWeights, Int8Weights, RaggedBatch, WgpuWeights, forward_cpu,
+    forward_on, quantize_int8, round_bf16, upload_cuda, upload_wgpu,
 };
 use crate::model::config::{Activation, BertConfig, SentenceConfig, read_json};
 use crate::model::precision::Precision;
@@ -86,6 +86,8 @@ pub struct EmbeddingModel {
     cuda_weights: Mutex<HashMap<String, Arc<Resident<CudaWeights>>>>,
     /// The dense layers quantized to int8, on first use of `int8`.
     int8_weights: std::sync::OnceLock<Int8Weights>,
+    /// The dense layers rounded to bf16, on first use of `bf16`.
+    bf16_weights: std::sync::OnceLock<Bf16Weights>,
 }
 
 /// Weights uploaded to one device: they stay there across batches and
@@ -111,9 +113,9 @@ impl<W: Send + Sync> Evict for Resident<W> {
 /// Where an encoder batch runs: a device with the model's weights there,
 /// or the host outside every budget (the last resort of split-and-retry).
 enum Encoder<'a> {
-    /// The host, with int8 dense layers where given.
-    Host(Option<&'a Int8Weights>),
-    Cpu(&'a Arc<MemoryBudget>, Option<&'a Int8Weights>),
+    /// The host, dense layers in a precision.
+    Host(CpuLayers<'a>),
+    Cpu(&'a Arc<MemoryBudget>, CpuLayers<'a>),
     Wgpu(&'a WgpuDevice, Arc<WgpuWeights>),
     Cuda(&'a CudaDevice, Arc<CudaWeights>),
 }
@@ -165,6 +167,7 @@ impl EmbeddingModel {
             wgpu_weights: Mutex::new(HashMap::new()),
             cuda_weights: Mutex::new(HashMap::new()),
             int8_weights: std::sync::OnceLock::new(),
+            bf16_weights: std::sync::OnceLock::new(),
         })
     }
 
@@ -236,24 +239,25 @@ impl EmbeddingModel {
         texts: &[&str],
     ) -> Result<Embeddings> {
         let precision = precision.resolve(device.info())?;
-        let int8 = match precision {
-            Precision::Int8 => Some(self.int8_weights()?),
-            _ => None,
+        let layers = match precision {
+            Precision::Int8 => CpuLayers::Int8(self.int8_weights()?),
+            Precision::Bf16 => CpuLayers::Bf16(self.bf16_weights()?),
+            _ => CpuLayers::F32,
         };
         let mut oom = OomCounts::default();
         // Weights that do not fit the device: the whole call runs on the CPU.
         let encoder = match device {
-            Device::Cpu(cpu) => Encoder::Cpu(cpu.memory(), int8),
+            Device::Cpu(cpu) => Encoder::Cpu(cpu.memory(), layers),
             Device::Wgpu(gpu) => match fits(self.wgpu_weights_for(gpu))? {
                 Some(w) => Encoder::Wgpu(gpu.as_ref(), w),
-                None => Encoder::Host(int8),
+                None => Encoder::Host(layers),
             },
             Device::Cuda(gpu) => match fits(self.cuda_weights_for(gpu))? {
                 Some(w) => Encoder::Cuda(gpu.as_ref(), w),
-                None => Encoder::Host(int8),
+                None => Encoder::Host(layers),
             },
         };
-        let host = Encoder::Host(int8);
+        let host = Encoder::Host(layers);
         let dim = self.dim();
         let encodings = self
             .tokenizer
@@ -285,7 +289,7 @@ impl EmbeddingModel {
 
         // Short texts in f32 (see INT8_F32_MAX_TOKENS), on the same device.
         let short_encoder = match &encoder {
-            Encoder::Cpu(memory, Some(_)) => Some(Encoder::Cpu(memory, None)),
+            Encoder::Cpu(memory, CpuLayers::Int8(_)) => Some(Encoder::Cpu(memory, CpuLayers::F32)),
             _ => None,
         };
         let is_short = |i: usize| {
@@ -314,7 +318,9 @@ impl EmbeddingModel {
             }
             let seqs = &order[start..end];
             let (batch_encoder, batch_host) = match &short_encoder {
-                Some(f32_encoder) if is_short(seqs[0]) => (f32_encoder, &Encoder::Host(None)),
+                Some(f32_encoder) if is_short(seqs[0]) => {
+                    (f32_encoder, &Encoder::Host(CpuLayers::F32))
+                }
                 _ => (&encoder, &host),
             };
             // Weights that did not fit: each batch is a piece on the CPU.
@@ -389,20 +395,16 @@ impl EmbeddingModel {
             Encoder::Cuda(gpu, uploaded) => {
                 forward_on(*gpu, config, act, weights, uploaded, &batch)?
             }
-            Encoder::Cpu(memory, int8) => {
+            Encoder::Cpu(memory, layers) => {
                 // The CPU's activations, reserved so that a limit or an
                 // injected failure applies to the CPU device too.
                 let _activations = memory.reserve(
                     config.activation_bytes(batch.tokens()),
                     "encoder activations",
                 )?;
-                match int8 {
-                    Some(q) => forward_int8(config, act, weights, q, &batch)?,
-                    None => forward(config, act, weights, &batch)?,
-                }
+                forward_cpu(config, act, weights, *layers, &batch)?
             }
-            Encoder::Host(Some(q)) => forward_int8(config, act, weights, q, &batch)?,
-            Encoder::Host(None) => forward(config, act, weights, &batch)?,
+            Encoder::Host(layers) => forward_cpu(config, act, weights, *layers, &batch)?,
         };
         let dim = self.dim();
         let mut pooled = pool_ragged(&hidden, dim, &batch.offsets, self.sentence.pooling);
@@ -431,6 +433,15 @@ impl EmbeddingModel {
         let quantized = quantize_int8(&self.weights)?;
         // A concurrent first use may have set it: either copy is the same.
         Ok(self.int8_weights.get_or_init(|| quantized))
+    }
+
+    /// The bf16 dense layers, rounded on first use.
+    fn bf16_weights(&self) -> Result<&Bf16Weights> {
+        if let Some(w) = self.bf16_weights.get() {
+            return Ok(w);
+        }
+        let rounded = round_bf16(&self.weights)?;
+        Ok(self.bf16_weights.get_or_init(|| rounded))
     }
 
     fn cuda_weights_for(&self, gpu: &CudaDevice) -> Result<Arc<CudaWeights>> {

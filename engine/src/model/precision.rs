@@ -4,7 +4,7 @@
 //! | --- | --- | --- | --- |
 //! | `f32` (default) | f32 | f32 | f16 GEMMs (the CUDA path has no f32 GEMM) |
 //! | `int8` | dynamic int8 (VNNI where the CPU has it) | refused | refused |
-//! | `bf16` | refused (not built) | refused | refused |
+//! | `bf16` | with AVX512_BF16, else refused | refused | refused |
 //! | `f16` | refused | refused | f16 GEMMs |
 //! | `auto` | int8 with VNNI or AMX, else f32 | f32 | f16 |
 //!
@@ -74,7 +74,15 @@ impl Precision {
                 refuse("int8 embeddings run on the CPU only (kiln.device = 'cpu')")
             }
             (Precision::Bf16, BackendKind::Cpu) => {
-                refuse("bf16 dense layers are not built for the CPU yet; use f32 or int8")
+                if kiln_kernels::ops::bf16::available() {
+                    Ok(Precision::Bf16)
+                } else {
+                    refuse(
+                        "bf16 needs a CPU with AVX512_BF16 (Intel Cooper Lake or Sapphire Rapids \
+                         on, AMD Zen 4 on), which this one lacks or KILN_CPU_SIMD caps; use f32 \
+                         or int8",
+                    )
+                }
             }
             (Precision::Bf16, _) => refuse("bf16 dense layers are not built for GPUs yet"),
             (Precision::F16, BackendKind::Cpu) => {
@@ -156,6 +164,9 @@ mod tests {
             "{err}"
         );
         assert!(Precision::F16.resolve(&cpu).is_err());
-        assert!(Precision::Bf16.resolve(&cpu).is_err());
+        assert_eq!(
+            Precision::Bf16.resolve(&cpu).is_ok(),
+            kiln_kernels::ops::bf16::available()
+        );
     }
 }

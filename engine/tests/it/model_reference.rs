@@ -310,6 +310,38 @@ fn minilm_int8_keeps_its_accuracy_contract() {
     assert_eq!(auto.values == int8.values, fast);
 }
 
+/// The bf16 contract on a CPU with AVX512_BF16 (elsewhere the mode is
+/// refused, which this checks instead): cosine ≥ 0.999 with
+/// sentence-transformers' f32 embedding for every text of the fixture.
+#[test]
+fn minilm_bf16_keeps_its_accuracy_contract() {
+    use kiln_engine::model::precision::Precision;
+    let Some(dir) = minilm_dir() else { return };
+    let model = EmbeddingModel::load_dir(&dir).unwrap();
+    let texts = texts();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let cpu = Device::cpu().unwrap();
+    let got = match model.embed_with(&cpu, Precision::Bf16, &refs) {
+        Ok(got) => got,
+        Err(e) => {
+            assert!(!kiln_kernels::ops::bf16::available(), "{e}");
+            assert!(e.to_string().contains("AVX512_BF16"), "{e}");
+            return;
+        }
+    };
+    let mut worst = 1.0f64;
+    for (i, want) in reference("minilm", 384).iter().enumerate() {
+        let cos = cosine(got.row(i), want);
+        worst = worst.min(cos);
+        assert!(cos >= 0.999, "text {i} {:?}: bf16 cosine {cos}", texts[i]);
+    }
+    assert!(
+        worst < 0.999_999,
+        "bf16 embeddings equal f32 ones (worst cosine {worst})"
+    );
+    eprintln!("bf16: worst cosine {worst:.6}");
+}
+
 /// Each text querying every other one by cosine: the share of queries
 /// whose nearest neighbour by `truth` is in `got`'s top 10, and the mean
 /// overlap of the two top 10s.

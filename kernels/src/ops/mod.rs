@@ -102,6 +102,7 @@ pub(crate) fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
 
 pub mod activation;
 pub mod attention;
+pub mod bf16;
 pub mod linear;
 pub mod norm;
 pub mod pooling;

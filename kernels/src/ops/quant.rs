@@ -612,7 +612,7 @@ mod amx {
         let groups = layer.groups;
         let kp = groups * GROUP;
         let padded = rows.next_multiple_of(2 * TILE_ROWS);
-        assert!(groups % TILE_GROUPS == 0 && qx.len() >= padded * kp);
+        assert!(groups.is_multiple_of(TILE_GROUPS) && qx.len() >= padded * kp);
         assert!(sx.len() >= rows && out.len() >= rows * layer.n);
         let config = TileConfig {
             palette: 1,
