@@ -89,6 +89,10 @@ fn gemm_precision(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("f32", &shape), |bench| {
             bench.iter(|| kiln_kernels::ops::linear::linear(&a, m, k, &b, n, Some(&bias)))
         });
+        let packed = kiln_kernels::ops::linear::PackedLinear::new(&b, n, k, Some(&bias));
+        group.bench_function(BenchmarkId::new("f32-packed", &shape), |bench| {
+            bench.iter(|| packed.forward(black_box(&a), m))
+        });
         let q = QuantizedLinear::new(&b, n, k, Some(&bias));
         for kernel in [Int8Kernel::Avx2, Int8Kernel::Avx512Vnni, Int8Kernel::Amx] {
             if kernel > int8_kernel() {

@@ -4,7 +4,7 @@
 use kiln_kernels::ops::activation::{gelu_inplace, gelu_tanh_inplace, relu_inplace};
 use kiln_kernels::ops::attention::attention_ragged;
 use kiln_kernels::ops::bf16::Bf16Linear;
-use kiln_kernels::ops::linear::linear;
+use kiln_kernels::ops::linear::{PackedLinear, linear};
 use kiln_kernels::ops::norm::add_layer_norm_inplace;
 use kiln_kernels::ops::quant::QuantizedLinear;
 use std::borrow::Borrow;
@@ -219,6 +219,13 @@ impl CpuDense for QuantizedLinear {
     }
 }
 
+/// f32, packed once per model for this CPU (see [`pack_f32`]).
+impl CpuDense for PackedLinear {
+    fn apply(&self, x: &[f32], rows: usize) -> Result<Vec<f32>, KernelError> {
+        Ok(self.forward(x, rows))
+    }
+}
+
 /// bf16: rounded once per model (see [`round_bf16`]).
 impl CpuDense for Bf16Linear {
     fn apply(&self, x: &[f32], rows: usize) -> Result<Vec<f32>, KernelError> {
@@ -358,11 +365,28 @@ pub fn round_bf16(weights: &BertWeights) -> Result<Bf16Weights, KernelError> {
     )
 }
 
+/// The encoder's f32 weights packed for this CPU's GEMM kernel.
+pub type PackedWeights = DeviceWeights<PackedLinear, (Tensor, Tensor)>;
+
+/// Packs the encoder's dense layers (see [`PackedLinear`]), once per model.
+pub fn pack_f32(weights: &BertWeights) -> Result<PackedWeights, KernelError> {
+    DeviceWeights::convert(
+        weights,
+        |(w, b)| {
+            let (out, inp) = (w.shape[0], *w.shape.get(1).unwrap_or(&1));
+            Ok(PackedLinear::new(&w.data, out, inp, Some(&b.data)))
+        },
+        |norm| Ok(norm.clone()),
+    )
+}
+
 /// The CPU's dense layers in one precision.
 #[derive(Clone, Copy)]
 pub enum CpuLayers<'a> {
-    /// The weights as loaded.
+    /// The weights as loaded (the host fallback of a GPU).
     F32,
+    /// f32, packed.
+    Packed(&'a PackedWeights),
     Int8(&'a Int8Weights),
     Bf16(&'a Bf16Weights),
 }
@@ -375,11 +399,12 @@ pub fn forward_cpu(
     layers: CpuLayers<'_>,
     batch: &RaggedBatch,
 ) -> Result<Vec<f32>, KernelError> {
-    let cpu = CpuEncoder::new();
+    let (c, a, w) = (config, activation, weights);
     match layers {
-        CpuLayers::F32 => forward(config, activation, weights, batch),
-        CpuLayers::Int8(q) => forward_on(&cpu, config, activation, weights, q, batch),
-        CpuLayers::Bf16(b) => forward_on(&CpuEncoder::new(), config, activation, weights, b, batch),
+        CpuLayers::F32 => forward(c, a, w, batch),
+        CpuLayers::Packed(p) => forward_on(&CpuEncoder::new(), c, a, w, p, batch),
+        CpuLayers::Int8(q) => forward_on(&CpuEncoder::new(), c, a, w, q, batch),
+        CpuLayers::Bf16(b) => forward_on(&CpuEncoder::new(), c, a, w, b, batch),
     }
 }
 

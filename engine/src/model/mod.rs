@@ -30,8 +30,8 @@ use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::error::{EngineError, Result};
 use crate::model::bert::{
-    Bf16Weights, CpuLayers, CudaWeights, Int8Weights, RaggedBatch, WgpuWeights, forward_cpu,
-    forward_on, quantize_int8, round_bf16, upload_cuda, upload_wgpu,
+    Bf16Weights, CpuLayers, CudaWeights, Int8Weights, PackedWeights, RaggedBatch, WgpuWeights,
+    forward_cpu, forward_on, pack_f32, quantize_int8, round_bf16, upload_cuda, upload_wgpu,
 };
 use crate::model::config::{Activation, BertConfig, SentenceConfig, read_json};
 use crate::model::precision::Precision;
@@ -88,6 +88,8 @@ pub struct EmbeddingModel {
     int8_weights: std::sync::OnceLock<Int8Weights>,
     /// The dense layers rounded to bf16, on first use of `bf16`.
     bf16_weights: std::sync::OnceLock<Bf16Weights>,
+    /// The f32 dense layers packed for the CPU's kernel, on first use.
+    packed_weights: std::sync::OnceLock<PackedWeights>,
 }
 
 /// Weights uploaded to one device: they stay there across batches and
@@ -168,6 +170,7 @@ impl EmbeddingModel {
             cuda_weights: Mutex::new(HashMap::new()),
             int8_weights: std::sync::OnceLock::new(),
             bf16_weights: std::sync::OnceLock::new(),
+            packed_weights: std::sync::OnceLock::new(),
         })
     }
 
@@ -239,9 +242,11 @@ impl EmbeddingModel {
         texts: &[&str],
     ) -> Result<Embeddings> {
         let precision = precision.resolve(device.info())?;
+        let on_cpu = device.info().backend == kiln_kernels::BackendKind::Cpu;
         let layers = match precision {
             Precision::Int8 => CpuLayers::Int8(self.int8_weights()?),
             Precision::Bf16 => CpuLayers::Bf16(self.bf16_weights()?),
+            _ if on_cpu => CpuLayers::Packed(self.packed_weights()?),
             _ => CpuLayers::F32,
         };
         let mut oom = OomCounts::default();
@@ -289,7 +294,10 @@ impl EmbeddingModel {
 
         // Short texts in f32 (see INT8_F32_MAX_TOKENS), on the same device.
         let short_encoder = match &encoder {
-            Encoder::Cpu(memory, CpuLayers::Int8(_)) => Some(Encoder::Cpu(memory, CpuLayers::F32)),
+            Encoder::Cpu(memory, CpuLayers::Int8(_)) => Some(Encoder::Cpu(
+                memory,
+                CpuLayers::Packed(self.packed_weights()?),
+            )),
             _ => None,
         };
         let is_short = |i: usize| {
@@ -433,6 +441,15 @@ impl EmbeddingModel {
         let quantized = quantize_int8(&self.weights)?;
         // A concurrent first use may have set it: either copy is the same.
         Ok(self.int8_weights.get_or_init(|| quantized))
+    }
+
+    /// The f32 dense layers packed for the CPU, on first use.
+    fn packed_weights(&self) -> Result<&PackedWeights> {
+        if let Some(w) = self.packed_weights.get() {
+            return Ok(w);
+        }
+        let packed = pack_f32(&self.weights)?;
+        Ok(self.packed_weights.get_or_init(|| packed))
     }
 
     /// The bf16 dense layers, rounded on first use.
