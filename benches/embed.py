@@ -120,7 +120,7 @@ def cosines(got, reference):
     return (got * reference).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(reference, axis=1))
 
 
-def gemm_table(exe, threads, reps):
+def gemm_table(exe, threads, reps, bf16):
     """Kiln's f32 and int8 GEMMs (the process `exe`) against torch's
     F.linear, interleaved."""
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
@@ -140,9 +140,13 @@ def gemm_table(exe, threads, reps):
         b = torch.rand(n, generator=g) * 2 - 1
         torch.nn.functional.linear(x, w, b)
         times = {"torch": [], "f32": [], "int8": []}
+        if bf16:
+            times["bf16"] = []
         names = {}
         for _ in range(3):
             times["f32"].append(kiln("f32", m, k, n)[0])
+            if bf16:
+                times["bf16"].append(kiln("bf16", m, k, n)[0])
             ts = []
             for _ in range(reps):
                 start = time.perf_counter()
@@ -192,6 +196,10 @@ def main():
 
     env = dict(os.environ, NODEVICE_SELECT="1", RAYON_NUM_THREADS=str(threads))
     kiln_modes = {"Kiln (whole job)": "f32", "Kiln int8 (whole job)": "int8"}
+    with open("/proc/cpuinfo") as f:
+        has_bf16 = "avx512_bf16" in f.read()
+    if has_bf16:
+        kiln_modes["Kiln bf16 (whole job)"] = "bf16"
     cmds = {name: [kiln, "embed", src, os.path.join(args.work, f"kiln_{p}.parquet"), "--column", "text",
                    "--model", mdir, "--device", args.kiln_device, "--precision", p]
             for name, p in kiln_modes.items()}
@@ -227,7 +235,7 @@ def main():
     agreement = {name: cosines(v, reference) for name, v in vectors.items()}
 
     log("timing the dense-layer GEMMs")
-    gemm = gemm_table(gemm_exe, threads, 20)
+    gemm = gemm_table(gemm_exe, threads, 20, has_bf16)
 
     rev = git_rev()
     import sentence_transformers
@@ -246,7 +254,8 @@ def main():
         f"mixed-length texts, {tokens:,} tokens after truncation ({tokens / len(texts):.0f} per text)",
         f"- {args.reps} interleaved runs each; median (min–max)",
         f"- Command: `scripts/bench-embed {' '.join(sys.argv[1:])}`",
-        f"- Kiln: `{' '.join(cmds['Kiln (whole job)'])}` (and `--precision int8`; fresh process: "
+        f"- Kiln: `{' '.join(cmds['Kiln (whole job)'])}` (and `--precision int8`, `bf16` where the CPU "
+        "has AVX512_BF16; fresh process: "
         "model load, Parquet in and out included)",
         "- sentence-transformers: `model.encode(texts, batch_size=32)` (texts in memory, model loaded)",
         "- ONNX Runtime int8: the model exported by torch.onnx, `quantize_dynamic(per_channel=True)`, "
@@ -273,11 +282,13 @@ def main():
               "Kiln's summary lines: " + "; ".join(f"`{s}`" for s in summaries.values()), "",
               "## Dense-layer GEMMs alone", "",
               "Median of 20 calls, 3 interleaved rounds; GFLOP/s (int8: GOP/s) = 2·m·k·n / time.", "",
-              "| m × k × n | torch F.linear f32 (MKL) | Kiln f32 | Kiln f32 / torch | Kiln int8 | int8 kernel |",
-              "|---|---|---|---|---|---|"]
+              "| m × k × n | torch F.linear f32 (MKL) | Kiln f32 | Kiln f32 / torch | Kiln bf16 | Kiln int8 "
+              "| int8 kernel |",
+              "|---|---|---|---|---|---|---|"]
     for (m, k, n), rate, name in gemm:
+        bf = f"{rate['bf16']:.0f}" if "bf16" in rate else "no AVX512_BF16"
         lines.append(f"| {m}×{k}×{n} | {rate['torch']:.0f} | {rate['f32']:.0f} | "
-                     f"{rate['f32'] / rate['torch']:.0%} | {rate['int8']:.0f} | {name} |")
+                     f"{rate['f32'] / rate['torch']:.0%} | {bf} | {rate['int8']:.0f} | {name} |")
     peaks = {name: kiln_peak[name] for name in kiln_modes}
     lines += ["", "Peak memory (RSS): " + ", ".join(f"{k} {v / 2**20:,.0f} MiB" for k, v in peaks.items())
               + f"; the harness process (torch, ONNX Runtime, the models, the texts) "

@@ -3,18 +3,21 @@
 //! shapes in the same invocation, interleaved. One command per stdin line:
 //!
 //! ```text
-//! run <f32|int8> <m> <k> <n> <reps>   →   <median seconds> <kernel>
+//! run <f32|int8|bf16> <m> <k> <n> <reps>   →   <median seconds> <kernel>
 //! ```
 //!
-//! Timed: `linear` (f32) or `QuantizedLinear::forward` (int8: the
-//! activations' quantization included; the weights quantized once before).
+//! Timed: the encoder's dense layer in each precision, `PackedLinear`
+//! (f32), `QuantizedLinear` (int8: the activations' quantization included)
+//! or `Bf16Linear` (bf16: the activations' rounding included); the weights
+//! packed, quantized or rounded once before.
 //! Inputs are seeded uniform values in [-1, 1).
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::time::Instant;
 
-use kiln_kernels::ops::linear::linear;
+use kiln_kernels::ops::bf16::Bf16Linear;
+use kiln_kernels::ops::linear::PackedLinear;
 use kiln_kernels::ops::quant::{QuantizedLinear, int8_kernel};
 
 /// Prints one `error:` line and exits: bad input is never a panic.
@@ -37,9 +40,9 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
 
 struct Shape {
     x: Vec<f32>,
-    w: Vec<f32>,
-    bias: Vec<f32>,
+    packed: PackedLinear,
     quantized: QuantizedLinear,
+    bf16: Bf16Linear,
 }
 
 fn main() {
@@ -51,7 +54,7 @@ fn main() {
         let words: Vec<&str> = line.split_whitespace().collect();
         let ["run", kind, m, k, n, reps] = words[..] else {
             fail(format!(
-                "expected `run <f32|int8> <m> <k> <n> <reps>`, got {line:?}"
+                "expected `run <f32|int8|bf16> <m> <k> <n> <reps>`, got {line:?}"
             ));
         };
         let num = |s: &str| {
@@ -66,21 +69,26 @@ fn main() {
             let bias = values(n, 3);
             Shape {
                 x: values(m * k, 1),
+                packed: PackedLinear::new(&w, n, k, Some(&bias)),
                 quantized: QuantizedLinear::new(&w, n, k, Some(&bias)),
-                w,
-                bias,
+                bf16: Bf16Linear::new(&w, n, k, Some(&bias)),
             }
         });
         let (run, name): (Box<dyn Fn() -> Vec<f32>>, String) = match kind {
             "f32" => (
-                Box::new(|| linear(&shape.x, m, k, &shape.w, n, Some(&shape.bias))),
+                Box::new(|| shape.packed.forward(&shape.x, m)),
                 "f32".to_string(),
             ),
+            "bf16" if kiln_kernels::ops::bf16::available() => (
+                Box::new(|| shape.bf16.forward(&shape.x, m).unwrap_or_default()),
+                "bf16".to_string(),
+            ),
+            "bf16" => fail("this CPU has no AVX512_BF16"),
             "int8" => (
                 Box::new(|| shape.quantized.forward(&shape.x, m)),
                 format!("int8-{}", int8_kernel().name()),
             ),
-            other => fail(format!("unknown kind '{other}' (f32 or int8)")),
+            other => fail(format!("unknown kind '{other}' (f32, int8 or bf16)")),
         };
         std::hint::black_box(run());
         let mut times: Vec<f64> = (0..reps)

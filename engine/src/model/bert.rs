@@ -333,20 +333,29 @@ pub fn forward(
     )
 }
 
+/// Every dense layer made by `make(weight, out, in, bias)`, the LayerNorms
+/// copied: the CPU's weights in one precision.
+fn for_cpu<D>(
+    weights: &BertWeights,
+    make: impl Fn(&[f32], usize, usize, Option<&[f32]>) -> D,
+) -> Result<DeviceWeights<D, (Tensor, Tensor)>, KernelError> {
+    DeviceWeights::convert(
+        weights,
+        |(w, b)| {
+            let (out, inp) = (w.shape[0], *w.shape.get(1).unwrap_or(&1));
+            Ok(make(&w.data, out, inp, Some(&b.data)))
+        },
+        |norm| Ok(norm.clone()),
+    )
+}
+
 /// The encoder's weights for the CPU in int8: every dense layer quantized
 /// per output channel (see [`QuantizedLinear`]), LayerNorms kept in f32.
 pub type Int8Weights = DeviceWeights<QuantizedLinear, (Tensor, Tensor)>;
 
 /// Quantizes the encoder's dense layers, once per model.
 pub fn quantize_int8(weights: &BertWeights) -> Result<Int8Weights, KernelError> {
-    DeviceWeights::convert(
-        weights,
-        |(w, b)| {
-            let (out, inp) = (w.shape[0], *w.shape.get(1).unwrap_or(&1));
-            Ok(QuantizedLinear::new(&w.data, out, inp, Some(&b.data)))
-        },
-        |norm| Ok(norm.clone()),
-    )
+    for_cpu(weights, QuantizedLinear::new)
 }
 
 /// The encoder's weights for the CPU in bf16: every dense layer rounded to
@@ -355,14 +364,7 @@ pub type Bf16Weights = DeviceWeights<Bf16Linear, (Tensor, Tensor)>;
 
 /// Rounds the encoder's dense layers to bfloat16, once per model.
 pub fn round_bf16(weights: &BertWeights) -> Result<Bf16Weights, KernelError> {
-    DeviceWeights::convert(
-        weights,
-        |(w, b)| {
-            let (out, inp) = (w.shape[0], *w.shape.get(1).unwrap_or(&1));
-            Ok(Bf16Linear::new(&w.data, out, inp, Some(&b.data)))
-        },
-        |norm| Ok(norm.clone()),
-    )
+    for_cpu(weights, Bf16Linear::new)
 }
 
 /// The encoder's f32 weights packed for this CPU's GEMM kernel.
@@ -370,14 +372,7 @@ pub type PackedWeights = DeviceWeights<PackedLinear, (Tensor, Tensor)>;
 
 /// Packs the encoder's dense layers (see [`PackedLinear`]), once per model.
 pub fn pack_f32(weights: &BertWeights) -> Result<PackedWeights, KernelError> {
-    DeviceWeights::convert(
-        weights,
-        |(w, b)| {
-            let (out, inp) = (w.shape[0], *w.shape.get(1).unwrap_or(&1));
-            Ok(PackedLinear::new(&w.data, out, inp, Some(&b.data)))
-        },
-        |norm| Ok(norm.clone()),
-    )
+    for_cpu(weights, PackedLinear::new)
 }
 
 /// The CPU's dense layers in one precision.

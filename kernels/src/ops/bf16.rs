@@ -20,8 +20,6 @@ const PAIR: usize = 2;
 const PANEL_PAIR: usize = PANEL * PAIR;
 /// Panels per microkernel block (64 channels).
 const BLOCK_PANELS: usize = 4;
-/// Rows per microkernel block.
-const BLOCK_ROWS: usize = 6;
 /// Rows per rayon task.
 const ROWS_PER_TASK: usize = 64;
 
@@ -144,11 +142,10 @@ impl Bf16Linear {
 mod avx512 {
     use std::arch::x86_64::{
         __m512, __m512bh, __m512i, _mm512_add_ps, _mm512_dpbf16_ps, _mm512_loadu_epi32,
-        _mm512_loadu_ps, _mm512_mask_storeu_ps, _mm512_set1_epi32, _mm512_setzero_ps,
-        _mm512_storeu_ps,
+        _mm512_loadu_ps, _mm512_set1_epi32, _mm512_setzero_ps,
     };
 
-    use super::{BLOCK_PANELS, BLOCK_ROWS, Bf16Linear, PAIR, PANEL, PANEL_PAIR};
+    use super::{BLOCK_PANELS, Bf16Linear, PAIR, PANEL, PANEL_PAIR};
 
     /// # Safety
     /// The CPU must have AVX-512F and AVX512_BF16; `bx` must hold `rows`
@@ -161,22 +158,8 @@ mod avx512 {
             if pb * PANEL >= layer.n {
                 break;
             }
-            let mut r0 = 0;
-            while r0 < rows {
-                let mr = BLOCK_ROWS.min(rows - r0);
-                // SAFETY: as the caller promised; the block lies inside.
-                unsafe {
-                    match mr {
-                        1 => block::<1>(layer, bx, r0, pb, out),
-                        2 => block::<2>(layer, bx, r0, pb, out),
-                        3 => block::<3>(layer, bx, r0, pb, out),
-                        4 => block::<4>(layer, bx, r0, pb, out),
-                        5 => block::<5>(layer, bx, r0, pb, out),
-                        _ => block::<BLOCK_ROWS>(layer, bx, r0, pb, out),
-                    }
-                }
-                r0 += mr;
-            }
+            // SAFETY: as the caller promised; every block lies inside.
+            unsafe { crate::ops::row_blocks!(rows, r0, block(layer, bx, r0, pb, out)) };
         }
     }
 
@@ -227,15 +210,8 @@ mod avx512 {
                 let v = _mm512_add_ps(*x, unsafe { _mm512_loadu_ps(layer.bias.as_ptr().add(j0)) });
                 let dst = &mut out[(r0 + r) * n + j0..(r0 + r + 1) * n];
                 let lanes = PANEL.min(n - j0);
-                // SAFETY: `dst` holds at least `lanes` values; the masked
-                // store writes only those.
-                unsafe {
-                    if lanes == PANEL {
-                        _mm512_storeu_ps(dst.as_mut_ptr(), v);
-                    } else {
-                        _mm512_mask_storeu_ps(dst.as_mut_ptr(), (1u16 << lanes) - 1, v);
-                    }
-                }
+                // SAFETY: the CPU has AVX-512F (this function's feature).
+                unsafe { crate::ops::store16(dst, v, lanes) };
             }
         }
     }

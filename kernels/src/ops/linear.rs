@@ -279,8 +279,6 @@ enum Layout {
 const PANEL: usize = 16;
 /// Panels per microkernel block.
 const BLOCK_PANELS: usize = 4;
-/// Rows per microkernel block.
-const BLOCK_ROWS: usize = 6;
 /// Rows of `x` per rayon task in [`PackedLinear::forward`].
 const TASK_ROWS: usize = 96;
 
@@ -364,11 +362,10 @@ fn panel_at(k: usize, p: usize, t: usize) -> usize {
 #[cfg(target_arch = "x86_64")]
 mod panels16 {
     use std::arch::x86_64::{
-        __m512, _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mask_storeu_ps,
-        _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
+        __m512, _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps,
     };
 
-    use super::{BLOCK_PANELS, BLOCK_ROWS, PANEL, PackedLinear};
+    use super::{BLOCK_PANELS, PANEL, PackedLinear};
 
     /// Every row block of `x` against every 4-panel block.
     ///
@@ -390,22 +387,8 @@ mod panels16 {
             if pb * PANEL >= n {
                 break;
             }
-            let mut r0 = 0;
-            while r0 < rows {
-                let mr = BLOCK_ROWS.min(rows - r0);
-                // SAFETY: as the caller promised; the block lies inside.
-                unsafe {
-                    match mr {
-                        1 => block::<1>(layer, packed, x, r0, pb, out),
-                        2 => block::<2>(layer, packed, x, r0, pb, out),
-                        3 => block::<3>(layer, packed, x, r0, pb, out),
-                        4 => block::<4>(layer, packed, x, r0, pb, out),
-                        5 => block::<5>(layer, packed, x, r0, pb, out),
-                        _ => block::<BLOCK_ROWS>(layer, packed, x, r0, pb, out),
-                    }
-                }
-                r0 += mr;
-            }
+            // SAFETY: as the caller promised; every block lies inside.
+            unsafe { crate::ops::row_blocks!(rows, r0, block(layer, packed, x, r0, pb, out)) };
         }
     }
 
@@ -449,15 +432,8 @@ mod panels16 {
                 let v = _mm512_add_ps(*v, unsafe { _mm512_loadu_ps(layer.bias.as_ptr().add(j0)) });
                 let dst = &mut out[(r0 + r) * n + j0..(r0 + r + 1) * n];
                 let lanes = PANEL.min(n - j0);
-                // SAFETY: `dst` holds at least `lanes` values; the masked
-                // store writes only those.
-                unsafe {
-                    if lanes == PANEL {
-                        _mm512_storeu_ps(dst.as_mut_ptr(), v);
-                    } else {
-                        _mm512_mask_storeu_ps(dst.as_mut_ptr(), (1u16 << lanes) - 1, v);
-                    }
-                }
+                // SAFETY: the CPU has AVX-512F (this function's feature).
+                unsafe { crate::ops::store16(dst, v, lanes) };
             }
         }
     }

@@ -100,6 +100,55 @@ pub(crate) fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
     sum
 }
 
+/// Runs `$block::<MR>(args)` over `$rows` rows in blocks of 6 (`$r0` the
+/// block's first row, `MR` its rows: 6, or 1–5 for the last): the row loop
+/// of the register-blocked AVX-512 kernels (f32, bf16, int8). Expands to
+/// calls of an `unsafe fn`: use it inside an `unsafe` block.
+macro_rules! row_blocks {
+    ($rows:expr, $r0:ident, $block:ident($($arg:expr),*)) => {{
+        let rows = $rows;
+        let mut $r0 = 0;
+        while $r0 < rows {
+            let mr = 6.min(rows - $r0);
+            match mr {
+                1 => $block::<1>($($arg),*),
+                2 => $block::<2>($($arg),*),
+                3 => $block::<3>($($arg),*),
+                4 => $block::<4>($($arg),*),
+                5 => $block::<5>($($arg),*),
+                _ => $block::<6>($($arg),*),
+            }
+            $r0 += mr;
+        }
+    }};
+}
+pub(crate) use row_blocks;
+
+/// Stores the first `lanes` (at most 16) values of `v` at the start of
+/// `dst`: a plain store for 16, a masked one for fewer.
+///
+/// # Safety
+/// The CPU must have AVX-512F.
+///
+/// # Panics
+/// When `dst` holds fewer than `lanes` values.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn store16(dst: &mut [f32], v: std::arch::x86_64::__m512, lanes: usize) {
+    use std::arch::x86_64::{_mm512_mask_storeu_ps, _mm512_storeu_ps};
+    let dst = &mut dst[..lanes.min(16)];
+    // SAFETY: `dst` holds `lanes` values (the slice above checked it); the
+    // masked store writes only those.
+    unsafe {
+        if lanes >= 16 {
+            _mm512_storeu_ps(dst.as_mut_ptr(), v);
+        } else {
+            _mm512_mask_storeu_ps(dst.as_mut_ptr(), (1u16 << lanes) - 1, v);
+        }
+    }
+}
+
 pub mod activation;
 pub mod attention;
 pub mod bf16;

@@ -34,8 +34,6 @@ const GROUP: usize = 4;
 const PANEL_GROUP: usize = PANEL * GROUP;
 /// Panels per VNNI microkernel block (64 channels).
 const BLOCK_PANELS: usize = 4;
-/// Rows per VNNI microkernel block.
-const BLOCK_ROWS: usize = 6;
 /// Rows per rayon task.
 const ROWS_PER_TASK: usize = 64;
 
@@ -401,11 +399,10 @@ crate::ops::dispatch!(portable_rows, portable_body, (layer: &QuantizedLinear, qx
 mod vnni {
     use std::arch::x86_64::{
         __m512i, _mm512_add_ps, _mm512_cvtepi32_ps, _mm512_dpbusd_epi32, _mm512_loadu_epi32,
-        _mm512_loadu_ps, _mm512_mask_storeu_ps, _mm512_mul_ps, _mm512_set1_epi32, _mm512_set1_ps,
-        _mm512_setzero_si512, _mm512_storeu_ps,
+        _mm512_loadu_ps, _mm512_mul_ps, _mm512_set1_epi32, _mm512_set1_ps, _mm512_setzero_si512,
     };
 
-    use super::{BLOCK_PANELS, BLOCK_ROWS, GROUP, PANEL, PANEL_GROUP, QuantizedLinear};
+    use super::{BLOCK_PANELS, GROUP, PANEL, PANEL_GROUP, QuantizedLinear};
 
     /// Every row block against every 4-panel block.
     ///
@@ -426,22 +423,8 @@ mod vnni {
             if pb * PANEL >= layer.n {
                 break;
             }
-            let mut r0 = 0;
-            while r0 < rows {
-                let mr = BLOCK_ROWS.min(rows - r0);
-                // SAFETY: as the caller promised; the block lies inside.
-                unsafe {
-                    match mr {
-                        1 => block::<1>(layer, qx, sx, r0, pb, out),
-                        2 => block::<2>(layer, qx, sx, r0, pb, out),
-                        3 => block::<3>(layer, qx, sx, r0, pb, out),
-                        4 => block::<4>(layer, qx, sx, r0, pb, out),
-                        5 => block::<5>(layer, qx, sx, r0, pb, out),
-                        _ => block::<BLOCK_ROWS>(layer, qx, sx, r0, pb, out),
-                    }
-                }
-                r0 += mr;
-            }
+            // SAFETY: as the caller promised; every block lies inside.
+            unsafe { crate::ops::row_blocks!(rows, r0, block(layer, qx, sx, r0, pb, out)) };
         }
     }
 
@@ -529,15 +512,8 @@ mod vnni {
         );
         let dst = &mut out[r * n + j0..(r + 1) * n];
         let lanes = PANEL.min(n - j0);
-        // SAFETY: `dst` holds at least `lanes` values; the masked store
-        // writes only those.
-        unsafe {
-            if lanes == PANEL {
-                _mm512_storeu_ps(dst.as_mut_ptr(), v);
-            } else {
-                _mm512_mask_storeu_ps(dst.as_mut_ptr(), (1u16 << lanes) - 1, v);
-            }
-        }
+        // SAFETY: the CPU has AVX-512F (this function's feature).
+        unsafe { crate::ops::store16(dst, v, lanes) };
     }
 }
 
