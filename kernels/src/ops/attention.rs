@@ -30,9 +30,9 @@ pub fn attention_ragged(
 }
 
 /// One sequence's attention, every head: rows `start..end`. Per head, the
-/// keys are transposed (`head_dim × len`, padded with zeros to whole panels
-/// of 64 keys) so the scores of two queries at a time are built in sixteen
-/// register accumulators — vector lanes run over keys, with no horizontal
+/// keys are transposed (`head_dim × len`, padded with zeros to whole
+/// vectors of 16 keys) so the scores of two queries at a time are built in
+/// register accumulators (panels of 64 keys, then of 16) — vector lanes run over keys, with no horizontal
 /// sums — then a softmax with a vectorized exp, and the weighted sum of the
 /// values, 16 dimensions at a time in registers.
 #[inline(always)]
@@ -49,7 +49,9 @@ fn attend_body<const FMA: bool>(
     let scale = 1.0 / (head_dim as f32).sqrt();
     let len = end - start;
     let mut out = vec![0f32; len * hidden];
-    let padded = len.div_ceil(64) * 64;
+    // Whole 16-key vectors; panels of 64 keys, then of 16 for the rest (a
+    // short sequence padded to 64 would waste most of its score work).
+    let padded = len.div_ceil(16) * 16;
     let mut scores = vec![0f32; 2 * padded];
     let mut kt = vec![0f32; head_dim * padded];
     for h in 0..heads {
@@ -66,30 +68,13 @@ fn attend_body<const FMA: bool>(
             let q0 = &q[(start + i0) * hidden + col..][..head_dim];
             let q1 = &q[(start + i0 + pair - 1) * hidden + col..][..head_dim];
             let mut panel = 0;
-            while panel < padded {
-                let mut acc0 = [[0f32; 16]; 4];
-                let mut acc1 = [[0f32; 16]; 4];
-                for d in 0..head_dim {
-                    let (a0, a1) = (q0[d] * scale, q1[d] * scale);
-                    let row = &kt[d * padded + panel..][..64];
-                    // One 16-lane vector operation per inner loop.
-                    for (u, acc) in acc0.iter_mut().enumerate() {
-                        for l in 0..16 {
-                            acc[l] = madd::<FMA>(a0, row[16 * u + l], acc[l]);
-                        }
-                    }
-                    for (u, acc) in acc1.iter_mut().enumerate() {
-                        for l in 0..16 {
-                            acc[l] = madd::<FMA>(a1, row[16 * u + l], acc[l]);
-                        }
-                    }
-                }
-                for (p, a) in [acc0, acc1].iter().enumerate() {
-                    for (u, lanes) in a.iter().enumerate() {
-                        scores[p * padded + panel + 16 * u..][..16].copy_from_slice(lanes);
-                    }
-                }
+            while panel + 64 <= padded {
+                score_panel::<FMA, 4>(q0, q1, scale, &kt, padded, panel, &mut scores);
                 panel += 64;
+            }
+            while panel < padded {
+                score_panel::<FMA, 1>(q0, q1, scale, &kt, padded, panel, &mut scores);
+                panel += 16;
             }
             for p in 0..pair {
                 let s = &mut scores[p * padded..][..len];
@@ -100,6 +85,44 @@ fn attend_body<const FMA: bool>(
         }
     }
     out
+}
+
+/// The scaled scores of queries `q0` and `q1` against keys
+/// `panel..panel + 16·U` (`kt` is `head_dim × padded`, key-minor), in
+/// `2·U` sixteen-lane accumulators, written to `scores` (two rows of
+/// `padded`).
+#[inline(always)]
+fn score_panel<const FMA: bool, const U: usize>(
+    q0: &[f32],
+    q1: &[f32],
+    scale: f32,
+    kt: &[f32],
+    padded: usize,
+    panel: usize,
+    scores: &mut [f32],
+) {
+    let mut acc0 = [[0f32; 16]; U];
+    let mut acc1 = [[0f32; 16]; U];
+    for d in 0..q0.len() {
+        let (a0, a1) = (q0[d] * scale, q1[d] * scale);
+        let row = &kt[d * padded + panel..][..16 * U];
+        // One 16-lane vector operation per inner loop.
+        for (u, acc) in acc0.iter_mut().enumerate() {
+            for l in 0..16 {
+                acc[l] = madd::<FMA>(a0, row[16 * u + l], acc[l]);
+            }
+        }
+        for (u, acc) in acc1.iter_mut().enumerate() {
+            for l in 0..16 {
+                acc[l] = madd::<FMA>(a1, row[16 * u + l], acc[l]);
+            }
+        }
+    }
+    for (p, a) in [acc0, acc1].iter().enumerate() {
+        for (u, lanes) in a.iter().enumerate() {
+            scores[p * padded + panel + 16 * u..][..16].copy_from_slice(lanes);
+        }
+    }
 }
 
 /// `s` ← softmax(`s`), with [`exp_nonpositive`] over `s − max`.
