@@ -1,10 +1,12 @@
 //! Kiln's additions to DataFusion's lazy `DataFrame`.
 
 use datafusion::common::Column;
-use datafusion::logical_expr::{Expr, ScalarUDF};
+use datafusion::logical_expr::{Expr, Extension, LogicalPlan, ScalarUDF, UserDefinedLogicalNode};
 use datafusion::prelude::{DataFrame, lit};
 use kiln_engine::functions::{ChunkUdf, EmbedUdf, MaskPiiUdf};
 use kiln_engine::model::DEFAULT_MODEL;
+use kiln_kernels::ops::vector::Metric;
+use kiln_planner::vector_search::{knn_join_node, vector_search_node};
 
 pub use kiln_planner::near_duplicates::Dedup;
 
@@ -55,6 +57,23 @@ pub trait KilnDataFrameExt: Sized {
     /// all), `mode` `"redact"`, `"mask"` or `"hash"` (`None`: redact; hash
     /// needs `kiln.pii_salt`).
     fn mask_pii(self, column: &str, types: Option<&str>, mode: Option<&str>) -> Result<Self>;
+
+    /// The `k` rows closest to `query` by the vector column `column` (SQL
+    /// `vector_search`): all columns and `score`, closest first; rows
+    /// without a vector are skipped. Exact, ties by input order.
+    fn vector_search(self, column: &str, query: &[f32], k: usize, metric: Metric) -> Result<Self>;
+
+    /// For every row, its `k` nearest rows of `corpus` by the vector columns
+    /// `column` and `corpus_column` (SQL `knn_join`): this frame's columns,
+    /// the corpus's (clashing names prefixed `corpus_`), `rank` and `score`.
+    fn knn_join(
+        self,
+        column: &str,
+        corpus: DataFrame,
+        corpus_column: &str,
+        k: usize,
+        metric: Metric,
+    ) -> Result<Self>;
 }
 
 /// The columns [`KilnDataFrameExt::chunk`] adds, and the struct fields they
@@ -106,6 +125,17 @@ fn unnest_chunks(
         .iter()
         .map(|(field, name)| get_field(chunks.clone(), *field).alias(*name));
     Ok(unnested.select(kept.into_iter().chain(added))?)
+}
+
+/// `plan` as a frame of `state`.
+fn extension(
+    state: datafusion::execution::SessionState,
+    node: impl UserDefinedLogicalNode + 'static,
+) -> DataFrame {
+    let plan = LogicalPlan::Extension(Extension {
+        node: std::sync::Arc::new(node),
+    });
+    DataFrame::new(state, plan)
 }
 
 impl KilnDataFrameExt for DataFrame {
@@ -179,5 +209,33 @@ impl KilnDataFrameExt for DataFrame {
             return Err(KilnError::Usage(format!("mask_pii: no column '{column}'")));
         }
         Ok(self.select(columns)?)
+    }
+
+    fn vector_search(self, column: &str, query: &[f32], k: usize, metric: Metric) -> Result<Self> {
+        let (state, plan) = self.into_parts();
+        let node = vector_search_node(plan, "the frame", column, query, k, metric)?;
+        Ok(extension(state, node))
+    }
+
+    fn knn_join(
+        self,
+        column: &str,
+        corpus: DataFrame,
+        corpus_column: &str,
+        k: usize,
+        metric: Metric,
+    ) -> Result<Self> {
+        let (state, queries) = self.into_parts();
+        let node = knn_join_node(
+            (queries, "the query frame", column),
+            (
+                corpus.into_unoptimized_plan(),
+                "the corpus frame",
+                corpus_column,
+            ),
+            k,
+            metric,
+        )?;
+        Ok(extension(state, node))
     }
 }

@@ -33,5 +33,6 @@ mod statement_depth;
 pub use dataframe::{Dedup, KilnDataFrameExt};
 pub use datafusion::dataframe::{DataFrame, DataFrameWriteOptions};
 pub use error::{KilnError, Result};
+pub use kiln_kernels::ops::vector::Metric;
 pub use kiln_kernels::{BackendKind, DeviceRequest, discover};
 pub use session::{Session, SessionBuilder, StatementOutput};

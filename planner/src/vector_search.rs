@@ -211,36 +211,18 @@ impl TableFunctionImpl for VectorSearchFunction {
         let table_name = name_arg(&exprs[0], F, "the table")?;
         let corpus = table(state, &table_name, F)?;
         let column = name_arg(&exprs[1], F, "the column")?;
-        let (index, field) = vector_column(&corpus.schema(), &table_name, &column, F)?;
         let query = query_vector(state, &exprs[2], F)?;
-        if let Some(d) = fixed_dim(&field)
-            && d != query.len()
-        {
-            return plan_err!(
-                "{F}: dimension mismatch: column '{column}' has {d} components, the query {}",
-                query.len()
-            );
-        }
         let k = k_arg(state, &exprs[3], F)?;
         let metric = metric_arg(exprs, 4, F)?;
         // Checked now, so a bad option fails the statement that names it.
         SearchOptions::from_state(state)?;
-        let corpus_schema = corpus.schema();
-        let score = unique_name(&corpus_schema, "score", "vector_");
-        let reference = TableReference::from(table_name.as_str());
-        let input = LogicalPlanBuilder::scan(reference.clone(), provider_as_source(corpus), None)?
-            .build()?;
-        let column = Column::new(Some(reference), field.name());
-        debug_assert_eq!(input.schema().index_of_column(&column).ok(), Some(index));
-        let node = VectorTopKNode::try_new(
-            input,
-            column,
-            &query,
-            metric,
-            k,
-            Unscored::Skip,
-            Some(score),
-        )?;
+        let input = LogicalPlanBuilder::scan(
+            TableReference::from(table_name.as_str()),
+            provider_as_source(corpus),
+            None,
+        )?
+        .build()?;
+        let node = vector_search_node(input, &table_name, &column, &query, k, metric)?;
         Ok(PlannedTable::of(node))
     }
 }
@@ -259,40 +241,81 @@ impl TableFunctionImpl for KnnJoinFunction {
         let query_table = name_arg(&exprs[0], F, "the query table")?;
         let queries = table(state, &query_table, F)?;
         let query_column = name_arg(&exprs[1], F, "the query column")?;
-        let (query_index, query_field) =
-            vector_column(&queries.schema(), &query_table, &query_column, F)?;
         let corpus_table = name_arg(&exprs[2], F, "the corpus table")?;
         let corpus = table(state, &corpus_table, F)?;
         let corpus_column = name_arg(&exprs[3], F, "the corpus column")?;
-        let (corpus_index, corpus_field) =
-            vector_column(&corpus.schema(), &corpus_table, &corpus_column, F)?;
-        let dim = match (fixed_dim(&query_field), fixed_dim(&corpus_field)) {
-            (Some(a), Some(b)) if a != b => {
-                return plan_err!(
-                    "{F}: dimension mismatch: query column '{query_column}' has {a} components, corpus column '{corpus_column}' has {b}"
-                );
-            }
-            (Some(d), _) | (_, Some(d)) => d,
-            // Variable-length lists on both sides: the first query decides.
-            (None, None) => 0,
-        };
         let k = k_arg(state, &exprs[4], F)?;
         let metric = metric_arg(exprs, 5, F)?;
         SearchOptions::from_state(state)?;
         let scan = |name: &str, provider| -> Result<LogicalPlan> {
             LogicalPlanBuilder::scan(name, provider_as_source(provider), None)?.build()
         };
-        let node = KnnJoinNode::try_new(
-            scan(&query_table, queries)?,
-            query_index,
-            scan(&corpus_table, corpus)?,
-            corpus_index,
-            dim,
-            metric,
+        let node = knn_join_node(
+            (scan(&query_table, queries)?, &query_table, &query_column),
+            (scan(&corpus_table, corpus)?, &corpus_table, &corpus_column),
             k,
+            metric,
         )?;
         Ok(PlannedTable::of(node))
     }
+}
+
+/// `vector_search` over any plan: the `k` rows of `input` whose vector
+/// column `column` is closest to `query` by `metric`, with a `score`
+/// column (prefixed `vector_` while the name is taken), closest first.
+/// `name` names the input in errors.
+pub fn vector_search_node(
+    input: LogicalPlan,
+    name: &str,
+    column: &str,
+    query: &[f32],
+    k: usize,
+    metric: Metric,
+) -> Result<VectorTopKNode> {
+    const F: &str = "vector_search";
+    let (index, field) = vector_column(input.schema().as_arrow(), name, column, F)?;
+    if query.is_empty() {
+        return plan_err!("{F}: the query vector is empty");
+    }
+    if let Some(d) = fixed_dim(&field)
+        && d != query.len()
+    {
+        return plan_err!(
+            "{F}: dimension mismatch: column '{column}' has {d} components, the query {}",
+            query.len()
+        );
+    }
+    let score = unique_name(input.schema().as_arrow(), "score", "vector_");
+    let (qualifier, field) = input.schema().qualified_field(index);
+    let column = Column::new(qualifier.cloned(), field.name());
+    VectorTopKNode::try_new(input, column, query, metric, k, Unscored::Skip, Some(score))
+}
+
+/// `knn_join` over any two plans, each given with its name (for errors)
+/// and vector column: for every row of the queries its `k` nearest rows of
+/// the corpus by `metric`.
+pub fn knn_join_node(
+    (queries, query_name, query_column): (LogicalPlan, &str, &str),
+    (corpus, corpus_name, corpus_column): (LogicalPlan, &str, &str),
+    k: usize,
+    metric: Metric,
+) -> Result<KnnJoinNode> {
+    const F: &str = "knn_join";
+    let (query_index, query_field) =
+        vector_column(queries.schema().as_arrow(), query_name, query_column, F)?;
+    let (corpus_index, corpus_field) =
+        vector_column(corpus.schema().as_arrow(), corpus_name, corpus_column, F)?;
+    let dim = match (fixed_dim(&query_field), fixed_dim(&corpus_field)) {
+        (Some(a), Some(b)) if a != b => {
+            return plan_err!(
+                "{F}: dimension mismatch: query column '{query_column}' has {a} components, corpus column '{corpus_column}' has {b}"
+            );
+        }
+        (Some(d), _) | (_, Some(d)) => d,
+        // Variable-length lists on both sides: the first query decides.
+        (None, None) => 0,
+    };
+    KnnJoinNode::try_new(queries, query_index, corpus, corpus_index, dim, metric, k)
 }
 
 /// The logical kNN join: for every row of `queries`, its `k` nearest rows
