@@ -66,7 +66,7 @@ class Session:
 
     def from_arrow(self, data: Any) -> DataFrame:
         """A lazy DataFrame over in-memory data (as ``register`` takes it)."""
-        return DataFrame(self._session.from_arrow(_arrow(data)))
+        return DataFrame(self._session.read_arrow(_arrow(data)))
 
     def table(self, name: str) -> DataFrame:
         """The table or view ``name`` as a lazy DataFrame."""

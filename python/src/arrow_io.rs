@@ -106,7 +106,7 @@ impl Iterator for QueryReader {
             Err(e) => {
                 // The query stops at its first error.
                 self.stream = None;
-                Some(Err(ArrowError::ExternalError(Box::new(e))))
+                Some(Err(e))
             }
         }
     }

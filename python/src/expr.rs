@@ -145,7 +145,7 @@ pub(crate) fn call_function(name: &str, args: &Bound<'_, PyTuple>) -> PyResult<P
         .map(|a| operand(&a))
         .collect::<PyResult<Vec<_>>>()?;
     let wanted = name.to_ascii_lowercase();
-    let matches = |n: &str, aliases: &[String]| n == wanted || aliases.iter().any(|a| *a == wanted);
+    let matches = |n: &str, aliases: &[String]| n == wanted || aliases.contains(&wanted);
     if let Some(udf) = scalar_functions()
         .into_iter()
         .rev()

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use arrow::error::ArrowError;
 use pyo3::prelude::*;
 
 use crate::errors::to_py;
@@ -28,7 +29,7 @@ const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
 /// Why a wait ended without a value.
 enum Stop {
-    Kiln(kiln::KilnError),
+    Kiln(Box<kiln::KilnError>),
     /// Python raised (KeyboardInterrupt from Ctrl-C): the work was dropped.
     Python(PyErr),
 }
@@ -46,7 +47,7 @@ where
             let mut work = std::pin::pin!(work);
             loop {
                 tokio::select! {
-                    out = &mut work => return out.map_err(Stop::Kiln),
+                    out = &mut work => return out.map_err(|e| Stop::Kiln(Box::new(e))),
                     _ = tokio::time::sleep(SIGNAL_POLL) => {
                         if let Err(e) = Python::attach(|py| py.check_signals()) {
                             return Err(Stop::Python(e));
@@ -58,7 +59,7 @@ where
     });
     match outcome {
         Ok(value) => Ok(value),
-        Err(Stop::Kiln(e)) => Err(to_py(e)),
+        Err(Stop::Kiln(e)) => Err(to_py(*e)),
         Err(Stop::Python(e)) => Err(e),
     }
 }
@@ -69,16 +70,17 @@ where
 /// own error type with Kiln's message, "cancelled (Ctrl-C)" (as
 /// datafusion-python's streams do; a C stream has no way to raise
 /// KeyboardInterrupt through its reader).
-pub(crate) fn wait_detached<T, F>(work: F) -> kiln::Result<T>
+pub(crate) fn wait_detached<T, F>(work: F) -> Result<T, ArrowError>
 where
     F: Future<Output = kiln::Result<T>> + Send,
     T: Send,
 {
+    let failed = |e: kiln::KilnError| ArrowError::ExternalError(Box::new(e));
     Python::attach(|py| match wait(py, work) {
         Ok(value) => Ok(value),
         Err(e) if e.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py) => {
-            Err(kiln::KilnError::Cancelled)
+            Err(failed(kiln::KilnError::Cancelled))
         }
-        Err(e) => Err(kiln::KilnError::Usage(e.to_string())),
+        Err(e) => Err(failed(kiln::KilnError::Usage(e.to_string()))),
     })
 }

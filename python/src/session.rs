@@ -122,7 +122,7 @@ impl PySession {
 
     /// A lazy DataFrame over Arrow data (any object with
     /// `__arrow_c_stream__`), not copied.
-    fn from_arrow(&self, data: &Bound<'_, PyAny>) -> PyResult<PyDataFrame> {
+    fn read_arrow(&self, data: &Bound<'_, PyAny>) -> PyResult<PyDataFrame> {
         let (schema, batches) = import_stream(data)?;
         let table = MemTable::try_new(schema, vec![batches]).py_err()?;
         let frame = self

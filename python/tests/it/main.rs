@@ -59,6 +59,8 @@ fn python_suite() {
     command
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs"])
         .arg(&tests)
+        // Not the package's folder: its kiln/ has no extension in it.
+        .current_dir(root.path())
         .env("PYTHONPATH", &site)
         .env("KILN_TEST_TMP", root.path())
         .env("PYTHONDONTWRITEBYTECODE", "1");
