@@ -8,6 +8,7 @@ use std::sync::Arc;
 use datafusion::common::JoinType;
 use datafusion::logical_expr::{Expr, SortExpr};
 use datafusion::prelude::DataFrame;
+use futures::StreamExt;
 use kiln::{KilnDataFrameExt, Metric, Session};
 use pyo3::prelude::*;
 use pyo3::types::{PyCapsule, PyList, PyString, PyTuple};
@@ -359,11 +360,35 @@ impl PyDataFrame {
     }
 
     /// Runs the query; the rows as an Arrow stream object
-    /// (`__arrow_c_stream__`) holding every batch.
+    /// (`__arrow_c_stream__`) holding every batch. A query that runs past a
+    /// second shows its progress (rows so far, time) on stderr when stderr
+    /// is a terminal, as the CLI does.
     fn _collect_stream(&self, py: Python<'_>) -> PyResult<ArrowStream> {
         let frame = self.cloned();
         let schema = Arc::new(frame.schema().as_arrow().clone());
-        let batches = wait(py, async move { Ok(frame.collect().await?) })?;
+        let batches = wait(py, async move {
+            let mut stream = frame.execute_stream().await?;
+            let mut progress = kiln::cli::progress::Progress::stderr();
+            let mut ticks = tokio::time::interval(std::time::Duration::from_millis(250));
+            let (mut batches, mut rows) = (Vec::new(), 0usize);
+            loop {
+                tokio::select! {
+                    next = stream.next() => match next {
+                        Some(batch) => {
+                            let batch = batch?;
+                            rows += batch.num_rows();
+                            batches.push(batch);
+                        }
+                        None => break,
+                    },
+                    _ = ticks.tick() => progress.update(|elapsed| {
+                        format!("kiln: {rows} rows, {:.1} s", elapsed.as_secs_f64())
+                    }),
+                }
+            }
+            progress.finish();
+            Ok(batches)
+        })?;
         Ok(ArrowStream::of_batches(schema, batches))
     }
 

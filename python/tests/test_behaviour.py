@@ -59,9 +59,11 @@ def test_gil_is_released_while_a_query_runs(session: kiln.Session) -> None:
         thread.join()
     elapsed = time.monotonic() - start
     assert result.num_rows == 1
-    # The thread ran all along: at least a tick per 10 ms of the query.
+    # The thread ran all along: a tick per 50 ms of the query at least (a
+    # held GIL would leave it a tick or two, before and after), leaving room
+    # for a loaded machine's scheduling.
     assert elapsed > 0.3, f"the query took {elapsed:.2f}s: too short to tell"
-    assert ticks >= elapsed * 100 * 0.5, (ticks, elapsed)
+    assert ticks >= elapsed * 20, (ticks, elapsed)
 
 
 @pytest.mark.parametrize("how", ["to_arrow", "stream"])
@@ -112,3 +114,36 @@ def test_ctrl_c_cancels_a_running_query(how: str) -> None:
     assert out.startswith("cancelled"), out
     assert waited < 10, f"took {waited:.1f}s to stop"
     assert "panicked" not in err
+
+
+def _stderr_of(script: str, tty: bool) -> bytes:
+    """The child's stderr, through a terminal (a pty) or a pipe."""
+    import pty
+
+    if not tty:
+        return subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120).stderr
+    master, slave = pty.openpty()
+    child = subprocess.Popen([sys.executable, "-c", script], stderr=slave, stdout=subprocess.DEVNULL)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the child closed its end
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    child.wait(timeout=120)
+    os.close(master)
+    return b"".join(chunks)
+
+
+def test_progress_shows_on_a_terminal_only() -> None:
+    # Runs a few seconds: progress starts after one.
+    query = "SELECT value FROM generate_series(1, 40000000) WHERE value % 1000 = 0"
+    script = f"import kiln; kiln.Session(device='cpu').sql({query!r}).to_arrow()"
+    shown = _stderr_of(script, tty=True)
+    assert b"kiln: " in shown and b" rows, " in shown, shown[-300:]
+    assert shown.rstrip(b"\n").endswith(b"\x1b[2K"), "the line is cleared at the end"
+    assert b"kiln: " not in _stderr_of(script, tty=False)
