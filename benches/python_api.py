@@ -185,6 +185,27 @@ def polars_comparison(base, reps):
     return query, rows, times
 
 
+def ratio_table(results, base, name, base_name, digits):
+    """Markdown rows: per query the base's and Python's times and their
+    ratio, the sum of medians, and the median ratio."""
+    med = statistics.median
+    lines = [f"| query | {base_name} | {name} | {name} / {base_name} |", "|---|---|---|---|"]
+    ratios = []
+    for q, t in results.items():
+        r = med(t["python"]) / med(t[base])
+        ratios.append(r)
+        lines.append(f"| q{q} | {fmt_times(t[base], digits)} | {fmt_times(t['python'], digits)} | {r:.2f}× |")
+    total_base = sum(med(t[base]) for t in results.values())
+    total = sum(med(t["python"]) for t in results.values())
+    lines += [
+        f"| **sum of medians** | {total_base:.2f} s | {total:.2f} s | {total / total_base:.2f}× |",
+        "",
+        f"Median ratio over the queries: {med(ratios):.2f}× (range {min(ratios):.2f}–{max(ratios):.2f}).",
+        "",
+    ]
+    return lines
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kiln", required=True, help="the kiln binary (release)")
@@ -254,50 +275,26 @@ def main():
         f"- Run: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}, commit {git_rev()}",
         f"- Machine: {machine()}",
         f"- Command: `{' '.join(['scripts/bench-python'] + sys.argv[3:])}`",
-        f"- Each a fresh process per run (interpreter start and `import kiln` included), one warm-up "
-        f"round, then {a.reps} interleaved runs; device `{a.device}`; TPC-H SF {a.sf:g} from `kiln datagen`.",
+        f"- One warm-up round, then {a.reps} interleaved runs; device `{a.device}`; TPC-H SF {a.sf:g} "
+        f"from `kiln datagen`. Scripts and jobs: a fresh process per run (interpreter start and "
+        f"`import kiln` included); the first and last sections: one long-lived process per side.",
         "",
         "## TPC-H in a long-lived process: Rust API against Python API",
         "",
         "Rust: `session.sql(q).await?.collect()` in benches/tpch_runner.rs; Python: `s.sql(q).to_arrow()` "
         "in one interpreter; same device, partitions and tables.",
         "",
-        "| query | Rust | Python | Python / Rust |",
-        "|---|---|---|---|",
     ]
-    ip_ratios = []
-    for q, t in in_process.items():
-        r = med(t["python"]) / med(t["rust"])
-        ip_ratios.append(r)
-        lines.append(f"| q{q} | {fmt_times(t['rust'], 3)} | {fmt_times(t['python'], 3)} | {r:.2f}× |")
-    ip_rust = sum(med(t["rust"]) for t in in_process.values())
-    ip_py = sum(med(t["python"]) for t in in_process.values())
+    lines += ratio_table(in_process, "rust", "Python", "Rust", digits=3)
     lines += [
-        f"| **sum of medians** | {ip_rust:.2f} s | {ip_py:.2f} s | {ip_py / ip_rust:.2f}× |",
-        "",
-        f"Median ratio over the queries: {med(ip_ratios):.2f}× (range {min(ip_ratios):.2f}–{max(ip_ratios):.2f}).",
-        "",
         "## TPC-H as scripts: `kiln sql -f qN.sql` against a Python script, fresh processes",
         "",
         f"Start-up alone (`SELECT 1`): CLI {fmt_times(startup['cli'])}, Python {fmt_times(startup['python'])} "
         f"(interpreter, `import kiln` and pyarrow).",
         "",
-        "",
-        "| query | CLI | Python | Python / CLI |",
-        "|---|---|---|---|",
     ]
-    ratios = []
-    for q, t in tpch.items():
-        r = med(t["python"]) / med(t["cli"])
-        ratios.append(r)
-        lines.append(f"| q{q} | {fmt_times(t['cli'])} | {fmt_times(t['python'])} | {r:.2f}× |")
-    total_cli = sum(med(t["cli"]) for t in tpch.values())
-    total_py = sum(med(t["python"]) for t in tpch.values())
+    lines += ratio_table(tpch, "cli", "Python", "CLI", digits=2)
     lines += [
-        f"| **sum of medians** | {total_cli:.2f} s | {total_py:.2f} s | {total_py / total_cli:.2f}× |",
-        "",
-        f"Median ratio over the queries: {med(ratios):.2f}× (range {min(ratios):.2f}–{max(ratios):.2f}).",
-        "",
         f"## Embedding job ({a.rows} texts, all-MiniLM-L6-v2, Parquet in and out)",
         "",
         "| | time | Python / CLI |",

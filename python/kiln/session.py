@@ -68,6 +68,15 @@ class Session:
         """A lazy DataFrame over in-memory data (as ``register`` takes it)."""
         return DataFrame(self._session.read_arrow(_arrow(data)))
 
+    def configure_store(self, location: str, options: Mapping[str, str]) -> None:
+        """Configures the object store of ``location`` (``"s3://bucket/"``,
+        ``"gs://bucket/"``, ...) with explicit options (``aws.access_key_id``,
+        ``aws.secret_access_key``, ``aws.region``, ``aws.endpoint``,
+        ``gcp.service_account_path``, ...), as ``CREATE EXTERNAL TABLE ...
+        OPTIONS`` does. Without them Kiln reads the usual environment
+        (``AWS_*``, instance metadata)."""
+        self._session.configure_store(location, {str(k): str(v) for k, v in options.items()})
+
     def table(self, name: str) -> DataFrame:
         """The table or view ``name`` as a lazy DataFrame."""
         return DataFrame(self._session.table(name))

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arrow::array::{Array, Float32Array};
 use arrow::datatypes::{DataType, Field};
 use datafusion::common::{Column, ScalarValue};
-use datafusion::logical_expr::{AggregateUDF, Expr, ScalarUDF, SortExpr};
+use datafusion::logical_expr::{AggregateUDF, BinaryExpr, Expr, Operator, ScalarUDF, SortExpr};
 use datafusion::prelude::lit as df_lit;
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
@@ -176,13 +176,21 @@ pub(crate) fn function_names() -> Vec<String> {
     names
 }
 
-fn binary(left: &Expr, op: datafusion::logical_expr::Operator, right: Expr) -> PyExpr {
-    Expr::BinaryExpr(datafusion::logical_expr::BinaryExpr::new(
-        Box::new(left.clone()),
-        op,
-        Box::new(right),
-    ))
-    .into()
+fn binary(left: &Expr, op: Operator, right: Expr) -> PyExpr {
+    Expr::BinaryExpr(BinaryExpr::new(Box::new(left.clone()), op, Box::new(right))).into()
+}
+
+impl PyExpr {
+    /// `self op other`, or `other op self` when `reflected` (Python's
+    /// `__radd__` and kin, for `1 + col("x")`).
+    fn apply(&self, op: Operator, other: &Bound<'_, PyAny>, reflected: bool) -> PyResult<PyExpr> {
+        let other = operand(other)?;
+        Ok(if reflected {
+            binary(&other, op, self.expr.clone())
+        } else {
+            binary(&self.expr, op, other)
+        })
+    }
 }
 
 #[pymethods]
@@ -196,109 +204,55 @@ impl PyExpr {
     }
 
     fn __richcmp__(&self, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<PyExpr> {
-        use datafusion::logical_expr::Operator as O;
-        let right = operand(other)?;
         let op = match op {
-            CompareOp::Eq => O::Eq,
-            CompareOp::Ne => O::NotEq,
-            CompareOp::Lt => O::Lt,
-            CompareOp::Le => O::LtEq,
-            CompareOp::Gt => O::Gt,
-            CompareOp::Ge => O::GtEq,
+            CompareOp::Eq => Operator::Eq,
+            CompareOp::Ne => Operator::NotEq,
+            CompareOp::Lt => Operator::Lt,
+            CompareOp::Le => Operator::LtEq,
+            CompareOp::Gt => Operator::Gt,
+            CompareOp::Ge => Operator::GtEq,
         };
-        Ok(binary(&self.expr, op, right))
+        self.apply(op, other, false)
     }
 
     fn __add__(&self, other: &Bound<'_, PyAny>) -> PyResult<PyExpr> {
-        Ok(binary(
-            &self.expr,
-            datafusion::logical_expr::Operator::Plus,
-            operand(other)?,
-        ))
+        self.apply(Operator::Plus, other, false)
     }
     fn __radd__(&self, other: &Bound<'_, PyAny>) -> PyResult<PyExpr> {
-        Ok(binary(
-            &operand(other)?,
-            datafusion::logical_expr::Operator::Plus,
-            self.expr.clone(),
-        ))
+        self.apply(Operator::Plus, other, true)
     }
     fn __sub__(&self, other: &Bound<'_, PyAny>) -> PyResult<PyExpr> {
-        Ok(binary(
-            &self.expr,
-            datafusion::logical_expr::Operator::Minus,
-            operand(other)?,
-        ))
+        self.apply(Operator::Minus, other, false)
     }
     fn __rsub__(&self, other: &Bound<'_, PyAny>) -> PyResult<PyExpr> {
-        Ok(binary(
-            &operand(other)?,
-            datafusion::logical_expr::Operator::Minus,
-            self.expr.clone(),
-        ))
+        self.apply(Operator::Minus, other, true)
     }
     fn __mul__(&self, other: &Bound<'_, PyAny>) -> PyResult<PyExpr> {
-        Ok(binary(
-            &self.expr,
-            datafusion::logical_expr::Operator::Multiply,
-            operand(other)?,
-        ))
+        self.apply(Operator::Multiply, other, false)
     }
     fn __rmul__(&self, other: &Bound<'_, PyAny>) -> PyResult<PyExpr> {
-        Ok(binary(
-            &operand(other)?,
-            datafusion::logical_expr::Operator::Multiply,
-            self.expr.clone(),
-        ))
+        self.apply(Operator::Multiply, other, true)
     }
     fn __truediv__(&self, other: &Bound<'_, PyAny>) -> PyResult<PyExpr> {
-        Ok(binary(
-            &self.expr,
-            datafusion::logical_expr::Operator::Divide,
-            operand(other)?,
-        ))
+        self.apply(Operator::Divide, other, false)
     }
     fn __rtruediv__(&self, other: &Bound<'_, PyAny>) -> PyResult<PyExpr> {
-        Ok(binary(
-            &operand(other)?,
-            datafusion::logical_expr::Operator::Divide,
-            self.expr.clone(),
-        ))
+        self.apply(Operator::Divide, other, true)
     }
     fn __mod__(&self, other: &Bound<'_, PyAny>) -> PyResult<PyExpr> {
-        Ok(binary(
-            &self.expr,
-            datafusion::logical_expr::Operator::Modulo,
-            operand(other)?,
-        ))
+        self.apply(Operator::Modulo, other, false)
     }
     fn __and__(&self, other: &Bound<'_, PyAny>) -> PyResult<PyExpr> {
-        Ok(binary(
-            &self.expr,
-            datafusion::logical_expr::Operator::And,
-            operand(other)?,
-        ))
+        self.apply(Operator::And, other, false)
     }
     fn __rand__(&self, other: &Bound<'_, PyAny>) -> PyResult<PyExpr> {
-        Ok(binary(
-            &operand(other)?,
-            datafusion::logical_expr::Operator::And,
-            self.expr.clone(),
-        ))
+        self.apply(Operator::And, other, true)
     }
     fn __or__(&self, other: &Bound<'_, PyAny>) -> PyResult<PyExpr> {
-        Ok(binary(
-            &self.expr,
-            datafusion::logical_expr::Operator::Or,
-            operand(other)?,
-        ))
+        self.apply(Operator::Or, other, false)
     }
     fn __ror__(&self, other: &Bound<'_, PyAny>) -> PyResult<PyExpr> {
-        Ok(binary(
-            &operand(other)?,
-            datafusion::logical_expr::Operator::Or,
-            self.expr.clone(),
-        ))
+        self.apply(Operator::Or, other, true)
     }
     fn __invert__(&self) -> PyExpr {
         Expr::Not(Box::new(self.expr.clone())).into()

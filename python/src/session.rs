@@ -120,6 +120,20 @@ impl PySession {
         Ok(())
     }
 
+    /// Configures the object store of `location` (`s3://bucket/`,
+    /// `gs://bucket/`, ...) with explicit options (`aws.access_key_id`,
+    /// `aws.endpoint`, `aws.region`, `gcp.service_account_path`, ...), as
+    /// `CREATE EXTERNAL TABLE ... OPTIONS` does; without them Kiln reads
+    /// the usual environment (`AWS_*`, instance metadata).
+    fn configure_store(
+        &self,
+        location: &str,
+        options: std::collections::BTreeMap<String, String>,
+    ) -> PyResult<()> {
+        let options: Vec<(String, String)> = options.into_iter().collect();
+        self.session.configure_store(location, &options).py_err()
+    }
+
     /// A lazy DataFrame over Arrow data (any object with
     /// `__arrow_c_stream__`), not copied.
     fn read_arrow(&self, data: &Bound<'_, PyAny>) -> PyResult<PyDataFrame> {
