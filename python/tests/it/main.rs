@@ -62,8 +62,16 @@ fn python_suite() {
         // Not the package's folder: its kiln/ has no extension in it.
         .current_dir(root.path())
         .env("PYTHONPATH", &site)
-        .env("KILN_TEST_TMP", root.path())
         .env("PYTHONDONTWRITEBYTECODE", "1");
+    // The `kiln` binary of the same build, for the cluster test (built when
+    // the workspace's tests are; absent after `cargo test -p kiln-python`).
+    let profile_dir = extension()
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf);
+    if let Some(kiln) = profile_dir.map(|d| d.join("kiln")).filter(|k| k.is_file()) {
+        command.env("KILN_TEST_KILN_BIN", kiln);
+    }
     let status = command.status().expect("start pytest");
     assert!(status.success(), "the Python suite failed: {status}");
 }
