@@ -58,6 +58,13 @@ pub trait KilnDataFrameExt: Sized {
     /// needs `kiln.pii_salt`).
     fn mask_pii(self, column: &str, types: Option<&str>, mode: Option<&str>) -> Result<Self>;
 
+    /// The profile of these rows (SQL `profile`): one row per column with
+    /// its counts, approximate distinct count, min/max, mean, standard
+    /// deviation and quantiles (numeric), length statistics (text), norm
+    /// statistics (vectors) and its `top` most frequent values. Computed
+    /// when the frame runs.
+    fn profile(self, top: usize) -> Result<Self>;
+
     /// The `k` rows closest to `query` by the vector column `column` (SQL
     /// `vector_search`): all columns and `score`, closest first; rows
     /// without a vector are skipped. Exact, ties by input order.
@@ -209,6 +216,18 @@ impl KilnDataFrameExt for DataFrame {
             return Err(KilnError::Usage(format!("mask_pii: no column '{column}'")));
         }
         Ok(self.select(columns)?)
+    }
+
+    fn profile(self, top: usize) -> Result<Self> {
+        let (state, plan) = self.into_parts();
+        let table = kiln_planner::profile::ProfileTable::new(plan, top);
+        let plan = datafusion::logical_expr::LogicalPlanBuilder::scan(
+            "profile",
+            datafusion::datasource::provider_as_source(std::sync::Arc::new(table)),
+            None,
+        )?
+        .build()?;
+        Ok(DataFrame::new(state, plan))
     }
 
     fn vector_search(self, column: &str, query: &[f32], k: usize, metric: Metric) -> Result<Self> {

@@ -9,6 +9,7 @@ pub mod lowering;
 pub mod near_duplicates;
 pub mod options;
 pub mod parquet_checks;
+pub mod profile;
 pub mod query_planner;
 pub mod vector_search;
 pub mod vector_topk;
@@ -136,4 +137,5 @@ pub fn register_functions(ctx: &SessionContext) {
         Arc::new(vector_search::VectorSearchFunction),
     );
     ctx.register_udtf("knn_join", Arc::new(vector_search::KnnJoinFunction));
+    ctx.register_udtf("profile", Arc::new(profile::ProfileFunction));
 }

@@ -150,6 +150,15 @@ class DataFrame:
         all columns and ``score``, closest first. Exact."""
         return DataFrame(self._frame.vector_search(column, list(query), k, metric))
 
+    def profile(self, top: int = 20) -> DataFrame:
+        """The profile of these rows, one row per column: ``rows``, ``nulls``,
+        ``distinct_approx`` (HyperLogLog, ~0.8% standard error), ``min``,
+        ``max``; numeric ``mean``, ``stddev`` and ``p01``..``p99``
+        (t-digest); text ``min_length``/``mean_length``/``max_length``;
+        vector ``dimension``, ``norm_*`` and ``zero_vectors``; and the
+        ``top`` most frequent values with their counts."""
+        return DataFrame(self._frame.profile(top))
+
     # --- plans -----------------------------------------------------------
 
     def explain(self, analyze: bool = False, verbose: bool = False) -> str:

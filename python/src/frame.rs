@@ -348,6 +348,14 @@ impl PyDataFrame {
         Ok(self.derive(frame))
     }
 
+    /// The profile of the rows: one row per column (counts, approximate
+    /// distinct count, min/max, mean, stddev and quantiles, text lengths,
+    /// vector norms, the `top` most frequent values).
+    #[pyo3(signature = (top = 20))]
+    fn profile(&self, top: usize) -> PyResult<PyDataFrame> {
+        Ok(self.derive(self.cloned().profile(top).py_err()?))
+    }
+
     /// The plan as text, with where each operator runs (GPU stage or CPU,
     /// and why); `analyze` runs the query and adds its metrics.
     #[pyo3(signature = (analyze = false, verbose = false))]

@@ -186,3 +186,22 @@ def test_deregister(session: kiln.Session) -> None:
     assert session.deregister("t") is False
     with pytest.raises(kiln.UserError, match="not found"):
         session.sql("SELECT * FROM t")
+
+
+def test_profile(session: kiln.Session) -> None:
+    vectors = pa.FixedSizeListArray.from_arrays(
+        pa.array([3.0, 4.0, 0.0, 0.0, 1.0, 0.0], pa.float32()), 2
+    )
+    session.register(
+        "p",
+        pa.table({"n": [1, 2, 2], "s": ["a", None, "ccc"], "v": vectors}),
+    )
+    rows = {r["column"]: r for r in session.table("p").profile(top=1).to_pylist()}
+    assert rows["n"]["kind"] == "numeric" and rows["n"]["mean"] == 5 / 3
+    assert rows["n"]["top_values"] == [{"value": "2", "count": 2}]
+    assert rows["s"]["nulls"] == 1 and rows["s"]["max_length"] == 3
+    v = rows["v"]
+    assert (v["kind"], v["dimension"], v["zero_vectors"]) == ("vector", 2, 1)
+    assert (v["norm_min"], v["norm_max"]) == (0.0, 5.0) and v["top_values"] is None
+    via_sql = session.sql("SELECT * FROM profile('p', 1)").to_pylist()
+    assert [r["column"] for r in via_sql] == ["n", "s", "v"]

@@ -155,6 +155,28 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: DevicesFormat,
     },
+    /// Profile a table or location: per column, counts, NULLs, approximate
+    /// distinct values, min/max, mean, stddev and quantiles, text lengths,
+    /// vector norms and the most frequent values.
+    Profile {
+        /// A table (registered with --table) or a Parquet location.
+        source: String,
+        /// How many most frequent values to list per column.
+        #[arg(long, default_value_t = kiln_planner::profile::DEFAULT_TOP)]
+        top: usize,
+        /// Register Parquet at LOCATION as table NAME first (repeatable).
+        #[arg(long = "table", value_name = "NAME=LOCATION")]
+        tables: Vec<String>,
+        /// Write the profile as a JSON document to FILE instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        out: Option<String>,
+        /// How the profile is printed.
+        #[arg(long, value_enum, default_value = "table")]
+        format: output::Format,
+        /// In the table format, cut cells longer than this many characters.
+        #[arg(long, default_value_t = output::DEFAULT_MAX_WIDTH, value_name = "CHARS")]
+        max_width: usize,
+    },
     /// Add an embedding column to Parquet: read INPUT, write OUTPUT (any store).
     Embed {
         /// Parquet file, directory or prefix to read.
@@ -635,6 +657,37 @@ async fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Profile {
+            source,
+            top,
+            tables,
+            out,
+            format,
+            max_width,
+        } => {
+            let input = SqlInput {
+                command: None,
+                file: None,
+                tables,
+                timeout: None,
+            };
+            let session = open_session(session(device, cluster), &input).await?;
+            let frame = session
+                .sql(&format!(
+                    "SELECT * FROM profile('{}', {top})",
+                    source.replace('\'', "''")
+                ))
+                .await?;
+            match out {
+                Some(path) => write_profile(frame, &source, &path).await,
+                None => {
+                    let printer = output::Printer { format, max_width };
+                    output::print_frame(frame, printer, &mut std::io::stdout().lock())
+                        .await
+                        .map(|_| ())
+                }
+            }
+        }
         Command::Sql {
             input,
             format,
@@ -701,6 +754,49 @@ async fn run(cli: Cli) -> Result<()> {
             explain(&session, &sql, verbose, analyze).await
         }
     }
+}
+
+/// `kiln profile --out FILE`: the profile as one JSON document — the
+/// source, the row count, how approximate the approximate figures are, and
+/// the columns' rows as objects.
+async fn write_profile(frame: crate::DataFrame, source: &str, path: &str) -> Result<()> {
+    let batches = frame.collect().await?;
+    let mut columns = Vec::new();
+    {
+        let mut writer = datafusion::arrow::json::ArrayWriter::new(&mut columns);
+        for batch in &batches {
+            writer
+                .write(batch)
+                .map_err(datafusion::error::DataFusionError::from)?;
+        }
+        writer
+            .finish()
+            .map_err(datafusion::error::DataFusionError::from)?;
+    }
+    let columns: serde_json::Value = if columns.is_empty() {
+        serde_json::Value::Array(vec![])
+    } else {
+        serde_json::from_slice(&columns)
+            .map_err(|e| KilnError::Internal(format!("profile JSON: {e}")))?
+    };
+    let rows = columns
+        .get(0)
+        .and_then(|c| c.get("rows"))
+        .cloned()
+        .unwrap_or(serde_json::Value::from(0));
+    let document = serde_json::json!({
+        "source": source,
+        "rows": rows,
+        "distinct_approx_relative_error": kiln_planner::profile::DISTINCT_ERROR,
+        "quantiles": "approximate: t-digest with 100 centroids (DataFusion's approx_percentile_cont)",
+        "columns": columns,
+    });
+    let text = serde_json::to_string_pretty(&document)
+        .map_err(|e| KilnError::Internal(format!("profile JSON: {e}")))?;
+    std::fs::write(path, text + "\n").map_err(|e| KilnError::File {
+        path: path.to_string(),
+        source: e,
+    })
 }
 
 async fn open_session(

@@ -16,6 +16,7 @@ mod gpu_transforms;
 mod hardening;
 mod job;
 mod oom;
+mod profile;
 mod s3;
 mod session_api;
 mod text;
