@@ -27,6 +27,7 @@ pub mod fuzzing;
 pub mod job;
 mod mixed_schema;
 mod named_args;
+pub mod profile_report;
 pub mod session;
 mod statement_depth;
 

@@ -394,6 +394,75 @@ pub async fn profile(state: &SessionState, input: LogicalPlan, top: usize) -> Re
     Ok(RecordBatch::try_new(out_schema, columns)?)
 }
 
+/// The rows of `source`, a table name or a location (a path or URL, one
+/// name, dots and all), as a scan.
+pub fn source_plan(state: &SessionState, source: &str) -> Result<LogicalPlan> {
+    const F: &str = "profile";
+    let reference = if source.contains('/') || source.contains(':') {
+        TableReference::bare(source)
+    } else {
+        TableReference::from(source)
+    };
+    let schema = state.schema_for_ref(reference.clone())?;
+    // Catalog lookups are async; the built-in providers (and the URL tables
+    // that read a location) answer at once.
+    let provider =
+        futures::executor::block_on(schema.table(reference.table()))?.ok_or_else(|| {
+            plan_datafusion_err!("{F}: no table or readable location named '{source}'")
+        })?;
+    LogicalPlanBuilder::scan(reference, provider_as_source(provider), None)?.build()
+}
+
+/// The counts of numeric column `name` of `input` in `bins` equal bins
+/// from `lo` to `hi` (the last bin closed), NULLs left out.
+pub async fn histogram(
+    state: &SessionState,
+    input: LogicalPlan,
+    name: &str,
+    (lo, hi): (f64, f64),
+    bins: usize,
+) -> Result<Vec<i64>> {
+    let mut counts = vec![0i64; bins.max(1)];
+    if !(lo.is_finite() && hi.is_finite()) || bins == 0 {
+        return Ok(counts);
+    }
+    let frame = DataFrame::new(state.clone(), input);
+    let c = quoted(name);
+    let width = if hi > lo {
+        (hi - lo) / bins as f64
+    } else {
+        1.0
+    };
+    let last = bins - 1;
+    let bin = frame.parse_sql_expr(&format!(
+        "least(greatest(CAST(floor((CAST({c} AS DOUBLE) - ({lo:e})) / ({width:e})) AS BIGINT), 0), {last})"
+    ))?;
+    const BIN: &str = "__kiln_profile_bin";
+    const COUNT: &str = "__kiln_profile_count";
+    let grouped = frame
+        .filter(frame_column(name).is_not_null())?
+        .aggregate(vec![bin.alias(BIN)], vec![count(lit(1)).alias(COUNT)])?;
+    for batch in grouped.collect().await? {
+        let bins_col = cast(batch.column(0), &DataType::Int64)?;
+        let bins_col = bins_col
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("Int64");
+        let n = cast(batch.column(1), &DataType::Int64)?;
+        let n = n.as_any().downcast_ref::<Int64Array>().expect("Int64");
+        for r in 0..batch.num_rows() {
+            if let Some(slot) = counts.get_mut(bins_col.value(r) as usize) {
+                *slot += n.value(r);
+            }
+        }
+    }
+    Ok(counts)
+}
+
+fn frame_column(name: &str) -> Expr {
+    Expr::Column(datafusion::common::Column::from_name(name))
+}
+
 /// `profile(source [, top])`.
 #[derive(Debug, Default)]
 pub struct ProfileFunction;
@@ -417,21 +486,7 @@ impl TableFunctionImpl for ProfileFunction {
                 return plan_err!("{F}: top must be a non-negative integer, got {other}");
             }
         };
-        // A location (a path or URL) is one name, dots and all.
-        let reference = if source.contains('/') || source.contains(':') {
-            TableReference::bare(source.as_str())
-        } else {
-            TableReference::from(source.as_str())
-        };
-        let schema = state.schema_for_ref(reference.clone())?;
-        // Catalog lookups are async; the built-in providers (and the URL
-        // tables that read a location) answer at once.
-        let provider =
-            futures::executor::block_on(schema.table(reference.table()))?.ok_or_else(|| {
-                plan_datafusion_err!("{F}: no table or readable location named '{source}'")
-            })?;
-        let input =
-            LogicalPlanBuilder::scan(reference, provider_as_source(provider), None)?.build()?;
+        let input = source_plan(state, &source)?;
         Ok(Arc::new(ProfileTable { input, top }))
     }
 }

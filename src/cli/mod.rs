@@ -170,6 +170,9 @@ enum Command {
         /// Write the profile as a JSON document to FILE instead of printing it.
         #[arg(long, value_name = "FILE")]
         out: Option<String>,
+        /// Also write an HTML report (a chart per column) to FILE.
+        #[arg(long, value_name = "FILE")]
+        html: Option<String>,
         /// How the profile is printed.
         #[arg(long, value_enum, default_value = "table")]
         format: output::Format,
@@ -662,6 +665,7 @@ async fn run(cli: Cli) -> Result<()> {
             top,
             tables,
             out,
+            html,
             format,
             max_width,
         } => {
@@ -678,9 +682,14 @@ async fn run(cli: Cli) -> Result<()> {
                     source.replace('\'', "''")
                 ))
                 .await?;
-            match out {
-                Some(path) => write_profile(frame, &source, &path).await,
+            let batches = frame.collect().await?;
+            if let Some(path) = &html {
+                crate::profile_report::write_html(&session, &source, &batches, path).await?;
+            }
+            match &out {
+                Some(path) => write_profile(&batches, &source, path),
                 None => {
+                    let frame = session.context().read_batches(batches)?;
                     let printer = output::Printer { format, max_width };
                     output::print_frame(frame, printer, &mut std::io::stdout().lock())
                         .await
@@ -759,12 +768,15 @@ async fn run(cli: Cli) -> Result<()> {
 /// `kiln profile --out FILE`: the profile as one JSON document — the
 /// source, the row count, how approximate the approximate figures are, and
 /// the columns' rows as objects.
-async fn write_profile(frame: crate::DataFrame, source: &str, path: &str) -> Result<()> {
-    let batches = frame.collect().await?;
+fn write_profile(
+    batches: &[datafusion::arrow::array::RecordBatch],
+    source: &str,
+    path: &str,
+) -> Result<()> {
     let mut columns = Vec::new();
     {
         let mut writer = datafusion::arrow::json::ArrayWriter::new(&mut columns);
-        for batch in &batches {
+        for batch in batches {
             writer
                 .write(batch)
                 .map_err(datafusion::error::DataFusionError::from)?;

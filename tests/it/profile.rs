@@ -215,6 +215,20 @@ fn kiln_profile_writes_a_json_document() {
     assert_eq!(by_name("name")["mean_length"], 3.5);
     assert_eq!(by_name("id")["top_values"].as_array().unwrap().len(), 4);
 
+    // The HTML report: a section per column, a 20-bin histogram for a
+    // numeric column, the most frequent values for text; names escaped.
+    let html = dir.path().join("report.html");
+    ok(&["profile", &s(&path), "--html", &s(&html), "--format", "csv"]);
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.starts_with("<!DOCTYPE html>"));
+    assert_eq!(page.matches("<section>").count(), 3, "one per column");
+    let id = &page[page.find("<h2>id</h2>").unwrap()..];
+    let id = &id[..id.find("</section>").unwrap()];
+    assert_eq!(id.matches("<rect").count(), 20, "a histogram of 20 bins");
+    let name = &page[page.find("<h2>name</h2>").unwrap()..];
+    assert!(name[..name.find("</section>").unwrap()].contains(">grace</text>"));
+    assert!(!page.contains("<script"), "no script: opens anywhere");
+
     let printed = ok(&[
         "profile",
         "people",
