@@ -177,6 +177,18 @@ class DataFrame:
     def __arrow_c_schema__(self) -> Any:
         return self._frame.__arrow_c_schema__()
 
+    def to_reader(self) -> "pyarrow.RecordBatchReader":
+        """Runs the query as its rows are read: a pyarrow RecordBatchReader
+        over the result's batches (for results larger than memory)."""
+        import pyarrow
+
+        return pyarrow.RecordBatchReader.from_stream(self)
+
+    def __iter__(self):
+        """The result's batches (pyarrow RecordBatches), computed as the loop
+        asks for them."""
+        return iter(self.to_reader())
+
     def to_arrow(self) -> "pyarrow.Table":
         """Runs the query; its rows as a pyarrow Table (no copy)."""
         import pyarrow

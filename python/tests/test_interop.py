@@ -98,6 +98,16 @@ def test_results_stream_batch_by_batch(session: kiln.Session) -> None:
     assert rest.num_rows > 0 and len(rest.to_batches()) > 1
 
 
+def test_batches_are_read_as_they_come(session: kiln.Session) -> None:
+    session.set("datafusion.execution.batch_size", 500)
+    df = session.sql("SELECT value FROM generate_series(1, 3000)")
+    reader = df.to_reader()
+    assert isinstance(reader, pa.RecordBatchReader)
+    assert reader.schema.names == ["value"]
+    sizes = [batch.num_rows for batch in df]
+    assert sum(sizes) == 3000 and len(sizes) > 1 and max(sizes) <= 500
+
+
 def test_stream_errors_surface(session: kiln.Session) -> None:
     df = session.sql("SELECT 1 / (value - 5) AS x FROM generate_series(1, 10)")
     with pytest.raises(Exception, match="Divide by zero"):
