@@ -5,8 +5,8 @@
 use std::fmt::Write as _;
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
+use datafusion::arrow::datatypes::Int64Type;
+use kiln_planner::profile::{cell_f64, cell_text};
 
 use crate::error::{KilnError, Result};
 use crate::session::Session;
@@ -31,15 +31,11 @@ struct Field<'a> {
 
 impl Field<'_> {
     fn text(&self, name: &str) -> Option<String> {
-        let array = cast(self.batch.column_by_name(name)?, &DataType::Utf8).ok()?;
-        let array = array.as_string::<i32>();
-        (!array.is_null(self.row)).then(|| array.value(self.row).to_string())
+        cell_text(self.batch, name, self.row).ok().flatten()
     }
 
     fn f64(&self, name: &str) -> Option<f64> {
-        let array = cast(self.batch.column_by_name(name)?, &DataType::Float64).ok()?;
-        let array = array.as_primitive::<Float64Type>();
-        (!array.is_null(self.row)).then(|| array.value(self.row))
+        cell_f64(self.batch, name, self.row).ok().flatten()
     }
 
     fn top_values(&self) -> Vec<(String, i64)> {

@@ -16,11 +16,14 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    Array, ArrayRef, Float64Array, Float64Builder, Int64Array, Int64Builder, ListBuilder,
-    RecordBatch, StringArray, StringBuilder, StructBuilder,
+    Array, ArrayRef, AsArray, Float64Builder, Int64Array, Int64Builder, ListArray, RecordBatch,
+    StringArray, StringBuilder, StructArray,
 };
+use datafusion::arrow::buffer::{NullBuffer, OffsetBuffer};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{
+    DataType, Field, Fields, Float64Type, Int64Type, Schema, SchemaRef,
+};
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::{Result, ScalarValue, TableReference, plan_datafusion_err, plan_err};
 use datafusion::datasource::memory::MemorySourceConfig;
@@ -82,11 +85,38 @@ impl Kind {
     }
 }
 
-fn top_type() -> DataType {
-    DataType::Struct(Fields::from(vec![
+fn top_fields() -> Fields {
+    Fields::from(vec![
         Field::new("value", DataType::Utf8, true),
         Field::new("count", DataType::Int64, false),
-    ]))
+    ])
+}
+
+fn top_item() -> Arc<Field> {
+    Arc::new(Field::new("item", DataType::Struct(top_fields()), true))
+}
+
+/// The `top_values` column: per profiled column its list of (value,
+/// count), NULL where none was computed.
+fn top_values_array(lists: Vec<Option<Vec<(String, i64)>>>) -> Result<ArrayRef> {
+    let lengths = lists.iter().map(|l| l.as_ref().map_or(0, Vec::len));
+    let offsets = OffsetBuffer::from_lengths(lengths);
+    let nulls = NullBuffer::from(lists.iter().map(Option::is_some).collect::<Vec<_>>());
+    let (values, counts): (Vec<String>, Vec<i64>) = lists.into_iter().flatten().flatten().unzip();
+    let entries = StructArray::try_new(
+        top_fields(),
+        vec![
+            Arc::new(StringArray::from(values)),
+            Arc::new(Int64Array::from(counts)),
+        ],
+        None,
+    )?;
+    Ok(Arc::new(ListArray::try_new(
+        top_item(),
+        offsets,
+        Arc::new(entries),
+        Some(nulls),
+    )?))
 }
 
 /// The schema of a profile: one row per column of the input.
@@ -115,11 +145,7 @@ pub fn profile_schema() -> SchemaRef {
         f64_field("norm_mean"),
         f64_field("norm_max"),
         i64_field("zero_vectors"),
-        Field::new(
-            "top_values",
-            DataType::List(Arc::new(Field::new("item", top_type(), true))),
-            true,
-        ),
+        Field::new("top_values", DataType::List(top_item()), true),
     ]);
     Arc::new(Schema::new(fields))
 }
@@ -195,47 +221,52 @@ fn aggregates(i: usize, name: &str, data_type: &DataType, kind: Kind) -> Vec<(St
     out
 }
 
-/// One value of the statistics row, by name, as f64 / i64 / text.
+/// Cell `row` of column `name` as f64 (None: no such column, or NULL).
+pub fn cell_f64(batch: &RecordBatch, name: &str, row: usize) -> Result<Option<f64>> {
+    let Some(array) = batch.column_by_name(name) else {
+        return Ok(None);
+    };
+    let array = cast(array, &DataType::Float64)?;
+    let values = array.as_primitive::<Float64Type>();
+    Ok((!values.is_null(row)).then(|| values.value(row)))
+}
+
+/// Cell `row` of column `name` as i64 (None: no such column, or NULL).
+pub fn cell_i64(batch: &RecordBatch, name: &str, row: usize) -> Result<Option<i64>> {
+    let Some(array) = batch.column_by_name(name) else {
+        return Ok(None);
+    };
+    let array = cast(array, &DataType::Int64)?;
+    let values = array.as_primitive::<Int64Type>();
+    Ok((!values.is_null(row)).then(|| values.value(row)))
+}
+
+/// Cell `row` of column `name` as text (None: no such column, or NULL).
+pub fn cell_text(batch: &RecordBatch, name: &str, row: usize) -> Result<Option<String>> {
+    let Some(array) = batch.column_by_name(name) else {
+        return Ok(None);
+    };
+    let array = cast(array, &DataType::Utf8)?;
+    let values = array.as_string::<i32>();
+    Ok((!values.is_null(row)).then(|| values.value(row).to_string()))
+}
+
+/// The statistics row (one row), read by name.
 struct Row<'a> {
     batch: &'a RecordBatch,
 }
 
 impl Row<'_> {
-    fn column(&self, name: &str) -> Result<Option<ArrayRef>> {
-        let Some(array) = self.batch.column_by_name(name) else {
-            return Ok(None);
-        };
-        Ok(Some(Arc::clone(array)))
-    }
-
     fn f64(&self, name: &str) -> Result<Option<f64>> {
-        let Some(array) = self.column(name)? else {
-            return Ok(None);
-        };
-        let array = cast(&array, &DataType::Float64)?;
-        let values = array
-            .as_any()
-            .downcast_ref::<Float64Array>()
-            .expect("Float64");
-        Ok((!values.is_null(0)).then(|| values.value(0)))
+        cell_f64(self.batch, name, 0)
     }
 
     fn i64(&self, name: &str) -> Result<Option<i64>> {
-        let Some(array) = self.column(name)? else {
-            return Ok(None);
-        };
-        let array = cast(&array, &DataType::Int64)?;
-        let values = array.as_any().downcast_ref::<Int64Array>().expect("Int64");
-        Ok((!values.is_null(0)).then(|| values.value(0)))
+        cell_i64(self.batch, name, 0)
     }
 
     fn text(&self, name: &str) -> Result<Option<String>> {
-        let Some(array) = self.column(name)? else {
-            return Ok(None);
-        };
-        let array = cast(&array, &DataType::Utf8)?;
-        let values = array.as_any().downcast_ref::<StringArray>().expect("Utf8");
-        Ok((!values.is_null(0)).then(|| values.value(0).to_string()))
+        cell_text(self.batch, name, 0)
     }
 }
 
@@ -262,12 +293,12 @@ async fn top_values(frame: &DataFrame, name: &str, top: usize) -> Result<Vec<(St
         ])?;
     let mut out = Vec::new();
     for batch in grouped.collect().await? {
-        let values = cast(batch.column(0), &DataType::Utf8)?;
-        let values = values.as_any().downcast_ref::<StringArray>().expect("Utf8");
-        let counts = cast(batch.column(1), &DataType::Int64)?;
-        let counts = counts.as_any().downcast_ref::<Int64Array>().expect("Int64");
         for r in 0..batch.num_rows() {
-            out.push((values.value(r).to_string(), counts.value(r)));
+            if let (Some(value), Some(n)) =
+                (cell_text(&batch, VALUE, r)?, cell_i64(&batch, COUNT, r)?)
+            {
+                out.push((value, n));
+            }
         }
     }
     Ok(out)
@@ -323,11 +354,7 @@ pub async fn profile(state: &SessionState, input: LogicalPlan, top: usize) -> Re
     let mut dimension = Int64Builder::new();
     let mut norms: Vec<Float64Builder> = (0..3).map(|_| Float64Builder::new()).collect();
     let mut zero = Int64Builder::new();
-    let top_fields = match top_type() {
-        DataType::Struct(fields) => fields,
-        _ => unreachable!("top_type is a struct"),
-    };
-    let mut tops = ListBuilder::new(StructBuilder::from_fields(top_fields, 0));
+    let mut tops = Vec::with_capacity(kinds.len());
 
     for (i, (field, kind)) in schema.fields().iter().zip(&kinds).enumerate() {
         let p = |suffix: &str| format!("c{i}_{suffix}");
@@ -355,23 +382,11 @@ pub async fn profile(state: &SessionState, input: LogicalPlan, top: usize) -> Re
             Kind::Vector => Some(row.i64(&p("zero"))?.unwrap_or(0)),
             _ => None,
         });
-        if *kind == Kind::Vector || top == 0 {
-            tops.append_null();
+        tops.push(if *kind == Kind::Vector || top == 0 {
+            None
         } else {
-            for (value, n) in top_values(&frame, field.name(), top).await? {
-                let entry = tops.values();
-                entry
-                    .field_builder::<StringBuilder>(0)
-                    .expect("value")
-                    .append_value(value);
-                entry
-                    .field_builder::<Int64Builder>(1)
-                    .expect("count")
-                    .append_value(n);
-                entry.append(true);
-            }
-            tops.append(true);
-        }
+            Some(top_values(&frame, field.name(), top).await?)
+        });
     }
     let mut columns: Vec<ArrayRef> = vec![
         Arc::new(column.finish()),
@@ -390,7 +405,7 @@ pub async fn profile(state: &SessionState, input: LogicalPlan, top: usize) -> Re
     columns.push(Arc::new(dimension.finish()));
     columns.extend(norms.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
     columns.push(Arc::new(zero.finish()));
-    columns.push(Arc::new(tops.finish()));
+    columns.push(top_values_array(tops)?);
     Ok(RecordBatch::try_new(out_schema, columns)?)
 }
 
@@ -443,16 +458,11 @@ pub async fn histogram(
         .filter(frame_column(name).is_not_null())?
         .aggregate(vec![bin.alias(BIN)], vec![count(lit(1)).alias(COUNT)])?;
     for batch in grouped.collect().await? {
-        let bins_col = cast(batch.column(0), &DataType::Int64)?;
-        let bins_col = bins_col
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .expect("Int64");
-        let n = cast(batch.column(1), &DataType::Int64)?;
-        let n = n.as_any().downcast_ref::<Int64Array>().expect("Int64");
         for r in 0..batch.num_rows() {
-            if let Some(slot) = counts.get_mut(bins_col.value(r) as usize) {
-                *slot += n.value(r);
+            if let (Some(b), Some(n)) = (cell_i64(&batch, BIN, r)?, cell_i64(&batch, COUNT, r)?)
+                && let Some(slot) = counts.get_mut(b as usize)
+            {
+                *slot += n;
             }
         }
     }

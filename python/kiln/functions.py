@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from ._kiln import Expr
@@ -34,6 +35,11 @@ def call(name: str, *args: Any) -> Expr:
     """The SQL function ``name`` applied to ``args`` (expressions, or Python
     constants taken as literals)."""
     return _call(name, *args)
+
+
+@lru_cache(maxsize=1)
+def _known() -> frozenset[str]:
+    return frozenset(_function_names())
 
 
 def names() -> list[str]:
@@ -98,6 +104,6 @@ def max(expr: Any) -> Expr:  # noqa: A001 - SQL's name
 def __getattr__(name: str):
     if name.startswith("__"):
         raise AttributeError(name)
-    if name not in _function_names():
+    if name not in _known():
         raise AttributeError(f"kiln.functions has no function '{name}'")
     return lambda *args: _call(name, *args)

@@ -2,7 +2,7 @@
 //! SQL functions by name (DataFusion's and Kiln's: `cosine_similarity`,
 //! `embed`, `chunk_text`, ...). They are DataFusion's `Expr`.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arrow::array::{Array, Float32Array};
 use arrow::datatypes::{DataType, Field};
@@ -122,18 +122,25 @@ pub(crate) fn column_or_expr(value: &Bound<'_, PyAny>) -> PyResult<Expr> {
 }
 
 /// Every function `call_function` knows: DataFusion's scalar and aggregate
-/// functions, then Kiln's (a Kiln function of the same name wins).
-fn scalar_functions() -> Vec<Arc<ScalarUDF>> {
-    let mut all = datafusion::functions::all_default_functions();
-    all.extend(datafusion::functions_nested::all_default_nested_functions());
-    all.extend(kiln_planner::kiln_functions().into_iter().map(Arc::new));
-    all
+/// functions, then Kiln's (a Kiln function of the same name wins). Built
+/// once per process.
+fn scalar_functions() -> &'static [Arc<ScalarUDF>] {
+    static ALL: OnceLock<Vec<Arc<ScalarUDF>>> = OnceLock::new();
+    ALL.get_or_init(|| {
+        let mut all = datafusion::functions::all_default_functions();
+        all.extend(datafusion::functions_nested::all_default_nested_functions());
+        all.extend(kiln_planner::kiln_functions().into_iter().map(Arc::new));
+        all
+    })
 }
 
-fn aggregate_functions() -> Vec<Arc<AggregateUDF>> {
-    let mut all = datafusion::functions_aggregate::all_default_aggregate_functions();
-    all.extend(kiln_planner::kiln_aggregates().into_iter().map(Arc::new));
-    all
+fn aggregate_functions() -> &'static [Arc<AggregateUDF>] {
+    static ALL: OnceLock<Vec<Arc<AggregateUDF>>> = OnceLock::new();
+    ALL.get_or_init(|| {
+        let mut all = datafusion::functions_aggregate::all_default_aggregate_functions();
+        all.extend(kiln_planner::kiln_aggregates().into_iter().map(Arc::new));
+        all
+    })
 }
 
 /// Calls the SQL function `name` on `args` (expressions or constants).
@@ -147,14 +154,14 @@ pub(crate) fn call_function(name: &str, args: &Bound<'_, PyTuple>) -> PyResult<P
     let wanted = name.to_ascii_lowercase();
     let matches = |n: &str, aliases: &[String]| n == wanted || aliases.contains(&wanted);
     if let Some(udf) = scalar_functions()
-        .into_iter()
+        .iter()
         .rev()
         .find(|f| matches(f.name(), f.aliases()))
     {
         return Ok(udf.call(args).into());
     }
     if let Some(udaf) = aggregate_functions()
-        .into_iter()
+        .iter()
         .rev()
         .find(|f| matches(f.name(), f.aliases()))
     {

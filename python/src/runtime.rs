@@ -11,17 +11,21 @@ use pyo3::prelude::*;
 
 use crate::errors::to_py;
 
-/// The process's runtime, started on first use.
-fn runtime() -> &'static tokio::runtime::Runtime {
+/// The process's runtime, started on first use; a failure to start it
+/// (no threads to be had) is a `ResourceError`.
+fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .thread_name("kiln-worker")
-            .enable_all()
-            .build()
-            // Nothing to run queries on: no Python exception can say more.
-            .expect("kiln: cannot start the tokio runtime")
-    })
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("kiln-worker")
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            crate::errors::ResourceError::new_err(format!("cannot start Kiln's threads: {e}"))
+        })?;
+    Ok(RUNTIME.get_or_init(|| rt))
 }
 
 /// How often a waiting query looks for Ctrl-C.
@@ -42,8 +46,9 @@ where
     F: Future<Output = kiln::Result<T>> + Send,
     T: Send,
 {
+    let runtime = runtime()?;
     let outcome = py.detach(move || {
-        runtime().block_on(async move {
+        runtime.block_on(async move {
             let mut work = std::pin::pin!(work);
             loop {
                 tokio::select! {

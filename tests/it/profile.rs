@@ -3,7 +3,7 @@
 //! against its stated error).
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::datatypes::{Float64Type, Int64Type};
+use datafusion::arrow::datatypes::Int64Type;
 use kiln::{KilnDataFrameExt, Session};
 
 use crate::common::*;
@@ -14,23 +14,11 @@ async fn one_row(session: &Session, sql: &str) -> RecordBatch {
 }
 
 fn f64_at(batch: &RecordBatch, name: &str, row: usize) -> Option<f64> {
-    let a = datafusion::arrow::compute::cast(
-        batch.column_by_name(name).unwrap(),
-        &datafusion::arrow::datatypes::DataType::Float64,
-    )
-    .unwrap();
-    let a = a.as_primitive::<Float64Type>();
-    (!a.is_null(row)).then(|| a.value(row))
+    kiln_planner::profile::cell_f64(batch, name, row).unwrap()
 }
 
 fn text_at(batch: &RecordBatch, name: &str, row: usize) -> Option<String> {
-    let a = datafusion::arrow::compute::cast(
-        batch.column_by_name(name).unwrap(),
-        &datafusion::arrow::datatypes::DataType::Utf8,
-    )
-    .unwrap();
-    let a = a.as_string::<i32>();
-    (!a.is_null(row)).then(|| a.value(row).to_string())
+    kiln_planner::profile::cell_text(batch, name, row).unwrap()
 }
 
 #[tokio::test]
