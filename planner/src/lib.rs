@@ -4,6 +4,7 @@
 //! can `SET`), and is where the logical rules (vector top-k), the extension
 //! planners and the device-placement rule are registered as they arrive.
 
+pub mod drift;
 pub mod gather_embeddings;
 pub mod lowering;
 pub mod near_duplicates;
@@ -138,4 +139,5 @@ pub fn register_functions(ctx: &SessionContext) {
     );
     ctx.register_udtf("knn_join", Arc::new(vector_search::KnnJoinFunction));
     ctx.register_udtf("profile", Arc::new(profile::ProfileFunction));
+    ctx.register_udtf("drift", Arc::new(drift::DriftFunction));
 }
