@@ -65,6 +65,12 @@ pub trait KilnDataFrameExt: Sized {
     /// when the frame runs.
     fn profile(self, top: usize) -> Result<Self>;
 
+    /// How `current` drifted from these rows, the reference (SQL `drift`):
+    /// one row per column (`columns`, or all when empty) with the test
+    /// Evidently chooses for it, the statistic, p-value or distance, the
+    /// threshold, the verdict and PSI. Computed when the frame runs.
+    fn drift(self, current: DataFrame, columns: &[&str]) -> Result<Self>;
+
     /// The `k` rows closest to `query` by the vector column `column` (SQL
     /// `vector_search`): all columns and `score`, closest first; rows
     /// without a vector are skipped. Exact, ties by input order.
@@ -223,6 +229,20 @@ impl KilnDataFrameExt for DataFrame {
         let table = kiln_planner::profile::ProfileTable::new(plan, top);
         let plan = datafusion::logical_expr::LogicalPlanBuilder::scan(
             "profile",
+            datafusion::datasource::provider_as_source(std::sync::Arc::new(table)),
+            None,
+        )?
+        .build()?;
+        Ok(DataFrame::new(state, plan))
+    }
+
+    fn drift(self, current: DataFrame, columns: &[&str]) -> Result<Self> {
+        let (state, reference) = self.into_parts();
+        let (_, current) = current.into_parts();
+        let columns = columns.iter().map(|c| c.to_string()).collect();
+        let table = kiln_planner::drift::DriftTable::new(reference, current, columns);
+        let plan = datafusion::logical_expr::LogicalPlanBuilder::scan(
+            "drift",
             datafusion::datasource::provider_as_source(std::sync::Arc::new(table)),
             None,
         )?

@@ -133,6 +133,19 @@ pub enum KilnError {
     #[error("cancelled (Ctrl-C)")]
     Cancelled,
 
+    /// `kiln drift --fail-on-drift`: the data drifted (exit code
+    /// [`EXIT_DRIFT`]).
+    #[error(
+        "drift: {drifted} of {compared} columns drifted (share {share:.2} >= {limit:.2}): {columns}"
+    )]
+    Drifted {
+        drifted: usize,
+        compared: usize,
+        share: f64,
+        limit: f64,
+        columns: String,
+    },
+
     // --- Kiln itself ---
     /// A panic in Kiln or a library it uses, caught at the statement.
     #[error("internal error: {0} (a bug in Kiln or a library it uses; please report it)")]
@@ -216,12 +229,14 @@ impl KilnError {
     /// 130 for Ctrl-C (as a shell reports an interrupted command),
     /// [`EXIT_RETRYABLE`] (75, sysexits' `EX_TEMPFAIL`) for a failure of the
     /// environment that running again may not meet ([`Self::is_retryable`]),
+    /// 3 when `kiln drift --fail-on-drift` found drift ([`EXIT_DRIFT`]),
     /// 1 for everything else that went wrong while running (the SQL, the
     /// data, a missing table or file: running again fails the same way).
     pub fn exit_code(&self) -> u8 {
         match self {
             e if e.is_usage() => 2,
             KilnError::Cancelled => 130,
+            KilnError::Drifted { .. } => EXIT_DRIFT,
             KilnError::Statement { source, .. } if matches!(**source, KilnError::Cancelled) => 130,
             e if e.is_retryable() => EXIT_RETRYABLE,
             _ => 1,
@@ -306,6 +321,10 @@ fn delta_retryable(e: &deltalake::DeltaTableError) -> bool {
 
 /// The exit code of a failure that running again may not meet.
 pub const EXIT_RETRYABLE: u8 = 75;
+
+/// The exit code of `kiln drift --fail-on-drift` when the data drifted: a
+/// pipeline can tell a drift (3) from a run that failed (1).
+pub const EXIT_DRIFT: u8 = 3;
 
 /// Whether an I/O error is of the kinds that pass: the network (refused,
 /// reset, timed out, unreachable), an interrupted call, a busy resource or a

@@ -180,6 +180,41 @@ enum Command {
         #[arg(long, default_value_t = output::DEFAULT_MAX_WIDTH, value_name = "CHARS")]
         max_width: usize,
     },
+    /// Compare CURRENT with REFERENCE column by column and say which
+    /// columns drifted: the test Evidently chooses per column (KS,
+    /// chi-squared, Z, Wasserstein, Jensen-Shannon; a domain classifier for
+    /// embeddings) and PSI.
+    Drift {
+        /// The reference: a table (registered with --table) or a Parquet
+        /// location.
+        reference: String,
+        /// The data to check against it, likewise.
+        current: String,
+        /// Compare only these columns (comma-separated or repeated);
+        /// default every column of the reference.
+        #[arg(long, value_delimiter = ',', value_name = "NAME")]
+        columns: Vec<String>,
+        /// Register Parquet at LOCATION as table NAME first (repeatable).
+        #[arg(long = "table", value_name = "NAME=LOCATION")]
+        tables: Vec<String>,
+        /// Write the report as a JSON document to FILE instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        out: Option<String>,
+        /// Exit with code 3 when the share of drifted columns reaches
+        /// --drift-share (a gate for pipelines).
+        #[arg(long)]
+        fail_on_drift: bool,
+        /// The share of drifted columns from which the data set has
+        /// drifted (Evidently's default, 0.5).
+        #[arg(long, default_value_t = kiln_planner::drift::DRIFT_SHARE, value_name = "SHARE")]
+        drift_share: f64,
+        /// How the report is printed.
+        #[arg(long, value_enum, default_value = "table")]
+        format: output::Format,
+        /// In the table format, cut cells longer than this many characters.
+        #[arg(long, default_value_t = output::DEFAULT_MAX_WIDTH, value_name = "CHARS")]
+        max_width: usize,
+    },
     /// Add an embedding column to Parquet: read INPUT, write OUTPUT (any store).
     Embed {
         /// Parquet file, directory or prefix to read.
@@ -697,6 +732,57 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
+        Command::Drift {
+            reference,
+            current,
+            columns,
+            tables,
+            out,
+            fail_on_drift,
+            drift_share,
+            format,
+            max_width,
+        } => {
+            if !(0.0..=1.0).contains(&drift_share) || drift_share.is_nan() {
+                return Err(KilnError::Usage(format!(
+                    "--drift-share must be between 0 and 1, got {drift_share}"
+                )));
+            }
+            let input = SqlInput {
+                command: None,
+                file: None,
+                tables,
+                timeout: None,
+            };
+            let session = open_session(session(device, cluster), &input).await?;
+            let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
+            let mut args = vec![quote(&reference), quote(&current)];
+            args.extend(columns.iter().map(|c| quote(c.trim())));
+            let frame = session
+                .sql(&format!("SELECT * FROM drift({})", args.join(", ")))
+                .await?;
+            let batches = frame.collect().await?;
+            let report = DriftReport::of(&batches, drift_share)?;
+            match &out {
+                Some(path) => write_drift(&batches, &report, &reference, &current, path)?,
+                None => {
+                    let frame = session.context().read_batches(batches)?;
+                    let printer = output::Printer { format, max_width };
+                    output::print_frame(frame, printer, &mut std::io::stdout().lock()).await?;
+                }
+            }
+            if fail_on_drift && report.dataset_drift {
+                return Err(KilnError::Drifted {
+                    drifted: report.drifted.len(),
+                    compared: report.compared,
+                    share: report.share,
+                    limit: drift_share,
+                    columns: report.drifted.join(", "),
+                });
+            }
+            eprintln!("{}", report.summary());
+            Ok(())
+        }
         Command::Sql {
             input,
             format,
@@ -773,24 +859,7 @@ fn write_profile(
     source: &str,
     path: &str,
 ) -> Result<()> {
-    let mut columns = Vec::new();
-    {
-        let mut writer = datafusion::arrow::json::ArrayWriter::new(&mut columns);
-        for batch in batches {
-            writer
-                .write(batch)
-                .map_err(datafusion::error::DataFusionError::from)?;
-        }
-        writer
-            .finish()
-            .map_err(datafusion::error::DataFusionError::from)?;
-    }
-    let columns: serde_json::Value = if columns.is_empty() {
-        serde_json::Value::Array(vec![])
-    } else {
-        serde_json::from_slice(&columns)
-            .map_err(|e| KilnError::Internal(format!("profile JSON: {e}")))?
-    };
+    let columns = rows_json(batches, "profile")?;
     let rows = columns
         .get(0)
         .and_then(|c| c.get("rows"))
@@ -803,8 +872,125 @@ fn write_profile(
         "quantiles": "approximate: t-digest with 100 centroids (DataFusion's approx_percentile_cont)",
         "columns": columns,
     });
-    let text = serde_json::to_string_pretty(&document)
-        .map_err(|e| KilnError::Internal(format!("profile JSON: {e}")))?;
+    write_json(&document, path, "profile")
+}
+
+/// What a drift report adds up to.
+struct DriftReport {
+    compared: usize,
+    drifted: Vec<String>,
+    share: f64,
+    limit: f64,
+    dataset_drift: bool,
+}
+
+impl DriftReport {
+    fn of(batches: &[datafusion::arrow::array::RecordBatch], limit: f64) -> Result<Self> {
+        use kiln_planner::profile::cell_text;
+        let mut compared = 0;
+        let mut drifted = Vec::new();
+        for batch in batches {
+            for r in 0..batch.num_rows() {
+                compared += 1;
+                let flag = cell_text(batch, "drifted", r)?;
+                if flag.as_deref() == Some("true") {
+                    drifted.push(cell_text(batch, "column", r)?.unwrap_or_default());
+                }
+            }
+        }
+        let share = if compared == 0 {
+            0.0
+        } else {
+            drifted.len() as f64 / compared as f64
+        };
+        Ok(DriftReport {
+            compared,
+            share,
+            limit,
+            dataset_drift: compared > 0 && share >= limit,
+            drifted,
+        })
+    }
+
+    fn summary(&self) -> String {
+        let verdict = if self.dataset_drift {
+            "the data set drifted"
+        } else {
+            "no data set drift"
+        };
+        let which = if self.drifted.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", self.drifted.join(", "))
+        };
+        format!(
+            "{} of {} columns drifted (share {:.2}; {verdict} at share >= {:.2}){which}",
+            self.drifted.len(),
+            self.compared,
+            self.share,
+            self.limit
+        )
+    }
+}
+
+/// `kiln drift --out FILE`: the report as one JSON document.
+fn write_drift(
+    batches: &[datafusion::arrow::array::RecordBatch],
+    report: &DriftReport,
+    reference: &str,
+    current: &str,
+    path: &str,
+) -> Result<()> {
+    use kiln_planner::drift as d;
+    let document = serde_json::json!({
+        "reference": reference,
+        "current": current,
+        "compared_columns": report.compared,
+        "drifted_columns": report.drifted.len(),
+        "drifted": report.drifted,
+        "share_drifted": report.share,
+        "drift_share": report.limit,
+        "dataset_drift": report.dataset_drift,
+        "thresholds": {
+            "p_value": d::P_THRESHOLD,
+            "distance": d::DISTANCE_THRESHOLD,
+            "psi": d::DISTANCE_THRESHOLD,
+            "domain_classifier_roc_auc": d::AUC_THRESHOLD,
+            "centroid_distance": d::CENTROID_THRESHOLD,
+            "small_reference_values": d::SMALL_REFERENCE,
+        },
+        "columns": rows_json(batches, "drift")?,
+    });
+    write_json(&document, path, "drift")
+}
+
+/// Record batches as a JSON array of row objects.
+fn rows_json(
+    batches: &[datafusion::arrow::array::RecordBatch],
+    what: &str,
+) -> Result<serde_json::Value> {
+    let mut rows = Vec::new();
+    {
+        let mut writer = datafusion::arrow::json::ArrayWriter::new(&mut rows);
+        for batch in batches {
+            writer
+                .write(batch)
+                .map_err(datafusion::error::DataFusionError::from)?;
+        }
+        writer
+            .finish()
+            .map_err(datafusion::error::DataFusionError::from)?;
+    }
+    if rows.is_empty() {
+        return Ok(serde_json::Value::Array(vec![]));
+    }
+    serde_json::from_slice(&rows).map_err(|e| KilnError::Internal(format!("{what} JSON: {e}")))
+}
+
+/// Writes a JSON document, pretty, to `path`.
+fn write_json(document: &serde_json::Value, path: &str, what: &str) -> Result<()> {
+    let text = serde_json::to_string_pretty(document)
+        .map_err(|e| KilnError::Internal(format!("{what} JSON: {e}")))?;
     std::fs::write(path, text + "\n").map_err(|e| KilnError::File {
         path: path.to_string(),
         source: e,

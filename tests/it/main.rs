@@ -8,6 +8,7 @@ mod commits;
 mod common;
 mod delta;
 mod devices;
+mod drift;
 mod embed;
 mod embed_cache;
 mod explain;

@@ -181,14 +181,6 @@ fn finite(x: f64) -> Option<f64> {
     (!x.is_nan()).then_some(x)
 }
 
-/// The share of drifted columns and whether it reaches `share`.
-pub fn share_drifted(rows: &[ColumnDrift]) -> f64 {
-    if rows.is_empty() {
-        return 0.0;
-    }
-    rows.iter().filter(|r| r.drifted).count() as f64 / rows.len() as f64
-}
-
 /// The columns the two sides are compared on: `columns` if named (each
 /// must be on both sides, of one kind), else every column of the
 /// reference, which must be the current's columns too. Columns of types
@@ -641,18 +633,4 @@ impl TableProvider for DriftTable {
             projection.cloned(),
         )?)
     }
-}
-
-/// Reads the rows of a `drift(...)` result back (for the CLI's summary).
-pub fn rows_drifted(batches: &[RecordBatch]) -> (usize, usize) {
-    let mut total = 0;
-    let mut drifted = 0;
-    for batch in batches {
-        if let Some(col) = batch.column_by_name("drifted") {
-            let flags = col.as_boolean();
-            total += flags.len();
-            drifted += flags.iter().filter(|f| *f == Some(true)).count();
-        }
-    }
-    (drifted, total)
 }
