@@ -159,6 +159,18 @@ class DataFrame:
         ``top`` most frequent values with their counts."""
         return DataFrame(self._frame.profile(top))
 
+    def drift(self, current: DataFrame, columns: str | list[str] | None = None) -> DataFrame:
+        """How ``current`` drifted from these rows (the reference), one row per
+        column (``columns``, or every column): ``test`` (chosen as Evidently
+        chooses it: ``ks``, ``chisquare`` or ``z`` for a reference of at most
+        1,000 values, else ``wasserstein`` or ``jensenshannon``;
+        ``domain_classifier`` for embeddings), ``statistic``, ``p_value``,
+        ``drift_score``, ``threshold``, ``drifted``, ``psi`` and, for
+        embeddings, ``centroid_distance``."""
+        if not isinstance(current, DataFrame):
+            raise TypeError(f"drift: current must be a kiln DataFrame, got {type(current).__name__}")
+        return DataFrame(self._frame.drift(current._frame, columns))
+
     # --- plans -----------------------------------------------------------
 
     def explain(self, analyze: bool = False, verbose: bool = False) -> str:

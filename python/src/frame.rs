@@ -88,7 +88,7 @@ fn names(value: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<String>> {
     }
     value.extract::<Vec<String>>().map_err(|_| {
         usage(format!(
-            "join: {what} must be a column name or a list of names"
+            "{what} must be a column name or a list of names"
         ))
     })
 }
@@ -197,10 +197,10 @@ impl PyDataFrame {
         let how = join_type(how)?;
         let (left_keys, right_keys, shared) = match (on, left_on, right_on) {
             (Some(on), None, None) => {
-                let on = names(on, "on")?;
+                let on = names(on, "join: on")?;
                 (on.clone(), on, true)
             }
-            (None, Some(l), Some(r)) => (names(l, "left_on")?, names(r, "right_on")?, false),
+            (None, Some(l), Some(r)) => (names(l, "join: left_on")?, names(r, "join: right_on")?, false),
             _ => {
                 return Err(usage(
                     "join: give either on=... or both left_on=... and right_on=...",
@@ -354,6 +354,27 @@ impl PyDataFrame {
     #[pyo3(signature = (top = 20))]
     fn profile(&self, top: usize) -> PyResult<PyDataFrame> {
         Ok(self.derive(self.cloned().profile(top).py_err()?))
+    }
+
+    /// How `current` drifted from these rows (the reference): one row per
+    /// column (`columns`, or all) with its test, statistic, p-value or
+    /// distance, threshold, verdict and PSI.
+    #[pyo3(signature = (current, columns = None))]
+    fn drift(
+        &self,
+        current: &PyDataFrame,
+        columns: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyDataFrame> {
+        let columns = match columns {
+            Some(c) => names(c, "drift: columns")?,
+            None => Vec::new(),
+        };
+        let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
+        Ok(self.derive(
+            self.cloned()
+                .drift(current.cloned(), &columns)
+                .py_err()?,
+        ))
     }
 
     /// The plan as text, with where each operator runs (GPU stage or CPU,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -205,3 +207,21 @@ def test_profile(session: kiln.Session) -> None:
     assert (v["norm_min"], v["norm_max"]) == (0.0, 5.0) and v["top_values"] is None
     via_sql = session.sql("SELECT * FROM profile('p', 1)").to_pylist()
     assert [r["column"] for r in via_sql] == ["n", "s", "v"]
+
+
+def test_drift(session: kiln.Session) -> None:
+    reference = pa.table({"x": [float(i % 10) for i in range(2000)], "k": ["a", "b"] * 1000})
+    current = pa.table({"x": [float(i % 10 + 3) for i in range(2000)], "k": ["a", "b"] * 1000})
+    session.register("ref", reference)
+    session.register("cur", current)
+    rows = {r["column"]: r for r in session.table("ref").drift(session.table("cur")).to_pylist()}
+    assert rows["x"]["test"] == "wasserstein" and rows["x"]["drifted"] is True
+    # Wasserstein distance 3 over the reference's standard deviation.
+    assert abs(rows["x"]["statistic"] - 3 / statistics.pstdev(reference["x"].to_pylist())) < 1e-9
+    assert rows["k"]["test"] == "jensenshannon" and rows["k"]["drifted"] is False
+    only = session.table("ref").drift(session.table("cur"), columns="k").to_pylist()
+    assert [r["column"] for r in only] == ["k"]
+    with pytest.raises(kiln.UserError, match="missing from the reference: nope"):
+        session.table("ref").drift(session.table("cur"), columns=["nope"]).to_pylist()
+    with pytest.raises(TypeError, match="kiln DataFrame"):
+        session.table("ref").drift(current)  # type: ignore[arg-type]
