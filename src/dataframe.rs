@@ -6,6 +6,7 @@ use datafusion::prelude::{DataFrame, lit};
 use kiln_engine::functions::{ChunkUdf, EmbedUdf, MaskPiiUdf};
 use kiln_engine::model::DEFAULT_MODEL;
 use kiln_kernels::ops::vector::Metric;
+use kiln_planner::asof_join::AsofOptions;
 use kiln_planner::vector_search::{knn_join_node, vector_search_node};
 
 pub use kiln_planner::near_duplicates::Dedup;
@@ -70,6 +71,21 @@ pub trait KilnDataFrameExt: Sized {
     /// Evidently chooses for it, the statistic, p-value or distance, the
     /// threshold, the verdict and PSI. Computed when the frame runs.
     fn drift(self, current: DataFrame, columns: &[&str]) -> Result<Self>;
+
+    /// The as-of (point-in-time) join of these rows (events) with `right`
+    /// (features): for each row, the latest `right` row with equal keys
+    /// `by` (left name, right name) whose time `on.1` is at or before the
+    /// row's `on.0` — never a later one. Every column of these rows, then
+    /// `right`'s but its keys (a name taken suffixed `_right`). A sort-merge
+    /// join over key partitions: sorts spill, so neither side need fit in
+    /// memory. NULL keys and times never match.
+    fn asof_join(
+        self,
+        right: DataFrame,
+        by: &[(&str, &str)],
+        on: (&str, &str),
+        options: AsofOptions,
+    ) -> Result<Self>;
 
     /// The `k` rows closest to `query` by the vector column `column` (SQL
     /// `vector_search`): all columns and `score`, closest first; rows
@@ -233,6 +249,19 @@ impl KilnDataFrameExt for DataFrame {
             None,
         )?
         .build()?;
+        Ok(DataFrame::new(state, plan))
+    }
+
+    fn asof_join(
+        self,
+        right: DataFrame,
+        by: &[(&str, &str)],
+        on: (&str, &str),
+        options: AsofOptions,
+    ) -> Result<Self> {
+        let (state, left) = self.into_parts();
+        let (_, right) = right.into_parts();
+        let plan = kiln_planner::asof_join::asof_join_plan(left, right, by, on, options)?;
         Ok(DataFrame::new(state, plan))
     }
 

@@ -36,4 +36,5 @@ pub use datafusion::dataframe::{DataFrame, DataFrameWriteOptions};
 pub use error::{KilnError, Result};
 pub use kiln_kernels::ops::vector::Metric;
 pub use kiln_kernels::{BackendKind, DeviceRequest, discover};
+pub use kiln_planner::asof_join::{AsofOptions, AsofTolerance};
 pub use session::{Session, SessionBuilder, StatementOutput};

@@ -4,6 +4,7 @@
 //! can `SET`), and is where the logical rules (vector top-k), the extension
 //! planners and the device-placement rule are registered as they arrive.
 
+pub mod asof_join;
 pub mod drift;
 pub mod gather_embeddings;
 pub mod lowering;

@@ -97,6 +97,12 @@ impl ExtensionPlanner for KilnExtensionPlanner {
             .ok_or_else(|| {
                 plan_datafusion_err!("Kiln's operators need a DataFusion SessionState")
             })?;
+        if let Some(node) = node
+            .as_any()
+            .downcast_ref::<crate::asof_join::AsofJoinNode>()
+        {
+            return node.plan(physical_inputs).map(Some);
+        }
         if let Some(node) = node.as_any().downcast_ref::<KnnJoinNode>() {
             return node.plan(physical_inputs, state).map(Some);
         }

@@ -86,11 +86,9 @@ fn names(value: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<String>> {
     if let Ok(s) = value.cast::<PyString>() {
         return Ok(vec![s.to_cow()?.to_string()]);
     }
-    value.extract::<Vec<String>>().map_err(|_| {
-        usage(format!(
-            "{what} must be a column name or a list of names"
-        ))
-    })
+    value
+        .extract::<Vec<String>>()
+        .map_err(|_| usage(format!("{what} must be a column name or a list of names")))
 }
 
 #[pymethods]
@@ -200,7 +198,11 @@ impl PyDataFrame {
                 let on = names(on, "join: on")?;
                 (on.clone(), on, true)
             }
-            (None, Some(l), Some(r)) => (names(l, "join: left_on")?, names(r, "join: right_on")?, false),
+            (None, Some(l), Some(r)) => (
+                names(l, "join: left_on")?,
+                names(r, "join: right_on")?,
+                false,
+            ),
             _ => {
                 return Err(usage(
                     "join: give either on=... or both left_on=... and right_on=...",
@@ -370,11 +372,7 @@ impl PyDataFrame {
             None => Vec::new(),
         };
         let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
-        Ok(self.derive(
-            self.cloned()
-                .drift(current.cloned(), &columns)
-                .py_err()?,
-        ))
+        Ok(self.derive(self.cloned().drift(current.cloned(), &columns).py_err()?))
     }
 
     /// The plan as text, with where each operator runs (GPU stage or CPU,

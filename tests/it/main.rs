@@ -1,6 +1,7 @@
 //! Integration tests of the `kiln` crate and binary: one test binary, one
 //! module per area (DataFusion is slow to link; one binary links it once).
 
+mod asof_join;
 mod cli_errors;
 mod cli_sql;
 mod cluster;

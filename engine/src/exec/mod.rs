@@ -1,5 +1,6 @@
 //! Kiln's physical operators, one per file.
 
+pub mod asof_join;
 pub mod corpus;
 pub mod decode_guard;
 pub mod device_columns;
@@ -10,6 +11,7 @@ pub mod knn_join;
 pub mod stage_aggregate;
 pub mod vector_topk;
 
+pub use asof_join::{AsofJoinExec, AsofSpec, Tolerance};
 pub use corpus::{SearchSpec, tile_rows_for_budget};
 pub use decode_guard::DecodeGuardExec;
 pub use embed::EmbedExec;

@@ -1,0 +1,293 @@
+//! The as-of join (`DataFrame::asof_join`) against DuckDB's ASOF JOIN and
+//! pandas' `merge_asof` on random data with ties, NULL keys and times,
+//! and unsorted input (tests/it/asof_reference.py).
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::Duration;
+
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::Int64Type;
+use kiln::{AsofOptions, AsofTolerance, KilnDataFrameExt, Session};
+use serde_json::Value;
+
+use crate::common::*;
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/asof_reference.py");
+
+fn reference(dir: &std::path::Path) -> Option<Value> {
+    let python = std::env::var("KILN_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let has = Command::new(&python)
+        .args(["-c", "import duckdb, pandas, pyarrow"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has {
+        assert!(
+            std::env::var("KILN_TEST_REQUIRE_PYTHON").is_err(),
+            "KILN_TEST_REQUIRE_PYTHON is set but {python} cannot import duckdb and pandas"
+        );
+        eprintln!("skipping: duckdb or pandas is not installed");
+        return None;
+    }
+    let out = Command::new(&python).arg(SCRIPT).arg(dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(dir.join("expected.json")).unwrap();
+    Some(serde_json::from_str(&text).unwrap())
+}
+
+/// event id -> matched feature value, from a frame with `id` and `v`.
+async fn matches(frame: kiln::DataFrame) -> HashMap<i64, Option<i64>> {
+    let mut out = HashMap::new();
+    for batch in frame.collect().await.unwrap() {
+        let ids = batch
+            .column_by_name("id")
+            .unwrap()
+            .as_primitive::<Int64Type>();
+        let vs = batch
+            .column_by_name("v")
+            .unwrap()
+            .as_primitive::<Int64Type>();
+        for r in 0..batch.num_rows() {
+            let v = (!vs.is_null(r)).then(|| vs.value(r));
+            assert!(
+                out.insert(ids.value(r), v).is_none(),
+                "event {} twice",
+                ids.value(r)
+            );
+        }
+    }
+    out
+}
+
+fn expected(reference: &Value, case: &str) -> HashMap<i64, Option<i64>> {
+    reference[case]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(id, v)| (id.parse().unwrap(), v.as_i64()))
+        .collect()
+}
+
+#[tokio::test]
+async fn asof_join_agrees_with_duckdb_and_pandas() {
+    let dir = tempdir();
+    let Some(reference) = reference(dir.path()) else {
+        return;
+    };
+    // Several partitions, so that the key partitioning is exercised.
+    let session = Session::builder()
+        .device("cpu".parse().unwrap())
+        .target_partitions(4)
+        .build()
+        .unwrap();
+    let read = |name: &str| {
+        let path = s(&dir.path().join(format!("{name}.parquet")));
+        let session = &session;
+        async move { session.read_parquet(&path).await.unwrap() }
+    };
+    let keys = [("k", "fk")];
+    // (case, events and features files, keys, times, options)
+    let cases: Vec<(
+        &str,
+        (&str, &str),
+        Vec<(&str, &str)>,
+        (&str, &str),
+        AsofOptions,
+    )> = vec![
+        (
+            "duckdb_asof_join",
+            ("events", "features"),
+            keys.to_vec(),
+            ("ts", "fts"),
+            AsofOptions {
+                keep_unmatched: false,
+                ..AsofOptions::default()
+            },
+        ),
+        (
+            "duckdb_asof_left_join",
+            ("events", "features"),
+            keys.to_vec(),
+            ("ts", "fts"),
+            AsofOptions::default(),
+        ),
+        (
+            "duckdb_strict",
+            ("events", "features"),
+            keys.to_vec(),
+            ("ts", "fts"),
+            AsofOptions {
+                strict: true,
+                ..AsofOptions::default()
+            },
+        ),
+        (
+            "duckdb_no_keys",
+            ("events", "features_by_time"),
+            vec![],
+            ("ts", "fts"),
+            AsofOptions::default(),
+        ),
+        (
+            "duckdb_timestamps",
+            ("events", "features"),
+            keys.to_vec(),
+            ("ts_at", "fts_at"),
+            AsofOptions {
+                keep_unmatched: false,
+                ..AsofOptions::default()
+            },
+        ),
+        (
+            "pandas",
+            ("events_clean", "features_clean"),
+            keys.to_vec(),
+            ("ts", "fts"),
+            AsofOptions::default(),
+        ),
+        (
+            "pandas_tolerance",
+            ("events_clean", "features_clean"),
+            keys.to_vec(),
+            ("ts", "fts"),
+            AsofOptions {
+                tolerance: Some(AsofTolerance::Units(50)),
+                ..AsofOptions::default()
+            },
+        ),
+        (
+            "pandas_strict",
+            ("events_clean", "features_clean"),
+            keys.to_vec(),
+            ("ts", "fts"),
+            AsofOptions {
+                strict: true,
+                ..AsofOptions::default()
+            },
+        ),
+        (
+            "pandas_timestamp_tolerance",
+            ("events_clean", "features_clean"),
+            keys.to_vec(),
+            ("ts_at", "fts_at"),
+            AsofOptions {
+                tolerance: Some(AsofTolerance::Duration(Duration::from_secs(90))),
+                ..AsofOptions::default()
+            },
+        ),
+    ];
+    for (case, (events, features), by, on, options) in cases {
+        let events = read(events).await;
+        let features = read(features).await;
+        let joined = events.asof_join(features, &by, on, options).unwrap();
+        let got = matches(joined).await;
+        let want = expected(&reference, case);
+        assert_eq!(got.len(), want.len(), "{case}: rows");
+        let wrong: Vec<_> = want
+            .iter()
+            .filter(|(id, v)| got.get(id) != Some(v))
+            .take(5)
+            .map(|(id, v)| format!("event {id}: want {v:?}, got {:?}", got.get(id)))
+            .collect();
+        assert!(wrong.is_empty(), "{case}: {}", wrong.join("; "));
+    }
+}
+
+#[tokio::test]
+async fn asof_join_plans_a_sort_merge_and_names_bad_input() {
+    let session = Session::new().unwrap();
+    let events = session
+        .sql(
+            "SELECT i AS id, i % 3 AS k, CAST(i AS BIGINT) AS ts FROM generate_series(1, 100) t(i)",
+        )
+        .await
+        .unwrap();
+    let features = session
+        .sql("SELECT CAST(i % 3 AS INT) AS k, i * 2 AS ts, i AS v FROM generate_series(1, 50) t(i)")
+        .await
+        .unwrap();
+    let joined = events
+        .clone()
+        .asof_join(
+            features.clone(),
+            &[("k", "k")],
+            ("ts", "ts"),
+            AsofOptions::default(),
+        )
+        .unwrap();
+    // The right's time column is kept, renamed; its key is dropped.
+    let names: Vec<String> = joined
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(names, ["id", "k", "ts", "ts_right", "v"]);
+    let plan = joined
+        .clone()
+        .explain(false, false)
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let text = kiln::cli::output::plan_text(plan).unwrap();
+    assert!(
+        text.contains("AsofJoinExec: on=[k = k], ts >= ts"),
+        "{text}"
+    );
+    assert!(text.contains("SortExec"), "{text}");
+    assert_eq!(
+        joined
+            .collect()
+            .await
+            .unwrap()
+            .iter()
+            .map(|b| b.num_rows())
+            .sum::<usize>(),
+        100
+    );
+    let cases: [(&[(&str, &str)], (&str, &str), AsofOptions, &str); 4] = [
+        (
+            &[("nope", "k")],
+            ("ts", "ts"),
+            AsofOptions::default(),
+            "the left side has no column 'nope'",
+        ),
+        (
+            &[("k", "k")],
+            ("ts", "v2"),
+            AsofOptions::default(),
+            "the right side has no column 'v2'",
+        ),
+        (
+            &[("k", "k")],
+            ("ts", "ts"),
+            AsofOptions {
+                tolerance: Some(AsofTolerance::Duration(Duration::from_secs(5))),
+                ..AsofOptions::default()
+            },
+            "a duration tolerance needs a date or timestamp time column",
+        ),
+        (
+            &[("k", "k")],
+            ("ts", "ts"),
+            AsofOptions {
+                tolerance: Some(AsofTolerance::Units(-1)),
+                ..AsofOptions::default()
+            },
+            "the tolerance must not be negative",
+        ),
+    ];
+    for (by, on, options, needle) in cases {
+        let e = events
+            .clone()
+            .asof_join(features.clone(), by, on, options)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(needle), "{e}");
+    }
+}
