@@ -14,6 +14,7 @@
 //! # Ok(()) }
 //! ```
 
+mod asof_sql;
 pub mod cli;
 pub mod cluster;
 mod commit;

@@ -311,7 +311,8 @@ impl Session {
         let dialect = &options.sql_parser.dialect;
         let dialect = dialect_from_str(dialect)
             .ok_or_else(|| KilnError::Usage(format!("unsupported SQL dialect '{dialect}'")))?;
-        let statements = DFParserBuilder::new(sql)
+        let sql = crate::asof_sql::rewrite_text(sql);
+        let statements = DFParserBuilder::new(sql.as_ref())
             .with_dialect(dialect.as_ref())
             .with_recursion_limit(options.sql_parser.recursion_limit.get())
             .build()?
@@ -473,6 +474,7 @@ impl Session {
         }
         // After the depth check: the rewrite walks the whole statement.
         crate::named_args::rewrite(&mut statement).map_err(KilnError::Usage)?;
+        crate::asof_sql::rewrite_statement(&mut statement).map_err(KilnError::Usage)?;
         let state = ctx.state();
         // `FROM '<path>'` that cannot be read plans as "table not found";
         // the locations are kept to find the real cause.

@@ -7,12 +7,17 @@ use std::time::Duration;
 
 use datafusion::arrow::compute::can_cast_types;
 use datafusion::arrow::datatypes::{DataType, Field, TimeUnit};
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TransformedResult};
 use datafusion::common::{
     Column, DFSchema, DFSchemaRef, Result, TableReference, plan_datafusion_err, plan_err,
 };
+use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{
-    Expr, Extension, LogicalPlan, LogicalPlanBuilder, UserDefinedLogicalNodeCore, cast,
+    ColumnarValue, Expr, Extension, JoinType, LogicalPlan, LogicalPlanBuilder, Operator,
+    ScalarFunctionArgs, ScalarUDFImpl, Signature, UserDefinedLogicalNodeCore, Volatility, cast,
 };
+use datafusion::optimizer::AnalyzerRule;
 use datafusion::physical_plan::ExecutionPlan;
 use kiln_engine::exec::asof_join::is_time_type;
 use kiln_engine::exec::{AsofJoinExec, AsofSpec, Tolerance};
@@ -66,6 +71,9 @@ pub struct AsofJoinNode {
     tolerance: Option<(bool, i64)>,
     keep_unmatched: bool,
     right_output: Vec<usize>,
+    /// SQL's naming (every column keeps its table's qualifier, as a join's
+    /// do) rather than a DataFrame's (right names made unique).
+    sql: bool,
     schema: DFSchemaRef,
 }
 
@@ -234,9 +242,122 @@ pub fn asof_join_plan(
             tolerance,
             keep_unmatched: options.keep_unmatched,
             right_output,
+            sql: false,
             schema,
         }),
     }))
+}
+
+/// The as-of join a SQL join became ([`AsofJoinRule`]): `keys` and `time`
+/// index the two inputs; every column of both sides in the output, with
+/// their qualifiers, as `schema` (the join's) has them. Keys or times of
+/// different types are compared in the left's type, through converted
+/// copies appended to the right side.
+fn sql_node(
+    left: LogicalPlan,
+    right: LogicalPlan,
+    keys: &[(usize, usize)],
+    time: (usize, usize),
+    options: AsofOptions,
+    schema: DFSchemaRef,
+) -> Result<LogicalPlan> {
+    for (plan, t) in [(&left, time.0), (&right, time.1)] {
+        let f = plan.schema().field(t);
+        if !is_time_type(f.data_type()) {
+            return plan_err!(
+                "ASOF JOIN: the time {} is {}; it must be a number, a date or a timestamp",
+                f.name(),
+                f.data_type()
+            );
+        }
+    }
+    let width = right.schema().fields().len();
+    let mut copies: Vec<(usize, DataType)> = Vec::new();
+    let mut convert = |l: usize, r: usize, what: &str| -> Result<usize> {
+        let (a, b) = (
+            left.schema().field(l).data_type(),
+            right.schema().field(r).data_type(),
+        );
+        if a == b {
+            return Ok(r);
+        }
+        if !can_cast_types(b, a) {
+            return plan_err!(
+                "ASOF JOIN: {what} {} is {a} but {} is {b}, which does not convert",
+                left.schema().field(l).name(),
+                right.schema().field(r).name()
+            );
+        }
+        copies.push((r, a.clone()));
+        Ok(width + copies.len() - 1)
+    };
+    let mut right_keys = Vec::with_capacity(keys.len());
+    for (l, r) in keys {
+        right_keys.push(convert(*l, *r, "key")?);
+    }
+    let right_time = convert(time.0, time.1, "time")?;
+    let right = if copies.is_empty() {
+        right
+    } else {
+        let mut exprs: Vec<Expr> = right
+            .schema()
+            .iter()
+            .map(|(q, f)| Expr::Column(Column::new(q.cloned(), f.name())))
+            .collect();
+        for (n, (r, t)) in copies.iter().enumerate() {
+            let (q, f) = right.schema().qualified_field(*r);
+            exprs.push(
+                cast(Expr::Column(Column::new(q.cloned(), f.name())), t.clone())
+                    .alias(format!("__kiln_asof_key_{n}")),
+            );
+        }
+        LogicalPlanBuilder::from(right).project(exprs)?.build()?
+    };
+    Ok(LogicalPlan::Extension(Extension {
+        node: Arc::new(AsofJoinNode {
+            left,
+            right,
+            left_keys: keys.iter().map(|(l, _)| *l).collect(),
+            right_keys,
+            left_time: time.0,
+            right_time,
+            strict: options.strict,
+            tolerance: None,
+            keep_unmatched: options.keep_unmatched,
+            right_output: (0..width).collect(),
+            sql: true,
+            schema,
+        }),
+    }))
+}
+
+/// The output of an as-of join from SQL: the left's fields and the
+/// right's (those of `right_output`), qualified as the inputs have them;
+/// the right's nullable when unmatched rows are kept.
+fn sql_schema(
+    left: &LogicalPlan,
+    right: &LogicalPlan,
+    right_output: &[usize],
+    keep_unmatched: bool,
+) -> Result<DFSchemaRef> {
+    let mut fields: Vec<(Option<TableReference>, Arc<Field>)> = left
+        .schema()
+        .iter()
+        .map(|(q, f)| (q.cloned(), Arc::clone(f)))
+        .collect();
+    for i in right_output {
+        let (q, f) = right.schema().qualified_field(*i);
+        let f = if keep_unmatched {
+            Arc::new(f.as_ref().clone().with_nullable(true))
+        } else {
+            Arc::clone(f)
+        };
+        fields.push((q.cloned(), f));
+    }
+    Ok(Arc::new(DFSchema::new_with_metadata(
+        fields,
+        left.schema().metadata().clone(),
+    )?))
 }
 
 fn output_schema(
@@ -287,6 +408,7 @@ impl PartialOrd for AsofJoinNode {
                 n.tolerance,
                 n.keep_unmatched,
                 n.right_output.clone(),
+                n.sql,
             )
         };
         key(self).partial_cmp(&key(other))
@@ -365,7 +487,11 @@ impl UserDefinedLogicalNodeCore for AsofJoinNode {
         let [left, right]: [LogicalPlan; 2] = inputs
             .try_into()
             .map_err(|_| plan_datafusion_err!("AsofJoin takes two inputs"))?;
-        let schema = output_schema(&left, &right, &self.right_output)?;
+        let schema = if self.sql {
+            sql_schema(&left, &right, &self.right_output, self.keep_unmatched)?
+        } else {
+            output_schema(&left, &right, &self.right_output)?
+        };
         Ok(AsofJoinNode {
             left,
             right,
@@ -373,4 +499,174 @@ impl UserDefinedLogicalNodeCore for AsofJoinNode {
             ..self.clone()
         })
     }
+}
+
+// ------------------------------------------------------------------ SQL
+
+/// The marker of an as-of join's time condition in SQL:
+/// `__kiln_asof(left_time, right_time, '>=')` among a join's `ON`
+/// conjuncts (and, with one text argument, DuckDB's form before it is
+/// rewritten). [`AsofJoinRule`] replaces the join; the function itself
+/// never runs.
+pub const ASOF_MARKER: &str = "__kiln_asof";
+/// DuckDB's `ASOF JOIN`: events without a match dropped.
+pub const DUCKDB_INNER: &str = "duckdb_inner";
+/// DuckDB's `ASOF LEFT JOIN`: events without a match kept.
+pub const DUCKDB_LEFT: &str = "duckdb_left";
+
+/// The marker function (see [`ASOF_MARKER`]).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct AsofMarker {
+    signature: Signature,
+}
+
+impl Default for AsofMarker {
+    fn default() -> Self {
+        AsofMarker {
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for AsofMarker {
+    fn name(&self) -> &str {
+        ASOF_MARKER
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        plan_err!(
+            "{ASOF_MARKER} marks the time condition of an ASOF JOIN and cannot be called: \
+             write FROM e ASOF JOIN f ON e.k = f.k AND e.ts >= f.ts"
+        )
+    }
+}
+
+/// Turns a join whose `ON` holds the [`ASOF_MARKER`] into the as-of join
+/// (an analyzer rule: before any optimizer rule moves its conditions).
+#[derive(Debug, Default)]
+pub struct AsofJoinRule;
+
+impl AnalyzerRule for AsofJoinRule {
+    fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
+        plan.transform_up_with_subqueries(rewrite_join).data()
+    }
+
+    fn name(&self) -> &str {
+        "kiln_asof_join"
+    }
+}
+
+fn marker_args(e: &Expr) -> Option<&[Expr]> {
+    match e {
+        Expr::ScalarFunction(f) if f.name() == ASOF_MARKER => Some(&f.args),
+        _ => None,
+    }
+}
+
+fn rewrite_join(plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
+    let LogicalPlan::Join(join) = &plan else {
+        return Ok(Transformed::no(plan));
+    };
+    let Some(filter) = &join.filter else {
+        return Ok(Transformed::no(plan));
+    };
+    let conjuncts = split_conjunction(filter);
+    let Some(at) = conjuncts.iter().position(|e| marker_args(e).is_some()) else {
+        return Ok(Transformed::no(plan));
+    };
+    let keep_unmatched = match join.join_type {
+        JoinType::Left => true,
+        JoinType::Inner => false,
+        other => return plan_err!("ASOF JOIN: cannot be a {other} join"),
+    };
+    let (left, right) = (join.left.as_ref(), join.right.as_ref());
+    let side = |e: &Expr| -> Option<(bool, usize)> {
+        let Expr::Column(c) = e else {
+            return None;
+        };
+        if let Ok(i) = left.schema().index_of_column(c) {
+            return Some((true, i));
+        }
+        right.schema().index_of_column(c).ok().map(|i| (false, i))
+    };
+    let args = marker_args(conjuncts[at]).unwrap_or_default();
+    let [a, b, Expr::Literal(op, _)] = args else {
+        return plan_err!("ASOF JOIN: a malformed time condition");
+    };
+    let op = op.to_string();
+    let (strict, left_time, right_time) = match (side(a), side(b)) {
+        (Some((true, l)), Some((false, r))) => match op.as_str() {
+            ">=" => (false, l, r),
+            ">" => (true, l, r),
+            _ => return backward_only(a, &op, b),
+        },
+        (Some((false, r)), Some((true, l))) => match op.as_str() {
+            "<=" => (false, l, r),
+            "<" => (true, l, r),
+            _ => return backward_only(a, &op, b),
+        },
+        _ => {
+            return plan_err!(
+                "ASOF JOIN: the time condition {a} {op} {b} must compare a column of each side"
+            );
+        }
+    };
+    let mut keys: Vec<(usize, usize)> = Vec::new();
+    for (l, r) in &join.on {
+        match (side(l), side(r)) {
+            (Some((true, li)), Some((false, ri))) => keys.push((li, ri)),
+            _ => return plan_err!("ASOF JOIN: the keys must be columns, got {l} = {r}"),
+        }
+    }
+    for (i, e) in conjuncts.iter().enumerate() {
+        if i == at {
+            continue;
+        }
+        let key = match e {
+            Expr::BinaryExpr(b) if b.op == Operator::Eq => match (side(&b.left), side(&b.right)) {
+                (Some((true, l)), Some((false, r))) => Some((l, r)),
+                (Some((false, r)), Some((true, l))) => Some((l, r)),
+                _ => None,
+            },
+            _ => None,
+        };
+        match key {
+            Some(k) => keys.push(k),
+            None => {
+                return plan_err!(
+                    "ASOF JOIN: ON takes equality keys (e.k = f.k) and one time condition; \
+                     {e} is neither (filter in WHERE instead)"
+                );
+            }
+        }
+    }
+    let options = AsofOptions {
+        strict,
+        tolerance: None,
+        keep_unmatched,
+    };
+    let node = sql_node(
+        left.clone(),
+        right.clone(),
+        &keys,
+        (left_time, right_time),
+        options,
+        Arc::clone(&join.schema),
+    )?;
+    Ok(Transformed::yes(node))
+}
+
+fn backward_only(a: &Expr, op: &str, b: &Expr) -> Result<Transformed<LogicalPlan>> {
+    plan_err!(
+        "ASOF JOIN: {a} {op} {b} looks forward; Kiln takes the latest right row at or before the \
+         left row's time (left.ts >= right.ts, or > for strictly before)"
+    )
 }

@@ -72,6 +72,7 @@ pub fn install_logical(builder: SessionStateBuilder) -> SessionStateBuilder {
     builder
         .with_default_features()
         .with_query_planner(Arc::new(query_planner::KilnQueryPlanner))
+        .with_analyzer_rule(Arc::new(asof_join::AsofJoinRule))
         .with_optimizer_rule(Arc::new(vector_topk::VectorTopKRule))
 }
 
@@ -101,6 +102,7 @@ pub fn kiln_functions() -> Vec<ScalarUDF> {
         ScalarUDF::from(MinHashUdf::new()),
         ScalarUDF::from(MinHashBandsUdf::new()),
         ScalarUDF::from(MinHashSimilarityUdf::new()),
+        ScalarUDF::from(asof_join::AsofMarker::default()),
     ];
     udfs.extend(VectorOp::all().map(|op| ScalarUDF::from(VectorUdf::new(op))));
     udfs

@@ -1,6 +1,7 @@
 # Type stubs of Kiln's extension module (the Rust classes under kiln's
 # Python wrappers). Users import from `kiln`; these keep IDEs and type
 # checkers informed about what the wrappers call.
+import datetime
 from typing import Any, Mapping, Sequence
 
 __version__: str
@@ -78,6 +79,20 @@ class DataFrame:
     def vector_search(self, column: str, query: Sequence[float], k: int = 10, metric: str = "cosine") -> DataFrame: ...
     def profile(self, top: int = 20) -> DataFrame: ...
     def drift(self, current: DataFrame, columns: str | list[str] | None = None) -> DataFrame: ...
+    def join_asof(
+        self,
+        other: DataFrame,
+        on: str | None,
+        left_on: str | None,
+        right_on: str | None,
+        by: str | list[str] | None,
+        by_left: str | list[str] | None,
+        by_right: str | list[str] | None,
+        strategy: str,
+        tolerance: int | float | datetime.timedelta | None,
+        allow_exact_matches: bool,
+        how: str,
+    ) -> DataFrame: ...
     def explain(self, analyze: bool = False, verbose: bool = False) -> str: ...
     def count(self) -> int: ...
     def write_parquet(self, path: str, single_file: bool | None = None) -> int: ...

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import TYPE_CHECKING, Any, Sequence
 
 from . import _kiln
@@ -158,6 +159,39 @@ class DataFrame:
         vector ``dimension``, ``norm_*`` and ``zero_vectors``; and the
         ``top`` most frequent values with their counts."""
         return DataFrame(self._frame.profile(top))
+
+    def join_asof(
+        self,
+        other: DataFrame,
+        *,
+        on: str | None = None,
+        left_on: str | None = None,
+        right_on: str | None = None,
+        by: str | list[str] | None = None,
+        by_left: str | list[str] | None = None,
+        by_right: str | list[str] | None = None,
+        strategy: str = "backward",
+        tolerance: int | float | datetime.timedelta | None = None,
+        allow_exact_matches: bool = True,
+        how: str = "left",
+    ) -> DataFrame:
+        """The as-of (point-in-time) join with ``other``, as Polars' ``join_asof``:
+        for each row, the latest row of ``other`` with equal ``by`` keys whose
+        ``on`` time is at or before this row's (strictly before when
+        ``allow_exact_matches=False``), no further back than ``tolerance``
+        (a number in the time's units, or a ``timedelta`` for dates and
+        timestamps). ``how="left"`` keeps rows without a match (NULLs);
+        ``"inner"`` drops them. Every column of this frame, then ``other``'s
+        but its keys (a name taken suffixed ``_right``). A sort-merge join
+        over key partitions: neither side need fit in memory."""
+        if not isinstance(other, DataFrame):
+            raise TypeError(f"join_asof: other must be a kiln DataFrame, got {type(other).__name__}")
+        return DataFrame(
+            self._frame.join_asof(
+                other._frame, on, left_on, right_on, by, by_left, by_right, strategy, tolerance,
+                allow_exact_matches, how,
+            )
+        )
 
     def drift(self, current: DataFrame, columns: str | list[str] | None = None) -> DataFrame:
         """How ``current`` drifted from these rows (the reference), one row per

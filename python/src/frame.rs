@@ -358,6 +358,112 @@ impl PyDataFrame {
         Ok(self.derive(self.cloned().profile(top).py_err()?))
     }
 
+    /// The as-of (point-in-time) join with `other`: for each row, the latest
+    /// row of `other` with equal `by` keys whose `on` time is at or before
+    /// this row's (Polars' `join_asof`, backward).
+    #[pyo3(signature = (
+        other, on = None, left_on = None, right_on = None, by = None, by_left = None,
+        by_right = None, strategy = "backward", tolerance = None, allow_exact_matches = true,
+        how = "left"
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn join_asof(
+        &self,
+        other: &PyDataFrame,
+        on: Option<&str>,
+        left_on: Option<&str>,
+        right_on: Option<&str>,
+        by: Option<&Bound<'_, PyAny>>,
+        by_left: Option<&Bound<'_, PyAny>>,
+        by_right: Option<&Bound<'_, PyAny>>,
+        strategy: &str,
+        tolerance: Option<&Bound<'_, PyAny>>,
+        allow_exact_matches: bool,
+        how: &str,
+    ) -> PyResult<PyDataFrame> {
+        const F: &str = "join_asof";
+        if strategy != "backward" {
+            return Err(usage(format!(
+                "{F}: strategy must be 'backward' (the latest row at or before), got '{strategy}'"
+            )));
+        }
+        let keep_unmatched = match how {
+            "left" => true,
+            "inner" => false,
+            other => {
+                return Err(usage(format!(
+                    "{F}: how must be 'left' or 'inner', got '{other}'"
+                )));
+            }
+        };
+        let (lt, rt) = match (on, left_on, right_on) {
+            (Some(on), None, None) => (on.to_string(), on.to_string()),
+            (None, Some(l), Some(r)) => (l.to_string(), r.to_string()),
+            _ => {
+                return Err(usage(format!(
+                    "{F}: give the time column as on=NAME, or as left_on= and right_on="
+                )));
+            }
+        };
+        let (lk, rk) = match (by, by_left, by_right) {
+            (Some(by), None, None) => {
+                let by = names(by, "join_asof: by")?;
+                (by.clone(), by)
+            }
+            (None, Some(l), Some(r)) => (
+                names(l, "join_asof: by_left")?,
+                names(r, "join_asof: by_right")?,
+            ),
+            (None, None, None) => (vec![], vec![]),
+            _ => {
+                return Err(usage(format!(
+                    "{F}: give the keys as by=, or as by_left= and by_right="
+                )));
+            }
+        };
+        if lk.len() != rk.len() {
+            return Err(usage(format!(
+                "{F}: {} left keys but {} right keys",
+                lk.len(),
+                rk.len()
+            )));
+        }
+        let tolerance = match tolerance {
+            None => None,
+            Some(t) if t.is_instance_of::<pyo3::types::PyBool>() => {
+                return Err(usage(format!(
+                    "{F}: tolerance must be a number or a timedelta"
+                )));
+            }
+            Some(t) => Some(if let Ok(n) = t.extract::<i64>() {
+                kiln::AsofTolerance::Units(n)
+            } else if let Ok(v) = t.extract::<f64>() {
+                kiln::AsofTolerance::Value(v)
+            } else if let Ok(d) = t.extract::<std::time::Duration>() {
+                kiln::AsofTolerance::Duration(d)
+            } else {
+                return Err(usage(format!(
+                    "{F}: tolerance must be a number or a non-negative timedelta"
+                )));
+            }),
+        };
+        let by: Vec<(&str, &str)> = lk
+            .iter()
+            .zip(&rk)
+            .map(|(l, r)| (l.as_str(), r.as_str()))
+            .collect();
+        let options = kiln::AsofOptions {
+            strict: !allow_exact_matches,
+            tolerance,
+            keep_unmatched,
+        };
+        Ok(self.derive(
+            self.cloned()
+                .asof_join(other.cloned(), &by, (&lt, &rt), options)
+                .py_err()?,
+        ))
+    }
+
     /// How `current` drifted from these rows (the reference): one row per
     /// column (`columns`, or all) with its test, statistic, p-value or
     /// distance, threshold, verdict and PSI.

@@ -225,3 +225,48 @@ def test_drift(session: kiln.Session) -> None:
         session.table("ref").drift(session.table("cur"), columns=["nope"]).to_pylist()
     with pytest.raises(TypeError, match="kiln DataFrame"):
         session.table("ref").drift(current)  # type: ignore[arg-type]
+
+
+def test_join_asof_matches_pandas(session: kiln.Session) -> None:
+    import datetime
+
+    import pandas as pd
+
+    events = pa.table(
+        {
+            "id": [1, 2, 3, 4, 5, 6],
+            "k": ["a", "a", "b", "b", "a", "c"],
+            "ts": [10, 20, 5, 30, 25, 7],
+        }
+    )
+    features = pa.table(
+        {"k": ["a", "a", "b", "b"], "ts": [8, 20, 1, 40], "v": [1.5, 2.5, 3.5, 4.5]}
+    )
+    left = session.from_arrow(events)
+    right = session.from_arrow(features)
+
+    def pandas(**kw: object) -> dict[int, float | None]:
+        m = pd.merge_asof(
+            events.to_pandas().sort_values("ts"),
+            features.to_pandas().sort_values("ts"),
+            on="ts",
+            by="k",
+            **kw,  # type: ignore[arg-type]
+        )
+        return {int(i): (None if pd.isna(v) else float(v)) for i, v in zip(m["id"], m["v"])}
+
+    def ours(frame: kiln.DataFrame) -> dict[int, float | None]:
+        return {r["id"]: r["v"] for r in frame.to_pylist()}
+
+    assert ours(left.join_asof(right, on="ts", by="k")) == pandas()
+    assert ours(left.join_asof(right, on="ts", by="k", allow_exact_matches=False)) == pandas(
+        allow_exact_matches=False
+    )
+    assert ours(left.join_asof(right, on="ts", by="k", tolerance=4)) == pandas(tolerance=4)
+    inner = left.join_asof(right, on="ts", by="k", how="inner")
+    assert sorted(ours(inner)) == [1, 2, 3, 4, 5]  # 6 (key c) has no match
+    assert left.join_asof(right, on="ts", by="k").columns == ["id", "k", "ts", "ts_right", "v"]
+    with pytest.raises(kiln.UserError, match="strategy must be 'backward'"):
+        left.join_asof(right, on="ts", strategy="forward")
+    with pytest.raises(kiln.UserError, match="a duration tolerance needs a date or timestamp"):
+        left.join_asof(right, on="ts", by="k", tolerance=datetime.timedelta(seconds=1))

@@ -291,3 +291,89 @@ async fn asof_join_plans_a_sort_merge_and_names_bad_input() {
         assert!(e.contains(needle), "{e}");
     }
 }
+
+#[tokio::test]
+async fn asof_join_in_sql_as_duckdb_and_snowflake_spell_it() {
+    let dir = tempdir();
+    let Some(reference) = reference(dir.path()) else {
+        return;
+    };
+    let session = Session::builder()
+        .device("cpu".parse().unwrap())
+        .target_partitions(3)
+        .build()
+        .unwrap();
+    for name in ["events", "features", "features_by_time"] {
+        let path = s(&dir.path().join(format!("{name}.parquet")));
+        session.register_parquet(name, &path).await.unwrap();
+    }
+    // DuckDB's statements, verbatim.
+    let statements = reference["sql"].as_object().unwrap();
+    for (case, sql) in statements {
+        let frame = session.sql(sql.as_str().unwrap()).await.unwrap();
+        let got = matches(frame).await;
+        assert_eq!(got, expected(&reference, case), "{case}: {sql}");
+    }
+    // Snowflake's: an outer join; the condition either way round.
+    let left_join = expected(&reference, "duckdb_asof_left_join");
+    for sql in [
+        "SELECT e.id, f.v FROM events e ASOF JOIN features f MATCH_CONDITION (e.ts >= f.fts) ON e.k = f.fk",
+        "SELECT e.id, f.v FROM events e ASOF JOIN features f MATCH_CONDITION (f.fts <= e.ts) ON f.fk = e.k",
+    ] {
+        let got = matches(session.sql(sql).await.unwrap()).await;
+        assert_eq!(got, left_join, "{sql}");
+    }
+    // SELECT * gives both sides' columns; the plan is the sort-merge join.
+    let frame = session
+        .sql("SELECT * FROM events e ASOF LEFT JOIN features f ON e.k = f.fk AND e.ts >= f.fts")
+        .await
+        .unwrap();
+    let names: Vec<String> = frame
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(
+        names,
+        ["id", "k", "ts", "ts_at", "fk", "fts", "v", "fts_at"]
+    );
+    let plan = session
+        .sql("EXPLAIN SELECT * FROM events e ASOF JOIN features f ON e.k = f.fk AND e.ts >= f.fts")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let text = kiln::cli::output::plan_text(plan).unwrap();
+    assert!(
+        text.contains("AsofJoinExec: on=[k = fk], ts >= fts"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("NestedLoopJoinExec") && !text.contains("HashJoinExec"),
+        "{text}"
+    );
+    // Bad input names what is wrong.
+    for (sql, needle) in [
+        (
+            "SELECT * FROM events e ASOF JOIN features f ON e.k = f.fk",
+            "ON needs exactly one inequality",
+        ),
+        (
+            "SELECT * FROM events e ASOF JOIN features f ON e.k = f.fk AND e.ts <= f.fts",
+            "looks forward",
+        ),
+        (
+            "SELECT * FROM events e ASOF JOIN features f ON e.k = f.fk AND e.ts >= f.fts AND f.v > 3",
+            "exactly one inequality",
+        ),
+        (
+            "SELECT * FROM events e ASOF JOIN features f ON e.k + 1 = f.fk AND e.ts >= f.fts",
+            "is neither",
+        ),
+    ] {
+        let e = sql_error(&session, sql).await;
+        assert!(e.contains(needle), "{sql}: {e}");
+    }
+}

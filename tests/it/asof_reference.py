@@ -81,23 +81,21 @@ def main(directory):
     def duck(sql):
         return {int(i): (None if v is None else int(v)) for i, v in con.execute(sql).fetchall()}
 
-    expected = {
-        "duckdb_asof_join": duck(
-            "SELECT e.id, f.v FROM events e ASOF JOIN features f ON e.k = f.fk AND e.ts >= f.fts"
-        ),
-        "duckdb_asof_left_join": duck(
-            "SELECT e.id, f.v FROM events e ASOF LEFT JOIN features f ON e.k = f.fk AND e.ts >= f.fts"
-        ),
-        "duckdb_strict": duck(
-            "SELECT e.id, f.v FROM events e ASOF LEFT JOIN features f ON e.k = f.fk AND e.ts > f.fts"
-        ),
-        "duckdb_no_keys": duck(
-            "SELECT e.id, f.v FROM events e ASOF LEFT JOIN features_by_time f ON e.ts >= f.fts"
-        ),
-        "duckdb_timestamps": duck(
-            "SELECT e.id, f.v FROM events e ASOF JOIN features f ON e.k = f.fk AND e.ts_at >= f.fts_at"
-        ),
+    # The very statements Kiln runs too (tests/it/asof_join.rs).
+    sql = {
+        "duckdb_asof_join":
+            "SELECT e.id, f.v FROM events e ASOF JOIN features f ON e.k = f.fk AND e.ts >= f.fts",
+        "duckdb_asof_left_join":
+            "SELECT e.id, f.v FROM events e ASOF LEFT JOIN features f ON e.k = f.fk AND e.ts >= f.fts",
+        "duckdb_strict":
+            "SELECT e.id, f.v FROM events e ASOF LEFT JOIN features f ON e.k = f.fk AND e.ts > f.fts",
+        "duckdb_no_keys":
+            "SELECT e.id, f.v FROM events e ASOF LEFT JOIN features_by_time f ON e.ts >= f.fts",
+        "duckdb_timestamps":
+            "SELECT e.id, f.v FROM events e ASOF JOIN features f ON e.k = f.fk AND e.ts_at >= f.fts_at",
     }
+    expected = {case: duck(q) for case, q in sql.items()}
+    expected["sql"] = sql
 
     left = clean_events.sort_values("ts")
     right = clean_features.sort_values("fts")
