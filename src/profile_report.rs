@@ -189,7 +189,7 @@ pub async fn write_html(
             let chart = match (kind.as_str(), f.text("min"), f.text("max")) {
                 ("numeric", Some(lo), Some(hi)) => match (lo.parse::<f64>(), hi.parse::<f64>()) {
                     (Ok(lo), Ok(hi)) => {
-                        let input = kiln_planner::profile::source_plan(&state, source)?;
+                        let input = kiln_planner::profile::source_plan(&state, source, "profile")?;
                         let counts =
                             kiln_planner::profile::histogram(&state, input, &name, (lo, hi), BINS)
                                 .await?;

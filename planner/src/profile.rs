@@ -410,10 +410,13 @@ pub async fn profile(state: &SessionState, input: LogicalPlan, top: usize) -> Re
 }
 
 /// The rows of `source`, a table name or a location (a path or URL, one
-/// name, dots and all), as a scan.
-pub fn source_plan(state: &SessionState, source: &str) -> Result<LogicalPlan> {
-    const F: &str = "profile";
-    let reference = if source.contains('/') || source.contains(':') {
+/// name, dots and all), as a scan; `function` names the caller in errors.
+pub fn source_plan(state: &SessionState, source: &str, function: &str) -> Result<LogicalPlan> {
+    const FILES: [&str; 6] = [".parquet", ".csv", ".json", ".ndjson", ".arrow", ".avro"];
+    let is_file = FILES
+        .iter()
+        .any(|ext| source.to_ascii_lowercase().ends_with(ext));
+    let reference = if source.contains('/') || source.contains(':') || is_file {
         TableReference::bare(source)
     } else {
         TableReference::from(source)
@@ -423,7 +426,7 @@ pub fn source_plan(state: &SessionState, source: &str) -> Result<LogicalPlan> {
     // that read a location) answer at once.
     let provider =
         futures::executor::block_on(schema.table(reference.table()))?.ok_or_else(|| {
-            plan_datafusion_err!("{F}: no table or readable location named '{source}'")
+            plan_datafusion_err!("{function}: no table or readable location named '{source}'")
         })?;
     LogicalPlanBuilder::scan(reference, provider_as_source(provider), None)?.build()
 }
@@ -496,7 +499,7 @@ impl TableFunctionImpl for ProfileFunction {
                 return plan_err!("{F}: top must be a non-negative integer, got {other}");
             }
         };
-        let input = source_plan(state, &source)?;
+        let input = source_plan(state, &source, F)?;
         Ok(Arc::new(ProfileTable { input, top }))
     }
 }

@@ -351,6 +351,15 @@ fn kiln_drift_names_what_is_wrong() {
     ]);
     let r = run(kiln().args(["drift", &s(&empty), &current]));
     assert_one_line_error(&r, &["column 'id' has no values in the reference"]);
+    let missing = s(&dir.path().join("missing.parquet"));
+    let r = run(kiln().args(["drift", &missing, &current]));
+    assert_one_line_error(
+        &r,
+        &[
+            "drift: no table or readable location named",
+            "missing.parquet",
+        ],
+    );
     let r = run(kiln().args(["drift", &reference, &current, "--columns", "nope"]));
     assert_one_line_error(&r, &["missing from the reference: nope"]);
     let r = run(kiln().args(["drift", &reference, &current, "--drift-share", "2"]));

@@ -571,8 +571,8 @@ impl TableFunctionImpl for DriftFunction {
             );
         }
         let state = session_state(args.session())?;
-        let reference = source_plan(state, &text_arg(&exprs[0], "the reference")?)?;
-        let current = source_plan(state, &text_arg(&exprs[1], "the current table")?)?;
+        let reference = source_plan(state, &text_arg(&exprs[0], "the reference")?, "drift")?;
+        let current = source_plan(state, &text_arg(&exprs[1], "the current table")?, "drift")?;
         let columns = exprs[2..]
             .iter()
             .map(|e| text_arg(e, "a column"))
