@@ -415,7 +415,87 @@ impl PartialOrd for AsofJoinNode {
     }
 }
 
+/// What an [`AsofJoinNode`] is made of besides its inputs (for codecs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AsofParts {
+    pub left_keys: Vec<usize>,
+    pub right_keys: Vec<usize>,
+    pub left_time: usize,
+    pub right_time: usize,
+    pub strict: bool,
+    pub tolerance: Option<Tolerance>,
+    pub keep_unmatched: bool,
+    pub right_output: Vec<usize>,
+    pub sql: bool,
+}
+
 impl AsofJoinNode {
+    pub fn parts(&self) -> AsofParts {
+        AsofParts {
+            left_keys: self.left_keys.clone(),
+            right_keys: self.right_keys.clone(),
+            left_time: self.left_time,
+            right_time: self.right_time,
+            strict: self.strict,
+            tolerance: self.tolerance(),
+            keep_unmatched: self.keep_unmatched,
+            right_output: self.right_output.clone(),
+            sql: self.sql,
+        }
+    }
+
+    /// The node of `parts` over `left` and `right`, its schema computed.
+    pub fn from_parts(left: LogicalPlan, right: LogicalPlan, parts: AsofParts) -> Result<Self> {
+        let (lw, rw) = (left.schema().fields().len(), right.schema().fields().len());
+        if parts.left_keys.len() != parts.right_keys.len()
+            || parts
+                .left_keys
+                .iter()
+                .chain([&parts.left_time])
+                .any(|i| *i >= lw)
+            || parts
+                .right_keys
+                .iter()
+                .chain([&parts.right_time])
+                .chain(&parts.right_output)
+                .any(|i| *i >= rw)
+        {
+            return plan_err!("AsofJoin: columns out of range of its inputs");
+        }
+        let schema = if parts.sql {
+            sql_schema(&left, &right, &parts.right_output, parts.keep_unmatched)?
+        } else {
+            output_schema(&left, &right, &parts.right_output)?
+        };
+        Ok(AsofJoinNode {
+            left,
+            right,
+            left_keys: parts.left_keys,
+            right_keys: parts.right_keys,
+            left_time: parts.left_time,
+            right_time: parts.right_time,
+            strict: parts.strict,
+            tolerance: parts.tolerance.map(|t| match t {
+                Tolerance::Int(n) => (false, n),
+                Tolerance::Float(f) => (true, f.to_bits() as i64),
+            }),
+            keep_unmatched: parts.keep_unmatched,
+            right_output: parts.right_output,
+            sql: parts.sql,
+            schema,
+        })
+    }
+
+    fn tolerance(&self) -> Option<Tolerance> {
+        self.tolerance.map(|(float, v)| {
+            if float {
+                Tolerance::Float(f64::from_bits(v as u64))
+            } else {
+                Tolerance::Int(v)
+            }
+        })
+    }
+
     /// The engine's operator over the planned inputs (left, right).
     pub fn plan(&self, inputs: &[Arc<dyn ExecutionPlan>]) -> Result<Arc<dyn ExecutionPlan>> {
         let [left, right] = inputs else {
@@ -427,13 +507,7 @@ impl AsofJoinNode {
             left_time: self.left_time,
             right_time: self.right_time,
             strict: self.strict,
-            tolerance: self.tolerance.map(|(float, v)| {
-                if float {
-                    Tolerance::Float(f64::from_bits(v as u64))
-                } else {
-                    Tolerance::Int(v)
-                }
-            }),
+            tolerance: self.tolerance(),
             keep_unmatched: self.keep_unmatched,
             right_output: self.right_output.clone(),
         };

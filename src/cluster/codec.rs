@@ -1,10 +1,11 @@
 //! Codecs for Kiln's plan nodes on the wire, wrapping Ballista's.
 //!
 //! Logical: the vector top-k node (`ORDER BY similarity LIMIT k`,
-//! `vector_search`) and the kNN join node (`knn_join`) travel from the
+//! `vector_search`), the kNN join node (`knn_join`) and the as-of join
+//! node (`ASOF JOIN`, `asof_join`) travel from the
 //! client to the scheduler. The table functions resolve on the client into
 //! these nodes over ordinary table scans, so no custom table provider has
-//! to travel. Physical: `VectorTopKExec` and `KnnJoinExec` travel from the
+//! to travel. Physical: `VectorTopKExec`, `KnnJoinExec` and `AsofJoinExec` travel from the
 //! scheduler to the executors. `EmbedExec` and `GpuStageExec` never do:
 //! executors create them from the stage they are given
 //! ([`super::executor`]). Everything else is Ballista's.
@@ -25,9 +26,12 @@ use datafusion::logical_expr::{AggregateUDF, Extension, LogicalPlan, ScalarUDF, 
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion_proto::logical_plan::LogicalExtensionCodec;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
-use kiln_engine::exec::{KnnJoinExec, SearchSpec, TopKMode, Unscored, VectorTopKExec};
+use kiln_engine::exec::{
+    AsofJoinExec, AsofSpec, KnnJoinExec, SearchSpec, Tolerance, TopKMode, Unscored, VectorTopKExec,
+};
 use kiln_kernels::DeviceInfo;
 use kiln_kernels::ops::vector::Metric;
+use kiln_planner::asof_join::{AsofJoinNode, AsofParts};
 use kiln_planner::vector_search::KnnJoinNode;
 use kiln_planner::vector_topk::VectorTopKNode;
 use serde_json::{Value, json};
@@ -39,6 +43,8 @@ const VECTOR_TOPK_NODE: u8 = 1;
 const KNN_JOIN_NODE: u8 = 2;
 const VECTOR_TOPK_EXEC: u8 = 3;
 const KNN_JOIN_EXEC: u8 = 4;
+const ASOF_JOIN_NODE: u8 = 5;
+const ASOF_JOIN_EXEC: u8 = 6;
 
 fn write(buf: &mut Vec<u8>, kind: u8, payload: Value) {
     buf.extend_from_slice(MAGIC);
@@ -132,6 +138,81 @@ fn score_of(v: &Value) -> Option<String> {
     v.get("score").and_then(Value::as_str).map(str::to_string)
 }
 
+fn usizes_of(v: &Value, key: &str) -> Result<Vec<usize>> {
+    v.get(key)
+        .and_then(Value::as_array)
+        .ok_or_else(|| plan_datafusion_err!("'{key}' is missing on the wire"))?
+        .iter()
+        .map(|x| {
+            x.as_u64()
+                .map(|n| n as usize)
+                .ok_or_else(|| plan_datafusion_err!("'{key}' holds a non-index"))
+        })
+        .collect()
+}
+
+fn bool_of(v: &Value, key: &str) -> Result<bool> {
+    v.get(key)
+        .and_then(Value::as_bool)
+        .ok_or_else(|| plan_datafusion_err!("'{key}' is missing on the wire"))
+}
+
+fn tolerance_json(t: Option<Tolerance>) -> Value {
+    match t {
+        None => Value::Null,
+        Some(Tolerance::Int(n)) => json!({ "int": n }),
+        Some(Tolerance::Float(f)) => json!({ "float": f }),
+    }
+}
+
+fn tolerance_of(v: &Value) -> Result<Option<Tolerance>> {
+    let t = &v["tolerance"];
+    if t.is_null() {
+        return Ok(None);
+    }
+    if let Some(n) = t.get("int").and_then(Value::as_i64) {
+        return Ok(Some(Tolerance::Int(n)));
+    }
+    t.get("float")
+        .and_then(Value::as_f64)
+        .map(|f| Some(Tolerance::Float(f)))
+        .ok_or_else(|| plan_datafusion_err!("a malformed as-of tolerance on the wire"))
+}
+
+fn asof_json(
+    left_keys: &[usize],
+    right_keys: &[usize],
+    times: (usize, usize),
+    strict: bool,
+    tolerance: Option<Tolerance>,
+    keep_unmatched: bool,
+    right_output: &[usize],
+) -> Value {
+    json!({
+        "left_keys": left_keys,
+        "right_keys": right_keys,
+        "left_time": times.0,
+        "right_time": times.1,
+        "strict": strict,
+        "tolerance": tolerance_json(tolerance),
+        "keep_unmatched": keep_unmatched,
+        "right_output": right_output,
+    })
+}
+
+fn asof_spec_of(v: &Value) -> Result<AsofSpec> {
+    Ok(AsofSpec {
+        left_keys: usizes_of(v, "left_keys")?,
+        right_keys: usizes_of(v, "right_keys")?,
+        left_time: usize_of(v, "left_time")?,
+        right_time: usize_of(v, "right_time")?,
+        strict: bool_of(v, "strict")?,
+        tolerance: tolerance_of(v)?,
+        keep_unmatched: bool_of(v, "keep_unmatched")?,
+        right_output: usizes_of(v, "right_output")?,
+    })
+}
+
 /// Ballista's logical codec, with Kiln's logical nodes.
 #[derive(Debug, Default)]
 pub struct KilnLogicalCodec {
@@ -173,6 +254,24 @@ impl LogicalExtensionCodec for KilnLogicalCodec {
                 metric_of(&v)?,
                 usize_of(&v, "k")?,
             )?),
+            (ASOF_JOIN_NODE, [left, right]) => {
+                let spec = asof_spec_of(&v)?;
+                Arc::new(AsofJoinNode::from_parts(
+                    left.clone(),
+                    right.clone(),
+                    AsofParts {
+                        left_keys: spec.left_keys,
+                        right_keys: spec.right_keys,
+                        left_time: spec.left_time,
+                        right_time: spec.right_time,
+                        strict: spec.strict,
+                        tolerance: spec.tolerance,
+                        keep_unmatched: spec.keep_unmatched,
+                        right_output: spec.right_output,
+                        sql: bool_of(&v, "sql")?,
+                    },
+                )?)
+            }
             (kind, inputs) => {
                 return Err(plan_datafusion_err!(
                     "unknown Kiln logical node {kind} with {} inputs",
@@ -207,6 +306,21 @@ impl LogicalExtensionCodec for KilnLogicalCodec {
                 "k": n.k(),
             });
             write(buf, KNN_JOIN_NODE, payload);
+            return Ok(());
+        }
+        if let Some(n) = any.downcast_ref::<AsofJoinNode>() {
+            let p = n.parts();
+            let mut payload = asof_json(
+                &p.left_keys,
+                &p.right_keys,
+                (p.left_time, p.right_time),
+                p.strict,
+                p.tolerance,
+                p.keep_unmatched,
+                &p.right_output,
+            );
+            payload["sql"] = Value::Bool(p.sql);
+            write(buf, ASOF_JOIN_NODE, payload);
             return Ok(());
         }
         self.inner.try_encode(node, buf)
@@ -340,6 +454,39 @@ impl PhysicalExtensionCodec for KilnPhysicalCodec {
                 usize_of(&v, "query_batch")?,
                 decoding_device(ctx)?,
             )?)),
+            (ASOF_JOIN_EXEC, [left, right]) => {
+                let spec = asof_spec_of(&v)?;
+                // The output: the left's fields, then the right's named and
+                // nullable as they were.
+                let names = v["right_fields"]
+                    .as_array()
+                    .ok_or_else(|| plan_datafusion_err!("'right_fields' is missing on the wire"))?;
+                let (ls, rs) = (left.schema(), right.schema());
+                let mut fields: Vec<datafusion::arrow::datatypes::FieldRef> =
+                    ls.fields().iter().cloned().collect();
+                for (i, f) in spec.right_output.iter().zip(names) {
+                    let name = f[0].as_str().unwrap_or_default();
+                    let nullable = f[1].as_bool().unwrap_or(true);
+                    let field = rs
+                        .fields()
+                        .get(*i)
+                        .ok_or_else(|| plan_datafusion_err!("an as-of column out of range"))?;
+                    fields.push(Arc::new(
+                        field
+                            .as_ref()
+                            .clone()
+                            .with_name(name)
+                            .with_nullable(nullable),
+                    ));
+                }
+                let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
+                Ok(Arc::new(AsofJoinExec::try_new(
+                    Arc::clone(left),
+                    Arc::clone(right),
+                    spec,
+                    schema,
+                )?))
+            }
             (kind, inputs) => Err(plan_datafusion_err!(
                 "unknown Kiln operator {kind} with {} inputs",
                 inputs.len()
@@ -375,6 +522,30 @@ impl PhysicalExtensionCodec for KilnPhysicalCodec {
                 "query_batch": e.query_batch(),
             });
             write(buf, KNN_JOIN_EXEC, payload);
+            return Ok(());
+        }
+        if let Some(e) = node.downcast_ref::<AsofJoinExec>() {
+            let spec = e.spec();
+            let mut payload = asof_json(
+                &spec.left_keys,
+                &spec.right_keys,
+                (spec.left_time, spec.right_time),
+                spec.strict,
+                spec.tolerance,
+                spec.keep_unmatched,
+                &spec.right_output,
+            );
+            let schema = e.schema();
+            let skip = schema.fields().len() - spec.right_output.len();
+            payload["right_fields"] = Value::Array(
+                schema
+                    .fields()
+                    .iter()
+                    .skip(skip)
+                    .map(|f| json!([f.name(), f.is_nullable()]))
+                    .collect(),
+            );
+            write(buf, ASOF_JOIN_EXEC, payload);
             return Ok(());
         }
         self.inner.try_encode(node, buf, proto_converter)

@@ -711,3 +711,45 @@ fn text_preparation_gives_the_same_results_on_a_cluster() {
         );
     }
 }
+
+#[test]
+fn as_of_joins_give_the_same_results_on_a_cluster() {
+    let cluster = shared();
+    let dir = tempdir();
+    // Events and prices over 5 tickers, times with ties, written as files
+    // of several row groups so that the scans split.
+    let setup = format!(
+        "COPY (SELECT i AS id, i % 5 AS ticker, (i * 37) % 1000 AS ts FROM generate_series(1, 4000) t(i)) \
+         TO '{}/events.parquet';\n\
+         COPY (SELECT i % 5 AS ticker, (i * 91) % 1000 AS ts, CAST(i AS DOUBLE) / 8 AS price \
+         FROM generate_series(1, 900) t(i) WHERE i % 7 <> 0) TO '{}/prices.parquet';\n",
+        s(dir.path()),
+        s(dir.path())
+    );
+    let written = run(kiln().args(["sql", "-c", &setup]));
+    assert_eq!(written.code, 0, "{}", written.stderr);
+    let ddl = format!(
+        "CREATE EXTERNAL TABLE events STORED AS PARQUET LOCATION '{0}/events.parquet';\n\
+         CREATE EXTERNAL TABLE prices STORED AS PARQUET LOCATION '{0}/prices.parquet';\n",
+        s(dir.path())
+    );
+    let statements = [
+        // Each event's latest price; ties among prices at one (ticker,
+        // time) broken by the highest price, so both runs agree.
+        "SELECT e.id, max(p.price) AS price FROM events e ASOF LEFT JOIN \
+         (SELECT ticker, ts, max(price) AS price FROM prices GROUP BY ticker, ts) p \
+         ON e.ticker = p.ticker AND e.ts >= p.ts GROUP BY e.id ORDER BY e.id",
+        "SELECT e.id, p.price FROM events e ASOF JOIN \
+         (SELECT ticker, ts, max(price) AS price FROM prices GROUP BY ticker, ts) p \
+         MATCH_CONDITION (e.ts > p.ts) ON e.ticker = p.ticker ORDER BY e.id",
+    ];
+    for (n, statement) in statements.iter().enumerate() {
+        let (local, remote) = scripts(dir.path(), &format!("a{n}"), &format!("{ddl}{statement};"));
+        let want = sql_csv(&local, None);
+        assert_eq!(want.code, 0, "{statement} locally: {}", want.stderr);
+        let got = sql_csv(&remote, Some(&cluster.url));
+        assert_eq!(got.code, 0, "{statement} on the cluster: {}", got.stderr);
+        assert!(want.stdout.lines().count() > 3000, "{}", want.stdout.len());
+        assert_eq!(want.stdout, got.stdout, "{statement}");
+    }
+}
