@@ -46,6 +46,7 @@ sql = sys.argv[5]
 if engine == "duckdb":
     import duckdb
     con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
     if threads:
         con.execute(f"SET threads = {threads}")
     start = time.perf_counter()
