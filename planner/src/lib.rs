@@ -72,8 +72,17 @@ pub fn install_logical(builder: SessionStateBuilder) -> SessionStateBuilder {
     builder
         .with_default_features()
         .with_query_planner(Arc::new(query_planner::KilnQueryPlanner))
-        .with_analyzer_rule(Arc::new(asof_join::AsofJoinRule))
+        .with_analyzer_rules(analyzer_rules())
         .with_optimizer_rule(Arc::new(vector_topk::VectorTopKRule))
+}
+
+/// DataFusion's analyzer rules with Kiln's as-of join rule first: it reads
+/// a join's keys as the SQL wrote them, before type coercion wraps them in
+/// casts.
+fn analyzer_rules() -> Vec<Arc<dyn datafusion::optimizer::AnalyzerRule + Send + Sync>> {
+    let mut rules = datafusion::optimizer::Analyzer::new().rules;
+    rules.insert(0, Arc::new(asof_join::AsofJoinRule));
+    rules
 }
 
 /// The physical rules Kiln adds, in order: Parquet scans' metadata checked

@@ -314,6 +314,12 @@ async fn asof_join_in_sql_as_duckdb_and_snowflake_spell_it() {
         let got = matches(frame).await;
         assert_eq!(got, expected(&reference, case), "{case}: {sql}");
     }
+    // Keys of different types (INT against BIGINT) meet in the left's.
+    let cast = "SELECT e.id, f.v FROM events e ASOF JOIN \
+                (SELECT CAST(fk AS INT) AS fk, fts, v FROM features) f \
+                ON e.k = f.fk AND e.ts >= f.fts";
+    let got = matches(session.sql(cast).await.unwrap()).await;
+    assert_eq!(got, expected(&reference, "duckdb_asof_join"), "{cast}");
     // Snowflake's: an outer join; the condition either way round.
     let left_join = expected(&reference, "duckdb_asof_left_join");
     for sql in [
