@@ -114,7 +114,7 @@ fn tolerance_for(t: &DataType, tolerance: AsofTolerance) -> Result<Tolerance> {
         (AsofTolerance::Units(n), _) if n < 0 => {
             return plan_err!("as-of join: the tolerance must not be negative, got {n}");
         }
-        (AsofTolerance::Value(v), _) if !(v >= 0.0) => {
+        (AsofTolerance::Value(v), _) if v.is_nan() || v < 0.0 => {
             return plan_err!("as-of join: the tolerance must not be negative, got {v}");
         }
         (AsofTolerance::Units(n), _) if float => Tolerance::Float(n as f64),

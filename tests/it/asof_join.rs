@@ -39,6 +39,23 @@ fn reference(dir: &std::path::Path) -> Option<Value> {
     Some(serde_json::from_str(&text).unwrap())
 }
 
+/// (case, events and features files, keys, times, options)
+type Case<'a> = (
+    &'a str,
+    (&'a str, &'a str),
+    Vec<(&'a str, &'a str)>,
+    (&'a str, &'a str),
+    AsofOptions,
+);
+
+/// (keys, times, options, the error expected)
+type BadCase<'a> = (
+    &'a [(&'a str, &'a str)],
+    (&'a str, &'a str),
+    AsofOptions,
+    &'a str,
+);
+
 /// event id -> matched feature value, from a frame with `id` and `v`.
 async fn matches(frame: kiln::DataFrame) -> HashMap<i64, Option<i64>> {
     let mut out = HashMap::new();
@@ -91,13 +108,7 @@ async fn asof_join_agrees_with_duckdb_and_pandas() {
     };
     let keys = [("k", "fk")];
     // (case, events and features files, keys, times, options)
-    let cases: Vec<(
-        &str,
-        (&str, &str),
-        Vec<(&str, &str)>,
-        (&str, &str),
-        AsofOptions,
-    )> = vec![
+    let cases: Vec<Case> = vec![
         (
             "duckdb_asof_join",
             ("events", "features"),
@@ -250,7 +261,7 @@ async fn asof_join_plans_a_sort_merge_and_names_bad_input() {
             .sum::<usize>(),
         100
     );
-    let cases: [(&[(&str, &str)], (&str, &str), AsofOptions, &str); 4] = [
+    let cases: [BadCase; 4] = [
         (
             &[("nope", "k")],
             ("ts", "ts"),
