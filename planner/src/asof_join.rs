@@ -415,23 +415,11 @@ impl PartialOrd for AsofJoinNode {
     }
 }
 
-/// What an [`AsofJoinNode`] is made of besides its inputs (for codecs).
-#[derive(Debug, Clone, PartialEq)]
-pub struct AsofParts {
-    pub left_keys: Vec<usize>,
-    pub right_keys: Vec<usize>,
-    pub left_time: usize,
-    pub right_time: usize,
-    pub strict: bool,
-    pub tolerance: Option<Tolerance>,
-    pub keep_unmatched: bool,
-    pub right_output: Vec<usize>,
-    pub sql: bool,
-}
-
 impl AsofJoinNode {
-    pub fn parts(&self) -> AsofParts {
-        AsofParts {
+    /// What the node joins on (the engine's spec), and whether it names
+    /// its output as SQL does (for codecs).
+    pub fn spec(&self) -> (AsofSpec, bool) {
+        let spec = AsofSpec {
             left_keys: self.left_keys.clone(),
             right_keys: self.right_keys.clone(),
             left_time: self.left_time,
@@ -440,48 +428,54 @@ impl AsofJoinNode {
             tolerance: self.tolerance(),
             keep_unmatched: self.keep_unmatched,
             right_output: self.right_output.clone(),
-            sql: self.sql,
-        }
+        };
+        (spec, self.sql)
     }
 
-    /// The node of `parts` over `left` and `right`, its schema computed.
-    pub fn from_parts(left: LogicalPlan, right: LogicalPlan, parts: AsofParts) -> Result<Self> {
+    /// The node of `spec` over `left` and `right`, its schema computed
+    /// (named as SQL does with `sql`).
+    pub fn from_spec(
+        left: LogicalPlan,
+        right: LogicalPlan,
+        spec: AsofSpec,
+        sql: bool,
+    ) -> Result<Self> {
         let (lw, rw) = (left.schema().fields().len(), right.schema().fields().len());
-        if parts.left_keys.len() != parts.right_keys.len()
-            || parts
+        if spec.left_keys.len() != spec.right_keys.len()
+            || spec
                 .left_keys
                 .iter()
-                .chain([&parts.left_time])
+                .chain([&spec.left_time])
                 .any(|i| *i >= lw)
-            || parts
+            || spec
                 .right_keys
                 .iter()
-                .chain([&parts.right_time])
-                .chain(&parts.right_output)
+                .chain([&spec.right_time])
+                .chain(&spec.right_output)
                 .any(|i| *i >= rw)
         {
             return plan_err!("AsofJoin: columns out of range of its inputs");
         }
-        let schema = if parts.sql {
-            sql_schema(&left, &right, &parts.right_output, parts.keep_unmatched)?
+        let schema = if sql {
+            sql_schema(&left, &right, &spec.right_output, spec.keep_unmatched)?
         } else {
-            output_schema(&left, &right, &parts.right_output)?
+            output_schema(&left, &right, &spec.right_output)?
         };
         Ok(AsofJoinNode {
             left,
             right,
-            left_keys: parts.left_keys,
-            right_keys: parts.right_keys,
-            left_time: parts.left_time,
-            right_time: parts.right_time,
-            strict: parts.strict,
-            tolerance: parts.tolerance.map(|t| match t {
+            left_keys: spec.left_keys,
+            right_keys: spec.right_keys,
+            left_time: spec.left_time,
+            right_time: spec.right_time,
+            strict: spec.strict,
+            tolerance: spec.tolerance.map(|t| match t {
                 Tolerance::Int(n) => (false, n),
                 Tolerance::Float(f) => (true, f.to_bits() as i64),
             }),
-            keep_unmatched: parts.keep_unmatched,
-            right_output: parts.right_output,
-            sql: parts.sql,
+            keep_unmatched: spec.keep_unmatched,
+            right_output: spec.right_output,
+            sql,
             schema,
         })
     }
@@ -501,16 +495,7 @@ impl AsofJoinNode {
         let [left, right] = inputs else {
             return plan_err!("AsofJoin takes two inputs, got {}", inputs.len());
         };
-        let spec = AsofSpec {
-            left_keys: self.left_keys.clone(),
-            right_keys: self.right_keys.clone(),
-            left_time: self.left_time,
-            right_time: self.right_time,
-            strict: self.strict,
-            tolerance: self.tolerance(),
-            keep_unmatched: self.keep_unmatched,
-            right_output: self.right_output.clone(),
-        };
+        let (spec, _) = self.spec();
         let schema = Arc::new(self.schema.as_arrow().clone());
         Ok(Arc::new(AsofJoinExec::try_new(
             Arc::clone(left),

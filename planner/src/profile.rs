@@ -537,11 +537,20 @@ impl TableProvider for ProfileTable {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let state = session_state(session)?;
         let batch = profile(state, self.input.clone(), self.top).await?;
-        let schema = batch.schema();
-        Ok(MemorySourceConfig::try_new_exec(
-            &[vec![batch]],
-            schema,
-            projection.cloned(),
-        )?)
+        batch_exec(batch, projection)
     }
+}
+
+/// A computed batch as a scan (what the table functions that compute
+/// their rows when the statement runs return).
+pub(crate) fn batch_exec(
+    batch: RecordBatch,
+    projection: Option<&Vec<usize>>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let schema = batch.schema();
+    Ok(MemorySourceConfig::try_new_exec(
+        &[vec![batch]],
+        schema,
+        projection.cloned(),
+    )?)
 }

@@ -31,7 +31,7 @@ use kiln_engine::exec::{
 };
 use kiln_kernels::DeviceInfo;
 use kiln_kernels::ops::vector::Metric;
-use kiln_planner::asof_join::{AsofJoinNode, AsofParts};
+use kiln_planner::asof_join::AsofJoinNode;
 use kiln_planner::vector_search::KnnJoinNode;
 use kiln_planner::vector_topk::VectorTopKNode;
 use serde_json::{Value, json};
@@ -179,24 +179,16 @@ fn tolerance_of(v: &Value) -> Result<Option<Tolerance>> {
         .ok_or_else(|| plan_datafusion_err!("a malformed as-of tolerance on the wire"))
 }
 
-fn asof_json(
-    left_keys: &[usize],
-    right_keys: &[usize],
-    times: (usize, usize),
-    strict: bool,
-    tolerance: Option<Tolerance>,
-    keep_unmatched: bool,
-    right_output: &[usize],
-) -> Value {
+fn asof_json(spec: &AsofSpec) -> Value {
     json!({
-        "left_keys": left_keys,
-        "right_keys": right_keys,
-        "left_time": times.0,
-        "right_time": times.1,
-        "strict": strict,
-        "tolerance": tolerance_json(tolerance),
-        "keep_unmatched": keep_unmatched,
-        "right_output": right_output,
+        "left_keys": spec.left_keys,
+        "right_keys": spec.right_keys,
+        "left_time": spec.left_time,
+        "right_time": spec.right_time,
+        "strict": spec.strict,
+        "tolerance": tolerance_json(spec.tolerance),
+        "keep_unmatched": spec.keep_unmatched,
+        "right_output": spec.right_output,
     })
 }
 
@@ -254,24 +246,12 @@ impl LogicalExtensionCodec for KilnLogicalCodec {
                 metric_of(&v)?,
                 usize_of(&v, "k")?,
             )?),
-            (ASOF_JOIN_NODE, [left, right]) => {
-                let spec = asof_spec_of(&v)?;
-                Arc::new(AsofJoinNode::from_parts(
-                    left.clone(),
-                    right.clone(),
-                    AsofParts {
-                        left_keys: spec.left_keys,
-                        right_keys: spec.right_keys,
-                        left_time: spec.left_time,
-                        right_time: spec.right_time,
-                        strict: spec.strict,
-                        tolerance: spec.tolerance,
-                        keep_unmatched: spec.keep_unmatched,
-                        right_output: spec.right_output,
-                        sql: bool_of(&v, "sql")?,
-                    },
-                )?)
-            }
+            (ASOF_JOIN_NODE, [left, right]) => Arc::new(AsofJoinNode::from_spec(
+                left.clone(),
+                right.clone(),
+                asof_spec_of(&v)?,
+                bool_of(&v, "sql")?,
+            )?),
             (kind, inputs) => {
                 return Err(plan_datafusion_err!(
                     "unknown Kiln logical node {kind} with {} inputs",
@@ -309,17 +289,9 @@ impl LogicalExtensionCodec for KilnLogicalCodec {
             return Ok(());
         }
         if let Some(n) = any.downcast_ref::<AsofJoinNode>() {
-            let p = n.parts();
-            let mut payload = asof_json(
-                &p.left_keys,
-                &p.right_keys,
-                (p.left_time, p.right_time),
-                p.strict,
-                p.tolerance,
-                p.keep_unmatched,
-                &p.right_output,
-            );
-            payload["sql"] = Value::Bool(p.sql);
+            let (spec, sql) = n.spec();
+            let mut payload = asof_json(&spec);
+            payload["sql"] = Value::Bool(sql);
             write(buf, ASOF_JOIN_NODE, payload);
             return Ok(());
         }
@@ -526,15 +498,7 @@ impl PhysicalExtensionCodec for KilnPhysicalCodec {
         }
         if let Some(e) = node.downcast_ref::<AsofJoinExec>() {
             let spec = e.spec();
-            let mut payload = asof_json(
-                &spec.left_keys,
-                &spec.right_keys,
-                (spec.left_time, spec.right_time),
-                spec.strict,
-                spec.tolerance,
-                spec.keep_unmatched,
-                &spec.right_output,
-            );
+            let mut payload = asof_json(spec);
             let schema = e.schema();
             let skip = schema.fields().len() - spec.right_output.len();
             payload["right_fields"] = Value::Array(
