@@ -19,7 +19,7 @@ use datafusion::logical_expr::{
 };
 use datafusion::optimizer::AnalyzerRule;
 use datafusion::physical_plan::ExecutionPlan;
-use kiln_engine::exec::asof_join::is_time_type;
+use kiln_engine::exec::asof_join::{float_time, is_time_type};
 use kiln_engine::exec::{AsofJoinExec, AsofSpec, Tolerance};
 
 /// How far back a feature row may lie behind an event.
@@ -100,16 +100,7 @@ fn index_of(plan: &LogicalPlan, name: &str, side: &str) -> Result<usize> {
 
 /// The tolerance in the units the engine compares `t` in.
 fn tolerance_for(t: &DataType, tolerance: AsofTolerance) -> Result<Tolerance> {
-    let float = matches!(
-        t,
-        DataType::Float16
-            | DataType::Float32
-            | DataType::Float64
-            | DataType::Decimal32(..)
-            | DataType::Decimal64(..)
-            | DataType::Decimal128(..)
-            | DataType::Decimal256(..)
-    );
+    let float = float_time(t);
     Ok(match (tolerance, t) {
         (AsofTolerance::Units(n), _) if n < 0 => {
             return plan_err!("as-of join: the tolerance must not be negative, got {n}");

@@ -16,19 +16,7 @@ use crate::common::*;
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/asof_reference.py");
 
 fn reference(dir: &std::path::Path) -> Option<Value> {
-    let python = std::env::var("KILN_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string());
-    let has = Command::new(&python)
-        .args(["-c", "import duckdb, pandas, pyarrow"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has {
-        assert!(
-            std::env::var("KILN_TEST_REQUIRE_PYTHON").is_err(),
-            "KILN_TEST_REQUIRE_PYTHON is set but {python} cannot import duckdb and pandas"
-        );
-        eprintln!("skipping: duckdb or pandas is not installed");
-        return None;
-    }
+    let python = python_with("duckdb, pandas, pyarrow", "KILN_TEST_REQUIRE_PYTHON")?;
     let out = Command::new(&python).arg(SCRIPT).arg(dir).output().unwrap();
     assert!(
         out.status.success(),

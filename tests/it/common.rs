@@ -359,3 +359,23 @@ pub async fn sql_error(session: &kiln::Session, sql: &str) -> String {
     assert!(!text.contains('\n'), "{text}");
     text
 }
+
+/// The test Python (`KILN_TEST_PYTHON`, else `python3`) when it can
+/// `import {modules}`; else None — a skip, or a failure where the run sets
+/// `require` (scripts/test sets them all).
+pub fn python_with(modules: &str, require: &str) -> Option<String> {
+    let python = std::env::var("KILN_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let has = Command::new(&python)
+        .args(["-c", &format!("import {modules}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has {
+        assert!(
+            std::env::var(require).is_err(),
+            "{require} is set but {python} cannot import {modules}"
+        );
+        eprintln!("skipping: {python} cannot import {modules}");
+        return None;
+    }
+    Some(python)
+}

@@ -323,19 +323,11 @@ async fn concurrent_appends_to_a_table_on_s3_both_commit() {
 /// the package is missing.
 #[tokio::test]
 async fn python_deltalake_reads_kiln_tables_and_kiln_reads_its() {
-    let python = std::env::var("KILN_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string());
-    let has = std::process::Command::new(&python)
-        .args(["-c", "import deltalake, pyarrow"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has {
-        assert!(
-            std::env::var("KILN_TEST_REQUIRE_DELTA_PY").is_err(),
-            "KILN_TEST_REQUIRE_DELTA_PY is set but {python} cannot import deltalake"
-        );
-        eprintln!("skipping: the deltalake Python package is not installed");
+    let Some(python) =
+        crate::common::python_with("deltalake, pyarrow", "KILN_TEST_REQUIRE_DELTA_PY")
+    else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let ours = dir.path().join("ours").display().to_string();
     let theirs = dir.path().join("theirs").display().to_string();

@@ -19,20 +19,7 @@ const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/drift_refere
 /// A Python with scipy and pyarrow, or None (skip) unless the run
 /// requires it.
 fn scipy_python() -> Option<String> {
-    let python = std::env::var("KILN_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string());
-    let has = Command::new(&python)
-        .args(["-c", "import scipy, pyarrow, numpy"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has {
-        assert!(
-            std::env::var("KILN_TEST_REQUIRE_SCIPY").is_err(),
-            "KILN_TEST_REQUIRE_SCIPY is set but {python} cannot import scipy"
-        );
-        eprintln!("skipping: scipy is not installed");
-        return None;
-    }
-    Some(python)
+    python_with("scipy, pyarrow, numpy", "KILN_TEST_REQUIRE_SCIPY")
 }
 
 fn python_json(python: &str, args: &[&str]) -> Option<Value> {

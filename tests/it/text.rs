@@ -494,19 +494,7 @@ async fn semantic_duplicates_pair_close_vectors() {
 /// its own estimate: `(id_a, id_b, estimate)`, ids from 1. `None` when the
 /// package is missing (an error where `KILN_TEST_REQUIRE_DATASKETCH` is set).
 fn datasketch_pairs(docs: &[String], threshold: f64) -> Option<Vec<(i64, i64, f64)>> {
-    let python = std::env::var("KILN_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string());
-    let has = std::process::Command::new(&python)
-        .args(["-c", "import datasketch"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has {
-        assert!(
-            std::env::var("KILN_TEST_REQUIRE_DATASKETCH").is_err(),
-            "KILN_TEST_REQUIRE_DATASKETCH is set but {python} cannot import datasketch"
-        );
-        eprintln!("skipping: the datasketch Python package is not installed");
-        return None;
-    }
+    let python = crate::common::python_with("datasketch", "KILN_TEST_REQUIRE_DATASKETCH")?;
     let dir = crate::common::tempdir();
     let input = dir.path().join("docs.json");
     std::fs::write(&input, serde_json::to_string(docs).unwrap()).unwrap();

@@ -69,8 +69,8 @@ pub struct AsofSpec {
 }
 
 /// Whether the time column is compared as integers (integers, dates,
-/// timestamps) or as floats.
-fn float_time(t: &DataType) -> bool {
+/// timestamps) or as floats (floats, decimals).
+pub fn float_time(t: &DataType) -> bool {
     matches!(
         t,
         DataType::Float16
@@ -560,7 +560,7 @@ impl Merge {
             if batch.num_rows() == 0 {
                 continue;
             }
-            let keys = self.key_columns(&batch, &self.spec.right_keys.clone())?;
+            let keys = self.key_columns(&batch, &self.spec.right_keys)?;
             let key_valid = keys_valid(&keys, batch.num_rows());
             let rows = self.converter.convert_columns(&keys)?;
             let times = Times::of(batch.column(self.spec.right_time), self.float)?;
@@ -580,7 +580,7 @@ impl Merge {
     /// A left batch's keys and times, ready to be matched.
     fn start(&mut self, batch: &RecordBatch) -> Result<Progress> {
         let n = batch.num_rows();
-        let keys = self.key_columns(batch, &self.spec.left_keys.clone())?;
+        let keys = self.key_columns(batch, &self.spec.left_keys)?;
         Ok(Progress {
             valid: keys_valid(&keys, n),
             keys: self.converter.convert_columns(&keys)?,
@@ -603,7 +603,8 @@ impl Merge {
             }
             let key = p.keys.row(i);
             loop {
-                let Some((rb, j)) = self.cursor.clone() else {
+                // Taken, not cloned: put back where the merge stops.
+                let Some((rb, j)) = self.cursor.take() else {
                     if self.right_done {
                         break;
                     }
@@ -624,6 +625,7 @@ impl Merge {
                     std::cmp::Ordering::Greater => false,
                 };
                 if !pass {
+                    self.cursor = Some((rb, j));
                     break;
                 }
                 self.cursor = (j + 1 < rb.batch.num_rows()).then(|| (rb, j + 1));

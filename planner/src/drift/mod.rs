@@ -309,14 +309,23 @@ async fn values(frame: &DataFrame, name: &str, kind: Kind, seed: u64) -> Result<
             let batch = batch?;
             let array = cast(batch.column(0), &list)?;
             let lists = array.as_list::<i32>();
+            // The components of the whole batch once (a NULL component as
+            // NaN), each row a slice of them.
+            let values = lists.values().as_primitive::<Float64Type>();
+            let filled: Vec<f64>;
+            let components: &[f64] = if values.null_count() == 0 {
+                values.values()
+            } else {
+                filled = values.iter().map(|x| x.unwrap_or(f64::NAN)).collect();
+                &filled
+            };
+            let offsets = lists.value_offsets();
             for i in 0..lists.len() {
                 if lists.is_null(i) {
                     continue;
                 }
-                let row = lists.value(i);
-                let row = row.as_primitive::<Float64Type>();
-                let v: Vec<f64> = row.iter().map(|x| x.unwrap_or(f64::NAN)).collect();
-                if let Err(d) = vectors.push(&v) {
+                let v = &components[offsets[i] as usize..offsets[i + 1] as usize];
+                if let Err(d) = vectors.push(v) {
                     return plan_err!(
                         "drift: column '{name}' holds vectors of {d} and of {} values",
                         v.len()
@@ -470,15 +479,14 @@ fn column_drift(name: &str, kind: Kind, r: Values, c: Values) -> Result<ColumnDr
             let (ca, cb) = stats::aligned(&a, &b, |x, y| x.total_cmp(y));
             let distinct = ca.len();
             let integer = matches!(kind, Kind::Numeric { integer: true });
-            let binned = |fill: bool| {
-                let (x, y) = if a.len() > 20 {
-                    let edges = stats::sturges_edges(&a, &b, integer);
-                    (stats::histogram(&a, &edges), stats::histogram(&b, &edges))
-                } else {
-                    (ca.clone(), cb.clone())
-                };
-                shares_of(&x, n1, &y, n2, fill)
-            };
+            // Evidently's bins: Sturges' when the reference has more than
+            // 20 values, else one per value (counted once, for PSI and JS).
+            let histograms = (a.len() > 20).then(|| {
+                let edges = stats::sturges_edges(&a, &b, integer);
+                (stats::histogram(&a, &edges), stats::histogram(&b, &edges))
+            });
+            let (x, y) = histograms.as_ref().map_or((&ca, &cb), |(x, y)| (x, y));
+            let binned = |fill: bool| shares_of(x, n1, y, n2, fill);
             let (rp, cp) = binned(true);
             let psi = stats::psi(&rp, &cp);
             let (test, statistic, p, threshold, drifted) = if small {

@@ -74,23 +74,8 @@ pub struct Tested {
 pub fn ks_2samp(a: &Numbers, b: &Numbers) -> Tested {
     let (n1, n2) = (count(a), count(b));
     let (f1, f2) = (n1 as f64, n2 as f64);
-    let (mut i, mut j, mut c1, mut c2) = (0, 0, 0u64, 0u64);
     let (mut max_s, mut min_s) = (f64::NEG_INFINITY, f64::INFINITY);
-    while i < a.len() || j < b.len() {
-        let v = match (a.get(i), b.get(j)) {
-            (Some(x), Some(y)) => x.0.min(y.0),
-            (Some(x), None) => x.0,
-            (None, Some(y)) => y.0,
-            (None, None) => break,
-        };
-        while i < a.len() && a[i].0 <= v {
-            c1 += a[i].1;
-            i += 1;
-        }
-        while j < b.len() && b[j].0 <= v {
-            c2 += b[j].1;
-            j += 1;
-        }
+    for (_, c1, c2) in cdf_steps(a, b) {
         let diff = c1 as f64 / f1 - c2 as f64 / f2;
         max_s = max_s.max(diff);
         min_s = min_s.min(diff);
@@ -126,6 +111,29 @@ pub fn ks_2samp(a: &Numbers, b: &Numbers) -> Tested {
         statistic: d,
         p_value: clip01(kolmogorov_sf(round_even(en), d)),
     }
+}
+
+/// The two samples' distinct values merged in order, each with both
+/// samples' counts at or below it (their empirical CDFs, unnormalized).
+fn cdf_steps<'a>(a: &'a Numbers, b: &'a Numbers) -> impl Iterator<Item = (f64, u64, u64)> + 'a {
+    let (mut i, mut j, mut c1, mut c2) = (0, 0, 0u64, 0u64);
+    std::iter::from_fn(move || {
+        let v = match (a.get(i), b.get(j)) {
+            (Some(x), Some(y)) => x.0.min(y.0),
+            (Some(x), None) => x.0,
+            (None, Some(y)) => y.0,
+            (None, None) => return None,
+        };
+        while i < a.len() && a[i].0 <= v {
+            c1 += a[i].1;
+            i += 1;
+        }
+        while j < b.len() && b[j].0 <= v {
+            c2 += b[j].1;
+            j += 1;
+        }
+        Some((v, c1, c2))
+    })
 }
 
 fn gcd(mut a: u64, mut b: u64) -> u64 {
@@ -675,26 +683,11 @@ pub fn std_dev(sample: &Numbers) -> f64 {
 /// `wasserstein_distance`): the area between their CDFs.
 pub fn wasserstein(a: &Numbers, b: &Numbers) -> f64 {
     let (n1, n2) = (count(a) as f64, count(b) as f64);
-    let (mut i, mut j, mut c1, mut c2) = (0, 0, 0u64, 0u64);
     let mut s = Sum::default();
     let mut previous: Option<(f64, f64)> = None; // (value, |cdf gap|)
-    while i < a.len() || j < b.len() {
-        let v = match (a.get(i), b.get(j)) {
-            (Some(x), Some(y)) => x.0.min(y.0),
-            (Some(x), None) => x.0,
-            (None, Some(y)) => y.0,
-            (None, None) => break,
-        };
+    for (v, c1, c2) in cdf_steps(a, b) {
         if let Some((pv, gap)) = previous {
             s.add(gap * (v - pv));
-        }
-        while i < a.len() && a[i].0 <= v {
-            c1 += a[i].1;
-            i += 1;
-        }
-        while j < b.len() && b[j].0 <= v {
-            c2 += b[j].1;
-            j += 1;
         }
         previous = Some((v, (c1 as f64 / n1 - c2 as f64 / n2).abs()));
     }
