@@ -26,6 +26,7 @@ pub mod error;
 mod fault;
 pub mod fuzzing;
 pub mod job;
+pub mod lineage;
 mod mixed_schema;
 mod named_args;
 pub mod profile_report;

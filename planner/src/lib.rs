@@ -7,6 +7,7 @@
 pub mod asof_join;
 pub mod drift;
 pub mod gather_embeddings;
+pub mod lineage;
 pub mod lowering;
 pub mod near_duplicates;
 pub mod options;

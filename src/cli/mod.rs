@@ -21,6 +21,7 @@ use crate::cli::output::{Format, print_frame};
 use crate::cli::progress::{Progress, human_bytes};
 use crate::datagen::generate_tpch;
 use crate::error::{KilnError, Result};
+use crate::lineage::RunState;
 use crate::session::Session;
 
 /// Kiln: SQL and DataFrames over Parquet, on GPUs (CUDA, wgpu) or the CPU.
@@ -66,6 +67,55 @@ struct SqlInput {
     timeout: Option<String>,
 }
 
+/// Where the OpenLineage events of what runs go (column-level lineage of
+/// every statement that writes or returns rows).
+#[derive(Debug, clap::Args)]
+struct LineageArgs {
+    /// Append the OpenLineage events (START/COMPLETE/FAIL, with column
+    /// lineage) to FILE, as JSON lines.
+    #[arg(long = "lineage", value_name = "FILE")]
+    file: Option<String>,
+
+    /// Post the OpenLineage events to this endpoint (Marquez:
+    /// http://host:5000, posted to /api/v1/lineage). If it is down the job
+    /// goes on, with a warning, and the events go to the --lineage file
+    /// (default kiln-lineage.jsonl).
+    #[arg(long = "lineage-url", value_name = "URL", env = "OPENLINEAGE_URL")]
+    url: Option<String>,
+
+    /// The namespace of the job and of tables without a location.
+    #[arg(
+        long = "lineage-namespace",
+        value_name = "NAMESPACE",
+        env = "OPENLINEAGE_NAMESPACE",
+        default_value = crate::lineage::DEFAULT_NAMESPACE
+    )]
+    namespace: String,
+}
+
+impl LineageArgs {
+    /// The options of a run named `job`; `None` when no events are asked for.
+    fn options(&self, job: String) -> Option<crate::lineage::LineageOptions> {
+        if self.file.is_none() && self.url.is_none() {
+            return None;
+        }
+        Some(crate::lineage::LineageOptions {
+            namespace: self.namespace.clone(),
+            job,
+            file: self.file.as_ref().map(std::path::PathBuf::from),
+            url: self.url.clone(),
+            api_key: std::env::var("OPENLINEAGE_API_KEY").ok(),
+        })
+    }
+}
+
+/// A job's name in lineage events: its file's name without the extension.
+fn job_name(path: Option<&str>) -> String {
+    path.and_then(|p| std::path::Path::new(p).file_stem())
+        .map(|stem| stem.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "sql".to_string())
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run SQL: from -c, from -f, from piped stdin, or at an interactive prompt.
@@ -81,6 +131,9 @@ enum Command {
         /// (ending them with '…'); 0 prints every cell whole.
         #[arg(long, default_value_t = output::DEFAULT_MAX_WIDTH, value_name = "CHARS")]
         max_width: usize,
+
+        #[command(flatten)]
+        lineage: LineageArgs,
     },
     /// Run a SQL job: plan every statement first (nothing runs if one does
     /// not plan), then run them in order, computing a view read by several
@@ -124,6 +177,30 @@ enum Command {
         /// In the table format, cut cells longer than this many characters.
         #[arg(long, default_value_t = output::DEFAULT_MAX_WIDTH, value_name = "CHARS")]
         max_width: usize,
+
+        #[command(flatten)]
+        lineage: LineageArgs,
+    },
+    /// Print a job's column-level lineage without running it: for every
+    /// statement that writes or returns rows, an OpenLineage JobEvent (JSON
+    /// line) with its inputs, its output and, per output column, the input
+    /// columns it comes from and how.
+    Lineage {
+        /// The job's SQL file.
+        job: String,
+
+        /// Register Parquet at LOCATION as table NAME (repeatable).
+        #[arg(long = "table", value_name = "NAME=LOCATION")]
+        tables: Vec<String>,
+
+        /// The namespace of the job and of tables without a location.
+        #[arg(
+            long = "namespace",
+            value_name = "NAMESPACE",
+            env = "OPENLINEAGE_NAMESPACE",
+            default_value = crate::lineage::DEFAULT_NAMESPACE
+        )]
+        namespace: String,
     },
     /// Show the plan of a statement (the last one of a script, after running
     /// the others), or with JOB, a job's DAG without running anything.
@@ -787,11 +864,13 @@ async fn run(cli: Cli) -> Result<()> {
             input,
             format,
             max_width,
+            lineage,
         } => {
             let session = open_session(session(device, cluster), &input).await?;
             let format = output::Printer { format, max_width };
+            let lineage = lineage.options(job_name(input.file.as_deref()));
             match read_sql(&input)? {
-                Some(sql) => run_script(&session, &sql, format).await,
+                Some(sql) => run_script(&session, &sql, format, lineage).await,
                 None => interactive(&session, format).await,
             }
         }
@@ -804,6 +883,7 @@ async fn run(cli: Cli) -> Result<()> {
             timeout,
             format,
             max_width,
+            lineage,
         } => {
             let input = SqlInput {
                 command: None,
@@ -817,8 +897,23 @@ async fn run(cli: Cli) -> Result<()> {
                 report: report.as_deref(),
                 resume,
                 state: state.as_deref(),
+                lineage: lineage.options(job_name(Some(&job))),
             };
             run_job(&session, &job, options, format).await
+        }
+        Command::Lineage {
+            job,
+            tables,
+            namespace,
+        } => {
+            let input = SqlInput {
+                command: None,
+                file: None,
+                tables,
+                timeout: None,
+            };
+            let session = open_session(session(device, cluster), &input).await?;
+            print_lineage(&session, &job, &namespace).await
         }
         Command::Explain {
             job: Some(job),
@@ -1052,6 +1147,43 @@ struct JobOptions<'a> {
     report: Option<&'a str>,
     resume: bool,
     state: Option<&'a str>,
+    lineage: Option<crate::lineage::LineageOptions>,
+}
+
+/// `kiln lineage`: the job's static lineage, a JobEvent per statement that
+/// writes or returns rows, on stdout.
+async fn print_lineage(session: &Session, path: &str, namespace: &str) -> Result<()> {
+    let sql = read_file(path)?;
+    let name = job_name(Some(path));
+    let job = crate::job::Job::plan_with_lineage(session, &sql, namespace, &name).await?;
+    let options = crate::lineage::LineageOptions {
+        namespace: namespace.to_string(),
+        job: name,
+        file: None,
+        url: None,
+        api_key: None,
+    };
+    let total = job.steps.len();
+    let mut lines = String::new();
+    for step in job.steps {
+        let Some(traced) = step.lineage else {
+            continue;
+        };
+        let statement = match std::sync::Arc::try_unwrap(traced) {
+            Ok(traced) => traced.map_err(|e| KilnError::JobStatement {
+                index: step.index,
+                total,
+                source: Box::new(e),
+            })?,
+            Err(_) => return Err(KilnError::Internal("a step's lineage is shared".into())),
+        };
+        lines.push_str(&crate::lineage::job_event(&options, step.index, &statement).to_string());
+        lines.push('\n');
+    }
+    if lines.is_empty() {
+        eprintln!("note: {path} neither writes nor returns rows: no lineage to print");
+    }
+    write_stdout(&lines)
 }
 
 async fn run_job(
@@ -1064,7 +1196,12 @@ async fn run_job(
         report: report_path,
         resume,
         state,
+        lineage,
     } = options;
+    let mut lineage = lineage.map(crate::lineage::RunLineage::new).transpose()?;
+    let names = lineage
+        .as_ref()
+        .map(|l| (l.options().namespace.clone(), l.options().job.clone()));
     let write_report = |report: &crate::job::JobReport| -> Result<()> {
         let Some(report_path) = report_path else {
             return Ok(());
@@ -1076,7 +1213,12 @@ async fn run_job(
     };
     let planned = async {
         let sql = read_file(path)?;
-        let mut job = crate::job::Job::plan(session, &sql).await?;
+        let mut job = match &names {
+            Some((namespace, name)) => {
+                crate::job::Job::plan_with_lineage(session, &sql, namespace, name).await?
+            }
+            None => crate::job::Job::plan(session, &sql).await?,
+        };
         if let Some(state) = state {
             job.set_state(state)?;
         }
@@ -1091,9 +1233,15 @@ async fn run_job(
         Ok::<_, KilnError>(job)
     }
     .await;
+    if let Some(lineage) = lineage.as_mut() {
+        lineage.job(RunState::Start, None).await;
+    }
     let job = match planned {
         Ok(job) => job,
         Err(e) => {
+            if let Some(lineage) = lineage.as_mut() {
+                lineage.job(RunState::Fail, Some(&e)).await;
+            }
             write_report(&crate::job::JobReport::not_run(
                 &session.device().to_string(),
                 &e,
@@ -1102,13 +1250,34 @@ async fn run_job(
         }
     };
     let mut report = crate::job::JobReport::new(&job);
-    let mut result = run_steps(session, &job, &mut report, format).await;
+    let mut result = run_steps(session, &job, &mut report, format, lineage.as_mut()).await;
     if result.is_ok() {
         result = job.remove_state(session).await;
+    }
+    if let Some(lineage) = lineage.as_mut() {
+        match &result {
+            Ok(()) => lineage.job(RunState::Complete, None).await,
+            Err(e) => lineage.job(RunState::Fail, Some(e)).await,
+        }
     }
     report.finish(result.as_ref().err());
     write_report(&report)?;
     result
+}
+
+/// A step's traced lineage, if it has one; a step whose lineage could not
+/// be traced runs without events, with a warning.
+fn traced_lineage(step: &crate::job::Step) -> Option<&crate::lineage::StatementLineage> {
+    match step.lineage.as_deref()? {
+        Ok(statement) => Some(statement),
+        Err(e) => {
+            eprintln!(
+                "warning: step {}: its column lineage could not be traced, so no lineage events are sent for it: {e}",
+                step.index
+            );
+            None
+        }
+    }
 }
 
 async fn run_steps(
@@ -1116,8 +1285,13 @@ async fn run_steps(
     job: &crate::job::Job,
     report: &mut crate::job::JobReport,
     format: output::Printer,
+    mut lineage: Option<&mut crate::lineage::RunLineage>,
 ) -> Result<()> {
     let total = job.steps.len();
+    let traced: Vec<Option<&crate::lineage::StatementLineage>> = match lineage {
+        Some(_) => job.steps.iter().map(traced_lineage).collect(),
+        None => vec![None; total],
+    };
     let terminal = std::io::stderr().is_terminal();
     let outputs = job.outputs().count();
     let mut outputs_done = 0;
@@ -1142,6 +1316,15 @@ async fn run_steps(
                 what.join(", ")
             );
         }
+        if let Some(lineage) = lineage.as_deref_mut() {
+            for &index in &wave {
+                if let Some(statement) = traced[index - 1] {
+                    lineage
+                        .step(index, statement, RunState::Start, None, None)
+                        .await;
+                }
+            }
+        }
         let timeout = session.statement_timeout()?;
         // Each step under the statement timeout; the wave under Ctrl-C and
         // the panic guard.
@@ -1153,15 +1336,49 @@ async fn run_steps(
                 None => job.run_step(session, index).await,
             }
         });
-        let outcomes = guard::guarded(async { Ok(futures::future::join_all(steps).await) }, None)
-            .await
-            .map_err(|e| KilnError::Statement {
-                index: wave.first().copied().unwrap_or(next),
-                total,
-                source: Box::new(e),
-            })?;
+        let outcomes = match guard::guarded(
+            async { Ok(futures::future::join_all(steps).await) },
+            None,
+        )
+        .await
+        {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                let e = KilnError::Statement {
+                    index: wave.first().copied().unwrap_or(next),
+                    total,
+                    source: Box::new(e),
+                };
+                if let Some(lineage) = lineage.as_deref_mut() {
+                    for &index in &wave {
+                        if let Some(statement) = traced[index - 1] {
+                            lineage
+                                .step(index, statement, RunState::Fail, None, Some(&e))
+                                .await;
+                        }
+                    }
+                }
+                return Err(e);
+            }
+        };
         let mut failed = None;
         for (&index, outcome) in wave.iter().zip(outcomes) {
+            if let (Some(lineage), Some(statement)) = (lineage.as_deref_mut(), traced[index - 1]) {
+                match &outcome {
+                    Ok(done) => {
+                        let r = &done.report;
+                        let rows = r.rows.map(|rows| (rows, r.bytes, r.files));
+                        lineage
+                            .step(index, statement, RunState::Complete, rows, None)
+                            .await;
+                    }
+                    Err(e) => {
+                        lineage
+                            .step(index, statement, RunState::Fail, None, Some(e))
+                            .await
+                    }
+                }
+            }
             let outcome = match outcome {
                 Ok(outcome) => outcome,
                 Err(e) => {
@@ -1271,26 +1488,77 @@ fn read_sql(input: &SqlInput) -> Result<Option<String>> {
 
 /// Runs each statement in order, printing the rows of those that return
 /// rows; the first failure (or Ctrl-C, or the statement timeout) ends it.
-async fn run_script(session: &Session, sql: &str, format: output::Printer) -> Result<()> {
+/// With `lineage`, the script is a run and each statement that writes or
+/// returns rows a child run, reported as they start and end.
+async fn run_script(
+    session: &Session,
+    sql: &str,
+    format: output::Printer,
+    lineage: Option<crate::lineage::LineageOptions>,
+) -> Result<()> {
     let statements = session.parse(sql)?;
     if statements.is_empty() {
         return Err(KilnError::EmptySql);
     }
+    let mut lineage = lineage.map(crate::lineage::RunLineage::new).transpose()?;
+    if let Some(lineage) = lineage.as_mut() {
+        lineage.job(RunState::Start, None).await;
+    }
+    let result = run_statements(session, statements, format, lineage.as_mut()).await;
+    if let Some(lineage) = lineage.as_mut() {
+        match &result {
+            Ok(()) => lineage.job(RunState::Complete, None).await,
+            Err(e) => lineage.job(RunState::Fail, Some(e)).await,
+        }
+    }
+    result
+}
+
+async fn run_statements(
+    session: &Session,
+    statements: Vec<datafusion::sql::parser::Statement>,
+    format: output::Printer,
+    mut lineage: Option<&mut crate::lineage::RunLineage>,
+) -> Result<()> {
     let total = statements.len();
     let mut printed = 0;
     for (i, statement) in statements.into_iter().enumerate() {
+        let index = i + 1;
+        let traced = match lineage.as_deref() {
+            Some(lineage) => statement_lineage(session, lineage, &statement, index).await,
+            None => None,
+        };
+        if let (Some(lineage), Some(traced)) = (lineage.as_deref_mut(), &traced) {
+            lineage
+                .step(index, traced, RunState::Start, None, None)
+                .await;
+        }
         let result = guard::guarded(
             run_statement(session, statement, format, printed > 0),
             session.statement_timeout()?,
         )
         .await;
+        if let (Some(lineage), Some(traced)) = (lineage.as_deref_mut(), &traced) {
+            match &result {
+                Ok(_) => {
+                    lineage
+                        .step(index, traced, RunState::Complete, None, None)
+                        .await
+                }
+                Err(e) => {
+                    lineage
+                        .step(index, traced, RunState::Fail, None, Some(e))
+                        .await
+                }
+            }
+        }
         match result {
             Ok(true) => printed += 1,
             Ok(false) => {}
             // In a script, say which statement failed.
             Err(e) if total > 1 => {
                 return Err(KilnError::Statement {
-                    index: i + 1,
+                    index,
                     total,
                     source: Box::new(e),
                 });
@@ -1299,6 +1567,35 @@ async fn run_script(session: &Session, sql: &str, format: output::Printer) -> Re
         }
     }
     Ok(())
+}
+
+/// The lineage of one statement of a script about to run, if it writes or
+/// returns rows; a statement that does not plan gets none (running it
+/// reports why), one whose lineage cannot be traced a warning.
+async fn statement_lineage(
+    session: &Session,
+    lineage: &crate::lineage::RunLineage,
+    statement: &datafusion::sql::parser::Statement,
+    index: usize,
+) -> Option<crate::lineage::StatementLineage> {
+    let plan = session.plan_statement(statement.clone()).await.ok()?;
+    let options = lineage.options();
+    let traced = crate::lineage::statement_lineage(
+        &session.context().state(),
+        &plan,
+        &statement.to_string(),
+        (&options.namespace, &options.job, index),
+        &|_| None,
+    )?;
+    match traced {
+        Ok(traced) => Some(traced),
+        Err(e) => {
+            eprintln!(
+                "warning: statement {index}: its column lineage could not be traced, so no lineage events are sent for it: {e}"
+            );
+            None
+        }
+    }
 }
 
 /// Runs one statement and prints its rows, if it has any (then `true`).
@@ -1328,7 +1625,7 @@ async fn run_statement(
 async fn interactive(session: &Session, format: output::Printer) -> Result<()> {
     let mut prompt = prompt::Prompt::open()?;
     while let Some(sql) = prompt.next_statement()? {
-        match run_script(session, &sql, format).await {
+        match run_script(session, &sql, format, None).await {
             Ok(()) => {}
             Err(e) if e.is_broken_pipe() => {}
             Err(e) => eprintln!("error: {}", e.one_line()),

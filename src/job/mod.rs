@@ -148,6 +148,11 @@ pub struct Step {
     /// resumed run skips it ([`Job::check_resume`]).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub committed: bool,
+    /// What it writes or returns and its column lineage, when the job was
+    /// planned with [`Job::plan_with_lineage`] and it writes or returns
+    /// rows; the error when its lineage could not be traced.
+    #[serde(skip)]
+    pub lineage: Option<Arc<Result<crate::lineage::StatementLineage>>>,
     #[serde(skip)]
     source: Source,
 }
@@ -214,6 +219,27 @@ impl Job {
     /// Parses and plans every statement of `sql` (see the module's doc);
     /// runs nothing.
     pub async fn plan(session: &Session, sql: &str) -> Result<Job> {
+        Self::plan_traced(session, sql, None).await
+    }
+
+    /// [`Job::plan`], also tracing the column lineage of every statement
+    /// that writes or returns rows (into [`Step::lineage`]): datasets
+    /// without a location are named in `namespace`, a query's rows
+    /// `JOB.stepN`.
+    pub async fn plan_with_lineage(
+        session: &Session,
+        sql: &str,
+        namespace: &str,
+        job: &str,
+    ) -> Result<Job> {
+        Self::plan_traced(session, sql, Some((namespace, job))).await
+    }
+
+    async fn plan_traced(
+        session: &Session,
+        sql: &str,
+        lineage: Option<(&str, &str)>,
+    ) -> Result<Job> {
         let statements = dag::parse_naming_statement(session, sql)?;
         let total = statements.len();
         let scratch = scratch_context(session).await?;
@@ -230,7 +256,7 @@ impl Job {
                 source: Box::new(source),
             };
             let (step, inputs) = plan_step(
-                session, &scratch, index, statement, &made, &views, &locations,
+                session, &scratch, index, statement, &made, &views, &locations, lineage,
             )
             .await
             .map_err(failed)?;
@@ -343,6 +369,7 @@ impl Job {
             read_by: Vec::new(),
             device_operators,
             committed: false,
+            lineage: None,
             source: Source::Frame(plan),
         });
         dag::link_readers(&mut self.steps);
@@ -891,6 +918,7 @@ fn numbers(indices: &[usize]) -> String {
 
 /// Plans one statement in the job's planning context, and makes what it
 /// creates exist there for the statements after it.
+#[allow(clippy::too_many_arguments)]
 async fn plan_step(
     session: &Session,
     scratch: &SessionContext,
@@ -899,11 +927,30 @@ async fn plan_step(
     made: &HashMap<String, usize>,
     views: &std::collections::HashSet<String>,
     locations: &HashMap<String, String>,
+    lineage: Option<(&str, &str)>,
 ) -> Result<(Step, Vec<String>)> {
     let sql = statement.to_string();
     let plan = session
         .plan_statement_in(scratch, statement.clone())
         .await?;
+    // An external table's location; a COPY target of an earlier step,
+    // read through the stand-in named after it.
+    let location_of = |table: &str| {
+        locations.get(table).cloned().or_else(|| {
+            let location = normalized(table);
+            made.contains_key(&location).then_some(location)
+        })
+    };
+    let lineage = lineage.and_then(|(namespace, job)| {
+        crate::lineage::statement_lineage(
+            &scratch.state(),
+            &plan,
+            &sql,
+            (namespace, job, index),
+            &location_of,
+        )
+        .map(Arc::new)
+    });
     let inputs = dag::input_versions(scratch, &plan, &|_| false).await?;
     let reads = dag::reads(&plan, &|name| views.contains(name));
     let mut after = {
@@ -1001,6 +1048,7 @@ async fn plan_step(
         read_by: Vec::new(),
         device_operators,
         committed: false,
+        lineage,
         source: Source::Sql(statement),
     };
     Ok((step, inputs))
