@@ -74,14 +74,14 @@ struct LineageArgs {
     /// Append the OpenLineage events (START/COMPLETE/FAIL, with column
     /// lineage) to FILE, as JSON lines.
     #[arg(long = "lineage", value_name = "FILE")]
-    file: Option<String>,
+    lineage_file: Option<String>,
 
     /// Post the OpenLineage events to this endpoint (Marquez:
     /// http://host:5000, posted to /api/v1/lineage). If it is down the job
     /// goes on, with a warning, and the events go to the --lineage file
     /// (default kiln-lineage.jsonl).
     #[arg(long = "lineage-url", value_name = "URL", env = "OPENLINEAGE_URL")]
-    url: Option<String>,
+    lineage_url: Option<String>,
 
     /// The namespace of the job and of tables without a location.
     #[arg(
@@ -90,20 +90,20 @@ struct LineageArgs {
         env = "OPENLINEAGE_NAMESPACE",
         default_value = crate::lineage::DEFAULT_NAMESPACE
     )]
-    namespace: String,
+    lineage_namespace: String,
 }
 
 impl LineageArgs {
     /// The options of a run named `job`; `None` when no events are asked for.
     fn options(&self, job: String) -> Option<crate::lineage::LineageOptions> {
-        if self.file.is_none() && self.url.is_none() {
+        if self.lineage_file.is_none() && self.lineage_url.is_none() {
             return None;
         }
         Some(crate::lineage::LineageOptions {
-            namespace: self.namespace.clone(),
+            namespace: self.lineage_namespace.clone(),
             job,
-            file: self.file.as_ref().map(std::path::PathBuf::from),
-            url: self.url.clone(),
+            file: self.lineage_file.as_ref().map(std::path::PathBuf::from),
+            url: self.lineage_url.clone(),
             api_key: std::env::var("OPENLINEAGE_API_KEY").ok(),
         })
     }

@@ -17,6 +17,7 @@ mod fuzz_corpus;
 mod gpu_transforms;
 mod hardening;
 mod job;
+mod lineage;
 mod oom;
 mod profile;
 mod s3;
