@@ -176,13 +176,8 @@ fn the_22_tpch_queries_have_the_hand_written_lineage() {
         assert_eq!(events.len(), 1, "{name}: {}", r.stdout);
         let event = &events[0];
         assert_eq!(event["job"]["name"], format!("{name}.step1"));
-        assert_eq!(
-            event["job"]["facets"]["sql"]["query"]
-                .as_str()
-                .unwrap()
-                .is_empty(),
-            false
-        );
+        let sql = event["job"]["facets"]["sql"]["query"].as_str().unwrap();
+        assert!(sql.to_lowercase().contains("select"), "{sql}");
         // Every input field is a column of its TPC-H table's files.
         let lineage = &event["outputs"][0]["facets"]["columnLineage"];
         let mut inputs: Vec<&Value> = lineage["dataset"].as_array().unwrap().iter().collect();
