@@ -72,6 +72,13 @@ pub trait KilnDataFrameExt: Sized {
     /// threshold, the verdict and PSI. Computed when the frame runs.
     fn drift(self, current: DataFrame, columns: &[&str]) -> Result<Self>;
 
+    /// Where each column of these rows comes from: per output column, the
+    /// input columns (dataset, column) it is computed from and how
+    /// (identity, transformation, aggregation; conditional, window), and
+    /// what decides the rows (filter, join, group by, sort), traced on the
+    /// optimized plan (see [`crate::lineage`]). Runs nothing.
+    fn lineage(&self) -> Result<kiln_planner::lineage::Lineage>;
+
     /// The as-of (point-in-time) join of these rows (events) with `right`
     /// (features): for each row, the latest `right` row with equal keys
     /// `by` (left name, right name) whose time `on.1` is at or before the
@@ -263,6 +270,11 @@ impl KilnDataFrameExt for DataFrame {
         let (_, right) = right.into_parts();
         let plan = kiln_planner::asof_join::asof_join_plan(left, right, by, on, options)?;
         Ok(DataFrame::new(state, plan))
+    }
+
+    fn lineage(&self) -> Result<kiln_planner::lineage::Lineage> {
+        let (state, plan) = self.clone().into_parts();
+        crate::lineage::plan_lineage(&state, &plan, crate::lineage::DEFAULT_NAMESPACE)
     }
 
     fn drift(self, current: DataFrame, columns: &[&str]) -> Result<Self> {

@@ -118,20 +118,34 @@ pub fn statement_lineage(
         _ => named(&format!("{job}.step{index}")),
     };
     let input = written(plan).unwrap_or(plan);
-    let resolve = |table: &TableReference, source: &Arc<dyn TableSource>| {
-        source_dataset(table, source, namespace, location_of)
-    };
-    let traced = state
-        .optimize(input)
-        .map_err(KilnError::from)
-        .and_then(|optimized| column_lineage(&optimized, &resolve).map_err(KilnError::from))
-        .map(|lineage| StatementLineage {
+    let traced =
+        traced_lineage(state, input, namespace, location_of).map(|lineage| StatementLineage {
             sql: sql.to_string(),
             output,
             schema: Arc::new(input.schema().as_arrow().clone()),
             lineage,
         });
     Some(traced)
+}
+
+/// The column lineage of the rows `plan` computes, traced on its plan as
+/// `state` optimizes it; tables without a location are named in
+/// `namespace` (a DataFrame's [`crate::KilnDataFrameExt::lineage`]).
+pub fn plan_lineage(state: &SessionState, plan: &LogicalPlan, namespace: &str) -> Result<Lineage> {
+    traced_lineage(state, plan, namespace, &|_| None)
+}
+
+fn traced_lineage(
+    state: &SessionState,
+    plan: &LogicalPlan,
+    namespace: &str,
+    location_of: &dyn Fn(&str) -> Option<String>,
+) -> Result<Lineage> {
+    let resolve = |table: &TableReference, source: &Arc<dyn TableSource>| {
+        source_dataset(table, source, namespace, location_of)
+    };
+    let optimized = state.optimize(plan)?;
+    Ok(column_lineage(&optimized, &resolve)?)
 }
 
 /// A location's dataset, by OpenLineage's naming (`file` + absolute path,
@@ -221,7 +235,8 @@ fn input_fields(deps: &Deps) -> Vec<Value> {
         .collect()
 }
 
-fn column_lineage_facet(lineage: &Lineage) -> Value {
+/// The OpenLineage `columnLineage` facet of `lineage`.
+pub fn column_lineage_facet(lineage: &Lineage) -> Value {
     let fields: serde_json::Map<String, Value> = lineage
         .columns
         .iter()

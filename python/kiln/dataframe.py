@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 from typing import TYPE_CHECKING, Any, Sequence
 
 from . import _kiln
@@ -159,6 +160,16 @@ class DataFrame:
         vector ``dimension``, ``norm_*`` and ``zero_vectors``; and the
         ``top`` most frequent values with their counts."""
         return DataFrame(self._frame.profile(top))
+
+    def lineage(self) -> dict[str, Any]:
+        """Where each column of these rows comes from, as OpenLineage's
+        ``columnLineage`` facet: ``fields`` maps each output column to its
+        ``inputFields`` (``namespace``, ``name``: the dataset, ``field``, and
+        ``transformations``: ``type`` DIRECT with ``subtype`` IDENTITY,
+        TRANSFORMATION or AGGREGATION, or INDIRECT with CONDITIONAL or
+        WINDOW); ``dataset`` lists what decides the rows (INDIRECT FILTER,
+        JOIN, GROUP_BY, SORT). Traced on the optimized plan; runs nothing."""
+        return json.loads(self._frame.lineage())
 
     def join_asof(
         self,

@@ -481,6 +481,13 @@ impl PyDataFrame {
         Ok(self.derive(self.cloned().drift(current.cloned(), &columns).py_err()?))
     }
 
+    /// The column lineage of these rows, as the JSON of OpenLineage's
+    /// `columnLineage` facet.
+    fn lineage(&self) -> PyResult<String> {
+        let lineage = self.cloned().lineage().py_err()?;
+        Ok(kiln::lineage::column_lineage_facet(&lineage).to_string())
+    }
+
     /// The plan as text, with where each operator runs (GPU stage or CPU,
     /// and why); `analyze` runs the query and adds its metrics.
     #[pyo3(signature = (analyze = false, verbose = false))]

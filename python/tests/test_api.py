@@ -227,6 +227,23 @@ def test_drift(session: kiln.Session) -> None:
         session.table("ref").drift(current)  # type: ignore[arg-type]
 
 
+def test_lineage(session: kiln.Session) -> None:
+    session.register("orders", pa.table({"id": [1, 2], "price": [3.0, 4.0], "region": ["n", "s"]}))
+    frame = session.sql(
+        "SELECT region, sum(price) AS total, md5(region) AS h FROM orders WHERE price > 1 GROUP BY region"
+    )
+    facet = frame.lineage()
+
+    def uses(inputs: list) -> set:
+        return {(i["name"], i["field"], t["subtype"], t["masking"]) for i in inputs for t in i["transformations"]}
+
+    assert uses(facet["fields"]["region"]["inputFields"]) == {("orders", "region", "IDENTITY", False)}
+    assert uses(facet["fields"]["total"]["inputFields"]) == {("orders", "price", "AGGREGATION", False)}
+    assert uses(facet["fields"]["h"]["inputFields"]) == {("orders", "region", "TRANSFORMATION", True)}
+    assert uses(facet["dataset"]) == {("orders", "price", "FILTER", False), ("orders", "region", "GROUP_BY", False)}
+    assert {i["namespace"] for i in facet["dataset"]} == {"kiln"}
+
+
 def test_join_asof_matches_pandas(session: kiln.Session) -> None:
     import datetime
 

@@ -379,6 +379,55 @@ SELECT e.e, f.f FROM events e ASOF JOIN features f ON e.k = f.fk AND e.ts >= f.f
     );
 }
 
+#[tokio::test]
+async fn a_dataframe_has_lineage() {
+    use kiln::KilnDataFrameExt;
+    use kiln_planner::lineage::{Transform, Use};
+    let dir = tempdir();
+    let people = dir.path().join("people.parquet");
+    write_people(&people);
+    let session = kiln::Session::new().unwrap();
+    let frame = session
+        .read_parquet(&s(&people))
+        .await
+        .unwrap()
+        .filter(datafusion::prelude::col("score").gt(datafusion::prelude::lit(0.0)))
+        .unwrap()
+        .select(vec![
+            datafusion::prelude::col("id"),
+            (datafusion::prelude::col("score") * datafusion::prelude::lit(2.0)).alias("double"),
+        ])
+        .unwrap();
+    let lineage = frame.lineage().unwrap();
+    let only = |deps: &kiln_planner::lineage::Deps| -> Vec<(String, Vec<Use>)> {
+        deps.iter()
+            .map(|(f, uses)| {
+                assert!(f.dataset.name.ends_with("people.parquet"), "{f:?}");
+                assert_eq!(f.dataset.namespace, "file");
+                (f.field.clone(), uses.iter().copied().collect())
+            })
+            .collect()
+    };
+    let names: Vec<&str> = lineage.columns.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["id", "double"]);
+    assert_eq!(
+        only(&lineage.columns[0].1),
+        [("id".to_string(), vec![Use::of(Transform::Identity)])]
+    );
+    assert_eq!(
+        only(&lineage.columns[1].1),
+        [(
+            "score".to_string(),
+            vec![Use::of(Transform::Transformation)]
+        )]
+    );
+    assert_eq!(
+        only(&lineage.dataset),
+        [("score".to_string(), vec![Use::of(Transform::Filter)])]
+    );
+    assert_eq!(lineage.inputs.len(), 1);
+}
+
 /// What a run reported, in order: (eventType, job name).
 fn sequence(events: &[Value]) -> Vec<(String, String)> {
     events
