@@ -163,7 +163,163 @@ pub fn client_state(
             .with_runtime_env(runtime),
     )
     .build();
-    Ok(state.upgrade_for_ballista(format!("http://{}:{}", url.host, url.port))?)
+    let local = Arc::clone(state.query_planner());
+    let state = state.upgrade_for_ballista(format!("http://{}:{}", url.host, url.port))?;
+    let planner = Arc::new(ClientPlanner {
+        inner: Arc::clone(state.query_planner()),
+        local,
+    });
+    Ok(SessionStateBuilder::new_from_existing(state)
+        .with_query_planner(planner)
+        .build())
+}
+
+/// A cluster client's query planner: Ballista's, after computing here the
+/// tables whose rows are the result of queries of their own (`profile()`,
+/// `drift()`; a table provider holding plans, which no codec carries). Their
+/// queries — the scans and aggregates — run on the cluster through this same
+/// planner; their few result rows travel to it as VALUES. A plan that reads
+/// only rows already in this process (in-memory tables: results the client
+/// holds, tables registered from Arrow data) runs here, with Kiln's local
+/// planner: nothing to distribute, and no codec carries such a table.
+#[derive(Debug)]
+struct ClientPlanner {
+    inner: Arc<dyn datafusion::execution::context::QueryPlanner + Send + Sync>,
+    local: Arc<dyn datafusion::execution::context::QueryPlanner + Send + Sync>,
+}
+
+#[async_trait::async_trait]
+impl datafusion::execution::context::QueryPlanner for ClientPlanner {
+    async fn create_physical_plan(
+        &self,
+        plan: &datafusion::logical_expr::LogicalPlan,
+        state: &dyn datafusion::catalog::Session,
+    ) -> datafusion::error::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        let plan = computed_tables_inlined(plan, state).await?;
+        match reads_only_memory(&plan) {
+            true => self.local.create_physical_plan(&plan, state).await,
+            false => self.inner.create_physical_plan(&plan, state).await,
+        }
+    }
+}
+
+/// Whether every table `plan` reads (one at least) is in memory here.
+fn reads_only_memory(plan: &datafusion::logical_expr::LogicalPlan) -> bool {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    use datafusion::logical_expr::LogicalPlan;
+    let (mut memory, mut other) = (0, 0);
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            let in_memory =
+                datafusion::datasource::source_as_provider(&scan.source).is_ok_and(|p| {
+                    p.downcast_ref::<datafusion::datasource::MemTable>()
+                        .is_some()
+                });
+            match in_memory {
+                true => memory += 1,
+                false => other += 1,
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    memory > 0 && other == 0
+}
+
+/// Whether a table's rows are computed by queries of its own.
+fn is_computed(source: &Arc<dyn datafusion::logical_expr::TableSource>) -> bool {
+    datafusion::datasource::source_as_provider(source).is_ok_and(|p| {
+        p.downcast_ref::<kiln_planner::profile::ProfileTable>()
+            .is_some()
+            || p.downcast_ref::<kiln_planner::drift::DriftTable>()
+                .is_some()
+    })
+}
+
+/// `plan` with each scan of a computed table replaced by its rows.
+async fn computed_tables_inlined(
+    plan: &datafusion::logical_expr::LogicalPlan,
+    state: &dyn datafusion::catalog::Session,
+) -> datafusion::error::Result<datafusion::logical_expr::LogicalPlan> {
+    use datafusion::common::tree_node::{Transformed, TreeNodeRecursion};
+    use datafusion::logical_expr::LogicalPlan;
+    let mut scans = Vec::new();
+    plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && is_computed(&scan.source)
+        {
+            scans.push(scan.clone());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    if scans.is_empty() {
+        return Ok(plan.clone());
+    }
+    let mut computed = Vec::with_capacity(scans.len());
+    for scan in &scans {
+        computed.push(rows_of(scan, state).await?);
+    }
+    let inlined = plan.clone().transform_up_with_subqueries(|node| {
+        let LogicalPlan::TableScan(scan) = &node else {
+            return Ok(Transformed::no(node));
+        };
+        match scans.iter().position(|s| s == scan) {
+            Some(i) => Ok(Transformed::yes(computed[i].clone())),
+            None => Ok(Transformed::no(node)),
+        }
+    })?;
+    Ok(inlined.data)
+}
+
+/// A computed table's rows, as the plan of its scan: VALUES (no rows: an
+/// empty relation) under the table's name, projected and limited as the
+/// scan was.
+async fn rows_of(
+    scan: &datafusion::logical_expr::TableScan,
+    state: &dyn datafusion::catalog::Session,
+) -> datafusion::error::Result<datafusion::logical_expr::LogicalPlan> {
+    use datafusion::common::{DFSchema, ScalarValue};
+    use datafusion::logical_expr::{EmptyRelation, Expr, LogicalPlan, LogicalPlanBuilder};
+    let provider = datafusion::datasource::source_as_provider(&scan.source)?;
+    let exec = provider
+        .scan(state, scan.projection.as_ref(), &[], scan.fetch)
+        .await?;
+    let schema = exec.schema();
+    let batches = datafusion::physical_plan::collect(exec, state.task_ctx()).await?;
+    let mut rows: Vec<Vec<Expr>> = Vec::new();
+    for batch in &batches {
+        for r in 0..batch.num_rows() {
+            let row = batch
+                .columns()
+                .iter()
+                .map(|c| Ok(Expr::Literal(ScalarValue::try_from_array(c, r)?, None)))
+                .collect::<datafusion::error::Result<Vec<_>>>()?;
+            rows.push(row);
+        }
+    }
+    if let Some(fetch) = scan.fetch {
+        rows.truncate(fetch);
+    }
+    let unqualified = Arc::new(DFSchema::try_from(schema.as_ref().clone())?);
+    let values = match rows.is_empty() {
+        true => LogicalPlanBuilder::from(LogicalPlan::EmptyRelation(EmptyRelation {
+            produce_one_row: false,
+            schema: unqualified,
+        })),
+        // VALUES names its columns column1, column2, ... (also where the
+        // cluster decodes it): named after the table's columns on top.
+        false => {
+            let values = LogicalPlanBuilder::values_with_schema(rows, &unqualified)?.build()?;
+            let named: Vec<Expr> = values
+                .schema()
+                .columns()
+                .into_iter()
+                .zip(schema.fields())
+                .map(|(column, field)| Expr::Column(column).alias(field.name()))
+                .collect();
+            LogicalPlanBuilder::from(values).project(named)?
+        }
+    };
+    values.alias(scan.table_name.clone())?.build()
 }
 
 /// Sends the log lines of a cluster role (Ballista's scheduler and

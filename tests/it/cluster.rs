@@ -753,3 +753,93 @@ fn as_of_joins_give_the_same_results_on_a_cluster() {
         assert_eq!(want.stdout, got.stdout, "{statement}");
     }
 }
+
+#[test]
+fn profile_and_drift_give_the_same_results_on_a_cluster() {
+    let cluster = shared();
+    let dir = tempdir();
+    // 50 distinct values per numeric column: the t-digest quantiles are
+    // exact, whatever order the partial digests merge in.
+    let setup = format!(
+        "COPY (SELECT i AS id, CAST(i % 50 AS DOUBLE) AS x, 'k' || (i % 7) AS k FROM generate_series(1, 3000) t(i)) \
+         TO '{0}/ref.parquet';\n\
+         COPY (SELECT i AS id, CAST(i % 50 AS DOUBLE) + 4 AS x, 'k' || (i % 5) AS k FROM generate_series(1, 2000) t(i)) \
+         TO '{0}/cur.parquet';\n",
+        s(dir.path())
+    );
+    let written = run(kiln().args(["sql", "-c", &setup]));
+    assert_eq!(written.code, 0, "{}", written.stderr);
+    let ddl = format!(
+        "CREATE EXTERNAL TABLE ref STORED AS PARQUET LOCATION '{0}/ref.parquet';\n\
+         CREATE EXTERNAL TABLE cur STORED AS PARQUET LOCATION '{0}/cur.parquet';\n",
+        s(dir.path())
+    );
+    // Strings are Utf8 on a cluster (Ballista's sessions do not force view
+    // types), Utf8View locally: the profile's data_type differs, the rest
+    // is the same.
+    let statements = [
+        "SELECT * EXCLUDE (data_type) FROM profile('ref')",
+        "SELECT * FROM drift('ref', 'cur')",
+        // A computed table inside a larger query, and filtered.
+        "SELECT d.column, d.drifted, p.rows FROM drift('ref', 'cur') d \
+         JOIN profile('cur') p ON d.column = p.column WHERE d.column <> 'id' ORDER BY d.column",
+    ];
+    for (n, statement) in statements.iter().enumerate() {
+        let (local, remote) = scripts(dir.path(), &format!("p{n}"), &format!("{ddl}{statement};"));
+        let want = sql_csv(&local, None);
+        assert_eq!(want.code, 0, "{statement} locally: {}", want.stderr);
+        let got = sql_csv(&remote, Some(&cluster.url));
+        assert_eq!(got.code, 0, "{statement} on the cluster: {}", got.stderr);
+        assert!(want.stdout.lines().count() >= 3, "{}", want.stdout);
+        assert!(
+            same_rows(&want.stdout, &got.stdout),
+            "{statement} differs on the cluster:\nlocal:\n{}\ncluster:\n{}",
+            want.stdout,
+            got.stdout
+        );
+    }
+    // The commands, likewise.
+    let table = |name: &str| format!("{name}={}/{name}.parquet", s(dir.path()));
+    for args in [
+        vec![
+            "profile",
+            "ref",
+            "--table",
+            &table("ref"),
+            "--format",
+            "csv",
+        ],
+        vec![
+            "drift",
+            "ref",
+            "cur",
+            "--table",
+            &table("ref"),
+            "--table",
+            &table("cur"),
+            "--format",
+            "csv",
+        ],
+    ] {
+        // Without the profile's data_type (the second field).
+        let rows = |out: &str| -> String {
+            out.lines()
+                .map(|l| match args[0] {
+                    "profile" => {
+                        let mut fields = l.splitn(3, ',');
+                        let column = fields.next().unwrap_or_default();
+                        format!("{column},{}\n", fields.nth(1).unwrap_or_default())
+                    }
+                    _ => format!("{l}\n"),
+                })
+                .collect()
+        };
+        let want = run(kiln().args(&args));
+        assert_eq!(want.code, 0, "{args:?}: {}", want.stderr);
+        let got = run(kiln().args(["--cluster", &cluster.url]).args(&args));
+        assert_eq!(got.code, 0, "{args:?} on the cluster: {}", got.stderr);
+        let (want, got) = (rows(&want.stdout), rows(&got.stdout));
+        assert!(want.lines().count() >= 3, "{want}");
+        assert!(same_rows(&want, &got), "{args:?}:\n{want}\n{got}");
+    }
+}
