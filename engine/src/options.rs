@@ -94,6 +94,12 @@ config_namespace! {
         /// steps that do not read what another writes (nor write what
         /// another reads) run together; 1 runs every step alone.
         pub job_concurrent_outputs: usize, default = 4
+        /// An as-of join whose right (feature) side has at most this many
+        /// rows by its statistics (Parquet's row counts) reads that side
+        /// into memory and looks each event up in it, without sorting the
+        /// events; a larger or uncounted side is sorted and merged with the
+        /// events (spilling). 0 always sorts and merges.
+        pub asof_probe_rows: usize, default = 10_000_000
         /// The deepest nesting of expressions (`1+1+...`, `a AND b AND ...`)
         /// and set operations (`UNION ALL` chains) a statement may have;
         /// deeper statements are refused before planning, whose time grows

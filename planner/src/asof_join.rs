@@ -20,7 +20,7 @@ use datafusion::logical_expr::{
 use datafusion::optimizer::AnalyzerRule;
 use datafusion::physical_plan::ExecutionPlan;
 use kiln_engine::exec::asof_join::{float_time, is_time_type};
-use kiln_engine::exec::{AsofJoinExec, AsofSpec, Tolerance};
+use kiln_engine::exec::{AsofJoinExec, AsofSpec, AsofStrategy, Tolerance};
 
 /// How far back a feature row may lie behind an event.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -481,19 +481,32 @@ impl AsofJoinNode {
         })
     }
 
-    /// The engine's operator over the planned inputs (left, right).
-    pub fn plan(&self, inputs: &[Arc<dyn ExecutionPlan>]) -> Result<Arc<dyn ExecutionPlan>> {
+    /// The engine's operator over the planned inputs (left, right): it
+    /// probes an in-memory index of the right side when its statistics
+    /// count at most `probe_rows` rows (`kiln.asof_probe_rows`), else sorts
+    /// and merges both sides.
+    pub fn plan(
+        &self,
+        inputs: &[Arc<dyn ExecutionPlan>],
+        probe_rows: usize,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         let [left, right] = inputs else {
             return plan_err!("AsofJoin takes two inputs, got {}", inputs.len());
         };
         let (spec, _) = self.spec();
         let schema = Arc::new(self.schema.as_arrow().clone());
-        Ok(Arc::new(AsofJoinExec::try_new(
-            Arc::clone(left),
-            Arc::clone(right),
-            spec,
-            schema,
-        )?))
+        use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
+        let rows = StatisticsContext::new()
+            .compute(right.as_ref(), &StatisticsArgs::new())?
+            .num_rows;
+        let strategy = match rows.get_value() {
+            Some(&n) if probe_rows > 0 && n <= probe_rows => AsofStrategy::Probe,
+            _ => AsofStrategy::Merge,
+        };
+        Ok(Arc::new(
+            AsofJoinExec::try_new(Arc::clone(left), Arc::clone(right), spec, schema)?
+                .with_strategy(strategy),
+        ))
     }
 }
 

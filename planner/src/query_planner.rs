@@ -101,7 +101,8 @@ impl ExtensionPlanner for KilnExtensionPlanner {
             .as_any()
             .downcast_ref::<crate::asof_join::AsofJoinNode>()
         {
-            return node.plan(physical_inputs).map(Some);
+            let probe_rows = kiln_engine::options::KilnOptions::of(state).asof_probe_rows;
+            return node.plan(physical_inputs, probe_rows).map(Some);
         }
         if let Some(node) = node.as_any().downcast_ref::<KnnJoinNode>() {
             return node.plan(physical_inputs, state).map(Some);

@@ -27,7 +27,8 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion_proto::logical_plan::LogicalExtensionCodec;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use kiln_engine::exec::{
-    AsofJoinExec, AsofSpec, KnnJoinExec, SearchSpec, Tolerance, TopKMode, Unscored, VectorTopKExec,
+    AsofJoinExec, AsofSpec, AsofStrategy, KnnJoinExec, SearchSpec, Tolerance, TopKMode, Unscored,
+    VectorTopKExec,
 };
 use kiln_kernels::DeviceInfo;
 use kiln_kernels::ops::vector::Metric;
@@ -452,12 +453,14 @@ impl PhysicalExtensionCodec for KilnPhysicalCodec {
                     ));
                 }
                 let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
-                Ok(Arc::new(AsofJoinExec::try_new(
-                    Arc::clone(left),
-                    Arc::clone(right),
-                    spec,
-                    schema,
-                )?))
+                let strategy = match v.get("probe").and_then(Value::as_bool) {
+                    Some(true) => AsofStrategy::Probe,
+                    _ => AsofStrategy::Merge,
+                };
+                Ok(Arc::new(
+                    AsofJoinExec::try_new(Arc::clone(left), Arc::clone(right), spec, schema)?
+                        .with_strategy(strategy),
+                ))
             }
             (kind, inputs) => Err(plan_datafusion_err!(
                 "unknown Kiln operator {kind} with {} inputs",
@@ -509,6 +512,7 @@ impl PhysicalExtensionCodec for KilnPhysicalCodec {
                     .map(|f| json!([f.name(), f.is_nullable()]))
                     .collect(),
             );
+            payload["probe"] = Value::Bool(e.strategy() == AsofStrategy::Probe);
             write(buf, ASOF_JOIN_EXEC, payload);
             return Ok(());
         }

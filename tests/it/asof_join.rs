@@ -83,14 +83,26 @@ async fn asof_join_agrees_with_duckdb_and_pandas() {
     let Some(reference) = reference(dir.path()) else {
         return;
     };
+    // Both strategies: the sort-merge (kiln.asof_probe_rows = 0) and the
+    // probe of an in-memory index of the features (these few rows).
+    for (strategy, probe_rows) in [("merge", 0), ("probe", 10_000_000)] {
+        agrees(dir.path(), &reference, strategy, probe_rows).await;
+    }
+}
+
+async fn agrees(dir: &std::path::Path, reference: &Value, strategy: &str, probe_rows: usize) {
     // Several partitions, so that the key partitioning is exercised.
     let session = Session::builder()
         .device("cpu".parse().unwrap())
         .target_partitions(4)
         .build()
         .unwrap();
+    session
+        .sql(&format!("SET kiln.asof_probe_rows = {probe_rows}"))
+        .await
+        .unwrap();
     let read = |name: &str| {
-        let path = s(&dir.path().join(format!("{name}.parquet")));
+        let path = s(&dir.join(format!("{name}.parquet")));
         let session = &session;
         async move { session.read_parquet(&path).await.unwrap() }
     };
@@ -183,8 +195,22 @@ async fn asof_join_agrees_with_duckdb_and_pandas() {
         let events = read(events).await;
         let features = read(features).await;
         let joined = events.asof_join(features, &by, on, options).unwrap();
+        let plan = joined
+            .clone()
+            .explain(false, false)
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let text = kiln::cli::output::plan_text(plan).unwrap();
+        assert_eq!(
+            text.contains("AsofJoinExec: probe"),
+            strategy == "probe",
+            "{case}, {strategy}: {text}"
+        );
         let got = matches(joined).await;
-        let want = expected(&reference, case);
+        let want = expected(reference, case);
+        let case = format!("{case} ({strategy})");
         assert_eq!(got.len(), want.len(), "{case}: rows");
         let wrong: Vec<_> = want
             .iter()
@@ -351,10 +377,13 @@ async fn asof_join_in_sql_as_duckdb_and_snowflake_spell_it() {
         .await
         .unwrap();
     let text = kiln::cli::output::plan_text(plan).unwrap();
+    // Parquet counts the features' rows: few enough to probe, the events
+    // neither sorted nor repartitioned.
     assert!(
-        text.contains("AsofJoinExec: on=[k = fk], ts >= fts"),
+        text.contains("AsofJoinExec: probe, on=[k = fk], ts >= fts"),
         "{text}"
     );
+    assert!(!text.contains("SortExec"), "{text}");
     assert!(
         !text.contains("NestedLoopJoinExec") && !text.contains("HashJoinExec"),
         "{text}"

@@ -41,8 +41,8 @@ use datafusion::physical_plan::{
     InputDistributionRequirements, PlanProperties, ReplaceChildrenOptions,
     SendableRecordBatchStream,
 };
-use futures::StreamExt;
 use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 
 /// How far back a match may lie: in the time column's own unit (days for
 /// dates, the timestamp's unit for timestamps).
@@ -101,6 +101,18 @@ pub fn is_time_type(t: &DataType) -> bool {
         )
 }
 
+/// How an as-of join finds each left row's match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsofStrategy {
+    /// Both sides partitioned on the keys and sorted by (keys, time), then
+    /// merged: sorts spill, so neither side need fit in memory.
+    Merge,
+    /// The right side read whole into memory and indexed by key and time;
+    /// each left row looked up by a binary search, in the left's own order
+    /// and partitions ([`super::asof_probe`]): the left is not sorted.
+    Probe,
+}
+
 /// The as-of join of `left` (events) and `right` (features).
 #[derive(Debug)]
 pub struct AsofJoinExec {
@@ -108,6 +120,10 @@ pub struct AsofJoinExec {
     right: Arc<dyn ExecutionPlan>,
     spec: AsofSpec,
     schema: SchemaRef,
+    strategy: AsofStrategy,
+    /// The probe strategy's index of the right side, built once for all
+    /// left partitions.
+    index: Arc<tokio::sync::OnceCell<Arc<super::asof_probe::Index>>>,
     cache: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
@@ -162,29 +178,54 @@ impl AsofJoinExec {
         if schema.fields().len() != ls.fields().len() + spec.right_output.len() {
             return internal_err!("as-of join: the output schema does not fit the inputs");
         }
-        let partitioning = if spec.left_keys.is_empty() {
-            datafusion::physical_plan::Partitioning::UnknownPartitioning(1)
-        } else {
-            left.output_partitioning().clone()
-        };
-        let cache = Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(Arc::clone(&schema)),
-            partitioning,
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        ));
+        let cache = Self::properties_of(&left, &spec, &schema, AsofStrategy::Merge);
         Ok(AsofJoinExec {
             left,
             right,
             spec,
             schema,
+            strategy: AsofStrategy::Merge,
+            index: Default::default(),
             cache,
             metrics: ExecutionPlanMetricsSet::new(),
         })
     }
 
+    /// The join with `strategy` (a new join: [`AsofJoinExec::try_new`]
+    /// merges).
+    pub fn with_strategy(mut self, strategy: AsofStrategy) -> Self {
+        self.cache = Self::properties_of(&self.left, &self.spec, &self.schema, strategy);
+        self.strategy = strategy;
+        self
+    }
+
+    fn properties_of(
+        left: &Arc<dyn ExecutionPlan>,
+        spec: &AsofSpec,
+        schema: &SchemaRef,
+        strategy: AsofStrategy,
+    ) -> Arc<PlanProperties> {
+        // Probing keeps the left's partitions; merging needs the keys'
+        // partitions (or, without keys, one).
+        let partitioning = if spec.left_keys.is_empty() && strategy == AsofStrategy::Merge {
+            datafusion::physical_plan::Partitioning::UnknownPartitioning(1)
+        } else {
+            left.output_partitioning().clone()
+        };
+        Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(Arc::clone(schema)),
+            partitioning,
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ))
+    }
+
     pub fn spec(&self) -> &AsofSpec {
         &self.spec
+    }
+
+    pub fn strategy(&self) -> AsofStrategy {
+        self.strategy
     }
 
     fn column(plan: &Arc<dyn ExecutionPlan>, i: usize) -> Arc<dyn PhysicalExpr> {
@@ -211,7 +252,11 @@ impl DisplayAs for AsofJoinExec {
             .collect();
         write!(
             f,
-            "AsofJoinExec: on=[{}], {} {} {}{}{}",
+            "AsofJoinExec: {}on=[{}], {} {} {}{}{}",
+            match self.strategy {
+                AsofStrategy::Merge => "",
+                AsofStrategy::Probe => "probe, ",
+            },
             keys.join(", "),
             ls.field(self.spec.left_time).name(),
             if self.spec.strict { ">" } else { ">=" },
@@ -246,6 +291,13 @@ impl ExecutionPlan for AsofJoinExec {
     /// Equal keys meet in one partition: both sides partitioned alike on
     /// the keys (or, without keys, each side whole).
     fn input_distribution_requirements(&self) -> InputDistributionRequirements {
+        if self.strategy == AsofStrategy::Probe {
+            // The right side is read whole (one partition) and shared.
+            return InputDistributionRequirements::new(vec![
+                Distribution::UnspecifiedDistribution,
+                Distribution::SinglePartition,
+            ]);
+        }
         if self.spec.left_keys.is_empty() {
             return InputDistributionRequirements::new(vec![Distribution::SinglePartition; 2]);
         }
@@ -257,6 +309,9 @@ impl ExecutionPlan for AsofJoinExec {
     }
 
     fn required_input_ordering(&self) -> Vec<Option<OrderingRequirements>> {
+        if self.strategy == AsofStrategy::Probe {
+            return vec![None, None];
+        }
         vec![
             Self::ordering(&self.left, &self.spec.left_keys, self.spec.left_time)
                 .map(OrderingRequirements::from),
@@ -284,12 +339,10 @@ impl ExecutionPlan for AsofJoinExec {
         let [left, right]: [Arc<dyn ExecutionPlan>; 2] = children
             .try_into()
             .map_err(|_| DataFusionError::Internal("AsofJoinExec takes two children".into()))?;
-        Ok(Arc::new(AsofJoinExec::try_new(
-            left,
-            right,
-            self.spec.clone(),
-            Arc::clone(&self.schema),
-        )?))
+        Ok(Arc::new(
+            AsofJoinExec::try_new(left, right, self.spec.clone(), Arc::clone(&self.schema))?
+                .with_strategy(self.strategy),
+        ))
     }
 
     fn with_new_children(
@@ -316,6 +369,9 @@ impl ExecutionPlan for AsofJoinExec {
             return internal_err!(
                 "AsofJoinExec has {partitions} partitions, asked for {partition}"
             );
+        }
+        if self.strategy == AsofStrategy::Probe {
+            return self.probe(partition, context);
         }
         let left = self.left.execute(partition, Arc::clone(&context))?.boxed();
         let right = self.right.execute(partition, context)?.boxed();
@@ -389,6 +445,66 @@ impl ExecutionPlan for AsofJoinExec {
                     }
                 }
             });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            stream,
+        )))
+    }
+}
+
+impl AsofJoinExec {
+    /// One left partition, probed against the index of the right side
+    /// (built by the first partition to need it).
+    fn probe(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        use datafusion::execution::memory_pool::MemoryConsumer;
+        let left = self.left.execute(partition, Arc::clone(&context))?;
+        let ls = self.left.schema();
+        let left_key_types: Vec<DataType> = self
+            .spec
+            .left_keys
+            .iter()
+            .map(|i| ls.field(*i).data_type().clone())
+            .collect();
+        let float = float_time(ls.field(self.spec.left_time).data_type());
+        let (index, right, spec, schema) = (
+            Arc::clone(&self.index),
+            Arc::clone(&self.right),
+            self.spec.clone(),
+            Arc::clone(&self.schema),
+        );
+        let baseline = BaselineMetrics::new(&self.metrics, partition);
+        let stream = futures::stream::once(async move {
+            let built = index
+                .get_or_try_init(|| async {
+                    let reservation = MemoryConsumer::new("AsofJoinExec[probe index]")
+                        .register(context.memory_pool());
+                    let stream = right.execute(0, Arc::clone(&context))?;
+                    let built = super::asof_probe::Index::build(
+                        stream,
+                        &spec,
+                        &left_key_types,
+                        float,
+                        reservation,
+                    )
+                    .await?;
+                    Ok::<_, DataFusionError>(Arc::new(built))
+                })
+                .await?;
+            let built = Arc::clone(built);
+            Ok::<_, DataFusionError>(left.map(move |batch| {
+                let batch = batch?;
+                let timer = baseline.elapsed_compute().clone();
+                let _started = timer.timer();
+                let out = built.probe(&batch, &spec, float, &schema)?;
+                baseline.record_output(out.num_rows());
+                Ok(out)
+            }))
+        })
+        .try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             Arc::clone(&self.schema),
             stream,

@@ -1,6 +1,7 @@
 //! Kiln's physical operators, one per file.
 
 pub mod asof_join;
+mod asof_probe;
 pub mod corpus;
 pub mod decode_guard;
 pub mod device_columns;
@@ -11,7 +12,7 @@ pub mod knn_join;
 pub mod stage_aggregate;
 pub mod vector_topk;
 
-pub use asof_join::{AsofJoinExec, AsofSpec, Tolerance};
+pub use asof_join::{AsofJoinExec, AsofSpec, AsofStrategy, Tolerance};
 pub use corpus::{SearchSpec, tile_rows_for_budget};
 pub use decode_guard::DecodeGuardExec;
 pub use embed::EmbedExec;

@@ -1,0 +1,357 @@
+//! The as-of join's probe strategy ([`super::asof_join::AsofStrategy::Probe`]):
+//! the right side (the features) is read whole into memory and indexed —
+//! its rows grouped by key, each group sorted by time — and each left row
+//! (an event) finds its match by a binary search in its key's group, in the
+//! left's own order. The left side, usually the far larger one, is neither
+//! sorted nor moved between partitions; its partitions probe the one index
+//! in parallel.
+//!
+//! Among right rows of one key and one time, the last in the right's input
+//! order is the match (as pandas' `merge_asof` takes the last).
+
+use std::sync::Arc;
+
+use ahash::RandomState;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch, take};
+use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::Result;
+use datafusion::execution::memory_pool::MemoryReservation;
+use futures::StreamExt;
+use std::collections::HashMap;
+
+use super::asof_join::{AsofSpec, Tolerance};
+
+/// Whether a key column is compared as a 64-bit integer.
+fn integer_key(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::Date32
+            | DataType::Date64
+            | DataType::Timestamp(..)
+    )
+}
+
+/// A column as i64 values (NULL: None): integer keys and times.
+fn as_i64(array: &ArrayRef) -> Result<Vec<Option<i64>>> {
+    let a = match array.data_type() {
+        DataType::Date32 => cast(&cast(array, &DataType::Int32)?, &DataType::Int64)?,
+        DataType::Int64 => Arc::clone(array),
+        _ => cast(array, &DataType::Int64)?,
+    };
+    Ok(a.as_primitive::<Int64Type>().iter().collect())
+}
+
+/// A time column as ordered numbers: integers (dates and timestamps by
+/// their count of units) or doubles (floats, decimals; NaN is NULL).
+#[derive(Debug)]
+enum Times {
+    Int(Vec<Option<i64>>),
+    Float(Vec<Option<f64>>),
+}
+
+impl Times {
+    fn of(array: &ArrayRef, float: bool) -> Result<Times> {
+        Ok(match float {
+            true => {
+                let a = cast(array, &DataType::Float64)?;
+                Times::Float(
+                    a.as_primitive::<datafusion::arrow::datatypes::Float64Type>()
+                        .iter()
+                        .map(|v| v.filter(|x| !x.is_nan()))
+                        .collect(),
+                )
+            }
+            false => Times::Int(as_i64(array)?),
+        })
+    }
+}
+
+/// Keys of a batch, as group lookups.
+enum Keys {
+    /// No keys: every row is in the one group.
+    None,
+    /// One integer key.
+    Int(Vec<Option<i64>>),
+    /// Anything else: the keys' row format (NULL in any key: None).
+    Rows(Vec<Option<Box<[u8]>>>),
+}
+
+/// How to read keys into [`Keys`].
+#[derive(Debug)]
+enum KeyReader {
+    None,
+    Int,
+    Rows(Vec<DataType>),
+}
+
+impl KeyReader {
+    fn new(left_types: &[DataType], right_types: &[DataType]) -> KeyReader {
+        match (left_types, right_types) {
+            ([], []) => KeyReader::None,
+            ([l], [r]) if integer_key(l) && integer_key(r) => KeyReader::Int,
+            _ => KeyReader::Rows(left_types.to_vec()),
+        }
+    }
+
+    fn read(&self, batch: &RecordBatch, keys: &[usize]) -> Result<Keys> {
+        match self {
+            KeyReader::None => Ok(Keys::None),
+            KeyReader::Int => Ok(Keys::Int(as_i64(batch.column(keys[0]))?)),
+            KeyReader::Rows(types) => {
+                let columns: Vec<ArrayRef> = keys
+                    .iter()
+                    .zip(types)
+                    .map(|(i, t)| {
+                        let c = batch.column(*i);
+                        match c.data_type() == t {
+                            true => Ok(Arc::clone(c)),
+                            false => cast(c, t),
+                        }
+                    })
+                    .collect::<std::result::Result<_, _>>()?;
+                let converter =
+                    RowConverter::new(types.iter().map(|t| SortField::new(t.clone())).collect())?;
+                let rows = converter.convert_columns(&columns)?;
+                Ok(Keys::Rows(
+                    (0..batch.num_rows())
+                        .map(|r| {
+                            columns
+                                .iter()
+                                .all(|c| c.is_valid(r))
+                                .then(|| rows.row(r).as_ref().into())
+                        })
+                        .collect(),
+                ))
+            }
+        }
+    }
+}
+
+/// The right side, indexed.
+#[derive(Debug)]
+pub(crate) struct Index {
+    /// Every right row (all its columns).
+    batch: RecordBatch,
+    /// Right rows with a key and a time, grouped by key, each group by time
+    /// (then input order).
+    order: Vec<u32>,
+    /// Their times, in that order.
+    times: Sorted,
+    groups: Groups,
+    reader: KeyReader,
+    /// Held for as long as the index lives.
+    _reservation: MemoryReservation,
+}
+
+/// The times of the indexed rows, in the index's order.
+#[derive(Debug)]
+enum Sorted {
+    Int(Vec<i64>),
+    Float(Vec<f64>),
+}
+
+#[derive(Debug)]
+enum Groups {
+    All,
+    Int(HashMap<i64, (u32, u32), RandomState>),
+    Rows(HashMap<Box<[u8]>, (u32, u32), RandomState>),
+}
+
+impl Index {
+    /// Reads and indexes the right side; its rows are counted against
+    /// `reservation` (the query's memory pool): a right side that does not
+    /// fit fails with the pool's error.
+    pub(crate) async fn build(
+        mut right: datafusion::physical_plan::SendableRecordBatchStream,
+        spec: &AsofSpec,
+        left_key_types: &[DataType],
+        float: bool,
+        reservation: MemoryReservation,
+    ) -> Result<Index> {
+        let schema = right.schema();
+        let mut batches = Vec::new();
+        while let Some(batch) = right.next().await.transpose()? {
+            reservation.try_grow(batch.get_array_memory_size())?;
+            batches.push(batch);
+        }
+        let batch = concat_batches(&schema, &batches)?;
+        drop(batches);
+        let right_types: Vec<DataType> = spec
+            .right_keys
+            .iter()
+            .map(|i| schema.field(*i).data_type().clone())
+            .collect();
+        let reader = KeyReader::new(left_key_types, &right_types);
+        let keys = reader.read(&batch, &spec.right_keys)?;
+        let times = Times::of(batch.column(spec.right_time), float)?;
+        let n = batch.num_rows();
+        reservation.try_grow(n * 24)?;
+        let (order, times, groups) = match (&keys, times) {
+            (Keys::None, times) => {
+                let order = sorted_by_time(&times, (0..n as u32).collect());
+                let times = gather_times(&times, &order);
+                (order, times, Groups::All)
+            }
+            (Keys::Int(k), times) => {
+                let mut rows: Vec<u32> =
+                    (0..n as u32).filter(|&r| k[r as usize].is_some()).collect();
+                // By key, then time, then input order.
+                rows.sort_by_key(|&r| k[r as usize]);
+                let mut order = Vec::with_capacity(rows.len());
+                let mut map = HashMap::with_hasher(RandomState::new());
+                for run in rows.chunk_by(|a, b| k[*a as usize] == k[*b as usize]) {
+                    let start = order.len() as u32;
+                    order.extend(sorted_by_time(&times, run.to_vec()));
+                    if let Some(key) = k[run[0] as usize] {
+                        map.insert(key, (start, order.len() as u32));
+                    }
+                }
+                let sorted = gather_times(&times, &order);
+                (order, sorted, Groups::Int(map))
+            }
+            (Keys::Rows(k), times) => {
+                let mut rows: Vec<u32> =
+                    (0..n as u32).filter(|&r| k[r as usize].is_some()).collect();
+                rows.sort_by(|a, b| k[*a as usize].cmp(&k[*b as usize]));
+                let mut order = Vec::with_capacity(rows.len());
+                let mut map = HashMap::with_hasher(RandomState::new());
+                for run in rows.chunk_by(|a, b| k[*a as usize] == k[*b as usize]) {
+                    let start = order.len() as u32;
+                    order.extend(sorted_by_time(&times, run.to_vec()));
+                    if let Some(key) = &k[run[0] as usize] {
+                        map.insert(key.clone(), (start, order.len() as u32));
+                    }
+                }
+                let sorted = gather_times(&times, &order);
+                (order, sorted, Groups::Rows(map))
+            }
+        };
+        Ok(Index {
+            batch,
+            order,
+            times,
+            groups,
+            reader,
+            _reservation: reservation,
+        })
+    }
+
+    /// The rows of `order` in `[start, end)` of a left row's key.
+    fn group(&self, keys: &Keys, i: usize) -> Option<(usize, usize)> {
+        let (start, end) = match (&self.groups, keys) {
+            (Groups::All, _) => (0, self.order.len() as u32),
+            (Groups::Int(map), Keys::Int(k)) => *map.get(&k[i]?)?,
+            (Groups::Rows(map), Keys::Rows(k)) => *map.get(k[i].as_ref()?)?,
+            _ => return None,
+        };
+        Some((start as usize, end as usize))
+    }
+
+    /// The join of one left batch: its columns, then the matched right
+    /// row's `right_output` columns (NULL without a match, or the row
+    /// dropped unless `keep_unmatched`).
+    pub(crate) fn probe(
+        &self,
+        left: &RecordBatch,
+        spec: &AsofSpec,
+        float: bool,
+        schema: &SchemaRef,
+    ) -> Result<RecordBatch> {
+        let n = left.num_rows();
+        let keys = self.reader.read(left, &spec.left_keys)?;
+        let times = Times::of(left.column(spec.left_time), float)?;
+        let mut matches: Vec<Option<u32>> = Vec::with_capacity(n);
+        for i in 0..n {
+            let found = self.group(&keys, i).and_then(|(start, end)| {
+                let at = match (&self.times, &times) {
+                    (Sorted::Int(r), Times::Int(l)) => {
+                        let t = l[i]?;
+                        let slice = &r[start..end];
+                        let pp = match spec.strict {
+                            true => slice.partition_point(|&x| x < t),
+                            false => slice.partition_point(|&x| x <= t),
+                        };
+                        let at = start + pp.checked_sub(1)?;
+                        let gap = t as i128 - r[at] as i128;
+                        let ok = match spec.tolerance {
+                            None => true,
+                            Some(Tolerance::Int(tol)) => gap <= tol as i128,
+                            Some(Tolerance::Float(tol)) => gap as f64 <= tol,
+                        };
+                        ok.then_some(at)
+                    }
+                    (Sorted::Float(r), Times::Float(l)) => {
+                        let t = l[i]?;
+                        let slice = &r[start..end];
+                        let pp = match spec.strict {
+                            true => slice.partition_point(|&x| x < t),
+                            false => slice.partition_point(|&x| x <= t),
+                        };
+                        let at = start + pp.checked_sub(1)?;
+                        let ok = match spec.tolerance {
+                            None => true,
+                            Some(Tolerance::Int(tol)) => t - r[at] <= tol as f64,
+                            Some(Tolerance::Float(tol)) => t - r[at] <= tol,
+                        };
+                        ok.then_some(at)
+                    }
+                    _ => None,
+                }?;
+                Some(self.order[at])
+            });
+            matches.push(found);
+        }
+        let indices = UInt32Array::from(matches);
+        let mut columns: Vec<ArrayRef> = left.columns().to_vec();
+        for i in &spec.right_output {
+            columns.push(take(self.batch.column(*i), &indices, None)?);
+        }
+        let out = RecordBatch::try_new(Arc::clone(schema), columns)?;
+        if spec.keep_unmatched || indices.null_count() == 0 {
+            return Ok(out);
+        }
+        let keep = datafusion::arrow::compute::is_not_null(&indices)?;
+        Ok(filter_record_batch(&out, &keep)?)
+    }
+}
+
+/// `rows` (of one key) with a time, ordered by time, then input order;
+/// rows with a NULL time dropped.
+fn sorted_by_time(times: &Times, mut rows: Vec<u32>) -> Vec<u32> {
+    match times {
+        Times::Int(t) => {
+            rows.retain(|&r| t[r as usize].is_some());
+            rows.sort_by_key(|&r| (t[r as usize], r));
+        }
+        Times::Float(t) => {
+            rows.retain(|&r| t[r as usize].is_some());
+            rows.sort_by(|&a, &b| {
+                let (x, y) = (t[a as usize].unwrap_or(0.0), t[b as usize].unwrap_or(0.0));
+                x.total_cmp(&y).then(a.cmp(&b))
+            });
+        }
+    }
+    rows
+}
+
+/// The times of `order`'s rows (none NULL: [`sorted_by_time`] dropped them).
+fn gather_times(times: &Times, order: &[u32]) -> Sorted {
+    match times {
+        Times::Int(t) => Sorted::Int(order.iter().map(|&r| t[r as usize].unwrap_or(0)).collect()),
+        Times::Float(t) => Sorted::Float(
+            order
+                .iter()
+                .map(|&r| t[r as usize].unwrap_or(0.0))
+                .collect(),
+        ),
+    }
+}
