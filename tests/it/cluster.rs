@@ -722,7 +722,10 @@ fn as_of_joins_give_the_same_results_on_a_cluster() {
         "COPY (SELECT i AS id, i % 5 AS ticker, (i * 37) % 1000 AS ts FROM generate_series(1, 4000) t(i)) \
          TO '{}/events.parquet';\n\
          COPY (SELECT i % 5 AS ticker, (i * 91) % 1000 AS ts, CAST(i AS DOUBLE) / 8 AS price \
-         FROM generate_series(1, 900) t(i) WHERE i % 7 <> 0) TO '{}/prices.parquet';\n",
+         FROM generate_series(1, 900) t(i) WHERE i % 7 <> 0) TO '{}/prices.parquet';\n\
+         COPY (SELECT i % 5 AS ticker, (i * 91) % 1000 AS ts, max(CAST(i AS DOUBLE) / 8) AS price \
+         FROM generate_series(1, 900) t(i) WHERE i % 7 <> 0 GROUP BY 1, 2) TO '{}/unique_prices.parquet';\n",
+        s(dir.path()),
         s(dir.path()),
         s(dir.path())
     );
@@ -730,7 +733,8 @@ fn as_of_joins_give_the_same_results_on_a_cluster() {
     assert_eq!(written.code, 0, "{}", written.stderr);
     let ddl = format!(
         "CREATE EXTERNAL TABLE events STORED AS PARQUET LOCATION '{0}/events.parquet';\n\
-         CREATE EXTERNAL TABLE prices STORED AS PARQUET LOCATION '{0}/prices.parquet';\n",
+         CREATE EXTERNAL TABLE prices STORED AS PARQUET LOCATION '{0}/prices.parquet';\n\
+         CREATE EXTERNAL TABLE unique_prices STORED AS PARQUET LOCATION '{0}/unique_prices.parquet';\n",
         s(dir.path())
     );
     let statements = [
@@ -742,6 +746,10 @@ fn as_of_joins_give_the_same_results_on_a_cluster() {
         "SELECT e.id, p.price FROM events e ASOF JOIN \
          (SELECT ticker, ts, max(price) AS price FROM prices GROUP BY ticker, ts) p \
          MATCH_CONDITION (e.ts > p.ts) ON e.ticker = p.ticker ORDER BY e.id",
+        // A file of counted rows: the probe strategy, its index built on
+        // each executor.
+        "SELECT e.id, p.price FROM events e ASOF LEFT JOIN unique_prices p \
+         ON e.ticker = p.ticker AND e.ts >= p.ts ORDER BY e.id",
     ];
     for (n, statement) in statements.iter().enumerate() {
         let (local, remote) = scripts(dir.path(), &format!("a{n}"), &format!("{ddl}{statement};"));
