@@ -181,6 +181,7 @@ pub async fn write_html(
                 "norm_mean",
                 "norm_max",
                 "zero_vectors",
+                "duplicate_vectors",
             ] {
                 if let Some(v) = f.f64(field) {
                     facts.push((field, number(v)));

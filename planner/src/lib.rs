@@ -120,11 +120,14 @@ pub fn kiln_functions() -> Vec<ScalarUDF> {
 
 /// Kiln's aggregate functions.
 pub fn kiln_aggregates() -> Vec<AggregateUDF> {
-    vec![AggregateUDF::from(ConnectedComponentsUdaf::new())]
+    vec![
+        AggregateUDF::from(ConnectedComponentsUdaf::new()),
+        AggregateUDF::from(kiln_engine::functions::VectorMeanUdaf::new()),
+    ]
 }
 
 /// Registers Kiln's SQL functions (`embed`, `chunk_text`, the MinHash and
-/// vector functions), aggregates (`connected_components`) and table
+/// vector functions), aggregates (`connected_components`, `vector_mean`) and table
 /// functions (`vector_search`, `knn_join`, `near_duplicates`,
 /// `near_duplicate_clusters`, `semantic_duplicates`) on a context.
 pub fn register_functions(ctx: &SessionContext) {

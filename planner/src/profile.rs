@@ -5,7 +5,8 @@
 //! an approximate distinct count (HyperLogLog), min and max, and by kind —
 //! numeric: mean, standard deviation and approximate quantiles (t-digest);
 //! text: length statistics; vectors (lists of floats, as embeddings are):
-//! dimension, norm statistics and zero vectors — and, for every non-vector
+//! dimension, norm statistics, zero vectors, exact duplicates and the
+//! centroid (component-wise mean) — and, for every non-vector
 //! column, its `top` most frequent values (default 20) with their counts.
 //!
 //! The statistics are DataFusion aggregates of one pass over the input
@@ -145,6 +146,12 @@ pub fn profile_schema() -> SchemaRef {
         f64_field("norm_mean"),
         f64_field("norm_max"),
         i64_field("zero_vectors"),
+        i64_field("duplicate_vectors"),
+        Field::new(
+            "centroid",
+            DataType::new_list(DataType::Float64, true),
+            true,
+        ),
         Field::new("top_values", DataType::List(top_item()), true),
     ]);
     Arc::new(Schema::new(fields))
@@ -215,6 +222,12 @@ fn aggregates(i: usize, name: &str, data_type: &DataType, kind: Kind) -> Vec<(St
                 format!("c{i}_zero"),
                 format!("sum(CASE WHEN dot_product({c}, {c}) = 0 THEN 1 ELSE 0 END)"),
             ));
+            // Exact: each distinct vector once.
+            out.push((
+                format!("c{i}_dup"),
+                format!("count({c}) - count(DISTINCT {c})"),
+            ));
+            out.push((format!("c{i}_centroid"), format!("vector_mean({c})")));
         }
         Kind::Other => {}
     }
@@ -354,6 +367,8 @@ pub async fn profile(state: &SessionState, input: LogicalPlan, top: usize) -> Re
     let mut dimension = Int64Builder::new();
     let mut norms: Vec<Float64Builder> = (0..3).map(|_| Float64Builder::new()).collect();
     let mut zero = Int64Builder::new();
+    let mut duplicates = Int64Builder::new();
+    let mut centroids: Vec<Option<ArrayRef>> = Vec::with_capacity(kinds.len());
     let mut tops = Vec::with_capacity(kinds.len());
 
     for (i, (field, kind)) in schema.fields().iter().zip(&kinds).enumerate() {
@@ -382,6 +397,14 @@ pub async fn profile(state: &SessionState, input: LogicalPlan, top: usize) -> Re
             Kind::Vector => Some(row.i64(&p("zero"))?.unwrap_or(0)),
             _ => None,
         });
+        duplicates.append_option(match kind {
+            Kind::Vector => Some(row.i64(&p("dup"))?.unwrap_or(0)),
+            _ => None,
+        });
+        centroids.push(match (kind, stats.column_by_name(&p("centroid"))) {
+            (Kind::Vector, Some(c)) if c.is_valid(0) => Some(c.as_list::<i32>().value(0)),
+            _ => None,
+        });
         tops.push(if *kind == Kind::Vector || top == 0 {
             None
         } else {
@@ -405,8 +428,33 @@ pub async fn profile(state: &SessionState, input: LogicalPlan, top: usize) -> Re
     columns.push(Arc::new(dimension.finish()));
     columns.extend(norms.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
     columns.push(Arc::new(zero.finish()));
+    columns.push(Arc::new(duplicates.finish()));
+    columns.push(centroid_array(centroids)?);
     columns.push(top_values_array(tops)?);
     Ok(RecordBatch::try_new(out_schema, columns)?)
+}
+
+/// The centroids as a list column (NULL for columns without one).
+fn centroid_array(centroids: Vec<Option<ArrayRef>>) -> Result<ArrayRef> {
+    let lengths: Vec<usize> = centroids
+        .iter()
+        .map(|c| c.as_ref().map_or(0, |c| c.len()))
+        .collect();
+    let valid: Vec<bool> = centroids.iter().map(Option::is_some).collect();
+    let parts: Vec<ArrayRef> = centroids.into_iter().flatten().collect();
+    let values = match parts.is_empty() {
+        true => datafusion::arrow::array::new_empty_array(&DataType::Float64),
+        false => {
+            let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+            datafusion::arrow::compute::concat(&refs)?
+        }
+    };
+    Ok(Arc::new(ListArray::try_new(
+        Arc::new(Field::new_list_field(DataType::Float64, true)),
+        OffsetBuffer::from_lengths(lengths),
+        values,
+        Some(NullBuffer::from(valid)),
+    )?))
 }
 
 /// The rows of `source`, a table name or a location (a path or URL, one

@@ -157,7 +157,8 @@ class DataFrame:
         ``distinct_approx`` (HyperLogLog, ~0.8% standard error), ``min``,
         ``max``; numeric ``mean``, ``stddev`` and ``p01``..``p99``
         (t-digest); text ``min_length``/``mean_length``/``max_length``;
-        vector ``dimension``, ``norm_*`` and ``zero_vectors``; and the
+        vector ``dimension``, ``norm_*``, ``zero_vectors``,
+        ``duplicate_vectors`` (exact) and ``centroid``; and the
         ``top`` most frequent values with their counts."""
         return DataFrame(self._frame.profile(top))
 

@@ -205,6 +205,7 @@ def test_profile(session: kiln.Session) -> None:
     v = rows["v"]
     assert (v["kind"], v["dimension"], v["zero_vectors"]) == ("vector", 2, 1)
     assert (v["norm_min"], v["norm_max"]) == (0.0, 5.0) and v["top_values"] is None
+    assert v["duplicate_vectors"] == 0 and v["centroid"] == pytest.approx([4 / 3, 4 / 3])
     via_sql = session.sql("SELECT * FROM profile('p', 1)").to_pylist()
     assert [r["column"] for r in via_sql] == ["n", "s", "v"]
 

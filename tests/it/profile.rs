@@ -182,6 +182,98 @@ async fn a_frame_profiles_its_own_rows() {
     assert_eq!(f64_at(p, "max_length", 1), Some(3.0));
 }
 
+#[tokio::test]
+async fn vector_columns_get_exact_duplicates_and_their_centroid() {
+    let session = Session::builder()
+        .device("cpu".parse().unwrap())
+        .target_partitions(3)
+        .build()
+        .unwrap();
+    // 3,000 vectors of 4 components from 700 distinct ones (so exact
+    // duplicates), some NULL, over several partitions.
+    let vectors: Vec<Option<[f32; 4]>> = (0..3000u32)
+        .map(|i| {
+            let j = (i * 7919) % 700;
+            (i % 13 != 0).then(|| [j as f32, (j % 11) as f32 * 0.5, -(j as f32) / 3.0, 1.0])
+        })
+        .collect();
+    let present: Vec<[f32; 4]> = vectors.iter().flatten().copied().collect();
+    let mut distinct: Vec<[u32; 4]> = present.iter().map(|v| v.map(f32::to_bits)).collect();
+    distinct.sort();
+    distinct.dedup();
+    let want_duplicates = (present.len() - distinct.len()) as f64;
+    let want_centroid: Vec<f64> = (0..4)
+        .map(|k| present.iter().map(|v| v[k] as f64).sum::<f64>() / present.len() as f64)
+        .collect();
+    let values: Vec<String> = vectors
+        .iter()
+        .map(|v| match v {
+            Some(v) => format!(
+                "(arrow_cast([{}, {}, {}, {}], 'FixedSizeList(4, Float32)'))",
+                v[0], v[1], v[2], v[3]
+            ),
+            None => "(arrow_cast(NULL, 'FixedSizeList(4, Float32)'))".to_string(),
+        })
+        .collect();
+    let sql = format!("SELECT * FROM (VALUES {}) AS t(v)", values.join(", "));
+    let frame = session.sql(&sql).await.unwrap();
+    let batches = frame.profile(0).unwrap().collect().await.unwrap();
+    let p = &batches[0];
+    assert_eq!(text_at(p, "kind", 0).as_deref(), Some("vector"));
+    assert_eq!(f64_at(p, "duplicate_vectors", 0), Some(want_duplicates));
+    assert!(want_duplicates > 2000.0);
+    let centroid = p
+        .column_by_name("centroid")
+        .unwrap()
+        .as_list::<i32>()
+        .value(0);
+    let got: Vec<f64> = centroid
+        .as_primitive::<datafusion::arrow::datatypes::Float64Type>()
+        .values()
+        .to_vec();
+    assert_eq!(got.len(), 4);
+    for (g, w) in got.iter().zip(&want_centroid) {
+        assert!(
+            (g - w).abs() <= 1e-12 * w.abs().max(1.0),
+            "{got:?} against {want_centroid:?}"
+        );
+    }
+    // vector_mean in SQL: the same, and NULL over no vectors; vectors of
+    // two lengths are an error.
+    let mean = one_row(
+        &session,
+        &format!("SELECT vector_mean(v) AS m FROM ({sql})"),
+    )
+    .await;
+    assert_eq!(mean.column(0).as_list::<i32>().value(0).len(), 4);
+    let none = one_row(
+        &session,
+        "SELECT vector_mean(v) AS m FROM (SELECT [1.0, 2.0] AS v) WHERE false",
+    )
+    .await;
+    assert!(none.column(0).is_null(0));
+    let mixed = session
+        .sql("SELECT vector_mean(v) FROM (VALUES ([1.0, 2.0]), ([1.0, 2.0, 3.0])) AS t(v)")
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    let e = mixed.unwrap_err().to_string();
+    assert!(e.contains("vectors of lengths 2 and 3"), "{e}");
+    // Other columns have neither.
+    let plain = session
+        .sql("SELECT 1 AS x")
+        .await
+        .unwrap()
+        .profile(0)
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(f64_at(&plain[0], "duplicate_vectors", 0), None);
+    assert!(plain[0].column_by_name("centroid").unwrap().is_null(0));
+}
+
 #[test]
 fn kiln_profile_writes_a_json_document() {
     let dir = tempdir();
