@@ -520,16 +520,25 @@ struct RightBatch {
     times: Times,
 }
 
-/// A time column, as integers or floats; NULL is None.
-enum Times {
+/// A column as i64 values (NULL: None): integer times and keys, dates and
+/// timestamps as their count of days or units.
+pub(super) fn as_i64(array: &ArrayRef) -> Result<Vec<Option<i64>>> {
+    let a = match array.data_type() {
+        DataType::Date32 => cast(&cast(array, &DataType::Int32)?, &DataType::Int64)?,
+        _ => cast(array, &DataType::Int64)?,
+    };
+    Ok(a.as_primitive::<Int64Type>().iter().collect())
+}
+
+/// A time column, as integers or floats; NULL (and NaN) is None.
+pub(super) enum Times {
     Int(Vec<Option<i64>>),
     Float(Vec<Option<f64>>),
 }
 
 impl Times {
-    fn of(array: &ArrayRef, float: bool) -> Result<Times> {
-        // Dates and timestamps cast to their integer count of days or
-        // units; integers widen; decimals and floats become doubles.
+    pub(super) fn of(array: &ArrayRef, float: bool) -> Result<Times> {
+        // Integers widen; decimals and floats become doubles.
         Ok(if float {
             let a = cast(array, &DataType::Float64)?;
             Times::Float(
@@ -539,11 +548,7 @@ impl Times {
                     .collect(),
             )
         } else {
-            let a = match array.data_type() {
-                DataType::Date32 => cast(&cast(array, &DataType::Int32)?, &DataType::Int64)?,
-                _ => cast(array, &DataType::Int64)?,
-            };
-            Times::Int(a.as_primitive::<Int64Type>().iter().collect())
+            Times::Int(as_i64(array)?)
         })
     }
 

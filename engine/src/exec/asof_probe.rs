@@ -12,16 +12,16 @@
 use std::sync::Arc;
 
 use ahash::RandomState;
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch, take};
-use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::Result;
 use datafusion::execution::memory_pool::MemoryReservation;
 use futures::StreamExt;
 use std::collections::HashMap;
 
-use super::asof_join::{AsofSpec, Tolerance};
+use super::asof_join::{AsofSpec, Times, Tolerance, as_i64};
 
 /// Whether a key column is compared as a 64-bit integer.
 fn integer_key(t: &DataType) -> bool {
@@ -38,41 +38,6 @@ fn integer_key(t: &DataType) -> bool {
             | DataType::Date64
             | DataType::Timestamp(..)
     )
-}
-
-/// A column as i64 values (NULL: None): integer keys and times.
-fn as_i64(array: &ArrayRef) -> Result<Vec<Option<i64>>> {
-    let a = match array.data_type() {
-        DataType::Date32 => cast(&cast(array, &DataType::Int32)?, &DataType::Int64)?,
-        DataType::Int64 => Arc::clone(array),
-        _ => cast(array, &DataType::Int64)?,
-    };
-    Ok(a.as_primitive::<Int64Type>().iter().collect())
-}
-
-/// A time column as ordered numbers: integers (dates and timestamps by
-/// their count of units) or doubles (floats, decimals; NaN is NULL).
-#[derive(Debug)]
-enum Times {
-    Int(Vec<Option<i64>>),
-    Float(Vec<Option<f64>>),
-}
-
-impl Times {
-    fn of(array: &ArrayRef, float: bool) -> Result<Times> {
-        Ok(match float {
-            true => {
-                let a = cast(array, &DataType::Float64)?;
-                Times::Float(
-                    a.as_primitive::<datafusion::arrow::datatypes::Float64Type>()
-                        .iter()
-                        .map(|v| v.filter(|x| !x.is_nan()))
-                        .collect(),
-                )
-            }
-            false => Times::Int(as_i64(array)?),
-        })
-    }
 }
 
 /// Keys of a batch, as group lookups.
@@ -275,12 +240,7 @@ impl Index {
                 let at = match (&self.times, &times) {
                     (Sorted::Int(r), Times::Int(l)) => {
                         let t = l[i]?;
-                        let slice = &r[start..end];
-                        let pp = match spec.strict {
-                            true => slice.partition_point(|&x| x < t),
-                            false => slice.partition_point(|&x| x <= t),
-                        };
-                        let at = start + pp.checked_sub(1)?;
+                        let at = start + last_at_or_before(&r[start..end], t, spec.strict)?;
                         let gap = t as i128 - r[at] as i128;
                         let ok = match spec.tolerance {
                             None => true,
@@ -291,18 +251,13 @@ impl Index {
                     }
                     (Sorted::Float(r), Times::Float(l)) => {
                         let t = l[i]?;
-                        let slice = &r[start..end];
-                        let pp = match spec.strict {
-                            true => slice.partition_point(|&x| x < t),
-                            false => slice.partition_point(|&x| x <= t),
+                        let at = start + last_at_or_before(&r[start..end], t, spec.strict)?;
+                        let tol = match spec.tolerance {
+                            None => f64::INFINITY,
+                            Some(Tolerance::Int(tol)) => tol as f64,
+                            Some(Tolerance::Float(tol)) => tol,
                         };
-                        let at = start + pp.checked_sub(1)?;
-                        let ok = match spec.tolerance {
-                            None => true,
-                            Some(Tolerance::Int(tol)) => t - r[at] <= tol as f64,
-                            Some(Tolerance::Float(tol)) => t - r[at] <= tol,
-                        };
-                        ok.then_some(at)
+                        (t - r[at] <= tol).then_some(at)
                     }
                     _ => None,
                 }?;
@@ -322,6 +277,16 @@ impl Index {
         let keep = datafusion::arrow::compute::is_not_null(&indices)?;
         Ok(filter_record_batch(&out, &keep)?)
     }
+}
+
+/// The position of the last of `sorted` at or before `t` (strictly before
+/// with `strict`).
+fn last_at_or_before<T: PartialOrd + Copy>(sorted: &[T], t: T, strict: bool) -> Option<usize> {
+    let after = match strict {
+        true => sorted.partition_point(|&x| x < t),
+        false => sorted.partition_point(|&x| x <= t),
+    };
+    after.checked_sub(1)
 }
 
 /// `rows` (of one key) with a time, ordered by time, then input order;
