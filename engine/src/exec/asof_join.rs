@@ -523,11 +523,18 @@ struct RightBatch {
 /// A column as i64 values (NULL: None): integer times and keys, dates and
 /// timestamps as their count of days or units.
 pub(super) fn as_i64(array: &ArrayRef) -> Result<Vec<Option<i64>>> {
+    Ok(int64_array(array)?.iter().collect())
+}
+
+/// [`as_i64`]'s values as an Arrow array.
+pub(super) fn int64_array(
+    array: &ArrayRef,
+) -> Result<datafusion::arrow::array::PrimitiveArray<Int64Type>> {
     let a = match array.data_type() {
         DataType::Date32 => cast(&cast(array, &DataType::Int32)?, &DataType::Int64)?,
         _ => cast(array, &DataType::Int64)?,
     };
-    Ok(a.as_primitive::<Int64Type>().iter().collect())
+    Ok(a.as_primitive::<Int64Type>().clone())
 }
 
 /// A time column, as integers or floats; NULL (and NaN) is None.

@@ -21,7 +21,7 @@ use datafusion::execution::memory_pool::MemoryReservation;
 use futures::StreamExt;
 use std::collections::HashMap;
 
-use super::asof_join::{AsofSpec, Times, Tolerance, as_i64};
+use super::asof_join::{AsofSpec, Times, Tolerance, int64_array};
 
 /// Whether a key column is compared as a 64-bit integer.
 fn integer_key(t: &DataType) -> bool {
@@ -45,7 +45,7 @@ enum Keys {
     /// No keys: every row is in the one group.
     None,
     /// One integer key.
-    Int(Vec<Option<i64>>),
+    Int(datafusion::arrow::array::PrimitiveArray<datafusion::arrow::datatypes::Int64Type>),
     /// Anything else: the keys' row format (NULL in any key: None).
     Rows(Vec<Option<Box<[u8]>>>),
 }
@@ -70,7 +70,7 @@ impl KeyReader {
     fn read(&self, batch: &RecordBatch, keys: &[usize]) -> Result<Keys> {
         match self {
             KeyReader::None => Ok(Keys::None),
-            KeyReader::Int => Ok(Keys::Int(as_i64(batch.column(keys[0]))?)),
+            KeyReader::Int => Ok(Keys::Int(int64_array(batch.column(keys[0]))?)),
             KeyReader::Rows(types) => {
                 let columns: Vec<ArrayRef> = keys
                     .iter()
@@ -104,11 +104,9 @@ impl KeyReader {
 /// The right side, indexed.
 #[derive(Debug)]
 pub(crate) struct Index {
-    /// Every right row (all its columns).
+    /// The right rows with a key and a time (their `right_output` columns),
+    /// grouped by key, each group by time (then input order).
     batch: RecordBatch,
-    /// Right rows with a key and a time, grouped by key, each group by time
-    /// (then input order).
-    order: Vec<u32>,
     /// Their times, in that order.
     times: Sorted,
     groups: Groups,
@@ -128,6 +126,11 @@ enum Sorted {
 enum Groups {
     All,
     Int(HashMap<i64, (u32, u32), RandomState>),
+    /// Integer keys in a compact range: a table indexed by key − `min`.
+    Dense {
+        min: i64,
+        table: Vec<(u32, u32)>,
+    },
     Rows(HashMap<Box<[u8]>, (u32, u32), RandomState>),
 }
 
@@ -167,6 +170,7 @@ impl Index {
                 (order, times, Groups::All)
             }
             (Keys::Int(k), times) => {
+                let k: Vec<Option<i64>> = k.iter().collect();
                 let mut rows: Vec<u32> =
                     (0..n as u32).filter(|&r| k[r as usize].is_some()).collect();
                 // By key, then time, then input order.
@@ -200,11 +204,29 @@ impl Index {
                 (order, sorted, Groups::Rows(map))
             }
         };
+        // The output columns in the index's order: a match's position is
+        // its row.
+        let indices = UInt32Array::from(order);
+        let columns = spec
+            .right_output
+            .iter()
+            .map(|i| take(batch.column(*i), &indices, None))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let fields: Vec<_> = spec
+            .right_output
+            .iter()
+            .map(|i| Arc::clone(&schema.fields()[*i]))
+            .collect();
+        let batch = RecordBatch::try_new_with_options(
+            Arc::new(datafusion::arrow::datatypes::Schema::new(fields)),
+            columns,
+            &datafusion::arrow::array::RecordBatchOptions::new()
+                .with_row_count(Some(indices.len())),
+        )?;
         Ok(Index {
             batch,
-            order,
             times,
-            groups,
+            groups: dense(groups),
             reader,
             _reservation: reservation,
         })
@@ -213,8 +235,12 @@ impl Index {
     /// The rows of `order` in `[start, end)` of a left row's key.
     fn group(&self, keys: &Keys, i: usize) -> Option<(usize, usize)> {
         let (start, end) = match (&self.groups, keys) {
-            (Groups::All, _) => (0, self.order.len() as u32),
-            (Groups::Int(map), Keys::Int(k)) => *map.get(&k[i]?)?,
+            (Groups::All, _) => (0, self.batch.num_rows() as u32),
+            (Groups::Int(map), Keys::Int(k)) => *map.get(&k.is_valid(i).then(|| k.value(i))?)?,
+            (Groups::Dense { min, table }, Keys::Int(k)) => {
+                let key = k.is_valid(i).then(|| k.value(i))?;
+                *table.get(usize::try_from(key.checked_sub(*min)?).ok()?)?
+            }
             (Groups::Rows(map), Keys::Rows(k)) => *map.get(k[i].as_ref()?)?,
             _ => return None,
         };
@@ -233,13 +259,22 @@ impl Index {
     ) -> Result<RecordBatch> {
         let n = left.num_rows();
         let keys = self.reader.read(left, &spec.left_keys)?;
-        let times = Times::of(left.column(spec.left_time), float)?;
+        // Integer times read in place; float times through Times (NaN is
+        // NULL).
+        let (int_times, times) = match float {
+            false => (
+                Some(int64_array(left.column(spec.left_time))?),
+                Times::Int(Vec::new()),
+            ),
+            true => (None, Times::of(left.column(spec.left_time), float)?),
+        };
         let mut matches: Vec<Option<u32>> = Vec::with_capacity(n);
         for i in 0..n {
             let found = self.group(&keys, i).and_then(|(start, end)| {
                 let at = match (&self.times, &times) {
-                    (Sorted::Int(r), Times::Int(l)) => {
-                        let t = l[i]?;
+                    (Sorted::Int(r), _) => {
+                        let l = int_times.as_ref()?;
+                        let t = l.is_valid(i).then(|| l.value(i))?;
                         let at = start + last_at_or_before(&r[start..end], t, spec.strict)?;
                         let gap = t as i128 - r[at] as i128;
                         let ok = match spec.tolerance {
@@ -261,14 +296,14 @@ impl Index {
                     }
                     _ => None,
                 }?;
-                Some(self.order[at])
+                Some(at as u32)
             });
             matches.push(found);
         }
         let indices = UInt32Array::from(matches);
         let mut columns: Vec<ArrayRef> = left.columns().to_vec();
-        for i in &spec.right_output {
-            columns.push(take(self.batch.column(*i), &indices, None)?);
+        for column in self.batch.columns() {
+            columns.push(take(column, &indices, None)?);
         }
         let out = RecordBatch::try_new(Arc::clone(schema), columns)?;
         if spec.keep_unmatched || indices.null_count() == 0 {
@@ -277,6 +312,26 @@ impl Index {
         let keep = datafusion::arrow::compute::is_not_null(&indices)?;
         Ok(filter_record_batch(&out, &keep)?)
     }
+}
+
+/// Integer groups as a table when their keys are compact (a range at most
+/// 4 times their number, plus 4,096).
+fn dense(groups: Groups) -> Groups {
+    let Groups::Int(map) = &groups else {
+        return groups;
+    };
+    let (Some(&min), Some(&max)) = (map.keys().min(), map.keys().max()) else {
+        return groups;
+    };
+    let span = (max as i128 - min as i128 + 1) as u128;
+    if span > 4 * map.len() as u128 + 4096 {
+        return groups;
+    }
+    let mut table = vec![(0u32, 0u32); span as usize];
+    for (key, range) in map {
+        table[(key - min) as usize] = *range;
+    }
+    Groups::Dense { min, table }
 }
 
 /// The position of the last of `sorted` at or before `t` (strictly before
