@@ -157,16 +157,27 @@ pub fn location_dataset(location: &str) -> Dataset {
     }
 }
 
-fn target_location(target: &Arc<dyn TableSource>) -> Option<String> {
-    let provider = datafusion::datasource::source_as_provider(target).ok()?;
+/// Where a table's files are: a Delta table's location, or a listing
+/// table's paths (none for other tables).
+pub(crate) fn table_locations(source: &Arc<dyn TableSource>) -> Vec<String> {
+    let Ok(provider) = datafusion::datasource::source_as_provider(source) else {
+        return Vec::new();
+    };
     if let Some(delta) = provider.downcast_ref::<crate::delta::DeltaProvider>() {
-        return Some(delta.location.clone());
+        return vec![delta.location.clone()];
     }
-    let table = provider.downcast_ref::<ListingTable>()?;
-    table
-        .table_paths()
-        .first()
-        .map(|url| url.as_str().to_string())
+    match provider.downcast_ref::<ListingTable>() {
+        Some(table) => table
+            .table_paths()
+            .iter()
+            .map(|u| u.as_str().to_string())
+            .collect(),
+        None => Vec::new(),
+    }
+}
+
+fn target_location(target: &Arc<dyn TableSource>) -> Option<String> {
+    table_locations(target).into_iter().next()
 }
 
 /// The dataset a scan reads: its files' location when it has one, else

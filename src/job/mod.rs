@@ -1099,14 +1099,8 @@ async fn is_delta_step(session: &Session, step: &Step) -> bool {
 /// The directory an `INSERT` writes into, when its table is one (a
 /// directory of files, or a Delta table).
 fn insert_location(target: &Arc<dyn datafusion::logical_expr::TableSource>) -> Option<String> {
-    use datafusion::datasource::listing::ListingTable;
-    let provider = datafusion::datasource::source_as_provider(target).ok()?;
-    if let Some(delta) = provider.downcast_ref::<crate::delta::DeltaProvider>() {
-        return Some(delta.location.clone());
-    }
-    let table = provider.downcast_ref::<ListingTable>()?;
-    match table.table_paths().as_slice() {
-        [url] => Some(url.as_str().to_string()),
+    match crate::lineage::table_locations(target).as_slice() {
+        [location] => Some(location.clone()),
         _ => None,
     }
 }

@@ -15,7 +15,7 @@ use ahash::RandomState;
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch, take};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
-use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::Result;
 use datafusion::execution::memory_pool::MemoryReservation;
 use futures::StreamExt;
@@ -46,8 +46,9 @@ enum Keys {
     None,
     /// One integer key.
     Int(datafusion::arrow::array::PrimitiveArray<datafusion::arrow::datatypes::Int64Type>),
-    /// Anything else: the keys' row format (NULL in any key: None).
-    Rows(Vec<Option<Box<[u8]>>>),
+    /// Anything else: the keys' row format, and whether each row has
+    /// every key (no NULL).
+    Rows(Rows, Vec<bool>),
 }
 
 /// How to read keys into [`Keys`].
@@ -55,23 +56,33 @@ enum Keys {
 enum KeyReader {
     None,
     Int,
-    Rows(Vec<DataType>),
+    /// The keys' types (the left's; the right's are cast to them) and
+    /// their converter into row format.
+    Rows(Vec<DataType>, RowConverter),
 }
 
 impl KeyReader {
-    fn new(left_types: &[DataType], right_types: &[DataType]) -> KeyReader {
-        match (left_types, right_types) {
+    fn new(left_types: &[DataType], right_types: &[DataType]) -> Result<KeyReader> {
+        Ok(match (left_types, right_types) {
             ([], []) => KeyReader::None,
             ([l], [r]) if integer_key(l) && integer_key(r) => KeyReader::Int,
-            _ => KeyReader::Rows(left_types.to_vec()),
-        }
+            _ => KeyReader::Rows(
+                left_types.to_vec(),
+                RowConverter::new(
+                    left_types
+                        .iter()
+                        .map(|t| SortField::new(t.clone()))
+                        .collect(),
+                )?,
+            ),
+        })
     }
 
     fn read(&self, batch: &RecordBatch, keys: &[usize]) -> Result<Keys> {
         match self {
             KeyReader::None => Ok(Keys::None),
             KeyReader::Int => Ok(Keys::Int(int64_array(batch.column(keys[0]))?)),
-            KeyReader::Rows(types) => {
+            KeyReader::Rows(types, converter) => {
                 let columns: Vec<ArrayRef> = keys
                     .iter()
                     .zip(types)
@@ -83,19 +94,10 @@ impl KeyReader {
                         }
                     })
                     .collect::<std::result::Result<_, _>>()?;
-                let converter =
-                    RowConverter::new(types.iter().map(|t| SortField::new(t.clone())).collect())?;
-                let rows = converter.convert_columns(&columns)?;
-                Ok(Keys::Rows(
-                    (0..batch.num_rows())
-                        .map(|r| {
-                            columns
-                                .iter()
-                                .all(|c| c.is_valid(r))
-                                .then(|| rows.row(r).as_ref().into())
-                        })
-                        .collect(),
-                ))
+                let valid = (0..batch.num_rows())
+                    .map(|r| columns.iter().all(|c| c.is_valid(r)))
+                    .collect();
+                Ok(Keys::Rows(converter.convert_columns(&columns)?, valid))
             }
         }
     }
@@ -158,7 +160,7 @@ impl Index {
             .iter()
             .map(|i| schema.field(*i).data_type().clone())
             .collect();
-        let reader = KeyReader::new(left_key_types, &right_types);
+        let reader = KeyReader::new(left_key_types, &right_types)?;
         let keys = reader.read(&batch, &spec.right_keys)?;
         let times = Times::of(batch.column(spec.right_time), float)?;
         let n = batch.num_rows();
@@ -187,18 +189,16 @@ impl Index {
                 let sorted = gather_times(&times, &order);
                 (order, sorted, Groups::Int(map))
             }
-            (Keys::Rows(k), times) => {
-                let mut rows: Vec<u32> =
-                    (0..n as u32).filter(|&r| k[r as usize].is_some()).collect();
-                rows.sort_by(|a, b| k[*a as usize].cmp(&k[*b as usize]));
+            (Keys::Rows(k, valid), times) => {
+                let mut rows: Vec<u32> = (0..n as u32).filter(|&r| valid[r as usize]).collect();
+                rows.sort_by(|a, b| k.row(*a as usize).cmp(&k.row(*b as usize)));
                 let mut order = Vec::with_capacity(rows.len());
                 let mut map = HashMap::with_hasher(RandomState::new());
-                for run in rows.chunk_by(|a, b| k[*a as usize] == k[*b as usize]) {
+                for run in rows.chunk_by(|a, b| k.row(*a as usize) == k.row(*b as usize)) {
                     let start = order.len() as u32;
                     order.extend(sorted_by_time(&times, run.to_vec()));
-                    if let Some(key) = &k[run[0] as usize] {
-                        map.insert(key.clone(), (start, order.len() as u32));
-                    }
+                    let key: Box<[u8]> = k.row(run[0] as usize).as_ref().into();
+                    map.insert(key, (start, order.len() as u32));
                 }
                 let sorted = gather_times(&times, &order);
                 (order, sorted, Groups::Rows(map))
@@ -241,7 +241,9 @@ impl Index {
                 let key = k.is_valid(i).then(|| k.value(i))?;
                 *table.get(usize::try_from(key.checked_sub(*min)?).ok()?)?
             }
-            (Groups::Rows(map), Keys::Rows(k)) => *map.get(k[i].as_ref()?)?,
+            (Groups::Rows(map), Keys::Rows(k, valid)) => {
+                *map.get(valid[i].then(|| k.row(i))?.as_ref())?
+            }
             _ => return None,
         };
         Some((start as usize, end as usize))
